@@ -1,0 +1,295 @@
+"""Output policies: what of the model's output leaves the API.
+
+Each policy turns a :class:`~modelshield.answer.Prediction` into an
+:class:`~modelshield.answer.Answer`. The top-1 label is always returned unchanged (it is what
+an honest caller needs); policies differ in which scores come with it. Each policy declares
+what it promises honest users (``keeps_top1``: the returned scores rank the true top-1 class
+first) and the property tests in ``tests/defenses/test_policies.py`` hold it to that.
+
+Policies are written as ``name`` or ``name:value`` or ``name:key=value,key=value`` on the
+command line and in config files, e.g. ``round:2``, ``top-k:3``, ``noise:0.05``,
+``reverse-sigmoid:beta=0.5,gamma=0.2``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from modelshield.answer import Answer, FloatArray, Prediction
+from modelshield.errors import ConfigError
+from modelshield.registry import Registry
+
+POLICIES: Registry[type[OutputPolicy]] = Registry("output policy")
+
+
+@dataclass(frozen=True)
+class OutputPolicy(ABC):
+    """Shapes a prediction into what the caller receives."""
+
+    name: ClassVar[str]
+    keeps_top1: ClassVar[bool] = True
+    needs_tree: ClassVar[bool] = False
+    summary: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            POLICIES.add(cls.name, cls)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError when a parameter is out of range."""
+
+    @abstractmethod
+    def apply(self, prediction: Prediction, inputs: FloatArray) -> Answer:
+        """Shape ``prediction`` (for the rows ``inputs``) into an Answer."""
+
+    @property
+    def spec(self) -> str:
+        """The policy written back in its ``name:key=value`` form."""
+        fields = [f for f in dataclasses.fields(self) if f.repr]
+        if not fields:
+            return self.name
+        return self.name + ":" + ",".join(f"{f.name}={getattr(self, f.name)}" for f in fields)
+
+    def _answer(self, prediction: Prediction, **kw: Any) -> Answer:
+        return Answer(labels=prediction.labels, policy=self.spec, **kw)
+
+
+@dataclass(frozen=True)
+class FullProbabilities(OutputPolicy):
+    """Every class probability at full precision."""
+
+    name: ClassVar[str] = "full"
+    summary: ClassVar[str] = "every class probability at full precision (no defense)"
+
+    def apply(self, prediction: Prediction, inputs: FloatArray) -> Answer:
+        return self._answer(prediction, probabilities=prediction.probabilities.copy())
+
+
+@dataclass(frozen=True)
+class Rounding(OutputPolicy):
+    """Probabilities rounded to ``decimals`` places (Tramèr et al. 2016, Sec. 8)."""
+
+    name: ClassVar[str] = "round"
+    summary: ClassVar[str] = "probabilities rounded to N decimals (round:N)"
+    # Rounding can tie two classes; the returned scores then need not rank top-1 first.
+    keeps_top1: ClassVar[bool] = False
+    decimals: int = 2
+
+    def validate(self) -> None:
+        if not isinstance(self.decimals, int) or not 0 <= self.decimals <= 15:
+            raise ConfigError.invalid("decimals", "an integer in [0, 15]", self.decimals)
+
+    def apply(self, prediction: Prediction, inputs: FloatArray) -> Answer:
+        return self._answer(
+            prediction, probabilities=np.round(prediction.probabilities, self.decimals)
+        )
+
+
+@dataclass(frozen=True)
+class TopK(OutputPolicy):
+    """Only the ``k`` largest probabilities; the others are withheld (NaN)."""
+
+    name: ClassVar[str] = "top-k"
+    summary: ClassVar[str] = "only the k largest probabilities (top-k:K)"
+    k: int = 1
+
+    def validate(self) -> None:
+        if not isinstance(self.k, int) or self.k < 1:
+            raise ConfigError.invalid("k", "an integer >= 1", self.k)
+
+    def apply(self, prediction: Prediction, inputs: FloatArray) -> Answer:
+        probs = prediction.probabilities
+        order = np.argsort(-probs, axis=1, kind="stable")
+        # The true top-1 must stay first even when probabilities tie.
+        order = _put_first(order, prediction.labels)
+        out = np.full_like(probs, np.nan)
+        keep = order[:, : min(self.k, probs.shape[1])]
+        rows = np.arange(probs.shape[0])[:, None]
+        out[rows, keep] = probs[rows, keep]
+        return self._answer(prediction, probabilities=out)
+
+
+@dataclass(frozen=True)
+class LabelOnly(OutputPolicy):
+    """The top-1 label and nothing else."""
+
+    name: ClassVar[str] = "label"
+    summary: ClassVar[str] = "the top-1 label only"
+
+    def apply(self, prediction: Prediction, inputs: FloatArray) -> Answer:
+        return self._answer(prediction)
+
+
+@dataclass(frozen=True)
+class KeyedNoise(OutputPolicy):
+    """Gaussian noise on the probabilities, fixed per input by a keyed hash.
+
+    The noise for a row is drawn from a generator seeded by HMAC-SHA256(key, row), so asking
+    the same question twice returns the same answer and averaging repeats removes nothing.
+    The noisy vector is clipped, renormalised, and its largest entry swapped back onto the
+    true top-1 class if the noise moved it, so the top-1 class never changes.
+    """
+
+    name: ClassVar[str] = "noise"
+    summary: ClassVar[str] = "keyed Gaussian noise, same answer for the same input (noise:SIGMA)"
+    sigma: float = 0.05
+    key: str = dataclasses.field(default="modelshield-default-key", repr=False)
+
+    def validate(self) -> None:
+        if not isinstance(self.sigma, int | float) or not 0 <= self.sigma <= 1:
+            raise ConfigError.invalid("sigma", "a number in [0, 1]", self.sigma)
+
+    def apply(self, prediction: Prediction, inputs: FloatArray) -> Answer:
+        probs = prediction.probabilities
+        noise = np.stack([self._row_noise(row, probs.shape[1]) for row in inputs])
+        noisy = np.clip(probs + noise, 1e-6, None)
+        noisy /= noisy.sum(axis=1, keepdims=True)
+        return self._answer(prediction, probabilities=_restore_top1(noisy, prediction.labels))
+
+    def _row_noise(self, row: FloatArray, c: int) -> FloatArray:
+        digest = hmac.new(self.key.encode(), np.ascontiguousarray(row).tobytes(), hashlib.sha256)
+        rng = np.random.default_rng(int.from_bytes(digest.digest()[:16], "little"))
+        return rng.normal(0.0, self.sigma, size=c)
+
+
+@dataclass(frozen=True)
+class ReverseSigmoid(OutputPolicy):
+    """Reverse-sigmoid perturbation (Lee et al., IEEE S&P Workshops 2019).
+
+    ``y' = normalise(y - beta * (sigmoid(gamma * logit(y)) - 1/2))``: small near 0 and 1,
+    large in between, so a student fitted to the scores by cross-entropy is led astray while
+    the scores still sum to one. The perturbation can reorder classes; the label is unchanged.
+    """
+
+    name: ClassVar[str] = "reverse-sigmoid"
+    summary: ClassVar[str] = "Lee et al. 2019 deceptive perturbation (reverse-sigmoid:beta=B,gamma=G)"
+    keeps_top1: ClassVar[bool] = False
+    beta: float = 0.7
+    gamma: float = 0.4
+
+    def validate(self) -> None:
+        if not isinstance(self.beta, int | float) or self.beta <= 0:
+            raise ConfigError.invalid("beta", "a number > 0", self.beta)
+        if not isinstance(self.gamma, int | float) or self.gamma <= 0:
+            raise ConfigError.invalid("gamma", "a number > 0", self.gamma)
+
+    def apply(self, prediction: Prediction, inputs: FloatArray) -> Answer:
+        y = np.clip(prediction.probabilities, 1e-9, 1 - 1e-9)
+        r = self.beta * (1.0 / (1.0 + np.exp(-self.gamma * np.log(y / (1 - y)))) - 0.5)
+        out = np.clip(y - r, 0.0, 1.0)
+        total = out.sum(axis=1, keepdims=True)
+        out = np.where(total > 0, out / np.where(total > 0, total, 1.0), 1.0 / y.shape[1])
+        return self._answer(prediction, probabilities=out)
+
+
+@dataclass(frozen=True)
+class LeafConfidence(OutputPolicy):
+    """Decision trees: the label and the leaf's confidence, as BigML returned it.
+
+    BigML reported the lower bound of the Wilson score interval (z = 1.96) for the share of
+    the predicted class among the training samples at the leaf (Tramèr et al. 2016, Sec. 5).
+    """
+
+    name: ClassVar[str] = "leaf-confidence"
+    summary: ClassVar[str] = "trees: label plus BigML's per-leaf Wilson confidence"
+    needs_tree: ClassVar[bool] = True
+
+    def apply(self, prediction: Prediction, inputs: FloatArray) -> Answer:
+        counts = _tree_counts(prediction, self.name)
+        n = counts.sum(axis=1)
+        p = counts.max(axis=1) / n
+        z = 1.96
+        centre = p + z * z / (2 * n)
+        spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        return self._answer(prediction, confidence=(centre - spread) / (1 + z * z / n))
+
+
+@dataclass(frozen=True)
+class LeafId(OutputPolicy):
+    """Decision trees: the label and an identifier of the node that answered."""
+
+    name: ClassVar[str] = "leaf-id"
+    summary: ClassVar[str] = "trees: label plus the identifier of the answering node"
+    needs_tree: ClassVar[bool] = True
+
+    def apply(self, prediction: Prediction, inputs: FloatArray) -> Answer:
+        _tree_counts(prediction, self.name)
+        return self._answer(prediction, leaf_ids=prediction.node_ids)
+
+
+def parse_policy(text: str, **overrides: Any) -> OutputPolicy:
+    """Build a policy from ``name``, ``name:value`` or ``name:key=value,...``.
+
+    >>> parse_policy("round:4").decimals
+    4
+    """
+    name, _, args = text.strip().partition(":")
+    cls = POLICIES[name]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for i, part in enumerate(p for p in args.split(",") if p.strip()):
+        key, eq, value = part.partition("=")
+        if not eq:  # a bare value fills the first field
+            if i > 0 or not fields:
+                raise ConfigError(f"Policy {text!r}: write extra values as key=value.")
+            key, value = next(iter(fields)), key
+        key = key.strip()
+        if key not in fields:
+            allowed = ", ".join(fields) or "no parameters"
+            raise ConfigError(f"Policy {name!r} has no parameter {key!r}; it takes {allowed}.")
+        kwargs[key] = _coerce(value.strip(), fields[key], name)
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+
+def _coerce(value: str, f: dataclasses.Field[Any], policy: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+    except ValueError:
+        raise ConfigError(
+            f"The '{f.name}' parameter of policy {policy!r} must be a {kind}. Got {value!r}."
+        ) from None
+    return value
+
+
+def _put_first(order: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Reorder each row of ``order`` so that ``labels[row]`` comes first."""
+    out = order.copy()
+    for i, lab in enumerate(labels):
+        if out[i, 0] != lab:
+            pos = int(np.flatnonzero(out[i] == lab)[0])
+            out[i, 1 : pos + 1] = order[i, :pos]
+            out[i, 0] = lab
+    return out
+
+
+def _restore_top1(scores: FloatArray, labels: np.ndarray) -> FloatArray:
+    """Swap each row's largest score onto its true top-1 class."""
+    out = scores.copy()
+    rows = np.arange(len(labels))
+    top = np.argmax(out, axis=1)
+    moved = top != labels
+    r, t, lab = rows[moved], top[moved], labels[moved]
+    out[r, t], out[r, lab] = scores[r, lab], scores[r, t]
+    return out
+
+
+def _tree_counts(prediction: Prediction, policy: str) -> FloatArray:
+    if prediction.node_counts is None or prediction.node_ids is None:
+        raise ConfigError(f"Output policy {policy!r} needs a decision-tree victim.")
+    return prediction.node_counts

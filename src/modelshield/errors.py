@@ -1,0 +1,77 @@
+"""The one exception family of modelshield.
+
+Every error the package raises on purpose derives from :class:`ModelShieldError`::
+
+    ModelShieldError
+     ├── ConfigError            a parameter, name or file is not one of the allowed values
+     │    └── UnknownNameError  a registry lookup (victim, attack, policy) failed
+     ├── OracleError            the attacker's window onto the model refused a query
+     │    ├── BudgetExhausted   the query budget would be exceeded
+     │    └── CheatingError     code tried to reach the victim around the oracle
+     └── AttackRefused          the answers the policy lets out are not enough for the attack
+
+Each carries an ``exit_code`` so the CLI can print it and exit without a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class ModelShieldError(Exception):
+    """Root of every error modelshield raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(ModelShieldError, ValueError):
+    """A parameter or configuration value is not allowed."""
+
+    exit_code = 2
+
+    @classmethod
+    def invalid(cls, field: str, allowed: str, got: object) -> ConfigError:
+        """Build the standard message: "The 'field' parameter must be ... Got ... instead."."""
+        return cls(f"The '{field}' parameter must be {allowed}. Got {got!r} instead.")
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A name that no registry holds."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
+        self.kind, self.name, self.known = kind, name, sorted(known)
+        super().__init__(f"Unknown {kind} {name!r}. Choose one of: {', '.join(self.known)}.")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class OracleError(ModelShieldError):
+    """The oracle refused a query."""
+
+
+class BudgetExhausted(OracleError):
+    """A query would take the oracle past its budget; nothing was answered."""
+
+    def __init__(self, asked: int, used: int, budget: int) -> None:
+        self.asked, self.used, self.budget = asked, used, budget
+        super().__init__(
+            f"Query budget exhausted: asked for {asked} more queries, "
+            f"{used} of {budget} already used ({budget - used} left)."
+        )
+
+
+class CheatingError(OracleError):
+    """Something outside the oracle's query path touched the victim."""
+
+
+class AttackRefused(ModelShieldError):
+    """The attack needs outputs that the output policy withholds."""
+
+    exit_code = 3
+
+    def __init__(self, attack: str, needs: str, policy: str) -> None:
+        self.attack, self.needs, self.policy = attack, needs, policy
+        super().__init__(
+            f"Attack {attack!r} needs {needs}, which the output policy {policy!r} withholds."
+        )

@@ -1,0 +1,245 @@
+"""Estimators that attacks build: scikit-learn-style classifiers a clone can be.
+
+Every class here follows scikit-learn's conventions: the constructor only stores its
+arguments, ``fit`` validates and learns, learned state ends in ``_``, and ``predict`` /
+``predict_proba`` take (n, d) arrays. They work wherever a scikit-learn classifier does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.special import expit
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_array, check_is_fitted
+
+from modelshield.answer import FloatArray, IntArray
+from modelshield.errors import ConfigError
+
+
+class LinearClone(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+    """A logistic (binary) or softmax (multinomial) model with given parameters.
+
+    coef: (1, d) for binary, (c, d) for multinomial; intercept: (1,) or (c,).
+    """
+
+    def __init__(self, coef: FloatArray, intercept: FloatArray) -> None:
+        self.coef = coef
+        self.intercept = intercept
+
+    def fit(self, X: Any = None, y: Any = None) -> LinearClone:
+        self.coef_ = np.atleast_2d(np.asarray(self.coef, dtype=np.float64))
+        self.intercept_ = np.atleast_1d(np.asarray(self.intercept, dtype=np.float64))
+        if self.intercept_.shape[0] != self.coef_.shape[0]:
+            raise ConfigError("coef and intercept must have the same number of rows")
+        n = self.coef_.shape[0]
+        self.classes_ = np.arange(2 if n == 1 else n)
+        self.n_features_in_ = self.coef_.shape[1]
+        return self
+
+    def decision_function(self, X: Any) -> FloatArray:
+        check_is_fitted(self)
+        z = check_array(X) @ self.coef_.T + self.intercept_
+        return np.asarray(z[:, 0] if z.shape[1] == 1 else z)
+
+    def predict_proba(self, X: Any) -> FloatArray:
+        z = self.decision_function(X)
+        if z.ndim == 1:
+            p1 = expit(z)
+            return np.column_stack([1 - p1, p1])
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return np.asarray(e / e.sum(axis=1, keepdims=True))
+
+    def predict(self, X: Any) -> IntArray:
+        return np.asarray(np.argmax(self.predict_proba(X), axis=1), dtype=np.int64)
+
+
+class BoxClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+    """Axis-aligned boxes with a class each: the shape of a decision tree's leaves.
+
+    lows, highs: (L, d) box corners; box_labels: (L,) class indices; a point belongs to the
+    box whose lows < x <= highs; a point in no box takes the box nearest to it.
+    """
+
+    def __init__(self, lows: FloatArray, highs: FloatArray, box_labels: IntArray,
+                 n_classes: int) -> None:
+        self.lows = lows
+        self.highs = highs
+        self.box_labels = box_labels
+        self.n_classes = n_classes
+
+    def fit(self, X: Any = None, y: Any = None) -> BoxClassifier:
+        self.lows_ = np.asarray(self.lows, dtype=np.float64)
+        self.highs_ = np.asarray(self.highs, dtype=np.float64)
+        self.box_labels_ = np.asarray(self.box_labels, dtype=np.int64)
+        self.classes_ = np.arange(self.n_classes)
+        self.n_features_in_ = self.lows_.shape[1]
+        return self
+
+    def apply(self, X: Any) -> IntArray:
+        """The index of the box each row falls in (the nearest box when none holds it)."""
+        check_is_fitted(self)
+        x = check_array(X)
+        out = np.empty(len(x), dtype=np.int64)
+        for start in range(0, len(x), 2048):
+            xb = x[start : start + 2048, None, :]
+            gap = np.maximum(self.lows_ - xb, 0) + np.maximum(xb - self.highs_, 0)
+            out[start : start + 2048] = np.argmin(gap.sum(axis=2), axis=1)
+        return out
+
+    def predict(self, X: Any) -> IntArray:
+        return np.asarray(self.box_labels_[self.apply(X)])
+
+    def predict_proba(self, X: Any) -> FloatArray:
+        return np.asarray(np.eye(self.n_classes)[self.predict(X)])
+
+
+class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+    """A ReLU MLP student trained with PyTorch on hard labels or on returned probabilities.
+
+    ``fit(X, y)`` with y of shape (n,) trains on labels (cross-entropy); with y of shape
+    (n, c) it trains on the probabilities themselves (soft cross-entropy, i.e. KL to the
+    victim's scores). NaN entries in y (withheld by a top-k policy) share the probability
+    mass the revealed entries leave. Inputs are standardised with statistics of ``X``.
+
+    hidden: widths of the hidden layers. optimizer: "adam" (mini-batch) or "lbfgs" (full
+    batch, float64; for fitting exact probabilities). warm_start: continue from the last fit.
+    """
+
+    def __init__(
+        self,
+        hidden: tuple[int, ...] = (64,),
+        *,
+        n_classes: int | None = None,
+        epochs: int = 200,
+        batch_size: int = 64,
+        lr: float = 3e-3,
+        weight_decay: float = 1e-4,
+        optimizer: str = "adam",
+        warm_start: bool = False,
+        random_state: int = 0,
+    ) -> None:
+        self.hidden = hidden
+        self.n_classes = n_classes
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.optimizer = optimizer
+        self.warm_start = warm_start
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any) -> TorchMLPClassifier:
+        self._validate_params()
+        x = check_array(X, dtype=np.float64)
+        targets = self._targets(np.asarray(y))
+        gen = torch.Generator().manual_seed(self.random_state)
+        dtype = torch.float64 if self.optimizer == "lbfgs" else torch.float32
+        if not (self.warm_start and hasattr(self, "module_")):
+            self.mean_ = x.mean(axis=0)
+            self.scale_ = np.maximum(x.std(axis=0), 1e-3 * (np.ptp(x, axis=0) + 1))
+            self.module_ = self._build(x.shape[1], targets.shape[1], gen).to(dtype)
+        xt = torch.as_tensor((x - self.mean_) / self.scale_, dtype=dtype)
+        tt = torch.as_tensor(targets, dtype=dtype)
+        if self.optimizer == "lbfgs":
+            self._fit_lbfgs(xt, tt)
+        else:
+            self._fit_adam(xt, tt, gen)
+        self.module_.eval()
+        return self
+
+    def predict_proba(self, X: Any) -> FloatArray:
+        check_is_fitted(self)
+        x = check_array(X, dtype=np.float64)
+        dtype = next(self.module_.parameters()).dtype
+        with torch.no_grad():
+            z = self.module_(torch.as_tensor((x - self.mean_) / self.scale_, dtype=dtype))
+            return np.asarray(torch.softmax(z.double(), dim=1).numpy())
+
+    def predict(self, X: Any) -> IntArray:
+        return np.asarray(np.argmax(self.predict_proba(X), axis=1), dtype=np.int64)
+
+    def input_gradient(self, X: Any, classes: IntArray) -> FloatArray:
+        """d(logit of ``classes[i]``)/d(input) for each row, in input units."""
+        check_is_fitted(self)
+        dtype = next(self.module_.parameters()).dtype
+        x = torch.as_tensor((check_array(X) - self.mean_) / self.scale_, dtype=dtype)
+        x.requires_grad_(True)
+        z = self.module_(x)
+        z.gather(1, torch.as_tensor(classes).long()[:, None]).sum().backward()
+        assert x.grad is not None
+        return np.asarray(x.grad.double().numpy() / self.scale_)
+
+    def _validate_params(self) -> None:
+        if self.optimizer not in {"adam", "lbfgs"}:
+            raise ConfigError.invalid("optimizer", "'adam' or 'lbfgs'", self.optimizer)
+        if not all(isinstance(h, int) and h > 0 for h in self.hidden):
+            raise ConfigError.invalid("hidden", "a tuple of positive integers", self.hidden)
+        if self.epochs < 1:
+            raise ConfigError.invalid("epochs", "an integer >= 1", self.epochs)
+
+    def _targets(self, y: np.ndarray) -> FloatArray:
+        if y.ndim == 1:
+            c = self.n_classes or int(y.max()) + 1
+            self.classes_ = np.arange(c)
+            return np.eye(c)[y.astype(np.int64)]
+        p = np.array(y, dtype=np.float64)
+        self.classes_ = np.arange(p.shape[1])
+        missing = np.isnan(p)
+        if missing.any():  # share the mass the revealed entries leave over the withheld ones
+            left = np.clip(1.0 - np.nansum(p, axis=1, keepdims=True), 0.0, 1.0)
+            share = left / np.maximum(missing.sum(axis=1, keepdims=True), 1)
+            p = np.where(missing, share, p)
+        p = np.clip(p, 0.0, None)
+        total = p.sum(axis=1, keepdims=True)
+        return np.where(total > 0, p / np.where(total > 0, total, 1), 1.0 / p.shape[1])
+
+    def _build(self, d: int, c: int, gen: torch.Generator) -> torch.nn.Sequential:
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        layers: list[torch.nn.Module] = []
+        width = d
+        for h in self.hidden:
+            layers += [torch.nn.Linear(width, h), torch.nn.ReLU()]
+            width = h
+        layers.append(torch.nn.Linear(width, c))
+        return torch.nn.Sequential(*layers)
+
+    def _fit_adam(self, x: torch.Tensor, t: torch.Tensor, gen: torch.Generator) -> None:
+        opt = torch.optim.Adam(self.module_.parameters(), lr=self.lr,
+                               weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
+        n = len(x)
+        bs = min(self.batch_size, n)
+        self.module_.train()
+        for _ in range(self.epochs):
+            perm = torch.randperm(n, generator=gen)
+            for start in range(0, n, bs):
+                idx = perm[start : start + bs]
+                opt.zero_grad()
+                _soft_ce(self.module_(x[idx]), t[idx]).backward()
+                opt.step()
+            sched.step()
+
+    def _fit_lbfgs(self, x: torch.Tensor, t: torch.Tensor) -> None:
+        opt = torch.optim.LBFGS(self.module_.parameters(), lr=1.0, max_iter=self.epochs,
+                                history_size=50, tolerance_grad=1e-12,
+                                tolerance_change=1e-15, line_search_fn="strong_wolfe")
+        entropy = -(t * torch.log(t.clamp_min(1e-300))).sum(dim=1).mean()
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = _soft_ce(self.module_(x), t) - entropy  # the KL divergence
+            loss = loss + self.weight_decay * sum((p * p).sum() for p in self.module_.parameters())
+            loss.backward()
+            return loss
+
+        self.module_.train()
+        opt.step(closure)
+
+
+def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against probability targets; log_softmax keeps it finite."""
+    return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()

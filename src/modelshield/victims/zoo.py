@@ -1,0 +1,179 @@
+"""The built-in victims, trained in code from data that ships with scikit-learn.
+
+Each is built once per seed and cached (joblib) under ``$MODELSHIELD_CACHE`` or
+``~/.cache/modelshield``; the cache key includes scikit-learn's version.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import sklearn
+from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.tree import DecisionTreeClassifier
+
+from modelshield.answer import ApiSpec, FloatArray
+from modelshield.data.datasets import Split, load_split
+from modelshield.registry import Registry
+from modelshield.victims.base import SklearnAdapter, Victim
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A built-in victim: its data, how its model is trained, and a one-line summary."""
+
+    summary: str
+    data: str
+    kind: str
+    train: Callable[[Split, int], Any]
+    data_args: tuple[tuple[str, int], ...] = ()
+
+
+ZOO: Registry[ZooEntry] = Registry("victim")
+
+
+def load_victim(name: str, seed: int = 0, cache: bool = True) -> Victim:
+    """Build (or load from the cache) the built-in victim ``name``."""
+    entry = ZOO[name]
+    split = load_split(entry.data, seed=seed, **dict(entry.data_args))
+    estimator = _cached_fit(name, seed, entry, split) if cache else entry.train(split, seed)
+    spec = ApiSpec(
+        n_features=split.X_train.shape[1],
+        classes=split.classes,
+        low=split.low,
+        high=split.high,
+        accepts_missing=entry.kind == "tree",
+        integer_features=split.integer_features,
+        name=name,
+    )
+    return Victim(
+        name=name,
+        model=SklearnAdapter(estimator),
+        spec=spec,
+        X_test=split.X_test,
+        y_test=split.y_test,
+        pool=split.pool,
+        X_train=split.X_train,
+        kind=entry.kind,
+        description=entry.summary,
+        parameters=_parameters(estimator) if entry.kind == "linear" else {},
+    )
+
+
+def wrap_estimator(
+    estimator: Any, X_test: FloatArray, y_test: Any, *, name: str = "model",
+    pool: FloatArray | None = None, low: FloatArray | None = None,
+    high: FloatArray | None = None,
+) -> Victim:
+    """Make a Victim of any fitted scikit-learn classifier and its test data.
+
+    The domain defaults to the range of the test data; the pool defaults to empty.
+    """
+    X_test = np.asarray(X_test, dtype=np.float64)
+    classes = tuple(str(c) for c in getattr(estimator, "classes_", range(2)))
+    labels = np.searchsorted(np.asarray(getattr(estimator, "classes_", [0, 1])), y_test)
+    spec = ApiSpec(
+        n_features=X_test.shape[1],
+        classes=classes,
+        low=X_test.min(axis=0) if low is None else np.asarray(low, dtype=np.float64),
+        high=X_test.max(axis=0) if high is None else np.asarray(high, dtype=np.float64),
+        name=name,
+    )
+    adapter = SklearnAdapter(estimator)
+    return Victim(
+        name=name, model=adapter, spec=spec, X_test=X_test,
+        y_test=np.asarray(labels, dtype=np.int64),
+        pool=np.empty((0, spec.n_features)) if pool is None else np.asarray(pool, float),
+        X_train=np.empty((0, spec.n_features)),
+        kind="tree" if adapter.tree is not None else "model",
+    )
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("MODELSHIELD_CACHE") or Path.home() / ".cache" / "modelshield"
+    return Path(root)
+
+
+def _cached_fit(name: str, seed: int, entry: ZooEntry, split: Split) -> Any:
+    path = cache_dir() / f"victim-{name}-seed{seed}-sk{sklearn.__version__}.joblib"
+    if path.exists():
+        try:
+            return joblib.load(path)
+        except Exception:  # a torn or stale file: rebuild it
+            path.unlink(missing_ok=True)
+    estimator = entry.train(split, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    joblib.dump(estimator, tmp)
+    tmp.replace(path)
+    return estimator
+
+
+def _parameters(estimator: Pipeline) -> dict[str, FloatArray]:
+    """A scaled logistic regression's weights in the raw input space."""
+    scaler, lr = estimator.steps[0][1], estimator.steps[-1][1]
+    coef = lr.coef_ / scaler.scale_
+    intercept = lr.intercept_ - coef @ scaler.mean_
+    return {"coef": coef, "intercept": intercept}
+
+
+def _lr(split: Split, seed: int) -> Any:
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=10_000))
+    return model.fit(split.X_train, split.y_train)
+
+
+def _mlp(hidden: tuple[int, ...]) -> Callable[[Split, int], Any]:
+    def train(split: Split, seed: int) -> Any:
+        mlp = MLPClassifier(
+            hidden_layer_sizes=hidden, activation="relu", alpha=1e-3,
+            max_iter=3000, random_state=seed,
+        )
+        return make_pipeline(StandardScaler(), mlp).fit(split.X_train, split.y_train)
+
+    return train
+
+
+def _tree(max_leaf_nodes: int | None) -> Callable[[Split, int], Any]:
+    def train(split: Split, seed: int) -> Any:
+        tree = DecisionTreeClassifier(max_leaf_nodes=max_leaf_nodes, random_state=seed)
+        return tree.fit(split.X_train, split.y_train)
+
+    return train
+
+
+for _name, _entry in {
+    "breast-cancer-lr": ZooEntry(
+        "binary logistic regression, breast cancer (d=30)", "breast-cancer", "linear", _lr),
+    "digits-lr": ZooEntry(
+        "multinomial logistic regression, digits (d=64, 10 classes)", "digits", "linear", _lr),
+    "digits-mlp": ZooEntry(
+        "one-hidden-layer ReLU MLP, 20 units, digits (Tramèr's setting)", "digits", "mlp",
+        _mlp((20,))),
+    "digits-mlp-deep": ZooEntry(
+        "ReLU MLP 128-64, digits", "digits", "mlp", _mlp((128, 64))),
+    "wine-tree": ZooEntry("decision tree, wine (d=13, 3 classes)", "wine", "tree", _tree(None)),
+    "digits-tree": ZooEntry(
+        "decision tree, 64 leaves at most, digits", "digits", "tree", _tree(64)),
+    "synth-lr-d10": ZooEntry(
+        "binary logistic regression, synthetic d=10", "synthetic", "linear", _lr,
+        (("n_features", 10),)),
+    "synth-lr-d20": ZooEntry(
+        "binary logistic regression, synthetic d=20", "synthetic", "linear", _lr,
+        (("n_features", 20),)),
+    "synth-lr-d50": ZooEntry(
+        "binary logistic regression, synthetic d=50", "synthetic", "linear", _lr,
+        (("n_features", 50),)),
+    "synth-mlp-d20": ZooEntry(
+        "ReLU MLP 32 units, synthetic d=20, 4 classes", "synthetic", "mlp", _mlp((32,)),
+        (("n_features", 20), ("n_classes", 4))),
+}.items():
+    ZOO.add(_name, _entry)
