@@ -1,6 +1,13 @@
 """Extraction attacks, one module per technique, registered by name in ``ATTACKS``."""
 
-from modelshield.attacks import equation_solving, path_finding  # noqa: F401  (registers)
+from modelshield.attacks import (  # noqa: F401  (importing registers)
+    active,
+    equation_solving,
+    jacobian,
+    knockoff,
+    label_only,
+    path_finding,
+)
 from modelshield.attacks.base import ATTACKS, Attack, Checkpoint, Extraction, Session
 
 __all__ = ["ATTACKS", "Attack", "Checkpoint", "Extraction", "Session"]

@@ -1,0 +1,44 @@
+"""Shared pieces of the substitute-training attacks (knockoff, jacobian, active)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from modelshield.answer import Answer, FloatArray
+from modelshield.errors import AttackRefused, ConfigError
+from modelshield.models import TorchMLPClassifier
+
+LABEL_KINDS = ("soft", "hard")
+
+
+def check_labels(kind: str) -> None:
+    if kind not in LABEL_KINDS:
+        raise ConfigError.invalid("labels", "'soft' or 'hard'", kind)
+
+
+def targets(answers: list[Answer], kind: str, attack: str) -> np.ndarray:
+    """Training targets from the answers: probabilities (soft) or labels (hard)."""
+    if kind == "soft":
+        if any(a.probabilities is None for a in answers):
+            raise AttackRefused(attack, "class scores (labels='soft'); use labels='hard'",
+                                answers[0].policy)
+        return np.concatenate([a.probabilities for a in answers])  # type: ignore[misc]
+    return np.concatenate([a.labels for a in answers])
+
+
+def epochs_for(n: int, base: int) -> int:
+    """Fewer passes over large sets, more over small ones: about the same number of steps."""
+    return int(np.clip(base * 1000 / max(n, 1), 30, base))
+
+
+def checkpoint_sizes(budget: int, every: tuple[int, ...]) -> list[int]:
+    """The query counts at which the student is (re)trained and saved."""
+    return sorted({c for c in every if 0 < c < budget} | {budget})
+
+
+def fit_student(x: FloatArray, y: np.ndarray, hidden: tuple[int, ...], n_classes: int,
+                epochs: int, seed: int) -> Any:
+    return TorchMLPClassifier(hidden, n_classes=n_classes, epochs=epochs_for(len(x), epochs),
+                              random_state=seed).fit(x, y)

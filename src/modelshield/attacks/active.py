@@ -1,0 +1,117 @@
+"""Active query selection: spend each round's queries where the current clone is least sure.
+
+Pool-based active learning applied to extraction, as in Chandrasekaran et al., "Exploring
+Connections Between Active Learning and Model Extraction", USENIX Security 2020, and the
+ActiveThief framework (Pal et al., AAAI 2020): start from a random seed set, then in each
+round rank the attacker's unlabelled candidates by the student's uncertainty (``margin``:
+smallest gap between the top two classes; ``entropy``) or by coverage (``kcenter``: greedy
+farthest-point selection, Sener & Savarese, ICLR 2018), query the chosen ones and retrain.
+``random`` picks at random in the same rounds: the baseline it must beat.
+
+Needs: labels; uses class scores when the policy returns them (labels='soft').
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from modelshield.answer import Answer, FloatArray
+from modelshield.attacks._students import check_labels, fit_student, targets
+from modelshield.attacks.base import Attack, Session, need_pool, synthesize
+from modelshield.errors import ConfigError
+
+STRATEGIES = ("margin", "entropy", "kcenter", "random")
+
+
+@dataclass
+class ActiveLearning(Attack):
+    """Pick each round's queries from the attacker's pool by the clone's uncertainty."""
+
+    name: ClassVar[str] = "active"
+    paper: ClassVar[str] = "Chandrasekaran et al., USENIX Sec 2020; Pal et al., ActiveThief, AAAI 2020"
+    needs: ClassVar[str] = "labels (hard) or class scores (soft)"
+
+    strategy: str = "margin"
+    labels: str = "soft"
+    seed_size: int = 100
+    rounds: int = 8
+    candidates: str = "pool"
+    hidden: tuple[int, ...] = (128,)
+    epochs: int = 200
+
+    def validate(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError.invalid("strategy", " or ".join(map(repr, STRATEGIES)),
+                                      self.strategy)
+        if self.candidates not in {"pool", "synthetic"}:
+            raise ConfigError.invalid("candidates", "'pool' or 'synthetic'", self.candidates)
+        check_labels(self.labels)
+        if self.rounds < 1 or self.seed_size < 1:
+            raise ConfigError("rounds and seed_size must be integers >= 1")
+
+    def extract(self, session: Session, pool: FloatArray | None,
+                rng: np.random.Generator) -> tuple[Any, None, dict[str, Any]]:
+        spec = session.spec
+        data = need_pool(pool, self.name, spec)
+        if self.candidates == "synthetic":
+            data = np.concatenate([data, synthesize(data, 4 * len(data), spec, rng)])
+        budget = min(session.remaining, len(data))
+        n0 = min(self.seed_size, budget)
+        chosen = rng.choice(len(data), n0, replace=False)
+        answers: list[Answer] = [session.query(data[chosen])]
+        if self.labels == "soft":
+            session.require(answers[0], "scores")
+        per_round = max((budget - n0) // self.rounds, 1)
+        clone = None
+        while True:
+            clone = fit_student(data[chosen], targets(answers, self.labels, self.name),
+                                self.hidden, spec.n_classes, self.epochs, self.random_state)
+            session.checkpoint(clone)
+            n = min(per_round, budget - len(chosen))
+            if n <= 0:
+                break
+            unlabelled = np.setdiff1d(np.arange(len(data)), chosen)
+            pick = unlabelled[self._select(clone, data, chosen, unlabelled, n, rng)]
+            answers.append(session.query(data[pick]))
+            chosen = np.concatenate([chosen, pick])
+        return clone, None, {"strategy": self.strategy, "rounds": len(answers) - 1}
+
+    def _select(self, clone: Any, data: FloatArray, chosen: np.ndarray,
+                unlabelled: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Indices into ``unlabelled`` of the n candidates to query next."""
+        if self.strategy == "random":
+            return rng.choice(len(unlabelled), n, replace=False)
+        if self.strategy == "kcenter":
+            return _kcenter(data, chosen, unlabelled, n)
+        p = clone.predict_proba(data[unlabelled])
+        if self.strategy == "margin":
+            top2 = np.sort(p, axis=1)[:, -2:]
+            score = top2[:, 1] - top2[:, 0]
+        else:
+            score = np.sum(p * np.log(np.clip(p, 1e-12, 1)), axis=1)  # -entropy
+        return np.argsort(score, kind="stable")[:n]
+
+
+def _kcenter(data: FloatArray, chosen: np.ndarray, unlabelled: np.ndarray, n: int) -> np.ndarray:
+    """Greedy k-center: repeatedly take the candidate farthest from everything chosen."""
+    scale = np.maximum(data.std(axis=0), 1e-9)
+    cand = data[unlabelled] / scale
+    centres = data[chosen] / scale
+    dist = np.full(len(cand), np.inf)
+    for start in range(0, len(centres), 512):
+        block = centres[start : start + 512]
+        dist = np.minimum(dist, _min_sq_dist(cand, block))
+    picks = []
+    for _ in range(n):
+        i = int(np.argmax(dist))
+        picks.append(i)
+        dist = np.minimum(dist, ((cand - cand[i]) ** 2).sum(axis=1))
+    return np.array(picks)
+
+
+def _min_sq_dist(a: FloatArray, b: FloatArray) -> FloatArray:
+    d = (a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None, :]
+    return np.asarray(np.maximum(d.min(axis=1), 0.0))

@@ -1,0 +1,112 @@
+"""Compare a clone with its victim: accuracy, fidelity, parameter error, queries and cost.
+
+This is the defender's side: it may look at the victim. Fidelity is top-1 agreement with the
+victim, on the victim's test set and on points drawn uniformly from the domain (off the data
+distribution, where a clone trained on natural data is weakest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modelshield.answer import FloatArray
+from modelshield.attacks.base import ATTACKS, Extraction
+from modelshield.attacks.equation_solving import relative_parameter_error
+from modelshield.defenses.policies import parse_policy
+from modelshield.errors import AttackRefused, BudgetExhausted
+from modelshield.oracle.local import LocalOracle
+from modelshield.victims.base import Victim
+
+
+@dataclass
+class Result:
+    """One row of results: one attack on one victim under one policy and budget."""
+
+    victim: str
+    attack: str
+    policy: str
+    budget: int
+    seed: int
+    status: str = "ok"
+    reason: str = ""
+    queries: int = 0
+    cost: float = 0.0
+    seconds: float = 0.0
+    accuracy: float | None = None
+    fidelity_test: float | None = None
+    fidelity_uniform: float | None = None
+    parameter_error: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+def uniform_probe(victim: Victim, n: int = 10_000, seed: int = 0) -> FloatArray:
+    """``n`` points uniform in the victim's domain (on the integer grid if inputs are integers)."""
+    x = victim.spec.uniform(n, np.random.default_rng(seed))
+    return np.round(x) if victim.spec.integer_features else x
+
+
+def agreement(clone: Any, victim: Victim, x: FloatArray) -> float:
+    return float(np.mean(np.asarray(clone.predict(x)) == victim.predict_labels(x)))
+
+
+def fidelity_curve(extraction: Extraction, victim: Victim) -> list[tuple[int, float]]:
+    """(queries, test fidelity) at each checkpoint the attack saved."""
+    return [(c.queries, agreement(c.clone, victim, victim.X_test))
+            for c in extraction.checkpoints]
+
+
+def evaluate(extraction: Extraction, victim: Victim, result: Result,
+             uniform_points: int = 10_000) -> Result:
+    """Fill ``result`` with the clone's measured accuracy, fidelity and parameter error."""
+    clone = extraction.clone
+    result.queries = extraction.queries
+    result.cost = extraction.cost
+    result.seconds = extraction.seconds
+    result.accuracy = float(np.mean(np.asarray(clone.predict(victim.X_test)) == victim.y_test))
+    result.fidelity_test = agreement(clone, victim, victim.X_test)
+    result.fidelity_uniform = agreement(clone, victim, uniform_probe(victim, uniform_points,
+                                                                     result.seed + 1))
+    if extraction.parameters and victim.parameters and not extraction.info.get("scale_free"):
+        result.parameter_error = relative_parameter_error(extraction.parameters,
+                                                          victim.parameters)
+    result.curve = fidelity_curve(extraction, victim)
+    result.info = dict(extraction.info)
+    return result
+
+
+def run_cell(victim: Victim, attack: str, policy: str, budget: int, seed: int = 0,
+             price_per_1k: float = 0.0, params: dict[str, Any] | None = None,
+             uniform_points: int = 10_000) -> Result:
+    """Run one attack through a LocalOracle and evaluate it; a refusal becomes a row too."""
+    params = dict(params or {})
+    result = Result(victim.name, attack, policy, budget, seed, params=params)
+    attack_obj = ATTACKS[attack](random_state=seed, **params)
+    oracle = LocalOracle(victim, parse_policy(policy), budget=budget, price_per_1k=price_per_1k)
+    try:
+        extraction = attack_obj.run(oracle, budget, pool=victim.pool)
+    except (AttackRefused, BudgetExhausted) as exc:
+        result.status = "refused" if isinstance(exc, AttackRefused) else "out of budget"
+        result.reason = str(exc)
+        result.queries, result.cost = oracle.used, oracle.cost
+        return result
+    return evaluate(extraction, victim, result, uniform_points)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value

@@ -1,0 +1,198 @@
+"""The ``modelshield`` command.
+
+Every error modelshield raises on purpose is printed as one line and ends the command with
+its ``exit_code`` (2 for a wrong name or value), never with a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from modelshield.attacks import ATTACKS
+from modelshield.audit.evaluate import Result, run_cell
+from modelshield.defenses.policies import POLICIES, parse_policy
+from modelshield.errors import ConfigError, ModelShieldError
+from modelshield.victims.zoo import ZOO, load_victim
+
+app = typer.Typer(
+    help="Measure and defend a served model's exposure to model extraction.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def main() -> None:
+    """Entry point: run the app, turning modelshield errors into one-line messages."""
+    try:
+        app()
+    except ModelShieldError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+
+
+@app.command()
+def victims() -> None:
+    """List the built-in victims."""
+    table = Table("name", "model", title="built-in victims")
+    for name, entry in ZOO.items():
+        table.add_row(name, entry.summary)
+    console.print(table)
+
+
+@app.command()
+def attacks() -> None:
+    """List the attacks, what they need from the answers, and their parameters."""
+    table = Table("name", "what it does", "needs", "parameters", title="attacks")
+    for name, cls in ATTACKS.items():
+        params = ", ".join(p for p in cls.parameters() if p != "random_state")
+        table.add_row(name, cls.summary(), cls.needs, params)
+    console.print(table)
+
+
+@app.command()
+def policies() -> None:
+    """List the output policies and what they promise honest users."""
+    table = Table("name", "what leaves the API", "scores rank top-1 first", title="output policies")
+    for name, cls in POLICIES.items():
+        table.add_row(name, cls.summary, "yes" if cls.keeps_top1 else "not guaranteed")
+    console.print(table)
+
+
+@app.command()
+def attack(
+    victim: Annotated[str, typer.Option(help="Built-in victim (see `modelshield victims`).")],
+    attack: Annotated[str, typer.Option("--attack", help="Attack (see `modelshield attacks`).")],
+    policy: Annotated[str, typer.Option(help="Output policy, e.g. full, round:2, top-k:3, label.")] = "full",
+    budget: Annotated[int, typer.Option(min=1, help="Most queries the attacker may send.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed for the victim's split and the attack.")] = 0,
+    price: Annotated[float, typer.Option(min=0.0, help="Dollars per 1,000 queries.")] = 1.0,
+    param: Annotated[list[str] | None, typer.Option(
+        help="Attack parameter as key=value (repeatable), e.g. --param method=adaptive.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
+) -> None:
+    """Run one attack against one built-in victim behind one output policy."""
+    cls = ATTACKS[attack]
+    parse_policy(policy)  # fail on a bad policy before training anything
+    params = parse_params(cls, param or [])
+    with console.status(f"{attack} on {victim} behind {policy} …"):
+        v = load_victim(victim, seed=seed)
+        result = run_cell(v, attack, policy, budget, seed, price, params)
+    console.print(results_table([result]))
+    if json_out:
+        json_out.write_text(json.dumps(result.to_dict(), indent=2))
+        console.print(f"wrote {json_out}")
+    if result.status != "ok":
+        raise typer.Exit(3)
+
+
+DEMO_CELLS: list[tuple[str, str, int, dict[str, Any]]] = [
+    ("breast-cancer-lr", "equation-solving", 500, {}),
+    ("breast-cancer-lr", "label-only", 1000, {"method": "lowd-meek"}),
+    ("digits-lr", "equation-solving", 1500, {}),
+    ("wine-tree", "path-finding", 5000, {}),
+    ("digits-mlp", "knockoff", 1000, {"labels": "soft"}),
+    ("digits-mlp", "active", 1000, {"strategy": "margin", "labels": "soft"}),
+]
+DEMO_POLICIES = ("full", "round:2", "label")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for results.json.")] = Path("results/demo"),
+    seed: Annotated[int, typer.Option(help="Seed for every cell.")] = 0,
+    price: Annotated[float, typer.Option(min=0.0, help="Dollars per 1,000 queries.")] = 1.0,
+) -> None:
+    """Run a representative matrix: built-in victims x attacks x three output policies."""
+    cells = [(v, a, p, b, kw) for v, a, b, kw in DEMO_CELLS for p in DEMO_POLICIES]
+    results: list[Result] = []
+    start = time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("demo", total=len(cells))
+        for v_name, a_name, policy, budget, kw in cells:
+            progress.update(task, description=f"{a_name:>16} on {v_name:<17} {policy:<8}")
+            victim = load_victim(v_name, seed=seed)
+            results.append(run_cell(victim, a_name, policy, budget, seed, price, kw))
+            progress.advance(task)
+    console.print(results_table(results))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    path.write_text(json.dumps({"seed": seed, "price_per_1k": price,
+                                "seconds": time.perf_counter() - start,
+                                "results": [r.to_dict() for r in results]}, indent=2))
+    console.print(f"wrote {path} ({time.perf_counter() - start:.0f} s)")
+
+
+def results_table(results: list[Result]) -> Table:
+    table = Table("victim", "attack", "policy", "queries", "$", "acc", "fid test",
+                  "fid unif", "param err", "status", title="extraction results")
+
+    def num(x: float | None, fmt: str = ".4f") -> str:
+        return "—" if x is None else format(x, fmt)
+
+    for r in results:
+        status = r.status if r.status == "ok" else f"[yellow]{r.status}[/]"
+        table.add_row(r.victim, r.attack, r.policy, str(r.queries), num(r.cost, ".2f"),
+                      num(r.accuracy), num(r.fidelity_test), num(r.fidelity_uniform),
+                      num(r.parameter_error, ".1e"), status)
+    notes = {r.reason for r in results if r.reason}
+    if notes:
+        table.caption = "\n".join(sorted(notes))
+    return table
+
+
+def parse_params(cls: type, items: list[str]) -> dict[str, Any]:
+    """``key=value`` strings into typed keyword arguments for the dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "random_state"]
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or key not in names:
+            raise ConfigError(f"--param {item!r}: expected key=value with key one of "
+                              f"{', '.join(names)}.")
+        out[key] = _coerce(raw.strip(), hints[key], key)
+    return out
+
+
+def _coerce(raw: str, hint: Any, key: str) -> Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if raw.lower() == "none":
+            return None
+        hint = args[0]
+    origin = typing.get_origin(hint)
+    try:
+        if origin is tuple:
+            return tuple(int(v) for v in raw.split(",") if v)
+        if hint is bool:
+            if raw.lower() not in {"true", "false", "1", "0", "yes", "no"}:
+                raise ValueError(raw)
+            return raw.lower() in {"true", "1", "yes"}
+        if hint in (int, float):
+            return hint(raw)
+    except ValueError:
+        name = "comma-separated integers" if origin is tuple else getattr(hint, "__name__", "")
+        raise ConfigError.invalid(key, f"a value of type {name}", raw) from None
+    return raw
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
