@@ -32,7 +32,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Wide tables in logs and pipes; the terminal's own width when there is one.
+console = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True)
 
 
@@ -105,8 +106,12 @@ DEMO_CELLS: list[tuple[str, str, int, dict[str, Any]]] = [
     ("breast-cancer-lr", "label-only", 1000, {"method": "lowd-meek"}),
     ("digits-lr", "equation-solving", 1500, {}),
     ("wine-tree", "path-finding", 5000, {}),
-    ("digits-mlp", "knockoff", 1000, {"labels": "soft"}),
-    ("digits-mlp", "active", 1000, {"strategy": "margin", "labels": "soft"}),
+    ("digits-lr", "label-only", 1000, {"method": "adaptive"}),
+    ("digits-tree", "path-finding", 20000, {}),
+    ("digits-mlp", "equation-solving", 3020, {"model": "mlp", "source": "pool"}),
+    ("digits-mlp", "knockoff", 1000, {}),
+    ("digits-mlp", "active", 1000, {"strategy": "margin"}),
+    ("digits-mlp", "jacobian", 1000, {}),
 ]
 DEMO_POLICIES = ("full", "round:2", "label")
 

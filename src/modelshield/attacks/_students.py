@@ -10,16 +10,21 @@ from modelshield.answer import Answer, FloatArray
 from modelshield.errors import AttackRefused, ConfigError
 from modelshield.models import TorchMLPClassifier
 
-LABEL_KINDS = ("soft", "hard")
+LABEL_KINDS = ("auto", "soft", "hard")
 
 
 def check_labels(kind: str) -> None:
     if kind not in LABEL_KINDS:
-        raise ConfigError.invalid("labels", "'soft' or 'hard'", kind)
+        raise ConfigError.invalid("labels", "'auto', 'soft' or 'hard'", kind)
 
 
 def targets(answers: list[Answer], kind: str, attack: str) -> np.ndarray:
-    """Training targets from the answers: probabilities (soft) or labels (hard)."""
+    """Training targets from the answers: probabilities (soft) or labels (hard).
+
+    "auto" trains on the scores when every answer has them, else on the labels.
+    """
+    if kind == "auto":
+        kind = "soft" if all(a.probabilities is not None for a in answers) else "hard"
     if kind == "soft":
         if any(a.probabilities is None for a in answers):
             raise AttackRefused(attack, "class scores (labels='soft'); use labels='hard'",

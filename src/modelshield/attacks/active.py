@@ -35,7 +35,7 @@ class ActiveLearning(Attack):
     needs: ClassVar[str] = "labels (hard) or class scores (soft)"
 
     strategy: str = "margin"
-    labels: str = "soft"
+    labels: str = "auto"
     seed_size: int = 100
     rounds: int = 8
     candidates: str = "pool"

@@ -5,7 +5,8 @@ IJCNN 2018. Query the victim on inputs the attacker can get — uniform noise in
 their own natural data (the pool), or synthetic points mixed from it — and train a student
 of the attacker's chosen architecture on the answers: on the returned probabilities (soft
 labels, a KL loss computed through log-softmax, so a 0 probability never makes a log(0)) or
-on the labels alone (hard). Every loop is bounded by the budget.
+on the labels alone (hard); "auto" uses the scores when the policy returns them. Every loop
+is bounded by the budget.
 
 Needs: labels (hard) or class scores (soft; top-k scores are completed by spreading the
 withheld mass evenly).
@@ -38,7 +39,7 @@ class Knockoff(Attack):
     needs: ClassVar[str] = "labels (hard) or class scores (soft)"
 
     source: str = "pool"
-    labels: str = "soft"
+    labels: str = "auto"
     hidden: tuple[int, ...] = (128,)
     epochs: int = 200
     checkpoints: tuple[int, ...] = field(default=())

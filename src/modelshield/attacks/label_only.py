@@ -159,7 +159,7 @@ class LabelOnly(Attack):
             y = np.concatenate([y, session.query(cand).labels])
         assert model is not None
         params = {"coef": model.coef_, "intercept": model.intercept_}
-        return model, params, {"rounds": rounds}
+        return model, params, {"rounds": rounds, "scale_free": True}
 
 
 def _fit_lr(X: FloatArray, y: np.ndarray, n_classes: int) -> LinearClone:

@@ -44,12 +44,12 @@ class QueryLog:
 
     inputs: list[FloatArray] = field(default_factory=list)
     answers: list[Answer] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)
+    times: list[FloatArray] = field(default_factory=list)
 
     def append(self, inputs: FloatArray, answer: Answer, when: float) -> None:
         self.inputs.append(inputs)
         self.answers.append(answer)
-        self.times.append(when)
+        self.times.append(np.full(len(answer), when))
 
     def __len__(self) -> int:
         return sum(len(a) for a in self.answers)
@@ -61,9 +61,7 @@ class QueryLog:
         out: dict[str, np.ndarray] = {
             "inputs": np.concatenate(self.inputs),
             "labels": np.concatenate([a.labels for a in self.answers]),
-            "times": np.concatenate(
-                [np.full(len(a), t) for a, t in zip(self.answers, self.times, strict=True)]
-            ),
+            "times": np.concatenate(self.times),
         }
         for name in ("probabilities", "confidence", "leaf_ids"):
             parts = [getattr(a, name) for a in self.answers]
@@ -91,7 +89,7 @@ class QueryLog:
             leaf_ids=arrays.get("leaf_ids"),
             policy=policy,
         )
-        return cls([arrays["inputs"]], [answer], [float(arrays["times"][0])])
+        return cls([arrays["inputs"]], [answer], [arrays["times"]])
 
 
 class BaseOracle(ABC):

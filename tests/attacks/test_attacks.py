@@ -1,0 +1,163 @@
+"""Every attack on small victims: it works, stays in budget, and refuses what it cannot use."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelshield.attacks import ATTACKS
+from modelshield.attacks.equation_solving import EquationSolving, relative_parameter_error
+from modelshield.audit import run_cell
+from modelshield.defenses import parse_policy
+from modelshield.errors import AttackRefused, ConfigError
+from modelshield.oracle import LocalOracle
+from modelshield.victims import Victim
+
+# A cheap configuration of every registered attack against a victim it suits.
+CASES = {
+    "equation-solving": ("breast-cancer-lr", "full", 200, {}),
+    "path-finding": ("wine-tree", "leaf-id", 3000, {}),
+    "label-only": ("synth-lr-d10", "label", 400, {}),
+    "knockoff": ("digits-mlp", "full", 300, {"epochs": 60}),
+    "jacobian": ("digits-mlp", "label", 300, {"epochs": 40}),
+    "active": ("digits-mlp", "full", 300, {"epochs": 40, "rounds": 2}),
+}
+
+
+def test_every_registered_attack_has_a_case() -> None:
+    assert set(CASES) == set(ATTACKS)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_attack_runs_within_budget_and_beats_chance(name: str,
+                                                    victims: dict[str, Victim]) -> None:
+    victim_name, policy, budget, params = CASES[name]
+    victim = victims.get(victim_name) or __import__("modelshield.victims").victims.load_victim(
+        victim_name)
+    result = run_cell(victim, name, policy, budget, seed=0, params=params, uniform_points=2000)
+    assert result.status == "ok", result.reason
+    assert 0 < result.queries <= budget
+    chance = 1.0 / victim.spec.n_classes
+    assert result.fidelity_test is not None and result.fidelity_test > chance + 0.3
+    assert result.curve and result.curve[-1][0] == result.queries
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_attacks_never_import_the_victims_or_defenses(name: str) -> None:
+    module = ATTACKS[name].__module__
+    source = Path(__import__(module, fromlist=["x"]).__file__ or "").read_text()
+    imported = {n.module for n in ast.walk(ast.parse(source))
+                if isinstance(n, ast.ImportFrom) and n.module}
+    assert not {m for m in imported if m.startswith(("modelshield.victims",
+                                                     "modelshield.defenses"))}
+
+
+def test_equation_solving_is_exact_with_d_plus_one_queries(victims: dict[str, Victim]) -> None:
+    v = victims["breast-cancer-lr"]
+    e = EquationSolving().run(LocalOracle(v), 1000)
+    assert e.queries == v.spec.n_features + 1
+    assert relative_parameter_error(e.parameters or {}, v.parameters) < 1e-6
+    np.testing.assert_array_equal(e.clone.predict(v.X_test), v.predict_labels(v.X_test))
+
+
+def test_multinomial_equation_solving_needs_d_plus_one_queries(
+        victims: dict[str, Victim]) -> None:
+    v = victims["digits-lr"]
+    e = EquationSolving().run(LocalOracle(v), 1000, pool=v.pool)
+    assert e.queries == 65
+    assert relative_parameter_error(e.parameters or {}, v.parameters) < 1e-6
+
+
+def test_rounded_scores_still_give_a_perfect_linear_clone(victims: dict[str, Victim]) -> None:
+    v = victims["breast-cancer-lr"]
+    r = run_cell(v, "equation-solving", "round:4", 400, uniform_points=2000)
+    assert r.fidelity_test == 1.0 and r.parameter_error is not None
+    assert r.parameter_error < 1e-3
+
+
+def test_keyed_noise_defeats_naive_equation_solving_but_not_least_squares(
+        victims: dict[str, Victim]) -> None:
+    v = victims["digits-lr"]
+    naive = run_cell(v, "equation-solving", "noise:0.01", 2000, uniform_points=2000)
+    lsq = run_cell(v, "equation-solving", "noise:0.01", 2000, params={"verify": 3},
+                   uniform_points=2000)
+    assert naive.queries == 65 and lsq.queries == 2000
+    assert naive.fidelity_test is not None and lsq.fidelity_test is not None
+    assert naive.fidelity_test < 0.5 < lsq.fidelity_test
+
+
+def test_path_finding_recovers_the_tree_exactly(victims: dict[str, Victim]) -> None:
+    v = victims["wine-tree"]
+    for incomplete in (False, True):
+        r = run_cell(v, "path-finding", "leaf-confidence", 5000,
+                     params={"incomplete": incomplete, "precision": 1e-4})
+        assert r.fidelity_test == 1.0 and r.fidelity_uniform == 1.0
+        assert r.info["leaves"] == v.model.tree.get_n_leaves()  # type: ignore[attr-defined]
+
+
+def test_incomplete_queries_save_queries(victims: dict[str, Victim]) -> None:
+    v = victims["digits-tree"]
+    full = run_cell(v, "path-finding", "leaf-id", 30000, uniform_points=2000)
+    inc = run_cell(v, "path-finding", "leaf-id", 30000, params={"incomplete": True},
+                   uniform_points=2000)
+    assert full.fidelity_test == inc.fidelity_test == 1.0
+    assert inc.queries < full.queries
+
+
+def test_lowd_meek_matches_a_binary_linear_model_from_labels(victims: dict[str, Victim]) -> None:
+    r = run_cell(victims["breast-cancer-lr"], "label-only", "label", 827)
+    assert r.fidelity_test is not None and r.fidelity_test >= 0.99
+    assert r.fidelity_uniform is not None and r.fidelity_uniform >= 0.99
+
+
+@pytest.mark.parametrize(("attack", "policy", "params"), [
+    ("equation-solving", "label", {}),
+    ("equation-solving", "top-k:3", {}),
+    ("path-finding", "label", {}),
+    ("knockoff", "label", {"labels": "soft"}),
+])
+def test_attacks_refuse_when_the_policy_withholds_what_they_need(
+        attack: str, policy: str, params: dict[str, str], victims: dict[str, Victim]) -> None:
+    victim = victims["wine-tree" if attack == "path-finding" else "digits-lr"]
+    oracle = LocalOracle(victim, parse_policy(policy), budget=500)
+    with pytest.raises(AttackRefused, match=f"Attack '{attack}' needs"):
+        ATTACKS[attack](**params).run(oracle, 500, pool=victim.pool)
+
+
+def test_knockoff_soft_labels_survive_zero_probabilities_and_top_k(
+        victims: dict[str, Victim]) -> None:
+    v = victims["digits-mlp"]
+    for policy in ("round:1", "top-k:1"):  # many exact zeros / withheld scores
+        r = run_cell(v, "knockoff", policy, 200, params={"labels": "soft", "epochs": 30},
+                     uniform_points=1000)
+        assert r.status == "ok" and r.fidelity_test is not None and r.fidelity_test > 0.5
+
+
+@pytest.mark.slow
+def test_active_margin_beats_random_selection(victims: dict[str, Victim]) -> None:
+    v = victims["digits-mlp"]
+    scores = {}
+    for strategy in ("margin", "random"):
+        fids = [run_cell(v, "active", "full", 1000, seed=s, params={"strategy": strategy},
+                         uniform_points=1000).fidelity_test for s in (0, 1)]
+        scores[strategy] = float(np.mean([f for f in fids if f is not None]))
+    assert scores["margin"] > scores["random"]
+
+
+def test_bad_attack_parameters_name_the_field() -> None:
+    with pytest.raises(ConfigError, match="'method' parameter must be"):
+        ATTACKS["label-only"](method="guess")
+    with pytest.raises(ConfigError, match="'source' parameter must be"):
+        ATTACKS["knockoff"](source="web")
+    with pytest.raises(ConfigError, match="'budget' parameter"):
+        ATTACKS["knockoff"]().run(None, 0)  # type: ignore[arg-type]
+
+
+def test_same_seed_same_numbers(victims: dict[str, Victim]) -> None:
+    v = victims["digits-mlp"]
+    a = run_cell(v, "knockoff", "full", 200, seed=3, params={"epochs": 30}, uniform_points=500)
+    b = run_cell(v, "knockoff", "full", 200, seed=3, params={"epochs": 30}, uniform_points=500)
+    assert a.fidelity_test == b.fidelity_test and a.fidelity_uniform == b.fidelity_uniform

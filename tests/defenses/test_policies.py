@@ -1,0 +1,143 @@
+"""Each output policy keeps the promise it declares (property tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from modelshield.answer import Prediction
+from modelshield.defenses import POLICIES, KeyedNoise, parse_policy
+from modelshield.errors import ConfigError, UnknownNameError
+
+
+@st.composite
+def predictions(draw: st.DrawFn) -> tuple[Prediction, np.ndarray]:
+    n = draw(st.integers(1, 8))
+    c = draw(st.integers(2, 6))
+    raw = draw(arrays(np.float64, (n, c), elements=st.floats(1e-6, 1.0)))
+    probs = raw / raw.sum(axis=1, keepdims=True)
+    x = draw(arrays(np.float64, (n, 3), elements=st.floats(-5, 5)))
+    return Prediction(probabilities=probs), x
+
+
+SCORE_POLICIES = ["full", "round:3", "top-k:2", "noise:0.1", "reverse-sigmoid"]
+
+
+@pytest.mark.parametrize("spec", SCORE_POLICIES + ["label"])
+@given(case=predictions())
+@settings(max_examples=40, deadline=None)
+def test_label_is_always_the_true_top1(spec: str, case: tuple[Prediction, np.ndarray]) -> None:
+    pred, x = case
+    answer = parse_policy(spec).apply(pred, x)
+    np.testing.assert_array_equal(answer.labels, pred.labels)
+
+
+@pytest.mark.parametrize("spec", [s for s in SCORE_POLICIES if parse_policy(s).keeps_top1])
+@given(case=predictions())
+@settings(max_examples=60, deadline=None)
+def test_policies_that_promise_top1_rank_it_first(spec: str,
+                                                  case: tuple[Prediction, np.ndarray]) -> None:
+    pred, x = case
+    answer = parse_policy(spec).apply(pred, x)
+    assert answer.probabilities is not None
+    np.testing.assert_array_equal(np.nanargmax(answer.probabilities, axis=1), pred.labels)
+
+
+@given(case=predictions(), decimals=st.integers(0, 6))
+@settings(max_examples=60, deadline=None)
+def test_rounding_is_within_half_a_unit(case: tuple[Prediction, np.ndarray], decimals: int) -> None:
+    pred, x = case
+    out = parse_policy(f"round:{decimals}").apply(pred, x).probabilities
+    assert out is not None
+    assert np.all(np.abs(out - pred.probabilities) <= 0.5 * 10.0**-decimals + 1e-12)
+    np.testing.assert_allclose(out, np.round(out, decimals))
+
+
+@given(case=predictions(), k=st.integers(1, 6))
+@settings(max_examples=60, deadline=None)
+def test_top_k_reveals_exactly_k_scores(case: tuple[Prediction, np.ndarray], k: int) -> None:
+    pred, x = case
+    out = parse_policy(f"top-k:{k}").apply(pred, x).probabilities
+    assert out is not None
+    revealed = ~np.isnan(out)
+    assert np.all(revealed.sum(axis=1) == min(k, out.shape[1]))
+    np.testing.assert_array_equal(out[revealed], pred.probabilities[revealed])
+
+
+@given(case=predictions())
+@settings(max_examples=40, deadline=None)
+def test_keyed_noise_is_deterministic_per_input_and_key(
+        case: tuple[Prediction, np.ndarray]) -> None:
+    pred, x = case
+    policy = KeyedNoise(sigma=0.2, key="k1")
+    a = policy.apply(pred, x).probabilities
+    b = policy.apply(pred, x.copy()).probabilities
+    np.testing.assert_array_equal(a, b)
+    assert a is not None
+    np.testing.assert_allclose(a.sum(axis=1), 1.0)
+    other = KeyedNoise(sigma=0.2, key="k2").apply(pred, x).probabilities
+    assert not np.array_equal(a, other)
+
+
+def test_keyed_noise_differs_between_inputs_so_it_is_not_a_constant_offset() -> None:
+    probs = np.full((2, 4), 0.25)
+    probs[:, 0] = 0.4
+    probs /= probs.sum(axis=1, keepdims=True)
+    out = KeyedNoise(sigma=0.1).apply(Prediction(probs), np.array([[0.0], [1.0]])).probabilities
+    assert out is not None
+    assert not np.allclose(out[0], out[1])
+
+
+def test_reverse_sigmoid_changes_scores_but_keeps_them_a_distribution() -> None:
+    probs = np.array([[0.7, 0.2, 0.1], [0.34, 0.33, 0.33]])
+    out = parse_policy("reverse-sigmoid:beta=0.7,gamma=0.4").apply(Prediction(probs),
+                                                                  np.zeros((2, 1)))
+    assert out.probabilities is not None
+    assert not np.allclose(out.probabilities, probs)
+    np.testing.assert_allclose(out.probabilities.sum(axis=1), 1.0)
+
+
+def test_label_policy_withholds_scores() -> None:
+    answer = parse_policy("label").apply(Prediction(np.array([[0.2, 0.8]])), np.zeros((1, 1)))
+    assert answer.probabilities is None and answer.confidence is None
+
+
+def test_leaf_confidence_is_the_wilson_lower_bound() -> None:
+    counts = np.array([[8.0, 2.0]])
+    pred = Prediction(counts / 10, node_ids=np.array([3]), node_counts=counts)
+    conf = parse_policy("leaf-confidence").apply(pred, np.zeros((1, 1))).confidence
+    assert conf is not None
+    # Wilson score interval lower bound for 8/10 at z=1.96 (a textbook value: 0.4902).
+    assert conf[0] == pytest.approx(0.4902, abs=1e-4)
+
+
+def test_tree_policies_refuse_non_tree_predictions() -> None:
+    with pytest.raises(ConfigError, match="decision-tree"):
+        parse_policy("leaf-id").apply(Prediction(np.array([[0.5, 0.5]])), np.zeros((1, 1)))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("round:x", "'decimals' parameter of policy 'round' must be a int"),
+    ("round:-1", "'decimals' parameter must be an integer in \\[0, 15\\]"),
+    ("top-k:0", "'k' parameter must be an integer >= 1"),
+    ("noise:sigma=2", "'sigma' parameter must be a number in \\[0, 1\\]"),
+    ("round:digits=2", "has no parameter 'digits'"),
+])
+def test_bad_policy_specs_name_the_field(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_policy(text)
+
+
+def test_unknown_policy_lists_the_choices() -> None:
+    with pytest.raises(UnknownNameError) as info:
+        parse_policy("blur")
+    for name in POLICIES:
+        assert name in str(info.value)
+
+
+def test_policy_spec_round_trips() -> None:
+    for text in ["full", "round:decimals=4", "top-k:k=3", "reverse-sigmoid:beta=0.5,gamma=0.2"]:
+        assert parse_policy(text).spec == text

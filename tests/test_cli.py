@@ -1,0 +1,59 @@
+"""The CLI in-process: listings, one attack with JSON out, and errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from modelshield.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(("command", "expected"), [
+    ("victims", "digits-mlp"), ("attacks", "path-finding"), ("policies", "reverse-sigmoid")])
+def test_listings(command: str, expected: str) -> None:
+    result = runner.invoke(app, [command])
+    assert result.exit_code == 0 and expected in result.output
+
+
+def test_attack_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    result = runner.invoke(app, ["attack", "--victim", "breast-cancer-lr", "--attack",
+                                 "equation-solving", "--budget", "100", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["queries"] == 31 and data["fidelity_test"] == 1.0
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "modelshield.cli", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["attack", "--victim", "mnist", "--attack", "knockoff"], "Unknown victim 'mnist'"),
+    (["attack", "--victim", "digits-lr", "--attack", "steal"], "Unknown attack 'steal'"),
+    (["attack", "--victim", "digits-lr", "--attack", "knockoff", "--policy", "blur"],
+     "Unknown output policy 'blur'"),
+    (["attack", "--victim", "digits-lr", "--attack", "knockoff", "--param", "depth=3"],
+     "key one of source, labels"),
+    (["attack", "--victim", "digits-lr", "--attack", "knockoff", "--budget", "0"],
+     "budget"),
+])
+def test_bad_input_exits_2_with_a_message_and_no_traceback(args: list[str], message: str) -> None:
+    proc = _run(*args)
+    assert proc.returncode == 2
+    assert message in " ".join((proc.stderr + proc.stdout).split())
+    assert "Traceback" not in proc.stderr
+
+
+def test_refused_attack_exits_3_and_says_why() -> None:
+    proc = _run("attack", "--victim", "wine-tree", "--attack", "path-finding", "--policy", "label")
+    assert proc.returncode == 3
+    assert "needs leaf identity" in " ".join(proc.stdout.split())

@@ -1,0 +1,97 @@
+"""Built-in victims: trained from shipped data, disjoint pools, cached, and wrappable models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.ensemble import RandomForestClassifier
+
+from modelshield.errors import ConfigError, UnknownNameError
+from modelshield.victims import ZOO, Victim, load_model_file, load_victim, wrap_estimator
+
+
+def _rows(a: np.ndarray) -> set[bytes]:
+    return {r.tobytes() for r in np.ascontiguousarray(a)}
+
+
+@pytest.mark.parametrize("name", ["breast-cancer-lr", "digits-mlp", "wine-tree"])
+def test_pool_and_test_set_are_disjoint_from_training_data(
+        victims: dict[str, Victim], name: str) -> None:
+    v = victims[name]
+    assert not _rows(v.X_train) & _rows(v.X_test)
+    original_pool = v.pool[: len(v.pool) // 9] if v.spec.integer_features else v.pool
+    assert not _rows(v.X_train) & _rows(original_pool)
+
+
+def test_every_built_in_victim_learns_its_task() -> None:
+    for name in ZOO:
+        v = load_victim(name)
+        assert np.mean(v.predict_labels(v.X_test) == v.y_test) > 0.75, name
+        assert v.spec.n_features == v.X_test.shape[1]
+        assert np.all(v.X_test >= v.spec.low) and np.all(v.X_test <= v.spec.high)
+
+
+def test_the_cache_returns_the_same_model(victims: dict[str, Victim]) -> None:
+    again = load_victim("digits-mlp")
+    x = victims["digits-mlp"].X_test
+    np.testing.assert_array_equal(again.predict(x).probabilities,
+                                  victims["digits-mlp"].predict(x).probabilities)
+
+
+def test_tree_node_ids_match_scikit_learn(victims: dict[str, Victim]) -> None:
+    v = victims["digits-tree"]
+    pred = v.predict(v.X_test)
+    tree = v.model.tree  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(pred.node_ids, tree.apply(v.X_test.astype(np.float32)))
+    np.testing.assert_allclose(pred.probabilities, tree.predict_proba(v.X_test))
+
+
+def test_any_fitted_classifier_and_joblib_file_can_be_a_victim(
+        victims: dict[str, Victim], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import joblib
+
+    base = victims["breast-cancer-lr"]
+    forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(base.X_train,
+                                                                         np.arange(len(base.X_train)) % 2)
+    v = wrap_estimator(forest, base.X_test, base.y_test, name="forest")
+    np.testing.assert_allclose(v.predict(base.X_test).probabilities,
+                               forest.predict_proba(base.X_test))
+    path = tmp_path / "m.joblib"
+    joblib.dump(forest, path)
+    adapter = load_model_file(path)
+    np.testing.assert_allclose(adapter.predict(base.X_test).probabilities,
+                               forest.predict_proba(base.X_test))
+
+
+def test_onnx_file_can_be_a_victim(victims: dict[str, Victim], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("skl2onnx")
+    from skl2onnx import to_onnx
+
+    v = victims["digits-lr"]
+    estimator = v.model.estimator  # type: ignore[attr-defined]
+    onx = to_onnx(estimator, v.X_test[:1].astype(np.float32), options={"zipmap": False})
+    path = tmp_path / "m.onnx"
+    path.write_bytes(onx.SerializeToString())
+    adapter = load_model_file(path)
+    np.testing.assert_allclose(adapter.predict(v.X_test).probabilities,
+                               estimator.predict_proba(v.X_test), atol=1e-4)
+
+
+def test_torch_module_can_be_a_victim() -> None:
+    import torch
+
+    from modelshield.victims import TorchAdapter
+
+    module = torch.nn.Linear(3, 2)
+    probs = TorchAdapter(module).predict(np.zeros((4, 3))).probabilities
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+
+
+def test_unknown_names_and_files_are_config_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UnknownNameError, match="Choose one of: breast-cancer-lr"):
+        load_victim("mnist")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_model_file(tmp_path / "nope.joblib")
+    (tmp_path / "m.txt").write_text("x")
+    with pytest.raises(ConfigError, match="'model file' parameter"):
+        load_model_file(tmp_path / "m.txt")
