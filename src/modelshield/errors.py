@@ -8,7 +8,8 @@ Every error the package raises on purpose derives from :class:`ModelShieldError`
      ├── OracleError            the attacker's window onto the model refused a query
      │    ├── BudgetExhausted   the query budget would be exceeded
      │    └── CheatingError     code tried to reach the victim around the oracle
-     └── AttackRefused          the answers the policy lets out are not enough for the attack
+     ├── AttackRefused          the answers the policy lets out are not enough for the attack
+     └── AttackFailed           the attack ran but could not build a clone within its budget
 
 Each carries an ``exit_code`` so the CLI can print it and exit without a traceback.
 """
@@ -75,3 +76,9 @@ class AttackRefused(ModelShieldError):
         super().__init__(
             f"Attack {attack!r} needs {needs}, which the output policy {policy!r} withholds."
         )
+
+
+class AttackFailed(ModelShieldError):
+    """The attack ran but could not build a clone (too few usable answers for the budget)."""
+
+    exit_code = 3

@@ -22,7 +22,7 @@ import numpy as np
 
 from modelshield.answer import Answer, FloatArray
 from modelshield.attacks.base import Attack, Session, draw_queries
-from modelshield.errors import ConfigError
+from modelshield.errors import AttackFailed, ConfigError
 from modelshield.models import LinearClone, TorchMLPClassifier
 
 
@@ -201,8 +201,8 @@ def _solve_logistic(X: FloatArray, P: FloatArray,
             continue
         ok = (P[:, k] > 0) & (P[:, ref] > 0)
         if ok.sum() < d + 1:
-            raise ConfigError(f"only {ok.sum()} usable answers for class {k}; need {d + 1}: "
-                              "give a larger budget")
+            raise AttackFailed(f"only {ok.sum()} usable answers for class {k}; need {d + 1}: "
+                               "give a larger budget")
         w = np.ones(int(ok.sum())) if exact else \
             1.0 / np.sqrt(1.0 / P[ok, k] ** 2 + 1.0 / P[ok, ref] ** 2)
         y = logp[ok, k] - logp[ok, ref]

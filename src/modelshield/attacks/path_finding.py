@@ -29,7 +29,7 @@ import numpy as np
 
 from modelshield.answer import Answer, FloatArray
 from modelshield.attacks.base import Attack, Session
-from modelshield.errors import AttackRefused, ConfigError
+from modelshield.errors import AttackFailed, AttackRefused, ConfigError
 from modelshield.models import BoxClassifier
 
 
@@ -172,7 +172,7 @@ class _BoxMapper:
 
     def clone(self, n_classes: int) -> BoxClassifier:
         if not self.lows:
-            raise ConfigError("the budget ran out before one leaf was mapped")
+            raise AttackFailed("the budget ran out before one leaf was mapped")
         return BoxClassifier(np.array(self.lows), np.array(self.highs),
                              np.array(self.labels), n_classes).fit()
 

@@ -16,7 +16,7 @@ from modelshield.answer import FloatArray
 from modelshield.attacks.base import ATTACKS, Extraction
 from modelshield.attacks.equation_solving import relative_parameter_error
 from modelshield.defenses.policies import parse_policy
-from modelshield.errors import AttackRefused, BudgetExhausted
+from modelshield.errors import AttackFailed, AttackRefused, BudgetExhausted
 from modelshield.oracle.local import LocalOracle
 from modelshield.victims.base import Victim
 
@@ -92,8 +92,9 @@ def run_cell(victim: Victim, attack: str, policy: str, budget: int, seed: int = 
     oracle = LocalOracle(victim, parse_policy(policy), budget=budget, price_per_1k=price_per_1k)
     try:
         extraction = attack_obj.run(oracle, budget, pool=victim.pool)
-    except (AttackRefused, BudgetExhausted) as exc:
-        result.status = "refused" if isinstance(exc, AttackRefused) else "out of budget"
+    except (AttackRefused, AttackFailed, BudgetExhausted) as exc:
+        result.status = {AttackRefused: "refused", AttackFailed: "failed"}.get(
+            type(exc), "out of budget")
         result.reason = str(exc)
         result.queries, result.cost = oracle.used, oracle.cost
         return result
