@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import show, write
 from sklearn.cluster import KMeans
 
-from _common import show, write
 from modelshield.attacks import ATTACKS
 from modelshield.attacks._students import epochs_for
 from modelshield.audit.evaluate import agreement
@@ -60,7 +60,7 @@ def art(victim: Victim, method: str, budget: int, seed: int) -> tuple[float, int
                               preprocessing=(mean.astype(np.float32), std.astype(np.float32)))
     epochs = epochs_for(budget, EPOCHS)
     x = victim.pool.astype(np.float32)
-    np.random.seed(seed)  # ART samples with the global generator
+    np.random.seed(seed)  # noqa: NPY002  (ART samples with the global generator)
     if method == "copycat":
         attack = CopycatCNN(black_box, batch_size_fit=64, batch_size_query=256,
                             nb_epochs=epochs, nb_stolen=budget, use_probability=False)

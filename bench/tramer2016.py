@@ -11,8 +11,8 @@ import argparse
 from typing import Any
 
 import numpy as np
-
 from _common import show, write
+
 from modelshield.audit import run_cell
 from modelshield.victims import load_victim
 
@@ -89,7 +89,6 @@ def trees(seed: int) -> list[dict[str, Any]]:
                 d = r.to_dict()
                 d["true_leaves"] = int(v.model.tree.get_n_leaves())  # type: ignore[attr-defined]
                 rows.append(d)
-    g = PAPER
     show("path finding on decision trees (paper, German Credit: 26 leaves, 1,150 queries "
          "with incomplete queries = 44.2/leaf, 1,722 without = 66.2/leaf)",
          ["victim", "policy", "incomplete", "leaves found", "true leaves", "queries",
@@ -97,7 +96,6 @@ def trees(seed: int) -> list[dict[str, Any]]:
          [[r["victim"], r["policy"], r["params"]["incomplete"], r["info"]["leaves"],
            r["true_leaves"], r["queries"], r["info"]["queries_per_leaf"], r["fidelity_test"],
            r["fidelity_uniform"]] for r in rows])
-    _ = g
     return rows
 
 

@@ -26,7 +26,7 @@ def predictions(draw: st.DrawFn) -> tuple[Prediction, np.ndarray]:
 SCORE_POLICIES = ["full", "round:3", "top-k:2", "noise:0.1", "reverse-sigmoid"]
 
 
-@pytest.mark.parametrize("spec", SCORE_POLICIES + ["label"])
+@pytest.mark.parametrize("spec", [*SCORE_POLICIES, "label"])
 @given(case=predictions())
 @settings(max_examples=40, deadline=None)
 def test_label_is_always_the_true_top1(spec: str, case: tuple[Prediction, np.ndarray]) -> None:

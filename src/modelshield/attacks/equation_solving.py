@@ -256,4 +256,3 @@ def relative_parameter_error(recovered: dict[str, FloatArray],
 
 
 __all__ = ["EquationSolving", "relative_parameter_error"]
-_ = Answer
