@@ -1,14 +1,15 @@
 """Our knockoff and active attacks beside IBM ART 1.20.1 on the same work, in one run.
 
     pip install -e '.[bench]'   # adversarial-robustness-toolbox==1.20.1
-    python bench/knockoff_vs_art.py [--seed 0] [--budgets 100 300 1000 3000]
+    python bench/knockoff_vs_art.py [--seeds 0 1 2] [--budgets 100 300 1000 3000]
 
 Victim: the built-in digits MLP behind full probabilities. Queries: the attacker's natural
 pool. Student: the same architecture for every method (64-128-10 ReLU MLP), trained with Adam
 for the same number of epochs at each budget. ART's victim is an ART BlackBoxClassifier whose
 predict calls our LocalOracle, so its queries are counted by the same oracle as ours.
 ART's KnockoffNets "adaptive" needs categories for its bandit; the attacker's pool has no
-labels, so its 10 k-means clusters serve. Prints fidelity per budget and ours/ART ratios;
+labels, so its 10 k-means clusters serve. The victim is fixed (seed 0); each seed changes
+the queries and the students. Prints mean fidelity per budget and ours/ART ratios;
 writes bench/results/knockoff_vs_art.json.
 """
 
@@ -81,24 +82,30 @@ def art(victim: Victim, method: str, budget: int, seed: int) -> tuple[float, int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budgets", type=int, nargs="+", default=[100, 300, 1000, 3000])
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    victim = load_victim("digits-mlp", args.seed)
-    rows = []
-    for budget in args.budgets:
-        row: dict[str, Any] = {"budget": budget}
-        row["ours_knockoff_soft"], _ = ours(victim, "knockoff", budget, args.seed,
-                                            source="pool", labels="soft")
-        row["ours_active_margin"], _ = ours(victim, "active", budget, args.seed,
-                                            strategy="margin", labels="soft")
-        for method in ("copycat", "knockoff-random", "knockoff-adaptive"):
-            row[f"art_{method}"], used = art(victim, method, budget, args.seed)
-            row[f"art_{method}_queries"] = used
-        rows.append(row)
-        print(row, flush=True)
-    show("digits MLP, natural pool, full probabilities: test fidelity (ours / ART ratios)",
+    victim = load_victim("digits-mlp", 0)
+    methods = ["ours_knockoff_soft", "ours_active_margin", "art_copycat", "art_knockoff-random",
+               "art_knockoff-adaptive"]
+    runs = []
+    for seed in args.seeds:
+        for budget in args.budgets:
+            run: dict[str, Any] = {"seed": seed, "budget": budget}
+            run["ours_knockoff_soft"], _ = ours(victim, "knockoff", budget, seed,
+                                                source="pool", labels="soft")
+            run["ours_active_margin"], _ = ours(victim, "active", budget, seed,
+                                                strategy="margin", labels="soft")
+            for method in ("copycat", "knockoff-random", "knockoff-adaptive"):
+                run[f"art_{method}"], run[f"art_{method}_queries"] = art(victim, method,
+                                                                         budget, seed)
+            runs.append(run)
+            print(run, flush=True)
+    rows = [{"budget": b, **{m: float(np.mean([r[m] for r in runs if r["budget"] == b]))
+                             for m in methods}} for b in args.budgets]
+    show(f"digits MLP, natural pool, full probabilities: test fidelity, mean of seeds "
+         f"{args.seeds} (ours / ART ratios)",
          ["budget", "ours knockoff", "ours active", "ART copycat", "ART knockoff rand",
           "ART knockoff adapt", "knockoff/ART rand", "active/ART adapt"],
          [[r["budget"], r["ours_knockoff_soft"], r["ours_active_margin"], r["art_copycat"],
@@ -111,7 +118,8 @@ def main() -> None:
              if max(r["ours_knockoff_soft"], r["ours_active_margin"]) >= best_art]
     print(f"ART's best fidelity at {max(args.budgets)} queries: {best_art:.4f}; "
           f"ours first reaches it at: {min(reach) if reach else 'not within the budgets'}")
-    write("knockoff_vs_art", {"seed": args.seed, "rows": rows, "art_best": best_art,
+    write("knockoff_vs_art", {"seeds": args.seeds, "runs": runs, "rows": rows,
+                              "art_best": best_art,
                               "ours_budget_to_reach_art_best": min(reach) if reach else None})
 
 

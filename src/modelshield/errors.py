@@ -9,7 +9,8 @@ Every error the package raises on purpose derives from :class:`ModelShieldError`
      │    ├── BudgetExhausted   the query budget would be exceeded
      │    └── CheatingError     code tried to reach the victim around the oracle
      ├── AttackRefused          the answers the policy lets out are not enough for the attack
-     └── AttackFailed           the attack ran but could not build a clone within its budget
+     ├── AttackFailed           the attack ran but could not build a clone within its budget
+     └── Denied                 the Shield refused a request (carries the HTTP status)
 
 Each carries an ``exit_code`` so the CLI can print it and exit without a traceback.
 """
@@ -82,3 +83,12 @@ class AttackFailed(ModelShieldError):
     """The attack ran but could not build a clone (too few usable answers for the budget)."""
 
     exit_code = 3
+
+
+class Denied(ModelShieldError):
+    """The Shield refused a request; ``status`` is the HTTP status the gateway returns."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+        self.status, self.code, self.headers = status, code, dict(headers or {})
+        super().__init__(message)

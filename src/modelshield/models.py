@@ -107,6 +107,12 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
 
     hidden: widths of the hidden layers. optimizer: "adam" (mini-batch) or "lbfgs" (full
     batch, float64; for fitting exact probabilities). warm_start: continue from the last fit.
+    reference: unlabelled data whose mean and spread standardise the inputs (the attacker's
+        pool, say); by default the training inputs.
+    loss: for probability targets, "kl" (soft cross-entropy) or "logits" (squared error on
+    the class-centred log-probabilities, i.e. on the logits up to the softmax shift: far
+    better conditioned when the victim is confident, since KL's gradient vanishes there;
+    exact zeros are placed a decade below the smallest positive score).
     """
 
     def __init__(
@@ -119,6 +125,9 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         optimizer: str = "adam",
+        loss: str = "kl",
+        reference: FloatArray | None = None,
+        logit_floor: float | None = None,
         warm_start: bool = False,
         random_state: int = 0,
     ) -> None:
@@ -129,6 +138,9 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         self.lr = lr
         self.weight_decay = weight_decay
         self.optimizer = optimizer
+        self.loss = loss
+        self.reference = reference
+        self.logit_floor = logit_floor
         self.warm_start = warm_start
         self.random_state = random_state
 
@@ -139,10 +151,20 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         gen = torch.Generator().manual_seed(self.random_state)
         dtype = torch.float64 if self.optimizer == "lbfgs" else torch.float32
         if not (self.warm_start and hasattr(self, "module_")):
-            self.mean_ = x.mean(axis=0)
-            self.scale_ = np.maximum(x.std(axis=0), 1e-3 * (np.ptp(x, axis=0) + 1))
+            ref = x if self.reference is None else check_array(self.reference, dtype=np.float64)
+            self.mean_ = ref.mean(axis=0)
+            self.scale_ = np.maximum(ref.std(axis=0), 1.0)
             self.module_ = self._build(x.shape[1], targets.shape[1], gen).to(dtype)
         xt = torch.as_tensor((x - self.mean_) / self.scale_, dtype=dtype)
+        self._objective = _soft_ce
+        if self.loss == "logits" and np.asarray(y).ndim == 2:
+            # Exact zeros (rounded away) sit a decade below the smallest score seen, or
+            # every score is clipped at logit_floor (a softer target for a student of
+            # another architecture than the victim's).
+            floor = self.logit_floor or 0.1 * float(targets[targets > 0].min())
+            logp = np.log(np.maximum(targets, floor))
+            targets = logp - logp.mean(axis=1, keepdims=True)
+            self._objective = _centred_mse
         tt = torch.as_tensor(targets, dtype=dtype)
         if self.optimizer == "lbfgs":
             self._fit_lbfgs(xt, tt)
@@ -174,6 +196,8 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         return np.asarray(x.grad.double().numpy() / self.scale_)
 
     def _validate_params(self) -> None:
+        if self.loss not in {"kl", "logits"}:
+            raise ConfigError.invalid("loss", "'kl' or 'logits'", self.loss)
         if self.optimizer not in {"adam", "lbfgs"}:
             raise ConfigError.invalid("optimizer", "'adam' or 'lbfgs'", self.optimizer)
         if not all(isinstance(h, int) and h > 0 for h in self.hidden):
@@ -219,25 +243,32 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             for start in range(0, n, bs):
                 idx = perm[start : start + bs]
                 opt.zero_grad()
-                _soft_ce(self.module_(x[idx]), t[idx]).backward()
+                self._objective(self.module_(x[idx]), t[idx]).backward()
                 opt.step()
             sched.step()
 
     def _fit_lbfgs(self, x: torch.Tensor, t: torch.Tensor) -> None:
         opt = torch.optim.LBFGS(self.module_.parameters(), lr=1.0, max_iter=self.epochs,
-                                history_size=50, tolerance_grad=1e-12,
-                                tolerance_change=1e-15, line_search_fn="strong_wolfe")
-        entropy = -(t * torch.log(t.clamp_min(1e-300))).sum(dim=1).mean()
+                                history_size=100, tolerance_grad=1e-14,
+                                tolerance_change=1e-20, line_search_fn="strong_wolfe")
+        entropy = 0.0
+        if self._objective is _soft_ce:  # report the KL divergence, not the cross-entropy
+            entropy = -(t * torch.log(t.clamp_min(1e-300))).sum(dim=1).mean()
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
-            loss = _soft_ce(self.module_(x), t) - entropy  # the KL divergence
+            loss = self._objective(self.module_(x), t) - entropy
             loss = loss + self.weight_decay * sum((p * p).sum() for p in self.module_.parameters())
             loss.backward()
             return loss
 
         self.module_.train()
         opt.step(closure)
+
+
+def _centred_mse(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Squared error between class-centred logits and class-centred target log-probs."""
+    return ((logits - logits.mean(dim=1, keepdim=True) - targets) ** 2).mean()
 
 
 def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

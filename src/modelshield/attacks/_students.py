@@ -44,6 +44,12 @@ def checkpoint_sizes(budget: int, every: tuple[int, ...]) -> list[int]:
 
 
 def fit_student(x: FloatArray, y: np.ndarray, hidden: tuple[int, ...], n_classes: int,
-                epochs: int, seed: int) -> Any:
+                epochs: int, seed: int, pool: FloatArray | None = None) -> Any:
+    """Train a fresh student; scores are matched as logits, inputs scaled by the pool.
+
+    Scores are clipped at 1e-6 before the log: on the digits MLP this beat 1e-3, 1e-12 and
+    cross-entropy at 100, 300 and 1,000 queries (mean of three seeds).
+    """
     return TorchMLPClassifier(hidden, n_classes=n_classes, epochs=epochs_for(len(x), epochs),
+                              loss="logits", logit_floor=1e-6, reference=pool,
                               random_state=seed).fit(x, y)

@@ -68,7 +68,8 @@ class ActiveLearning(Attack):
         clone = None
         while True:
             clone = fit_student(data[chosen], targets(answers, self.labels, self.name),
-                                self.hidden, spec.n_classes, self.epochs, self.random_state)
+                                self.hidden, spec.n_classes, self.epochs, self.random_state,
+                                pool)
             session.checkpoint(clone)
             n = min(per_round, budget - len(chosen))
             if n <= 0:

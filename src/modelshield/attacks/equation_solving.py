@@ -8,7 +8,10 @@ all of them; the log-ratio form needs only ``d + 1`` queries because each answer
 ``c - 1`` equations. Rounded or noisy scores: more queries and weighted least squares.
 
 Neural networks (Sec. 4.2): fit a model of the victim's architecture to the returned
-probabilities by minimising the KL divergence (L-BFGS in float64, best of a few restarts).
+probabilities (L-BFGS in float64, best of a few restarts). We fit the logits (class-centred
+log-probabilities) by least squares rather than the probabilities by KL: the log-ratios are
+exact equations in the network's output, and KL's gradient vanishes where the victim is
+confident. Queries come from the attacker's pool by default (``source``).
 
 Needs: every class probability (full, rounded or noisy). Refused under label-only and top-k.
 """
@@ -38,7 +41,7 @@ class EquationSolving(Attack):
     hidden: tuple[int, ...] = (20,)
     n_queries: int | None = None
     spread: float = 0.5
-    source: str = "uniform"
+    source: str = "pool"
     verify: int = 0
     restarts: int = 3
     max_iter: int = 3000
@@ -131,7 +134,7 @@ class EquationSolving(Attack):
         for r in range(self.restarts):
             student = TorchMLPClassifier(
                 self.hidden, n_classes=session.spec.n_classes, optimizer="lbfgs",
-                epochs=self.max_iter, weight_decay=0.0,
+                epochs=self.max_iter, weight_decay=0.0, loss="logits",
                 random_state=self.random_state * 1000 + r,
             ).fit(x, answer.probabilities)
             loss = _kl(answer.probabilities, student.predict_proba(x))

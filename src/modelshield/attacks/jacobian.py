@@ -57,7 +57,7 @@ class JacobianAugmentation(Attack):
         rounds = 0
         while True:
             sub = fit_student(x, y, self.hidden, spec.n_classes, self.epochs,
-                              self.random_state + rounds)
+                              self.random_state + rounds, pool)
             session.checkpoint(sub)
             if session.remaining <= 0:
                 break

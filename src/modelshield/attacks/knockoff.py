@@ -4,9 +4,10 @@ Orekondy, Schiele & Fritz, "Knockoff Nets", CVPR 2019; Correia-Silva et al., "Co
 IJCNN 2018. Query the victim on inputs the attacker can get — uniform noise in the domain,
 their own natural data (the pool), or synthetic points mixed from it — and train a student
 of the attacker's chosen architecture on the answers: on the returned probabilities (soft
-labels, a KL loss computed through log-softmax, so a 0 probability never makes a log(0)) or
-on the labels alone (hard); "auto" uses the scores when the policy returns them. Every loop
-is bounded by the budget.
+labels) or on the labels alone (hard); "auto" uses the scores when the policy returns them.
+Soft labels are matched as logits: squared error on class-centred log-probabilities, each
+clipped at 1e-6 so a 0 probability never makes a log(0). The papers use cross-entropy, which
+learns less per query when the victim is confident. Every loop is bounded by the budget.
 
 Needs: labels (hard) or class scores (soft; top-k scores are completed by spreading the
 withheld mass evenly).
@@ -65,6 +66,7 @@ class Knockoff(Attack):
             answers.append(answer)
             done = size
             clone = fit_student(x_all[:size], targets(answers, self.labels, self.name),
-                                self.hidden, spec.n_classes, self.epochs, self.random_state)
+                                self.hidden, spec.n_classes, self.epochs, self.random_state,
+                                pool)
             session.checkpoint(clone)
         return clone, None, {"source": self.source, "labels": self.labels}

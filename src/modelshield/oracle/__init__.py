@@ -2,5 +2,6 @@
 
 from modelshield.oracle.base import BaseOracle, Oracle, QueryLog
 from modelshield.oracle.local import LocalOracle
+from modelshield.oracle.shielded import Blocked, ShieldOracle
 
-__all__ = ["BaseOracle", "LocalOracle", "Oracle", "QueryLog"]
+__all__ = ["BaseOracle", "Blocked", "LocalOracle", "Oracle", "QueryLog", "ShieldOracle"]

@@ -1,0 +1,180 @@
+"""The Shield's configuration: a YAML file validated field by field.
+
+A bad value stops loading with a message naming the field's path and what is allowed, e.g.
+``tiers.free.policy: Unknown output policy 'blur'. Choose one of: full, label, ...``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from limits import parse_many
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from modelshield.defenses.detectors import DETECTORS
+from modelshield.defenses.policies import parse_policy
+from modelshield.errors import ConfigError, ModelShieldError
+
+TERMS = (
+    "By using this API you agree not to: attempt to extract, copy, reconstruct or reverse "
+    "engineer the model or its parameters; use its outputs to train, distil or improve a "
+    "model that competes with it; or split queries across accounts to evade limits. Queries "
+    "and answers are logged and monitored for these patterns; violations end access."
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _rates(value: str | None, field: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a rate such as '100/hour' or '10/second;500/day'")
+    return value
+
+
+class Limits(_Strict):
+    """Rates in the `limits` syntax: '100/hour', '10/second;1000/day'."""
+
+    requests: str | None = None
+    rows: str | None = None
+
+    @field_validator("requests", "rows")
+    @classmethod
+    def _check(cls, v: str | None) -> str | None:
+        return _rates(v, "rate")
+
+
+class Tier(_Strict):
+    """A named bundle of limits, output policy and detectors."""
+
+    limits: Limits = Limits()
+    policy: str = "full"
+    detectors: list[str] = Field(default_factory=list)
+    on_flag: Literal["alert", "throttle", "degrade", "deny"] = "alert"
+    throttled: Limits = Limits(requests="10/hour")
+    degrade_policy: str = "label"
+    max_batch: int = Field(default=1000, ge=1)
+
+    @field_validator("policy", "degrade_policy")
+    @classmethod
+    def _policy(cls, v: str) -> str:
+        try:
+            parse_policy(v)
+        except ModelShieldError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("detectors")
+    @classmethod
+    def _detectors(cls, v: list[str]) -> list[str]:
+        unknown = [d for d in v if d not in DETECTORS]
+        if unknown:
+            raise ValueError(f"unknown detector {unknown[0]!r}; choose from "
+                             f"{', '.join(DETECTORS)}")
+        return v
+
+
+class Storage(_Strict):
+    limits: str = "memory://"
+    fail: Literal["closed", "open"] = "closed"
+
+    @field_validator("limits")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("memory://", "redis://", "rediss://", "redis+unix://")):
+            raise ValueError("must be memory:// or a redis:// URL")
+        return v
+
+
+class Model(_Strict):
+    builtin: str | None = "digits-mlp"
+    file: str | None = None
+    name: str | None = None
+    seed: int = 0
+
+
+class ShieldConfig(_Strict):
+    model: Model = Model()
+    storage: Storage = Storage()
+    audit_url: str = "sqlite:///modelshield-audit.db"
+    global_limits: Limits = Limits()
+    ip_limits: Limits = Limits()
+    tiers: dict[str, Tier] = Field(default_factory=lambda: {"default": Tier()})
+    terms_version: str = "1"
+    terms: str = TERMS
+
+
+def load_config(source: str | Path | dict[str, Any] | None = None) -> ShieldConfig:
+    """Validate a YAML file (or a dict) into a ShieldConfig; ``None`` gives the defaults."""
+    if source is None:
+        data: Any = {}
+    elif isinstance(source, dict):
+        data = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"Config file {str(path)!r} does not exist.")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("The config must be a mapping of fields (model, tiers, ...).")
+    try:
+        return ShieldConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        msg = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            msg = "unknown field"
+        raise ConfigError(f"{where}: {msg}") from None
+
+
+EXAMPLE = """\
+# modelshield gateway configuration. Every field is optional; these are examples.
+model:
+  builtin: digits-mlp          # a built-in victim (modelshield victims), or:
+  # file: model.joblib         # a scikit-learn joblib file / .onnx file
+storage:
+  limits: memory://            # or redis://localhost:6379/0 to share limits across replicas
+  fail: closed                 # if Redis is unreachable: closed = refuse (503), open = allow
+audit_url: sqlite:///modelshield-audit.db   # or postgresql+psycopg://user@host/db
+global_limits:
+  requests: 2000/second
+ip_limits:
+  requests: 100/second
+terms_version: "1"
+tiers:
+  free:
+    limits: {requests: 100/hour, rows: 100/hour}
+    policy: top-k:1              # only the top class and its score
+    detectors: [sweep, boundary, prada, ood, volume]
+    on_flag: deny                # alert | throttle | degrade | deny
+    max_batch: 10
+  pro:
+    limits: {requests: 1000/hour, rows: 10000/hour}
+    policy: round:2
+    detectors: [sweep, boundary, prada, ood, volume]
+    on_flag: degrade
+    degrade_policy: label
+  enterprise:
+    limits: {requests: 10000/hour, rows: 100000/hour}
+    policy: noise:0.01
+    detectors: [sweep, boundary, volume]
+    on_flag: throttle
+    throttled: {requests: 100/hour}
+# Terms of service every key holder accepts (the key records the version and time):
+terms: >-
+  By using this API you agree not to: attempt to extract, copy, reconstruct or reverse
+  engineer the model or its parameters; use its outputs to train, distil or improve a
+  model that competes with it; or split queries across accounts to evade limits. Queries
+  and answers are logged and monitored for these patterns; violations end access.
+"""

@@ -1,0 +1,203 @@
+"""Query-pattern detectors: each watches one account's stream and says when it looks like
+extraction, with a score (>= 1 means flagged) and a reason.
+
+State is kept per account in process memory. Each detector is calibrated on benign traffic
+(the victim's own training and test data) when the Shield is built.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from scipy import stats
+
+from modelshield.answer import FloatArray, Prediction
+from modelshield.errors import ConfigError
+from modelshield.registry import Registry
+
+DETECTORS: Registry[type[Detector]] = Registry("detector")
+
+
+@dataclass(frozen=True)
+class Flag:
+    detector: str
+    score: float
+    reason: str
+
+
+class Detector:
+    """Base: ``observe`` one batch of an account's queries, return a Flag once it trips."""
+
+    name: ClassVar[str]
+    min_queries: int = 50
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            DETECTORS.add(cls.name, cls)
+
+    def calibrate(self, benign: FloatArray, predict: Any) -> None:
+        """Learn what benign traffic looks like (called once when the Shield is built)."""
+
+    def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
+        raise NotImplementedError
+
+
+@dataclass
+class Volume(Detector):
+    """Rows per account beyond what a benign customer sends."""
+
+    name: ClassVar[str] = "volume"
+    max_rows: int = 5000
+    seen: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
+        self.seen[account] += len(inputs)
+        score = self.seen[account] / self.max_rows
+        return Flag(self.name, score, f"{self.seen[account]} rows sent") if score >= 1 else None
+
+
+@dataclass
+class Sweep(Detector):
+    """Queries that differ from a recent one in a single feature (line searches, probing)."""
+
+    name: ClassVar[str] = "sweep"
+    window: int = 64
+    max_share: float = 0.2
+    history: dict[str, deque[FloatArray]] = field(default_factory=dict)
+    counts: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+
+    def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
+        recent = self.history.setdefault(account, deque(maxlen=self.window))
+        hits, total = self.counts[account]
+        for row in inputs:
+            if recent:
+                past = np.asarray(recent)
+                diff = np.sum(~np.isclose(past, row, rtol=1e-9, atol=1e-12)
+                              & ~(np.isnan(past) & np.isnan(row)), axis=1)
+                hits += int(np.any(diff <= 1))
+            total += 1
+            recent.append(row)
+        self.counts[account] = [hits, total]
+        if total < self.min_queries:
+            return None
+        score = (hits / total) / self.max_share
+        return Flag(self.name, score, f"{hits} of {total} queries change one feature of a "
+                    "recent query") if score >= 1 else None
+
+
+@dataclass
+class Boundary(Detector):
+    """A share of low-margin queries far above what benign traffic has."""
+
+    name: ClassVar[str] = "boundary"
+    margin: float = 0.2
+    factor: float = 3.0
+    baseline: float = 0.05
+    counts: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+
+    def calibrate(self, benign: FloatArray, predict: Any) -> None:
+        self.baseline = max(float(np.mean(_margins(predict(benign)) < self.margin)), 0.02)
+
+    def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
+        c = self.counts[account]
+        c[0] += int(np.sum(_margins(prediction) < self.margin))
+        c[1] += len(inputs)
+        if c[1] < self.min_queries:
+            return None
+        share = c[0] / c[1]
+        score = share / (self.factor * self.baseline)
+        return Flag(self.name, score, f"{share:.0%} of queries near the decision boundary "
+                    f"(benign: {self.baseline:.0%})") if score >= 1 else None
+
+
+@dataclass
+class OutOfDistribution(Detector):
+    """A share of queries far from the training data, well above the benign rate."""
+
+    name: ClassVar[str] = "ood"
+    max_share: float = 0.3
+    reference: FloatArray | None = None
+    radius: float = np.inf
+    scale: FloatArray | None = None
+    counts: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+
+    def calibrate(self, benign: FloatArray, predict: Any) -> None:
+        self.scale = np.maximum(benign.std(axis=0), 1e-9)
+        ref = benign / self.scale
+        half = len(ref) // 2
+        self.reference = ref[:half]
+        self.radius = float(np.quantile(_nearest(ref[half:], self.reference), 0.99))
+
+    def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
+        if self.reference is None or self.scale is None:
+            return None
+        x = np.nan_to_num(inputs) / self.scale
+        c = self.counts[account]
+        c[0] += int(np.sum(_nearest(x, self.reference) > self.radius))
+        c[1] += len(inputs)
+        if c[1] < self.min_queries:
+            return None
+        score = (c[0] / c[1]) / self.max_share
+        return Flag(self.name, score, f"{c[0]} of {c[1]} queries far from the training "
+                    "data") if score >= 1 else None
+
+
+@dataclass
+class Prada(Detector):
+    """PRADA (Juuti et al., EuroS&P 2019), per account.
+
+    For each query, the distance to the nearest earlier query the model gave the same class
+    (from a growing set per class) is recorded; benign streams give roughly normal
+    distances, synthetic extraction queries do not. A Shapiro-Wilk statistic below
+    ``delta`` flags the account. The reference implementation keeps one global state; we
+    keep one per account.
+    """
+
+    name: ClassVar[str] = "prada"
+    delta: float = 0.9
+    min_queries: int = 100
+    growing: dict[str, dict[int, list[FloatArray]]] = field(default_factory=dict)
+    distances: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    thresholds: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+
+    def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
+        sets = self.growing.setdefault(account, {})
+        dists = self.distances[account]
+        for row, label in zip(np.nan_to_num(inputs), prediction.labels, strict=True):
+            g = sets.setdefault(int(label), [])
+            if not g:
+                g.append(row)
+                continue
+            d = float(np.min(np.linalg.norm(np.asarray(g) - row, axis=1)))
+            dists.append(d)
+            mean, std = float(np.mean(dists)), float(np.std(dists))
+            if d > mean - std:
+                g.append(row)
+        if len(dists) < self.min_queries:
+            return None
+        w = float(stats.shapiro(np.asarray(dists[-1000:])).statistic)
+        score = (1 - w) / (1 - self.delta)
+        return Flag(self.name, score, f"Shapiro-Wilk W = {w:.3f} < {self.delta}") \
+            if w < self.delta else None
+
+
+def make_detector(name: str, **params: Any) -> Detector:
+    cls = DETECTORS[name]
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise ConfigError(f"Detector {name!r}: {exc}") from None
+
+
+def _margins(prediction: Prediction) -> FloatArray:
+    top2 = np.sort(prediction.probabilities, axis=1)[:, -2:]
+    return np.asarray(top2[:, 1] - top2[:, 0])
+
+
+def _nearest(x: FloatArray, ref: FloatArray) -> FloatArray:
+    d = (x * x).sum(1)[:, None] - 2 * x @ ref.T + (ref * ref).sum(1)[None, :]
+    return np.asarray(np.sqrt(np.maximum(d.min(axis=1), 0.0)))

@@ -1,0 +1,199 @@
+"""The Shield: the defense pipeline every query passes, in-process or behind the gateway.
+
+One ordered pass per request::
+
+    authenticate -> rate limits -> check inputs -> model -> detectors -> output policy -> record
+
+Admission stages refuse with :class:`~modelshield.errors.Denied` (401/403/413/422/429/503);
+detectors flag an account, and the tier's ``on_flag`` action (alert, throttle, degrade,
+deny) applies from then on; the recorder commits the audit record before the answer leaves.
+The same object serves :class:`~modelshield.oracle.ShieldOracle` and the HTTP gateway.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from limits import RateLimitItem, parse_many, storage, strategies
+
+from modelshield.answer import Answer, ApiSpec, FloatArray
+from modelshield.defenses.config import Limits, ShieldConfig, Tier, load_config
+from modelshield.defenses.detectors import Detector, Flag, make_detector
+from modelshield.defenses.policies import OutputPolicy, parse_policy
+from modelshield.errors import ConfigError, Denied
+from modelshield.serve.store import ApiKey, AuditRecord, AuditStore
+from modelshield.victims.base import ModelAdapter
+
+
+@dataclass
+class Decision:
+    """What the Shield decided for one request (it goes into the audit record)."""
+
+    key_id: str | None = None
+    tier: str | None = None
+    action: str = "allow"
+    policy: str = ""
+    flags: list[Flag] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        return {"tier": self.tier, "action": self.action, "policy": self.policy,
+                "flags": [{"detector": f.detector, "score": round(f.score, 4),
+                           "reason": f.reason} for f in self.flags]}
+
+
+class Shield:
+    """Authenticate, limit, watch, shape and record every query to one model."""
+
+    def __init__(self, config: ShieldConfig, model: ModelAdapter, spec: ApiSpec,
+                 store: AuditStore, *, benign: FloatArray | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.model = model
+        self.spec = spec
+        self.store = store
+        self.clock = clock
+        self.limiter = strategies.MovingWindowRateLimiter(
+            storage.storage_from_string(config.storage.limits))
+        self.policies = {name: parse_policy(t.policy) for name, t in config.tiers.items()}
+        self.degraded = {name: parse_policy(t.degrade_policy) for name, t in config.tiers.items()}
+        self.detectors: dict[str, list[Detector]] = {}
+        for name, tier in config.tiers.items():
+            self.detectors[name] = [make_detector(d) for d in tier.detectors]
+            if benign is not None:
+                for det in self.detectors[name]:
+                    det.calibrate(benign, model.predict)
+        self.flagged: dict[str, Flag] = {}
+
+    @classmethod
+    def from_config(cls, source: Any = None, **kwargs: Any) -> Shield:
+        """Build from a YAML path, a dict or a ShieldConfig: model, store and all stages."""
+        from modelshield.victims import load_model_file, load_victim
+
+        config = source if isinstance(source, ShieldConfig) else load_config(source)
+        if config.model.file:
+            spec = kwargs.pop("spec", None)
+            if spec is None:
+                raise ConfigError("model.file needs an ApiSpec (input width, classes, domain).")
+            model, benign = load_model_file(config.model.file), kwargs.pop("benign", None)
+        else:
+            victim = load_victim(config.model.builtin or "digits-mlp", config.model.seed)
+            model, spec, benign = victim.model, victim.spec, victim.X_train
+        store = kwargs.pop("store", None) or AuditStore(config.audit_url)
+        return cls(config, model, spec, store, benign=benign, **kwargs)
+
+    # -- the pipeline ------------------------------------------------------------------------
+    def handle(self, api_key: str | None, inputs: Any, client_ip: str = "127.0.0.1"
+               ) -> tuple[Answer, Decision]:
+        """Answer one batch for the holder of ``api_key``, or raise Denied."""
+        decision = Decision()
+        key = self._authenticate(api_key, decision)
+        tier = self.config.tiers[key.tier]
+        x = self._check_inputs(inputs, tier)
+        self._limit(key, tier, client_ip, len(x), decision)
+        prediction = self.model.predict(x)
+        self._detect(key, tier, x, prediction, decision)
+        policy = self._policy(key, decision)
+        answer = policy.apply(prediction, x)
+        decision.policy = policy.spec
+        self.store.append([AuditRecord(
+            ts=self.clock(), key_id=key.key_id, client_ip=client_ip, model=self.spec.name,
+            rows=len(x), inputs=x, answer=_answer_record(answer), decision=decision.to_record())])
+        return answer, decision
+
+    def _authenticate(self, api_key: str | None, decision: Decision) -> ApiKey:
+        if not api_key:
+            raise Denied(401, "missing_key", "An API key is required (Authorization: Bearer KEY).")
+        key = self.store.lookup(api_key)
+        if key is None:
+            raise Denied(401, "invalid_key", "The API key is not valid.")
+        if not key.usable(self.clock()):
+            why = "revoked" if key.revoked_at is not None else "expired"
+            raise Denied(403, f"key_{why}", f"The API key was {why}.")
+        if key.tier not in self.config.tiers:
+            raise Denied(403, "unknown_tier", f"The key's tier {key.tier!r} is not configured.")
+        decision.key_id, decision.tier = key.key_id, key.tier
+        return key
+
+    def _check_inputs(self, inputs: Any, tier: Tier) -> FloatArray:
+        try:
+            x = np.asarray(inputs, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise Denied(422, "invalid_inputs", "inputs must be a list of rows of numbers.") from None
+        d = self.spec.n_features
+        if x.ndim != 2 or x.shape[1] != d or len(x) == 0:
+            raise Denied(422, "invalid_shape",
+                         f"inputs must have shape (n, {d}) with n >= 1; got {list(x.shape)}.")
+        if len(x) > tier.max_batch:
+            raise Denied(413, "batch_too_large",
+                         f"at most {tier.max_batch} rows per request; got {len(x)}.")
+        if np.isinf(x).any() or (np.isnan(x).any() and not self.spec.accepts_missing):
+            raise Denied(422, "invalid_values", "inputs must be finite numbers (no NaN or "
+                         "infinity)" + ("" if not self.spec.accepts_missing else
+                                        "; NaN marks a missing feature"))
+        return x
+
+    def _limit(self, key: ApiKey, tier: Tier, ip: str, rows: int, decision: Decision) -> None:
+        throttled = key.key_id in self.flagged and tier.on_flag == "throttle"
+        limits = tier.throttled if throttled else tier.limits
+        checks: list[tuple[Limits, str, int]] = [
+            (self.config.global_limits, "global", 1), (self.config.ip_limits, f"ip:{ip}", 1),
+            (limits, f"key:{key.key_id}", rows)]
+        for lim, who, n in checks:
+            for kind, cost in (("requests", 1), ("rows", n)):
+                rate = getattr(lim, kind)
+                if rate:
+                    for item in parse_many(rate):
+                        self._hit(item, f"{who}:{kind}", cost, decision)
+
+    def _hit(self, item: RateLimitItem, ident: str, cost: int, decision: Decision) -> None:
+        try:
+            ok = self.limiter.hit(item, ident, cost=cost)
+            reset, remaining = self.limiter.get_window_stats(item, ident)
+        except Exception as exc:  # the shared store is unreachable
+            if self.config.storage.fail == "open":
+                return
+            raise Denied(503, "limits_unavailable",
+                         f"Rate-limit store unreachable ({type(exc).__name__}); refusing "
+                         "(storage.fail = closed).") from None
+        retry = max(0, math.ceil(reset - self.clock()))
+        headers = {"RateLimit-Limit": str(item.amount), "RateLimit-Remaining": str(remaining),
+                   "RateLimit-Reset": str(retry)}
+        decision.headers.update(headers)
+        if not ok:
+            raise Denied(429, "rate_limited", f"Rate limit {item} exceeded for {ident.split(':')[0]}"
+                         f" ({ident.rsplit(':', 1)[1]}).", {**headers, "Retry-After": str(retry)})
+
+    def _detect(self, key: ApiKey, tier: Tier, x: FloatArray, prediction: Any,
+                decision: Decision) -> None:
+        for det in self.detectors[key.tier]:
+            flag = det.observe(key.key_id, x, prediction)
+            if flag is not None:
+                decision.flags.append(flag)
+                self.flagged.setdefault(key.key_id, flag)
+        if key.key_id in self.flagged:
+            decision.action = tier.on_flag
+            if tier.on_flag == "deny":
+                flag = self.flagged[key.key_id]
+                raise Denied(403, "extraction_suspected",
+                             f"Access suspended: {flag.detector} detector: {flag.reason}.")
+
+    def _policy(self, key: ApiKey, decision: Decision) -> OutputPolicy:
+        if decision.action == "degrade":
+            return self.degraded[key.tier]
+        return self.policies[key.tier]
+
+
+def _answer_record(answer: Answer) -> dict[str, Any]:
+    out: dict[str, Any] = {"labels": answer.labels}
+    for name in ("probabilities", "confidence", "leaf_ids"):
+        value = getattr(answer, name)
+        if value is not None:
+            out[name] = np.where(np.isnan(value), None, value) if name == "probabilities" \
+                else value
+    return out

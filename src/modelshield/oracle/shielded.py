@@ -1,0 +1,41 @@
+"""ShieldOracle: query a model through the full Shield, in-process, with an API key.
+
+The same Shield object runs behind the HTTP gateway, so an audit run through this oracle
+sees exactly what a customer of that tier would: the same limits, detectors, output policy
+and audit log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelshield.answer import Answer, FloatArray
+from modelshield.errors import Denied, OracleError
+from modelshield.oracle.base import BaseOracle
+
+
+class Blocked(OracleError):
+    """The Shield refused a query (rate limit, suspended account, bad key)."""
+
+    def __init__(self, denied: Denied, used: int) -> None:
+        self.status, self.code, self.used = denied.status, denied.code, used
+        super().__init__(f"blocked after {used} queries: HTTP {denied.status} {denied.code}: "
+                         f"{denied}")
+
+
+class ShieldOracle(BaseOracle):
+    """Send queries through ``shield.handle`` as the holder of ``api_key``."""
+
+    def __init__(self, shield: Any, api_key: str, *, client_ip: str = "127.0.0.1",
+                 **kwargs: Any) -> None:
+        super().__init__(shield.spec, **kwargs)
+        self.shield = shield
+        self.api_key = api_key
+        self.client_ip = client_ip
+
+    def _answer(self, inputs: FloatArray) -> Answer:
+        try:
+            answer, _ = self.shield.handle(self.api_key, inputs, self.client_ip)
+        except Denied as exc:
+            raise Blocked(exc, self.used) from None
+        return answer

@@ -1,0 +1,247 @@
+"""The gateway's durable state: API keys and the hash-chained audit log, in one SQL database.
+
+SQLite (WAL mode) by default, PostgreSQL by URL (``postgresql+psycopg://...``), both through
+SQLAlchemy Core. Every audit record carries the SHA-256 of its content and of the record
+before it, so deleting, reordering or editing a record breaks the chain and
+:meth:`AuditStore.verify` finds where. Appends are serialised (SQLite: ``BEGIN IMMEDIATE``;
+PostgreSQL: a row lock on the chain head) so concurrent writers still make one chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from modelshield.errors import ConfigError
+
+GENESIS = "0" * 64
+metadata = sa.MetaData()
+
+keys_table = sa.Table(
+    "api_keys", metadata,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("tier", sa.String(64), nullable=False),
+    sa.Column("owner", sa.String(256), nullable=False, default=""),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=True),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.Column("terms_version", sa.String(64), nullable=False),
+    sa.Column("terms_accepted_at", sa.Float, nullable=False),
+)
+
+audit_table = sa.Table(
+    "audit_log", metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("key_id", sa.String(32), nullable=True),
+    sa.Column("client_ip", sa.String(64), nullable=False),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("input_hash", sa.String(64), nullable=False),
+    sa.Column("inputs", sa.Text, nullable=False),
+    sa.Column("answer", sa.Text, nullable=False),
+    sa.Column("decision", sa.Text, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+chain_head = sa.Table(
+    "audit_chain_head", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A key's record (never the key itself: only its hash is stored)."""
+
+    key_id: str
+    tier: str
+    owner: str
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+    terms_version: str
+    terms_accepted_at: float
+
+    def usable(self, now: float) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One answered request as it is written to the log."""
+
+    ts: float
+    key_id: str | None
+    client_ip: str
+    model: str
+    rows: int
+    inputs: Any
+    answer: Any
+    decision: Any
+
+    def content(self) -> dict[str, Any]:
+        inputs = _canonical(self.inputs)
+        return {"ts": repr(self.ts), "key_id": self.key_id, "client_ip": self.client_ip,
+                "model": self.model, "rows": self.rows,
+                "input_hash": hashlib.sha256(inputs.encode()).hexdigest(), "inputs": inputs,
+                "answer": _canonical(self.answer), "decision": _canonical(self.decision)}
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``sqlite:///path`` (WAL mode) or ``postgresql+psycopg://...``."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False,
+                                                     "isolation_level": None})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn: Any, _: Any) -> None:  # WAL: readers never block the writer
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:  # take the write lock at the start of a transaction
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith("postgresql"):
+        return sa.create_engine(url, pool_pre_ping=True)
+    raise ConfigError.invalid("audit.url", "a sqlite:/// or postgresql+psycopg:// URL", url)
+
+
+class AuditStore:
+    """API keys and the audit log over one SQL database."""
+
+    def __init__(self, url: str, clock: Any = time.time) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.clock = clock
+        self._lock = threading.Lock()
+        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(chain_head.c.id)).first() is None:
+                conn.execute(chain_head.insert().values(id=1, hash=GENESIS, seq=0))
+
+    # -- keys ----------------------------------------------------------------------------
+    def create_key(self, tier: str, owner: str = "", terms_version: str = "1",
+                   ttl_seconds: float | None = None) -> tuple[str, ApiKey]:
+        """A new key (shown once) and its record; its holder accepts ``terms_version``."""
+        key_id = secrets.token_hex(6)
+        secret = f"ms_{key_id}_{secrets.token_urlsafe(24)}"
+        now = self.clock()
+        row = {"key_id": key_id, "key_hash": _hash_key(secret), "tier": tier, "owner": owner,
+               "created_at": now, "expires_at": None if ttl_seconds is None else now + ttl_seconds,
+               "revoked_at": None, "terms_version": terms_version, "terms_accepted_at": now}
+        with self.engine.begin() as conn:
+            conn.execute(keys_table.insert().values(**row))
+        return secret, _key(row)
+
+    def lookup(self, secret: str) -> ApiKey | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(keys_table).where(
+                keys_table.c.key_hash == _hash_key(secret))).mappings().first()
+        return None if row is None else _key(dict(row))
+
+    def list_keys(self) -> list[ApiKey]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(keys_table).order_by(keys_table.c.created_at))
+            return [_key(dict(r)) for r in rows.mappings()]
+
+    def revoke(self, key_id: str) -> bool:
+        with self.engine.begin() as conn:
+            done = conn.execute(keys_table.update().where(
+                (keys_table.c.key_id == key_id) & keys_table.c.revoked_at.is_(None)
+            ).values(revoked_at=self.clock()))
+        return bool(done.rowcount)
+
+    # -- the audit log ---------------------------------------------------------------------
+    def append(self, records: list[AuditRecord]) -> None:
+        """Write ``records`` in one transaction, extending the hash chain; returns when durable."""
+        if not records:
+            return
+        with self._lock, self.engine.begin() as conn:
+            head = conn.execute(sa.select(chain_head).where(chain_head.c.id == 1)
+                                .with_for_update()).mappings().one()
+            prev = head["hash"]
+            rows = []
+            for rec in records:
+                content = rec.content()
+                digest = _chain(prev, content)
+                rows.append({**content, "ts": rec.ts, "prev_hash": prev, "hash": digest})
+                prev = digest
+            conn.execute(audit_table.insert(), rows)
+            conn.execute(chain_head.update().where(chain_head.c.id == 1)
+                         .values(hash=prev, seq=head["seq"] + len(rows)))
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(audit_table))
+                       .scalar_one())
+
+    def records(self, limit: int | None = None) -> list[dict[str, Any]]:
+        query = sa.select(audit_table).order_by(audit_table.c.seq)
+        if limit:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def verify(self) -> tuple[bool, int, int | None]:
+        """(chain intact, records checked, seq of the first bad record or None)."""
+        prev = GENESIS
+        n = 0
+        with self.engine.connect() as conn:
+            for row in conn.execute(sa.select(audit_table).order_by(audit_table.c.seq)
+                                    ).mappings():
+                content = {k: row[k] for k in ("key_id", "client_ip", "model", "rows",
+                                               "input_hash", "inputs", "answer", "decision")}
+                content["ts"] = repr(row["ts"])
+                if row["prev_hash"] != prev or _chain(prev, content) != row["hash"]:
+                    return False, n, int(row["seq"])
+                prev = row["hash"]
+                n += 1
+            head = conn.execute(sa.select(chain_head.c.hash)).scalar_one()
+        return head == prev, n, None if head == prev else -1
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _chain(prev: str, content: dict[str, Any]) -> str:
+    body = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256((prev + body).encode()).hexdigest()
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_default)
+
+
+def _default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot record {type(value).__name__}")
+
+
+def _hash_key(secret: str) -> str:
+    # Keys are 144-bit random tokens, so a fast hash is enough (no password stretching).
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _key(row: dict[str, Any]) -> ApiKey:
+    return ApiKey(**{k: row[k] for k in ApiKey.__dataclass_fields__})
