@@ -76,8 +76,13 @@ def policies() -> None:
 
 @app.command()
 def attack(
-    victim: Annotated[str, typer.Option(help="Built-in victim (see `modelshield victims`).")],
     attack: Annotated[str, typer.Option("--attack", help="Attack (see `modelshield attacks`).")],
+    victim: Annotated[str | None, typer.Option(
+        help="Built-in victim (see `modelshield victims`); with --target, the model the "
+             "gateway serves, used to score the clone and as the attacker's pool.")] = None,
+    target: Annotated[str | None, typer.Option(
+        help="URL of a running gateway to attack over HTTP instead of in-process.")] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key for --target.")] = None,
     policy: Annotated[str, typer.Option(help="Output policy, e.g. full, round:2, top-k:3, label.")] = "full",
     budget: Annotated[int, typer.Option(min=1, help="Most queries the attacker may send.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed for the victim's split and the attack.")] = 0,
@@ -86,13 +91,25 @@ def attack(
         help="Attack parameter as key=value (repeatable), e.g. --param method=adaptive.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
 ) -> None:
-    """Run one attack against one built-in victim behind one output policy."""
+    """Run one attack against a built-in victim behind an output policy, or a gateway."""
     cls = ATTACKS[attack]
     parse_policy(policy)  # fail on a bad policy before training anything
     params = parse_params(cls, param or [])
-    with console.status(f"{attack} on {victim} behind {policy} …"):
-        v = load_victim(victim, seed=seed)
-        result = run_cell(v, attack, policy, budget, seed, price, params)
+    if target is None and victim is None:
+        raise ConfigError("Give --victim (in-process) or --target URL --api-key KEY.")
+    v = load_victim(victim, seed=seed) if victim else None
+    if target is not None:
+        if not api_key:
+            raise ConfigError("--target needs --api-key.")
+        from modelshield.oracle import HttpOracle
+
+        with console.status(f"{attack} on {target} …"):
+            oracle = HttpOracle(target, api_key, price_per_1k=price)
+            result = run_cell(v, attack, policy, budget, seed, price, params, oracle=oracle)
+    else:
+        assert v is not None
+        with console.status(f"{attack} on {victim} behind {policy} …"):
+            result = run_cell(v, attack, policy, budget, seed, price, params)
     console.print(results_table([result]))
     if json_out:
         json_out.write_text(json.dumps(result.to_dict(), indent=2))
@@ -142,6 +159,106 @@ def demo(
                                 "seconds": time.perf_counter() - start,
                                 "results": [r.to_dict() for r in results]}, indent=2))
     console.print(f"wrote {path} ({time.perf_counter() - start:.0f} s)")
+
+
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+audit_log_app = typer.Typer(help="Inspect the gateway's audit log.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_log_app, name="audit-log")
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Gateway config (YAML).")]
+
+
+def _load(config: Path | None) -> Any:
+    from modelshield.defenses.config import load_config
+
+    return load_config(config)
+
+
+def _store(config: Path | None) -> Any:
+    from modelshield.serve.store import AuditStore
+
+    return AuditStore(_load(config).audit_url)
+
+
+@app.command()
+def init(path: Annotated[Path, typer.Argument(help="Where to write the example config.")]
+         = Path("modelshield.yaml"),
+         force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False) -> None:
+    """Write a commented example gateway config with free / pro / enterprise tiers."""
+    from modelshield.defenses.config import EXAMPLE
+
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists; pass --force to overwrite it.")
+    path.write_text(EXAMPLE)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def serve(config: ConfigOpt = None,
+          host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+          workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1
+          ) -> None:
+    """Serve the model behind the Shield over HTTP (no config: built-in model, memory
+    limits, SQLite audit log, localhost)."""
+    import os
+
+    import uvicorn
+
+    _load(config)  # validate before starting anything
+    if config is not None:
+        os.environ["MODELSHIELD_CONFIG"] = str(config.resolve())
+    else:
+        os.environ.pop("MODELSHIELD_CONFIG", None)
+    uvicorn.run("modelshield.serve.main:app", host=host, port=port, workers=workers,
+                log_level="warning")
+
+
+@keys_app.command("create")
+def keys_create(tier: Annotated[str, typer.Option(help="Tier the key belongs to.")],
+                owner: Annotated[str, typer.Option(help="Who holds the key.")] = "",
+                ttl_days: Annotated[float | None, typer.Option(help="Expire after N days.")] = None,
+                config: ConfigOpt = None) -> None:
+    """Create a key; its holder accepts the configured terms of service. Shown once."""
+    cfg = _load(config)
+    if tier not in cfg.tiers:
+        raise ConfigError.invalid("tier", f"one of {', '.join(cfg.tiers)}", tier)
+    secret, key = _store(config).create_key(tier, owner, cfg.terms_version,
+                                            None if ttl_days is None else ttl_days * 86400)
+    console.print(f"key id {key.key_id}, tier {tier}, terms v{cfg.terms_version} accepted")
+    print(secret)
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOpt = None) -> None:
+    """List keys (ids, tiers, state; never the secrets)."""
+    table = Table("key id", "tier", "owner", "state", "terms", title="API keys")
+    import time as _t
+
+    for k in _store(config).list_keys():
+        state = "revoked" if k.revoked_at else ("expired" if not k.usable(_t.time()) else "active")
+        table.add_row(k.key_id, k.tier, k.owner, state, f"v{k.terms_version}")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (from keys list).")],
+                config: ConfigOpt = None) -> None:
+    """Revoke a key at once."""
+    if not _store(config).revoke(key_id):
+        raise ConfigError(f"No active key with id {key_id!r}.")
+    console.print(f"revoked {key_id}")
+
+
+@audit_log_app.command("verify")
+def audit_log_verify(config: ConfigOpt = None) -> None:
+    """Check the audit log's hash chain from the first record to the last."""
+    ok, n, bad = _store(config).verify()
+    if ok:
+        console.print(f"[green]chain intact[/]: {n} records")
+        return
+    err.print(f"[bold red]chain broken[/] at record {bad} after {n} good records")
+    raise typer.Exit(1)
 
 
 def results_table(results: list[Result]) -> Table:

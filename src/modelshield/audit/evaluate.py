@@ -17,7 +17,9 @@ from modelshield.attacks.base import ATTACKS, Extraction
 from modelshield.attacks.equation_solving import relative_parameter_error
 from modelshield.defenses.policies import parse_policy
 from modelshield.errors import AttackFailed, AttackRefused, BudgetExhausted
+from modelshield.oracle.base import BaseOracle
 from modelshield.oracle.local import LocalOracle
+from modelshield.oracle.shielded import Blocked
 from modelshield.victims.base import Victim
 
 
@@ -82,21 +84,37 @@ def evaluate(extraction: Extraction, victim: Victim, result: Result,
     return result
 
 
-def run_cell(victim: Victim, attack: str, policy: str, budget: int, seed: int = 0,
+def run_cell(victim: Victim | None, attack: str, policy: str, budget: int, seed: int = 0,
              price_per_1k: float = 0.0, params: dict[str, Any] | None = None,
-             uniform_points: int = 10_000) -> Result:
-    """Run one attack through a LocalOracle and evaluate it; a refusal becomes a row too."""
+             uniform_points: int = 10_000, oracle: BaseOracle | None = None) -> Result:
+    """Run one attack and evaluate it; a refusal or a block becomes a row too.
+
+    By default the attack goes through a LocalOracle on ``victim`` behind ``policy``; pass
+    ``oracle`` (a ShieldOracle, an HttpOracle) to attack through it instead. ``victim``,
+    when given, scores the clone and lends the attacker its pool.
+    """
     params = dict(params or {})
-    result = Result(victim.name, attack, policy, budget, seed, params=params)
+    name = victim.name if victim else oracle.spec.name if oracle else "?"
+    result = Result(name, attack, policy if oracle is None else "(target)", budget, seed,
+                    params=params)
     attack_obj = ATTACKS[attack](random_state=seed, **params)
-    oracle = LocalOracle(victim, parse_policy(policy), budget=budget, price_per_1k=price_per_1k)
+    if oracle is None:
+        if victim is None:
+            raise ValueError("run_cell needs a victim or an oracle")
+        oracle = LocalOracle(victim, parse_policy(policy), budget=budget,
+                             price_per_1k=price_per_1k)
     try:
-        extraction = attack_obj.run(oracle, budget, pool=victim.pool)
-    except (AttackRefused, AttackFailed, BudgetExhausted) as exc:
-        result.status = {AttackRefused: "refused", AttackFailed: "failed"}.get(
-            type(exc), "out of budget")
+        extraction = attack_obj.run(oracle, budget, pool=victim.pool if victim else None)
+    except (AttackRefused, AttackFailed, BudgetExhausted, Blocked) as exc:
+        result.status = {AttackRefused: "refused", AttackFailed: "failed",
+                         Blocked: "blocked"}.get(type(exc), "out of budget")
         result.reason = str(exc)
         result.queries, result.cost = oracle.used, oracle.cost
+        return result
+    if victim is None:
+        result.queries, result.cost, result.seconds = (extraction.queries, extraction.cost,
+                                                       extraction.seconds)
+        result.info = dict(extraction.info)
         return result
     return evaluate(extraction, victim, result, uniform_points)
 

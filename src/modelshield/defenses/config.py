@@ -35,7 +35,7 @@ def _rates(value: str | None, field: str) -> str | None:
     try:
         parse_many(value)
     except ValueError:
-        raise ValueError(f"{value!r} is not a rate such as '100/hour' or '10/second;500/day'")
+        raise ValueError(f"{value!r} is not a rate such as '100/hour' or '10/second;500/day'") from None
     return value
 
 

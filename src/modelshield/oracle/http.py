@@ -1,0 +1,76 @@
+"""HttpOracle: the gateway's REST API as an oracle, with an API key.
+
+The API's contract (input width, classes, domain) comes from ``GET /v2/models/{name}``;
+each query batch is one ``POST /v1/models/{name}/predict``. A refusal (rate limit,
+suspended key) raises :class:`Blocked` with the HTTP status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import numpy as np
+
+from modelshield.answer import Answer, ApiSpec, FloatArray
+from modelshield.errors import ConfigError, Denied, OracleError
+from modelshield.oracle.base import BaseOracle
+from modelshield.oracle.shielded import Blocked
+
+
+class HttpOracle(BaseOracle):
+    """Query a modelshield gateway (or any server speaking its v1 predict route)."""
+
+    def __init__(self, url: str, api_key: str, *, model: str | None = None,
+                 client: httpx.Client | None = None, timeout: float = 30.0,
+                 **kwargs: Any) -> None:
+        self.client = client or httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
+        self.headers = {"Authorization": f"Bearer {api_key}"}
+        self.model = model or self._only_model()
+        super().__init__(self._spec(), **kwargs)
+
+    def _get(self, path: str) -> Any:
+        try:
+            resp = self.client.get(path, headers=self.headers)
+        except httpx.HTTPError as exc:
+            raise ConfigError(f"Cannot reach the target: {exc}") from None
+        if resp.status_code != 200:
+            raise ConfigError(f"GET {path}: HTTP {resp.status_code}: {resp.text[:200]}")
+        return resp.json()
+
+    def _only_model(self) -> str:
+        models = self._get("/v2").get("models", [])
+        if len(models) != 1:
+            raise ConfigError(f"The target serves {models}; name one (model=...).")
+        return str(models[0])
+
+    def _spec(self) -> ApiSpec:
+        meta = self._get(f"/v2/models/{self.model}")
+        p = meta["parameters"]
+        return ApiSpec(n_features=int(meta["inputs"][0]["shape"][1]),
+                       classes=tuple(p["classes"]), low=np.asarray(p["low"], float),
+                       high=np.asarray(p["high"], float),
+                       accepts_missing=bool(p["accepts_missing"]),
+                       integer_features=bool(p["integer_features"]), name=self.model)
+
+    def _answer(self, inputs: FloatArray) -> Answer:
+        rows = [[None if np.isnan(v) else float(v) for v in row] for row in inputs]
+        try:
+            resp = self.client.post(f"/v1/models/{self.model}/predict", json={"inputs": rows},
+                                    headers=self.headers)
+        except httpx.HTTPError as exc:
+            raise OracleError(f"the target did not answer: {exc}") from None
+        body = resp.json()
+        if resp.status_code != 200:
+            err = body.get("error", {})
+            raise Blocked(Denied(resp.status_code, err.get("code", "error"),
+                                 err.get("message", resp.text[:200])), self.used)
+        probs = body.get("probabilities")
+        return Answer(
+            labels=np.asarray(body["labels"], dtype=np.int64),
+            probabilities=None if probs is None else np.array(
+                [[np.nan if v is None else v for v in row] for row in probs], dtype=np.float64),
+            confidence=None if "confidence" not in body else np.asarray(body["confidence"]),
+            leaf_ids=None if "leaf_ids" not in body else np.asarray(body["leaf_ids"]),
+            policy=body.get("policy", ""),
+        )
