@@ -62,31 +62,46 @@ class Volume(Detector):
 
 @dataclass
 class Sweep(Detector):
-    """Queries that differ from a recent one in a single feature (line searches, probing)."""
+    """Line searches: queries that change one feature of a recent query, or that step
+    along the same direction as earlier steps (bisection on a line, as equation solving,
+    path finding and Lowd-Meek do)."""
 
     name: ClassVar[str] = "sweep"
     window: int = 64
     max_share: float = 0.2
     history: dict[str, deque[FloatArray]] = field(default_factory=dict)
+    steps: dict[str, deque[FloatArray]] = field(default_factory=dict)
     counts: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         recent = self.history.setdefault(account, deque(maxlen=self.window))
+        steps = self.steps.setdefault(account, deque(maxlen=self.window))
         hits, total = self.counts[account]
-        for row in inputs:
+        for row in np.nan_to_num(inputs, nan=-1e300):
             if recent:
-                past = np.asarray(recent)
-                diff = np.sum(~np.isclose(past, row, rtol=1e-9, atol=1e-12)
-                              & ~(np.isnan(past) & np.isnan(row)), axis=1)
-                hits += int(np.any(diff <= 1))
+                hits += int(self._is_sweep(np.asarray(recent), row, steps))
             total += 1
             recent.append(row)
         self.counts[account] = [hits, total]
         if total < self.min_queries:
             return None
         score = (hits / total) / self.max_share
-        return Flag(self.name, score, f"{hits} of {total} queries change one feature of a "
-                    "recent query") if score >= 1 else None
+        return Flag(self.name, score, f"{hits} of {total} queries continue a line search "
+                    "(one feature changed, or a repeated step direction)") if score >= 1 else None
+
+    @staticmethod
+    def _is_sweep(past: FloatArray, row: FloatArray, steps: deque[FloatArray]) -> bool:
+        diff = past - row
+        changed = np.sum(~np.isclose(diff, 0.0, atol=1e-12), axis=1)
+        one_feature = bool(np.any(changed <= 1))
+        near = diff[-8:]
+        norms = np.linalg.norm(near, axis=1, keepdims=True)
+        dirs = near[norms[:, 0] > 0] / norms[norms[:, 0] > 0]
+        repeated = bool(steps) and bool(
+            np.any(np.abs(dirs @ np.asarray(steps).T) > 1 - 1e-9)) if len(dirs) else False
+        if len(dirs):
+            steps.append(dirs[-1])
+        return one_feature or repeated
 
 
 @dataclass

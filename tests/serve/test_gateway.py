@@ -1,0 +1,260 @@
+"""The gateway through the real app, with SQLite, a real Redis and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from httpx import Client as HttpClient
+
+from modelshield.attacks import ATTACKS
+from modelshield.defenses.shield import Shield
+from modelshield.errors import ConfigError, Denied
+from modelshield.oracle import Blocked, ShieldOracle
+from modelshield.serve.app import create_app
+from modelshield.serve.store import AuditStore, AuditRecord
+from modelshield.victims import Victim
+from tests.servers import live_app, postgres_server, redis_server
+
+
+def config(tmp: Path, **tiers: dict[str, Any]) -> dict[str, Any]:
+    return {"model": {"builtin": "digits-mlp"}, "audit_url": f"sqlite:///{tmp / 'audit.db'}",
+            "tiers": tiers or {"pro": {"limits": {"requests": "1000/hour"}, "policy": "round:2",
+                                       "max_batch": 50}}}
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[tuple[HttpClient, Shield, str]]:
+    shield = Shield.from_config(config(tmp_path))
+    key, _ = shield.store.create_key("pro", "tester")
+    with live_app(create_app(shield)) as client:
+        yield client, shield, key
+
+
+def test_predict_returns_what_the_tier_allows_and_records_it(
+        gateway: tuple[HttpClient, Shield, str], victims: dict[str, Victim]) -> None:
+    client, shield, key = gateway
+    x = victims["digits-mlp"].X_test[:3]
+    r = client.post("/v1/models/digits-mlp/predict", json={"inputs": x.tolist()},
+                    headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["labels"] == victims["digits-mlp"].predict_labels(x).tolist()
+    assert body["policy"] == "round:decimals=2"
+    assert all(round(p, 2) == p for row in body["probabilities"] for p in row)
+    assert "RateLimit-Remaining" in r.headers
+    assert shield.store.count() == 1 and shield.store.verify()[0]
+
+
+def test_open_inference_protocol_v2(gateway: tuple[HttpClient, Shield, str],
+                                    victims: dict[str, Victim]) -> None:
+    client, _, key = gateway
+    x = victims["digits-mlp"].X_test[:2]
+    r = client.post("/v2/models/digits-mlp/infer", headers={"X-API-Key": key}, json={
+        "id": "r1", "inputs": [{"name": "input-0", "shape": [2, 64], "datatype": "FP64",
+                                "data": x.ravel().tolist()}]})
+    assert r.status_code == 200, r.text
+    out = {o["name"]: o for o in r.json()["outputs"]}
+    assert out["label"]["data"] == victims["digits-mlp"].predict_labels(x).tolist()
+    assert out["probabilities"]["shape"] == [2, 10]
+    meta = client.get("/v2/models/digits-mlp").json()
+    assert meta["inputs"][0]["shape"] == [-1, 64]
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    assert "modelshield_requests_total" in client.get("/metrics").text
+
+
+@pytest.mark.parametrize(("body", "headers", "status", "code"), [
+    ({"inputs": [[1.0] * 64]}, {}, 401, "missing_key"),
+    ({"inputs": [[1.0] * 64]}, {"Authorization": "Bearer nope"}, 401, "invalid_key"),
+    ({"inputs": [[1.0] * 5]}, None, 422, "invalid_shape"),
+    ({"inputs": [[None] * 64]}, None, 422, "invalid_values"),
+    ({"inputs": [["a"] * 64]}, None, 422, "invalid_request"),
+    ({"inputs": [[1.0] * 64] * 51}, None, 413, "batch_too_large"),
+    ({"rows": []}, None, 422, "invalid_request"),
+])
+def test_bad_requests_get_a_json_4xx_and_nothing_is_recorded(
+        gateway: tuple[HttpClient, Shield, str], body: Any, headers: Any, status: int,
+        code: str) -> None:
+    client, shield, key = gateway
+    r = client.post("/v1/models/digits-mlp/predict", json=body,
+                    headers={"Authorization": f"Bearer {key}"} if headers is None else headers)
+    assert r.status_code == status and r.json()["error"]["code"] == code
+    assert shield.store.count() == 0
+
+
+def test_infinity_malformed_json_and_unknown_model(gateway: tuple[HttpClient, Shield, str]) -> None:
+    client, shield, key = gateway
+    auth = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
+    r = client.post("/v1/models/digits-mlp/predict", headers=auth,
+                    content='{"inputs": [[' + ",".join(["1e999"] * 64) + "]]}")
+    assert r.status_code == 422
+    r = client.post("/v1/models/digits-mlp/predict", headers=auth, content='{"inputs": [[1,')
+    assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_json"
+    r = client.post("/v1/models/other/predict", headers=auth, json={"inputs": [[1.0] * 64]})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_model"
+    assert shield.store.count() == 0
+    assert client.get("/v2/health/live").status_code == 200  # still up
+
+
+def test_revoked_and_expired_keys_are_refused(tmp_path: Path) -> None:
+    clock = [1000.0]
+    shield = Shield.from_config(config(tmp_path), clock=lambda: clock[0])
+    shield.store.clock = lambda: clock[0]
+    revoked, rec = shield.store.create_key("pro")
+    shield.store.revoke(rec.key_id)
+    short, _ = shield.store.create_key("pro", ttl_seconds=10)
+    x = np.zeros((1, 64))
+    with pytest.raises(Denied, match="revoked"):
+        shield.handle(revoked, x)
+    shield.handle(short, x)
+    clock[0] += 11
+    with pytest.raises(Denied, match="expired") as info:
+        shield.handle(short, x)
+    assert info.value.status == 403
+
+
+def test_rate_limit_gives_429_with_retry_after(tmp_path: Path) -> None:
+    shield = Shield.from_config(config(tmp_path, free={"limits": {"requests": "3/hour"}}))
+    key, _ = shield.store.create_key("free")
+    with live_app(create_app(shield)) as client:
+        codes = [client.post("/v1/models/digits-mlp/predict", json={"inputs": [[0.0] * 64]},
+                             headers={"Authorization": f"Bearer {key}"}) for _ in range(5)]
+    assert [r.status_code for r in codes] == [200, 200, 200, 429, 429]
+    assert int(codes[3].headers["Retry-After"]) > 0
+    assert codes[3].headers["RateLimit-Remaining"] == "0"
+    assert shield.store.count() == 3
+
+
+def test_row_limits_count_rows_not_requests(tmp_path: Path) -> None:
+    shield = Shield.from_config(config(tmp_path, free={"limits": {"rows": "10/hour"}}))
+    key, _ = shield.store.create_key("free")
+    shield.handle(key, np.zeros((8, 64)))
+    with pytest.raises(Denied) as info:
+        shield.handle(key, np.zeros((3, 64)))
+    assert info.value.status == 429
+
+
+def test_line_search_attack_is_flagged_and_denied(tmp_path: Path,
+                                                  victims: dict[str, Victim]) -> None:
+    cfg = config(tmp_path, free={"detectors": ["sweep"], "on_flag": "deny",
+                                 "policy": "label"})
+    cfg["model"] = {"builtin": "breast-cancer-lr"}
+    shield = Shield.from_config(cfg)
+    key, _ = shield.store.create_key("free")
+    oracle = ShieldOracle(shield, key)
+    with pytest.raises(Blocked, match="403 extraction_suspected") as info:
+        ATTACKS["label-only"]().run(oracle, 2000, pool=victims["breast-cancer-lr"].pool)
+    assert info.value.used < 100  # Lowd-Meek needs ~450 queries on this victim
+
+
+def test_degrade_switches_a_flagged_account_to_labels(tmp_path: Path,
+                                                      victims: dict[str, Victim]) -> None:
+    shield = Shield.from_config(config(tmp_path, pro={
+        "detectors": ["boundary"], "on_flag": "degrade", "policy": "full",
+        "degrade_policy": "label"}))
+    key, _ = shield.store.create_key("pro")
+    oracle = ShieldOracle(shield, key)
+    data = victims["digits-mlp"].pool
+    first = oracle.query(data[:10])
+    assert first.probabilities is not None
+    e = ATTACKS["active"](rounds=4).run(oracle, 600, pool=data)
+    assert e.queries == 600 and key not in shield.flagged  # flagged by key id, not secret
+    assert shield.flagged, "uncertainty sampling should trip the boundary detector"
+    assert oracle.query(data[:1]).probabilities is None
+
+
+def test_audit_chain_detects_tampering(tmp_path: Path) -> None:
+    import sqlite3
+
+    store = AuditStore(f"sqlite:///{tmp_path / 'a.db'}")
+    store.append([AuditRecord(float(i), "k", "1.2.3.4", "m", 1, [[i]], {"labels": [0]},
+                              {"action": "allow"}) for i in range(5)])
+    assert store.verify() == (True, 5, None)
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute("UPDATE audit_log SET answer = '{\"labels\":[1]}' WHERE seq = 3")
+    ok, good, bad = store.verify()
+    assert not ok and good == 2 and bad == 3
+
+
+def test_bad_config_names_the_field(tmp_path: Path) -> None:
+    cases = [({"tiers": {"free": {"policy": "blur"}}}, "tiers.free.policy: Unknown output"),
+             ({"tiers": {"free": {"limits": {"requests": "lots"}}}},
+              "tiers.free.limits.requests: 'lots' is not a rate"),
+             ({"tiers": {"free": {"on_flag": "shout"}}}, "tiers.free.on_flag"),
+             ({"tiers": {"free": {"detectors": ["psychic"]}}}, "unknown detector 'psychic'"),
+             ({"storage": {"limits": "mongodb://x"}}, "storage.limits"),
+             ({"colour": "red"}, "colour: unknown field")]
+    for data, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            Shield.from_config(data)
+
+
+# -- Redis ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
+
+
+def test_two_replicas_sharing_redis_admit_exactly_the_limit(tmp_path: Path,
+                                                            redis_url: str) -> None:
+    cfg = config(tmp_path, free={"limits": {"requests": "100/hour"}})
+    cfg["storage"] = {"limits": redis_url}
+    replicas = [Shield.from_config(cfg, store=AuditStore(cfg["audit_url"])) for _ in range(2)]
+    key, _ = replicas[0].store.create_key("free")
+    x = np.zeros((1, 64))
+    admitted = []
+    lock = threading.Lock()
+
+    def call(i: int) -> None:
+        try:
+            replicas[i % 2].handle(key, x)
+        except Denied as exc:
+            assert exc.status == 429
+            return
+        with lock:
+            admitted.append(i)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(call, range(300)))
+    assert len(admitted) == 100
+    assert replicas[0].store.count() == 100 and replicas[0].store.verify()[0]
+
+
+@pytest.mark.parametrize("fail", ["closed", "open"])
+def test_unreachable_redis_fails_closed_by_default(tmp_path: Path, fail: str) -> None:
+    from tests.servers import free_port
+
+    cfg = config(tmp_path, free={"limits": {"requests": "10/hour"}})
+    cfg["storage"] = {"limits": f"redis://127.0.0.1:{free_port()}/0", "fail": fail}
+    shield = Shield.from_config(cfg)
+    key, _ = shield.store.create_key("free")
+    if fail == "closed":
+        with pytest.raises(Denied) as info:
+            shield.handle(key, np.zeros((1, 64)))
+        assert info.value.status == 503
+    else:
+        shield.handle(key, np.zeros((1, 64)))
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+def test_postgres_audit_log_keeps_one_chain_under_concurrent_writers() -> None:
+    with postgres_server() as url:
+        stores = [AuditStore(url) for _ in range(2)]
+        key, _ = stores[0].create_key("pro")
+        assert stores[1].lookup(key) is not None
+
+        def write(i: int) -> None:
+            stores[i % 2].append([AuditRecord(float(i), "k", "ip", "m", 1, [[i]], {}, {})])
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(write, range(200)))
+        assert stores[0].count() == 200
+        assert stores[1].verify() == (True, 200, None)
+        for s in stores:
+            s.close()
