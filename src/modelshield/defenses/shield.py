@@ -101,7 +101,7 @@ class Shield:
         policy = self._policy(key, decision)
         answer = policy.apply(prediction, x)
         decision.policy = policy.spec
-        self.store.append([AuditRecord(
+        self.store.commit([AuditRecord(
             ts=self.clock(), key_id=key.key_id, client_ip=client_ip, model=self.spec.name,
             rows=len(x), inputs=x, answer=_answer_record(answer), decision=decision.to_record())])
         return answer, decision

@@ -1,0 +1,85 @@
+"""A small closed-loop HTTP load generator (asyncio + httpx), bounded in count and time."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import numpy as np
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def server(module: str, port: int, env: dict[str, str] | None = None,
+           workers: int = 1) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``uvicorn module`` on a loopback port until the block ends."""
+    cmd = [sys.executable, "-m", "uvicorn", module, "--host", "127.0.0.1", "--port", str(port),
+           "--log-level", "warning", "--workers", str(workers)]
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, start_new_session=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/v2/health/ready")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(20)
+
+
+def wait_ready(url: str, timeout: float = 120.0) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} never became ready")
+
+
+def run_load(url: str, bodies: list[Any], headers: list[dict[str, str]], *,
+             concurrency: int, requests: int, max_seconds: float = 120.0) -> dict[str, Any]:
+    """Send ``requests`` POSTs from ``concurrency`` workers; worker i uses headers[i % len]."""
+    return asyncio.run(_load(url, bodies, headers, concurrency, requests, max_seconds))
+
+
+async def _load(url: str, bodies: list[Any], headers: list[dict[str, str]], concurrency: int,
+                requests: int, max_seconds: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    counter = iter(range(requests))
+    deadline = time.perf_counter() + max_seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+
+        async def worker(w: int) -> None:
+            for i in counter:
+                if time.perf_counter() > deadline:
+                    return
+                t = time.perf_counter()
+                r = await client.post(url, json=bodies[i % len(bodies)],
+                                      headers=headers[w % len(headers)])
+                latencies.append(time.perf_counter() - t)
+                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    lat = np.array(latencies) * 1000
+    return {"requests": len(lat), "seconds": elapsed, "throughput": len(lat) / elapsed,
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "statuses": statuses}
