@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -24,9 +25,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import show, write  # noqa: E402
-from _load import free_port, server  # noqa: E402
-from modelshield.serve.store import AuditStore  # noqa: E402
+from _common import show, write
+from _load import free_port, server
+
+from modelshield.serve.store import AuditStore
 
 
 async def hammer(url: str, key: str, start_id: int, concurrency: int,
@@ -51,6 +53,14 @@ async def hammer(url: str, key: str, start_id: int, concurrency: int,
     return received
 
 
+async def kill_under_load(pid: int, load: Any, seconds: float) -> list[int]:
+    """Start ``load``, SIGKILL the server's process group after ``seconds``, finish ``load``."""
+    task = asyncio.create_task(load)
+    await asyncio.sleep(seconds)
+    os.killpg(pid, signal.SIGKILL)  # no shutdown, no flush
+    return list(await task)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
@@ -73,14 +83,9 @@ def main() -> None:
                         env={"MODELSHIELD_CONFIG": str(cfg)}) as proc:
                 stop_at = time.time() + args.seconds + 5
 
-                async def run() -> list[int]:
-                    task = asyncio.create_task(hammer(url, key, next_id, args.concurrency,
-                                                      stop_at))
-                    await asyncio.sleep(args.seconds)
-                    os.killpg(proc.pid, signal.SIGKILL)  # no shutdown, no flush
-                    return await task
-
-                received = asyncio.run(run())
+                received = asyncio.run(kill_under_load(
+                    proc.pid, hammer(url, key, next_id, args.concurrency, stop_at),
+                    args.seconds))
                 proc.wait(10)
             recorded = {int(json.loads(rec["inputs"])[0][0]) for rec in store.records()}
             lost = sorted(set(received) - recorded)

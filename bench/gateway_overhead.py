@@ -23,10 +23,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import show, write  # noqa: E402
-from _load import free_port, run_load, server  # noqa: E402
-from modelshield.serve.store import AuditStore  # noqa: E402
-from modelshield.victims import load_victim  # noqa: E402
+from _common import show, write
+from _load import free_port, run_load, server
+
+from modelshield.serve.store import AuditStore
+from modelshield.victims import load_victim
 
 ALL_ON = {"limits": {"requests": "100000/minute", "rows": "100000/minute"},
           "policy": "round:3", "detectors": ["sweep", "boundary", "ood", "prada", "volume"],

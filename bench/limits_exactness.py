@@ -20,10 +20,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import show, write  # noqa: E402
-from _load import free_port, run_load, server  # noqa: E402
-from modelshield.serve.store import AuditStore  # noqa: E402
-from tests.servers import redis_server  # noqa: E402
+from _common import show, write
+from _load import free_port, run_load, server
+
+from modelshield.serve.store import AuditStore
+from tests.servers import redis_server
 
 
 def main() -> None:

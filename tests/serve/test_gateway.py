@@ -17,7 +17,7 @@ from modelshield.defenses.shield import Shield
 from modelshield.errors import ConfigError, Denied
 from modelshield.oracle import Blocked, ShieldOracle
 from modelshield.serve.app import create_app
-from modelshield.serve.store import AuditStore, AuditRecord
+from modelshield.serve.store import AuditRecord, AuditStore
 from modelshield.victims import Victim
 from tests.servers import live_app, postgres_server, redis_server
 

@@ -104,6 +104,8 @@ class ShieldConfig(_Strict):
     model: Model = Model()
     storage: Storage = Storage()
     audit_url: str = "sqlite:///modelshield-audit.db"
+    audit_sync: Literal["normal", "full"] = "normal"
+    key_cache_seconds: float = Field(default=1.0, ge=0)
     global_limits: Limits = Limits()
     ip_limits: Limits = Limits()
     tiers: dict[str, Tier] = Field(default_factory=lambda: {"default": Tier()})
@@ -147,6 +149,8 @@ storage:
   limits: memory://            # or redis://localhost:6379/0 to share limits across replicas
   fail: closed                 # if Redis is unreachable: closed = refuse (503), open = allow
 audit_url: sqlite:///modelshield-audit.db   # or postgresql+psycopg://user@host/db
+audit_sync: normal           # SQLite: normal survives a killed process; full also a machine crash
+key_cache_seconds: 1         # a revoked key stops working within this many seconds
 global_limits:
   requests: 2000/second
 ip_limits:

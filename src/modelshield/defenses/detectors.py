@@ -168,20 +168,25 @@ class Prada(Detector):
     For each query, the distance to the nearest earlier query the model gave the same class
     (from a growing set per class) is recorded; benign streams give roughly normal
     distances, synthetic extraction queries do not. A Shapiro-Wilk statistic below
-    ``delta`` flags the account. The reference implementation keeps one global state; we
-    keep one per account.
+    ``delta`` flags the account. The reference implementation keeps one global state and
+    tests after every query; we keep one state per account, keep the running mean and
+    spread incrementally, and test every ``every`` new distances.
     """
 
     name: ClassVar[str] = "prada"
     delta: float = 0.9
     min_queries: int = 100
+    every: int = 25
     growing: dict[str, dict[int, list[FloatArray]]] = field(default_factory=dict)
     distances: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    thresholds: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+    moments: dict[str, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
+    last: dict[str, Flag | None] = field(default_factory=dict)
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         sets = self.growing.setdefault(account, {})
         dists = self.distances[account]
+        m = self.moments[account]  # Welford: count, mean, sum of squared deviations
+        before = len(dists)
         for row, label in zip(np.nan_to_num(inputs), prediction.labels, strict=True):
             g = sets.setdefault(int(label), [])
             if not g:
@@ -189,15 +194,21 @@ class Prada(Detector):
                 continue
             d = float(np.min(np.linalg.norm(np.asarray(g) - row, axis=1)))
             dists.append(d)
-            mean, std = float(np.mean(dists)), float(np.std(dists))
-            if d > mean - std:
+            m[0] += 1
+            delta = d - m[1]
+            m[1] += delta / m[0]
+            m[2] += delta * (d - m[1])
+            if d > m[1] - np.sqrt(m[2] / m[0]):
                 g.append(row)
         if len(dists) < self.min_queries:
             return None
+        if account in self.last and len(dists) // self.every == before // self.every:
+            return self.last[account]
         w = float(stats.shapiro(np.asarray(dists[-1000:])).statistic)
-        score = (1 - w) / (1 - self.delta)
-        return Flag(self.name, score, f"Shapiro-Wilk W = {w:.3f} < {self.delta}") \
-            if w < self.delta else None
+        flag = Flag(self.name, (1 - w) / (1 - self.delta),
+                    f"Shapiro-Wilk W = {w:.3f} < {self.delta}") if w < self.delta else None
+        self.last[account] = flag
+        return flag
 
 
 def make_detector(name: str, **params: Any) -> Detector:

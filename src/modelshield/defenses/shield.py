@@ -69,6 +69,7 @@ class Shield:
                 for det in self.detectors[name]:
                     det.calibrate(benign, model.predict)
         self.flagged: dict[str, Flag] = {}
+        self._rates: dict[str, list[RateLimitItem]] = {}
 
     @classmethod
     def from_config(cls, source: Any = None, **kwargs: Any) -> Shield:
@@ -84,7 +85,9 @@ class Shield:
         else:
             victim = load_victim(config.model.builtin or "digits-mlp", config.model.seed)
             model, spec, benign = victim.model, victim.spec, victim.X_train
-        store = kwargs.pop("store", None) or AuditStore(config.audit_url)
+        store = kwargs.pop("store", None) or AuditStore(
+            config.audit_url, sync=config.audit_sync,
+            key_cache_seconds=config.key_cache_seconds)
         return cls(config, model, spec, store, benign=benign, **kwargs)
 
     # -- the pipeline ------------------------------------------------------------------------
@@ -148,7 +151,9 @@ class Shield:
             for kind, cost in (("requests", 1), ("rows", n)):
                 rate = getattr(lim, kind)
                 if rate:
-                    for item in parse_many(rate):
+                    if rate not in self._rates:
+                        self._rates[rate] = parse_many(rate)
+                    for item in self._rates[rate]:
                         self._hit(item, f"{who}:{kind}", cost, decision)
 
     def _hit(self, item: RateLimitItem, ident: str, cost: int, decision: Decision) -> None:

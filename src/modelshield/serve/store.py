@@ -104,8 +104,13 @@ class AuditRecord:
                 "answer": _canonical(self.answer), "decision": _canonical(self.decision)}
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``sqlite:///path`` (WAL mode) or ``postgresql+psycopg://...``."""
+def make_engine(url: str, sync: str = "normal") -> Engine:
+    """An engine for ``sqlite:///path`` (WAL mode) or ``postgresql+psycopg://...``.
+
+    sync: SQLite's ``synchronous`` setting. "normal" (WAL): a commit survives the process
+    being killed (the OS holds the WAL), but the last commits can be lost if the machine
+    itself crashes; "full": fsync on every commit, survives that too, at a cost per commit.
+    """
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"check_same_thread": False,
                                                      "isolation_level": None})
@@ -114,7 +119,7 @@ def make_engine(url: str) -> Engine:
         def _pragmas(conn: Any, _: Any) -> None:  # WAL: readers never block the writer
             cur = conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
@@ -131,9 +136,12 @@ def make_engine(url: str) -> Engine:
 class AuditStore:
     """API keys and the audit log over one SQL database."""
 
-    def __init__(self, url: str, clock: Any = time.time) -> None:
+    def __init__(self, url: str, clock: Any = time.time, sync: str = "normal",
+                 key_cache_seconds: float = 1.0) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, sync)
+        self.key_cache_seconds = key_cache_seconds
+        self._key_cache: dict[str, tuple[float, ApiKey | None]] = {}
         self.clock = clock
         self._lock = threading.Lock()
         self._queue: queue.Queue[tuple[list[AuditRecord], Future[None]]] = queue.Queue()
@@ -158,6 +166,19 @@ class AuditStore:
         return secret, _key(row)
 
     def lookup(self, secret: str) -> ApiKey | None:
+        """The key's record; cached for ``key_cache_seconds`` (a revocation takes effect
+        on every replica within that time)."""
+        now = time.monotonic()
+        hit = self._key_cache.get(secret)
+        if hit is not None and now - hit[0] < self.key_cache_seconds:
+            return hit[1]
+        key = self._lookup(secret)
+        if len(self._key_cache) > 100_000:
+            self._key_cache.clear()
+        self._key_cache[secret] = (now, key)
+        return key
+
+    def _lookup(self, secret: str) -> ApiKey | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(keys_table).where(
                 keys_table.c.key_hash == _hash_key(secret))).mappings().first()
@@ -173,6 +194,7 @@ class AuditStore:
             done = conn.execute(keys_table.update().where(
                 (keys_table.c.key_id == key_id) & keys_table.c.revoked_at.is_(None)
             ).values(revoked_at=self.clock()))
+        self._key_cache.clear()
         return bool(done.rowcount)
 
     # -- the audit log ---------------------------------------------------------------------
