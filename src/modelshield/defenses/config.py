@@ -84,6 +84,7 @@ class Tier(_Strict):
 class Storage(_Strict):
     limits: str = "memory://"
     fail: Literal["closed", "open"] = "closed"
+    strategy: Literal["moving-window", "sliding-window", "fixed-window"] = "moving-window"
 
     @field_validator("limits")
     @classmethod
@@ -148,6 +149,7 @@ model:
 storage:
   limits: memory://            # or redis://localhost:6379/0 to share limits across replicas
   fail: closed                 # if Redis is unreachable: closed = refuse (503), open = allow
+  strategy: moving-window      # exact; sliding-window / fixed-window cost less per request
 audit_url: sqlite:///modelshield-audit.db   # or postgresql+psycopg://user@host/db
 audit_sync: normal           # SQLite: normal survives a killed process; full also a machine crash
 key_cache_seconds: 1         # a revoked key stops working within this many seconds

@@ -92,8 +92,10 @@ class Sweep(Detector):
     @staticmethod
     def _is_sweep(past: FloatArray, row: FloatArray, steps: deque[FloatArray]) -> bool:
         diff = past - row
-        changed = np.sum(~np.isclose(diff, 0.0, atol=1e-12), axis=1)
-        one_feature = bool(np.any(changed <= 1))
+        changed = np.count_nonzero(np.abs(diff) > 1e-12, axis=1)
+        if np.any(changed == 0):  # re-sending a recent query is no search step
+            return False
+        one_feature = bool(np.any(changed == 1))
         near = diff[-8:]
         norms = np.linalg.norm(near, axis=1, keepdims=True)
         dirs = near[norms[:, 0] > 0] / norms[norms[:, 0] > 0]
@@ -106,16 +108,22 @@ class Sweep(Detector):
 
 @dataclass
 class Boundary(Detector):
-    """A share of low-margin queries far above what benign traffic has."""
+    """A share of low-margin queries well above what benign traffic has.
+
+    Flags when the share exceeds ``factor`` times the benign share *and* a one-sided
+    binomial z-test against the benign share exceeds ``z`` (so small accounts are not
+    flagged on noise).
+    """
 
     name: ClassVar[str] = "boundary"
     margin: float = 0.2
-    factor: float = 3.0
+    factor: float = 2.0
+    z: float = 4.0
     baseline: float = 0.05
     counts: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
 
     def calibrate(self, benign: FloatArray, predict: Any) -> None:
-        self.baseline = max(float(np.mean(_margins(predict(benign)) < self.margin)), 0.02)
+        self.baseline = max(float(np.mean(_margins(predict(benign)) < self.margin)), 0.01)
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         c = self.counts[account]
@@ -123,10 +131,11 @@ class Boundary(Detector):
         c[1] += len(inputs)
         if c[1] < self.min_queries:
             return None
-        share = c[0] / c[1]
-        score = share / (self.factor * self.baseline)
+        share, p0 = c[0] / c[1], self.baseline
+        z = (c[0] - c[1] * p0) / np.sqrt(c[1] * p0 * (1 - p0))
+        score = min(share / (self.factor * p0), z / self.z)
         return Flag(self.name, score, f"{share:.0%} of queries near the decision boundary "
-                    f"(benign: {self.baseline:.0%})") if score >= 1 else None
+                    f"(benign: {p0:.0%}, z = {z:.1f})") if score >= 1 else None
 
 
 @dataclass
@@ -177,10 +186,26 @@ class Prada(Detector):
     delta: float = 0.9
     min_queries: int = 100
     every: int = 25
-    growing: dict[str, dict[int, list[FloatArray]]] = field(default_factory=dict)
+    growing: dict[str, dict[int, _Rows]] = field(default_factory=dict)
     distances: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     moments: dict[str, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
     last: dict[str, Flag | None] = field(default_factory=dict)
+
+    def calibrate(self, benign: FloatArray, predict: Any) -> None:
+        """Lower ``delta`` below what benign streams reach: 20 shuffled benign streams of
+        up to 300 rows each; delta becomes at most 0.98 x their lowest W."""
+        rng = np.random.default_rng(0)
+        labels = predict(benign).labels
+        lowest = 1.0
+        for _ in range(20):
+            order = rng.permutation(len(benign))[:300]
+            probe = Prada(delta=self.delta, min_queries=self.min_queries, every=10**9)
+            probe.observe("calibration", benign[order], Prediction(np.eye(labels.max() + 1)[
+                labels[order]]))
+            d = probe.distances["calibration"]
+            if len(d) >= 20:
+                lowest = min(lowest, float(stats.shapiro(np.asarray(d)).statistic))
+        self.delta = min(self.delta, 0.98 * lowest)
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         sets = self.growing.setdefault(account, {})
@@ -188,11 +213,13 @@ class Prada(Detector):
         m = self.moments[account]  # Welford: count, mean, sum of squared deviations
         before = len(dists)
         for row, label in zip(np.nan_to_num(inputs), prediction.labels, strict=True):
-            g = sets.setdefault(int(label), [])
-            if not g:
+            g = sets.setdefault(int(label), _Rows(len(row)))
+            if not len(g):
                 g.append(row)
                 continue
-            d = float(np.min(np.linalg.norm(np.asarray(g) - row, axis=1)))
+            d = float(np.sqrt(np.min(np.sum((g.view() - row) ** 2, axis=1))))
+            if d == 0.0:  # a repeated query tells nothing about the query distribution
+                continue
             dists.append(d)
             m[0] += 1
             delta = d - m[1]
@@ -209,6 +236,26 @@ class Prada(Detector):
                     f"Shapiro-Wilk W = {w:.3f} < {self.delta}") if w < self.delta else None
         self.last[account] = flag
         return flag
+
+
+class _Rows:
+    """A growable (n, d) array: amortised O(1) appends, a view for vector maths."""
+
+    def __init__(self, d: int) -> None:
+        self._data = np.empty((16, d))
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, row: FloatArray) -> None:
+        if self._n == len(self._data):
+            self._data = np.concatenate([self._data, np.empty_like(self._data)])
+        self._data[self._n] = row
+        self._n += 1
+
+    def view(self) -> FloatArray:
+        return self._data[: self._n]
 
 
 def make_detector(name: str, **params: Any) -> Detector:

@@ -58,8 +58,10 @@ class Shield:
         self.spec = spec
         self.store = store
         self.clock = clock
-        self.limiter = strategies.MovingWindowRateLimiter(
-            storage.storage_from_string(config.storage.limits))
+        strategy = {"moving-window": strategies.MovingWindowRateLimiter,
+                    "sliding-window": strategies.SlidingWindowCounterRateLimiter,
+                    "fixed-window": strategies.FixedWindowRateLimiter}[config.storage.strategy]
+        self.limiter = strategy(storage.storage_from_string(config.storage.limits))
         self.policies = {name: parse_policy(t.policy) for name, t in config.tiers.items()}
         self.degraded = {name: parse_policy(t.degrade_policy) for name, t in config.tiers.items()}
         self.detectors: dict[str, list[Detector]] = {}
@@ -84,7 +86,9 @@ class Shield:
             model, benign = load_model_file(config.model.file), kwargs.pop("benign", None)
         else:
             victim = load_victim(config.model.builtin or "digits-mlp", config.model.seed)
-            model, spec, benign = victim.model, victim.spec, victim.X_train
+            # Natural data the model was not trained on stands in for the owner's
+            # validation set when detectors are calibrated.
+            model, spec, benign = victim.model, victim.spec, victim.pool
         store = kwargs.pop("store", None) or AuditStore(
             config.audit_url, sync=config.audit_sync,
             key_cache_seconds=config.key_cache_seconds)
@@ -154,20 +158,26 @@ class Shield:
                     if rate not in self._rates:
                         self._rates[rate] = parse_many(rate)
                     for item in self._rates[rate]:
-                        self._hit(item, f"{who}:{kind}", cost, decision)
+                        # RateLimit-* headers describe the caller's own key limits.
+                        self._hit(item, f"{who}:{kind}", cost, decision, who.startswith("key"))
 
-    def _hit(self, item: RateLimitItem, ident: str, cost: int, decision: Decision) -> None:
+    def _hit(self, item: RateLimitItem, ident: str, cost: int, decision: Decision,
+             report: bool) -> None:
         try:
             ok = self.limiter.hit(item, ident, cost=cost)
-            reset, remaining = self.limiter.get_window_stats(item, ident)
+            if not (ok or report):
+                report = True
+            stats = self.limiter.get_window_stats(item, ident) if report else None
         except Exception as exc:  # the shared store is unreachable
             if self.config.storage.fail == "open":
                 return
             raise Denied(503, "limits_unavailable",
                          f"Rate-limit store unreachable ({type(exc).__name__}); refusing "
                          "(storage.fail = closed).") from None
-        retry = max(0, math.ceil(reset - self.clock()))
-        headers = {"RateLimit-Limit": str(item.amount), "RateLimit-Remaining": str(remaining),
+        if stats is None:
+            return
+        retry = max(0, math.ceil(stats.reset_time - self.clock()))
+        headers = {"RateLimit-Limit": str(item.amount), "RateLimit-Remaining": str(stats.remaining),
                    "RateLimit-Reset": str(retry)}
         decision.headers.update(headers)
         if not ok:

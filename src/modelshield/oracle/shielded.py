@@ -32,10 +32,14 @@ class ShieldOracle(BaseOracle):
         self.shield = shield
         self.api_key = api_key
         self.client_ip = client_ip
+        self.first_flag: tuple[int, str] | None = None
 
     def _answer(self, inputs: FloatArray) -> Answer:
+        """One batch through the Shield; remembers the query count at the first flag."""
         try:
-            answer, _ = self.shield.handle(self.api_key, inputs, self.client_ip)
+            answer, decision = self.shield.handle(self.api_key, inputs, self.client_ip)
         except Denied as exc:
             raise Blocked(exc, self.used) from None
+        if decision.flags and self.first_flag is None:
+            self.first_flag = (self.used + len(inputs), decision.flags[0].detector)
         return answer

@@ -1,0 +1,78 @@
+"""Every detector: quiet on benign natural traffic, flags the pattern it is built for."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from modelshield.defenses.detectors import DETECTORS, make_detector
+from modelshield.errors import ConfigError
+from modelshield.victims import Victim
+
+
+def stream(det, victim: Victim, x: np.ndarray, batch: int = 5):  # type: ignore[no-untyped-def]
+    flag = None
+    for i in range(0, len(x), batch):
+        part = x[i : i + batch]
+        flag = det.observe("acct", part, victim.predict(part)) or flag
+    return flag
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_benign_natural_traffic_with_repeats_is_not_flagged(name: str,
+                                                            victims: dict[str, Victim]) -> None:
+    v = victims["digits-mlp"]
+    det = make_detector(name)
+    det.calibrate(v.pool, v.predict)
+    rng = np.random.default_rng(0)
+    assert stream(det, v, v.X_test[rng.integers(0, len(v.X_test), 400)]) is None
+
+
+def test_sweep_flags_line_searches(victims: dict[str, Victim]) -> None:
+    v = victims["digits-mlp"]
+    base = v.X_test[0]
+    line = np.array([base + t * (v.X_test[1] - base) for t in np.linspace(0, 1, 80)])
+    flag = stream(make_detector("sweep"), v, line)
+    assert flag is not None and flag.detector == "sweep"
+
+
+def test_boundary_flags_queries_at_the_decision_boundary(victims: dict[str, Victim]) -> None:
+    v = victims["digits-mlp"]
+    det = make_detector("boundary")
+    det.calibrate(v.pool, v.predict)
+    probs = v.predict(v.pool).probabilities
+    top2 = np.sort(probs, axis=1)[:, -2:]
+    near = v.pool[(top2[:, 1] - top2[:, 0]) < 0.2]
+    assert len(near) >= 60
+    assert stream(det, v, near[:100]) is not None
+
+
+def test_ood_flags_uniform_noise(victims: dict[str, Victim]) -> None:
+    v = victims["digits-mlp"]
+    det = make_detector("ood")
+    det.calibrate(v.pool, v.predict)
+    noise = np.random.default_rng(0).uniform(0, 16, (100, 64))
+    assert stream(det, v, noise).detector == "ood"  # type: ignore[union-attr]
+
+
+def test_prada_flags_a_stream_of_tiny_synthetic_steps(victims: dict[str, Victim]) -> None:
+    v = victims["digits-mlp"]
+    det = make_detector("prada")
+    det.calibrate(v.pool, v.predict)
+    rng = np.random.default_rng(0)
+    seeds = v.X_test[:10]
+    steps = np.concatenate([seeds + 0.01 * rng.standard_normal(seeds.shape) * (k % 7 + 1) ** 3
+                            for k in range(30)])
+    assert stream(det, v, steps) is not None
+
+
+def test_volume_flags_past_its_threshold(victims: dict[str, Victim]) -> None:
+    v = victims["digits-mlp"]
+    det = make_detector("volume", max_rows=50)
+    assert stream(det, v, v.X_test[:49]) is None
+    assert stream(det, v, v.X_test[:5]) is not None
+
+
+def test_unknown_detector_parameter_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="Detector 'volume'"):
+        make_detector("volume", limit=3)
