@@ -258,3 +258,37 @@ def test_postgres_audit_log_keeps_one_chain_under_concurrent_writers() -> None:
         assert stores[1].verify() == (True, 200, None)
         for s in stores:
             s.close()
+
+
+def test_an_attack_split_over_many_keys_from_one_network_is_caught(
+        tmp_path: Path, victims: dict[str, Victim]) -> None:
+    from modelshield.oracle.base import BaseOracle
+
+    cfg = config(tmp_path, free={"detectors": ["sweep"], "on_flag": "deny",
+                                 "policy": "label", "group_by": "ip"})
+    cfg["model"] = {"builtin": "breast-cancer-lr"}
+    shield = Shield.from_config(cfg)
+    keys = [shield.store.create_key("free")[0] for _ in range(20)]
+
+    class Rotating(BaseOracle):
+        """Each key sends 30 queries (under any per-account minimum), from one /24."""
+
+        def _answer(self, inputs: np.ndarray) -> Any:
+            key = keys[(self.used // 30) % len(keys)]
+            try:
+                return shield.handle(key, inputs, f"10.0.0.{self.used // 30 % 250}")[0]
+            except Denied as exc:
+                raise Blocked(exc, self.used) from None
+
+    with pytest.raises(Blocked, match="extraction_suspected") as info:
+        ATTACKS["label-only"]().run(Rotating(shield.spec), 2000,
+                                    pool=victims["breast-cancer-lr"].pool)
+    assert info.value.used < 100
+    # Without grouping, no single key sends enough to be judged.
+    cfg["tiers"]["free"]["group_by"] = "none"
+    cfg["audit_url"] = f"sqlite:///{tmp_path / 'b.db'}"
+    shield = Shield.from_config(cfg)
+    keys[:] = [shield.store.create_key("free")[0] for _ in range(20)]
+    e = ATTACKS["label-only"]().run(Rotating(shield.spec), 2000,
+                                    pool=victims["breast-cancer-lr"].pool)
+    assert e.queries > 400

@@ -61,6 +61,7 @@ class Tier(_Strict):
     throttled: Limits = Limits(requests="10/hour")
     degrade_policy: str = "label"
     max_batch: int = Field(default=1000, ge=1)
+    group_by: Literal["none", "ip", "owner"] = "none"
 
     @field_validator("policy", "degrade_policy")
     @classmethod
@@ -164,6 +165,7 @@ tiers:
     policy: top-k:1              # only the top class and its score
     detectors: [sweep, boundary, prada, ood, volume]
     on_flag: deny                # alert | throttle | degrade | deny
+    group_by: ip                 # also watch all keys from one /24 (or owner) as one extractor
     max_batch: 10
   pro:
     limits: {requests: 1000/hour, rows: 10000/hour}

@@ -71,6 +71,7 @@ class Shield:
                 for det in self.detectors[name]:
                     det.calibrate(benign, model.predict)
         self.flagged: dict[str, Flag] = {}
+        self.groups: dict[str, set[str]] = {}
         self._rates: dict[str, list[RateLimitItem]] = {}
 
     @classmethod
@@ -104,7 +105,7 @@ class Shield:
         x = self._check_inputs(inputs, tier)
         self._limit(key, tier, client_ip, len(x), decision)
         prediction = self.model.predict(x)
-        self._detect(key, tier, x, prediction, decision)
+        self._detect(key, tier, x, prediction, decision, client_ip)
         policy = self._policy(key, decision)
         answer = policy.apply(prediction, x)
         decision.policy = policy.spec
@@ -185,12 +186,23 @@ class Shield:
                          f" ({ident.rsplit(':', 1)[1]}).", {**headers, "Retry-After": str(retry)})
 
     def _detect(self, key: ApiKey, tier: Tier, x: FloatArray, prediction: Any,
-                decision: Decision) -> None:
+                decision: Decision, ip: str) -> None:
+        """Watch the account and, with ``group_by``, its group: attackers who split the
+        work over many keys from one network (or one owner) are seen as one extractor."""
+        watched = [key.key_id]
+        group = _group(tier.group_by, key, ip)
+        if group is not None:
+            self.groups.setdefault(group, set()).add(key.key_id)
+            watched.append(group)
         for det in self.detectors[key.tier]:
-            flag = det.observe(key.key_id, x, prediction)
-            if flag is not None:
-                decision.flags.append(flag)
-                self.flagged.setdefault(key.key_id, flag)
+            for ident in watched:
+                flag = det.observe(ident, x, prediction)
+                if flag is not None:
+                    decision.flags.append(flag)
+                    self.flagged.setdefault(ident, flag)
+        if group is not None and group in self.flagged:
+            for member in self.groups[group]:
+                self.flagged.setdefault(member, self.flagged[group])
         if key.key_id in self.flagged:
             decision.action = tier.on_flag
             if tier.on_flag == "deny":
@@ -202,6 +214,15 @@ class Shield:
         if decision.action == "degrade":
             return self.degraded[key.tier]
         return self.policies[key.tier]
+
+
+def _group(by: str, key: ApiKey, ip: str) -> str | None:
+    if by == "owner":
+        return f"owner:{key.owner}"
+    if by == "ip":
+        parts = ip.split(".")
+        return "ip:" + (".".join(parts[:3]) if len(parts) == 4 else ip)  # IPv4 /24
+    return None
 
 
 def _answer_record(answer: Answer) -> dict[str, Any]:
