@@ -54,7 +54,8 @@ def measure(args: argparse.Namespace, limits_url: str, audit_url: str,
         url = f"http://127.0.0.1:{port}/v1/models/digits-mlp/predict"
         run_load(url, bodies, [{}], concurrency=args.concurrency, requests=200)  # warm-up
         rows.append({"server": "bare FastAPI", **run_load(
-            url, bodies, [{}], concurrency=args.concurrency, requests=args.requests)})
+            url, bodies, [{}], concurrency=args.concurrency, requests=args.requests),
+            "moderate": run_load(url, bodies, [{}], concurrency=1, requests=args.moderate)})
     with tempfile.TemporaryDirectory() as tmp:
         cfg = gateway_config(Path(tmp), limits_url, audit_url.format(tmp=tmp))
         store = AuditStore(audit_url.format(tmp=tmp))
@@ -66,7 +67,9 @@ def measure(args: argparse.Namespace, limits_url: str, audit_url: str,
             url = f"http://127.0.0.1:{port}/v1/models/digits-mlp/predict"
             run_load(url, bodies, keys, concurrency=args.concurrency, requests=200)
             rows.append({"server": f"modelshield ({label})", **run_load(
-                url, bodies, keys, concurrency=args.concurrency, requests=args.requests)})
+                url, bodies, keys, concurrency=args.concurrency, requests=args.requests),
+                "moderate": run_load(url, bodies, keys[:1], concurrency=1,
+                                     requests=args.moderate)})
     return rows
 
 
@@ -74,6 +77,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--moderate", type=int, default=1000,
+                        help="requests sent one at a time for the moderate-load latency")
     parser.add_argument("--redis", help="also measure with limits in this redis:// URL")
     parser.add_argument("--postgres", help="also measure with the audit log at this URL")
     args = parser.parse_args()
@@ -87,13 +92,20 @@ def main() -> None:
         bare, shielded = measure(args, limits_url, audit_url, label)
         results.append({"config": label, "bare": bare, "shield": shielded,
                         "throughput_ratio": shielded["throughput"] / bare["throughput"],
-                        "p99_added_ms": shielded["p99_ms"] - bare["p99_ms"]})
-    show(f"gateway overhead: {args.requests} single-row requests, {args.concurrency} clients",
-         ["config", "bare req/s", "shield req/s", "ratio", "bare p50/p99 ms",
-          "shield p50/p99 ms", "p99 added ms"],
+                        "p99_added_ms": shielded["p99_ms"] - bare["p99_ms"],
+                        "moderate_p50_added_ms": shielded["moderate"]["p50_ms"]
+                        - bare["moderate"]["p50_ms"],
+                        "moderate_p99_added_ms": shielded["moderate"]["p99_ms"]
+                        - bare["moderate"]["p99_ms"]})
+    show(f"gateway overhead: {args.requests} single-row requests from {args.concurrency} "
+         f"clients (throughput), {args.moderate} one at a time (moderate-load latency)",
+         ["config", "bare req/s", "shield req/s", "ratio", "bare p50/p99 ms (moderate)",
+          "shield p50/p99 ms (moderate)", "added p50/p99 ms (moderate)"],
          [[r["config"], r["bare"]["throughput"], r["shield"]["throughput"],
-           r["throughput_ratio"], f"{r['bare']['p50_ms']:.1f} / {r['bare']['p99_ms']:.1f}",
-           f"{r['shield']['p50_ms']:.1f} / {r['shield']['p99_ms']:.1f}", r["p99_added_ms"]]
+           r["throughput_ratio"],
+           f"{r['bare']['moderate']['p50_ms']:.2f} / {r['bare']['moderate']['p99_ms']:.2f}",
+           f"{r['shield']['moderate']['p50_ms']:.2f} / {r['shield']['moderate']['p99_ms']:.2f}",
+           f"{r['moderate_p50_added_ms']:.2f} / {r['moderate_p99_added_ms']:.2f}"]
           for r in results])
     write("gateway_overhead", {"args": vars(args), "results": results})
 

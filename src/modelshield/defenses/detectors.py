@@ -7,7 +7,7 @@ State is kept per account in process memory. Each detector is calibrated on beni
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -64,22 +64,23 @@ class Volume(Detector):
 class Sweep(Detector):
     """Line searches: queries that change one feature of a recent query, or that step
     along the same direction as earlier steps (bisection on a line, as equation solving,
-    path finding and Lowd-Meek do)."""
+    path finding and Lowd-Meek do). Re-sending a recent query is not counted."""
 
     name: ClassVar[str] = "sweep"
     window: int = 64
     max_share: float = 0.2
-    history: dict[str, deque[FloatArray]] = field(default_factory=dict)
-    steps: dict[str, deque[FloatArray]] = field(default_factory=dict)
+    history: dict[str, _Ring] = field(default_factory=dict)
+    steps: dict[str, _Ring] = field(default_factory=dict)
     counts: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
-        recent = self.history.setdefault(account, deque(maxlen=self.window))
-        steps = self.steps.setdefault(account, deque(maxlen=self.window))
+        d = inputs.shape[1]
+        recent = self.history.setdefault(account, _Ring(self.window, d))
+        steps = self.steps.setdefault(account, _Ring(self.window, d))
         hits, total = self.counts[account]
         for row in np.nan_to_num(inputs, nan=-1e300):
-            if recent:
-                hits += int(self._is_sweep(np.asarray(recent), row, steps))
+            if len(recent):
+                hits += int(self._is_sweep(recent, row, steps))
             total += 1
             recent.append(row)
         self.counts[account] = [hits, total]
@@ -90,20 +91,15 @@ class Sweep(Detector):
                     "(one feature changed, or a repeated step direction)") if score >= 1 else None
 
     @staticmethod
-    def _is_sweep(past: FloatArray, row: FloatArray, steps: deque[FloatArray]) -> bool:
-        diff = past - row
-        changed = np.count_nonzero(np.abs(diff) > 1e-12, axis=1)
+    def _is_sweep(recent: _Ring, row: FloatArray, steps: _Ring) -> bool:
+        changed = np.count_nonzero(np.abs(recent.view() - row) > 1e-12, axis=1)
         if np.any(changed == 0):  # re-sending a recent query is no search step
             return False
-        one_feature = bool(np.any(changed == 1))
-        near = diff[-8:]
-        norms = np.linalg.norm(near, axis=1, keepdims=True)
-        dirs = near[norms[:, 0] > 0] / norms[norms[:, 0] > 0]
-        repeated = bool(steps) and bool(
-            np.any(np.abs(dirs @ np.asarray(steps).T) > 1 - 1e-9)) if len(dirs) else False
-        if len(dirs):
-            steps.append(dirs[-1])
-        return one_feature or repeated
+        near = recent.latest(8) - row
+        dirs = near / np.linalg.norm(near, axis=1, keepdims=True)
+        repeated = len(steps) > 0 and bool(np.any(np.abs(dirs @ steps.view().T) > 1 - 1e-9))
+        steps.append(dirs[-1])
+        return bool(np.any(changed == 1)) or repeated
 
 
 @dataclass
@@ -140,10 +136,15 @@ class Boundary(Detector):
 
 @dataclass
 class OutOfDistribution(Detector):
-    """A share of queries far from the training data, well above the benign rate."""
+    """A share of queries far from the natural data, well above the benign rate.
+
+    "Far" is beyond the 99th percentile of benign points' distance to their nearest
+    neighbour among ``size`` reference points (standardised features).
+    """
 
     name: ClassVar[str] = "ood"
     max_share: float = 0.3
+    size: int = 512
     reference: FloatArray | None = None
     radius: float = np.inf
     scale: FloatArray | None = None
@@ -151,7 +152,7 @@ class OutOfDistribution(Detector):
 
     def calibrate(self, benign: FloatArray, predict: Any) -> None:
         self.scale = np.maximum(benign.std(axis=0), 1e-9)
-        ref = benign / self.scale
+        ref = np.random.default_rng(0).permutation(benign / self.scale)[:2 * self.size]
         half = len(ref) // 2
         self.reference = ref[:half]
         self.radius = float(np.quantile(_nearest(ref[half:], self.reference), 0.99))
@@ -236,6 +237,29 @@ class Prada(Detector):
                     f"Shapiro-Wilk W = {w:.3f} < {self.delta}") if w < self.delta else None
         self.last[account] = flag
         return flag
+
+
+class _Ring:
+    """The last ``size`` rows of a stream, in a fixed array (order does not matter)."""
+
+    def __init__(self, size: int, d: int) -> None:
+        self._data = np.empty((size, d))
+        self._n = 0
+
+    def __len__(self) -> int:
+        return min(self._n, len(self._data))
+
+    def append(self, row: FloatArray) -> None:
+        self._data[self._n % len(self._data)] = row
+        self._n += 1
+
+    def view(self) -> FloatArray:
+        return self._data[: len(self)]
+
+    def latest(self, k: int) -> FloatArray:
+        """The ``k`` most recent rows (fewer if fewer were added)."""
+        idx = (self._n - 1 - np.arange(min(k, len(self)))) % len(self._data)
+        return self._data[idx]
 
 
 class _Rows:
