@@ -292,3 +292,33 @@ def test_an_attack_split_over_many_keys_from_one_network_is_caught(
     e = ATTACKS["label-only"]().run(Rotating(shield.spec), 2000,
                                     pool=victims["breast-cancer-lr"].pool)
     assert e.queries > 400
+
+
+def test_replicas_sharing_redis_share_detector_state_and_flags(
+        tmp_path: Path, redis_url: str, victims: dict[str, Victim]) -> None:
+    from modelshield.oracle.base import BaseOracle
+
+    cfg = config(tmp_path, free={"detectors": ["sweep"], "on_flag": "deny",
+                                 "policy": "label"})
+    cfg["model"] = {"builtin": "breast-cancer-lr"}
+    cfg["storage"] = {"limits": redis_url.replace("/0", "/3")}
+    replicas = [Shield.from_config(cfg, store=AuditStore(cfg["audit_url"])) for _ in range(2)]
+    key, _ = replicas[0].store.create_key("free")
+
+    class RoundRobin(BaseOracle):
+        """A load balancer: batches alternate between the two replicas."""
+
+        def _answer(self, inputs: np.ndarray) -> Any:
+            try:
+                return replicas[self.used % 2].handle(key, inputs)[0]
+            except Denied as exc:
+                raise Blocked(exc, self.used) from None
+
+    with pytest.raises(Blocked, match="extraction_suspected") as info:
+        ATTACKS["label-only"]().run(RoundRobin(replicas[0].spec), 2000,
+                                    pool=victims["breast-cancer-lr"].pool)
+    assert info.value.used < 100
+    for replica in replicas:  # the flag raised on one replica is enforced by both
+        with pytest.raises(Denied, match="Access suspended") as denied:
+            replica.handle(key, victims["breast-cancer-lr"].X_test[:1])
+        assert denied.value.code == "extraction_suspected"

@@ -1,8 +1,9 @@
 """Query-pattern detectors: each watches one account's stream and says when it looks like
 extraction, with a score (>= 1 means flagged) and a reason.
 
-State is kept per account in process memory. Each detector is calibrated on benign traffic
-(the victim's own training and test data) when the Shield is built.
+State is kept per account in a :mod:`~modelshield.defenses.state` store: process memory, or
+the Redis that holds the rate limits, so every replica sees the same account. Each detector
+is calibrated on benign traffic when the Shield is built.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from scipy import stats
 
 from modelshield.answer import FloatArray, Prediction
+from modelshield.defenses.state import DetectorState, MemoryState
 from modelshield.errors import ConfigError
 from modelshield.registry import Registry
 
@@ -28,11 +30,13 @@ class Flag:
     reason: str
 
 
+@dataclass
 class Detector:
     """Base: ``observe`` one batch of an account's queries, return a Flag once it trips."""
 
     name: ClassVar[str]
     min_queries: int = 50
+    state: DetectorState = field(default_factory=MemoryState, repr=False)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -52,12 +56,11 @@ class Volume(Detector):
 
     name: ClassVar[str] = "volume"
     max_rows: int = 5000
-    seen: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
-        self.seen[account] += len(inputs)
-        score = self.seen[account] / self.max_rows
-        return Flag(self.name, score, f"{self.seen[account]} rows sent") if score >= 1 else None
+        rows = self.state.incr(f"volume:{account}", "rows", len(inputs))
+        score = rows / self.max_rows
+        return Flag(self.name, score, f"{rows} rows sent") if score >= 1 else None
 
 
 @dataclass
@@ -69,21 +72,22 @@ class Sweep(Detector):
     name: ClassVar[str] = "sweep"
     window: int = 64
     max_share: float = 0.2
-    history: dict[str, _Ring] = field(default_factory=dict)
-    steps: dict[str, _Ring] = field(default_factory=dict)
-    counts: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         d = inputs.shape[1]
-        recent = self.history.setdefault(account, _Ring(self.window, d))
-        steps = self.steps.setdefault(account, _Ring(self.window, d))
-        hits, total = self.counts[account]
-        for row in np.nan_to_num(inputs, nan=-1e300):
+        recent = _Ring.of(self.state.rows(f"sweep:{account}:recent", d), self.window, d)
+        steps = _Ring.of(self.state.rows(f"sweep:{account}:steps", d), self.window, d)
+        rows = np.nan_to_num(inputs, nan=-1e300)
+        hits = 0
+        for row in rows:
             if len(recent):
                 hits += int(self._is_sweep(recent, row, steps))
-            total += 1
             recent.append(row)
-        self.counts[account] = [hits, total]
+        self.state.push(f"sweep:{account}:recent", rows[-self.window:], self.window)
+        self.state.push(f"sweep:{account}:steps", steps.latest(min(len(rows), self.window)),
+                        self.window)
+        hits = self.state.incr(f"sweep:{account}", "hits", hits)
+        total = self.state.incr(f"sweep:{account}", "total", len(rows))
         if total < self.min_queries:
             return None
         score = (hits / total) / self.max_share
@@ -98,7 +102,7 @@ class Sweep(Detector):
         near = recent.latest(8) - row
         dirs = near / np.linalg.norm(near, axis=1, keepdims=True)
         repeated = len(steps) > 0 and bool(np.any(np.abs(dirs @ steps.view().T) > 1 - 1e-9))
-        steps.append(dirs[-1])
+        steps.append(dirs[0])
         return bool(np.any(changed == 1)) or repeated
 
 
@@ -116,19 +120,18 @@ class Boundary(Detector):
     factor: float = 2.0
     z: float = 4.0
     baseline: float = 0.05
-    counts: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
 
     def calibrate(self, benign: FloatArray, predict: Any) -> None:
         self.baseline = max(float(np.mean(_margins(predict(benign)) < self.margin)), 0.01)
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
-        c = self.counts[account]
-        c[0] += int(np.sum(_margins(prediction) < self.margin))
-        c[1] += len(inputs)
-        if c[1] < self.min_queries:
+        low = self.state.incr(f"boundary:{account}", "low",
+                              int(np.sum(_margins(prediction) < self.margin)))
+        n = self.state.incr(f"boundary:{account}", "total", len(inputs))
+        if n < self.min_queries:
             return None
-        share, p0 = c[0] / c[1], self.baseline
-        z = (c[0] - c[1] * p0) / np.sqrt(c[1] * p0 * (1 - p0))
+        share, p0 = low / n, self.baseline
+        z = (low - n * p0) / np.sqrt(n * p0 * (1 - p0))
         score = min(share / (self.factor * p0), z / self.z)
         return Flag(self.name, score, f"{share:.0%} of queries near the decision boundary "
                     f"(benign: {p0:.0%}, z = {z:.1f})") if score >= 1 else None
@@ -148,7 +151,6 @@ class OutOfDistribution(Detector):
     reference: FloatArray | None = None
     radius: float = np.inf
     scale: FloatArray | None = None
-    counts: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
 
     def calibrate(self, benign: FloatArray, predict: Any) -> None:
         self.scale = np.maximum(benign.std(axis=0), 1e-9)
@@ -161,13 +163,13 @@ class OutOfDistribution(Detector):
         if self.reference is None or self.scale is None:
             return None
         x = np.nan_to_num(inputs) / self.scale
-        c = self.counts[account]
-        c[0] += int(np.sum(_nearest(x, self.reference) > self.radius))
-        c[1] += len(inputs)
-        if c[1] < self.min_queries:
+        far = self.state.incr(f"ood:{account}", "far",
+                              int(np.sum(_nearest(x, self.reference) > self.radius)))
+        n = self.state.incr(f"ood:{account}", "total", len(inputs))
+        if n < self.min_queries:
             return None
-        score = (c[0] / c[1]) / self.max_share
-        return Flag(self.name, score, f"{c[0]} of {c[1]} queries far from the training "
+        score = (far / n) / self.max_share
+        return Flag(self.name, score, f"{far} of {n} queries far from the natural "
                     "data") if score >= 1 else None
 
 
@@ -187,55 +189,65 @@ class Prada(Detector):
     delta: float = 0.9
     min_queries: int = 100
     every: int = 25
-    growing: dict[str, dict[int, _Rows]] = field(default_factory=dict)
-    distances: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    moments: dict[str, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
-    last: dict[str, Flag | None] = field(default_factory=dict)
 
     def calibrate(self, benign: FloatArray, predict: Any) -> None:
         """Lower ``delta`` below what benign streams reach: 20 shuffled benign streams of
         up to 300 rows each; delta becomes at most 0.98 x their lowest W."""
         rng = np.random.default_rng(0)
         labels = predict(benign).labels
+        onehot = np.eye(int(labels.max()) + 1)
         lowest = 1.0
         for _ in range(20):
             order = rng.permutation(len(benign))[:300]
-            probe = Prada(delta=self.delta, min_queries=self.min_queries, every=10**9)
-            probe.observe("calibration", benign[order], Prediction(np.eye(labels.max() + 1)[
-                labels[order]]))
-            d = probe.distances["calibration"]
+            probe = Prada(delta=self.delta, min_queries=10**9)
+            probe.observe("calibration", benign[order], Prediction(onehot[labels[order]]))
+            d = probe.state.rows("prada:calibration:dist", 1).ravel()
             if len(d) >= 20:
-                lowest = min(lowest, float(stats.shapiro(np.asarray(d)).statistic))
+                lowest = min(lowest, float(stats.shapiro(d).statistic))
         self.delta = min(self.delta, 0.98 * lowest)
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
-        sets = self.growing.setdefault(account, {})
-        dists = self.distances[account]
-        m = self.moments[account]  # Welford: count, mean, sum of squared deviations
-        before = len(dists)
+        key = f"prada:{account}"
+        d = inputs.shape[1]
+        sets: dict[int, _Rows] = {}
+        new: dict[int, list[FloatArray]] = defaultdict(list)
+        moments = self.state.get(f"{key}:moments") or [0, 0.0, 0.0]  # Welford: n, mean, M2
+        dists: list[float] = []
         for row, label in zip(np.nan_to_num(inputs), prediction.labels, strict=True):
-            g = sets.setdefault(int(label), _Rows(len(row)))
+            c = int(label)
+            if c not in sets:
+                sets[c] = _Rows.of(self.state.rows(f"{key}:g{c}", d))
+            g = sets[c]
             if not len(g):
                 g.append(row)
+                new[c].append(row)
                 continue
-            d = float(np.sqrt(np.min(np.sum((g.view() - row) ** 2, axis=1))))
-            if d == 0.0:  # a repeated query tells nothing about the query distribution
+            dist = float(np.sqrt(np.min(np.sum((g.view() - row) ** 2, axis=1))))
+            if dist == 0.0:  # a repeated query tells nothing about the query distribution
                 continue
-            dists.append(d)
-            m[0] += 1
-            delta = d - m[1]
-            m[1] += delta / m[0]
-            m[2] += delta * (d - m[1])
-            if d > m[1] - np.sqrt(m[2] / m[0]):
+            dists.append(dist)
+            moments[0] += 1
+            delta = dist - moments[1]
+            moments[1] += delta / moments[0]
+            moments[2] += delta * (dist - moments[1])
+            if dist > moments[1] - np.sqrt(moments[2] / moments[0]):
                 g.append(row)
-        if len(dists) < self.min_queries:
+                new[c].append(row)
+        for c, rows in new.items():
+            self.state.push(f"{key}:g{c}", np.asarray(rows))
+        if dists:
+            self.state.push(f"{key}:dist", np.asarray(dists)[:, None], 1000)
+        self.state.set(f"{key}:moments", moments)
+        n, before = int(moments[0]), int(moments[0]) - len(dists)
+        if n < self.min_queries:
             return None
-        if account in self.last and len(dists) // self.every == before // self.every:
-            return self.last[account]
-        w = float(stats.shapiro(np.asarray(dists[-1000:])).statistic)
+        last = self.state.get(f"{key}:last")
+        if last is not None and n // self.every == before // self.every:
+            return None if last == "ok" else Flag(**last)
+        w = float(stats.shapiro(self.state.rows(f"{key}:dist", 1).ravel()).statistic)
         flag = Flag(self.name, (1 - w) / (1 - self.delta),
-                    f"Shapiro-Wilk W = {w:.3f} < {self.delta}") if w < self.delta else None
-        self.last[account] = flag
+                    f"Shapiro-Wilk W = {w:.3f} < {self.delta:.3f}") if w < self.delta else None
+        self.state.set(f"{key}:last", "ok" if flag is None else flag.__dict__)
         return flag
 
 
@@ -245,6 +257,13 @@ class _Ring:
     def __init__(self, size: int, d: int) -> None:
         self._data = np.empty((size, d))
         self._n = 0
+
+    @classmethod
+    def of(cls, rows: FloatArray, size: int, d: int) -> _Ring:
+        ring = cls(size, d)
+        for row in rows[-size:]:
+            ring.append(row)
+        return ring
 
     def __len__(self) -> int:
         return min(self._n, len(self._data))
@@ -268,6 +287,13 @@ class _Rows:
     def __init__(self, d: int) -> None:
         self._data = np.empty((16, d))
         self._n = 0
+
+    @classmethod
+    def of(cls, rows: FloatArray) -> _Rows:
+        out = cls(rows.shape[1])
+        out._data = np.concatenate([rows, np.empty((max(16, len(rows)), rows.shape[1]))])
+        out._n = len(rows)
+        return out
 
     def __len__(self) -> int:
         return self._n

@@ -25,6 +25,7 @@ from modelshield.answer import Answer, ApiSpec, FloatArray
 from modelshield.defenses.config import Limits, ShieldConfig, Tier, load_config
 from modelshield.defenses.detectors import Detector, Flag, make_detector
 from modelshield.defenses.policies import OutputPolicy, parse_policy
+from modelshield.defenses.state import state_from_url
 from modelshield.errors import ConfigError, Denied
 from modelshield.serve.store import ApiKey, AuditRecord, AuditStore
 from modelshield.victims.base import ModelAdapter
@@ -64,14 +65,14 @@ class Shield:
         self.limiter = strategy(storage.storage_from_string(config.storage.limits))
         self.policies = {name: parse_policy(t.policy) for name, t in config.tiers.items()}
         self.degraded = {name: parse_policy(t.degrade_policy) for name, t in config.tiers.items()}
+        self.state = state_from_url(config.storage.limits)
         self.detectors: dict[str, list[Detector]] = {}
         for name, tier in config.tiers.items():
-            self.detectors[name] = [make_detector(d) for d in tier.detectors]
+            self.detectors[name] = [make_detector(d, state=self.state) for d in tier.detectors]
             if benign is not None:
                 for det in self.detectors[name]:
                     det.calibrate(benign, model.predict)
-        self.flagged: dict[str, Flag] = {}
-        self.groups: dict[str, set[str]] = {}
+        self.flagged: dict[str, Flag] = {}  # this replica's view; the state store is shared
         self._rates: dict[str, list[RateLimitItem]] = {}
 
     @classmethod
@@ -105,7 +106,7 @@ class Shield:
         x = self._check_inputs(inputs, tier)
         self._limit(key, tier, client_ip, len(x), decision)
         prediction = self.model.predict(x)
-        self._detect(key, tier, x, prediction, decision, client_ip)
+        self._shared(self._detect, key, tier, x, prediction, decision, client_ip)
         policy = self._policy(key, decision)
         answer = policy.apply(prediction, x)
         decision.policy = policy.spec
@@ -147,7 +148,8 @@ class Shield:
         return x
 
     def _limit(self, key: ApiKey, tier: Tier, ip: str, rows: int, decision: Decision) -> None:
-        throttled = key.key_id in self.flagged and tier.on_flag == "throttle"
+        throttled = tier.on_flag == "throttle" and \
+            self._shared(self._flag, key, tier, ip) is not None
         limits = tier.throttled if throttled else tier.limits
         checks: list[tuple[Limits, str, int]] = [
             (self.config.global_limits, "global", 1), (self.config.ip_limits, f"ip:{ip}", 1),
@@ -188,27 +190,50 @@ class Shield:
     def _detect(self, key: ApiKey, tier: Tier, x: FloatArray, prediction: Any,
                 decision: Decision, ip: str) -> None:
         """Watch the account and, with ``group_by``, its group: attackers who split the
-        work over many keys from one network (or one owner) are seen as one extractor."""
+        work over many keys from one network (or one owner) are seen as one extractor.
+        A flag is kept in the shared state, so every replica acts on it."""
         watched = [key.key_id]
         group = _group(tier.group_by, key, ip)
         if group is not None:
-            self.groups.setdefault(group, set()).add(key.key_id)
             watched.append(group)
         for det in self.detectors[key.tier]:
             for ident in watched:
                 flag = det.observe(ident, x, prediction)
                 if flag is not None:
                     decision.flags.append(flag)
+                    if self.state.get(f"flag:{ident}") is None:
+                        self.state.set(f"flag:{ident}", flag.__dict__)
                     self.flagged.setdefault(ident, flag)
-        if group is not None and group in self.flagged:
-            for member in self.groups[group]:
-                self.flagged.setdefault(member, self.flagged[group])
-        if key.key_id in self.flagged:
+        flag = self._flag(key, tier, ip)
+        if flag is not None:
+            self.flagged.setdefault(key.key_id, flag)
             decision.action = tier.on_flag
             if tier.on_flag == "deny":
-                flag = self.flagged[key.key_id]
                 raise Denied(403, "extraction_suspected",
                              f"Access suspended: {flag.detector} detector: {flag.reason}.")
+
+    def _shared(self, step: Callable[..., Any], *args: Any) -> Any:
+        """Run a step that uses the shared state; if the store is unreachable, refuse
+        (fail closed) or go on without it (fail open), as ``storage.fail`` says."""
+        try:
+            return step(*args)
+        except Denied:
+            raise
+        except Exception as exc:  # redis errors and anything else from the store
+            if self.config.storage.fail == "open":
+                return None
+            raise Denied(503, "state_unavailable",
+                         f"Detector state store unreachable ({type(exc).__name__}); refusing "
+                         "(storage.fail = closed).") from None
+
+    def _flag(self, key: ApiKey, tier: Tier, ip: str) -> Flag | None:
+        """The flag on this key or on its group, from the shared state."""
+        for ident in (key.key_id, _group(tier.group_by, key, ip)):
+            if ident is not None:
+                value = self.state.get(f"flag:{ident}")
+                if value is not None:
+                    return Flag(**value)
+        return None
 
     def _policy(self, key: ApiKey, decision: Decision) -> OutputPolicy:
         if decision.action == "degrade":

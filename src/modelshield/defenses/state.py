@@ -1,0 +1,105 @@
+"""Where detectors keep per-account state: process memory, or Redis shared by every replica.
+
+Three primitives cover what the detectors need:
+
+* ``incr(key, field, n)`` — atomic counters;
+* ``push(key, rows, maxlen)`` / ``rows(key)`` — a capped list of float rows;
+* ``get(key)`` / ``set(key, value)`` — small JSON values (last verdicts, running moments).
+
+Chosen by URL like the rate-limit storage: ``memory://`` or ``redis://host:port/db``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import defaultdict
+from typing import Any, Protocol
+
+import numpy as np
+
+from modelshield.answer import FloatArray
+from modelshield.errors import ConfigError
+
+
+class DetectorState(Protocol):
+    def incr(self, key: str, field: str, n: int = 1) -> int: ...
+    def push(self, key: str, rows: FloatArray, maxlen: int | None = None) -> None: ...
+    def rows(self, key: str, d: int) -> FloatArray: ...
+    def get(self, key: str) -> Any: ...
+    def set(self, key: str, value: Any) -> None: ...
+
+
+class MemoryState:
+    """Per-process state; each replica sees only its own traffic."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._rows: dict[str, list[FloatArray]] = defaultdict(list)
+        self._values: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def incr(self, key: str, field: str, n: int = 1) -> int:
+        with self._lock:
+            self._counts[key][field] += n
+            return self._counts[key][field]
+
+    def push(self, key: str, rows: FloatArray, maxlen: int | None = None) -> None:
+        with self._lock:
+            store = self._rows[key]
+            store.extend(np.atleast_2d(rows))
+            if maxlen is not None and len(store) > maxlen:
+                del store[: len(store) - maxlen]
+
+    def rows(self, key: str, d: int) -> FloatArray:
+        with self._lock:
+            data = self._rows.get(key)
+            return np.asarray(data) if data else np.empty((0, d))
+
+    def get(self, key: str) -> Any:
+        return self._values.get(key)
+
+    def set(self, key: str, value: Any) -> None:
+        self._values[key] = value
+
+
+class RedisState:
+    """State in Redis: counters are HINCRBY, row lists are capped lists of float64 bytes."""
+
+    def __init__(self, url: str, prefix: str = "modelshield:det:") -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url)
+        self.prefix = prefix
+
+    def incr(self, key: str, field: str, n: int = 1) -> int:
+        return int(self.client.hincrby(self.prefix + key, field, n))
+
+    def push(self, key: str, rows: FloatArray, maxlen: int | None = None) -> None:
+        data = [np.ascontiguousarray(r, dtype=np.float64).tobytes() for r in np.atleast_2d(rows)]
+        pipe = self.client.pipeline()
+        pipe.rpush(self.prefix + key, *data)
+        if maxlen is not None:
+            pipe.ltrim(self.prefix + key, -maxlen, -1)
+        pipe.execute()
+
+    def rows(self, key: str, d: int) -> FloatArray:
+        raw = self.client.lrange(self.prefix + key, 0, -1)
+        if not raw:
+            return np.empty((0, d))
+        return np.frombuffer(b"".join(raw), dtype=np.float64).reshape(len(raw), -1)
+
+    def get(self, key: str) -> Any:
+        raw = self.client.get(self.prefix + key)
+        return None if raw is None else json.loads(raw)
+
+    def set(self, key: str, value: Any) -> None:
+        self.client.set(self.prefix + key, json.dumps(value))
+
+
+def state_from_url(url: str) -> DetectorState:
+    if url.startswith("memory://"):
+        return MemoryState()
+    if url.startswith(("redis://", "rediss://", "redis+unix://")):
+        return RedisState(url.replace("redis+unix://", "unix://"))
+    raise ConfigError.invalid("storage.limits", "memory:// or a redis:// URL", url)
