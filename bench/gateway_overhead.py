@@ -1,6 +1,10 @@
 """Gateway overhead: the full Shield against the same model behind a bare FastAPI endpoint.
 
-    python bench/gateway_overhead.py [--requests 3000] [--concurrency 8] [--redis] [--postgres]
+    python bench/gateway_overhead.py [--requests 3000] [--concurrency 8] [--all]
+
+``--all`` also starts a redis-server and a PostgreSQL server on free loopback ports and
+measures the Redis-limits and PostgreSQL-audit configurations (or name your own servers
+with ``--redis URL`` / ``--postgres URL``).
 
 Both servers run one at a time under uvicorn on loopback, with the same load (single-row
 requests from the digits test set, closed loop, ``--concurrency`` clients, one API key
@@ -13,6 +17,7 @@ throughput ratio and the p99 added; writes bench/results/gateway_overhead.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -81,7 +86,19 @@ def main() -> None:
                         help="requests sent one at a time for the moderate-load latency")
     parser.add_argument("--redis", help="also measure with limits in this redis:// URL")
     parser.add_argument("--postgres", help="also measure with the audit log at this URL")
+    parser.add_argument("--all", action="store_true",
+                        help="start Redis and PostgreSQL here and measure them too")
     args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        if args.all:
+            from tests.servers import postgres_server, redis_server
+
+            args.redis = args.redis or stack.enter_context(redis_server())
+            args.postgres = args.postgres or stack.enter_context(postgres_server())
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     configs = [("memory limits, SQLite audit", "memory://", "sqlite:///{tmp}/audit.db")]
     if args.redis:
         configs.append(("Redis limits, SQLite audit", args.redis, "sqlite:///{tmp}/audit.db"))

@@ -35,7 +35,7 @@ class MemoryState:
 
     def __init__(self) -> None:
         self._counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self._rows: dict[str, list[FloatArray]] = defaultdict(list)
+        self._rows: dict[str, _Buffer] = {}
         self._values: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -45,16 +45,17 @@ class MemoryState:
             return self._counts[key][field]
 
     def push(self, key: str, rows: FloatArray, maxlen: int | None = None) -> None:
+        rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
         with self._lock:
-            store = self._rows[key]
-            store.extend(np.atleast_2d(rows))
-            if maxlen is not None and len(store) > maxlen:
-                del store[: len(store) - maxlen]
+            buf = self._rows.get(key)
+            if buf is None:
+                buf = self._rows[key] = _Buffer(rows.shape[1])
+            buf.extend(rows, maxlen)
 
     def rows(self, key: str, d: int) -> FloatArray:
         with self._lock:
-            data = self._rows.get(key)
-            return np.asarray(data) if data else np.empty((0, d))
+            buf = self._rows.get(key)
+            return buf.view() if buf is not None else np.empty((0, d))
 
     def get(self, key: str) -> Any:
         return self._values.get(key)
@@ -103,3 +104,31 @@ def state_from_url(url: str) -> DetectorState:
     if url.startswith(("redis://", "rediss://", "redis+unix://")):
         return RedisState(url.replace("redis+unix://", "unix://"))
     raise ConfigError.invalid("storage.limits", "memory:// or a redis:// URL", url)
+
+
+class _Buffer:
+    """Rows appended in amortised O(1); views handed out stay valid (rows are never
+    overwritten in place: growth and trimming copy to a new array)."""
+
+    def __init__(self, d: int) -> None:
+        self._data = np.empty((16, d))
+        self._start = 0
+        self._end = 0
+
+    def extend(self, rows: FloatArray, maxlen: int | None) -> None:
+        n = len(rows)
+        if self._end + n > len(self._data):
+            live = self._data[self._start : self._end]
+            if maxlen is not None:
+                live = live[-maxlen:]
+            size = max(16, 2 * (len(live) + n))
+            data = np.empty((size, self._data.shape[1]))
+            data[: len(live)] = live
+            self._data, self._start, self._end = data, 0, len(live)
+        self._data[self._end : self._end + n] = rows
+        self._end += n
+        if maxlen is not None:
+            self._start = max(self._start, self._end - maxlen)
+
+    def view(self) -> FloatArray:
+        return self._data[self._start : self._end]
