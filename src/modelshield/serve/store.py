@@ -146,10 +146,21 @@ class AuditStore:
         self._lock = threading.Lock()
         self._queue: queue.Queue[tuple[list[AuditRecord], Future[None]]] = queue.Queue()
         self._writer: threading.Thread | None = None
-        metadata.create_all(self.engine)
-        with self.engine.begin() as conn:
-            if conn.execute(sa.select(chain_head.c.id)).first() is None:
-                conn.execute(chain_head.insert().values(id=1, hash=GENESIS, seq=0))
+        self._create_schema()
+
+    def _create_schema(self) -> None:
+        """Create the tables and the chain head; several workers may race to do it."""
+        for attempt in range(3):
+            try:
+                metadata.create_all(self.engine)
+                with self.engine.begin() as conn:
+                    if conn.execute(sa.select(chain_head.c.id)).first() is None:
+                        conn.execute(chain_head.insert().values(id=1, hash=GENESIS, seq=0))
+                return
+            except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)  # another process created it first; check again
 
     # -- keys ----------------------------------------------------------------------------
     def create_key(self, tier: str, owner: str = "", terms_version: str = "1",
