@@ -7,7 +7,8 @@ One ordered pass per request::
 Admission stages refuse with :class:`~modelshield.errors.Denied` (401/403/413/422/429/503);
 a request refused for its inputs costs no rate-limit budget. Detectors flag an account, and
 the tier's ``on_flag`` action (alert, throttle, degrade, deny) applies from then on. The
-recorder commits the audit record before the answer leaves. The same object serves :class:`~modelshield.oracle.ShieldOracle` and the HTTP gateway.
+recorder commits the audit record before the answer leaves. The same object serves
+:class:`~modelshield.oracle.ShieldOracle` and the HTTP gateway.
 """
 
 from __future__ import annotations
