@@ -322,3 +322,56 @@ def test_replicas_sharing_redis_share_detector_state_and_flags(
         with pytest.raises(Denied, match="Access suspended") as denied:
             replica.handle(key, victims["breast-cancer-lr"].X_test[:1])
         assert denied.value.code == "extraction_suspected"
+
+
+def test_a_model_file_is_served_with_its_declared_contract(
+        tmp_path: Path, victims: dict[str, Victim]) -> None:
+    import joblib
+
+    v = victims["breast-cancer-lr"]
+    path = tmp_path / "cancer.joblib"
+    joblib.dump(v.model.estimator, path)  # type: ignore[attr-defined]
+    cfg = config(tmp_path)
+    cfg["model"] = {"file": str(path), "classes": ["malignant", "benign"],
+                    "low": v.spec.low.tolist(), "high": v.spec.high.tolist()}
+    shield = Shield.from_config(cfg)
+    key, _ = shield.store.create_key("pro")
+    with live_app(create_app(shield)) as client:
+        meta = client.get("/v2/models/cancer").json()
+        assert meta["parameters"]["classes"] == ["malignant", "benign"]
+        r = client.post("/v1/models/cancer/predict", json={"inputs": v.X_test[:4].tolist()},
+                        headers={"Authorization": f"Bearer {key}"})
+    assert r.json()["labels"] == v.predict_labels(v.X_test[:4]).tolist()
+    bad = dict(cfg, model={"file": str(path), "classes": ["a", "b"], "low": 0.0, "high": 1.0})
+    with pytest.raises(ConfigError, match="n_features"):
+        Shield.from_config(bad)
+
+
+def test_the_gateway_can_front_an_upstream_v2_server(
+        tmp_path: Path, victims: dict[str, Victim]) -> None:
+    (tmp_path / "up").mkdir()
+    upstream = Shield.from_config(config(tmp_path / "up"))
+    up_key, _ = upstream.store.create_key("pro")
+    v = victims["digits-mlp"]
+
+    class Open:  # the upstream stands for a plain model server: no key needed
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                scope = dict(scope, headers=[*scope["headers"],
+                                             (b"authorization", f"Bearer {up_key}".encode())])
+            await self.app(scope, receive, send)
+
+    with live_app(Open(create_app(upstream))) as up:
+        cfg = config(tmp_path)
+        cfg["model"] = {"upstream": str(up.base_url), "name": "digits-mlp",
+                        "classes": [str(i) for i in range(10)], "n_features": 64,
+                        "low": 0.0, "high": 16.0}
+        front = Shield.from_config(cfg)
+        key, _ = front.store.create_key("pro")
+        answer, _ = front.handle(key, v.X_test[:3])
+        front.close()
+    assert answer.labels.tolist() == v.predict_labels(v.X_test[:3]).tolist()
+    assert front.store.count() == 1 and upstream.store.count() == 1

@@ -96,10 +96,31 @@ class Storage(_Strict):
 
 
 class Model(_Strict):
+    """The served model: a built-in victim, a model file, or an upstream v2 server.
+
+    A file or an upstream needs the API contract spelt out: ``classes`` and the input
+    domain ``low``/``high`` (one number for every feature, or one per feature), plus
+    ``n_features`` when both are single numbers.
+    """
+
     builtin: str | None = "digits-mlp"
     file: str | None = None
+    upstream: str | None = None
     name: str | None = None
     seed: int = 0
+    classes: list[str] | None = None
+    n_features: int | None = Field(default=None, ge=1)
+    low: float | list[float] | None = None
+    high: float | list[float] | None = None
+    accepts_missing: bool = False
+    integer_features: bool = False
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
 
 
 class ShieldConfig(_Strict):
@@ -145,8 +166,14 @@ def load_config(source: str | Path | dict[str, Any] | None = None) -> ShieldConf
 EXAMPLE = """\
 # modelshield gateway configuration. Every field is optional; these are examples.
 model:
-  builtin: digits-mlp          # a built-in victim (modelshield victims), or:
-  # file: model.joblib         # a scikit-learn joblib file / .onnx file
+  builtin: digits-mlp          # a built-in victim (modelshield victims), or a model file
+  # file: model.joblib         # (.joblib/.pkl scikit-learn, .pt TorchScript, .onnx), or
+  # upstream: http://127.0.0.1:8080   # a KServe v2 server this gateway fronts
+  # name: digits               # with file/upstream, the contract customers are told:
+  # classes: ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
+  # n_features: 64
+  # low: 0                     # one number for every feature, or a list per feature
+  # high: 16
 storage:
   limits: memory://            # or redis://localhost:6379/0 to share limits across replicas
   fail: closed                 # if Redis is unreachable: closed = refuse (503), open = allow

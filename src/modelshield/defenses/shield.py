@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from modelshield.defenses.config import Limits, ShieldConfig, Tier, load_config
 from modelshield.defenses.detectors import Detector, Flag, make_detector
 from modelshield.defenses.policies import OutputPolicy, parse_policy
 from modelshield.defenses.state import state_from_url
-from modelshield.errors import ConfigError, Denied
+from modelshield.errors import ConfigError, Denied, OracleError
 from modelshield.serve.store import ApiKey, AuditRecord, AuditStore
 from modelshield.victims.base import ModelAdapter
 
@@ -82,13 +83,18 @@ class Shield:
         from modelshield.victims import load_model_file, load_victim
 
         config = source if isinstance(source, ShieldConfig) else load_config(source)
-        if config.model.file:
-            spec = kwargs.pop("spec", None)
-            if spec is None:
-                raise ConfigError("model.file needs an ApiSpec (input width, classes, domain).")
-            model, benign = load_model_file(config.model.file), kwargs.pop("benign", None)
+        m = config.model
+        if m.file or m.upstream:
+            spec = kwargs.pop("spec", None) or _spec_from_config(config)
+            if m.file:
+                model = load_model_file(m.file)
+            else:
+                from modelshield.victims.upstream import V2Upstream
+
+                model = V2Upstream(m.upstream or "", spec.name)
+            benign = kwargs.pop("benign", None)
         else:
-            victim = load_victim(config.model.builtin or "digits-mlp", config.model.seed)
+            victim = load_victim(m.builtin or "digits-mlp", m.seed)
             # Natural data the model was not trained on stands in for the owner's
             # validation set when detectors are calibrated.
             model, spec, benign = victim.model, victim.spec, victim.pool
@@ -96,6 +102,13 @@ class Shield:
             config.audit_url, sync=config.audit_sync,
             key_cache_seconds=config.key_cache_seconds)
         return cls(config, model, spec, store, benign=benign, **kwargs)
+
+    def close(self) -> None:
+        """Release the store's connections and the model's (an upstream client, say)."""
+        self.store.close()
+        close = getattr(self.model, "close", None)
+        if callable(close):
+            close()
 
     # -- the pipeline ------------------------------------------------------------------------
     def handle(self, api_key: str | None, inputs: Any, client_ip: str = "127.0.0.1"
@@ -106,7 +119,10 @@ class Shield:
         tier = self.config.tiers[key.tier]
         x = self._check_inputs(inputs, tier)
         self._limit(key, tier, client_ip, len(x), decision)
-        prediction = self.model.predict(x)
+        try:
+            prediction = self.model.predict(x)
+        except OracleError as exc:  # an upstream model server failed
+            raise Denied(502, "upstream_error", str(exc)) from None
         self._shared(self._detect, key, tier, x, prediction, decision, client_ip)
         policy = self._policy(key, decision)
         answer = policy.apply(prediction, x)
@@ -240,6 +256,28 @@ class Shield:
         if decision.action == "degrade":
             return self.degraded[key.tier]
         return self.policies[key.tier]
+
+
+def _spec_from_config(config: ShieldConfig) -> ApiSpec:
+    """The API contract of a model file or upstream, from the ``model`` section."""
+    m = config.model
+    missing = [f for f in ("classes", "low", "high") if getattr(m, f) is None]
+    if missing:
+        raise ConfigError(f"model: a model file or upstream needs {', '.join(missing)} "
+                          "(the classes and the input domain).")
+    lengths = {len(v) for v in (m.low, m.high) if isinstance(v, list)}
+    if m.n_features is not None:
+        lengths.add(m.n_features)
+    if len(lengths) != 1:
+        raise ConfigError("model: give n_features, or low/high lists of one length; got "
+                          f"lengths {sorted(lengths) or 'none'}.")
+    d = lengths.pop()
+    name = m.name or (Path(m.file).stem if m.file else "model")
+    return ApiSpec(n_features=d, classes=tuple(m.classes or ()),
+                   low=np.broadcast_to(np.asarray(m.low, dtype=float), (d,)).copy(),
+                   high=np.broadcast_to(np.asarray(m.high, dtype=float), (d,)).copy(),
+                   accepts_missing=m.accepts_missing, integer_features=m.integer_features,
+                   name=name)
 
 
 def _group(by: str, key: ApiKey, ip: str) -> str | None:
