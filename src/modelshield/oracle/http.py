@@ -60,7 +60,11 @@ class HttpOracle(BaseOracle):
                                     headers=self.headers)
         except httpx.HTTPError as exc:
             raise OracleError(f"the target did not answer: {exc}") from None
-        body = resp.json()
+        try:
+            body = resp.json()
+        except ValueError:
+            raise OracleError(f"the target answered HTTP {resp.status_code} without JSON: "
+                              f"{resp.text[:200]}") from None
         if resp.status_code != 200:
             err = body.get("error", {})
             raise Blocked(Denied(resp.status_code, err.get("code", "error"),
