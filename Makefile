@@ -27,3 +27,4 @@ bench: $(BIN)/modelshield
 
 lint: $(BIN)/modelshield
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src

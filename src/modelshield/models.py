@@ -243,7 +243,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             for start in range(0, n, bs):
                 idx = perm[start : start + bs]
                 opt.zero_grad()
-                self._objective(self.module_(x[idx]), t[idx]).backward()
+                self._objective(self.module_(x[idx]), t[idx]).backward()  # type: ignore[no-untyped-call]
                 opt.step()
             sched.step()
 
@@ -251,7 +251,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         opt = torch.optim.LBFGS(self.module_.parameters(), lr=1.0, max_iter=self.epochs,
                                 history_size=100, tolerance_grad=1e-14,
                                 tolerance_change=1e-20, line_search_fn="strong_wolfe")
-        entropy = 0.0
+        entropy: torch.Tensor | float = 0.0
         if self._objective is _soft_ce:  # report the KL divergence, not the cross-entropy
             entropy = -(t * torch.log(t.clamp_min(1e-300))).sum(dim=1).mean()
 
@@ -259,11 +259,11 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             opt.zero_grad()
             loss = self._objective(self.module_(x), t) - entropy
             loss = loss + self.weight_decay * sum((p * p).sum() for p in self.module_.parameters())
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             return loss
 
         self.module_.train()
-        opt.step(closure)
+        opt.step(closure)  # type: ignore[no-untyped-call]
 
 
 def _centred_mse(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

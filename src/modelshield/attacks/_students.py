@@ -29,7 +29,7 @@ def targets(answers: list[Answer], kind: str, attack: str) -> np.ndarray:
         if any(a.probabilities is None for a in answers):
             raise AttackRefused(attack, "class scores (labels='soft'); use labels='hard'",
                                 answers[0].policy)
-        return np.concatenate([a.probabilities for a in answers])  # type: ignore[misc]
+        return np.concatenate([a.probabilities for a in answers if a.probabilities is not None])
     return np.concatenate([a.labels for a in answers])
 
 

@@ -46,7 +46,8 @@ class Result:
     info: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        out: dict[str, Any] = _jsonable(asdict(self))
+        return out
 
 
 def uniform_probe(victim: Victim, n: int = 10_000, seed: int = 0) -> FloatArray:

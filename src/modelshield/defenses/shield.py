@@ -64,7 +64,7 @@ class Shield:
         strategy = {"moving-window": strategies.MovingWindowRateLimiter,
                     "sliding-window": strategies.SlidingWindowCounterRateLimiter,
                     "fixed-window": strategies.FixedWindowRateLimiter}[config.storage.strategy]
-        self.limiter = strategy(storage.storage_from_string(config.storage.limits))
+        self.limiter = strategy(storage.storage_from_string(config.storage.limits))  # type: ignore[abstract]
         self.policies = {name: parse_policy(t.policy) for name, t in config.tiers.items()}
         self.degraded = {name: parse_policy(t.degrade_policy) for name, t in config.tiers.items()}
         self.state = state_from_url(config.storage.limits)

@@ -74,7 +74,7 @@ class RedisState:
         self.prefix = prefix
 
     def incr(self, key: str, field: str, n: int = 1) -> int:
-        return int(self.client.hincrby(self.prefix + key, field, n))
+        return int(self.client.hincrby(self.prefix + key, field, n))  # type: ignore[arg-type]
 
     def push(self, key: str, rows: FloatArray, maxlen: int | None = None) -> None:
         data = [np.ascontiguousarray(r, dtype=np.float64).tobytes() for r in np.atleast_2d(rows)]
@@ -85,13 +85,13 @@ class RedisState:
         pipe.execute()
 
     def rows(self, key: str, d: int) -> FloatArray:
-        raw = self.client.lrange(self.prefix + key, 0, -1)
+        raw: list[bytes] = self.client.lrange(self.prefix + key, 0, -1)  # type: ignore[assignment]
         if not raw:
             return np.empty((0, d))
         return np.frombuffer(b"".join(raw), dtype=np.float64).reshape(len(raw), -1)
 
     def get(self, key: str) -> Any:
-        raw = self.client.get(self.prefix + key)
+        raw: bytes | None = self.client.get(self.prefix + key)  # type: ignore[assignment]
         return None if raw is None else json.loads(raw)
 
     def set(self, key: str, value: Any) -> None:

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -72,7 +72,8 @@ class QueryLog:
     def save(self, path: str | Path) -> Path:
         p = Path(path)
         policy = self.answers[0].policy if self.answers else ""
-        np.savez_compressed(p, policy=np.array(policy), **self.arrays())
+        arrays: dict[str, Any] = {"policy": np.array(policy), **self.arrays()}
+        np.savez_compressed(p, **arrays)
         return p if p.suffix == ".npz" else p.with_name(p.name + ".npz")
 
     @classmethod

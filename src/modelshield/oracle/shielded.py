@@ -42,4 +42,4 @@ class ShieldOracle(BaseOracle):
             raise Blocked(exc, self.used) from None
         if decision.flags and self.first_flag is None:
             self.first_flag = (self.used + len(inputs), decision.flags[0].detector)
-        return answer
+        return answer  # type: ignore[no-any-return]

@@ -25,7 +25,7 @@ def load_model_file(path: str | Path) -> ModelAdapter:
     if suffix in {".pt", ".pth"}:
         import torch
 
-        return TorchAdapter(torch.jit.load(str(p)))
+        return TorchAdapter(torch.jit.load(str(p)))  # type: ignore[no-untyped-call]
     if suffix == ".onnx":
         return OnnxAdapter(str(p))
     raise ConfigError.invalid("model file", "a .joblib, .pkl, .pt, .pth or .onnx file", str(p))
