@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -52,7 +53,9 @@ def gateway_config(tmp: Path, limits_url: str, audit_url: str) -> Path:
 def measure(args: argparse.Namespace, limits_url: str, audit_url: str,
             label: str) -> list[dict[str, Any]]:
     victim = load_victim("digits-mlp")
-    bodies = [{"inputs": [row.tolist()]} for row in victim.X_test]
+    x = victim.X_test
+    bodies = [{"inputs": x[np.arange(i, i + args.rows) % len(x)].tolist()}
+              for i in range(len(x))]
     rows = []
     port = free_port()
     with server("bare_app:app", port, env={"PYTHONPATH": str(Path(__file__).parent)}):
@@ -82,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rows", type=int, default=1, help="rows per request")
     parser.add_argument("--moderate", type=int, default=1000,
                         help="requests sent one at a time for the moderate-load latency")
     parser.add_argument("--redis", help="also measure with limits in this redis:// URL")
@@ -114,7 +118,7 @@ def run(args: argparse.Namespace) -> None:
                         - bare["moderate"]["p50_ms"],
                         "moderate_p99_added_ms": shielded["moderate"]["p99_ms"]
                         - bare["moderate"]["p99_ms"]})
-    show(f"gateway overhead: {args.requests} single-row requests from {args.concurrency} "
+    show(f"gateway overhead: {args.requests} requests of {args.rows} row(s) from {args.concurrency} "
          f"clients (throughput), {args.moderate} one at a time (moderate-load latency)",
          ["config", "bare req/s", "shield req/s", "ratio", "bare p50/p99 ms (moderate)",
           "shield p50/p99 ms (moderate)", "added p50/p99 ms (moderate)"],
@@ -124,7 +128,8 @@ def run(args: argparse.Namespace) -> None:
            f"{r['shield']['moderate']['p50_ms']:.2f} / {r['shield']['moderate']['p99_ms']:.2f}",
            f"{r['moderate_p50_added_ms']:.2f} / {r['moderate_p99_added_ms']:.2f}"]
           for r in results])
-    write("gateway_overhead", {"args": vars(args), "results": results})
+    suffix = "" if args.rows == 1 else f"_rows{args.rows}"
+    write(f"gateway_overhead{suffix}", {"args": vars(args), "results": results})
 
 
 if __name__ == "__main__":
