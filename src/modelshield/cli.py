@@ -83,7 +83,9 @@ def attack(
     target: Annotated[str | None, typer.Option(
         help="URL of a running gateway to attack over HTTP instead of in-process.")] = None,
     api_key: Annotated[str | None, typer.Option(help="API key for --target.")] = None,
-    policy: Annotated[str, typer.Option(help="Output policy, e.g. full, round:2, top-k:3, label.")] = "full",
+    policy: Annotated[str, typer.Option(
+        help="Output policy, e.g. full, round:2, top-k:3, label (in-process; a gateway "
+             "applies the key's tier instead).")] = "full",
     budget: Annotated[int, typer.Option(min=1, help="Most queries the attacker may send.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed for the victim's split and the attack.")] = 0,
     price: Annotated[float, typer.Option(min=0.0, help="Dollars per 1,000 queries.")] = 1.0,
