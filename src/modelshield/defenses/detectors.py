@@ -73,19 +73,25 @@ class Sweep(Detector):
     window: int = 64
     max_share: float = 0.2
 
+    block: int = 64
+
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         d = inputs.shape[1]
-        recent = _Ring.of(self.state.rows(f"sweep:{account}:recent", d), self.window, d)
-        steps = _Ring.of(self.state.rows(f"sweep:{account}:steps", d), self.window, d)
+        recent = self.state.rows(f"sweep:{account}:recent", d)[-self.window:]
+        steps = self.state.rows(f"sweep:{account}:steps", d)[-self.window:]
         rows = np.nan_to_num(inputs, nan=-1e300)
-        hits = 0
-        for row in rows:
-            if len(recent):
-                hits += int(self._is_sweep(recent, row, steps))
-            recent.append(row)
+        hits, new_steps = 0, []
+        for start in range(0, len(rows), self.block):  # bounded memory for large batches
+            block = rows[start : start + self.block]
+            h, found = sweep_hits(recent, steps, block, self.window)
+            hits += int(h.sum())
+            new_steps.append(found)
+            recent = np.concatenate([recent, block])[-self.window:]
+            steps = np.concatenate([steps, found])[-self.window:]
         self.state.push(f"sweep:{account}:recent", rows[-self.window:], self.window)
-        self.state.push(f"sweep:{account}:steps", steps.latest(min(len(rows), self.window)),
-                        self.window)
+        fresh = np.concatenate(new_steps)[-self.window:]
+        if len(fresh):
+            self.state.push(f"sweep:{account}:steps", fresh, self.window)
         hits = self.state.incr(f"sweep:{account}", "hits", hits)
         total = self.state.incr(f"sweep:{account}", "total", len(rows))
         if total < self.min_queries:
@@ -94,16 +100,40 @@ class Sweep(Detector):
         return Flag(self.name, score, f"{hits} of {total} queries continue a line search "
                     "(one feature changed, or a repeated step direction)") if score >= 1 else None
 
-    @staticmethod
-    def _is_sweep(recent: _Ring, row: FloatArray, steps: _Ring) -> bool:
-        changed = np.count_nonzero(np.abs(recent.view() - row) > 1e-12, axis=1)
-        if np.any(changed == 0):  # re-sending a recent query is no search step
-            return False
-        near = recent.latest(8) - row
-        dirs = near / np.linalg.norm(near, axis=1, keepdims=True)
-        repeated = len(steps) > 0 and bool(np.any(np.abs(dirs @ steps.view().T) > 1 - 1e-9))
-        steps.append(dirs[0])
-        return bool(np.any(changed == 1)) or repeated
+
+def sweep_hits(recent: FloatArray, steps: FloatArray, rows: FloatArray,
+               window: int = 64, near: int = 8) -> tuple[np.ndarray, FloatArray]:
+    """Which of ``rows`` continue a line search, judged in order, all at once.
+
+    recent: (h, d) the account's last queries, oldest first; steps: (s, d) its last unit
+    step directions, oldest first; rows: (k, d) the new queries. A row that repeats one of
+    the ``window`` queries before it is no step. Otherwise it is a hit if it differs from
+    one of them in exactly one feature, or if its direction to one of its ``near`` latest
+    predecessors is (±) one of the ``window`` step directions before it; its direction to
+    its latest predecessor then becomes a step. Returns (hits (k,), new steps (m, d)).
+    """
+    h, k = len(recent), len(rows)
+    allrows = np.concatenate([recent, rows])
+    pos = h + np.arange(k)
+    j = np.arange(h + k)
+    win = (j[None, :] < pos[:, None]) & (j[None, :] >= pos[:, None] - window)
+    changed = np.count_nonzero(np.abs(allrows[None, :, :] - rows[:, None, :]) > 1e-12, axis=2)
+    repeat = ((changed == 0) & win).any(axis=1)
+    one_feature = ((changed == 1) & win).any(axis=1)
+    active = (pos > 0) & ~repeat
+    idx = pos[:, None] - 1 - np.arange(near)[None, :]
+    valid = idx >= 0
+    diffs = allrows[np.maximum(idx, 0)] - rows[:, None, :]
+    norms = np.linalg.norm(diffs, axis=2, keepdims=True)
+    dirs = np.where(valid[:, :, None] & (norms > 0), diffs / np.where(norms > 0, norms, 1), 0.0)
+    found = dirs[active, 0]
+    everything = np.concatenate([steps, found])
+    end = len(steps) + np.cumsum(active) - active  # steps visible to each row: [end-window, end)
+    jj = np.arange(len(everything))
+    visible = (jj[None, :] < end[:, None]) & (jj[None, :] >= end[:, None] - window)
+    cos = np.abs(np.einsum("knd,sd->kns", dirs, everything)).max(axis=1)
+    repeated = ((cos > 1 - 1e-9) & visible).any(axis=1)
+    return active & (one_feature | repeated), found
 
 
 @dataclass
