@@ -375,3 +375,25 @@ def test_the_gateway_can_front_an_upstream_v2_server(
         front.close()
     assert answer.labels.tolist() == v.predict_labels(v.X_test[:3]).tolist()
     assert front.store.count() == 1 and upstream.store.count() == 1
+
+
+def test_oversized_bodies_are_refused_before_parsing(tmp_path: Path) -> None:
+    shield = Shield.from_config(config(tmp_path))
+    key, _ = shield.store.create_key("pro")
+    with live_app(create_app(shield, max_body_bytes=10_000)) as client:
+        r = client.post("/v1/models/digits-mlp/predict", json={"inputs": [[0.0] * 64] * 200},
+                        headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+        def chunks() -> Any:  # no Content-Length: counted as it arrives
+            yield b'{"inputs": ['
+            for _ in range(300):
+                yield b"[" + b",".join([b"0.0"] * 64) + b"],"
+            yield b"[0]]}"
+
+        r = client.post("/v1/models/digits-mlp/predict", content=chunks(),
+                        headers={"Authorization": f"Bearer {key}",
+                                 "content-type": "application/json"})
+        assert r.status_code == 413
+        assert client.get("/v2/health/ready").status_code == 200
+    assert shield.store.count() == 0

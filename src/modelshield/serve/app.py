@@ -47,10 +47,59 @@ class V2Request(BaseModel):
     inputs: list[V2Tensor]
 
 
-def create_app(shield: Shield) -> FastAPI:
-    """The gateway app around one Shield."""
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with a 413 before anything parses them
+    (by Content-Length, and by counting the bytes of bodies sent without one)."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._too_large(send)
+            return
+        seen, exceeded, replied = 0, False, False
+
+        async def counted() -> Any:
+            nonlocal seen, exceeded
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:  # end the body here; the app's answer is replaced
+                exceeded = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        async def guarded(message: Any) -> None:
+            nonlocal replied
+            if not exceeded:
+                await send(message)
+            elif not replied:
+                replied = True
+                await self._too_large(send)
+
+        await self.app(scope, counted, guarded)
+
+    async def _too_large(self, send: Any) -> None:
+        body = JSONResponse({"error": {"code": "body_too_large", "message":
+                                       f"request bodies are limited to {self.max_bytes} bytes"}},
+                            status_code=413)
+        await body({"type": "http"}, _nothing, send)
+
+
+async def _nothing() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def create_app(shield: Shield, max_body_bytes: int = 8 * 2**20) -> FastAPI:
+    """The gateway app around one Shield; bodies over ``max_body_bytes`` get a 413."""
     app = FastAPI(title="modelshield gateway", version="0.1.0",
                   description="A model behind layered defenses against extraction.")
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     name = shield.spec.name
     registry = CollectorRegistry()
     requests = Counter("modelshield_requests_total", "Requests by route and status",
