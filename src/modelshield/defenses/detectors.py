@@ -238,31 +238,14 @@ class Prada(Detector):
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         key = f"prada:{account}"
-        d = inputs.shape[1]
-        sets: dict[int, _Rows] = {}
-        new: dict[int, list[FloatArray]] = defaultdict(list)
+        x = np.nan_to_num(inputs)
+        labels = prediction.labels
+        sets = {int(c): self.state.rows(f"{key}:g{int(c)}", x.shape[1]) for c in np.unique(labels)}
         moments = self.state.get(f"{key}:moments") or [0, 0.0, 0.0]  # Welford: n, mean, M2
-        dists: list[float] = []
-        for row, label in zip(np.nan_to_num(inputs), prediction.labels, strict=True):
-            c = int(label)
-            if c not in sets:
-                sets[c] = _Rows.of(self.state.rows(f"{key}:g{c}", d))
-            g = sets[c]
-            if not len(g):
-                g.append(row)
-                new[c].append(row)
-                continue
-            dist = float(np.sqrt(np.min(np.sum((g.view() - row) ** 2, axis=1))))
-            if dist == 0.0:  # a repeated query tells nothing about the query distribution
-                continue
-            dists.append(dist)
-            moments[0] += 1
-            delta = dist - moments[1]
-            moments[1] += delta / moments[0]
-            moments[2] += delta * (dist - moments[1])
-            if dist > moments[1] - np.sqrt(moments[2] / moments[0]):
-                g.append(row)
-                new[c].append(row)
+        dists, added = prada_step(x, labels, sets, moments)
+        new: dict[int, list[FloatArray]] = defaultdict(list)
+        for i in added:
+            new[int(labels[i])].append(x[i])
         for c, rows in new.items():
             self.state.push(f"{key}:g{c}", np.asarray(rows))
         if dists:
@@ -281,61 +264,52 @@ class Prada(Detector):
         return flag
 
 
-class _Ring:
-    """The last ``size`` rows of a stream, in a fixed array (order does not matter)."""
+def prada_step(x: FloatArray, labels: np.ndarray, sets: dict[int, FloatArray],
+               moments: list[float]) -> tuple[list[float], list[int]]:
+    """PRADA's pass over a batch, in order (Juuti et al. 2019, Alg. 1), vectorised.
 
-    def __init__(self, size: int, d: int) -> None:
-        self._data = np.empty((size, d))
-        self._n = 0
+    x: (k, d) queries; labels: (k,) the model's classes; sets: the growing set per class
+    before the batch; moments: running [n, mean, M2] of the distances, updated in place.
+    Each row's distance to its class's growing set is computed against the old set once,
+    then lowered as rows of the batch join the set. Returns (new distances in order,
+    indices of the rows that joined their growing set).
+    """
+    k = len(x)
+    nearest = np.full(k, np.inf)
+    empty = {c: len(g) == 0 for c, g in sets.items()}
+    for c, g in sets.items():
+        if len(g):
+            idx = np.flatnonzero(labels == c)
+            nearest[idx] = np.sqrt(((x[idx, None, :] - g[None, :, :]) ** 2).sum(axis=2).min(axis=1))
+    dists: list[float] = []
+    added: list[int] = []
+    for i in range(k):
+        c = int(labels[i])
+        if empty[c]:  # the first query of a class starts its set
+            empty[c] = False
+            _join(x, labels, nearest, i)
+            added.append(i)
+            continue
+        dist = float(nearest[i])
+        if dist == 0.0:  # a repeated query tells nothing about the query distribution
+            continue
+        dists.append(dist)
+        moments[0] += 1
+        delta = dist - moments[1]
+        moments[1] += delta / moments[0]
+        moments[2] += delta * (dist - moments[1])
+        if dist > moments[1] - np.sqrt(moments[2] / moments[0]):
+            _join(x, labels, nearest, i)
+            added.append(i)
+    return dists, added
 
-    @classmethod
-    def of(cls, rows: FloatArray, size: int, d: int) -> _Ring:
-        ring = cls(size, d)
-        for row in rows[-size:]:
-            ring.append(row)
-        return ring
 
-    def __len__(self) -> int:
-        return min(self._n, len(self._data))
-
-    def append(self, row: FloatArray) -> None:
-        self._data[self._n % len(self._data)] = row
-        self._n += 1
-
-    def view(self) -> FloatArray:
-        return self._data[: len(self)]
-
-    def latest(self, k: int) -> FloatArray:
-        """The ``k`` most recent rows (fewer if fewer were added)."""
-        idx = (self._n - 1 - np.arange(min(k, len(self)))) % len(self._data)
-        return self._data[idx]
-
-
-class _Rows:
-    """A growable (n, d) array: amortised O(1) appends, a view for vector maths."""
-
-    def __init__(self, d: int) -> None:
-        self._data = np.empty((16, d))
-        self._n = 0
-
-    @classmethod
-    def of(cls, rows: FloatArray) -> _Rows:
-        out = cls(rows.shape[1])
-        out._data = np.concatenate([rows, np.empty((max(16, len(rows)), rows.shape[1]))])
-        out._n = len(rows)
-        return out
-
-    def __len__(self) -> int:
-        return self._n
-
-    def append(self, row: FloatArray) -> None:
-        if self._n == len(self._data):
-            self._data = np.concatenate([self._data, np.empty_like(self._data)])
-        self._data[self._n] = row
-        self._n += 1
-
-    def view(self) -> FloatArray:
-        return self._data[: self._n]
+def _join(x: FloatArray, labels: np.ndarray, nearest: FloatArray, i: int) -> None:
+    """Row i joins its class's set: later rows of that class may now be nearer to it."""
+    later = i + 1 + np.flatnonzero(labels[i + 1 :] == labels[i])
+    if len(later):
+        nearest[later] = np.minimum(nearest[later],
+                                    np.sqrt(((x[later] - x[i]) ** 2).sum(axis=1)))
 
 
 def make_detector(name: str, **params: Any) -> Detector:
