@@ -92,8 +92,8 @@ class Sweep(Detector):
         fresh = np.concatenate(new_steps)[-self.window:]
         if len(fresh):
             self.state.push(f"sweep:{account}:steps", fresh, self.window)
-        hits = self.state.incr(f"sweep:{account}", "hits", hits)
-        total = self.state.incr(f"sweep:{account}", "total", len(rows))
+        c = self.state.incr_many(f"sweep:{account}", {"hits": hits, "total": len(rows)})
+        hits, total = c["hits"], c["total"]
         if total < self.min_queries:
             return None
         score = (hits / total) / self.max_share
@@ -155,9 +155,9 @@ class Boundary(Detector):
         self.baseline = max(float(np.mean(_margins(predict(benign)) < self.margin)), 0.01)
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
-        low = self.state.incr(f"boundary:{account}", "low",
-                              int(np.sum(_margins(prediction) < self.margin)))
-        n = self.state.incr(f"boundary:{account}", "total", len(inputs))
+        c = self.state.incr_many(f"boundary:{account}", {
+            "low": int(np.sum(_margins(prediction) < self.margin)), "total": len(inputs)})
+        low, n = c["low"], c["total"]
         if n < self.min_queries:
             return None
         share, p0 = low / n, self.baseline
@@ -193,9 +193,9 @@ class OutOfDistribution(Detector):
         if self.reference is None or self.scale is None:
             return None
         x = np.nan_to_num(inputs) / self.scale
-        far = self.state.incr(f"ood:{account}", "far",
-                              int(np.sum(_nearest(x, self.reference) > self.radius)))
-        n = self.state.incr(f"ood:{account}", "total", len(inputs))
+        c = self.state.incr_many(f"ood:{account}", {
+            "far": int(np.sum(_nearest(x, self.reference) > self.radius)), "total": len(inputs)})
+        far, n = c["far"], c["total"]
         if n < self.min_queries:
             return None
         score = (far / n) / self.max_share

@@ -2,7 +2,7 @@
 
 Three primitives cover what the detectors need:
 
-* ``incr(key, field, n)`` — atomic counters;
+* ``incr(key, field, n)`` / ``incr_many(key, {field: n})`` — atomic counters;
 * ``push(key, rows, maxlen)`` / ``rows(key)`` — a capped list of float rows;
 * ``get(key)`` / ``set(key, value)`` — small JSON values (last verdicts, running moments).
 
@@ -24,6 +24,7 @@ from modelshield.errors import ConfigError
 
 class DetectorState(Protocol):
     def incr(self, key: str, field: str, n: int = 1) -> int: ...
+    def incr_many(self, key: str, amounts: dict[str, int]) -> dict[str, int]: ...
     def push(self, key: str, rows: FloatArray, maxlen: int | None = None) -> None: ...
     def rows(self, key: str, d: int) -> FloatArray: ...
     def get(self, key: str) -> Any: ...
@@ -43,6 +44,13 @@ class MemoryState:
         with self._lock:
             self._counts[key][field] += n
             return self._counts[key][field]
+
+    def incr_many(self, key: str, amounts: dict[str, int]) -> dict[str, int]:
+        with self._lock:
+            counts = self._counts[key]
+            for field, n in amounts.items():
+                counts[field] += n
+            return {field: counts[field] for field in amounts}
 
     def push(self, key: str, rows: FloatArray, maxlen: int | None = None) -> None:
         rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
@@ -75,6 +83,13 @@ class RedisState:
 
     def incr(self, key: str, field: str, n: int = 1) -> int:
         return int(self.client.hincrby(self.prefix + key, field, n))  # type: ignore[arg-type]
+
+    def incr_many(self, key: str, amounts: dict[str, int]) -> dict[str, int]:
+        """Several counters of one key in one round trip."""
+        pipe = self.client.pipeline()
+        for field, n in amounts.items():
+            pipe.hincrby(self.prefix + key, field, n)
+        return {field: int(v) for field, v in zip(amounts, pipe.execute(), strict=True)}
 
     def push(self, key: str, rows: FloatArray, maxlen: int | None = None) -> None:
         data = [np.ascontiguousarray(r, dtype=np.float64).tobytes() for r in np.atleast_2d(rows)]
