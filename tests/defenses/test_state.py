@@ -46,5 +46,5 @@ def test_values_round_trip(state: DetectorState) -> None:
 
 
 def test_unknown_scheme_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="storage.limits"):
+    with pytest.raises(ConfigError, match=r"storage\.limits"):
         state_from_url("mongodb://x")
