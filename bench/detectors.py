@@ -72,7 +72,7 @@ def benign(victim_name: str, accounts: int, seed: int, tmp: str) -> dict[str, An
     flagged = len(shield.flagged)
     return {"victim": victim_name, "accounts": accounts, "flagged": flagged,
             "rate": flagged / accounts, "median_volume": float(np.median(volumes)),
-            "max_volume": int(volumes.max()), "first_flags_by_detector": by}
+            "max_volume": int(volumes.max()), "flagged_requests_by_detector": by}
 
 
 def attack(case: tuple[Any, ...], seed: int, tmp: str) -> dict[str, Any]:
@@ -109,7 +109,7 @@ def main() -> None:
     show("benign accounts (natural samples, realistic volumes)",
          ["victim", "accounts", "flagged", "rate", "median rows", "max rows", "by detector"],
          [[b["victim"], b["accounts"], b["flagged"], b["rate"], b["median_volume"],
-           b["max_volume"], b["first_flags_by_detector"]] for b in benign_rows])
+           b["max_volume"], b["flagged_requests_by_detector"]] for b in benign_rows])
     write("detectors", {"seed": args.seed, "attacks": attacks, "benign": benign_rows})
 
 

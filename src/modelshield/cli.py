@@ -235,10 +235,8 @@ def keys_create(tier: Annotated[str, typer.Option(help="Tier the key belongs to.
 def keys_list(config: ConfigOpt = None) -> None:
     """List keys (ids, tiers, state; never the secrets)."""
     table = Table("key id", "tier", "owner", "state", "terms", title="API keys")
-    import time as _t
-
     for k in _store(config).list_keys():
-        state = "revoked" if k.revoked_at else ("expired" if not k.usable(_t.time()) else "active")
+        state = "revoked" if k.revoked_at else ("expired" if not k.usable(time.time()) else "active")
         table.add_row(k.key_id, k.tier, k.owner, state, f"v{k.terms_version}")
     console.print(table)
 

@@ -185,9 +185,8 @@ class Shield:
              report: bool) -> None:
         try:
             ok = self.limiter.hit(item, ident, cost=cost)
-            if not (ok or report):
-                report = True
-            stats = self.limiter.get_window_stats(item, ident) if report else None
+            # Stats cost a second storage call: only for the caller's own limits, or a refusal.
+            stats = self.limiter.get_window_stats(item, ident) if report or not ok else None
         except Exception as exc:  # the shared store is unreachable
             if self.config.storage.fail == "open":
                 return
