@@ -6,12 +6,9 @@ its ``exit_code`` (2 for a wrong name or value), never with a traceback.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
-import types
-import typing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from modelshield.attacks import ATTACKS
+from modelshield.attacks.params import parse_params
 from modelshield.audit.evaluate import Result, run_cell
 from modelshield.defenses.policies import POLICIES, parse_policy
 from modelshield.errors import ConfigError, ModelShieldError
@@ -120,47 +118,112 @@ def attack(
         raise typer.Exit(3)
 
 
-DEMO_CELLS: list[tuple[str, str, int, dict[str, Any]]] = [
-    ("breast-cancer-lr", "equation-solving", 500, {}),
-    ("breast-cancer-lr", "label-only", 1000, {"method": "lowd-meek"}),
-    ("digits-lr", "equation-solving", 1500, {}),
-    ("wine-tree", "path-finding", 5000, {}),
-    ("digits-lr", "label-only", 1000, {"method": "adaptive"}),
-    ("digits-tree", "path-finding", 20000, {}),
-    ("digits-mlp", "equation-solving", 3020, {"model": "mlp", "source": "pool"}),
-    ("digits-mlp", "knockoff", 1000, {}),
-    ("digits-mlp", "active", 1000, {"strategy": "margin"}),
-    ("digits-mlp", "jacobian", 1000, {}),
-]
-DEMO_POLICIES = ("full", "round:2", "label")
+WorkersOpt = Annotated[int, typer.Option(min=0, help="Cells run at once (0: one per core).")]
+
+
+def _run_scenario(scenario: Any, out: Path, workers: int) -> dict[str, Any]:
+    """Run an audit with a progress bar, write results.json, report.html and summary.md."""
+    from modelshield.audit.report import write_report
+    from modelshield.audit.runner import run_audit
+
+    columns = (TextColumn("{task.description:<52}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("checking the target", total=None)
+
+        def start(total: int, cached: int) -> None:
+            progress.update(task, total=total,
+                            description=f"{scenario.name[:32]} ({cached} cells cached)")
+
+        def done(cell: dict[str, Any], cached: bool) -> None:
+            what = cell.get("attacker") or "honest users"
+            progress.update(task, advance=1, description=f"{what[:24]} vs {cell['defense'][:20]}")
+
+        doc = run_audit(scenario, out, workers, on_start=start, on_done=done)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(doc, indent=1))
+    paths = write_report(doc, out)
+    console.print(audit_table(doc))
+    a = doc["analysis"]
+    color = {"HIGH": "red", "MEDIUM": "yellow", "LOWER": "green"}[a["rating"]["level"]]
+    console.print(f"risk as deployed ({a['rating']['defense']}): "
+                  f"[bold {color}]{a['rating']['level']}[/]")
+    for fact in a["rating"]["facts"]:
+        console.print(f"  - {fact}", highlight=False)
+    console.print(f"wrote {out / 'results.json'}, {paths['html']}, {paths['markdown']} "
+                  f"({doc['seconds']:.0f} s, {doc['cells_cached']} of {len(doc['cells'])} "
+                  "cells from cache)")
+    return doc
+
+
+@app.command()
+def audit(
+    scenario: Annotated[Path, typer.Argument(help="Scenario file (YAML); "
+                                             "`modelshield init --audit` writes an example.")],
+    out: Annotated[Path, typer.Option(help="Folder for results.json, report.html, summary.md "
+                                      "and the cell cache.")] = Path("results/audit"),
+    workers: WorkersOpt = 0,
+    fresh: Annotated[bool, typer.Option(help="Ignore cached cells and run everything.")]
+    = False,
+) -> None:
+    """Measure a model's exposure: every attacker x defense x budget, in parallel.
+
+    Finished cells are cached in OUT/cells by a hash of their configuration, so an
+    interrupted audit resumes and an unchanged one takes seconds.
+    """
+    import shutil
+
+    from modelshield.audit.scenario import load_scenario
+
+    s = load_scenario(scenario)
+    if fresh:
+        shutil.rmtree(out / "cells", ignore_errors=True)
+    _run_scenario(s, out, workers)
+
+
+@app.command()
+def report(
+    results: Annotated[Path, typer.Argument(help="results.json written by an audit.")],
+    out: Annotated[Path | None, typer.Option(help="Folder for report.html and summary.md "
+                                             "(default: beside the results).")] = None,
+) -> None:
+    """Redraw report.html and summary.md from an audit's results.json."""
+    from modelshield.audit.report import load_results, write_report
+
+    doc = load_results(results)
+    paths = write_report(doc, out or results.parent)
+    console.print(f"wrote {paths['html']} and {paths['markdown']}")
 
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for results.json.")] = Path("results/demo"),
-    seed: Annotated[int, typer.Option(help="Seed for every cell.")] = 0,
-    price: Annotated[float, typer.Option(min=0.0, help="Dollars per 1,000 queries.")] = 1.0,
+    out: Annotated[Path, typer.Option(help="Folder for the report, results and cache.")]
+    = Path("results/demo"),
+    workers: WorkersOpt = 0,
 ) -> None:
-    """Run a representative matrix: built-in victims x attacks x three output policies."""
-    cells = [(v, a, p, b, kw) for v, a, b, kw in DEMO_CELLS for p in DEMO_POLICIES]
-    results: list[Result] = []
-    start = time.perf_counter()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("demo", total=len(cells))
-        for v_name, a_name, policy, budget, kw in cells:
-            progress.update(task, description=f"{a_name:>16} on {v_name:<17} {policy:<8}")
-            victim = load_victim(v_name, seed=seed)
-            results.append(run_cell(victim, a_name, policy, budget, seed, price, kw))
-            progress.advance(task)
-    console.print(results_table(results))
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    path.write_text(json.dumps({"seed": seed, "price_per_1k": price,
-                                "seconds": time.perf_counter() - start,
-                                "results": [r.to_dict() for r in results]}, indent=2))
-    console.print(f"wrote {path} ({time.perf_counter() - start:.0f} s)")
+    """Audit a built-in scenario: the digits MLP under four defenses, three attackers.
+
+    Writes OUT/report.html (open it in a browser), results.json and summary.md.
+    """
+    from modelshield.audit.scenario import DEMO, load_scenario
+
+    _run_scenario(load_scenario(DEMO), out, workers)
+
+
+def audit_table(doc: dict[str, Any]) -> Table:
+    a = doc["analysis"]
+    table = Table("defense", "attacker", "status", "best fid", "queries to 90%", "$ to 90%",
+                  "first flagged", title="exposure by defense")
+    for d in a["defenses"]:
+        for r in d["attackers"]:
+            flag = r["first_flag"]
+            status = r["status"] if r["status"] == "ok" else f"[yellow]{r['status']}[/]"
+            table.add_row(d["name"], r["attacker"], status,
+                          "—" if r["best_fidelity"] is None else f"{r['best_fidelity']:.4f}",
+                          "—" if r["q90"] is None else f"{r['q90']:,}",
+                          "—" if r["usd90"] is None else f"${r['usd90']:,.2f}",
+                          "never" if flag is None else f"{flag['query']:,} ({flag['detector']})")
+    return table
 
 
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -183,15 +246,21 @@ def _store(config: Path | None) -> Any:
 
 
 @app.command()
-def init(path: Annotated[Path, typer.Argument(help="Where to write the example config.")]
-         = Path("modelshield.yaml"),
+def init(path: Annotated[Path | None, typer.Argument(
+             help="Where to write it (default: modelshield.yaml, or audit.yaml with --audit).")]
+         = None,
+         audit: Annotated[bool, typer.Option("--audit", help="Write an example audit scenario "
+                                             "instead of a gateway config.")] = False,
          force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False) -> None:
-    """Write a commented example gateway config with free / pro / enterprise tiers."""
+    """Write a commented example gateway config with free / pro / enterprise tiers
+    (or, with --audit, an example audit scenario)."""
+    from modelshield.audit.scenario import EXAMPLE as SCENARIO
     from modelshield.defenses.config import EXAMPLE
 
+    path = path or Path("audit.yaml" if audit else "modelshield.yaml")
     if path.exists() and not force:
         raise ConfigError(f"{path} exists; pass --force to overwrite it.")
-    path.write_text(EXAMPLE)
+    path.write_text(SCENARIO if audit else EXAMPLE)
     console.print(f"wrote {path}")
 
 
@@ -277,43 +346,6 @@ def results_table(results: list[Result]) -> Table:
     if notes:
         table.caption = "\n".join(sorted(notes))
     return table
-
-
-def parse_params(cls: type, items: list[str]) -> dict[str, Any]:
-    """``key=value`` strings into typed keyword arguments for the dataclass ``cls``."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "random_state"]
-    out: dict[str, Any] = {}
-    for item in items:
-        key, eq, raw = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not eq or key not in names:
-            raise ConfigError(f"--param {item!r}: expected key=value with key one of "
-                              f"{', '.join(names)}.")
-        out[key] = _coerce(raw.strip(), hints[key], key)
-    return out
-
-
-def _coerce(raw: str, hint: Any, key: str) -> Any:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if raw.lower() == "none":
-            return None
-        hint = args[0]
-    origin = typing.get_origin(hint)
-    try:
-        if origin is tuple:
-            return tuple(int(v) for v in raw.split(",") if v)
-        if hint is bool:
-            if raw.lower() not in {"true", "false", "1", "0", "yes", "no"}:
-                raise ValueError(raw)
-            return raw.lower() in {"true", "1", "yes"}
-        if hint in (int, float):
-            return hint(raw)
-    except ValueError:
-        name = "comma-separated integers" if origin is tuple else getattr(hint, "__name__", "")
-        raise ConfigError.invalid(key, f"a value of type {name}", raw) from None
-    return raw
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,6 +18,7 @@ Each carries an ``exit_code`` so the CLI can print it and exit without a traceba
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 
 class ModelShieldError(Exception):
@@ -49,7 +50,13 @@ class UnknownNameError(ConfigError, KeyError):
 
 
 class OracleError(ModelShieldError):
-    """The oracle refused a query."""
+    """The oracle refused a query.
+
+    ``checkpoints``: the clones the attack had saved before the refusal (set by the attack's
+    session), so an evaluation can still score what the attacker got before it was stopped.
+    """
+
+    checkpoints: list[Any] = []  # noqa: RUF012 (replaced per instance, never mutated)
 
 
 class BudgetExhausted(OracleError):

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modelshield.answer import Answer, ApiSpec, FloatArray
-from modelshield.errors import AttackRefused, BudgetExhausted, ConfigError
+from modelshield.errors import AttackRefused, BudgetExhausted, ConfigError, OracleError
 from modelshield.oracle.base import Oracle, QueryLog
 from modelshield.registry import Registry
 
@@ -65,7 +65,11 @@ class Session:
         x = np.atleast_2d(np.asarray(inputs, dtype=np.float64))
         if len(x) > self.remaining:
             raise BudgetExhausted(len(x), self.used, self.budget)
-        answer = self.oracle.query(x)
+        try:
+            answer = self.oracle.query(x)
+        except OracleError as exc:
+            exc.checkpoints = list(self.checkpoints)
+            raise
         self.used += len(x)
         self.log.append(x, answer, time.time())
         return answer

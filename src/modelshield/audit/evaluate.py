@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from modelshield.answer import FloatArray
-from modelshield.attacks.base import ATTACKS, Extraction
+from modelshield.attacks.base import ATTACKS, Checkpoint, Extraction
 from modelshield.attacks.equation_solving import relative_parameter_error
 from modelshield.defenses.policies import parse_policy
 from modelshield.errors import AttackFailed, AttackRefused, BudgetExhausted
@@ -43,6 +43,7 @@ class Result:
     parameter_error: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
     curve: list[tuple[int, float]] = field(default_factory=list)
+    accuracy_curve: list[tuple[int, float]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -60,10 +61,16 @@ def agreement(clone: Any, victim: Victim, x: FloatArray) -> float:
     return float(np.mean(np.asarray(clone.predict(x)) == victim.predict_labels(x)))
 
 
-def fidelity_curve(extraction: Extraction, victim: Victim) -> list[tuple[int, float]]:
+def fidelity_curve(checkpoints: list[Checkpoint], victim: Victim) -> list[tuple[int, float]]:
     """(queries, test fidelity) at each checkpoint the attack saved."""
-    return [(c.queries, agreement(c.clone, victim, victim.X_test))
-            for c in extraction.checkpoints]
+    return [(c.queries, agreement(c.clone, victim, victim.X_test)) for c in checkpoints]
+
+
+def accuracy_curve(checkpoints: list[Checkpoint], victim: Victim) -> list[tuple[int, float]]:
+    """(queries, test accuracy) at each checkpoint the attack saved."""
+    return [(c.queries, float(np.mean(np.asarray(c.clone.predict(victim.X_test))
+                                      == victim.y_test)))
+            for c in checkpoints]
 
 
 def evaluate(extraction: Extraction, victim: Victim, result: Result,
@@ -80,24 +87,27 @@ def evaluate(extraction: Extraction, victim: Victim, result: Result,
     if extraction.parameters and victim.parameters and not extraction.info.get("scale_free"):
         result.parameter_error = relative_parameter_error(extraction.parameters,
                                                           victim.parameters)
-    result.curve = fidelity_curve(extraction, victim)
+    result.curve = fidelity_curve(extraction.checkpoints, victim)
+    result.accuracy_curve = accuracy_curve(extraction.checkpoints, victim)
     result.info = dict(extraction.info)
     return result
 
 
 def run_cell(victim: Victim | None, attack: str, policy: str, budget: int, seed: int = 0,
              price_per_1k: float = 0.0, params: dict[str, Any] | None = None,
-             uniform_points: int = 10_000, oracle: BaseOracle | None = None) -> Result:
+             uniform_points: int = 10_000, oracle: BaseOracle | None = None,
+             label: str | None = None) -> Result:
     """Run one attack and evaluate it; a refusal or a block becomes a row too.
 
     By default the attack goes through a LocalOracle on ``victim`` behind ``policy``; pass
     ``oracle`` (a ShieldOracle, an HttpOracle) to attack through it instead. ``victim``,
-    when given, scores the clone and lends the attacker its pool.
+    when given, scores the clone and lends the attacker its pool. ``label`` names the
+    defense in the row (the policy, or "(target)" for a given oracle, by default).
     """
     params = dict(params or {})
     name = victim.name if victim else oracle.spec.name if oracle else "?"
-    result = Result(name, attack, policy if oracle is None else "(target)", budget, seed,
-                    params=params)
+    label = label or (policy if oracle is None else "(target)")
+    result = Result(name, attack, label, budget, seed, params=params)
     attack_obj = ATTACKS[attack](random_state=seed, **params)
     if oracle is None:
         if victim is None:
@@ -111,6 +121,10 @@ def run_cell(victim: Victim | None, attack: str, policy: str, budget: int, seed:
                          Blocked: "blocked"}.get(type(exc), "out of budget")
         result.reason = str(exc)
         result.queries, result.cost = oracle.used, oracle.cost
+        if victim is not None and isinstance(exc, Blocked):
+            # The clones the attacker had built before it was stopped.
+            result.curve = fidelity_curve(exc.checkpoints, victim)
+            result.accuracy_curve = accuracy_curve(exc.checkpoints, victim)
         return result
     if victim is None:
         result.queries, result.cost, result.seconds = (extraction.queries, extraction.cost,

@@ -226,7 +226,8 @@ class Shield:
             decision.action = tier.on_flag
             if tier.on_flag == "deny":
                 raise Denied(403, "extraction_suspected",
-                             f"Access suspended: {flag.detector} detector: {flag.reason}.")
+                             f"Access suspended: {flag.detector} detector: {flag.reason}.",
+                             {"X-Modelshield-Flag": flag.detector})
 
     def _shared(self, step: Callable[..., Any], *args: Any) -> Any:
         """Run a step that uses the shared state; if the store is unreachable, refuse

@@ -1,8 +1,9 @@
 """HttpOracle: the gateway's REST API as an oracle, with an API key.
 
 The API's contract (input width, classes, domain) comes from ``GET /v2/models/{name}``;
-each query batch is one ``POST /v1/models/{name}/predict``. A refusal (rate limit,
-suspended key) raises :class:`Blocked` with the HTTP status.
+each query batch is one ``POST /v1/models/{name}/predict`` (``protocol="rest"``) or one
+``POST /v2/models/{name}/infer`` (``protocol="v2"``, the Open Inference Protocol). A refusal
+(rate limit, suspended key) raises :class:`Blocked` with the HTTP status.
 """
 
 from __future__ import annotations
@@ -23,11 +24,20 @@ class HttpOracle(BaseOracle):
 
     def __init__(self, url: str, api_key: str, *, model: str | None = None,
                  client: httpx.Client | None = None, timeout: float = 30.0,
-                 **kwargs: Any) -> None:
+                 protocol: str = "rest", **kwargs: Any) -> None:
+        if protocol not in ("rest", "v2"):
+            raise ConfigError.invalid("protocol", "rest or v2", protocol)
+        self.protocol = protocol
+        self._owns_client = client is None
         self.client = client or httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
         self.headers = {"Authorization": f"Bearer {api_key}"}
         self.model = model or self._only_model()
         super().__init__(self._spec(), **kwargs)
+
+    def close(self) -> None:
+        """Close the HTTP client (when this oracle made it)."""
+        if self._owns_client:
+            self.client.close()
 
     def _get(self, path: str) -> Any:
         try:
@@ -55,9 +65,15 @@ class HttpOracle(BaseOracle):
 
     def _answer(self, inputs: FloatArray) -> Answer:
         rows = [[None if np.isnan(v) else float(v) for v in row] for row in inputs]
+        if self.protocol == "v2":
+            path = f"/v2/models/{self.model}/infer"
+            payload: dict[str, Any] = {"inputs": [{
+                "name": "input-0", "shape": list(inputs.shape), "datatype": "FP64",
+                "data": [v for row in rows for v in row]}]}
+        else:
+            path, payload = f"/v1/models/{self.model}/predict", {"inputs": rows}
         try:
-            resp = self.client.post(f"/v1/models/{self.model}/predict", json={"inputs": rows},
-                                    headers=self.headers)
+            resp = self.client.post(path, json=payload, headers=self.headers)
         except httpx.HTTPError as exc:
             raise OracleError(f"the target did not answer: {exc}") from None
         try:
@@ -69,6 +85,8 @@ class HttpOracle(BaseOracle):
             err = body.get("error", {})
             raise Blocked(Denied(resp.status_code, err.get("code", "error"),
                                  err.get("message", resp.text[:200])), self.used)
+        if self.protocol == "v2":
+            body = _from_v2(body)
         probs = body.get("probabilities")
         return Answer(
             labels=np.asarray(body["labels"], dtype=np.int64),
@@ -78,3 +96,16 @@ class HttpOracle(BaseOracle):
             leaf_ids=None if "leaf_ids" not in body else np.asarray(body["leaf_ids"]),
             policy=body.get("policy", ""),
         )
+
+
+def _from_v2(body: dict[str, Any]) -> dict[str, Any]:
+    """A v2 inference response's output tensors as the REST route's fields."""
+    names = {"label": "labels", "leaf_id": "leaf_ids"}
+    out: dict[str, Any] = {"policy": body.get("parameters", {}).get("policy", "")}
+    for t in body.get("outputs", []):
+        data = t["data"]
+        if len(t["shape"]) == 2:
+            width = t["shape"][1]
+            data = [data[i:i + width] for i in range(0, len(data), width)]
+        out[names.get(t["name"], t["name"])] = data
+    return out

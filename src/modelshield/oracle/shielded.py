@@ -39,6 +39,9 @@ class ShieldOracle(BaseOracle):
         try:
             answer, decision = self.shield.handle(self.api_key, inputs, self.client_ip)
         except Denied as exc:
+            detector = exc.headers.get("X-Modelshield-Flag")
+            if detector and self.first_flag is None:  # denied on the query that tripped it
+                self.first_flag = (self.used + len(inputs), detector)
             raise Blocked(exc, self.used) from None
         if decision.flags and self.first_flag is None:
             self.first_flag = (self.used + len(inputs), decision.flags[0].detector)

@@ -1,0 +1,242 @@
+"""From cells to answers: curves, cost to clone, when the thief was caught, what honest users
+paid, the risk rating and the ranked recommendations.
+
+Everything here is a pure function of the scenario and the cell results, so
+``modelshield report results.json`` gives the same page from the same file.
+
+The rules (docs/audit.md explains them):
+
+* A *clone* is a copy with at least 90% fidelity (top-1 agreement with the model on its test
+  set). Its cost is the queries it took times the price.
+* An attacker is *caught* when the Shield flagged it before its clone reached 90%. A flag
+  counts when the tier acts on it (throttle, degrade, deny), or when it only alerts and the
+  deployment says someone watches the alerts (``monitoring: true``).
+* Risk, per defense: HIGH when an uncaught clone costs less than 1% of what the model cost
+  to build and the API is public; MEDIUM when an uncaught clone costs less than the model's
+  value (or is HIGH by cost but the API is not public), or when every clone was caught;
+  LOWER when no attacker reached 90% within its budget, or a clone costs more than the model.
+* Protection of a defense against one attacker: 1 when the attacker gets no uncaught clone,
+  else log10 of how many times more queries it needed than against the most exposed defense,
+  over 2 (100 times the queries counts as full protection), clipped to [0, 1]; the defense's
+  protection is the mean over attackers. Honest-user cost: accuracy lost, calibration error
+  added, share of honest accounts flagged and share refused. Recommendations rank the
+  defenses that protect better than the deployed one by protection gained per unit of cost.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import yaml
+
+from modelshield.audit.scenario import Defense, Scenario
+from modelshield.defenses.config import Tier
+
+CLONE = 0.90
+EXACT = 0.99
+HIGH_SHARE = 0.01  # an uncaught clone under 1% of the model's value: HIGH
+COST_FLOOR = 0.01  # keeps protection per unit of cost finite for free defenses
+
+
+def analyse(scenario: Scenario, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    price = scenario.price_per_1k
+    watched = scenario.deployment.monitoring
+    defenses: list[dict[str, Any]] = []
+    for profile in scenario.defenses:
+        tier = profile.as_tier()
+        acts = tier.on_flag != "alert" or watched
+        rows = [_attacker_summary(a.label, [c for c in cells if c["kind"] == "attack"
+                                            and c["defense"] == profile.name
+                                            and c["attacker"] == a.label], price, acts)
+                for a in scenario.attackers]
+        benign = next((c for c in cells
+                       if c["kind"] == "benign" and c["defense"] == profile.name), None)
+        defenses.append({"name": profile.name, "tier": _tier_fields(profile),
+                         "on_flag": tier.on_flag,
+                         "flags_count": acts, "attackers": rows, "benign": benign,
+                         "honest_cost": _honest_cost(benign)})
+    for a_index in range(len(scenario.attackers)):
+        ref = min((d["attackers"][a_index]["q90"] for d in defenses
+                   if d["attackers"][a_index]["q90"] is not None), default=None)
+        for d in defenses:
+            row = d["attackers"][a_index]
+            row["protection"] = _protection(row, ref)
+    for d in defenses:
+        d["protection"] = sum(r["protection"] for r in d["attackers"]) / len(d["attackers"])
+        d["cheapest_clone"] = _cheapest(d["attackers"])
+        d["rating"], d["facts"] = _rate(scenario, d)
+    deployed = next(d for d in defenses if d["name"] == scenario.deployed_defense)
+    return {
+        "price_per_1k": price, "model_value": scenario.model_value,
+        "deployed": deployed["name"],
+        "rating": {"level": deployed["rating"], "defense": deployed["name"],
+                   "facts": deployed["facts"] + _deployment_facts(scenario)},
+        "defenses": defenses,
+        "recommendations": _recommend(scenario, defenses, deployed),
+    }
+
+
+def _attacker_summary(label: str, cells: list[dict[str, Any]], price: float,
+                      acts: bool) -> dict[str, Any]:
+    points: dict[int, tuple[float, float | None]] = {}
+    for c in sorted(cells, key=lambda c: c["budget"]):
+        acc = dict((q, a) for q, a in c.get("accuracy_curve") or [])
+        for q, f in c.get("curve") or []:
+            points[int(q)] = (float(f), acc.get(q))
+        if c.get("fidelity_test") is not None and c["queries"] not in points:
+            points[int(c["queries"])] = (c["fidelity_test"], c.get("accuracy"))
+    curve: list[list[Any]] = [[q, f, a] for q, (f, a) in sorted(points.items())]
+    q90 = next((q for q, f, _ in curve if f >= CLONE), None)
+    q99 = next((q for q, f, _ in curve if f >= EXACT), None)
+    flags = [c["first_flag"] for c in cells if c.get("first_flag")]
+    flag = min(flags, key=lambda f: f["query"]) if flags else None
+    blocked = [c for c in cells if c["status"] == "blocked"]
+    failed = [c for c in cells if c["status"] not in ("ok", "blocked")]
+    caught = flag is not None and (q90 is None or flag["query"] <= q90)
+    if not curve and failed:
+        status = failed[0]["status"]
+    elif blocked:
+        status = "blocked"
+    else:
+        status = "ok"
+    return {
+        "attacker": label, "attack": cells[0]["attack"] if cells else "",
+        "status": status,
+        "reason": (failed or blocked or [{}])[0].get("reason", ""),
+        "budgets": [c["budget"] for c in cells], "curve": curve,
+        "best_fidelity": max((f for _, f, _ in curve), default=None),
+        "best_accuracy": max((a for _, _, a in curve if a is not None), default=None),
+        "q90": q90, "q99": q99,
+        "usd90": None if q90 is None else q90 * price / 1000,
+        "usd99": None if q99 is None else q99 * price / 1000,
+        "first_flag": flag, "caught_before_90": caught,
+        "blocked_at": min((c["queries"] for c in blocked), default=None),
+        "uncaught_clone": q90 is not None and not (caught and acts),
+    }
+
+
+def _protection(row: dict[str, Any], ref: int | None) -> float:
+    if not row["uncaught_clone"]:
+        return 1.0
+    if ref is None or row["q90"] is None:
+        return 0.0
+    return min(1.0, max(0.0, math.log10(row["q90"] / ref) / 2))
+
+
+def _cheapest(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    clones = [r for r in rows if r["uncaught_clone"]]
+    if not clones:
+        return None
+    r = min(clones, key=lambda r: r["q90"])
+    return {"attacker": r["attacker"], "queries": r["q90"], "usd": r["usd90"],
+            "fidelity": next(f for q, f, _ in r["curve"] if q == r["q90"])}
+
+
+def _honest_cost(benign: dict[str, Any] | None) -> float | None:
+    if benign is None:
+        return None
+    lost = max(0.0, benign["model_accuracy"] - benign["accuracy"])
+    miscalibrated = max(0.0, benign["ece"] - benign["model_ece"])
+    return float(lost + miscalibrated + benign["flagged_share"] + benign["refused_share"])
+
+
+def _rate(scenario: Scenario, d: dict[str, Any]) -> tuple[str, list[str]]:
+    price, value = scenario.price_per_1k, scenario.model_value
+    facts = []
+    clone = d["cheapest_clone"]
+    caught = [r for r in d["attackers"] if r["q90"] is not None and not r["uncaught_clone"]]
+    if clone is not None:
+        share = clone["usd"] / value
+        facts.append(
+            f"A {clone['fidelity']:.0%}-fidelity clone ({clone['attacker']}) costs "
+            f"${clone['usd']:,.2f} ({clone['queries']:,} queries at ${price:,.2f} per 1,000); "
+            f"the model cost ${value:,.0f} to build ({share:.3%} of it).")
+        row = next(r for r in d["attackers"] if r["attacker"] == clone["attacker"])
+        flag = row["first_flag"]
+        if flag is None:
+            facts.append("The Shield never flagged that attacker.")
+        elif not row["caught_before_90"]:
+            facts.append(f"The Shield flagged it at query {flag['query']:,} ({flag['detector']}), "
+                         f"after the clone reached 90% at {row['q90']:,}.")
+        else:
+            facts.append(f"The Shield flagged it at query {flag['query']:,} ({flag['detector']}), "
+                         "but the tier only alerts and nobody watches the alerts.")
+        if share < HIGH_SHARE and scenario.deployment.public_api:
+            level = "HIGH"
+        elif share < 1.0:
+            level = "MEDIUM"
+        else:
+            level = "LOWER"
+            facts.append("Cloning costs more than building the model.")
+    elif caught:
+        level = "MEDIUM"
+        for r in caught:
+            flag = r["first_flag"]
+            facts.append(f"{r['attacker']} could reach 90% fidelity in {r['q90']:,} queries "
+                         f"(${r['usd90']:,.2f}), but the Shield caught it at query "
+                         f"{flag['query']:,} ({flag['detector']}).")
+    else:
+        level = "LOWER"
+        best = max((r for r in d["attackers"] if r["best_fidelity"] is not None),
+                   key=lambda r: r["best_fidelity"], default=None)
+        if best is None:
+            facts.append("No attacker got a usable answer: every attack was refused or blocked.")
+        else:
+            facts.append(f"No attacker reached 90% fidelity within its budget; the best was "
+                         f"{best['attacker']} at {best['best_fidelity']:.1%} "
+                         f"({best['curve'][-1][0]:,} queries).")
+    for r in d["attackers"]:
+        if r["status"] in ("refused", "failed"):
+            facts.append(f"{r['attacker']}: {r['status']} ({r['reason']}).")
+        elif r["status"] == "blocked" and r["blocked_at"] is not None:
+            facts.append(f"{r['attacker']}: blocked after {r['blocked_at']:,} queries.")
+    return level, facts
+
+
+def _deployment_facts(scenario: Scenario) -> list[str]:
+    dep = scenario.deployment
+    yes = {True: "yes", False: "no"}
+    return [f"Deployment as stated: public API {yes[dep.public_api]}, generous limits "
+            f"{yes[dep.generous_limits]}, monitoring {yes[dep.monitoring]}."]
+
+
+def _tier_fields(defense: Defense) -> dict[str, Any]:
+    """The tier's settings that differ from a default tier: what turns this defense on."""
+    tier = defense.as_tier().model_dump(exclude_defaults=True)
+    tier.pop("max_batch", None)
+    return tier
+
+
+def config_snippet(defense: dict[str, Any], scenario: Scenario, tier_name: str = "free"
+                   ) -> str:
+    d = next(x for x in scenario.defenses if x.name == defense["name"])
+    if d.config is not None:
+        return f"# use tier {d.tier!r} of {d.config}\n"
+    fields = defense["tier"] or {"policy": Tier().policy}
+    return yaml.safe_dump({"tiers": {tier_name: fields}}, sort_keys=False)
+
+
+def _recommend(scenario: Scenario, defenses: list[dict[str, Any]],
+               deployed: dict[str, Any]) -> list[dict[str, Any]]:
+    base_cost = deployed["honest_cost"] or 0.0
+    out = []
+    for d in defenses:
+        gain = d["protection"] - deployed["protection"]
+        if d is deployed or gain <= 1e-9:
+            continue
+        cost = d["honest_cost"]
+        extra = None if cost is None else max(0.0, cost - base_cost)
+        before, after = deployed["cheapest_clone"], d["cheapest_clone"]
+        effect = (f"cheapest uncaught clone: {_usd(before)} -> {_usd(after)}")
+        out.append({"defense": d["name"], "protection": float(d["protection"]),
+                    "protection_gain": float(gain), "honest_cost": extra,
+                    "score": float(gain / ((extra or 0.0) + COST_FLOOR)),
+                    "rating": d["rating"], "effect": effect,
+                    "config": config_snippet(d, scenario)})
+    out.sort(key=lambda r: -r["score"])
+    return out
+
+
+def _usd(clone: dict[str, Any] | None) -> str:
+    return "none within the budgets" if clone is None else f"${clone['usd']:,.2f}"

@@ -1,0 +1,337 @@
+"""The audit runner: every attacker x defense x budget, plus honest users under each defense.
+
+Each cell is a plain JSON-able dict that says everything needed to run it, so a cell can run
+in another process and its result can be cached under a hash of that dict: a second run of
+an unchanged scenario reads every cell from ``OUT/cells`` and takes seconds, and an
+interrupted run picks up where it stopped. Cells are deterministic per seed.
+
+Every defense runs as a tier of a real :class:`~modelshield.defenses.shield.Shield`, the
+object the gateway serves, with its audit log in a SQLite file: the audit measures what a
+customer of that tier would get, limits, detectors and all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import modelshield
+from modelshield.answer import Answer, FloatArray
+from modelshield.audit.evaluate import run_cell
+from modelshield.audit.scenario import Defense, Scenario, Target
+from modelshield.defenses.config import load_config
+from modelshield.defenses.policies import parse_policy
+from modelshield.errors import ConfigError, Denied
+from modelshield.oracle.local import LocalOracle
+from modelshield.victims.base import Victim
+
+TIER = "audit"
+
+
+# -- the target ----------------------------------------------------------------------------
+def target_victim(target: Target) -> Victim:
+    """The model the scenario attacks, with its test data and the attacker's pool."""
+    if target.victim is not None:
+        from modelshield.victims import load_victim
+
+        return load_victim(target.victim, target.seed)
+    import joblib
+
+    from modelshield.victims.zoo import wrap_estimator
+
+    for what, path in (("file", target.file), ("data", target.data)):
+        if not Path(path or "").is_file():
+            raise ConfigError(f"target.{what}: {path!r} does not exist.")
+    with np.load(target.data or "") as npz:
+        missing = {"X_test", "y_test"} - set(npz.files)
+        if missing:
+            raise ConfigError(f"target.data: {target.data} lacks {', '.join(sorted(missing))}; "
+                              "it needs X_test and y_test (pool, low, high optional)")
+        arrays = {k: npz[k] for k in npz.files}
+    return wrap_estimator(joblib.load(target.file or ""), arrays["X_test"], arrays["y_test"],
+                          name=Path(target.file or "model").stem, pool=arrays.get("pool"),
+                          low=arrays.get("low"), high=arrays.get("high"))
+
+
+def check_target(scenario: Scenario) -> None:
+    """Stop at once on a target that cannot be used: a missing file, an unreachable
+    endpoint, a refused key."""
+    target_victim(scenario.target)
+    if scenario.target.remote:
+        remote_oracle(scenario.target, budget=None, price=0.0).close()
+
+
+def remote_oracle(target: Target, budget: int | None, price: float) -> Any:
+    from modelshield.oracle.http import HttpOracle
+
+    return HttpOracle(target.url or "", target.api_key or "", model=target.model,
+                      protocol=target.protocol, budget=budget, price_per_1k=price)
+
+
+@contextmanager
+def shield_for(defense: Defense, victim: Victim) -> Iterator[Any]:
+    """A fresh Shield serving ``victim`` with ``defense`` as its only tier, audit log in a
+    temporary SQLite file. Detectors are calibrated on the victim's natural pool."""
+    from modelshield.defenses.shield import Shield
+    from modelshield.serve.store import AuditStore
+
+    with tempfile.TemporaryDirectory(prefix="modelshield-cell-") as tmp:
+        config = load_config({"audit_url": f"sqlite:///{tmp}/audit.db",
+                              "tiers": {TIER: defense.as_tier().model_dump()},
+                              **defense.shield_fields()})
+        store = AuditStore(config.audit_url)
+        benign = victim.pool if len(victim.pool) else None
+        shield = Shield(config, victim.model, victim.spec, store, benign=benign)
+        try:
+            yield shield
+        finally:
+            shield.close()
+
+
+# -- cells ---------------------------------------------------------------------------------
+def plan(scenario: Scenario) -> list[dict[str, Any]]:
+    """The cells of ``scenario``: one per attacker x defense x budget, one benign cell per
+    defense (local targets only)."""
+    common = {"target": scenario.target.model_dump(), "seed": scenario.seed,
+              "target_files": _file_digests(scenario.target), "version": modelshield.__version__}
+    cells: list[dict[str, Any]] = []
+    for d in scenario.defenses:
+        for a in scenario.attackers:
+            for b in a.budgets:
+                cells.append({"kind": "attack", "defense": d.model_dump(),
+                              "attacker": a.model_dump(), "label": a.label, "budget": b,
+                              "price_per_1k": scenario.price_per_1k, **common})
+        if not scenario.target.remote:
+            cells.append({"kind": "benign", "defense": d.model_dump(),
+                          "benign": scenario.benign.model_dump(), **common})
+    return cells
+
+
+def cell_key(cell: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(cell, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def run_one(cell: dict[str, Any]) -> dict[str, Any]:
+    """Run one cell (in this process) and return its JSON-able result."""
+    start = time.perf_counter()
+    target = Target.model_validate(cell["target"])
+    defense = Defense.model_validate(cell["defense"])
+    victim = target_victim(target)
+    if cell["kind"] == "benign":
+        out = _benign_cell(cell, defense, victim)
+    else:
+        out = _attack_cell(cell, target, defense, victim)
+    out.update(kind=cell["kind"], defense=defense.name, seconds=time.perf_counter() - start)
+    return out
+
+
+def _attack_cell(cell: dict[str, Any], target: Target, defense: Defense,
+                 victim: Victim) -> dict[str, Any]:
+    from modelshield.audit.scenario import Attacker
+    from modelshield.oracle import ShieldOracle
+
+    attacker = Attacker.model_validate(cell["attacker"])
+    budget, seed, price = cell["budget"], cell["seed"], cell["price_per_1k"]
+    tier = defense.as_tier()
+    first_flag = None
+    if target.remote:
+        oracle = remote_oracle(target, budget, price)
+        try:
+            result = run_cell(victim, attacker.attack, defense.name, budget, seed, price,
+                              attacker.kwargs, oracle=oracle, label=defense.name)
+        finally:
+            oracle.close()
+    else:
+        with shield_for(defense, victim) as shield:
+            key = shield.store.create_key(TIER)[0]
+            oracle = ShieldOracle(shield, key, budget=budget, price_per_1k=price)
+            result = run_cell(victim, attacker.attack, defense.name, budget, seed, price,
+                              attacker.kwargs, oracle=oracle, label=defense.name)
+            first_flag = oracle.first_flag
+    if result.status == "blocked" and result.queries > 0:
+        # The attacker keeps what it was told before the block: score the clone it can make
+        # from that many queries under the same output policy.
+        after = run_cell(victim, attacker.attack, tier.policy, result.queries, seed, price,
+                         attacker.kwargs, oracle=LocalOracle(
+                             victim, parse_policy(tier.policy), budget=result.queries,
+                             price_per_1k=price), label=defense.name)
+        if after.status == "ok":
+            # The curve it had built before the block, then the clone from all it was told.
+            for name in ("accuracy", "fidelity_test", "fidelity_uniform"):
+                setattr(result, name, getattr(after, name))
+            n = result.queries
+            result.curve = [p for p in result.curve if p[0] < n] + [(n, after.fidelity_test or 0.0)]
+            result.accuracy_curve = ([p for p in result.accuracy_curve if p[0] < n]
+                                     + [(n, after.accuracy or 0.0)])
+    out = result.to_dict()
+    out.update(attacker=cell["label"], first_flag=None if first_flag is None else
+               {"query": first_flag[0], "detector": first_flag[1]})
+    return out
+
+
+def _benign_cell(cell: dict[str, Any], defense: Defense, victim: Victim) -> dict[str, Any]:
+    """Honest accounts send natural samples (the victim's test set) in batches of 1 to 10
+    rows, with log-normal volumes (median ``median_rows``); what they get back is scored."""
+    rng = np.random.default_rng(cell["seed"] + 7919)
+    accounts, median = cell["benign"]["accounts"], cell["benign"]["median_rows"]
+    volumes = np.clip(rng.lognormal(np.log(median), 1.0, accounts).astype(int), 1, 50 * median)
+    labels, conf, truth, model_p = [], [], [], []
+    refused_accounts = refused_rows = 0
+    with shield_for(defense, victim) as shield:
+        for n in volumes:
+            key = shield.store.create_key(TIER)[0]
+            sent, refused = 0, False
+            while sent < n:
+                b = int(min(rng.integers(1, 11), n - sent))
+                idx = rng.integers(0, len(victim.X_test), b)
+                sent += b
+                if refused:
+                    refused_rows += b
+                    continue
+                try:
+                    answer, _ = shield.handle(key, victim.X_test[idx])
+                except Denied:
+                    refused, refused_accounts, refused_rows = True, refused_accounts + 1, refused_rows + b
+                    continue
+                labels.append(answer.labels)
+                conf.append(_confidence(answer))
+                truth.append(victim.y_test[idx])
+                model_p.append(victim.model.predict(victim.X_test[idx]).probabilities)
+        flagged = len(shield.flagged)
+    y = np.concatenate(truth) if truth else np.empty(0, int)
+    got = np.concatenate(labels) if labels else np.empty(0, int)
+    c = np.concatenate(conf) if conf else np.empty(0)
+    p = np.concatenate(model_p) if model_p else np.empty((0, victim.spec.n_classes))
+    model_labels = p.argmax(axis=1)
+    return {
+        "accounts": accounts, "rows": int(volumes.sum()), "answered_rows": len(y),
+        "accuracy": _mean(got == y), "ece": ece(c, got == y),
+        "model_accuracy": _mean(model_labels == y), "model_ece": ece(p.max(axis=1) if len(p)
+                                                                     else p, model_labels == y),
+        "flagged_share": flagged / accounts, "refused_share": refused_accounts / accounts,
+        "refused_rows": refused_rows,
+    }
+
+
+def _confidence(answer: Answer) -> FloatArray:
+    """The score an honest caller would read as the answer's confidence (1.0 when none)."""
+    if answer.probabilities is not None:
+        with np.errstate(all="ignore"):
+            p = np.nanmax(answer.probabilities, axis=1)
+        return np.asarray(np.nan_to_num(p, nan=1.0), dtype=np.float64)
+    if answer.confidence is not None:
+        return np.asarray(answer.confidence, dtype=np.float64)
+    return np.ones(len(answer))
+
+
+def ece(confidence: FloatArray, correct: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: the gap between confidence and accuracy, over 10 bins."""
+    if len(confidence) == 0:
+        return float("nan")
+    which = np.minimum((np.asarray(confidence) * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            total += m.mean() * abs(float(np.mean(correct[m])) - float(np.mean(confidence[m])))
+    return float(total)
+
+
+def _mean(x: np.ndarray) -> float:
+    return float(np.mean(x)) if len(x) else float("nan")
+
+
+def _file_digests(target: Target) -> dict[str, str]:
+    out = {}
+    for what, path in (("file", target.file), ("data", target.data)):
+        if path and Path(path).is_file():
+            out[what] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return out
+
+
+# -- running the matrix ----------------------------------------------------------------------
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_cells(cells: list[dict[str, Any]], cache: Path, workers: int = 0,
+              on_done: Callable[[dict[str, Any], bool], None] | None = None
+              ) -> list[dict[str, Any]]:
+    """Results for ``cells`` in order: from ``cache`` where a cell ran before, else run,
+    ``workers`` at a time (0: one per core). ``on_done(result, cached)`` follows each."""
+    cache.mkdir(parents=True, exist_ok=True)
+    results: dict[int, dict[str, Any]] = {}
+    todo = []
+    for i, cell in enumerate(cells):
+        path = cache / f"{cell_key(cell)}.json"
+        if path.is_file():
+            try:
+                results[i] = json.loads(path.read_text())
+            except ValueError:
+                path.unlink()  # a torn write from an interrupted run: run it again
+            else:
+                if on_done:
+                    on_done(results[i], True)
+                continue
+        todo.append(i)
+
+    def keep(i: int, result: dict[str, Any]) -> None:
+        path = cache / f"{cell_key(cells[i])}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result))
+        tmp.replace(path)
+        results[i] = result
+        if on_done:
+            on_done(result, False)
+
+    workers = workers or os.cpu_count() or 1
+    # Slowest first keeps the cores busy to the end.
+    todo.sort(key=lambda i: -int(cells[i].get("budget") or 0))
+    if workers == 1 or len(todo) <= 1:
+        for i in todo:
+            keep(i, run_one(cells[i]))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+            running: dict[Future[dict[str, Any]], int] = {
+                pool.submit(run_one, cells[i]): i for i in todo}
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    keep(running.pop(fut), fut.result())
+    return [results[i] for i in range(len(cells))]
+
+
+def run_audit(scenario: Scenario, out: Path, workers: int = 0,
+              on_start: Callable[[int, int], None] | None = None,
+              on_done: Callable[[dict[str, Any], bool], None] | None = None) -> dict[str, Any]:
+    """Run ``scenario`` (cells cached in ``out/cells``) and return the results document:
+    the scenario, every cell, and the analysis (summaries, ratings, recommendations)."""
+    from modelshield.audit.analysis import analyse
+
+    check_target(scenario)
+    start = time.perf_counter()
+    cells = plan(scenario)
+    cached = sum((out / "cells" / f"{cell_key(c)}.json").is_file() for c in cells)
+    if on_start:
+        on_start(len(cells), cached)
+    results = run_cells(cells, out / "cells", workers, on_done)
+    doc = {"modelshield": modelshield.__version__, "scenario": scenario.model_dump(),
+           "seconds": time.perf_counter() - start, "cells_cached": cached,
+           "cells": results}
+    doc["analysis"] = analyse(scenario, results)
+    return doc
+

@@ -1,0 +1,347 @@
+"""An audit scenario: the target, the attackers, the defenses, and what the model is worth.
+
+A scenario is a YAML file validated field by field, like the gateway's config: a wrong field
+stops loading with its path and what is allowed. ``modelshield init --audit`` writes the
+commented example below; ``modelshield demo`` runs :data:`DEMO`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from modelshield.attacks import ATTACKS
+from modelshield.attacks.params import parse_params
+from modelshield.defenses.config import Limits, Tier, load_config
+from modelshield.errors import ConfigError, ModelShieldError
+from modelshield.victims.zoo import ZOO
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Target(_Strict):
+    """What is attacked: a built-in victim, a model file with its data, or a running endpoint.
+
+    - ``victim``: a built-in victim (``modelshield victims``);
+    - ``file`` + ``data``: a fitted scikit-learn classifier (joblib) and an ``.npz`` holding
+      ``X_test``, ``y_test`` and optionally ``pool`` (the attacker's unlabelled data), ``low``
+      and ``high`` (the input domain; the test data's range otherwise);
+    - ``url`` + ``api_key``: a running gateway (``protocol: rest`` or ``v2``). The endpoint
+      applies its own defenses, so the scenario's ``defenses`` are not used; ``victim`` or
+      ``file`` + ``data`` then names the model it serves, to score clones against.
+    """
+
+    victim: str | None = None
+    file: str | None = None
+    data: str | None = None
+    url: str | None = None
+    api_key: str | None = None
+    protocol: Literal["rest", "v2"] = "rest"
+    model: str | None = None
+    seed: int = 0
+
+    @field_validator("victim")
+    @classmethod
+    def _victim(cls, v: str | None) -> str | None:
+        if v is not None and v not in ZOO:
+            raise ValueError(f"unknown victim {v!r}; choose from {', '.join(ZOO)}")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _one(self) -> Target:
+        if (self.victim is None) == (self.file is None):
+            raise ValueError("give exactly one of 'victim' (built-in) or 'file' (with 'data')")
+        if self.file is not None and self.data is None:
+            raise ValueError("'file' needs 'data': an .npz with X_test and y_test")
+        if self.url is not None and not self.api_key:
+            raise ValueError("'url' needs 'api_key'")
+        return self
+
+    @property
+    def remote(self) -> bool:
+        return self.url is not None
+
+    @property
+    def label(self) -> str:
+        name = self.victim or Path(self.file or "model").stem
+        return f"{name} at {self.url}" if self.url else name
+
+
+class Attacker(_Strict):
+    """One attacker profile: an attack, its parameters, and the budgets to try."""
+
+    name: str | None = None
+    attack: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    budgets: list[int] = Field(min_length=1)
+
+    @field_validator("attack")
+    @classmethod
+    def _attack(cls, v: str) -> str:
+        if v not in ATTACKS:
+            raise ValueError(f"unknown attack {v!r}; choose from {', '.join(ATTACKS)}")
+        return v
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v):
+            raise ValueError("every budget must be an integer >= 1")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _params(self) -> Attacker:
+        # Build the attack once so a wrong parameter stops the scenario before any cell runs.
+        try:
+            ATTACKS[self.attack](**self.kwargs)
+        except ModelShieldError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The parameters typed as the attack's fields."""
+        return parse_params(ATTACKS[self.attack], _as_items(self.params), "params:")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.attack
+
+
+class Defense(_Strict):
+    """One defense profile: a gateway tier, written inline or taken from a gateway config.
+
+    Inline, the fields are those of a tier in the gateway's config (``policy``, ``detectors``,
+    ``on_flag``, ``limits``, ...). Or ``config: FILE`` and ``tier: NAME`` reuse a tier of a
+    gateway config as it is deployed, together with its global and per-IP limits.
+    """
+
+    name: str
+    config: str | None = None
+    tier: str | None = None
+    policy: str = "full"
+    detectors: list[str] = Field(default_factory=list)
+    on_flag: Literal["alert", "throttle", "degrade", "deny"] = "alert"
+    limits: Limits = Limits()
+    throttled: Limits = Limits(requests="10/hour")
+    degrade_policy: str = "label"
+    max_batch: int = Field(default=100_000, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Defense:
+        if self.config is not None:
+            if not Path(self.config).is_file():
+                raise ValueError(f"gateway config {self.config!r} does not exist")
+            tiers = load_config(self.config).tiers
+            if self.tier not in tiers:
+                raise ValueError(f"tier {self.tier!r} is not in {self.config}; "
+                                 f"choose from {', '.join(tiers)}")
+        else:
+            self.as_tier()  # validates policy, detectors and limits with the gateway's rules
+        return self
+
+    def as_tier(self) -> Tier:
+        if self.config is not None:
+            return load_config(self.config).tiers[self.tier or ""]
+        try:
+            return Tier(policy=self.policy, detectors=self.detectors, on_flag=self.on_flag,
+                        limits=self.limits, throttled=self.throttled,
+                        degrade_policy=self.degrade_policy, max_batch=self.max_batch)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise ValueError(f"{loc}: {err['msg'].removeprefix('Value error, ')}") from None
+
+    def shield_fields(self) -> dict[str, Any]:
+        """The non-tier parts of the gateway config this defense brings (limits beyond a key)."""
+        if self.config is None:
+            return {}
+        c = load_config(self.config)
+        return {"global_limits": c.global_limits.model_dump(),
+                "ip_limits": c.ip_limits.model_dump(),
+                "storage": {"strategy": c.storage.strategy}}
+
+
+class Deployment(_Strict):
+    """Facts about how the model is offered; the rating states them beside the measurements."""
+
+    public_api: bool = True
+    generous_limits: bool = True
+    monitoring: bool = False
+
+
+class Benign(_Strict):
+    """The honest users simulated against each defense: accounts sending natural samples."""
+
+    accounts: int = Field(default=50, ge=1)
+    median_rows: int = Field(default=60, ge=1)
+
+
+class Scenario(_Strict):
+    name: str = "audit"
+    seed: int = 0
+    price_per_1k: float = Field(default=1.0, ge=0)
+    model_value: float = Field(default=10_000.0, gt=0)
+    deployed: str | None = None
+    deployment: Deployment = Deployment()
+    target: Target
+    attackers: list[Attacker] = Field(min_length=1)
+    defenses: list[Defense] = Field(default_factory=lambda: [Defense(name="none")])
+    benign: Benign = Benign()
+
+    @model_validator(mode="after")
+    def _names(self) -> Scenario:
+        names = [d.name for d in self.defenses]
+        if len(set(names)) != len(names):
+            raise ValueError("defense names must be unique")
+        labels = [a.label for a in self.attackers]
+        if len(set(labels)) != len(labels):
+            raise ValueError("attacker names must be unique (give each a 'name')")
+        if self.deployed is not None and self.deployed not in names:
+            raise ValueError(f"deployed: {self.deployed!r} is not a defense; choose from "
+                             f"{', '.join(names)}")
+        if self.target.remote and len(self.defenses) > 1:
+            raise ValueError("a remote target ('url') applies its own defenses; "
+                             "list at most one defense, which names it")
+        return self
+
+    @property
+    def deployed_defense(self) -> str:
+        return self.deployed or self.defenses[0].name
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()
+
+
+def load_scenario(source: str | Path | dict[str, Any]) -> Scenario:
+    """Validate a YAML file (or a dict) into a Scenario; ConfigError names the bad field."""
+    if isinstance(source, dict):
+        raw: Any = source
+        where = "scenario"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"Scenario file {str(path)!r} does not exist.")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        where = str(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of fields, got {type(raw).__name__}")
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+        raise ConfigError(f"{where}: " + "; ".join(lines)) from None
+
+
+def _as_items(params: dict[str, Any]) -> list[str]:
+    out = []
+    for k, v in params.items():
+        if isinstance(v, list | tuple):
+            v = ",".join(str(i) for i in v)
+        out.append(f"{k}={v}")
+    return out
+
+
+EXAMPLE = """\
+# modelshield audit scenario: `modelshield audit THIS_FILE --out DIR`
+#
+# The runner plays every attacker x defense x budget, in parallel, and writes
+# DIR/report.html, DIR/results.json and DIR/summary.md. Finished cells are cached in DIR,
+# so a second run with nothing changed takes seconds.
+name: digits MLP behind a public API
+seed: 0
+price_per_1k: 1.00          # dollars per 1,000 queries, what the API charges
+model_value: 20000          # dollars it cost to build the model (data, labelling, training)
+deployed: monitored         # the defense that runs today; the rating is for this one
+
+deployment:                 # stated beside the rating
+  public_api: true          # anyone can sign up for a key
+  generous_limits: true
+  monitoring: false         # nobody reads alerts: an 'alert' flag does not count as caught
+
+target:
+  victim: digits-mlp        # a built-in victim (`modelshield victims`)
+  # file: model.joblib      # or a scikit-learn model file ...
+  # data: data.npz          # ... with X_test, y_test (and optionally pool, low, high)
+  # url: http://127.0.0.1:8000   # or a running gateway, attacked with a customer's key;
+  # api_key: ms_...               # victim/file then names the model it serves
+  # protocol: rest                # rest or v2
+
+attackers:                  # `modelshield attacks` lists them and their parameters
+  - name: knockoff (natural data)
+    attack: knockoff
+    params: {source: pool, checkpoints: [100, 300]}
+    budgets: [1000]
+  - name: active learning
+    attack: active
+    params: {strategy: margin}
+    budgets: [1000]
+  - name: equation solving
+    attack: equation-solving
+    params: {model: mlp, source: pool}
+    budgets: [3020]
+
+defenses:                   # each is a gateway tier (see `modelshield init`)
+  - name: none
+    policy: full
+  - name: rounded
+    policy: "round:2"
+  - name: labels only
+    policy: label
+  - name: monitored
+    policy: full
+    detectors: [sweep, boundary, ood, prada, volume]
+    on_flag: deny           # alert | throttle | degrade | deny
+  # - name: as deployed
+  #   config: modelshield.yaml   # a gateway config ...
+  #   tier: free                 # ... and one of its tiers
+
+benign:                     # honest users sent through each defense
+  accounts: 50
+  median_rows: 60
+"""
+
+DEMO: dict[str, Any] = {
+    "name": "demo: digits MLP behind a public API",
+    "seed": 0,
+    "price_per_1k": 1.0,
+    "model_value": 20_000,
+    "deployed": "none",
+    "deployment": {"public_api": True, "generous_limits": True, "monitoring": False},
+    "target": {"victim": "digits-mlp"},
+    "attackers": [
+        {"name": "knockoff (natural data)", "attack": "knockoff",
+         "params": {"source": "pool", "checkpoints": [100, 200, 300, 500]}, "budgets": [1000]},
+        {"name": "active learning", "attack": "active", "params": {"strategy": "margin"},
+         "budgets": [1000]},
+        {"name": "jacobian", "attack": "jacobian", "budgets": [500]},
+    ],
+    "defenses": [
+        {"name": "none", "policy": "full"},
+        {"name": "rounded", "policy": "round:1"},
+        {"name": "labels only", "policy": "label"},
+        {"name": "monitored", "policy": "full",
+         "detectors": ["sweep", "boundary", "ood", "prada", "volume"], "on_flag": "deny"},
+    ],
+    "benign": {"accounts": 40, "median_rows": 60},
+}
