@@ -32,7 +32,7 @@ app = typer.Typer(
 )
 # Wide tables in logs and pipes; the terminal's own width when there is one.
 console = Console(width=None if sys.stdout.isatty() else 150)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one line per error, paths unbroken
 
 
 def main() -> None:

@@ -151,7 +151,7 @@ def _rate(scenario: Scenario, d: dict[str, Any]) -> tuple[str, list[str]]:
         facts.append(
             f"A {clone['fidelity']:.0%}-fidelity clone ({clone['attacker']}) costs "
             f"${clone['usd']:,.2f} ({clone['queries']:,} queries at ${price:,.2f} per 1,000); "
-            f"the model cost ${value:,.0f} to build ({share:.3%} of it).")
+            f"the model cost ${value:,.0f} to build ({_share(share)} of that).")
         row = next(r for r in d["attackers"] if r["attacker"] == clone["attacker"])
         flag = row["first_flag"]
         if flag is None:
@@ -187,7 +187,7 @@ def _rate(scenario: Scenario, d: dict[str, Any]) -> tuple[str, list[str]]:
                          f"{best['attacker']} at {best['best_fidelity']:.1%} "
                          f"({best['curve'][-1][0]:,} queries).")
     for r in d["attackers"]:
-        if r["status"] in ("refused", "failed"):
+        if r["status"] in ("refused", "failed", "error", "out of budget"):
             facts.append(f"{r['attacker']}: {r['status']} ({r['reason']}).")
         elif r["status"] == "blocked" and r["blocked_at"] is not None:
             facts.append(f"{r['attacker']}: blocked after {r['blocked_at']:,} queries.")
@@ -236,6 +236,10 @@ def _recommend(scenario: Scenario, defenses: list[dict[str, Any]],
                     "config": config_snippet(d, scenario)})
     out.sort(key=lambda r: -r["score"])
     return out
+
+
+def _share(x: float) -> str:
+    return f"{x:.2%}" if x >= 1e-4 else "under 0.01%"
 
 
 def _usd(clone: dict[str, Any] | None) -> str:

@@ -8,6 +8,7 @@ results.json`` redraws the same page from the same file.
 from __future__ import annotations
 
 import io
+import re
 import json
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from matplotlib.lines import Line2D
 
 from modelshield.errors import ConfigError
 
-COLORS = ["#1b6ca8", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d6a9f", "#30343f",
-          "#e07a5f"]
+COLORS = ["#1f77b4", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
+          "#7f7f7f"]
 RATING_COLORS = {"HIGH": "#b3261e", "MEDIUM": "#b26a00", "LOWER": "#2e7d32"}
 
 
@@ -48,12 +49,17 @@ def write_report(doc: dict[str, Any], out: Path) -> dict[str, Path]:
 
 
 # -- figures -------------------------------------------------------------------------------
-def _svg(fig: Any) -> str:
+def _svg(fig: Any, prefix: str) -> str:
+    """The figure as inline SVG. Its element ids get ``prefix``, so several plots in one
+    page never share an id (a clip path or marker of one plot used by another)."""
     buf = io.StringIO()
     # No date and fixed element ids: the same results give the same page, byte for byte.
     with matplotlib.rc_context({"svg.hashsalt": "modelshield"}):
         fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     text = buf.getvalue()
+    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.S)
+    text = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', text)
+    text = re.sub(r'(href="#|url\(#)', rf"\g<1>{prefix}-", text)
     return text[text.index("<svg"):]
 
 
@@ -110,7 +116,7 @@ def fig_curves(doc: dict[str, Any]) -> str:
                loc="lower center", ncol=min(6, len(seen) + 2), frameon=False,
                bbox_to_anchor=(0.5, -0.06))
     fig.tight_layout()
-    return _svg(fig)
+    return _svg(fig, "curves")
 
 
 def _at(q: list[int], f: list[float], x: int) -> float:
@@ -141,7 +147,7 @@ def fig_tradeoff(doc: dict[str, Any]) -> str:
     ax.set_ylim(-0.05, 1.1)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _svg(fig)
+    return _svg(fig, "tradeoff")
 
 
 def fig_dollars(doc: dict[str, Any]) -> str:
@@ -169,7 +175,7 @@ def fig_dollars(doc: dict[str, Any]) -> str:
     ax.set_xlabel(f"dollars to a 90%-fidelity clone at ${a['price_per_1k']:,.2f} per 1,000 "
                   "queries")
     fig.tight_layout()
-    return _svg(fig)
+    return _svg(fig, "dollars")
 
 
 # -- pages ---------------------------------------------------------------------------------

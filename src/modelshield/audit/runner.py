@@ -32,7 +32,7 @@ from modelshield.audit.evaluate import run_cell
 from modelshield.audit.scenario import Defense, Scenario, Target
 from modelshield.defenses.config import load_config
 from modelshield.defenses.policies import parse_policy
-from modelshield.errors import ConfigError, Denied
+from modelshield.errors import ConfigError, Denied, ModelShieldError
 from modelshield.oracle.local import LocalOracle
 from modelshield.victims.base import Victim
 
@@ -66,10 +66,21 @@ def target_victim(target: Target) -> Victim:
 
 def check_target(scenario: Scenario) -> None:
     """Stop at once on a target that cannot be used: a missing file, an unreachable
-    endpoint, a refused key."""
-    target_victim(scenario.target)
+    endpoint, a refused key, a tree-only output policy on a model that is not a tree."""
+    victim = target_victim(scenario.target)
+    for i, d in enumerate(scenario.defenses):
+        tier = d.as_tier()
+        for field in ("policy", "degrade_policy"):
+            if parse_policy(getattr(tier, field)).needs_tree and victim.kind != "tree":
+                raise ConfigError(f"defenses.{i}.{field}: {getattr(tier, field)!r} needs a "
+                                  f"decision tree; the target {victim.name!r} is a "
+                                  f"{victim.kind} model.")
     if scenario.target.remote:
-        remote_oracle(scenario.target, budget=None, price=0.0).close()
+        oracle = remote_oracle(scenario.target, budget=None, price=0.0)
+        try:
+            oracle.check_key()
+        finally:
+            oracle.close()
 
 
 def remote_oracle(target: Target, budget: int | None, price: float) -> Any:
@@ -127,11 +138,17 @@ def run_one(cell: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     target = Target.model_validate(cell["target"])
     defense = Defense.model_validate(cell["defense"])
-    victim = target_victim(target)
-    if cell["kind"] == "benign":
-        out = _benign_cell(cell, defense, victim)
-    else:
-        out = _attack_cell(cell, target, defense, victim)
+    try:
+        victim = target_victim(target)
+        if cell["kind"] == "benign":
+            out = _benign_cell(cell, defense, victim)
+        else:
+            out = _attack_cell(cell, target, defense, victim)
+    except Exception as exc:  # one broken cell is a row that says why, not a lost audit
+        why = str(exc) if isinstance(exc, ModelShieldError) else f"{type(exc).__name__}: {exc}"
+        out = {"status": "error", "reason": why, "queries": 0, "budget": cell.get("budget"),
+               "attack": cell.get("attacker", {}).get("attack"), "curve": [],
+               "attacker": cell.get("label")}
     out.update(kind=cell["kind"], defense=defense.name, seconds=time.perf_counter() - start)
     return out
 

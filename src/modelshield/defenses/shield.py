@@ -132,6 +132,16 @@ class Shield:
             rows=len(x), inputs=x, answer=_answer_record(answer), decision=decision.to_record())])
         return answer, decision
 
+    def account(self, api_key: str | None) -> dict[str, Any]:
+        """What the holder of ``api_key`` may see of its own account (or raise Denied):
+        its tier, that tier's output policy and limits, and the terms it accepted."""
+        key = self._authenticate(api_key, Decision())
+        tier = self.config.tiers[key.tier]
+        return {"key_id": key.key_id, "tier": key.tier, "policy": self.policies[key.tier].spec,
+                "limits": tier.limits.model_dump(), "max_batch": tier.max_batch,
+                "expires_at": key.expires_at, "terms_version": key.terms_version,
+                "terms_accepted_at": key.terms_accepted_at}
+
     def _authenticate(self, api_key: str | None, decision: Decision) -> ApiKey:
         if not api_key:
             raise Denied(401, "missing_key", "An API key is required (Authorization: Bearer KEY).")

@@ -39,6 +39,21 @@ class HttpOracle(BaseOracle):
         if self._owns_client:
             self.client.close()
 
+    def check_key(self) -> dict[str, Any] | None:
+        """The key's account (``GET /v1/account``), or ConfigError when the key is refused;
+        None when the server has no such route (it then speaks only the v1/v2 protocol)."""
+        try:
+            resp = self.client.get("/v1/account", headers=self.headers)
+        except httpx.HTTPError as exc:
+            raise ConfigError(f"Cannot reach the target: {exc}") from None
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise ConfigError(f"The target refused the API key: HTTP {resp.status_code}: "
+                              f"{resp.text[:200]}")
+        out: dict[str, Any] = resp.json()
+        return out
+
     def _get(self, path: str) -> Any:
         try:
             resp = self.client.get(path, headers=self.headers)

@@ -187,6 +187,14 @@ def create_app(shield: Shield, max_body_bytes: int = 8 * 2**20) -> FastAPI:
                                "integer_features": spec.integer_features,
                                "terms_version": shield.config.terms_version}}
 
+    @app.get("/v1/account")
+    async def account(request: Request) -> Any:
+        """The caller's own tier, output policy and limits; checks a key without a query."""
+        try:
+            return await run_in_threadpool(shield.account, _api_key(request))
+        except Denied as exc:
+            return error(exc.status, exc.code, str(exc), exc.headers, "account")
+
     @app.get("/v2")
     async def server() -> dict[str, Any]:
         return {"name": "modelshield", "version": "0.1.0", "extensions": [], "models": [name]}

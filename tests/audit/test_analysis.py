@@ -1,0 +1,95 @@
+"""The rating and the recommendations, decided from cells written by hand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from modelshield.audit.analysis import analyse
+from modelshield.audit.scenario import load_scenario
+
+
+def scenario(**over: Any) -> Any:
+    base = {"price_per_1k": 1.0, "model_value": 10_000, "target": {"victim": "digits-mlp"},
+            "attackers": [{"name": "k", "attack": "knockoff", "budgets": [1000]}],
+            "defenses": [{"name": "open"},
+                         {"name": "alerting", "detectors": ["ood"], "on_flag": "alert"},
+                         {"name": "denying", "detectors": ["ood"], "on_flag": "deny"}]}
+    return load_scenario({**base, **over})
+
+
+def attack(defense: str, curve: list[tuple[int, float]], flag: int | None = None,
+           status: str = "ok") -> dict[str, Any]:
+    return {"kind": "attack", "defense": defense, "attacker": "k", "attack": "knockoff",
+            "budget": 1000, "status": status, "reason": "", "queries": curve[-1][0],
+            "curve": [list(p) for p in curve], "accuracy_curve": [],
+            "fidelity_test": curve[-1][1], "accuracy": None,
+            "first_flag": None if flag is None else {"query": flag, "detector": "ood"}}
+
+
+def benign(defense: str, flagged: float = 0.0) -> dict[str, Any]:
+    return {"kind": "benign", "defense": defense, "accuracy": 0.95, "model_accuracy": 0.95,
+            "ece": 0.02, "model_ece": 0.02, "flagged_share": flagged, "refused_share": 0.0}
+
+
+CURVE = [(100, 0.7), (300, 0.91), (1000, 0.96)]
+
+
+def cells(alert_flag: int | None = 200, deny_curve: list[tuple[int, float]] | None = None
+          ) -> list[dict[str, Any]]:
+    return [attack("open", CURVE), benign("open"),
+            attack("alerting", CURVE, flag=alert_flag), benign("alerting", 0.02),
+            attack("denying", deny_curve or [(100, 0.7), (200, 0.8)], flag=200,
+                   status="blocked"), benign("denying", 0.02)]
+
+
+def rating(a: dict[str, Any], name: str) -> str:
+    return str(next(d["rating"] for d in a["defenses"] if d["name"] == name))
+
+
+def test_a_cheap_uncaught_clone_on_a_public_api_is_high() -> None:
+    a = analyse(scenario(), cells())
+    assert rating(a, "open") == "HIGH" and a["rating"]["level"] == "HIGH"
+    assert "costs $0.30 (300 queries" in a["rating"]["facts"][0]
+    # An alert nobody reads does not catch anyone; a deny that stops it at 200 does.
+    assert rating(a, "alerting") == "HIGH"
+    assert rating(a, "denying") == "LOWER"
+
+
+def test_an_alert_counts_when_someone_watches() -> None:
+    a = analyse(scenario(deployment={"monitoring": True}), cells())
+    alerting = next(d for d in a["defenses"] if d["name"] == "alerting")
+    assert alerting["rating"] == "MEDIUM" and alerting["cheapest_clone"] is None
+    assert any("caught it at query 200" in f for f in alerting["facts"])
+    # A flag after the clone reached 90% catches nobody, watched or not.
+    late = analyse(scenario(deployment={"monitoring": True}), cells(alert_flag=500))
+    assert rating(late, "alerting") == "HIGH"
+
+
+def test_cost_against_value_and_the_public_api_decide_the_level() -> None:
+    assert rating(analyse(scenario(model_value=20), cells()), "open") == "MEDIUM"
+    assert rating(analyse(scenario(model_value=0.2), cells()), "open") == "LOWER"
+    assert rating(analyse(scenario(deployment={"public_api": False}), cells()), "open") == \
+        "MEDIUM"
+
+
+def test_protection_and_recommendations() -> None:
+    a = analyse(scenario(), cells())
+    prot = {d["name"]: d["protection"] for d in a["defenses"]}
+    assert prot == {"open": 0.0, "alerting": 0.0, "denying": 1.0}
+    recs = a["recommendations"]
+    assert [r["defense"] for r in recs] == ["denying"]
+    assert recs[0]["honest_cost"] == pytest.approx(0.02)  # honest accounts flagged
+    assert recs[0]["score"] == pytest.approx(1.0 / (0.02 + 0.01))
+    assert "on_flag: deny" in recs[0]["config"] and "- ood" in recs[0]["config"]
+    assert recs[0]["effect"] == "cheapest uncaught clone: $0.30 -> none within the budgets"
+
+
+def test_needing_more_queries_protects_on_a_log_scale() -> None:
+    slow = [(1000, 0.7), (30000, 0.95)]  # 100x the queries of the open API: full credit
+    a = analyse(scenario(), [attack("open", [(300, 0.95)]), attack("alerting", slow),
+                             attack("denying", [(3000, 0.95)])])
+    prot = {d["name"]: d["protection"] for d in a["defenses"]}
+    assert prot["open"] == 0.0 and prot["alerting"] == 1.0
+    assert prot["denying"] == pytest.approx(0.5)  # 10x the queries
