@@ -8,8 +8,8 @@ results.json`` redraws the same page from the same file.
 from __future__ import annotations
 
 import io
-import re
 import json
+import re
 from pathlib import Path
 from typing import Any
 
