@@ -14,6 +14,7 @@ from limits import parse_many
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modelshield.defenses.detectors import DETECTORS
+from modelshield.defenses.llm import LLMPolicy
 from modelshield.defenses.policies import parse_policy
 from modelshield.errors import ConfigError, ModelShieldError
 
@@ -44,8 +45,9 @@ class Limits(_Strict):
 
     requests: str | None = None
     rows: str | None = None
+    tokens: str | None = None  # language models: prompt + completion tokens
 
-    @field_validator("requests", "rows")
+    @field_validator("requests", "rows", "tokens")
     @classmethod
     def _check(cls, v: str | None) -> str | None:
         return _rates(v, "rate")
@@ -62,6 +64,7 @@ class Tier(_Strict):
     degrade_policy: str = "label"
     max_batch: int = Field(default=1000, ge=1)
     group_by: Literal["none", "ip", "owner"] = "none"
+    llm: LLMPolicy = LLMPolicy()
 
     @field_validator("policy", "degrade_policy")
     @classmethod
@@ -104,6 +107,7 @@ class Model(_Strict):
     """
 
     builtin: str | None = "digits-mlp"
+    lm: str | None = None  # a built-in language model (lm-h64, ...) or a Hugging Face directory
     file: str | None = None
     upstream: str | None = None
     name: str | None = None

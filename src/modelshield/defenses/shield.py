@@ -26,6 +26,7 @@ from limits import RateLimitItem, parse_many, storage, strategies
 from modelshield.answer import Answer, ApiSpec, FloatArray
 from modelshield.defenses.config import Limits, ShieldConfig, Tier, load_config
 from modelshield.defenses.detectors import Detector, Flag, make_detector
+from modelshield.defenses.llm import LMChoice, LMRequest, check_request, decode
 from modelshield.defenses.policies import OutputPolicy, parse_policy
 from modelshield.defenses.state import state_from_url
 from modelshield.errors import ConfigError, Denied, OracleError
@@ -53,7 +54,7 @@ class Decision:
 class Shield:
     """Authenticate, limit, watch, shape and record every query to one model."""
 
-    def __init__(self, config: ShieldConfig, model: ModelAdapter, spec: ApiSpec,
+    def __init__(self, config: ShieldConfig, model: ModelAdapter | Any, spec: ApiSpec,
                  store: AuditStore, *, benign: FloatArray | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
@@ -84,7 +85,14 @@ class Shield:
 
         config = source if isinstance(source, ShieldConfig) else load_config(source)
         m = config.model
-        if m.file or m.upstream:
+        benign: Any
+        model: Any
+        if m.lm:
+            from modelshield.victims.lm import load_lm
+
+            lm = load_lm(m.lm, m.seed)
+            model, spec, benign = lm, lm_spec(m.name or lm.name), None
+        elif m.file or m.upstream:
             spec = kwargs.pop("spec", None) or _spec_from_config(config)
             if m.file:
                 model = load_model_file(m.file)
@@ -132,6 +140,90 @@ class Shield:
             rows=len(x), inputs=x, answer=_answer_record(answer), decision=decision.to_record())])
         return answer, decision
 
+    @property
+    def lm(self) -> Any:
+        """The served language model, or None when the model is a classifier."""
+        return self.model if hasattr(self.model, "next_logits") else None
+
+    def handle_completion(self, api_key: str | None, req: LMRequest,
+                          client_ip: str = "127.0.0.1") -> tuple[list[LMChoice], Decision]:
+        """Answer one completion request for the holder of ``api_key``, or raise Denied:
+        the same key, limit, detector and audit stages as ``handle``, with the tier's
+        language-model policy in place of the output policy."""
+        lm = self.lm
+        if lm is None:
+            raise Denied(404, "not_a_language_model",
+                         f"{self.spec.name!r} is not a language model; use /v1/models/"
+                         f"{self.spec.name}/predict.")
+        decision = Decision()
+        key = self._authenticate(api_key, decision)
+        tier = self.config.tiers[key.tier]
+        policy = tier.llm
+        check_request(req, policy, lm.vocab)
+        self._limit(key, tier, client_ip, len(req.prompts), decision, tokens=req.tokens)
+        if policy.detect_probing:
+            self._shared(self._probe, key, tier, req, decision, client_ip)
+        if decision.action == "degrade" and req.logprobs is not None:
+            raise Denied(403, "logprobs_withdrawn", "logprobs are withdrawn from this key: "
+                         "its queries look like model extraction.")
+        choices = decode(lm.next_logits, req, policy, lm.tokenizer.eos_token_id)
+        decision.policy = "llm"
+        self.store.commit([AuditRecord(
+            ts=self.clock(), key_id=key.key_id, client_ip=client_ip, model=self.spec.name,
+            rows=len(req.prompts), inputs={"prompts": req.prompts, "max_tokens": req.max_tokens,
+                                           "logprobs": req.logprobs,
+                                           "logit_bias": {str(k): v for k, v
+                                                          in req.logit_bias.items()},
+                                           "temperature": req.temperature, "n": req.n,
+                                           "seed": req.seed},
+            answer=[{"tokens": c.tokens, "logprobs": c.logprobs, "top": c.top_logprobs}
+                    for c in choices],
+            decision=decision.to_record())])
+        return choices, decision
+
+    def _probe(self, key: ApiKey, tier: Tier, req: LMRequest, decision: Decision,
+               ip: str) -> None:
+        """Logit-bias sweeps and single-token probing, per account (and group): the query
+        patterns of logit and projection stealing. Benign use of logit bias steers a few
+        tokens again and again; a sweep biases ever new tokens. Benign completions run for
+        more than one token; stealing asks for one token's logprobs, prompt after prompt."""
+        policy = tier.llm
+        idents = [key.key_id] + [g for g in [_group(tier.group_by, key, ip)] if g]
+        for ident in idents:
+            amounts = {"requests": 1}
+            if req.max_tokens <= 1 and req.logprobs is not None:
+                amounts["single"] = 1
+            counts = self.state.incr_many(f"lmprobe:{ident}", amounts)
+            new = 0
+            if req.logit_bias:
+                seen = self.state.incr_many(f"lmbias:{ident}",
+                                            {str(t): 1 for t in req.logit_bias})
+                new = sum(1 for v in seen.values() if v == 1)
+            distinct = self.state.incr(f"lmprobe:{ident}", "bias_tokens", new) if new else \
+                self.state.incr(f"lmprobe:{ident}", "bias_tokens", 0)
+            flag = None
+            if distinct >= policy.probe_distinct_bias_tokens:
+                flag = Flag("logit-bias", float(distinct),
+                            f"logit bias on {distinct} distinct tokens (a sweep)")
+            elif counts.get("single", 0) >= policy.probe_single_token_requests and \
+                    counts["single"] >= 0.9 * counts["requests"]:
+                flag = Flag("single-token", float(counts["single"]),
+                            f"{counts['single']} of {counts['requests']} requests ask one "
+                            "token's logprobs")
+            if flag is not None:
+                decision.flags.append(flag)
+                if self.state.get(f"flag:{ident}") is None:
+                    self.state.set(f"flag:{ident}", flag.__dict__)
+                self.flagged.setdefault(ident, flag)
+        flag = self._flag(key, tier, ip)
+        if flag is not None:
+            self.flagged.setdefault(key.key_id, flag)
+            decision.action = tier.on_flag
+            if tier.on_flag == "deny":
+                raise Denied(403, "extraction_suspected",
+                             f"Access suspended: {flag.detector} detector: {flag.reason}.",
+                             {"X-Modelshield-Flag": flag.detector})
+
     def account(self, api_key: str | None) -> dict[str, Any]:
         """What the holder of ``api_key`` may see of its own account (or raise Denied):
         its tier, that tier's output policy and limits, and the terms it accepted."""
@@ -174,7 +266,8 @@ class Shield:
                                         "; NaN marks a missing feature"))
         return x
 
-    def _limit(self, key: ApiKey, tier: Tier, ip: str, rows: int, decision: Decision) -> None:
+    def _limit(self, key: ApiKey, tier: Tier, ip: str, rows: int, decision: Decision,
+               tokens: int = 0) -> None:
         throttled = tier.on_flag == "throttle" and \
             self._shared(self._flag, key, tier, ip) is not None
         limits = tier.throttled if throttled else tier.limits
@@ -182,9 +275,9 @@ class Shield:
             (self.config.global_limits, "global", 1), (self.config.ip_limits, f"ip:{ip}", 1),
             (limits, f"key:{key.key_id}", rows)]
         for lim, who, n in checks:
-            for kind, cost in (("requests", 1), ("rows", n)):
+            for kind, cost in (("requests", 1), ("rows", n), ("tokens", tokens)):
                 rate = getattr(lim, kind)
-                if rate:
+                if rate and cost:
                     if rate not in self._rates:
                         self._rates[rate] = parse_many(rate)
                     for item in self._rates[rate]:
@@ -266,6 +359,12 @@ class Shield:
         if decision.action == "degrade":
             return self.degraded[key.tier]
         return self.policies[key.tier]
+
+
+def lm_spec(name: str) -> ApiSpec:
+    """A language model's entry in the classifier-shaped contract: only its name is used."""
+    return ApiSpec(n_features=1, classes=("next-token",), low=np.zeros(1), high=np.ones(1),
+                   name=name)
 
 
 def _spec_from_config(config: ShieldConfig) -> ApiSpec:

@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from modelshield.answer import Answer
 from modelshield.defenses.shield import Shield
 from modelshield.errors import Denied
+from modelshield.serve.openai import add_openai_routes
 
 
 class PredictRequest(BaseModel):
@@ -194,6 +195,11 @@ def create_app(shield: Shield, max_body_bytes: int = 8 * 2**20) -> FastAPI:
             return await run_in_threadpool(shield.account, _api_key(request))
         except Denied as exc:
             return error(exc.status, exc.code, str(exc), exc.headers, "account")
+
+    def count(route: str, status: int) -> None:
+        requests.labels(route, str(status)).inc()
+
+    add_openai_routes(app, shield, count)
 
     @app.get("/v2")
     async def server() -> dict[str, Any]:

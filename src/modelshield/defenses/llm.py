@@ -1,0 +1,187 @@
+"""What a language-model tier lets out, and how one decoding step is taken under it.
+
+The knobs are the ones logit-stealing attacks use (Carlini et al., ICML 2024; Finlayson et
+al., COLM 2024): logprobs on or off, how many top logprobs, logit bias allowed (with a cap on
+entries) or refused, whether a logit bias changes the returned logprobs (the vendors' fix of
+March 2024 makes it not), and logprob rounding and noise. The noise is keyed: seeded by an
+HMAC of the prompt and position, so asking the same thing again returns the same noise and
+averaging repeats gains nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelshield.errors import Denied
+
+
+class LLMPolicy(BaseModel):
+    """A tier's language-model output policy (the ``llm`` section of a tier)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    logprobs: bool = True
+    max_top_logprobs: int = Field(default=5, ge=0)
+    logit_bias: Literal["allow", "refuse"] = "allow"
+    max_logit_bias_entries: int = Field(default=300, ge=0)
+    bias_affects_logprobs: bool = True
+    logprob_decimals: int | None = Field(default=None, ge=0, le=12)
+    logprob_noise: float = Field(default=0.0, ge=0.0)
+    max_tokens: int = Field(default=512, ge=1)
+    max_n: int = Field(default=8, ge=1)
+    detect_probing: bool = False
+    probe_distinct_bias_tokens: int = Field(default=64, ge=1)
+    probe_single_token_requests: int = Field(default=200, ge=1)
+    noise_key: str = "modelshield-logprob-noise"
+
+
+@dataclass
+class LMRequest:
+    """One completion request, tokenized: what the Shield checks and the model answers."""
+
+    prompts: list[list[int]]
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int | None = None
+    logprobs: int | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the request may consume: prompts plus every completion at full length."""
+        return sum(len(p) for p in self.prompts) + len(self.prompts) * self.n * self.max_tokens
+
+
+@dataclass
+class LMChoice:
+    prompt_index: int
+    tokens: list[int]
+    logprobs: list[float] | None
+    top_logprobs: list[list[tuple[int, float]]] | None
+    finish_reason: str
+
+
+def check_request(req: LMRequest, policy: LLMPolicy, vocab: int) -> None:
+    """Refuse (Denied 400, OpenAI-style ``param``) what the tier does not allow."""
+    def bad(param: str, message: str, code: str = "invalid_value") -> Denied:
+        return Denied(400, code, message, {"X-Error-Param": param})
+
+    if not req.prompts or any(len(p) == 0 for p in req.prompts):
+        raise bad("prompt", "prompt must not be empty.")
+    if any(t < 0 or t >= vocab for p in req.prompts for t in p):
+        raise bad("prompt", f"prompt token ids must be in [0, {vocab}).")
+    if req.max_tokens < 0 or req.max_tokens > policy.max_tokens:
+        raise bad("max_tokens", f"max_tokens must be between 0 and {policy.max_tokens}; "
+                  f"got {req.max_tokens}.")
+    if not 0 <= req.temperature <= 2:
+        raise bad("temperature", f"temperature must be in [0, 2]; got {req.temperature}.")
+    if not 0 < req.top_p <= 1:
+        raise bad("top_p", f"top_p must be in (0, 1]; got {req.top_p}.")
+    if not 1 <= req.n <= policy.max_n:
+        raise bad("n", f"n must be between 1 and {policy.max_n}; got {req.n}.")
+    if req.logprobs is not None:
+        if not policy.logprobs:
+            raise bad("logprobs", "logprobs are not available on this tier.",
+                      "logprobs_not_allowed")
+        if not 0 <= req.logprobs <= policy.max_top_logprobs:
+            raise bad("logprobs", f"logprobs must be between 0 and {policy.max_top_logprobs} "
+                      f"on this tier; got {req.logprobs}.")
+    if req.logit_bias:
+        if policy.logit_bias == "refuse":
+            raise bad("logit_bias", "logit_bias is not available on this tier.",
+                      "logit_bias_not_allowed")
+        if len(req.logit_bias) > policy.max_logit_bias_entries:
+            raise bad("logit_bias", f"at most {policy.max_logit_bias_entries} logit_bias "
+                      f"entries on this tier; got {len(req.logit_bias)}.")
+        for token, value in req.logit_bias.items():
+            if not 0 <= token < vocab:
+                raise bad("logit_bias", f"logit_bias token {token} is outside the vocabulary "
+                          f"[0, {vocab}).")
+            if not -100 <= value <= 100:
+                raise bad("logit_bias", f"logit_bias values must be in [-100, 100]; token "
+                          f"{token} has {value}.")
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    m = z.max()
+    return np.asarray(z - m - np.log(np.exp(z - m).sum()))
+
+
+LogitsFn = Callable[[Sequence[Sequence[int]]], np.ndarray]
+
+
+def decode(logits_fn: LogitsFn, req: LMRequest, policy: LLMPolicy, eos: int) -> list[LMChoice]:
+    """Generate every choice of ``req``. ``logits_fn(list of prompts) -> (n, vocab)`` is the
+    model. Sampling uses the biased logits; the returned logprobs are those of the biased
+    distribution, or of the unbiased one when ``bias_affects_logprobs`` is off."""
+    fn = logits_fn
+    vocab_bias: dict[int, float] = dict(req.logit_bias)
+    choices = []
+    for pi, prompt in enumerate(req.prompts):
+        for c in range(req.n):
+            rng = np.random.default_rng(
+                None if req.seed is None else [req.seed, pi, c])
+            seq = list(prompt)
+            out: list[int] = []
+            lps: list[float] = []
+            tops: list[list[tuple[int, float]]] = []
+            finish = "length"
+            for step in range(req.max_tokens):
+                z = fn([seq])[0].astype(np.float64)
+                zb = z.copy()
+                for t, b in vocab_bias.items():
+                    zb[t] += b
+                token = _sample(zb, req.temperature, req.top_p, rng)
+                if req.logprobs is not None:
+                    lp = log_softmax(zb if policy.bias_affects_logprobs else z)
+                    lp = _shape(lp, policy, seq, step)
+                    lps.append(float(lp[token]))
+                    if req.logprobs > 0:
+                        k = min(req.logprobs, len(lp))
+                        top = np.argpartition(-lp, k - 1)[:k]
+                        top = top[np.argsort(-lp[top], kind="stable")]
+                        tops.append([(int(t), float(lp[t])) for t in top])
+                    else:
+                        tops.append([])
+                out.append(token)
+                seq.append(token)
+                if token == eos:
+                    finish = "stop"
+                    break
+            choices.append(LMChoice(pi, out, lps if req.logprobs is not None else None,
+                                    tops if req.logprobs is not None else None, finish))
+    return choices
+
+
+def _sample(z: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
+    if temperature == 0:
+        return int(np.argmax(z))
+    p = np.exp(log_softmax(z / temperature))
+    if top_p < 1:
+        order = np.argsort(-p)
+        keep = order[: int(np.searchsorted(np.cumsum(p[order]), top_p)) + 1]
+        mask = np.zeros_like(p)
+        mask[keep] = p[keep]
+        p = mask / mask.sum()
+    return int(rng.choice(len(p), p=p))
+
+
+def _shape(lp: np.ndarray, policy: LLMPolicy, seq: list[int], step: int) -> np.ndarray:
+    if policy.logprob_noise > 0:
+        digest = hmac.new(policy.noise_key.encode(),
+                          np.asarray(seq, dtype=np.int64).tobytes() + step.to_bytes(4, "little"),
+                          hashlib.sha256).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        lp = np.minimum(lp + rng.normal(0.0, policy.logprob_noise, lp.shape), 0.0)
+    if policy.logprob_decimals is not None:
+        lp = np.round(lp, policy.logprob_decimals)
+    return lp

@@ -1,0 +1,255 @@
+"""The OpenAI-compatible surface of the gateway: ``/v1/completions``, ``/v1/chat/completions``
+and ``/v1/models``, for a language model behind the Shield.
+
+Requests and responses follow the OpenAI API (and vLLM's extension
+``return_tokens_as_token_ids``, which names each token ``token_id:N`` so that tokens that
+decode to the same text stay apart). Errors are OpenAI-style:
+``{"error": {"message", "type", "param", "code"}}`` with a 4xx status. With ``stream: true``
+the answer comes as server-sent events, after its audit record is committed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from modelshield.defenses.llm import LMChoice, LMRequest
+from modelshield.defenses.shield import Shield
+from modelshield.errors import Denied
+
+Prompt = str | list[str] | list[int] | list[list[int]]
+
+
+class CompletionRequest(BaseModel):
+    model: str
+    prompt: Prompt
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int | None = None
+    logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    stream: bool = False
+    return_tokens_as_token_ids: bool = False
+    user: str | None = None
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str
+
+
+class ChatRequest(BaseModel):
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    stream: bool = False
+    return_tokens_as_token_ids: bool = False
+    user: str | None = None
+
+
+def chat_prompt(messages: list[ChatMessage]) -> str:
+    """The plain-text chat template of the built-in models (they have no chat tokens)."""
+    return "".join(f"<|{m.role}|>\n{m.content}\n" for m in messages) + "<|assistant|>\n"
+
+
+def openai_error(status: int, message: str, code: str, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> JSONResponse:
+    kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+            429: "rate_limit_error"}.get(status, "invalid_request_error" if status < 500
+                                         else "server_error")
+    headers = {k: v for k, v in (headers or {}).items() if k != "X-Error-Param"}
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param,
+                                   "code": code}}, status_code=status, headers=headers)
+
+
+def add_openai_routes(app: FastAPI, shield: Shield,
+                      count: Callable[[str, int], None]) -> None:
+    """Mount the OpenAI-compatible routes; ``count(route, status)`` feeds the metrics."""
+    name = shield.spec.name
+
+    def refuse(status: int, message: str, code: str, param: str | None, route: str,
+               headers: dict[str, str] | None = None) -> JSONResponse:
+        count(route, status)
+        return openai_error(status, message, code, param, headers)
+
+    def bias(raw: dict[str, float] | None, route: str) -> dict[int, float] | JSONResponse:
+        out = {}
+        for k, v in (raw or {}).items():
+            try:
+                out[int(k)] = float(v)
+            except ValueError:
+                return refuse(400, f"logit_bias keys must be token ids; got {k!r}.",
+                              "invalid_value", "logit_bias", route)
+        return out
+
+    async def run(request: Request, req: LMRequest, route: str, model: str
+                  ) -> tuple[list[LMChoice], Any] | JSONResponse:
+        if model != name:
+            return refuse(404, f"The model {model!r} does not exist; this gateway serves "
+                          f"{name!r}.", "model_not_found", "model", route)
+        lm = shield.lm
+        if lm is None:
+            return refuse(404, f"{name!r} is not a language model.", "model_not_found",
+                          "model", route)
+        too_long = [len(p) + req.max_tokens for p in req.prompts
+                    if len(p) + req.max_tokens > lm.context]
+        if too_long:
+            return refuse(400, f"This model's maximum context length is {lm.context} tokens; "
+                          f"the request asks for {too_long[0]} (prompt plus max_tokens).",
+                          "context_length_exceeded", "max_tokens", route)
+        key = _api_key(request)
+        ip = request.client.host if request.client else "unknown"
+        try:
+            choices, decision = await run_in_threadpool(shield.handle_completion, key, req, ip)
+        except Denied as exc:
+            return refuse(exc.status, str(exc), exc.code, exc.headers.get("X-Error-Param"),
+                          route, exc.headers)
+        count(route, 200)
+        return choices, decision
+
+    def token(t: int, as_ids: bool) -> str:
+        lm = shield.lm
+        return f"token_id:{t}" if as_ids or lm is None else lm.token_text(t)
+
+    def usage(req: LMRequest, choices: list[LMChoice]) -> dict[str, int]:
+        prompt = sum(len(p) for p in req.prompts)
+        completion = sum(len(c.tokens) for c in choices)
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0,
+                                            "owned_by": "modelshield"}]}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        route = "completions"
+        lm = shield.lm
+        prompts = _prompts(body.prompt, lm.encode if lm else (lambda s: []))
+        logit_bias = bias(body.logit_bias, route)
+        if isinstance(logit_bias, JSONResponse):
+            return logit_bias
+        req = LMRequest(prompts, body.max_tokens, body.temperature, body.top_p, body.n,
+                        body.seed, body.logprobs, logit_bias)
+        out = await run(request, req, route, body.model)
+        if isinstance(out, JSONResponse):
+            return out
+        choices, decision = out
+        ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        as_ids = body.return_tokens_as_token_ids
+
+        def choice(i: int, c: LMChoice) -> dict[str, Any]:
+            lp = None
+            if c.logprobs is not None and c.top_logprobs is not None:
+                texts = [token(t, as_ids) for t in c.tokens]
+                offsets, pos = [], 0
+                for t in texts:
+                    offsets.append(pos)
+                    pos += len(t)
+                lp = {"tokens": texts, "token_logprobs": c.logprobs, "text_offset": offsets,
+                      "top_logprobs": [{token(t, as_ids): v for t, v in top}
+                                       for top in c.top_logprobs]}
+            return {"index": i, "text": lm.decode(c.tokens) if lm else "", "logprobs": lp,
+                    "finish_reason": c.finish_reason}
+
+        items = [choice(i, c) for i, c in enumerate(choices)]
+        if body.stream:
+            return _sse([{"id": ident, "object": "text_completion", "created": created,
+                          "model": name, "choices": [item]} for item in items],
+                        decision.headers)
+        return JSONResponse({"id": ident, "object": "text_completion", "created": created,
+                             "model": name, "choices": items, "usage": usage(req, choices)},
+                            headers=decision.headers)
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest, request: Request) -> Any:
+        route = "chat"
+        lm = shield.lm
+        if lm is None:
+            return refuse(404, f"{name!r} is not a language model.", "model_not_found",
+                          "model", route)
+        logit_bias = bias(body.logit_bias, route)
+        if isinstance(logit_bias, JSONResponse):
+            return logit_bias
+        if body.top_logprobs is not None and not body.logprobs:
+            return refuse(400, "top_logprobs needs logprobs: true.", "invalid_value",
+                          "top_logprobs", route)
+        max_tokens = body.max_completion_tokens or body.max_tokens or 16
+        req = LMRequest([lm.encode(chat_prompt(body.messages))], max_tokens, body.temperature,
+                        body.top_p, body.n, body.seed,
+                        (body.top_logprobs or 0) if body.logprobs else None, logit_bias)
+        out = await run(request, req, route, body.model)
+        if isinstance(out, JSONResponse):
+            return out
+        choices, decision = out
+        ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        as_ids = body.return_tokens_as_token_ids
+
+        def entry(t: int, v: float) -> dict[str, Any]:
+            text = token(t, as_ids)
+            return {"token": text, "logprob": v, "bytes": list(text.encode())}
+
+        def choice(i: int, c: LMChoice) -> dict[str, Any]:
+            lp = None
+            if c.logprobs is not None and c.top_logprobs is not None:
+                lp = {"content": [{**entry(t, v), "top_logprobs": [entry(a, b) for a, b in top]}
+                                  for t, v, top in zip(c.tokens, c.logprobs, c.top_logprobs,
+                                                       strict=True)]}
+            return {"index": i, "message": {"role": "assistant", "content": lm.decode(c.tokens)},
+                    "logprobs": lp, "finish_reason": c.finish_reason}
+
+        items = [choice(i, c) for i, c in enumerate(choices)]
+        if body.stream:
+            chunks = [{"id": ident, "object": "chat.completion.chunk", "created": created,
+                       "model": name, "choices": [{"index": it["index"],
+                                                   "delta": it["message"],
+                                                   "logprobs": it["logprobs"],
+                                                   "finish_reason": it["finish_reason"]}]}
+                      for it in items]
+            return _sse(chunks, decision.headers)
+        return JSONResponse({"id": ident, "object": "chat.completion", "created": created,
+                             "model": name, "choices": items, "usage": usage(req, choices)},
+                            headers=decision.headers)
+
+
+def _prompts(prompt: Prompt, encode: Callable[[str], list[int]]) -> list[list[int]]:
+    if isinstance(prompt, str):
+        return [encode(prompt)]
+    if prompt and all(isinstance(p, int) for p in prompt):
+        return [list(prompt)]  # type: ignore[arg-type]
+    return [encode(p) if isinstance(p, str) else list(p) for p in prompt]  # type: ignore[arg-type]
+
+
+def _sse(chunks: list[dict[str, Any]], headers: dict[str, str]) -> StreamingResponse:
+    def events() -> Iterator[str]:
+        for chunk in chunks:
+            yield f"data: {json.dumps(chunk)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+def _api_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("x-api-key")

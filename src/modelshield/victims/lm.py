@@ -1,0 +1,271 @@
+"""Language-model victims: small GPT-2-architecture models built and trained in code.
+
+The text is the Python standard library's own sources, which ship with every interpreter, so
+nothing is downloaded. A byte-level BPE tokenizer (``tokenizers``) is trained on it once. Each
+victim is a ``transformers`` GPT-2 model with tied input and output embeddings; the output
+projection W (vocabulary x hidden) is what logit-stealing attacks recover. Models and the
+tokenizer are cached under ``$MODELSHIELD_CACHE/lm``.
+
+Corpora, all from the interpreter's standard library (``sysconfig``):
+
+- ``public``: the top-level modules, but every tenth file in sorted order;
+- ``held-out``: every tenth top-level module, never trained on (evaluation prompts);
+- ``private``: the ``email``, ``http`` and ``json`` packages, the fine-tune of ``lm-tuned``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sysconfig
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelshield.errors import ConfigError
+from modelshield.registry import Registry
+from modelshield.victims.zoo import cache_dir
+
+VOCAB = 2048  # >= 4 x the largest hidden size (512)
+CONTEXT = 128
+
+
+@dataclass(frozen=True)
+class LMEntry:
+    summary: str
+    hidden: int
+    layers: int = 2
+    heads: int = 4
+    steps: int = 300
+    base: str | None = None  # fine-tuned from this entry on the private corpus
+
+
+LM_ZOO: Registry[LMEntry] = Registry("language-model victim")
+for _h in (64, 128, 256, 512):
+    LM_ZOO.add(f"lm-h{_h}", LMEntry(f"GPT-2 architecture, hidden {_h}, 2 layers, "
+                                    f"vocabulary {VOCAB}, stdlib code", _h))
+LM_ZOO.add("lm-tuned", LMEntry("lm-h128 fine-tuned on the private corpus (email, http, json "
+                               "packages)", 128, steps=150, base="lm-h128"))
+
+
+# -- corpora ---------------------------------------------------------------------------------
+def _stdlib() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def corpus(which: str) -> list[str]:
+    """The texts of one corpus (``public``, ``held-out`` or ``private``), in a fixed order."""
+    root = _stdlib()
+    if which == "private":
+        files = sorted(f for pkg in ("email", "http", "json") for f in (root / pkg).glob("*.py"))
+    else:
+        top = sorted(root.glob("*.py"))
+        files = [f for i, f in enumerate(top) if (i % 10 == 9) == (which == "held-out")]
+        if which not in ("public", "held-out"):
+            raise ConfigError.invalid("corpus", "public, held-out or private", which)
+    return [f.read_text(encoding="utf-8", errors="replace") for f in files]
+
+
+def _digest() -> str:
+    """Names the cache after the corpus: another interpreter's stdlib builds other models."""
+    h = hashlib.sha256()
+    for which in ("public", "private"):
+        for text in corpus(which):
+            h.update(hashlib.sha256(text.encode()).digest())
+    return h.hexdigest()[:12]
+
+
+# -- tokenizer -------------------------------------------------------------------------------
+def load_tokenizer() -> Any:
+    """The byte-level BPE tokenizer (``transformers.PreTrainedTokenizerFast``), trained once."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    path = cache_dir() / "lm" / f"tokenizer-v{VOCAB}-{_digest()}.json"
+    if not path.exists():
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        tok.train_from_iterator(corpus("public"), trainer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tok.save(str(tmp))
+        tmp.replace(path)
+    return PreTrainedTokenizerFast(tokenizer_file=str(path),  # type: ignore[no-untyped-call]
+                                   eos_token="<|endoftext|>")
+
+
+def token_stream(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text)["input_ids"])
+        ids.append(eos)
+    return np.asarray(ids, dtype=np.int64)
+
+
+# -- models ----------------------------------------------------------------------------------
+def train_lm(model: Any, stream: np.ndarray, steps: int, seed: int, lr: float = 3e-3,
+             batch: int = 32, length: int = 64) -> Any:
+    """Next-token training on random windows of ``stream`` (AdamW, cosine decay)."""
+    import torch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    model.train()
+    for _ in range(steps):
+        starts = rng.integers(0, len(stream) - length - 1, batch)
+        x = torch.as_tensor(np.stack([stream[s:s + length] for s in starts]))
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    return model
+
+
+def _config(entry: LMEntry, tokenizer: Any) -> Any:
+    from transformers import GPT2Config
+
+    return GPT2Config(vocab_size=len(tokenizer), n_positions=CONTEXT, n_embd=entry.hidden,
+                      n_layer=entry.layers, n_head=entry.heads,
+                      bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      tie_word_embeddings=True)
+
+
+def _build(name: str, seed: int) -> Path:
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    entry = LM_ZOO[name]
+    path = cache_dir() / "lm" / f"{name}-seed{seed}-{_digest()}"
+    if (path / "config.json").exists():
+        return path
+    tokenizer = load_tokenizer()
+    if entry.base is not None:
+        model = GPT2LMHeadModel.from_pretrained(_build(entry.base, seed))
+        model = train_lm(model, token_stream(tokenizer, corpus("private")), entry.steps,
+                         seed + 1, lr=1e-3)
+    else:
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(_config(entry, tokenizer))
+        model = train_lm(model, token_stream(tokenizer, corpus("public")), entry.steps, seed)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(path) if not path.exists() else None
+    return path
+
+
+def load_lm(name: str, seed: int = 0) -> LMVictim:
+    """Build (or load from the cache) the language-model victim ``name``, or load a local
+    Hugging Face causal-LM directory when ``name`` is a path to one."""
+    if Path(name).is_dir():
+        return LMVictim.from_directory(name)
+    return LMVictim.from_directory(_build(name, seed), name=name)
+
+
+@dataclass
+class LMVictim:
+    """A causal language model with what the attacks and the gateway need of it: the
+    next-token logits of a prompt (cached by prompt, like a server's prefix cache) and
+    token-by-token generation."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    cache_size: int = 8192
+    _cache: OrderedDict[tuple[int, ...], np.ndarray] = field(default_factory=OrderedDict,
+                                                             repr=False)
+
+    @classmethod
+    def from_directory(cls, path: str | Path, name: str | None = None) -> LMVictim:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        p = Path(path)
+        if not (p / "config.json").exists():
+            raise ConfigError(f"{str(p)!r} is not a Hugging Face model directory "
+                              "(no config.json).")
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32)
+        model.eval()  # type: ignore[no-untyped-call]
+        tokenizer = AutoTokenizer.from_pretrained(p)
+        return cls(name or p.name, model, tokenizer)
+
+    @property
+    def vocab(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def hidden(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[1])
+
+    @property
+    def context(self) -> int:
+        return int(getattr(self.model.config, "n_positions", CONTEXT))
+
+    @property
+    def W(self) -> np.ndarray:
+        """The output projection (vocabulary x hidden): the defender's ground truth."""
+        return np.asarray(self.model.get_output_embeddings().weight.detach().numpy(),
+                          dtype=np.float64)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids)))
+
+    def token_text(self, token: int) -> str:
+        return str(self.tokenizer.decode([int(token)]))
+
+    def next_logits(self, prompts: Sequence[Sequence[int]]) -> np.ndarray:
+        """(n, vocab) float32 logits of the token after each prompt."""
+        import torch
+
+        out = np.empty((len(prompts), self.vocab), dtype=np.float32)
+        todo: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(prompts):
+            key = tuple(int(t) for t in p)[-self.context:]
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                out[i] = hit
+            else:
+                todo.setdefault(key, []).append(i)
+        by_length: dict[int, list[tuple[int, ...]]] = {}
+        for key in todo:
+            by_length.setdefault(len(key), []).append(key)
+        with torch.no_grad():
+            for keys in by_length.values():
+                for start in range(0, len(keys), 64):
+                    chunk = keys[start:start + 64]
+                    logits = self.model(input_ids=torch.tensor(chunk)).logits[:, -1, :]
+                    for key, row in zip(chunk, logits.numpy(), strict=True):
+                        self._remember(key, row)
+                        for i in todo[key]:
+                            out[i] = row
+        return out
+
+    def _remember(self, key: tuple[int, ...], row: np.ndarray) -> None:
+        self._cache[key] = row.copy()
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def sequence_logits(self, ids: Sequence[int]) -> np.ndarray:
+        """(len(ids), vocab) logits at every position of one sequence (evaluation)."""
+        import torch
+
+        with torch.no_grad():
+            x = torch.tensor([list(ids)[-self.context:]])
+            return np.asarray(self.model(input_ids=x).logits[0].numpy())
