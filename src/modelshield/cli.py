@@ -6,6 +6,7 @@ its ``exit_code`` (2 for a wrong name or value), never with a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -47,9 +48,13 @@ def main() -> None:
 @app.command()
 def victims() -> None:
     """List the built-in victims."""
+    from modelshield.victims.lm import LM_ZOO
+
     table = Table("name", "model", title="built-in victims")
     for name, entry in ZOO.items():
         table.add_row(name, entry.summary)
+    for name, lm in LM_ZOO.items():
+        table.add_row(name, lm.summary)
     console.print(table)
 
 
@@ -60,6 +65,11 @@ def attacks() -> None:
     for name, cls in ATTACKS.items():
         params = ", ".join(p for p in cls.parameters() if p != "random_state")
         table.add_row(name, cls.summary(), cls.needs, params)
+    from modelshield.attacks.logit_stealing import LM_ATTACKS
+
+    for name, lm_cls in LM_ATTACKS.items():
+        params = ", ".join(f.name for f in dataclasses.fields(lm_cls) if f.name != "random_state")
+        table.add_row(name, lm_cls.summary(), lm_cls.needs, params)
     console.print(table)
 
 
@@ -86,12 +96,26 @@ def attack(
              "applies the key's tier instead).")] = "full",
     budget: Annotated[int, typer.Option(min=1, help="Most queries the attacker may send.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed for the victim's split and the attack.")] = 0,
-    price: Annotated[float, typer.Option(min=0.0, help="Dollars per 1,000 queries.")] = 1.0,
+    price: Annotated[float, typer.Option(
+        min=0.0, help="Dollars per 1,000 queries (per 1,000 tokens for language models).")]
+    = 1.0,
     param: Annotated[list[str] | None, typer.Option(
         help="Attack parameter as key=value (repeatable), e.g. --param method=adaptive.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
 ) -> None:
-    """Run one attack against a built-in victim behind an output policy, or a gateway."""
+    """Run one attack against a built-in victim behind an output policy, or a gateway.
+
+    Language-model attacks (llm-*) run against an OpenAI-compatible --target, or in-process
+    against a built-in language model (--victim lm-h64, ...) that lets every logprob out.
+    """
+    from modelshield.attacks.logit_stealing import LM_ATTACKS
+
+    if attack in LM_ATTACKS:
+        _lm_attack(attack, victim, target, api_key, budget, seed, price, param or [], json_out)
+        return
+    if attack not in ATTACKS:
+        raise ConfigError(f"Unknown attack {attack!r}. Choose one of: "
+                          f"{', '.join([*ATTACKS, *LM_ATTACKS])}.")
     cls = ATTACKS[attack]
     parse_policy(policy)  # fail on a bad policy before training anything
     params = parse_params(cls, param or [])
@@ -116,6 +140,64 @@ def attack(
         console.print(f"wrote {json_out}")
     if result.status != "ok":
         raise typer.Exit(3)
+
+
+def _lm_attack(attack: str, victim: str | None, target: str | None, api_key: str | None,
+               budget: int, seed: int, price: float, param: list[str],
+               json_out: Path | None) -> None:
+    import tempfile
+
+    from modelshield.attacks.logit_stealing import LM_ATTACKS, alignment_error
+
+    cls = LM_ATTACKS[attack]
+    params = parse_params(cls, param)
+    shield = None
+    with tempfile.TemporaryDirectory() as tmp:
+        if target is not None:
+            if not api_key:
+                raise ConfigError("--target needs --api-key.")
+            from modelshield.oracle.lm import OpenAIOracle
+
+            oracle: Any = OpenAIOracle(target, api_key, price_per_1k_tokens=price)
+        elif victim is not None:
+            from modelshield.defenses.shield import Shield
+            from modelshield.oracle.lm import ShieldLMOracle
+
+            with console.status(f"loading {victim} …"):
+                shield = Shield.from_config({
+                    "model": {"builtin": None, "lm": victim, "seed": seed},
+                    "audit_url": f"sqlite:///{tmp}/audit.db",
+                    "tiers": {"open": {"llm": {"max_top_logprobs": 1 << 20}}}})
+            oracle = ShieldLMOracle(shield, shield.store.create_key("open")[0],
+                                    price_per_1k_tokens=price)
+        else:
+            raise ConfigError("Give --victim lm-NAME (in-process) or --target URL --api-key "
+                              "KEY.")
+        try:
+            with console.status(f"{attack} on {oracle.name} …"):
+                e = cls(random_state=seed, **params).run(oracle, budget)
+        finally:
+            oracle.close()
+        table = Table("attack", "variant", "hidden size", "queries", "requests", "tokens", "$",
+                      "seconds", title="language-model stealing")
+        table.add_row(attack, e.variant, str(e.hidden_size), f"{e.queries:,}",
+                      f"{e.requests:,}", f"{e.tokens:,}", f"{e.cost:.2f}", f"{e.seconds:.1f}")
+        console.print(table)
+        result: dict[str, Any] = {"attack": attack, "variant": e.variant,
+                                  "hidden_size": e.hidden_size, "queries": e.queries,
+                                  "requests": e.requests, "tokens": e.tokens, "cost": e.cost,
+                                  "seconds": e.seconds, "info": e.info}
+        if shield is not None:
+            result["true_hidden_size"] = shield.lm.hidden
+            if e.W is not None:
+                result["W_error"] = alignment_error(e.W, shield.lm.W)
+                console.print(f"W alignment error (defender's check): {result['W_error']}")
+            shield.close()
+        for v, why in e.info.get("blocked_variants", {}).items():
+            console.print(f"[yellow]{v} blocked:[/] {why}", highlight=False)
+        if json_out:
+            json_out.write_text(json.dumps(result, indent=2, default=float))
+            console.print(f"wrote {json_out}")
 
 
 WorkersOpt = Annotated[int, typer.Option(min=0, help="Cells run at once (0: one per core).")]

@@ -137,8 +137,12 @@ def add_openai_routes(app: FastAPI, shield: Shield,
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0,
-                                            "owned_by": "modelshield"}]}
+        lm = shield.lm
+        data: dict[str, Any] = {"id": name, "object": "model", "created": 0,
+                                "owned_by": "modelshield"}
+        if lm is not None:
+            data.update(vocab_size=lm.vocab, context_length=lm.context)
+        return {"object": "list", "data": [data]}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Any:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sysconfig
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -45,6 +46,8 @@ class LMEntry:
 
 
 LM_ZOO: Registry[LMEntry] = Registry("language-model victim")
+LM_ZOO.add("lm-tiny", LMEntry("GPT-2 architecture, hidden 32, 1 layer: for tests", 32, layers=1,
+                              heads=2, steps=150))
 for _h in (64, 128, 256, 512):
     LM_ZOO.add(f"lm-h{_h}", LMEntry(f"GPT-2 architecture, hidden {_h}, 2 layers, "
                                     f"vocabulary {VOCAB}, stdlib code", _h))
@@ -113,13 +116,17 @@ def token_stream(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
 
 # -- models ----------------------------------------------------------------------------------
 def train_lm(model: Any, stream: np.ndarray, steps: int, seed: int, lr: float = 3e-3,
-             batch: int = 32, length: int = 64) -> Any:
+             batch: int = 16, length: int = 64) -> Any:
     """Next-token training on random windows of ``stream`` (AdamW, cosine decay)."""
     import torch
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    # The usual GPT-2 recipe: no weight decay on biases and LayerNorm parameters.
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    free = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
+                             {"params": free, "weight_decay": 0.0}], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     model.train()
     for _ in range(steps):
@@ -143,12 +150,22 @@ def _config(entry: LMEntry, tokenizer: Any) -> Any:
                       tie_word_embeddings=True)
 
 
+def _quiet() -> None:
+    """transformers' progress bars and notices are noise in a CLI's output."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
 def _build(name: str, seed: int) -> Path:
     import torch
     from transformers import GPT2LMHeadModel
 
+    _quiet()
     entry = LM_ZOO[name]
-    path = cache_dir() / "lm" / f"{name}-seed{seed}-{_digest()}"
+    recipe = f"h{entry.hidden}-l{entry.layers}-s{entry.steps}"
+    path = cache_dir() / "lm" / f"{name}-{recipe}-seed{seed}-{_digest()}"
     if (path / "config.json").exists():
         return path
     tokenizer = load_tokenizer()
@@ -163,7 +180,10 @@ def _build(name: str, seed: int) -> Path:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.replace(path) if not path.exists() else None
+    if path.exists():  # another process built it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.replace(path)
     return path
 
 
@@ -193,6 +213,7 @@ class LMVictim:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        _quiet()
         p = Path(path)
         if not (p / "config.json").exists():
             raise ConfigError(f"{str(p)!r} is not a Hugging Face model directory "

@@ -1,0 +1,356 @@
+"""Stealing a language model's hidden size and output projection through its API
+(Carlini et al., "Stealing Part of a Production Language Model", ICML 2024; Finlayson et al.,
+"Logits of API-Protected LLMs Leak Proprietary Information", COLM 2024).
+
+A transformer's logits are ``W x`` with W the (vocabulary x hidden) output projection, so
+logit vectors collected over many prompts span a space of dimension ``hidden``: the singular
+values of the stacked vectors drop sharply after the hidden size, and the top right singular
+vectors give W up to a hidden x hidden linear map.
+
+The logit vectors come from one of three variants of the API, the cheapest first:
+
+- ``full``: the API returns every token's logprob (``logprobs = vocabulary``), one query a
+  vector; logprobs are logits minus one constant per prompt, which centring removes;
+- ``topk-bias``: top-k logprobs plus logit bias. Biasing k-1 tokens by B puts them in the
+  top k beside the reference token r, and ``(lp_i - b_i) - (lp_r - b_r) = z_i - z_r``:
+  k-1 logit differences per query. When the API's logprobs ignore the bias (the vendors'
+  fix of March 2024) the biased tokens never show, and the variant says so;
+- ``bias-search``: no logprobs at all. At temperature 0 the answer is the argmax, so the
+  smallest bias that makes token i win is ``z_r - z_i``, found by bisection: about
+  log2(B / tolerance) queries per logit.
+
+An attacker does not need every token to learn the hidden size: any m > hidden tokens span
+the same rank, so the hidden-size attack reads logits of a random subset of tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from modelshield.errors import AttackFailed, BudgetExhausted, ConfigError
+from modelshield.oracle.lm import LMOracle, Refused
+from modelshield.registry import Registry
+
+LM_ATTACKS: Registry[type[LMAttack]] = Registry("language-model attack")
+VARIANTS = ("full", "topk-bias", "bias-search")
+
+
+class VariantBlocked(AttackFailed):
+    """The API does not let one variant through (with the API's own reason)."""
+
+
+@dataclass
+class LMExtraction:
+    """What a language-model attack took away, and what it cost."""
+
+    attack: str
+    variant: str
+    queries: int
+    requests: int
+    tokens: int
+    cost: float
+    seconds: float
+    hidden_size: int | None = None
+    singular_values: list[float] = field(default_factory=list)
+    W: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LMAttack:
+    """Base: a dataclass of parameters with one entry, ``run(oracle, budget)``."""
+
+    name: ClassVar[str]
+    paper: ClassVar[str] = "Carlini et al., ICML 2024; Finlayson et al., COLM 2024"
+    needs: ClassVar[str] = "logprobs or logit bias"
+
+    variant: str = "auto"
+    prompts_per_round: int = 64
+    prompt_length: int = 8
+    top_k: int = 5
+    bias: float = 100.0
+    tolerance: float = 1e-3
+    random_state: int = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            LM_ATTACKS.add(cls.name, cls)
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("auto", *VARIANTS):
+            raise ConfigError.invalid("variant", "auto, " + ", ".join(VARIANTS), self.variant)
+        if self.top_k < 2:
+            raise ConfigError.invalid("top_k", "an integer >= 2", self.top_k)
+        if self.prompts_per_round < 1 or self.prompt_length < 1:
+            raise ConfigError.invalid("prompts_per_round", "an integer >= 1",
+                                      self.prompts_per_round)
+
+    @classmethod
+    def summary(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0]
+
+    def run(self, oracle: LMOracle, budget: int) -> LMExtraction:
+        """Try the variants cheapest first (or the one asked for); a blocked variant is
+        reported with the API's reason and the cost of the ones left."""
+        if budget < 1:
+            raise ConfigError.invalid("budget", "an integer >= 1", budget)
+        start = time.perf_counter()
+        rng = np.random.default_rng(self.random_state)
+        blocked: dict[str, str] = {}
+        for variant in (VARIANTS if self.variant == "auto" else (self.variant,)):
+            try:
+                out = self.extract(Collector(oracle, budget, variant, self, rng), rng)
+            except VariantBlocked as exc:
+                blocked[variant] = str(exc)
+                continue
+            out.seconds = time.perf_counter() - start
+            out.info["blocked_variants"] = blocked
+            return out
+        raise VariantBlocked(f"{self.name}: " + "; ".join(
+            f"{v}: {why}" for v, why in blocked.items()) + "; " + remaining_cost(
+            oracle.vocab, self.top_k, blocked, self.bias, self.tolerance))
+
+    def extract(self, c: Collector, rng: np.random.Generator) -> LMExtraction:
+        raise NotImplementedError
+
+
+def remaining_cost(vocab: int, k: int, blocked: dict[str, str], bias: float,
+                   tolerance: float) -> str:
+    """What each variant not yet blocked would cost, in queries per full logit vector."""
+    cost = {"full": 1, "topk-bias": 1 + math.ceil((vocab - 1) / (k - 1)),
+            "bias-search": (vocab - 1) * bisection_steps(bias, tolerance)}
+    left = [f"{v} ~{cost[v]:,} queries per logit vector" for v in VARIANTS if v not in blocked]
+    return ("still open: " + ", ".join(left)) if left else "every variant is blocked"
+
+
+def bisection_steps(bias: float, tolerance: float) -> int:
+    return max(1, math.ceil(math.log2(bias / tolerance))) + 1
+
+
+class Collector:
+    """Gathers logit-difference vectors of prompts over a token subset through one variant,
+    within a query budget; counts what each vector cost."""
+
+    def __init__(self, oracle: LMOracle, budget: int, variant: str, attack: LMAttack,
+                 rng: np.random.Generator) -> None:
+        self.oracle, self.budget, self.variant, self.a, self.rng = (oracle, budget, variant,
+                                                                    attack, rng)
+        self.start = oracle.used
+        self.rows: list[np.ndarray] = []
+
+    @property
+    def used(self) -> int:
+        return self.oracle.used - self.start
+
+    def _ask(self, prompts: list[list[int]], **kw: Any) -> Any:
+        if self.used + len(prompts) > self.budget:
+            raise BudgetExhausted(len(prompts), self.used, self.budget)
+        try:
+            return self.oracle.complete(prompts, **kw)
+        except Refused as exc:
+            if exc.status in (400, 403) and exc.code in (
+                    "logprobs_not_allowed", "logit_bias_not_allowed", "invalid_value",
+                    "logprobs_withdrawn"):
+                raise VariantBlocked(f"the API refused it ({exc})") from None
+            raise
+
+    def prompts(self, n: int) -> list[list[int]]:
+        """Random token prompts (the attacker needs no data)."""
+        v = self.oracle.vocab
+        return [list(map(int, self.rng.integers(0, v, self.a.prompt_length))) for _ in range(n)]
+
+    def vectors(self, prompts: list[list[int]], tokens: np.ndarray) -> np.ndarray:
+        """(len(prompts), len(tokens)) logits up to one constant per prompt."""
+        if self.variant == "full":
+            return self._full(prompts, tokens)
+        if self.variant == "topk-bias":
+            return self._topk(prompts, tokens)
+        return np.stack([self._search(p, tokens) for p in prompts])
+
+    def _full(self, prompts: list[list[int]], tokens: np.ndarray) -> np.ndarray:
+        v = self.oracle.vocab
+        out = self._ask(prompts, max_tokens=1, logprobs=v)
+        rows = []
+        for c in out:
+            top = c.top_logprobs[0] if c.top_logprobs else {}
+            if len(top) < v:
+                raise VariantBlocked(f"the API returned {len(top)} of {v} "
+                                     "logprobs")
+            rows.append(np.array([top[int(t)] for t in tokens]))
+        return np.stack(rows)
+
+    def _topk(self, prompts: list[list[int]], tokens: np.ndarray) -> np.ndarray:
+        k, b = self.a.top_k, self.a.bias
+        first = self._ask(prompts, max_tokens=1, logprobs=k)
+        ref = []
+        for c in first:
+            top = c.top_logprobs[0] if c.top_logprobs else {}
+            if not top:
+                raise VariantBlocked("the API returned no top logprobs")
+            ref.append(max(top, key=lambda t: top[t]))
+        rows = np.full((len(prompts), len(tokens)), np.nan)
+        for start in range(0, len(tokens), k - 1):
+            chunk = [int(t) for t in tokens[start:start + k - 1]]
+            out = self._ask(prompts, max_tokens=1, logprobs=k,
+                            logit_bias={t: b for t in chunk})
+            seen, expected = 0, len(prompts) * len(chunk)
+            for i, c in enumerate(out):
+                top = c.top_logprobs[0] if c.top_logprobs else {}
+                r = ref[i]
+                if r not in top:
+                    continue
+                lr = top[r] - (b if r in chunk else 0.0)
+                for j, t in enumerate(chunk):
+                    if t in top:
+                        rows[i, start + j] = top[t] - b - lr
+                        seen += 1
+            if seen < expected / 2:  # a bias of +B puts them all there, if it counts
+                raise VariantBlocked("biased tokens do not rise into the top logprobs: the "
+                                     "API's logprobs ignore logit_bias")
+        if np.isnan(rows).any():
+            raise AttackFailed(f"{self.a.name}: " + f"{int(np.isnan(rows).sum())} logits were not "
+                               "recovered (is the bias large enough?)")
+        return rows
+
+    def _search(self, prompt: list[int], tokens: np.ndarray) -> np.ndarray:
+        """Bisection on the bias that makes each token the argmax: z_ref - z_t."""
+        b, tol = self.a.bias, self.a.tolerance
+        ref = self._ask([prompt], max_tokens=1, temperature=0.0)[0].tokens[0]
+        row = np.zeros(len(tokens))
+        for j, t in enumerate(int(x) for x in tokens):
+            if t == ref:
+                continue
+            lo, hi = 0.0, b
+            if self._ask([prompt], max_tokens=1, temperature=0.0,
+                         logit_bias={t: hi})[0].tokens[0] != t:
+                row[j] = -np.inf  # further below the argmax than the largest bias allowed
+                continue
+            while hi - lo > tol:
+                mid = (lo + hi) / 2
+                won = self._ask([prompt], max_tokens=1, temperature=0.0,
+                                logit_bias={t: mid})[0].tokens[0] == t
+                lo, hi = (lo, mid) if won else (mid, hi)
+            row[j] = -(lo + hi) / 2
+        if np.isinf(row).any():
+            raise AttackFailed(f"{self.a.name}: " + "some logits lie more than the largest allowed "
+                               "bias below the argmax")
+        return row
+
+
+def hidden_from_singular_values(s: np.ndarray, margin: int = 16, min_gap: float = 20.0
+                                ) -> int | None:
+    """How many singular values ``s`` (descending) stand above the noise floor.
+
+    The floor is the median of the last ``margin`` values, which are noise once more than
+    hidden + margin vectors of more than hidden + margin logits are stacked. The hidden size
+    is the count of values over ten times the floor, accepted when at least ``margin``
+    values lie below it and the last one drops by ``min_gap`` or more to the next. (Not
+    simply the sharpest drop: the final LayerNorm's bias adds one direction every prompt
+    shares, which can be small, and the drop before it then outdoes the one after it.)
+    """
+    s = np.asarray(s, dtype=np.float64)
+    s = s[s > 0]
+    if len(s) < margin + 2:
+        return None
+    floor = float(np.median(s[-margin:]))
+    h = int(np.sum(s > 10 * floor))
+    if h == 0 or h > len(s) - margin or s[h - 1] / s[h] < min_gap:
+        return None
+    return h
+
+
+def centred_svd(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    q = rows - rows.mean(axis=1, keepdims=True)
+    _, s, vt = np.linalg.svd(q, full_matrices=False)
+    return s, vt
+
+
+@dataclass
+class HiddenSize(LMAttack):
+    """Recover a language model's hidden size from the rank of its logit vectors."""
+
+    name = "llm-hidden-size"
+    n_tokens: int = 0  # tokens whose logits are read (0: all for 'full', 768 otherwise)
+    margin: int = 16
+
+    def extract(self, c: Collector, rng: np.random.Generator) -> LMExtraction:
+        v = c.oracle.vocab
+        m = self.n_tokens or (v if c.variant == "full" else min(v, 768))
+        tokens = np.sort(rng.choice(v, m, replace=False))
+        rows: list[np.ndarray] = []
+        hidden = None
+        s = np.empty(0)
+        while True:
+            try:
+                rows.extend(c.vectors(c.prompts(self.prompts_per_round), tokens))
+            except BudgetExhausted:
+                break
+            s, _ = centred_svd(np.stack(rows))
+            hidden = hidden_from_singular_values(s, self.margin)
+            if hidden is not None:
+                break
+        if hidden is None:
+            raise AttackFailed(f"{self.name}: " + f"no sharp drop in the singular values after "
+                               f"{len(rows)} vectors of {m} logits; the budget ran out first")
+        o = c.oracle
+        return LMExtraction(self.name, c.variant, c.used, o.requests, o.tokens, o.cost, 0.0,
+                            hidden_size=hidden, singular_values=[float(x) for x in s],
+                            info={"vectors": len(rows), "tokens_read": m,
+                                  "queries_per_vector": c.used / max(1, len(rows)),
+                                  "drop": float(s[hidden - 1] / s[hidden])})
+
+
+@dataclass
+class Projection(LMAttack):
+    """Recover the output projection W (up to a hidden x hidden map) from full logit vectors."""
+
+    name = "llm-projection"
+    hidden: int = 0  # 0: find it first from the same vectors
+    extra: int = 32
+
+    def extract(self, c: Collector, rng: np.random.Generator) -> LMExtraction:
+        v = c.oracle.vocab
+        tokens = np.arange(v)
+        rows: list[np.ndarray] = []
+        hidden = self.hidden or None
+        s = np.empty(0)
+        while True:
+            try:
+                rows.extend(c.vectors(c.prompts(self.prompts_per_round), tokens))
+            except BudgetExhausted:
+                break
+            if self.hidden:
+                if len(rows) >= self.hidden + self.extra:
+                    break
+                continue
+            s, _ = centred_svd(np.stack(rows))
+            hidden = hidden_from_singular_values(s)
+            if hidden is not None and hidden <= len(rows) - self.extra:
+                break
+        if hidden is None or len(rows) < hidden:
+            raise AttackFailed(f"{self.name}: " + f"{len(rows)} vectors are too few to find the "
+                               "hidden size")
+        s, vt = centred_svd(np.stack(rows))
+        W = (vt[:hidden].T * s[:hidden]) / math.sqrt(len(rows))
+        o = c.oracle
+        return LMExtraction(self.name, c.variant, c.used, o.requests, o.tokens, o.cost, 0.0,
+                            hidden_size=hidden, singular_values=[float(x) for x in s], W=W,
+                            info={"vectors": len(rows),
+                                  "queries_per_vector": c.used / max(1, len(rows))})
+
+
+def alignment_error(W_hat: np.ndarray, W: np.ndarray) -> dict[str, float]:
+    """RMS of ``W_hat G - W_c`` for the best hidden x hidden ``G`` (least squares), where
+    ``W_c`` is W with its mean row removed (the part logprobs determine); also relative to
+    the RMS of ``W_c``. The defender's check: it needs the true W."""
+    Wc = W - W.mean(axis=0, keepdims=True)
+    G, *_ = np.linalg.lstsq(W_hat, Wc, rcond=None)
+    err = W_hat @ G - Wc
+    rms = float(np.sqrt(np.mean(err ** 2)))
+    return {"rms": rms, "relative_rms": rms / float(np.sqrt(np.mean(Wc ** 2)))}

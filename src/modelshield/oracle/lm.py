@@ -1,0 +1,209 @@
+"""Oracles for language models: what an attacker can do with a completions API.
+
+``complete(prompts, ...)`` sends token-id prompts with the knobs logit stealing uses
+(``max_tokens``, ``temperature``, ``logprobs``, ``logit_bias``) and returns, per prompt, the
+sampled tokens with whatever logprobs the API lets out. Every oracle counts queries (one per
+prompt), tokens (prompt plus completion) and dollars at a price per 1,000 tokens, and
+refuses past its query budget.
+
+- :class:`ShieldLMOracle`: a language model behind the Shield, in-process, with a key;
+- :class:`OpenAIOracle`: any OpenAI-compatible ``/v1/completions`` endpoint: our gateway,
+  a vLLM server, a vendor.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from modelshield.defenses.llm import LMRequest
+from modelshield.errors import BudgetExhausted, ConfigError, Denied, OracleError
+
+
+@dataclass
+class Completion:
+    """One prompt's answer: sampled tokens; per token its logprob and the top logprobs."""
+
+    tokens: list[int]
+    logprobs: list[float] | None
+    top_logprobs: list[dict[int, float]] | None
+
+
+class Refused(OracleError):
+    """The API refused a request: ``status``, ``code`` and the parameter it named."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None,
+                 used: int) -> None:
+        self.status, self.code, self.param, self.used = status, code, param, used
+        super().__init__(f"HTTP {status} {code}" + (f" ({param})" if param else "")
+                         + f": {message}")
+
+
+class LMOracle(ABC):
+    """Base: budget (in queries, one per prompt), token and dollar accounting."""
+
+    def __init__(self, vocab: int, *, budget: int | None = None,
+                 price_per_1k_tokens: float = 0.0, name: str = "model") -> None:
+        if price_per_1k_tokens < 0:
+            raise ConfigError.invalid("price_per_1k_tokens", "a number >= 0",
+                                      price_per_1k_tokens)
+        self.vocab, self.budget, self.price_per_1k_tokens = vocab, budget, price_per_1k_tokens
+        self.name = name
+        self.used = 0
+        self.requests = 0
+        self.tokens = 0
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.budget is None else self.budget - self.used
+
+    @property
+    def cost(self) -> float:
+        return self.tokens * self.price_per_1k_tokens / 1000.0
+
+    def complete(self, prompts: Sequence[Sequence[int]], *, max_tokens: int = 1,
+                 temperature: float = 0.0, logprobs: int | None = None,
+                 logit_bias: dict[int, float] | None = None) -> list[Completion]:
+        if self.budget is not None and self.used + len(prompts) > self.budget:
+            raise BudgetExhausted(len(prompts), self.used, self.budget)
+        req = LMRequest([list(map(int, p)) for p in prompts], max_tokens, temperature,
+                        logprobs=logprobs, logit_bias=dict(logit_bias or {}), seed=0)
+        out, tokens = self._complete(req)
+        self.used += len(prompts)
+        self.requests += 1
+        self.tokens += tokens
+        return out
+
+    @abstractmethod
+    def _complete(self, req: LMRequest) -> tuple[list[Completion], int]:
+        """Answers and the tokens the request was billed for."""
+
+    def close(self) -> None:
+        """Release connections, where there are any."""
+
+
+class ShieldLMOracle(LMOracle):
+    """A language model behind ``shield``, as the holder of ``api_key``."""
+
+    def __init__(self, shield: Any, api_key: str, *, client_ip: str = "127.0.0.1",
+                 **kwargs: Any) -> None:
+        super().__init__(shield.lm.vocab, name=shield.spec.name, **kwargs)
+        self.shield, self.api_key, self.client_ip = shield, api_key, client_ip
+        self.first_flag: tuple[int, str] | None = None
+
+    def _complete(self, req: LMRequest) -> tuple[list[Completion], int]:
+        try:
+            choices, decision = self.shield.handle_completion(self.api_key, req,
+                                                              self.client_ip)
+        except Denied as exc:
+            detector = exc.headers.get("X-Modelshield-Flag")
+            if detector and self.first_flag is None:
+                self.first_flag = (self.used + len(req.prompts), detector)
+            raise Refused(exc.status, exc.code, str(exc), exc.headers.get("X-Error-Param"),
+                          self.used) from None
+        if decision.flags and self.first_flag is None:
+            self.first_flag = (self.used + len(req.prompts), decision.flags[0].detector)
+        out = [Completion(c.tokens, c.logprobs,
+                          None if c.top_logprobs is None else [dict(t) for t in c.top_logprobs])
+               for c in choices]
+        return out, sum(len(p) for p in req.prompts) + sum(len(c.tokens) for c in choices)
+
+
+class OpenAIOracle(LMOracle):
+    """An OpenAI-compatible completions endpoint. Tokens come back as ``token_id:N`` (vLLM's
+    ``return_tokens_as_token_ids``); for a server without it, pass ``vocabulary`` (token text
+    -> id) to map the strings back."""
+
+    def __init__(self, url: str, api_key: str, *, model: str | None = None,
+                 vocab: int | None = None, vocabulary: dict[str, int] | None = None,
+                 client: httpx.Client | None = None, timeout: float = 60.0,
+                 **kwargs: Any) -> None:
+        self._owns = client is None
+        self.client = client or httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
+        self.headers = {"Authorization": f"Bearer {api_key}"}
+        self.vocabulary = vocabulary
+        self.model = model or self._only_model()
+        if vocab is None:
+            vocab = self._vocab()
+        super().__init__(vocab, name=self.model, **kwargs)
+
+    def close(self) -> None:
+        if self._owns:
+            self.client.close()
+
+    def _get(self, path: str) -> Any:
+        try:
+            resp = self.client.get(path, headers=self.headers)
+        except httpx.HTTPError as exc:
+            raise ConfigError(f"Cannot reach the target: {exc}") from None
+        if resp.status_code != 200:
+            raise ConfigError(f"GET {path}: HTTP {resp.status_code}: {resp.text[:200]}")
+        return resp.json()
+
+    def _only_model(self) -> str:
+        models = [m["id"] for m in self._get("/v1/models").get("data", [])]
+        if len(models) != 1:
+            raise ConfigError(f"The target serves {models}; name one (model=...).")
+        return str(models[0])
+
+    def _vocab(self) -> int:
+        meta = self._get("/v1/models")
+        for m in meta.get("data", []):
+            if m.get("id") == self.model and "vocab_size" in m:
+                return int(m["vocab_size"])
+        if self.vocabulary:
+            return len(self.vocabulary)
+        raise ConfigError("The target does not state its vocabulary size; pass vocab=N.")
+
+    def _token(self, text: str) -> int:
+        if text.startswith("token_id:"):
+            return int(text[9:])
+        if self.vocabulary is not None and text in self.vocabulary:
+            return self.vocabulary[text]
+        raise OracleError(f"cannot map token {text!r} to an id: the server does not return "
+                          "token ids and no vocabulary was given")
+
+    def _complete(self, req: LMRequest) -> tuple[list[Completion], int]:
+        body: dict[str, Any] = {
+            "model": self.model, "prompt": req.prompts, "max_tokens": req.max_tokens,
+            "temperature": req.temperature, "seed": req.seed,
+            "return_tokens_as_token_ids": True}
+        if req.logprobs is not None:
+            body["logprobs"] = req.logprobs
+        if req.logit_bias:
+            body["logit_bias"] = {str(k): v for k, v in req.logit_bias.items()}
+        try:
+            resp = self.client.post("/v1/completions", json=body, headers=self.headers)
+        except httpx.HTTPError as exc:
+            raise OracleError(f"the target did not answer: {exc}") from None
+        try:
+            data = resp.json()
+        except ValueError:
+            raise OracleError(f"HTTP {resp.status_code} without JSON: {resp.text[:200]}"
+                              ) from None
+        if resp.status_code != 200:
+            err = data.get("error", {})
+            raise Refused(resp.status_code, str(err.get("code")), str(err.get("message")),
+                          err.get("param"), self.used)
+        out: list[Completion] = []
+        for choice in sorted(data["choices"], key=lambda c: c["index"]):
+            lp = choice.get("logprobs")
+            if lp is None:
+                # Without logprobs the sampled tokens are only in the text.
+                out.append(Completion(self._tokens_of_text(choice["text"]), None, None))
+                continue
+            out.append(Completion(
+                [self._token(t) for t in lp["tokens"]], list(lp["token_logprobs"]),
+                [{self._token(t): v for t, v in top.items()} for top in lp["top_logprobs"]]))
+        return out, int(data.get("usage", {}).get("total_tokens", 0))
+
+    def _tokens_of_text(self, text: str) -> list[int]:
+        """The text of a one-token answer as its token id (logprobs off)."""
+        if self.vocabulary is not None and text in self.vocabulary:
+            return [self.vocabulary[text]]
+        raise OracleError("the answer carries no token ids (logprobs are off); pass the "
+                          "model's vocabulary (token text -> id) to read them from the text")
