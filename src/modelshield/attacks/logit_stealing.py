@@ -214,7 +214,7 @@ class Collector:
                 raise VariantBlocked("biased tokens do not rise into the top logprobs: the "
                                      "API's logprobs ignore logit_bias")
         if np.isnan(rows).any():
-            raise AttackFailed(f"{self.a.name}: " + f"{int(np.isnan(rows).sum())} logits were not "
+            raise AttackFailed(f"{self.a.name}: {int(np.isnan(rows).sum())} logits were not "
                                "recovered (is the bias large enough?)")
         return rows
 
@@ -238,7 +238,7 @@ class Collector:
                 lo, hi = (lo, mid) if won else (mid, hi)
             row[j] = -(lo + hi) / 2
         if np.isinf(row).any():
-            raise AttackFailed(f"{self.a.name}: " + "some logits lie more than the largest allowed "
+            raise AttackFailed(f"{self.a.name}: some logits lie more than the largest allowed "
                                "bias below the argmax")
         return row
 
@@ -266,9 +266,16 @@ def hidden_from_singular_values(s: np.ndarray, margin: int = 16, min_gap: float 
 
 
 def centred_svd(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Singular values and right singular vectors of the rows, each centred (logprobs are
+    logits minus one constant per prompt)."""
     q = rows - rows.mean(axis=1, keepdims=True)
     _, s, vt = np.linalg.svd(q, full_matrices=False)
     return s, vt
+
+
+def singular_values(rows: list[np.ndarray]) -> np.ndarray:
+    q = np.stack(rows)
+    return np.asarray(np.linalg.svd(q - q.mean(axis=1, keepdims=True), compute_uv=False))
 
 
 @dataclass
@@ -291,13 +298,14 @@ class HiddenSize(LMAttack):
                 rows.extend(c.vectors(c.prompts(self.prompts_per_round), tokens))
             except BudgetExhausted:
                 break
-            s, _ = centred_svd(np.stack(rows))
+            s = singular_values(rows)
             hidden = hidden_from_singular_values(s, self.margin)
-            if hidden is not None:
-                break
+            if hidden is not None or len(rows) >= m + self.margin:
+                break  # more vectors than logits read cannot show more
         if hidden is None:
-            raise AttackFailed(f"{self.name}: " + f"no sharp drop in the singular values after "
-                               f"{len(rows)} vectors of {m} logits; the budget ran out first")
+            raise AttackFailed(f"{self.name}: no drop to a noise floor in the singular values "
+                               f"of {len(rows)} vectors of {m} logits (too coarse, or the "
+                               "budget ran out first)")
         o = c.oracle
         return LMExtraction(self.name, c.variant, c.used, o.requests, o.tokens, o.cost, 0.0,
                             hidden_size=hidden, singular_values=[float(x) for x in s],
@@ -313,6 +321,7 @@ class Projection(LMAttack):
     name = "llm-projection"
     hidden: int = 0  # 0: find it first from the same vectors
     extra: int = 32
+    vectors: int = 0  # 0: hidden + extra; more vectors average the rounding noise down
 
     def extract(self, c: Collector, rng: np.random.Generator) -> LMExtraction:
         v = c.oracle.vocab
@@ -325,16 +334,14 @@ class Projection(LMAttack):
                 rows.extend(c.vectors(c.prompts(self.prompts_per_round), tokens))
             except BudgetExhausted:
                 break
-            if self.hidden:
-                if len(rows) >= self.hidden + self.extra:
-                    break
-                continue
-            s, _ = centred_svd(np.stack(rows))
-            hidden = hidden_from_singular_values(s)
-            if hidden is not None and hidden <= len(rows) - self.extra:
+            if not self.hidden:
+                hidden = hidden_from_singular_values(singular_values(rows))
+            if hidden is not None and len(rows) >= max(self.vectors, hidden + self.extra):
                 break
+            if hidden is None and len(rows) >= max(self.vectors, v // 2):
+                break  # no noise floor in sight: the logprobs are too coarse
         if hidden is None or len(rows) < hidden:
-            raise AttackFailed(f"{self.name}: " + f"{len(rows)} vectors are too few to find the "
+            raise AttackFailed(f"{self.name}: {len(rows)} vectors are too few to find the "
                                "hidden size")
         s, vt = centred_svd(np.stack(rows))
         W = (vt[:hidden].T * s[:hidden]) / math.sqrt(len(rows))

@@ -1,0 +1,175 @@
+"""Logit and projection stealing (Carlini et al. 2024) against the built-in language models,
+through the Shield with the OpenAI-style tier policies.
+
+    python bench/llm_stealing.py [--sizes 64 128 256 512] [--seed 0] [--skip-bias-search]
+
+1. Hidden size of every model, from full logprobs and from top-5 logprobs + logit bias;
+   queries per logit vector beside the paper's method (one reference query, then k-1
+   logits per query: 1 + ceil((V-1)/(k-1)) queries for a full vector).
+2. The output projection W from full logprobs: RMS error after the best hidden x hidden
+   alignment, against the true W, with no policy and under each rounding / noise policy.
+3. The vendors' March 2024 fix (logit bias does not change logprobs): the top-k + bias
+   variant fails and says so. With logprobs off: the logprob-free bisection, its cost per
+   logit, and the hidden size it finds, on lm-tiny (hidden 32): at about 31 queries a logit
+   it takes minutes even there.
+
+Writes bench/results/llm_stealing.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+from _common import console, show, write
+
+from modelshield.attacks.logit_stealing import (
+    HiddenSize,
+    Projection,
+    VariantBlocked,
+    alignment_error,
+    bisection_steps,
+)
+from modelshield.defenses.shield import Shield
+from modelshield.oracle.lm import ShieldLMOracle
+
+POLICIES: list[tuple[str, dict[str, Any]]] = [
+    ("none", {}), ("round:6", {"logprob_decimals": 6}), ("round:4", {"logprob_decimals": 4}),
+    ("round:3", {"logprob_decimals": 3}), ("round:2", {"logprob_decimals": 2}),
+    ("round:1", {"logprob_decimals": 1}), ("noise:1e-4", {"logprob_noise": 1e-4}),
+    ("noise:1e-3", {"logprob_noise": 1e-3}), ("noise:1e-2", {"logprob_noise": 1e-2}),
+]
+
+
+def shield_for(name: str, tmp: str) -> Shield:
+    full = {"max_top_logprobs": 1 << 20}
+    tiers: dict[str, Any] = {"top5": {}, "fixed": {"llm": {"bias_affects_logprobs": False}},
+                             "nolp": {"llm": {"logprobs": False}}}
+    for label, knobs in POLICIES:
+        tiers[label] = {"llm": {**full, **knobs}}
+    return Shield.from_config({"model": {"lm": name}, "audit_url": f"sqlite:///{tmp}/{name}.db",
+                               "tiers": tiers})
+
+
+def oracle(shield: Shield, tier: str) -> ShieldLMOracle:
+    return ShieldLMOracle(shield, shield.store.create_key(tier)[0])
+
+
+def hidden_rows(shield: Shield, seed: int) -> list[dict[str, Any]]:
+    h, v = shield.lm.hidden, shield.lm.vocab
+    rows = []
+    for variant, tier in (("full", "none"), ("topk-bias", "top5")):
+        start = time.perf_counter()
+        e = HiddenSize(variant=variant, random_state=seed).run(oracle(shield, tier), 10_000_000)
+        rows.append({"model": shield.spec.name, "hidden": h, "variant": variant,
+                     "found": e.hidden_size, "exact": e.hidden_size == h,
+                     "vectors": e.info["vectors"], "tokens_read": e.info["tokens_read"],
+                     "queries": e.queries, "requests": e.requests,
+                     "queries_per_vector": e.info["queries_per_vector"],
+                     "paper_queries_per_full_vector": 1 if variant == "full"
+                     else 1 + math.ceil((v - 1) / 4),
+                     "drop": e.info["drop"], "seconds": time.perf_counter() - start})
+    return rows
+
+
+def projection_rows(shield: Shield, seed: int, vectors: int) -> list[dict[str, Any]]:
+    h = shield.lm.hidden
+    rows = []
+    for label, _ in POLICIES:
+        found = Projection(variant="full", random_state=seed, vectors=vectors)
+        try:
+            e = found.run(oracle(shield, label), 1_000_000)
+            detected: int | None = e.hidden_size
+        except Exception:  # the hidden size is not visible under this policy
+            detected = None
+        given = Projection(variant="full", random_state=seed, hidden=h, vectors=vectors).run(
+            oracle(shield, label), 1_000_000)
+        assert given.W is not None
+        err = alignment_error(given.W, shield.lm.W)
+        rows.append({"model": shield.spec.name, "policy": label, "hidden_found": detected,
+                     "vectors": given.info["vectors"], "rms": err["rms"],
+                     "relative_rms": err["relative_rms"]})
+    return rows
+
+
+def defended_rows(shield: Shield, seed: int) -> list[dict[str, Any]]:
+    try:
+        HiddenSize(variant="topk-bias", random_state=seed).run(oracle(shield, "fixed"), 10**6)
+        return [{"case": "bias does not change logprobs", "model": shield.spec.name,
+                 "outcome": "NOT blocked"}]
+    except VariantBlocked as exc:
+        return [{"case": "bias does not change logprobs", "model": shield.spec.name,
+                 "outcome": str(exc)}]
+
+
+def bias_search_rows(shield: Shield, seed: int) -> list[dict[str, Any]]:
+    tol, tokens = 1e-7, 48
+    start = time.perf_counter()
+    o = oracle(shield, "nolp")
+    vectors = 0
+    try:
+        e = HiddenSize(variant="auto", n_tokens=tokens, prompts_per_round=16, tolerance=tol,
+                       random_state=seed).run(o, 10**7)
+        found: int | None = e.hidden_size
+        blocked = e.info["blocked_variants"]
+        vectors = e.info["vectors"]
+    except VariantBlocked as exc:
+        found, blocked = None, {"all": str(exc)}
+    return [{"case": "logprobs off: logprob-free bisection", "model": shield.spec.name,
+             "hidden": shield.lm.hidden, "found": found, "queries": o.used, "vectors": vectors,
+             "tokens_read": tokens,
+             "queries_per_logit": o.used / (vectors * tokens) if vectors else None,
+             "bisection_steps_per_logit": bisection_steps(100, tol),
+             "blocked_variants": blocked, "seconds": time.perf_counter() - start}]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="*", default=[64, 128, 256, 512])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vectors", type=int, default=512,
+                        help="full-logprob vectors stacked to recover W")
+    parser.add_argument("--skip-bias-search", action="store_true")
+    args = parser.parse_args()
+    hidden, proj, defended = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            name = f"lm-h{size}"
+            console.print(f"building / loading {name} …")
+            shield = shield_for(name, tmp)
+            hidden += hidden_rows(shield, args.seed)
+            proj += projection_rows(shield, args.seed, args.vectors)
+            if size == args.sizes[0]:
+                defended = defended_rows(shield, args.seed)
+            shield.close()
+        if not args.skip_bias_search:
+            console.print("logprob-free bisection on lm-tiny …")
+            shield = shield_for("lm-tiny", tmp)
+            defended += bias_search_rows(shield, args.seed)
+            shield.close()
+    show("hidden size", ["model", "variant", "found", "exact", "vectors", "tokens read",
+                         "queries", "requests", "queries / vector", "paper: / full vector",
+                         "drop", "s"],
+         [[r["model"], r["variant"], r["found"], r["exact"], r["vectors"], r["tokens_read"],
+           r["queries"], r["requests"], r["queries_per_vector"],
+           r["paper_queries_per_full_vector"], r["drop"], r["seconds"]] for r in hidden])
+    show("output projection W from full logprobs (hidden size given for the error)",
+         ["model", "policy", "hidden found", "vectors", "RMS", "relative RMS"],
+         [[r["model"], r["policy"], r["hidden_found"], r["vectors"], r["rms"],
+           r["relative_rms"]] for r in proj])
+    for d in defended:
+        console.print(d, highlight=False)
+    write("llm_stealing", {"seed": args.seed, "hidden": hidden, "projection": proj,
+                           "defended": defended})
+
+
+if __name__ == "__main__":
+    main()
