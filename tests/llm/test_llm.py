@@ -208,3 +208,31 @@ def test_cli_attacks_the_running_gateway(shield: Shield, gateway: HttpClient,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert json.loads(out.read_text())["hidden_size"] == 32
+
+
+@pytest.mark.slow
+def test_output_cloning_raises_agreement_with_the_tokens_spent(shield: Shield) -> None:
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from modelshield.attacks.lm_cloning import clone_lm, fidelity
+    from modelshield.victims.lm import LM_ZOO, corpus, lm_config, token_stream
+
+    lm = shield.lm
+    stream = token_stream(lm.tokenizer, corpus("held-out"))
+    rng = np.random.default_rng(0)
+    prompts = [stream[s:s + 8].tolist() for s in rng.integers(0, len(stream) - 8, 200)]
+    texts = [stream[s:s + 32].tolist() for s in rng.integers(0, len(stream) - 32, 16)]
+    torch.manual_seed(0)
+    student = GPT2LMHeadModel(lm_config(LM_ZOO["lm-tiny"], lm.tokenizer))
+
+    def evaluate(model: Any) -> tuple[float, float]:
+        return fidelity(lm.sequence_logits, model, texts)
+
+    before = evaluate(student)
+    oracle = ShieldLMOracle(shield, key(shield, "top5"), price_per_1k_tokens=1.0)
+    clone = clone_lm(oracle, student, prompts, [500, 3000], 16, evaluate, min_steps=40)
+    first, last = clone.checkpoints
+    assert first.tokens >= 496 and last.tokens >= 2992 and oracle.used == last.queries
+    assert last.agreement > before[0] + 0.05 and last.kl < before[1]
+    assert last.cost == pytest.approx(oracle.tokens / 1000)

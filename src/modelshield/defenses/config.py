@@ -178,6 +178,11 @@ model:
   # n_features: 64
   # low: 0                     # one number for every feature, or a list per feature
   # high: 16
+  # lm: lm-h128                # or a language model on the OpenAI routes (docs/llm.md);
+                               # each tier then takes an `llm:` section, e.g.
+                               # llm: {max_top_logprobs: 5, bias_affects_logprobs: false,
+                               #       detect_probing: true}
+                               # and `limits: {tokens: 20000/hour}`
 storage:
   limits: memory://            # or redis://localhost:6379/0 to share limits across replicas
   fail: closed                 # if Redis is unreachable: closed = refuse (503), open = allow

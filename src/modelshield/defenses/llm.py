@@ -120,46 +120,54 @@ LogitsFn = Callable[[Sequence[Sequence[int]]], np.ndarray]
 
 
 def decode(logits_fn: LogitsFn, req: LMRequest, policy: LLMPolicy, eos: int) -> list[LMChoice]:
-    """Generate every choice of ``req``. ``logits_fn(list of prompts) -> (n, vocab)`` is the
-    model. Sampling uses the biased logits; the returned logprobs are those of the biased
-    distribution, or of the unbiased one when ``bias_affects_logprobs`` is off."""
-    fn = logits_fn
-    vocab_bias: dict[int, float] = dict(req.logit_bias)
-    choices = []
-    for pi, prompt in enumerate(req.prompts):
-        for c in range(req.n):
-            rng = np.random.default_rng(
-                None if req.seed is None else [req.seed, pi, c])
-            seq = list(prompt)
-            out: list[int] = []
-            lps: list[float] = []
-            tops: list[list[tuple[int, float]]] = []
-            finish = "length"
-            for step in range(req.max_tokens):
-                z = fn([seq])[0].astype(np.float64)
-                zb = z.copy()
-                for t, b in vocab_bias.items():
-                    zb[t] += b
-                token = _sample(zb, req.temperature, req.top_p, rng)
-                if req.logprobs is not None:
-                    lp = log_softmax(zb if policy.bias_affects_logprobs else z)
-                    lp = _shape(lp, policy, seq, step)
-                    lps.append(float(lp[token]))
-                    if req.logprobs > 0:
-                        k = min(req.logprobs, len(lp))
-                        top = np.argpartition(-lp, k - 1)[:k]
-                        top = top[np.argsort(-lp[top], kind="stable")]
-                        tops.append([(int(t), float(lp[t])) for t in top])
-                    else:
-                        tops.append([])
-                out.append(token)
-                seq.append(token)
-                if token == eos:
-                    finish = "stop"
-                    break
-            choices.append(LMChoice(pi, out, lps if req.logprobs is not None else None,
-                                    tops if req.logprobs is not None else None, finish))
-    return choices
+    """Generate every choice of ``req``, all choices a step at a time (one batched call of
+    ``logits_fn(list of sequences) -> (n, vocab)`` per step). Sampling uses the biased
+    logits; the returned logprobs are those of the biased distribution, or of the unbiased
+    one when ``bias_affects_logprobs`` is off."""
+    bias_ids = np.fromiter(req.logit_bias.keys(), dtype=np.int64, count=len(req.logit_bias))
+    bias_vals = np.fromiter(req.logit_bias.values(), dtype=np.float64,
+                            count=len(req.logit_bias))
+    slots = [(pi, c) for pi in range(len(req.prompts)) for c in range(req.n)]
+    seqs = [list(req.prompts[pi]) for pi, _ in slots]
+    rngs = [np.random.default_rng(None if req.seed is None else [req.seed, pi, c])
+            for pi, c in slots]
+    out: list[list[int]] = [[] for _ in slots]
+    lps: list[list[float]] = [[] for _ in slots]
+    tops: list[list[list[tuple[int, float]]]] = [[] for _ in slots]
+    finish = ["length"] * len(slots)
+    live = list(range(len(slots)))
+    for step in range(req.max_tokens):
+        if not live:
+            break
+        logits = np.asarray(logits_fn([seqs[i] for i in live]))
+        still = []
+        for row, i in zip(logits, live, strict=True):
+            z = row.astype(np.float64)
+            zb = z.copy()
+            if len(bias_ids):
+                zb[bias_ids] += bias_vals
+            token = _sample(zb, req.temperature, req.top_p, rngs[i])
+            if req.logprobs is not None:
+                lp = log_softmax(zb if policy.bias_affects_logprobs else z)
+                lp = _shape(lp, policy, seqs[i], step)
+                lps[i].append(float(lp[token]))
+                k = min(req.logprobs, len(lp))
+                if k > 0:
+                    top = np.argpartition(-lp, k - 1)[:k]
+                    top = top[np.argsort(-lp[top], kind="stable")]
+                    tops[i].append(list(zip(top.tolist(), lp[top].tolist(), strict=True)))
+                else:
+                    tops[i].append([])
+            out[i].append(token)
+            seqs[i].append(token)
+            if token == eos:
+                finish[i] = "stop"
+            else:
+                still.append(i)
+        live = still
+    with_lp = req.logprobs is not None
+    return [LMChoice(pi, out[i], lps[i] if with_lp else None, tops[i] if with_lp else None,
+                     finish[i]) for i, (pi, _) in enumerate(slots)]
 
 
 def _sample(z: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:

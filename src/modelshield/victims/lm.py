@@ -141,7 +141,8 @@ def train_lm(model: Any, stream: np.ndarray, steps: int, seed: int, lr: float = 
     return model
 
 
-def _config(entry: LMEntry, tokenizer: Any) -> Any:
+def lm_config(entry: LMEntry, tokenizer: Any) -> Any:
+    """The GPT-2 configuration of a zoo entry (the architecture an attacker can know)."""
     from transformers import GPT2Config
 
     return GPT2Config(vocab_size=len(tokenizer), n_positions=CONTEXT, n_embd=entry.hidden,
@@ -175,7 +176,7 @@ def _build(name: str, seed: int) -> Path:
                          seed + 1, lr=1e-3)
     else:
         torch.manual_seed(seed)
-        model = GPT2LMHeadModel(_config(entry, tokenizer))
+        model = GPT2LMHeadModel(lm_config(entry, tokenizer))
         model = train_lm(model, token_stream(tokenizer, corpus("public")), entry.steps, seed)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)

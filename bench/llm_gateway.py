@@ -1,0 +1,94 @@
+"""The language-model gateway against the bare model server: tokens per second and latency.
+
+    python bench/llm_gateway.py [--model lm-h64] [--requests 400] [--concurrency 4]
+
+Both servers run the same model and the same decoding loop under uvicorn on loopback, one
+at a time, with the same load: 16-token completions of distinct 12-token prompts (the end
+token biased away so that every completion has 16 tokens), ``--concurrency`` clients in a
+closed loop, then one client at a time for the moderate-load latency. The Shield has: key
+check, request and token limits (high enough not to refuse), the probing detector, and the
+audit log in SQLite, committed before each response. Writes bench/results/llm_gateway.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+from _common import show, write
+from _load import free_port, run_load, server
+
+from modelshield.serve.store import AuditStore
+from modelshield.victims.lm import load_lm
+
+TOKENS = 16
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="lm-h64")
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--moderate", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    lm = load_lm(args.model)  # build it once, before either server starts
+    rng = np.random.default_rng(args.seed)
+    eos = str(lm.tokenizer.eos_token_id)
+    bodies = [{"model": args.model, "prompt": rng.integers(0, lm.vocab, 12).tolist(),
+               "max_tokens": TOKENS, "temperature": 1.0, "seed": i,
+               "logit_bias": {eos: -100}} for i in range(args.requests + 200)]
+    rows: list[dict[str, Any]] = []
+
+    def measure(label: str, url: str, headers: list[dict[str, str]]) -> None:
+        run_load(url, bodies[-100:], headers, concurrency=args.concurrency, requests=100)
+        loaded = run_load(url, bodies, headers, concurrency=args.concurrency,
+                          requests=args.requests)
+        moderate = run_load(url, bodies, headers[:1], concurrency=1, requests=args.moderate)
+        rows.append({"server": label, **loaded, "tokens_per_s": loaded["throughput"] * TOKENS,
+                     "moderate": moderate})
+
+    port = free_port()
+    with server("bare_lm_app:app", port, env={"PYTHONPATH": str(Path(__file__).parent),
+                                              "BENCH_LM": args.model}):
+        measure("bare FastAPI", f"http://127.0.0.1:{port}/v1/completions", [{}])
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = {"model": {"lm": args.model}, "audit_url": f"sqlite:///{tmp}/audit.db",
+               "tiers": {"bench": {"limits": {"requests": "1000000/minute",
+                                              "tokens": "100000000/minute"},
+                                   "llm": {"detect_probing": True}, "on_flag": "alert"}}}
+        path = Path(tmp) / "bench.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        store = AuditStore(cfg["audit_url"])
+        keys = [{"Authorization": f"Bearer {store.create_key('bench')[0]}"}
+                for _ in range(args.concurrency)]
+        store.close()
+        port = free_port()
+        with server("modelshield.serve.main:app", port, env={"MODELSHIELD_CONFIG": str(path)}):
+            measure("modelshield", f"http://127.0.0.1:{port}/v1/completions", keys)
+    bare, shield = rows
+    ratio = shield["tokens_per_s"] / bare["tokens_per_s"]
+    show(f"language-model gateway: {args.model}, {TOKENS}-token completions, "
+         f"{args.concurrency} clients",
+         ["server", "tokens/s", "req/s", "p50 / p99 ms", "moderate p50 / p99 ms", "statuses"],
+         [[r["server"], r["tokens_per_s"], r["throughput"],
+           f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f}",
+           f"{r['moderate']['p50_ms']:.1f} / {r['moderate']['p99_ms']:.1f}", r["statuses"]]
+          for r in rows])
+    print(f"throughput ratio (shield / bare): {ratio:.3f}; added moderate-load latency "
+          f"p50 {shield['moderate']['p50_ms'] - bare['moderate']['p50_ms']:.2f} ms, "
+          f"p99 {shield['moderate']['p99_ms'] - bare['moderate']['p99_ms']:.2f} ms")
+    write("llm_gateway", {"args": vars(args), "rows": rows, "throughput_ratio": ratio})
+
+
+if __name__ == "__main__":
+    main()
