@@ -276,3 +276,26 @@ def test_report_renders_in_headless_chromium(small: tuple[dict[str, Any], Path],
     subprocess.run([_chromium(), *flags, "--window-size=1200,1600", f"--screenshot={shot}",
                     page], capture_output=True, timeout=120)
     assert shot.stat().st_size > 50_000  # a page with plots, not a blank one
+
+
+def test_a_tier_from_a_gateway_config_is_audited_as_deployed(tmp_path: Path) -> None:
+    from modelshield.defenses.config import EXAMPLE
+
+    gateway = tmp_path / "modelshield.yaml"
+    gateway.write_text(EXAMPLE)
+    s = load_scenario({**SMALL, "defenses": [{"name": "free tier", "config": str(gateway),
+                                              "tier": "free"}],
+                       "benign": {"accounts": 20, "median_rows": 80}})
+    doc = run_audit(s, tmp_path / "out", workers=1)
+    eq = attacker(doc, "free tier", "eq")
+    assert eq["status"] == "refused"  # top-k:1 withholds the scores equation solving needs
+    lm = attacker(doc, "free tier", "lowd-meek")
+    assert lm["status"] == "blocked" and lm["blocked_at"] <= 100  # 100 rows/hour, or a flag
+    benign = defense(doc, "free tier")["benign"]
+    assert benign["refused_share"] > 0  # the heaviest honest users hit 100 rows an hour too
+    # Editing the gateway config invalidates the cached cells.
+    gateway.write_text(EXAMPLE.replace("100/hour, rows: 100/hour", "100/hour, rows: 200/hour"))
+    assert run_audit(s, tmp_path / "out", workers=1)["cells_cached"] == 0
+    with pytest.raises(ConfigError, match="tier 'gold' is not in"):
+        load_scenario({**SMALL, "defenses": [{"name": "x", "config": str(gateway),
+                                              "tier": "gold"}]})

@@ -52,9 +52,14 @@ def analyse(scenario: Scenario, cells: list[dict[str, Any]]) -> dict[str, Any]:
                 for a in scenario.attackers]
         benign = next((c for c in cells
                        if c["kind"] == "benign" and c["defense"] == profile.name), None)
+        benign_error = None
+        if benign is not None and benign.get("status") == "error":
+            benign_error = str(benign["reason"])
+            benign = None
         defenses.append({"name": profile.name, "tier": _tier_fields(profile),
                          "on_flag": tier.on_flag,
                          "flags_count": acts, "attackers": rows, "benign": benign,
+                         "benign_error": benign_error,
                          "honest_cost": _honest_cost(benign)})
     for a_index in range(len(scenario.attackers)):
         ref = min((d["attackers"][a_index]["q90"] for d in defenses

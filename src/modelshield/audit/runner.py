@@ -118,14 +118,17 @@ def plan(scenario: Scenario) -> list[dict[str, Any]]:
               "target_files": _file_digests(scenario.target), "version": modelshield.__version__}
     cells: list[dict[str, Any]] = []
     for d in scenario.defenses:
+        # A tier taken from a gateway config: its file's content is part of the cell.
+        tier_file = ({"defense_file": hashlib.sha256(Path(d.config).read_bytes()).hexdigest()}
+                     if d.config else {})
         for a in scenario.attackers:
             for b in a.budgets:
                 cells.append({"kind": "attack", "defense": d.model_dump(),
                               "attacker": a.model_dump(), "label": a.label, "budget": b,
-                              "price_per_1k": scenario.price_per_1k, **common})
+                              "price_per_1k": scenario.price_per_1k, **tier_file, **common})
         if not scenario.target.remote:
             cells.append({"kind": "benign", "defense": d.model_dump(),
-                          "benign": scenario.benign.model_dump(), **common})
+                          "benign": scenario.benign.model_dump(), **tier_file, **common})
     return cells
 
 
@@ -176,7 +179,7 @@ def _attack_cell(cell: dict[str, Any], target: Target, defense: Defense,
             result = run_cell(victim, attacker.attack, defense.name, budget, seed, price,
                               attacker.kwargs, oracle=oracle, label=defense.name)
             first_flag = oracle.first_flag
-    if result.status == "blocked" and result.queries > 0:
+    if result.status == "blocked" and result.queries > 0 and not target.remote:
         # The attacker keeps what it was told before the block: score the clone it can make
         # from that many queries under the same output policy.
         after = run_cell(victim, attacker.attack, tier.policy, result.queries, seed, price,

@@ -138,21 +138,30 @@ class BaseOracle(ABC):
         return self._used * self.price_per_1k / 1000.0
 
     def query(self, inputs: FloatArray) -> Answer:
-        """Answer one batch: one row, one query."""
+        """Answer one batch: one row, one query. A batch over the API's ``max_batch`` goes
+        out in requests of that size, as a client that read the API's limits would send it."""
         x = self._check(inputs)
         if len(x) > self.remaining:
             raise BudgetExhausted(len(x), self._used, self.budget or 0)
-        answer = self._answer(x)
-        if len(answer) != len(x):
-            raise OracleError(f"the model answered {len(answer)} rows for {len(x)} queries")
-        self._used += len(x)
-        if self.keep_log:
-            self.log.append(x.copy(), answer, self.clock())
-        return answer
+        step = self.max_batch or len(x)
+        parts = []
+        for start in range(0, len(x), step):
+            chunk = x[start:start + step]
+            answer = self._answer(chunk)
+            if len(answer) != len(chunk):
+                raise OracleError(f"the model answered {len(answer)} rows for {len(chunk)} "
+                                  "queries")
+            self._used += len(chunk)
+            if self.keep_log:
+                self.log.append(chunk.copy(), answer, self.clock())
+            parts.append(answer)
+        return parts[0] if len(parts) == 1 else concat_answers(parts)
 
     @abstractmethod
     def _answer(self, inputs: FloatArray) -> Answer:
         """Answer a checked batch."""
+
+    max_batch: int | None = None  # rows per request the API accepts (None: any)
 
     def _check(self, inputs: FloatArray) -> FloatArray:
         x = np.asarray(inputs, dtype=np.float64)
@@ -166,3 +175,16 @@ class BaseOracle(ABC):
         if np.isnan(x).any() and not self.spec.accepts_missing:
             raise OracleError("this model does not accept missing features (NaN)")
         return x
+
+
+def concat_answers(parts: list[Answer]) -> Answer:
+    """Answers of consecutive batches as one."""
+    def cat(name: str) -> np.ndarray | None:
+        arrays = [getattr(p, name) for p in parts]
+        return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
+    labels = cat("labels")
+    assert labels is not None
+    return Answer(labels=labels, probabilities=cat("probabilities"),
+                  confidence=cat("confidence"), leaf_ids=cat("leaf_ids"),
+                  policy=parts[-1].policy)

@@ -33,6 +33,12 @@ class HttpOracle(BaseOracle):
         self.headers = {"Authorization": f"Bearer {api_key}"}
         self.model = model or self._only_model()
         super().__init__(self._spec(), **kwargs)
+        try:
+            account = self.check_key()
+        except ConfigError:
+            account = None  # a refused key: the first query says so
+        if account and account.get("max_batch"):
+            self.max_batch = int(account["max_batch"])
 
     def close(self) -> None:
         """Close the HTTP client (when this oracle made it)."""

@@ -33,6 +33,10 @@ class ShieldOracle(BaseOracle):
         self.api_key = api_key
         self.client_ip = client_ip
         self.first_flag: tuple[int, str] | None = None
+        try:
+            self.max_batch = int(shield.account(api_key)["max_batch"])
+        except Denied:
+            pass  # a refused key: the first query says so
 
     def _answer(self, inputs: FloatArray) -> Answer:
         """One batch through the Shield; remembers the query count at the first flag."""
