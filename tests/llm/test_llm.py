@@ -187,6 +187,16 @@ def test_logprob_free_bisection_recovers_logit_differences(shield: Shield) -> No
     assert c.used == 1 + 3 * 21  # the reference, then 1 + 20 bisection steps per token
 
 
+def test_logprob_free_bisection_over_http_reads_token_ids(shield: Shield,
+                                                          gateway: HttpClient) -> None:
+    oracle = OpenAIOracle(str(gateway.base_url), key(shield, "nolp"), client=gateway)
+    c = Collector(oracle, 1000, "bias-search", HiddenSize(variant="bias-search"),
+                  np.random.default_rng(0))
+    row = c.vectors([[5, 6, 7, 8]], np.array([10, 200]))[0]
+    z = shield.lm.next_logits([[5, 6, 7, 8]])[0].astype(np.float64)
+    assert np.allclose(row, z[[10, 200]] - z.max(), atol=2e-3)
+
+
 def test_probing_detector_denies_a_bias_sweep_not_a_writer(shield: Shield) -> None:
     writer = ShieldLMOracle(shield, key(shield, "watched"))
     for i in range(30):

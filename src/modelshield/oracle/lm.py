@@ -171,7 +171,7 @@ class OpenAIOracle(LMOracle):
         body: dict[str, Any] = {
             "model": self.model, "prompt": req.prompts, "max_tokens": req.max_tokens,
             "temperature": req.temperature, "seed": req.seed,
-            "return_tokens_as_token_ids": True}
+            "return_tokens_as_token_ids": True, "return_token_ids": True}
         if req.logprobs is not None:
             body["logprobs"] = req.logprobs
         if req.logit_bias:
@@ -193,8 +193,10 @@ class OpenAIOracle(LMOracle):
         for choice in sorted(data["choices"], key=lambda c: c["index"]):
             lp = choice.get("logprobs")
             if lp is None:
-                # Without logprobs the sampled tokens are only in the text.
-                out.append(Completion(self._tokens_of_text(choice["text"]), None, None))
+                ids = choice.get("token_ids")
+                # Without logprobs the sampled tokens are in token_ids (vLLM) or the text.
+                out.append(Completion(list(ids) if ids is not None
+                                      else self._tokens_of_text(choice["text"]), None, None))
                 continue
             out.append(Completion(
                 [self._token(t) for t in lp["tokens"]], list(lp["token_logprobs"]),

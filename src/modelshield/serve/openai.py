@@ -3,7 +3,8 @@ and ``/v1/models``, for a language model behind the Shield.
 
 Requests and responses follow the OpenAI API (and vLLM's extension
 ``return_tokens_as_token_ids``, which names each token ``token_id:N`` so that tokens that
-decode to the same text stay apart). Errors are OpenAI-style:
+decode to the same text stay apart, and ``return_token_ids``, which adds the sampled token
+ids to each choice whether or not logprobs are on). Errors are OpenAI-style:
 ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status. With ``stream: true``
 the answer comes as server-sent events, after its audit record is committed.
 """
@@ -40,6 +41,7 @@ class CompletionRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     stream: bool = False
     return_tokens_as_token_ids: bool = False
+    return_token_ids: bool = False
     user: str | None = None
 
 
@@ -172,8 +174,11 @@ def add_openai_routes(app: FastAPI, shield: Shield,
                 lp = {"tokens": texts, "token_logprobs": c.logprobs, "text_offset": offsets,
                       "top_logprobs": [{token(t, as_ids): v for t, v in top}
                                        for top in c.top_logprobs]}
-            return {"index": i, "text": lm.decode(c.tokens) if lm else "", "logprobs": lp,
+            item = {"index": i, "text": lm.decode(c.tokens) if lm else "", "logprobs": lp,
                     "finish_reason": c.finish_reason}
+            if body.return_token_ids:
+                item["token_ids"] = c.tokens
+            return item
 
         items = [choice(i, c) for i, c in enumerate(choices)]
         if body.stream:
