@@ -243,14 +243,15 @@ class Collector:
         return row
 
 
-def hidden_from_singular_values(s: np.ndarray, margin: int = 16, min_gap: float = 20.0
+def hidden_from_singular_values(s: np.ndarray, margin: int = 16, min_gap: float = 4.0
                                 ) -> int | None:
     """How many singular values ``s`` (descending) stand above the noise floor.
 
     The floor is the median of the last ``margin`` values, which are noise once more than
     hidden + margin vectors of more than hidden + margin logits are stacked. The hidden size
     is the count of values over ten times the floor, accepted when at least ``margin``
-    values lie below it and the last one drops by ``min_gap`` or more to the next. (Not
+    values lie below it and the last one drops by ``min_gap`` or more to the next (noise
+    values differ from their neighbours by a few percent). (Not
     simply the sharpest drop: the final LayerNorm's bias adds one direction every prompt
     shares, which can be small, and the drop before it then outdoes the one after it.)
     """
