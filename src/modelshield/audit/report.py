@@ -23,6 +23,7 @@ from modelshield.errors import ConfigError
 
 COLORS = ["#1f77b4", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
           "#7f7f7f"]
+STYLES = ["-", "--", "-.", ":"]
 RATING_COLORS = {"HIGH": "#b3261e", "MEDIUM": "#b26a00", "LOWER": "#2e7d32"}
 
 
@@ -78,6 +79,7 @@ def fig_curves(doc: dict[str, Any]) -> str:
     fig = Figure(figsize=(4.6 * cols, 3.4 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
     color = _color(doc)
+    names = [d["name"] for d in a["defenses"]]
     for k, name in enumerate(attackers):
         ax = axes[k // cols][k % cols]
         for d in a["defenses"]:
@@ -86,7 +88,9 @@ def fig_curves(doc: dict[str, Any]) -> str:
                 continue
             q = [p[0] for p in r["curve"]]
             f = [p[1] for p in r["curve"]]
-            ax.plot(q, f, marker="o", ms=3, lw=1.6, color=color[d["name"]], label=d["name"])
+            # Line styles as well as colours: two defenses with the same curve stay visible.
+            ax.plot(q, f, marker="o", ms=3, lw=1.6, color=color[d["name"]], label=d["name"],
+                    ls=STYLES[names.index(d["name"]) % len(STYLES)])
             flag = r["first_flag"]
             if flag is not None:
                 ax.plot([flag["query"]], [_at(q, f, flag["query"])], marker="X", ms=11,
@@ -107,7 +111,8 @@ def fig_curves(doc: dict[str, Any]) -> str:
     seen = dict(zip(labels, handles, strict=False))
     for d in a["defenses"]:  # a defense under which every attack was refused has no line
         if d["name"] not in seen:
-            seen[d["name"]] = Line2D([], [], color=color[d["name"]])
+            seen[d["name"]] = Line2D([], [], color=color[d["name"]],
+                                     ls=STYLES[names.index(d["name"]) % len(STYLES)])
     marks = [Line2D([], [], marker="X", color="grey", mec="black", ls="none",
                         label="first flagged"),
              Line2D([], [], marker="s", color="grey", mec="black", ls="none",
