@@ -19,6 +19,7 @@ import hashlib
 import os
 import shutil
 import sysconfig
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -208,6 +209,10 @@ class LMVictim:
     cache_size: int = 8192
     _cache: OrderedDict[tuple[int, ...], np.ndarray] = field(default_factory=OrderedDict,
                                                              repr=False)
+    # One forward pass at a time: torch already spreads one over the cores, and passes from
+    # several request threads at once oversubscribe them (ten times slower on 2 cores).
+    # The lock also guards the prefix cache.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def from_directory(cls, path: str | Path, name: str | None = None) -> LMVictim:
@@ -253,6 +258,10 @@ class LMVictim:
 
     def next_logits(self, prompts: Sequence[Sequence[int]]) -> np.ndarray:
         """(n, vocab) float32 logits of the token after each prompt."""
+        with self._lock:
+            return self._next_logits(prompts)
+
+    def _next_logits(self, prompts: Sequence[Sequence[int]]) -> np.ndarray:
         import torch
 
         out = np.empty((len(prompts), self.vocab), dtype=np.float32)
@@ -288,6 +297,6 @@ class LMVictim:
         """(len(ids), vocab) logits at every position of one sequence (evaluation)."""
         import torch
 
-        with torch.no_grad():
+        with self._lock, torch.no_grad():
             x = torch.tensor([list(ids)[-self.context:]])
             return np.asarray(self.model(input_ids=x).logits[0].numpy())
