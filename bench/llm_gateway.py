@@ -37,23 +37,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="lm-h64")
     parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--moderate", type=int, default=200)
+    parser.add_argument("--moderate", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     lm = load_lm(args.model)  # build it once, before either server starts
     rng = np.random.default_rng(args.seed)
     eos = str(lm.tokenizer.eos_token_id)
+    # Distinct prompts for the warm-up, the loaded run and the one-at-a-time run: a prompt
+    # asked twice would come from the model's prefix cache.
     bodies = [{"model": args.model, "prompt": rng.integers(0, lm.vocab, 12).tolist(),
                "max_tokens": TOKENS, "temperature": 1.0, "seed": i,
-               "logit_bias": {eos: -100}} for i in range(args.requests + 200)]
+               "logit_bias": {eos: -100}} for i in range(args.requests + args.moderate + 50)]
+    loaded_bodies = bodies[:args.requests]
+    moderate_bodies = bodies[args.requests:args.requests + args.moderate]
+    warm_bodies = bodies[args.requests + args.moderate:]
     rows: list[dict[str, Any]] = []
 
     def measure(label: str, url: str, headers: list[dict[str, str]]) -> None:
-        run_load(url, bodies[-100:], headers, concurrency=args.concurrency, requests=100)
-        loaded = run_load(url, bodies, headers, concurrency=args.concurrency,
+        run_load(url, warm_bodies, headers, concurrency=args.concurrency, requests=50)
+        loaded = run_load(url, loaded_bodies, headers, concurrency=args.concurrency,
                           requests=args.requests)
-        moderate = run_load(url, bodies, headers[:1], concurrency=1, requests=args.moderate)
+        moderate = run_load(url, moderate_bodies, headers[:1], concurrency=1,
+                            requests=args.moderate)
         rows.append({"server": label, **loaded, "tokens_per_s": loaded["throughput"] * TOKENS,
                      "moderate": moderate})
 

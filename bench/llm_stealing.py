@@ -138,6 +138,8 @@ def main() -> None:
     parser.add_argument("--vectors", type=int, default=512,
                         help="full-logprob vectors stacked to recover W")
     parser.add_argument("--skip-bias-search", action="store_true")
+    parser.add_argument("--name", default="llm_stealing",
+                        help="results file name (bench/results/NAME.json)")
     args = parser.parse_args()
     hidden, proj, defended = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,7 +169,7 @@ def main() -> None:
            r["relative_rms"]] for r in proj])
     for d in defended:
         console.print(d, highlight=False)
-    write("llm_stealing", {"seed": args.seed, "hidden": hidden, "projection": proj,
+    write(args.name, {"seed": args.seed, "args": vars(args), "hidden": hidden, "projection": proj,
                            "defended": defended})
 
 
