@@ -15,6 +15,7 @@ Corpora, all from the interpreter's standard library (``sysconfig``):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -74,6 +75,7 @@ def corpus(which: str) -> list[str]:
     return [f.read_text(encoding="utf-8", errors="replace") for f in files]
 
 
+@functools.lru_cache(maxsize=1)
 def _digest() -> str:
     """Names the cache after the corpus: another interpreter's stdlib builds other models."""
     h = hashlib.sha256()
@@ -167,6 +169,8 @@ def _build(name: str, seed: int) -> Path:
     _quiet()
     entry = LM_ZOO[name]
     recipe = f"h{entry.hidden}-l{entry.layers}-s{entry.steps}"
+    if entry.base is not None:  # a fine-tune is as stale as its base
+        recipe += f"-from-{entry.base}-s{LM_ZOO[entry.base].steps}"
     path = cache_dir() / "lm" / f"{name}-{recipe}-seed{seed}-{_digest()}"
     if (path / "config.json").exists():
         return path
