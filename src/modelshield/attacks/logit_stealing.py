@@ -247,8 +247,8 @@ def hidden_from_singular_values(s: np.ndarray, margin: int = 16, min_gap: float 
                                 ) -> int | None:
     """How many singular values ``s`` (descending) stand above the noise floor.
 
-    The floor is the median of the last quarter of the values (at least ``margin`` of them),
-    which are noise once enough vectors of enough logits are stacked. The hidden size
+    The floor is the median of the last ``margin`` values, which are noise once more than
+    hidden + margin vectors of more than hidden + margin logits are stacked. The hidden size
     is the count of values over ten times the floor, accepted when at least ``margin``
     values lie below it and the last one drops by ``min_gap`` or more to the next (noise
     values differ from their neighbours by a few percent). (Not
@@ -259,9 +259,10 @@ def hidden_from_singular_values(s: np.ndarray, margin: int = 16, min_gap: float 
     s = s[s > 0]
     if len(s) < margin + 2:
         return None
-    # The tail, not just the last few values: with about as many vectors as logits, the
-    # smallest noise values fall towards zero and would put the floor too low.
-    floor = float(np.median(s[-max(margin, len(s) // 4):]))
+    # The last few values only: a longer tail would reach into the signal when the stack is
+    # barely taller than the hidden size. (With about as many vectors as logits the
+    # smallest noise values fall towards zero; the attacks stop well before that.)
+    floor = float(np.median(s[-margin:]))
     h = int(np.sum(s > 10 * floor))
     if h == 0 or h > len(s) - margin or s[h - 1] / s[h] < min_gap:
         return None
