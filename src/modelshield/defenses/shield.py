@@ -199,8 +199,7 @@ class Shield:
                 seen = self.state.incr_many(f"lmbias:{ident}",
                                             {str(t): 1 for t in req.logit_bias})
                 new = sum(1 for v in seen.values() if v == 1)
-            distinct = self.state.incr(f"lmprobe:{ident}", "bias_tokens", new) if new else \
-                self.state.incr(f"lmprobe:{ident}", "bias_tokens", 0)
+            distinct = self.state.incr(f"lmprobe:{ident}", "bias_tokens", new)
             flag = None
             if distinct >= policy.probe_distinct_bias_tokens:
                 flag = Flag("logit-bias", float(distinct),
