@@ -210,18 +210,8 @@ class Shield:
                             f"{counts['single']} of {counts['requests']} requests ask one "
                             "token's logprobs")
             if flag is not None:
-                decision.flags.append(flag)
-                if self.state.get(f"flag:{ident}") is None:
-                    self.state.set(f"flag:{ident}", flag.__dict__)
-                self.flagged.setdefault(ident, flag)
-        flag = self._flag(key, tier, ip)
-        if flag is not None:
-            self.flagged.setdefault(key.key_id, flag)
-            decision.action = tier.on_flag
-            if tier.on_flag == "deny":
-                raise Denied(403, "extraction_suspected",
-                             f"Access suspended: {flag.detector} detector: {flag.reason}.",
-                             {"X-Modelshield-Flag": flag.detector})
+                self._record_flag(ident, flag, decision)
+        self._act(key, tier, ip, decision)
 
     def account(self, api_key: str | None) -> dict[str, Any]:
         """What the holder of ``api_key`` may see of its own account (or raise Denied):
@@ -318,10 +308,18 @@ class Shield:
             for ident in watched:
                 flag = det.observe(ident, x, prediction)
                 if flag is not None:
-                    decision.flags.append(flag)
-                    if self.state.get(f"flag:{ident}") is None:
-                        self.state.set(f"flag:{ident}", flag.__dict__)
-                    self.flagged.setdefault(ident, flag)
+                    self._record_flag(ident, flag, decision)
+        self._act(key, tier, ip, decision)
+
+    def _record_flag(self, ident: str, flag: Flag, decision: Decision) -> None:
+        """Keep the first flag of an account (or group) in the shared state."""
+        decision.flags.append(flag)
+        if self.state.get(f"flag:{ident}") is None:
+            self.state.set(f"flag:{ident}", flag.__dict__)
+        self.flagged.setdefault(ident, flag)
+
+    def _act(self, key: ApiKey, tier: Tier, ip: str, decision: Decision) -> None:
+        """Apply the tier's ``on_flag`` action if the key or its group is flagged."""
         flag = self._flag(key, tier, ip)
         if flag is not None:
             self.flagged.setdefault(key.key_id, flag)

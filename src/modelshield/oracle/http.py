@@ -61,13 +61,7 @@ class HttpOracle(BaseOracle):
         return out
 
     def _get(self, path: str) -> Any:
-        try:
-            resp = self.client.get(path, headers=self.headers)
-        except httpx.HTTPError as exc:
-            raise ConfigError(f"Cannot reach the target: {exc}") from None
-        if resp.status_code != 200:
-            raise ConfigError(f"GET {path}: HTTP {resp.status_code}: {resp.text[:200]}")
-        return resp.json()
+        return get_json(self.client, path, self.headers)
 
     def _only_model(self) -> str:
         models = self._get("/v2").get("models", [])
@@ -130,3 +124,14 @@ def _from_v2(body: dict[str, Any]) -> dict[str, Any]:
             data = [data[i:i + width] for i in range(0, len(data), width)]
         out[names.get(t["name"], t["name"])] = data
     return out
+
+
+def get_json(client: httpx.Client, path: str, headers: dict[str, str]) -> Any:
+    """GET a JSON document of the target, or ConfigError saying why not."""
+    try:
+        resp = client.get(path, headers=headers)
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"Cannot reach the target: {exc}") from None
+    if resp.status_code != 200:
+        raise ConfigError(f"GET {path}: HTTP {resp.status_code}: {resp.text[:200]}")
+    return resp.json()

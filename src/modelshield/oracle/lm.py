@@ -22,6 +22,7 @@ import httpx
 
 from modelshield.defenses.llm import LMRequest
 from modelshield.errors import BudgetExhausted, ConfigError, Denied, OracleError
+from modelshield.oracle.http import get_json
 
 
 @dataclass
@@ -136,13 +137,7 @@ class OpenAIOracle(LMOracle):
             self.client.close()
 
     def _get(self, path: str) -> Any:
-        try:
-            resp = self.client.get(path, headers=self.headers)
-        except httpx.HTTPError as exc:
-            raise ConfigError(f"Cannot reach the target: {exc}") from None
-        if resp.status_code != 200:
-            raise ConfigError(f"GET {path}: HTTP {resp.status_code}: {resp.text[:200]}")
-        return resp.json()
+        return get_json(self.client, path, self.headers)
 
     def _only_model(self) -> str:
         models = [m["id"] for m in self._get("/v1/models").get("data", [])]
