@@ -10,7 +10,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from modelshield.defenses.llm import LLMPolicy, LMRequest, decode
+from modelshield.answer import LMRequest
+from modelshield.defenses.llm import LLMPolicy, decode
 from modelshield.victims.lm import load_lm
 
 lm = load_lm(os.environ.get("BENCH_LM", "lm-h64"))

@@ -102,3 +102,31 @@ class ApiSpec:
     def uniform(self, n: int, rng: np.random.Generator) -> FloatArray:
         """``n`` points drawn uniformly from the domain box."""
         return rng.uniform(self.low, self.high, size=(n, self.n_features))
+
+
+@dataclass
+class LMRequest:
+    """One completion request, tokenized: what the Shield checks and the model answers."""
+
+    prompts: list[list[int]]
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int | None = None
+    logprobs: int | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the request may consume: prompts plus every completion at full length."""
+        return sum(len(p) for p in self.prompts) + len(self.prompts) * self.n * self.max_tokens
+
+
+@dataclass
+class LMChoice:
+    prompt_index: int
+    tokens: list[int]
+    logprobs: list[float] | None
+    top_logprobs: list[list[tuple[int, float]]] | None
+    finish_reason: str

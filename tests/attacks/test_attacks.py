@@ -45,9 +45,11 @@ def test_attack_runs_within_budget_and_beats_chance(name: str,
     assert result.curve and result.curve[-1][0] == result.queries
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_attacks_never_import_the_victims_or_defenses(name: str) -> None:
-    module = ATTACKS[name].__module__
+@pytest.mark.parametrize("module", sorted(
+    {ATTACKS[n].__module__ for n in CASES}
+    | {"modelshield.attacks.logit_stealing", "modelshield.attacks.lm_cloning",
+       "modelshield.oracle.lm"}))
+def test_attacks_never_import_the_victims_or_defenses(module: str) -> None:
     source = Path(__import__(module, fromlist=["x"]).__file__ or "").read_text()
     imported = {n.module for n in ast.walk(ast.parse(source))
                 if isinstance(n, ast.ImportFrom) and n.module}

@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelshield.answer import LMChoice, LMRequest
 from modelshield.errors import Denied
 
 
@@ -40,34 +40,6 @@ class LLMPolicy(BaseModel):
     probe_distinct_bias_tokens: int = Field(default=64, ge=1)
     probe_single_token_requests: int = Field(default=200, ge=1)
     noise_key: str = "modelshield-logprob-noise"
-
-
-@dataclass
-class LMRequest:
-    """One completion request, tokenized: what the Shield checks and the model answers."""
-
-    prompts: list[list[int]]
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    n: int = 1
-    seed: int | None = None
-    logprobs: int | None = None
-    logit_bias: dict[int, float] = field(default_factory=dict)
-
-    @property
-    def tokens(self) -> int:
-        """Tokens the request may consume: prompts plus every completion at full length."""
-        return sum(len(p) for p in self.prompts) + len(self.prompts) * self.n * self.max_tokens
-
-
-@dataclass
-class LMChoice:
-    prompt_index: int
-    tokens: list[int]
-    logprobs: list[float] | None
-    top_logprobs: list[list[tuple[int, float]]] | None
-    finish_reason: str
 
 
 def check_request(req: LMRequest, policy: LLMPolicy, vocab: int) -> None:

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from limits import RateLimitItem, parse_many, storage, strategies
 
-from modelshield.answer import Answer, ApiSpec, FloatArray
+from modelshield.answer import Answer, ApiSpec, FloatArray, LMChoice, LMRequest
 from modelshield.defenses.config import Limits, ShieldConfig, Tier, load_config
 from modelshield.defenses.detectors import Detector, Flag, make_detector
-from modelshield.defenses.llm import LMChoice, LMRequest, check_request, decode
+from modelshield.defenses.llm import check_request, decode
 from modelshield.defenses.policies import OutputPolicy, parse_policy
 from modelshield.defenses.state import state_from_url
 from modelshield.errors import ConfigError, Denied, OracleError

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from modelshield.defenses.llm import LMRequest
+from modelshield.answer import LMRequest
 from modelshield.errors import BudgetExhausted, ConfigError, Denied, OracleError
 from modelshield.oracle.http import get_json
 

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from modelshield.defenses.llm import LMChoice, LMRequest
+from modelshield.answer import LMChoice, LMRequest
 from modelshield.defenses.shield import Shield
 from modelshield.errors import Denied
 
