@@ -165,6 +165,14 @@ class Collector:
         v = self.oracle.vocab
         return [list(map(int, self.rng.integers(0, v, self.a.prompt_length))) for _ in range(n)]
 
+    def more(self, rows: list[np.ndarray], tokens: np.ndarray) -> bool:
+        """Add one round of vectors to ``rows``; False when the budget has no room for it."""
+        try:
+            rows.extend(self.vectors(self.prompts(self.a.prompts_per_round), tokens))
+        except BudgetExhausted:
+            return False
+        return True
+
     def vectors(self, prompts: list[list[int]], tokens: np.ndarray) -> np.ndarray:
         """(len(prompts), len(tokens)) logits up to one constant per prompt."""
         if self.variant == "full":
@@ -297,11 +305,7 @@ class HiddenSize(LMAttack):
         rows: list[np.ndarray] = []
         hidden = None
         s = np.empty(0)
-        while True:
-            try:
-                rows.extend(c.vectors(c.prompts(self.prompts_per_round), tokens))
-            except BudgetExhausted:
-                break
+        while c.more(rows, tokens):
             s = singular_values(rows)
             hidden = hidden_from_singular_values(s, self.margin)
             if hidden is not None or len(rows) >= m + self.margin:
@@ -332,12 +336,7 @@ class Projection(LMAttack):
         tokens = np.arange(v)
         rows: list[np.ndarray] = []
         hidden = self.hidden or None
-        s = np.empty(0)
-        while True:
-            try:
-                rows.extend(c.vectors(c.prompts(self.prompts_per_round), tokens))
-            except BudgetExhausted:
-                break
+        while c.more(rows, tokens):
             if hidden is None:  # found once, it stays found
                 hidden = hidden_from_singular_values(singular_values(rows))
             if hidden is not None and len(rows) >= max(self.vectors, hidden + self.extra):

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from modelshield.attacks import ATTACKS
 from modelshield.attacks.params import parse_params
-from modelshield.defenses.config import Limits, Tier, load_config
+from modelshield.defenses.config import Limits, Tier, http_url, load_config
 from modelshield.errors import ConfigError, ModelShieldError
 from modelshield.victims.zoo import ZOO
 
@@ -57,9 +57,7 @@ class Target(_Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return v
+        return http_url(v)
 
     @model_validator(mode="after")
     def _one(self) -> Target:

@@ -40,6 +40,13 @@ def _rates(value: str | None, field: str) -> str | None:
     return value
 
 
+def http_url(v: str | None) -> str | None:
+    """A field validator's check: None, or an http(s) URL."""
+    if v is not None and not v.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return v
+
+
 class Limits(_Strict):
     """Rates in the `limits` syntax: '100/hour', '10/second;1000/day'."""
 
@@ -122,9 +129,7 @@ class Model(_Strict):
     @field_validator("upstream")
     @classmethod
     def _upstream(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return v
+        return http_url(v)
 
 
 class ShieldConfig(_Strict):
