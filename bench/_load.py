@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -83,3 +84,33 @@ async def _load(url: str, bodies: list[Any], headers: list[dict[str, str]], conc
     return {"requests": len(lat), "seconds": elapsed, "throughput": len(lat) / elapsed,
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
             "statuses": statuses}
+
+
+def run_alternating(targets: list[tuple[str, dict[str, str]]], bodies: list[Any],
+                    requests: int) -> list[dict[str, Any]]:
+    """One client sends ``requests`` POSTs to each target, one at a time, alternating
+    between the targets (A B, B A, A B, ...), so drift in the machine's speed falls on
+    all of them alike. Returns each target's p50/p99 latency."""
+    return asyncio.run(_alternating(targets, bodies, requests))
+
+
+async def _alternating(targets: list[tuple[str, dict[str, str]]], bodies: list[Any],
+                       requests: int) -> list[dict[str, Any]]:
+    latencies: list[list[float]] = [[] for _ in targets]
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(httpx.AsyncClient(timeout=30))
+                   for _ in targets]
+        for i in range(requests):
+            order = range(len(targets)) if i % 2 == 0 else reversed(range(len(targets)))
+            for t in order:
+                url, headers = targets[t]
+                start = time.perf_counter()
+                r = await clients[t].post(url, json=bodies[i % len(bodies)], headers=headers)
+                latencies[t].append(time.perf_counter() - start)
+                r.raise_for_status()
+    out = []
+    for lat in latencies:
+        ms = np.array(lat) * 1000
+        out.append({"requests": len(ms), "p50_ms": float(np.percentile(ms, 50)),
+                    "p99_ms": float(np.percentile(ms, 99))})
+    return out

@@ -6,12 +6,15 @@
 measures the Redis-limits and PostgreSQL-audit configurations (or name your own servers
 with ``--redis URL`` / ``--postgres URL``).
 
-Both servers run one at a time under uvicorn on loopback, with the same load (single-row
+Both servers run under uvicorn on loopback at the same time, with the same load (single-row
 requests from the digits test set, closed loop, ``--concurrency`` clients, one API key
-each). The Shield has every defense on: key check, per-key/IP/global limits on requests and
-rows (set high enough not to refuse), all five detectors (alert only), an output policy,
-and the audit log committed before each response. Prints throughput and latency, the
-throughput ratio and the p99 added; writes bench/results/gateway_overhead.json.
+each), measured side by side: throughput in ``--rounds`` rounds that alternate between the
+two servers (so the machine's drift falls on both alike), and the moderate-load latency
+from single requests that alternate between them. The Shield has every defense on: key
+check, per-key/IP/global limits on requests and rows (set high enough not to refuse), all
+five detectors (alert only), an output policy, and the audit log committed before each
+response. Prints throughput, the throughput ratio (pooled, and its range over the rounds)
+and the latency added; writes bench/results/gateway_overhead.json.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from _common import show, write
-from _load import free_port, run_load, server
+from _load import free_port, run_alternating, run_load, server
 
 from modelshield.serve.store import AuditStore
 from modelshield.victims import load_victim
@@ -50,20 +53,11 @@ def gateway_config(tmp: Path, limits_url: str, audit_url: str) -> Path:
     return path
 
 
-def measure(args: argparse.Namespace, limits_url: str, audit_url: str,
-            label: str) -> list[dict[str, Any]]:
-    victim = load_victim("digits-mlp")
-    x = victim.X_test
-    bodies = [{"inputs": x[np.arange(i, i + args.rows) % len(x)].tolist()}
-              for i in range(len(x))]
-    rows = []
-    port = free_port()
-    with server("bare_app:app", port, env={"PYTHONPATH": str(Path(__file__).parent)}):
-        url = f"http://127.0.0.1:{port}/v1/models/digits-mlp/predict"
-        run_load(url, bodies, [{}], concurrency=args.concurrency, requests=200)  # warm-up
-        rows.append({"server": "bare FastAPI", **run_load(
-            url, bodies, [{}], concurrency=args.concurrency, requests=args.requests),
-            "moderate": run_load(url, bodies, [{}], concurrency=1, requests=args.moderate)})
+def measure(args: argparse.Namespace, bare_url: str, bodies: list[Any], limits_url: str,
+            audit_url: str) -> dict[str, Any]:
+    """The Shield in one configuration against the bare server (already running), side by
+    side: throughput in alternating rounds (bare first in even rounds, the Shield first in
+    odd ones), then single requests alternating between the two."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = gateway_config(Path(tmp), limits_url, audit_url.format(tmp=tmp))
         store = AuditStore(audit_url.format(tmp=tmp))
@@ -73,18 +67,40 @@ def measure(args: argparse.Namespace, limits_url: str, audit_url: str,
         port = free_port()
         with server("modelshield.serve.main:app", port, env={"MODELSHIELD_CONFIG": str(cfg)}):
             url = f"http://127.0.0.1:{port}/v1/models/digits-mlp/predict"
-            run_load(url, bodies, keys, concurrency=args.concurrency, requests=200)
-            rows.append({"server": f"modelshield ({label})", **run_load(
-                url, bodies, keys, concurrency=args.concurrency, requests=args.requests),
-                "moderate": run_load(url, bodies, keys[:1], concurrency=1,
-                                     requests=args.moderate)})
-    return rows
+            run_load(url, bodies, keys, concurrency=args.concurrency, requests=200)  # warm-up
+            per_round = max(1, args.requests // args.rounds)
+            rounds = []
+            for r in range(args.rounds):
+                pair = [("bare", bare_url, [{}]), ("shield", url, keys)]
+                for name, u, headers in (pair if r % 2 == 0 else pair[::-1]):
+                    out = run_load(u, bodies, headers, concurrency=args.concurrency,
+                                   requests=per_round)
+                    rounds.append({"round": r, "server": name, **out})
+            bare_m, shield_m = run_alternating([(bare_url, {}), (url, keys[0])], bodies,
+                                               args.moderate)
+
+    def pooled(name: str) -> float:
+        done = [x for x in rounds if x["server"] == name]
+        return sum(x["requests"] for x in done) / sum(x["seconds"] for x in done)
+
+    ratios = [s["throughput"] / b["throughput"] for b, s in zip(
+        [x for x in rounds if x["server"] == "bare"],
+        [x for x in rounds if x["server"] == "shield"], strict=True)]
+    return {"bare_throughput": pooled("bare"), "shield_throughput": pooled("shield"),
+            "throughput_ratio": pooled("shield") / pooled("bare"),
+            "round_ratios": ratios, "rounds": rounds,
+            "moderate": {"bare": bare_m, "shield": shield_m},
+            "moderate_p50_added_ms": shield_m["p50_ms"] - bare_m["p50_ms"],
+            "moderate_p99_added_ms": shield_m["p99_ms"] - bare_m["p99_ms"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="alternating throughput rounds per server (the requests are "
+                        "split over them)")
     parser.add_argument("--rows", type=int, default=1, help="rows per request")
     parser.add_argument("--moderate", type=int, default=1000,
                         help="requests sent one at a time for the moderate-load latency")
@@ -108,24 +124,27 @@ def run(args: argparse.Namespace) -> None:
         configs.append(("Redis limits, SQLite audit", args.redis, "sqlite:///{tmp}/audit.db"))
     if args.postgres:
         configs.append(("memory limits, PostgreSQL audit", "memory://", args.postgres))
+    x = load_victim("digits-mlp").X_test
+    bodies = [{"inputs": x[np.arange(i, i + args.rows) % len(x)].tolist()}
+              for i in range(len(x))]
     results = []
-    for label, limits_url, audit_url in configs:
-        bare, shielded = measure(args, limits_url, audit_url, label)
-        results.append({"config": label, "bare": bare, "shield": shielded,
-                        "throughput_ratio": shielded["throughput"] / bare["throughput"],
-                        "p99_added_ms": shielded["p99_ms"] - bare["p99_ms"],
-                        "moderate_p50_added_ms": shielded["moderate"]["p50_ms"]
-                        - bare["moderate"]["p50_ms"],
-                        "moderate_p99_added_ms": shielded["moderate"]["p99_ms"]
-                        - bare["moderate"]["p99_ms"]})
-    show(f"gateway overhead: {args.requests} requests of {args.rows} row(s) from {args.concurrency} "
-         f"clients (throughput), {args.moderate} one at a time (moderate-load latency)",
-         ["config", "bare req/s", "shield req/s", "ratio", "bare p50/p99 ms (moderate)",
-          "shield p50/p99 ms (moderate)", "added p50/p99 ms (moderate)"],
-         [[r["config"], r["bare"]["throughput"], r["shield"]["throughput"],
-           r["throughput_ratio"],
-           f"{r['bare']['moderate']['p50_ms']:.2f} / {r['bare']['moderate']['p99_ms']:.2f}",
-           f"{r['shield']['moderate']['p50_ms']:.2f} / {r['shield']['moderate']['p99_ms']:.2f}",
+    port = free_port()
+    with server("bare_app:app", port, env={"PYTHONPATH": str(Path(__file__).parent)}):
+        bare_url = f"http://127.0.0.1:{port}/v1/models/digits-mlp/predict"
+        run_load(bare_url, bodies, [{}], concurrency=args.concurrency, requests=200)  # warm-up
+        for label, limits_url, audit_url in configs:
+            results.append({"config": label,
+                            **measure(args, bare_url, bodies, limits_url, audit_url)})
+    show(f"gateway overhead: {args.requests} requests of {args.rows} row(s) per server from "
+         f"{args.concurrency} clients in {args.rounds} alternating rounds (throughput), "
+         f"{args.moderate} one at a time, alternating (moderate-load latency)",
+         ["config", "bare req/s", "shield req/s", "ratio", "ratio by round",
+          "bare p50/p99 ms (moderate)", "shield p50/p99 ms (moderate)",
+          "added p50/p99 ms (moderate)"],
+         [[r["config"], r["bare_throughput"], r["shield_throughput"], r["throughput_ratio"],
+           f"{min(r['round_ratios']):.2f} to {max(r['round_ratios']):.2f}",
+           f"{r['moderate']['bare']['p50_ms']:.2f} / {r['moderate']['bare']['p99_ms']:.2f}",
+           f"{r['moderate']['shield']['p50_ms']:.2f} / {r['moderate']['shield']['p99_ms']:.2f}",
            f"{r['moderate_p50_added_ms']:.2f} / {r['moderate_p99_added_ms']:.2f}"]
           for r in results])
     suffix = "" if args.rows == 1 else f"_rows{args.rows}"

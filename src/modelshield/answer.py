@@ -130,3 +130,4 @@ class LMChoice:
     logprobs: list[float] | None
     top_logprobs: list[list[tuple[int, float]]] | None
     finish_reason: str
+    text: str | None = None  # the completion's text, where the model server gave it

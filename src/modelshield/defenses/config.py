@@ -106,7 +106,9 @@ class Storage(_Strict):
 
 
 class Model(_Strict):
-    """The served model: a built-in victim, a model file, or an upstream v2 server.
+    """The served model: a built-in victim, a model file, an upstream v2 server, a language
+    model (built-in or a Hugging Face directory), or one behind an upstream OpenAI-compatible
+    server (``lm_upstream``, with ``upstream_model``).
 
     A file or an upstream needs the API contract spelt out: ``classes`` and the input
     domain ``low``/``high`` (one number for every feature, or one per feature), plus
@@ -117,6 +119,13 @@ class Model(_Strict):
     lm: str | None = None  # a built-in language model (lm-h64, ...) or a Hugging Face directory
     file: str | None = None
     upstream: str | None = None
+    # A language model behind an OpenAI-compatible server (vLLM): its base URL, the model's
+    # name there, the environment variable holding the upstream's API key, and its
+    # vocabulary size when /v1/models does not say it.
+    lm_upstream: str | None = None
+    upstream_model: str | None = None
+    upstream_api_key_env: str | None = None
+    upstream_vocab: int | None = Field(default=None, ge=1)
     name: str | None = None
     seed: int = 0
     classes: list[str] | None = None
@@ -126,7 +135,7 @@ class Model(_Strict):
     accepts_missing: bool = False
     integer_features: bool = False
 
-    @field_validator("upstream")
+    @field_validator("upstream", "lm_upstream")
     @classmethod
     def _upstream(cls, v: str | None) -> str | None:
         return http_url(v)

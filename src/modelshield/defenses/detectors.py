@@ -79,17 +79,18 @@ class Sweep(Detector):
         d = inputs.shape[1]
         recent = self.state.rows(f"sweep:{account}:recent", d)[-self.window:]
         steps = self.state.rows(f"sweep:{account}:steps", d)[-self.window:]
-        rows = np.nan_to_num(inputs, nan=-1e300)
+        rows = np.where(np.isnan(inputs), -1e300, inputs)
         hits, new_steps = 0, []
         for start in range(0, len(rows), self.block):  # bounded memory for large batches
             block = rows[start : start + self.block]
             h, found = sweep_hits(recent, steps, block, self.window)
             hits += int(h.sum())
             new_steps.append(found)
-            recent = np.concatenate([recent, block])[-self.window:]
-            steps = np.concatenate([steps, found])[-self.window:]
+            if start + self.block < len(rows):
+                recent = np.concatenate([recent, block])[-self.window:]
+                steps = np.concatenate([steps, found])[-self.window:]
         self.state.push(f"sweep:{account}:recent", rows[-self.window:], self.window)
-        fresh = np.concatenate(new_steps)[-self.window:]
+        fresh = (new_steps[0] if len(new_steps) == 1 else np.concatenate(new_steps))[-self.window:]
         if len(fresh):
             self.state.push(f"sweep:{account}:steps", fresh, self.window)
         c = self.state.incr_many(f"sweep:{account}", {"hits": hits, "total": len(rows)})
@@ -113,6 +114,8 @@ def sweep_hits(recent: FloatArray, steps: FloatArray, rows: FloatArray,
     its latest predecessor then becomes a step. Returns (hits (k,), new steps (m, d)).
     """
     h, k = len(recent), len(rows)
+    if k == 1:  # the common single-row request, without the batch machinery
+        return _sweep_one(recent[-window:], steps[-window:], rows[0], near)
     allrows = np.concatenate([recent, rows])
     pos = h + np.arange(k)
     j = np.arange(h + k)
@@ -134,6 +137,25 @@ def sweep_hits(recent: FloatArray, steps: FloatArray, rows: FloatArray,
     cos = np.abs(np.einsum("knd,sd->kns", dirs, everything)).max(axis=1)
     repeated = ((cos > 1 - 1e-9) & visible).any(axis=1)
     return active & (one_feature | repeated), found
+
+
+def _sweep_one(recent: FloatArray, steps: FloatArray, row: FloatArray,
+               near: int) -> tuple[np.ndarray, FloatArray]:
+    """sweep_hits for one row (recent and steps already cut to the window)."""
+    if len(recent) == 0:
+        return _NO_HIT, np.empty((0, len(row)))
+    changed = np.count_nonzero(np.abs(recent - row) > 1e-12, axis=1)
+    if not changed.all():  # a repeat is no step
+        return _NO_HIT, np.empty((0, len(row)))
+    diffs = recent[: -near - 1 : -1] - row  # latest predecessor first
+    dirs = diffs / np.sqrt(np.einsum("nd,nd->n", diffs, diffs))[:, None]
+    hit = bool((changed == 1).any()) or (
+        len(steps) > 0 and bool((np.abs(dirs @ steps.T) > 1 - 1e-9).any()))
+    return np.array([hit]), dirs[:1]
+
+
+_NO_HIT = np.zeros(1, dtype=bool)
+_NO_HIT.flags.writeable = False
 
 
 @dataclass
@@ -181,20 +203,23 @@ class OutOfDistribution(Detector):
     reference: FloatArray | None = None
     radius: float = np.inf
     scale: FloatArray | None = None
+    _ref_sq: FloatArray | None = field(default=None, repr=False)
 
     def calibrate(self, benign: FloatArray, predict: Any) -> None:
         self.scale = np.maximum(benign.std(axis=0), 1e-9)
         ref = np.random.default_rng(0).permutation(benign / self.scale)[:2 * self.size]
         half = len(ref) // 2
         self.reference = ref[:half]
-        self.radius = float(np.quantile(_nearest(ref[half:], self.reference), 0.99))
+        self._ref_sq = (self.reference * self.reference).sum(1)
+        self.radius = float(np.quantile(_nearest(ref[half:], self.reference, self._ref_sq),
+                                        0.99))
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         if self.reference is None or self.scale is None:
             return None
-        x = np.nan_to_num(inputs) / self.scale
-        c = self.state.incr_many(f"ood:{account}", {
-            "far": int(np.sum(_nearest(x, self.reference) > self.radius)), "total": len(inputs)})
+        x = np.where(np.isnan(inputs), 0.0, inputs) / self.scale
+        n_far = int((_nearest(x, self.reference, self._ref_sq) > self.radius).sum())
+        c = self.state.incr_many(f"ood:{account}", {"far": n_far, "total": len(inputs)})
         far, n = c["far"], c["total"]
         if n < self.min_queries:
             return None
@@ -238,9 +263,9 @@ class Prada(Detector):
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         key = f"prada:{account}"
-        x = np.nan_to_num(inputs)
+        x = np.where(np.isnan(inputs), 0.0, inputs)
         labels = prediction.labels
-        sets = {int(c): self.state.rows(f"{key}:g{int(c)}", x.shape[1]) for c in np.unique(labels)}
+        sets = {c: self.state.rows(f"{key}:g{c}", x.shape[1]) for c in set(labels.tolist())}
         moments = self.state.get(f"{key}:moments") or [0, 0.0, 0.0]  # Welford: n, mean, M2
         dists, added = prada_step(x, labels, sets, moments)
         new: dict[int, list[FloatArray]] = defaultdict(list)
@@ -325,6 +350,10 @@ def _margins(prediction: Prediction) -> FloatArray:
     return np.asarray(top2[:, 1] - top2[:, 0])
 
 
-def _nearest(x: FloatArray, ref: FloatArray) -> FloatArray:
-    d = (x * x).sum(1)[:, None] - 2 * x @ ref.T + (ref * ref).sum(1)[None, :]
+def _nearest(x: FloatArray, ref: FloatArray, ref_sq: FloatArray | None = None) -> FloatArray:
+    """Each row's Euclidean distance to its nearest reference row (``ref_sq``: the
+    reference rows' squared norms, if already known)."""
+    if ref_sq is None:
+        ref_sq = (ref * ref).sum(1)
+    d = (x * x).sum(1)[:, None] - 2 * x @ ref.T + ref_sq[None, :]
     return np.asarray(np.sqrt(np.maximum(d.min(axis=1), 0.0)))

@@ -165,3 +165,29 @@ def _shape(lp: np.ndarray, policy: LLMPolicy, seq: list[int], step: int) -> np.n
     if policy.logprob_decimals is not None:
         lp = np.round(lp, policy.logprob_decimals)
     return lp
+
+
+def shape_choices(choices: list[LMChoice], req: LMRequest, policy: LLMPolicy,
+                  vocab: int) -> list[LMChoice]:
+    """The tier's logprob noise and rounding, applied to choices generated elsewhere (an
+    upstream server) exactly as ``decode`` applies them to a local model's: the same keyed
+    noise for the same prompt, prefix and step."""
+    if policy.logprob_noise <= 0 and policy.logprob_decimals is None:
+        return choices
+    out = []
+    for c in choices:
+        if c.logprobs is None or c.top_logprobs is None:
+            out.append(c)
+            continue
+        seq = list(req.prompts[c.prompt_index])
+        lps, tops = [], []
+        for step, (token, top) in enumerate(zip(c.tokens, c.top_logprobs, strict=True)):
+            ids = np.array([token] + [t for t, _ in top], dtype=np.int64)
+            full = np.zeros(vocab)
+            full[ids] = [c.logprobs[step]] + [v for _, v in top]
+            shaped = _shape(full, policy, seq, step)
+            lps.append(float(shaped[token]))
+            tops.append(sorted(((t, float(shaped[t])) for t, _ in top), key=lambda e: -e[1]))
+            seq.append(token)
+        out.append(LMChoice(c.prompt_index, c.tokens, lps, tops, c.finish_reason, c.text))
+    return out

@@ -14,6 +14,7 @@ recorder commits the audit record before the answer leaves. The same object serv
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from limits import RateLimitItem, parse_many, storage, strategies
 from modelshield.answer import Answer, ApiSpec, FloatArray, LMChoice, LMRequest
 from modelshield.defenses.config import Limits, ShieldConfig, Tier, load_config
 from modelshield.defenses.detectors import Detector, Flag, make_detector
-from modelshield.defenses.llm import check_request, decode
+from modelshield.defenses.llm import check_request, decode, shape_choices
 from modelshield.defenses.policies import OutputPolicy, parse_policy
 from modelshield.defenses.state import state_from_url
 from modelshield.errors import ConfigError, Denied, OracleError
@@ -92,6 +93,20 @@ class Shield:
 
             lm = load_lm(m.lm, m.seed)
             model, spec, benign = lm, lm_spec(m.name or lm.name), None
+        elif m.lm_upstream:
+            from modelshield.victims.upstream import OpenAIUpstream
+
+            key = os.environ.get(m.upstream_api_key_env) if m.upstream_api_key_env else None
+            upstream_name = m.upstream_model or m.name or ""
+            if not upstream_name:
+                raise ConfigError("model.upstream_model: name the model as the upstream "
+                                  "server serves it.")
+            try:
+                model = OpenAIUpstream(m.lm_upstream, upstream_name, api_key=key,
+                                       vocab=m.upstream_vocab)
+            except OracleError as exc:
+                raise ConfigError(f"model.lm_upstream: {exc}") from None
+            spec, benign = lm_spec(m.name or upstream_name), None
         elif m.file or m.upstream:
             spec = kwargs.pop("spec", None) or _spec_from_config(config)
             if m.file:
@@ -142,8 +157,9 @@ class Shield:
 
     @property
     def lm(self) -> Any:
-        """The served language model, or None when the model is a classifier."""
-        return self.model if hasattr(self.model, "next_logits") else None
+        """The served language model (local, or upstream), or None for a classifier."""
+        return self.model if hasattr(self.model, "next_logits") or \
+            hasattr(self.model, "complete") else None
 
     def handle_completion(self, api_key: str | None, req: LMRequest,
                           client_ip: str = "127.0.0.1") -> tuple[list[LMChoice], Decision]:
@@ -166,7 +182,20 @@ class Shield:
         if decision.action == "degrade" and req.logprobs is not None:
             raise Denied(403, "logprobs_withdrawn", "logprobs are withdrawn from this key: "
                          "its queries look like model extraction.")
-        choices = decode(lm.next_logits, req, policy, lm.tokenizer.eos_token_id)
+        if hasattr(lm, "complete"):  # served upstream: the Shield shapes what comes back
+            if req.logit_bias and req.logprobs is not None and \
+                    not policy.bias_affects_logprobs:
+                raise Denied(400, "logit_bias_with_logprobs",
+                             "On this tier a logit bias may not change the returned logprobs, "
+                             "and the upstream model server cannot promise that: send "
+                             "logit_bias or logprobs, not both.", {"X-Error-Param": "logit_bias"})
+            try:
+                choices = shape_choices(lm.complete(req), req, policy, lm.vocab)
+            except OracleError as exc:
+                raise Denied(getattr(exc, "client_status", 502), "upstream_error",
+                             str(exc)) from None
+        else:
+            choices = decode(lm.next_logits, req, policy, lm.tokenizer.eos_token_id)
         decision.policy = "llm"
         self.store.commit([AuditRecord(
             ts=self.clock(), key_id=key.key_id, client_ip=client_ip, model=self.spec.name,

@@ -15,6 +15,7 @@ status; nothing refused is recorded as answered.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -61,8 +62,11 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._too_large(send)
+        if length is not None and length.isdigit():
+            if int(length) > self.max_bytes:
+                await self._too_large(send)
+            else:  # the server holds the body to its declared length: nothing to count
+                await self.app(scope, receive, send)
             return
         seen, exceeded, replied = 0, False, False
 
@@ -145,7 +149,9 @@ def create_app(shield: Shield, max_body_bytes: int = 8 * 2**20) -> FastAPI:
 
     @app.post("/v1/models/{model}/predict")
     async def predict(model: str, body: PredictRequest, request: Request) -> Any:
-        inputs = [[np.nan if v is None else v for v in row] for row in body.inputs]
+        inputs: Any = body.inputs
+        with contextlib.suppress(ValueError):  # ragged rows: the Shield names the shape
+            inputs = np.asarray(inputs, dtype=np.float64)  # null (None) reads as NaN
         out = await serve(request, model, inputs, "predict")
         if isinstance(out, JSONResponse):
             return out
@@ -233,15 +239,25 @@ def _api_key(request: Request) -> str | None:
 
 
 def _nan_to_none(a: np.ndarray) -> list[Any]:
-    return [None if isinstance(v, float) and np.isnan(v) else v for v in a.ravel().tolist()]
+    """A flat list of ``a``'s values with NaN as None (JSON null)."""
+    values = a.ravel().tolist()
+    if not np.isnan(a).any():
+        return values
+    return [None if isinstance(v, float) and v != v else v for v in values]
+
+
+def _rows_nan_to_none(a: np.ndarray) -> list[Any]:
+    """``a``'s rows as lists, with NaN as None (JSON null)."""
+    if not np.isnan(a).any():
+        return list(a.tolist())
+    return [_nan_to_none(row) for row in a]
 
 
 def _v1(answer: Answer, model: str) -> dict[str, Any]:
     out: dict[str, Any] = {"model": model, "labels": answer.labels.tolist(),
                            "policy": answer.policy}
     if answer.probabilities is not None:
-        p = answer.probabilities
-        out["probabilities"] = [_nan_to_none(row) for row in p]
+        out["probabilities"] = _rows_nan_to_none(answer.probabilities)
     if answer.confidence is not None:
         out["confidence"] = answer.confidence.tolist()
     if answer.leaf_ids is not None:

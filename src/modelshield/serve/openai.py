@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from modelshield.answer import LMChoice, LMRequest
 from modelshield.defenses.shield import Shield
-from modelshield.errors import Denied
+from modelshield.errors import Denied, OracleError
 
 Prompt = str | list[str] | list[int] | list[list[int]]
 
@@ -43,6 +43,17 @@ class CompletionRequest(BaseModel):
     return_tokens_as_token_ids: bool = False
     return_token_ids: bool = False
     user: str | None = None
+
+
+class TokenizeRequest(BaseModel):
+    model: str
+    prompt: str
+    add_special_tokens: bool = False
+
+
+class DetokenizeRequest(BaseModel):
+    model: str
+    tokens: list[int]
 
 
 class ChatMessage(BaseModel):
@@ -146,11 +157,72 @@ def add_openai_routes(app: FastAPI, shield: Shield,
             data.update(vocab_size=lm.vocab, context_length=lm.context)
         return {"object": "list", "data": [data]}
 
+    async def texts(choices: list[LMChoice], as_ids: bool) -> None:
+        """Fetch the token texts a response will name before it is built (an upstream
+        model is asked over HTTP, so not on the event loop)."""
+        lm = shield.lm
+        if not as_ids and lm is not None and hasattr(lm, "complete"):
+            wanted = {t for c in choices for top in (c.top_logprobs or []) for t, _ in top}
+            wanted.update(t for c in choices if c.logprobs is not None for t in c.tokens)
+            await run_in_threadpool(lambda: [lm.token_text(t) for t in sorted(wanted)])
+
+    async def offload(fn: Callable[[], Any], route: str, param: str = "prompt") -> Any:
+        """Run ``fn`` off the event loop (an upstream model tokenizes over HTTP); an
+        upstream failure becomes an error response."""
+        try:
+            return await run_in_threadpool(fn)
+        except OracleError as exc:
+            return refuse(getattr(exc, "client_status", 502), str(exc), "upstream_error",
+                          param, route)
+
+    def text(c: LMChoice) -> str:
+        lm = shield.lm
+        return c.text if c.text is not None else (lm.decode(c.tokens) if lm else "")
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest, request: Request) -> Any:
+        """vLLM's tokenizer route: text to token ids (a valid key is needed; no query is
+        spent)."""
+        lm = shield.lm
+        refused = await check(request, body.model, "tokenize")
+        if refused is not None:
+            return refused
+        ids = await offload(lambda: [lm.encode(body.prompt)], "tokenize")
+        if isinstance(ids, JSONResponse):
+            return ids
+        return {"tokens": ids[0], "count": len(ids[0]), "max_model_len": lm.context}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest, request: Request) -> Any:
+        """vLLM's detokenizer route: token ids to text."""
+        lm = shield.lm
+        refused = await check(request, body.model, "detokenize")
+        if refused is not None:
+            return refused
+        if any(not 0 <= t < lm.vocab for t in body.tokens):
+            return refuse(400, f"token ids must be in [0, {lm.vocab}).", "invalid_value",
+                          "tokens", "detokenize")
+        out = await offload(lambda: lm.decode(body.tokens), "detokenize", "tokens")
+        return out if isinstance(out, JSONResponse) else {"prompt": out}
+
+    async def check(request: Request, model: str, route: str) -> JSONResponse | None:
+        if model != name or shield.lm is None:
+            return refuse(404, f"The model {model!r} does not exist; this gateway serves "
+                          f"{name!r}.", "model_not_found", "model", route)
+        try:
+            await run_in_threadpool(shield.account, _api_key(request))
+        except Denied as exc:
+            return refuse(exc.status, str(exc), exc.code, None, route, exc.headers)
+        return None
+
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Any:
         route = "completions"
         lm = shield.lm
-        prompts = _prompts(body.prompt, lm.encode if lm else (lambda s: []))
+        prompts = await offload(lambda: _prompts(body.prompt, lm.encode if lm else
+                                                 (lambda s: [])), route)
+        if isinstance(prompts, JSONResponse):
+            return prompts
         logit_bias = bias(body.logit_bias, route)
         if isinstance(logit_bias, JSONResponse):
             return logit_bias
@@ -162,6 +234,7 @@ def add_openai_routes(app: FastAPI, shield: Shield,
         choices, decision = out
         ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         as_ids = body.return_tokens_as_token_ids
+        await texts(choices, as_ids)
 
         def choice(i: int, c: LMChoice) -> dict[str, Any]:
             lp = None
@@ -174,7 +247,7 @@ def add_openai_routes(app: FastAPI, shield: Shield,
                 lp = {"tokens": texts, "token_logprobs": c.logprobs, "text_offset": offsets,
                       "top_logprobs": [{token(t, as_ids): v for t, v in top}
                                        for top in c.top_logprobs]}
-            item = {"index": i, "text": lm.decode(c.tokens) if lm else "", "logprobs": lp,
+            item = {"index": i, "text": text(c), "logprobs": lp,
                     "finish_reason": c.finish_reason}
             if body.return_token_ids:
                 item["token_ids"] = c.tokens
@@ -203,7 +276,10 @@ def add_openai_routes(app: FastAPI, shield: Shield,
             return refuse(400, "top_logprobs needs logprobs: true.", "invalid_value",
                           "top_logprobs", route)
         max_tokens = body.max_completion_tokens or body.max_tokens or 16
-        req = LMRequest([lm.encode(chat_prompt(body.messages))], max_tokens, body.temperature,
+        prompts = await offload(lambda: [lm.encode(chat_prompt(body.messages))], route)
+        if isinstance(prompts, JSONResponse):
+            return prompts
+        req = LMRequest(prompts, max_tokens, body.temperature,
                         body.top_p, body.n, body.seed,
                         (body.top_logprobs or 0) if body.logprobs else None, logit_bias)
         out = await run(request, req, route, body.model)
@@ -212,6 +288,7 @@ def add_openai_routes(app: FastAPI, shield: Shield,
         choices, decision = out
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         as_ids = body.return_tokens_as_token_ids
+        await texts(choices, as_ids)
 
         def entry(t: int, v: float) -> dict[str, Any]:
             text = token(t, as_ids)
@@ -223,7 +300,7 @@ def add_openai_routes(app: FastAPI, shield: Shield,
                 lp = {"content": [{**entry(t, v), "top_logprobs": [entry(a, b) for a, b in top]}
                                   for t, v, top in zip(c.tokens, c.logprobs, c.top_logprobs,
                                                        strict=True)]}
-            return {"index": i, "message": {"role": "assistant", "content": lm.decode(c.tokens)},
+            return {"index": i, "message": {"role": "assistant", "content": text(c)},
                     "logprobs": lp, "finish_reason": c.finish_reason}
 
         items = [choice(i, c) for i, c in enumerate(choices)]

@@ -1,16 +1,22 @@
-"""A model served elsewhere over the Open Inference Protocol (KServe v2), as an adapter.
+"""Models served elsewhere, as adapters: the gateway sits in front of them, every request
+passes the Shield here, and only the model's work goes upstream.
 
-The gateway then sits in front of it: every request passes the Shield here and only the
-model's work goes upstream (``POST {url}/v2/models/{name}/infer``). The upstream must return
-an output named ``probabilities`` (or, failing that, the first FP output) of shape (n, c).
+* :class:`V2Upstream`: a classifier over the Open Inference Protocol (KServe v2),
+  ``POST {url}/v2/models/{name}/infer``. The upstream must return an output named
+  ``probabilities`` (or, failing that, the first FP output) of shape (n, c).
+* :class:`OpenAIUpstream`: a language model behind an OpenAI-compatible server such as
+  vLLM, ``POST {url}/v1/completions``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import httpx
 import numpy as np
 
-from modelshield.answer import FloatArray, Prediction
+from modelshield.answer import FloatArray, LMChoice, LMRequest, Prediction
 from modelshield.errors import OracleError
 
 
@@ -35,3 +41,133 @@ class V2Upstream:
 
     def close(self) -> None:
         self.client.close()
+
+
+class OpenAIUpstream:
+    """A language model served elsewhere behind an OpenAI-compatible API (vLLM, say), as
+    the gateway's model: every request passes the Shield here, then goes upstream.
+
+    The upstream is asked for what the Shield needs to judge and record a request:
+    prompts as token ids (``/tokenize`` turns text into ids, as vLLM serves it),
+    ``return_tokens_as_token_ids`` (vLLM) so each logprob names its token id, and
+    ``return_token_ids`` for the sampled ids. ``/v1/models`` gives the context length
+    (``max_model_len``) and, where the server says it, the vocabulary size.
+    """
+
+    def __init__(self, url: str, model: str, *, api_key: str | None = None,
+                 vocab: int | None = None, timeout: float = 60.0) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=headers)
+        self.name = model
+        self._texts: dict[int, str] = {}
+        try:
+            entry = self._model_entry(model)
+            size = vocab or entry.get("vocab_size")
+            if not size:
+                raise OracleError(f"upstream {url}: /v1/models does not give {model!r}'s "
+                                  "vocab_size; set model.upstream_vocab in the config.")
+        except OracleError:
+            self.client.close()
+            raise
+        self.vocab = int(size)
+        self.context = int(entry.get("max_model_len") or entry.get("context_length") or 2048)
+
+    def _model_entry(self, model: str) -> dict[str, Any]:
+        data = self._call("GET", "/v1/models")
+        for entry in data.get("data", []):
+            if entry.get("id") == model:
+                return dict(entry)
+        served = ", ".join(str(e.get("id")) for e in data.get("data", []))
+        raise OracleError(f"upstream does not serve {model!r} (it serves: {served or 'none'}).")
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            resp = self.client.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise OracleError(f"upstream unreachable: {exc}") from None
+        if resp.status_code >= 400:
+            try:
+                message = resp.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = resp.text[:300]
+            raise UpstreamError(resp.status_code, f"upstream refused ({resp.status_code}): "
+                                f"{message}")
+        return resp.json()
+
+    def encode(self, text: str) -> list[int]:
+        out = self._call("POST", "/tokenize", {"model": self.name, "prompt": text,
+                                               "add_special_tokens": False})
+        return [int(t) for t in out["tokens"]]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        if not ids:
+            return ""
+        out = self._call("POST", "/detokenize", {"model": self.name, "tokens": list(ids)})
+        return str(out["prompt"])
+
+    def token_text(self, token: int) -> str:
+        """One token's text (asked upstream once per token, then kept)."""
+        if token not in self._texts:
+            self._texts[token] = self.decode([token])
+        return self._texts[token]
+
+    def complete(self, req: LMRequest) -> list[LMChoice]:
+        """Every choice of ``req``, generated upstream, as the Shield's value type."""
+        body: dict[str, Any] = {
+            "model": self.name, "prompt": req.prompts, "max_tokens": req.max_tokens,
+            "temperature": req.temperature, "top_p": req.top_p, "n": req.n,
+            "return_tokens_as_token_ids": True, "return_token_ids": True}
+        if req.seed is not None:
+            body["seed"] = req.seed
+        if req.logprobs is not None:
+            body["logprobs"] = req.logprobs
+        if req.logit_bias:
+            body["logit_bias"] = {str(k): v for k, v in req.logit_bias.items()}
+        out = self._call("POST", "/v1/completions", body)
+        choices = sorted(out["choices"], key=lambda c: c["index"])
+        if len(choices) != len(req.prompts) * req.n:
+            raise OracleError(f"upstream returned {len(choices)} choices for "
+                              f"{len(req.prompts)} prompt(s) x n={req.n}.")
+        result = []
+        for i, c in enumerate(choices):
+            lp = c.get("logprobs")
+            tokens = c.get("token_ids")
+            if tokens is None and lp is not None:
+                tokens = [_token_id(t) for t in lp["tokens"]]
+            if tokens is None:
+                tokens = self.encode(c.get("text", ""))
+            logprobs = tops = None
+            if req.logprobs is not None:
+                if lp is None:
+                    raise OracleError("upstream returned no logprobs though they were asked.")
+                logprobs = [float(v) for v in lp["token_logprobs"]]
+                tops = [sorted(((_token_id(t), float(v)) for t, v in (top or {}).items()),
+                               key=lambda e: -e[1]) for top in lp["top_logprobs"]]
+            result.append(LMChoice(i // req.n, [int(t) for t in tokens], logprobs, tops,
+                                   str(c.get("finish_reason") or "length"),
+                                   text=c.get("text")))
+        return result
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class UpstreamError(OracleError):
+    """The upstream answered with an error status (kept, so the gateway can pass it on)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def client_status(self) -> int:
+        """The status for the gateway's own client: a fault in the request itself passes
+        on; anything else (the upstream refusing the gateway's key, say) is a 502."""
+        return self.status if self.status in (400, 404, 413, 422) else 502
+
+
+def _token_id(token: str) -> int:
+    if not token.startswith("token_id:"):
+        raise OracleError(f"upstream named a token {token!r}, not 'token_id:N': it must "
+                          "support vLLM's return_tokens_as_token_ids.")
+    return int(token.removeprefix("token_id:"))

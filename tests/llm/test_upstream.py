@@ -1,0 +1,167 @@
+"""A language model served upstream behind an OpenAI-compatible server, with the gateway in
+front: two real uvicorn servers on loopback. The upstream is a modelshield gateway with a
+wide-open tier (it speaks what vLLM speaks: token-id prompts, ``return_tokens_as_token_ids``,
+``/tokenize``); the Shield in front applies its own keys, limits, policies and log."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from httpx import Client as HttpClient
+
+from modelshield.attacks.logit_stealing import HiddenSize
+from modelshield.defenses.shield import Shield
+from modelshield.errors import ConfigError
+from modelshield.oracle.lm import OpenAIOracle
+from modelshield.serve.app import create_app
+from tests.servers import free_port, live_app
+
+FRONT_TIERS: dict[str, Any] = {
+    "open": {"llm": {"max_top_logprobs": 4096}},
+    "top5": {},
+    "fixed": {"llm": {"bias_affects_logprobs": False}},
+    "nolp": {"llm": {"logprobs": False}},
+    "rounded": {"llm": {"max_top_logprobs": 4096, "logprob_decimals": 1}},
+}
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Shield, HttpClient]]:
+    tmp = tmp_path_factory.mktemp("upstream")
+    s = Shield.from_config({"model": {"lm": "lm-tiny"}, "audit_url": f"sqlite:///{tmp}/u.db",
+                            "tiers": {"backend": {"llm": {"max_top_logprobs": 4096,
+                                                          "max_n": 64}}}})
+    with live_app(create_app(s)) as client:
+        yield s, client
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def front(upstream: tuple[Shield, HttpClient], tmp_path_factory: pytest.TempPathFactory,
+          ) -> Iterator[tuple[Shield, HttpClient]]:
+    back, client = upstream
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MS_TEST_UPSTREAM_KEY", back.store.create_key("backend")[0])
+    tmp = tmp_path_factory.mktemp("front")
+    s = Shield.from_config({"model": {"lm_upstream": str(client.base_url),
+                                      "upstream_model": "lm-tiny", "name": "guarded",
+                                      "upstream_api_key_env": "MS_TEST_UPSTREAM_KEY"},
+                            "audit_url": f"sqlite:///{tmp}/f.db", "tiers": FRONT_TIERS})
+    with live_app(create_app(s)) as c:
+        yield s, c
+    s.close()
+    mp.undo()
+
+
+def post(client: HttpClient, path: str, key: str, body: dict[str, Any]) -> Any:
+    return client.post(path, json=body, headers={"Authorization": f"Bearer {key}"})
+
+
+def test_the_front_answers_what_the_upstream_answers_and_records_it(
+        upstream: tuple[Shield, HttpClient], front: tuple[Shield, HttpClient]) -> None:
+    back, back_client = upstream
+    shield, client = front
+    body = {"prompt": "import os\n", "max_tokens": 5, "logprobs": 3, "temperature": 0,
+            "return_tokens_as_token_ids": True}
+    before = shield.store.count()
+    r = post(client, "/v1/completions", shield.store.create_key("top5")[0],
+             {"model": "guarded", **body})
+    direct = post(back_client, "/v1/completions", back.store.create_key("backend")[0],
+                  {"model": "lm-tiny", **body})
+    assert r.status_code == 200 and direct.status_code == 200, (r.text, direct.text)
+    got, want = r.json()["choices"][0], direct.json()["choices"][0]
+    assert got["text"] == want["text"] and got["logprobs"]["tokens"] == want["logprobs"]["tokens"]
+    assert np.allclose(got["logprobs"]["token_logprobs"], want["logprobs"]["token_logprobs"])
+    assert got["logprobs"]["top_logprobs"] == want["logprobs"]["top_logprobs"]
+    assert shield.store.count() == before + 1
+    record = shield.store.records()[-1]
+    assert record["model"] == "guarded" and '"max_tokens":5' in record["inputs"]
+    models = client.get("/v1/models").json()["data"][0]
+    assert models["id"] == "guarded" and models["vocab_size"] == back.lm.vocab
+
+
+def test_text_prompts_chat_and_token_texts_go_through_the_upstream_tokenizer(
+        upstream: tuple[Shield, HttpClient], front: tuple[Shield, HttpClient]) -> None:
+    back, _ = upstream
+    shield, client = front
+    key = shield.store.create_key("top5")[0]
+    ids = post(client, "/tokenize", key, {"model": "guarded", "prompt": "def f(x):"}).json()
+    assert ids["tokens"] == back.lm.encode("def f(x):")
+    text = post(client, "/detokenize", key, {"model": "guarded", "tokens": ids["tokens"]})
+    assert text.json()["prompt"] == "def f(x):"
+    body = {"model": "guarded", "prompt": "def f(x):", "max_tokens": 3, "logprobs": 2,
+            "temperature": 0}
+    texts = post(client, "/v1/completions", key, body).json()["choices"][0]["logprobs"]
+    ids = post(client, "/v1/completions", key, {**body, "return_tokens_as_token_ids": True}
+               ).json()["choices"][0]["logprobs"]
+    assert texts["tokens"] == [back.lm.token_text(int(t.split(":")[1])) for t in ids["tokens"]]
+    assert [sorted(top) for top in texts["top_logprobs"]] == [
+        sorted(back.lm.token_text(int(t.split(":")[1])) for t in top)
+        for top in ids["top_logprobs"]]
+    chat = post(client, "/v1/chat/completions", key, {
+        "model": "guarded", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_the_front_tier_policies_hold_whatever_the_upstream_allows(
+        front: tuple[Shield, HttpClient]) -> None:
+    shield, client = front
+
+    def ask(tier: str, **extra: Any) -> Any:
+        return post(client, "/v1/completions", shield.store.create_key(tier)[0],
+                    {"model": "guarded", "prompt": [5, 6, 7], "max_tokens": 1, **extra})
+
+    r = ask("nolp", logprobs=1)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"
+    r = ask("top5", logprobs=20)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"
+    r = ask("fixed", logprobs=2, logit_bias={"9": 50})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "logit_bias_with_logprobs"
+    assert ask("fixed", logit_bias={"9": 100}, temperature=0).json()["choices"][0]["text"] \
+        == shield.lm.decode([9])
+    values = ask("rounded", logprobs=50).json()["choices"][0]["logprobs"]
+    flat = values["token_logprobs"] + [v for top in values["top_logprobs"] for v in top.values()]
+    assert all(abs(v * 10 - round(v * 10)) < 1e-9 for v in flat)
+    r = ask("top5", logprobs=1, max_tokens=4096)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+
+
+def test_hidden_size_through_the_front(upstream: tuple[Shield, HttpClient],
+                                       front: tuple[Shield, HttpClient]) -> None:
+    back, _ = upstream
+    shield, client = front
+    oracle = OpenAIOracle(str(client.base_url), shield.store.create_key("open")[0],
+                          client=client)
+    e = HiddenSize(variant="full").run(oracle, 400)
+    assert e.hidden_size == back.lm.hidden == 32
+
+
+def test_upstream_failures_are_named(upstream: tuple[Shield, HttpClient],
+                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+    back, client = upstream
+    tmp = tmp_path_factory.mktemp("bad")
+    with pytest.raises(ConfigError, match="model.lm_upstream: .*unreachable"):
+        Shield.from_config({"model": {"lm_upstream": f"http://127.0.0.1:{free_port()}",
+                                      "upstream_model": "x"},
+                            "audit_url": f"sqlite:///{tmp}/a.db"})
+    with pytest.raises(ConfigError, match="does not serve 'nope'.*lm-tiny"):
+        Shield.from_config({"model": {"lm_upstream": str(client.base_url),
+                                      "upstream_model": "nope"},
+                            "audit_url": f"sqlite:///{tmp}/b.db"})
+    with pytest.raises(ConfigError, match="model.upstream_model"):
+        Shield.from_config({"model": {"lm_upstream": str(client.base_url)},
+                            "audit_url": f"sqlite:///{tmp}/c.db"})
+    # No upstream key: the upstream refuses the gateway, and the client is told so (502),
+    # not that its own key is wrong; nothing is recorded as answered.
+    s = Shield.from_config({"model": {"lm_upstream": str(client.base_url),
+                                      "upstream_model": "lm-tiny"},
+                            "audit_url": f"sqlite:///{tmp}/d.db", "tiers": {"t": {}}})
+    with live_app(create_app(s)) as c:
+        r = post(c, "/v1/completions", s.store.create_key("t")[0],
+                 {"model": "lm-tiny", "prompt": [1, 2], "max_tokens": 1})
+        assert r.status_code == 502 and "upstream refused (401)" in r.json()["error"]["message"]
+        assert s.store.count() == 0
+    s.close()
