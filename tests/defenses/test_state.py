@@ -7,8 +7,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from modelshield.defenses.detectors import make_detector
 from modelshield.defenses.state import DetectorState, state_from_url
 from modelshield.errors import ConfigError
+from modelshield.victims import Victim
 from tests.servers import redis_server
 
 
@@ -48,3 +50,64 @@ def test_values_round_trip(state: DetectorState) -> None:
 def test_unknown_scheme_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"storage\.limits"):
         state_from_url("mongodb://x")
+
+
+def test_a_batch_reads_once_writes_once_and_loses_nothing(redis_url: str) -> None:
+    """Inside ``batch`` the named keys come from one snapshot and the writes go in one
+    pipeline at the end; what Redis holds afterwards is what unbatched calls leave."""
+    import redis
+
+    state = state_from_url(redis_url)
+    state.incr("b-count", "a", 1)
+    state.push("b-rows", np.zeros((2, 3)), maxlen=3)
+    client = redis.Redis.from_url(redis_url)
+    before = client.info("stats")["total_commands_processed"]
+    with state.batch([("hash", "b-count"), ("rows", "b-rows"), ("value", "b-val")]):
+        assert state.incr_many("b-count", {"a": 2, "b": 5}) == {"a": 3, "b": 5}
+        state.push("b-rows", np.ones((2, 3)), maxlen=3)
+        np.testing.assert_array_equal(state.rows("b-rows", 3)[:, 0], [0, 1, 1])
+        assert state.get("b-val") is None
+        state.set("b-val", [1, 2])
+        assert state.get("b-val") == [1, 2]
+        assert client.hget(state.prefix + "b-count", "b") is None  # not written yet
+    # 3 reads + 2 HINCRBY + RPUSH + LTRIM + SET, plus the HGET and INFO above
+    assert client.info("stats")["total_commands_processed"] - before == 3 + 5 + 2
+    assert state.incr_many("b-count", {"a": 0, "b": 0}) == {"a": 3, "b": 5}
+    np.testing.assert_array_equal(state.rows("b-rows", 3)[:, 0], [0, 1, 1])
+    assert state.get("b-val") == [1, 2]
+
+
+def test_writes_of_a_refused_batch_are_kept(redis_url: str) -> None:
+    state = state_from_url(redis_url)
+    with pytest.raises(RuntimeError), state.batch([("value", "r-flag")]):
+        state.set("r-flag", {"detector": "sweep"})
+        raise RuntimeError("deny")  # the Shield raises Denied after recording a flag
+    assert state.get("r-flag") == {"detector": "sweep"}
+
+
+def test_detectors_judge_the_same_batched_in_redis_as_in_memory(
+        redis_url: str, victims: dict[str, Victim]) -> None:
+    """Every detector, fed the same stream (natural rows, then a one-feature sweep), flags at
+    the same query whether its state is in memory or in Redis behind one batch a request."""
+    v = victims["digits-mlp"]
+    rng = np.random.default_rng(0)
+    natural = v.pool[rng.permutation(len(v.pool))[:120]]
+    sweep = np.repeat(natural[:1], 120, axis=0)
+    sweep[:, 10] = np.linspace(0, 16, 120)
+    stream = np.concatenate([natural, sweep])
+    redis_state = state_from_url(redis_url.replace("/0", "/5"))
+    for name in ("sweep", "boundary", "ood", "prada", "volume"):
+        params = {"max_rows": 150} if name == "volume" else {}
+        mem = make_detector(name, state=state_from_url("memory://"), **params)
+        red = make_detector(name, state=redis_state, **params)
+        for det in (mem, red):
+            det.calibrate(v.pool, v.model.predict)
+        for start in range(0, len(stream), 3):
+            x = stream[start:start + 3]
+            pred = v.model.predict(x)
+            want = mem.observe("acct", x, pred)
+            with redis_state.batch(red.reads("acct", pred)):
+                got = red.observe("acct", x, pred)
+            assert (want is None) == (got is None), (name, start)
+            if want is not None and got is not None:
+                assert want.detector == got.detector and want.reason == got.reason

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import stats
 
 from modelshield.answer import FloatArray, Prediction
-from modelshield.defenses.state import DetectorState, MemoryState
+from modelshield.defenses.state import DetectorState, MemoryState, Read
 from modelshield.errors import ConfigError
 from modelshield.registry import Registry
 
@@ -49,6 +49,11 @@ class Detector:
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         raise NotImplementedError
 
+    def reads(self, account: str, prediction: Prediction) -> list[Read]:
+        """The state keys ``observe`` will read for this account and batch, so that a
+        shared store can fetch them all in one round trip (others are read on demand)."""
+        return []
+
 
 @dataclass
 class Volume(Detector):
@@ -56,6 +61,9 @@ class Volume(Detector):
 
     name: ClassVar[str] = "volume"
     max_rows: int = 5000
+
+    def reads(self, account: str, prediction: Prediction) -> list[Read]:
+        return [("hash", f"volume:{account}")]
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         rows = self.state.incr(f"volume:{account}", "rows", len(inputs))
@@ -74,6 +82,10 @@ class Sweep(Detector):
     max_share: float = 0.2
 
     block: int = 64
+
+    def reads(self, account: str, prediction: Prediction) -> list[Read]:
+        return [("rows", f"sweep:{account}:recent"), ("rows", f"sweep:{account}:steps"),
+                ("hash", f"sweep:{account}")]
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         d = inputs.shape[1]
@@ -176,6 +188,9 @@ class Boundary(Detector):
     def calibrate(self, benign: FloatArray, predict: Any) -> None:
         self.baseline = max(float(np.mean(_margins(predict(benign)) < self.margin)), 0.01)
 
+    def reads(self, account: str, prediction: Prediction) -> list[Read]:
+        return [("hash", f"boundary:{account}")]
+
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         c = self.state.incr_many(f"boundary:{account}", {
             "low": int(np.sum(_margins(prediction) < self.margin)), "total": len(inputs)})
@@ -213,6 +228,9 @@ class OutOfDistribution(Detector):
         self._ref_sq = (self.reference * self.reference).sum(1)
         self.radius = float(np.quantile(_nearest(ref[half:], self.reference, self._ref_sq),
                                         0.99))
+
+    def reads(self, account: str, prediction: Prediction) -> list[Read]:
+        return [("hash", f"ood:{account}")]
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         if self.reference is None or self.scale is None:
@@ -260,6 +278,11 @@ class Prada(Detector):
             if len(d) >= 20:
                 lowest = min(lowest, float(stats.shapiro(d).statistic))
         self.delta = min(self.delta, 0.98 * lowest)
+
+    def reads(self, account: str, prediction: Prediction) -> list[Read]:
+        key = f"prada:{account}"  # the distances are read only when the test runs
+        return [("rows", f"{key}:g{c}") for c in set(prediction.labels.tolist())] + [
+            ("value", f"{key}:moments"), ("value", f"{key}:last")]
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         key = f"prada:{account}"

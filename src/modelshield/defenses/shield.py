@@ -27,9 +27,9 @@ from limits import RateLimitItem, parse_many, storage, strategies
 from modelshield.answer import Answer, ApiSpec, FloatArray, LMChoice, LMRequest
 from modelshield.defenses.config import Limits, ShieldConfig, Tier, load_config
 from modelshield.defenses.detectors import Detector, Flag, make_detector
-from modelshield.defenses.llm import check_request, decode, shape_choices
+from modelshield.defenses.llm import LLMPolicy, check_request, decode, shape_choices
 from modelshield.defenses.policies import OutputPolicy, parse_policy
-from modelshield.defenses.state import state_from_url
+from modelshield.defenses.state import Read, state_from_url
 from modelshield.errors import ConfigError, Denied, OracleError
 from modelshield.serve.store import ApiKey, AuditRecord, AuditStore
 from modelshield.victims.base import ModelAdapter
@@ -218,6 +218,14 @@ class Shield:
         more than one token; stealing asks for one token's logprobs, prompt after prompt."""
         policy = tier.llm
         idents = [key.key_id] + [g for g in [_group(tier.group_by, key, ip)] if g]
+        reads: list[Read] = [r for ident in idents for r in (
+            ("hash", f"lmprobe:{ident}"), ("value", f"flag:{ident}"))]
+        with self.state.batch(reads):
+            self._probe_each(idents, req, policy, decision)
+            self._act(key, tier, ip, decision)
+
+    def _probe_each(self, idents: list[str], req: LMRequest, policy: LLMPolicy,
+                    decision: Decision) -> None:
         for ident in idents:
             amounts = {"requests": 1}
             if req.max_tokens <= 1 and req.logprobs is not None:
@@ -240,7 +248,6 @@ class Shield:
                             "token's logprobs")
             if flag is not None:
                 self._record_flag(ident, flag, decision)
-        self._act(key, tier, ip, decision)
 
     def account(self, api_key: str | None) -> dict[str, Any]:
         """What the holder of ``api_key`` may see of its own account (or raise Denied):
@@ -333,12 +340,18 @@ class Shield:
         group = _group(tier.group_by, key, ip)
         if group is not None:
             watched.append(group)
-        for det in self.detectors[key.tier]:
+        detectors = self.detectors[key.tier]
+        reads: list[Read] = [("value", f"flag:{ident}") for ident in watched]
+        for det in detectors:
             for ident in watched:
-                flag = det.observe(ident, x, prediction)
-                if flag is not None:
-                    self._record_flag(ident, flag, decision)
-        self._act(key, tier, ip, decision)
+                reads += det.reads(ident, prediction)
+        with self.state.batch(reads):  # Redis: one round trip to read, one to write
+            for det in detectors:
+                for ident in watched:
+                    flag = det.observe(ident, x, prediction)
+                    if flag is not None:
+                        self._record_flag(ident, flag, decision)
+            self._act(key, tier, ip, decision)
 
     def _record_flag(self, ident: str, flag: Flag, decision: Decision) -> None:
         """Keep the first flag of an account (or group) in the shared state."""

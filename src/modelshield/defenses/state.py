@@ -7,19 +7,31 @@ Three primitives cover what the detectors need:
 * ``get(key)`` / ``set(key, value)`` — small JSON values (last verdicts, running moments).
 
 Chosen by URL like the rate-limit storage: ``memory://`` or ``redis://host:port/db``.
+
+A request's detectors run inside ``with state.batch(reads):``. In memory that does nothing.
+In Redis it fetches every key named in ``reads`` in one round trip, serves the detectors
+from that snapshot, and sends all their writes in one more round trip when the block ends.
+Counters the request sees are the snapshot plus its own increments (Redis still adds every
+increment atomically); a key not named in ``reads`` is read from Redis when asked, after
+the writes queued so far are sent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections import defaultdict
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from modelshield.answer import FloatArray
 from modelshield.errors import ConfigError
+
+Read = tuple[Literal["hash", "rows", "value"], str]
+"""A key a request will read: a counter hash, a row list or a JSON value."""
 
 
 class DetectorState(Protocol):
@@ -29,6 +41,7 @@ class DetectorState(Protocol):
     def rows(self, key: str, d: int) -> FloatArray: ...
     def get(self, key: str) -> Any: ...
     def set(self, key: str, value: Any) -> None: ...
+    def batch(self, reads: list[Read]) -> contextlib.AbstractContextManager[None]: ...
 
 
 class MemoryState:
@@ -71,6 +84,9 @@ class MemoryState:
     def set(self, key: str, value: Any) -> None:
         self._values[key] = value
 
+    def batch(self, reads: list[Read]) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # every access is already in-process
+
 
 class RedisState:
     """State in Redis: counters are HINCRBY, row lists are capped lists of float64 bytes."""
@@ -80,37 +96,120 @@ class RedisState:
 
         self.client = redis.Redis.from_url(url)
         self.prefix = prefix
+        self._local = threading.local()  # this thread's open batch, if any
+
+    def _open(self) -> _Snapshot | None:
+        snap: _Snapshot | None = getattr(self._local, "snap", None)
+        return snap
+
+    def _direct(self) -> None:
+        """Before reading a key the batch did not fetch: send the writes queued so far,
+        so the read sees them (read your own writes)."""
+        snap = self._open()
+        if snap is not None and len(snap.writes):
+            snap.writes.execute()
+
+    @contextlib.contextmanager
+    def batch(self, reads: list[Read]) -> Iterator[None]:
+        """One round trip for ``reads`` now, one for the block's writes at its end."""
+        if self._open() is not None:  # nested: the outer batch carries on
+            yield
+            return
+        pipe = self.client.pipeline(transaction=False)
+        wanted = list(dict.fromkeys(reads))
+        for kind, key in wanted:
+            {"hash": pipe.hgetall, "rows": lambda k: pipe.lrange(k, 0, -1),
+             "value": pipe.get}[kind](self.prefix + key)
+        snap = _Snapshot(self.client.pipeline(transaction=False))
+        for (kind, key), raw in zip(wanted, pipe.execute() if wanted else [], strict=True):
+            if kind == "hash":
+                snap.hashes[key] = {k.decode(): int(v) for k, v in raw.items()}
+            elif kind == "rows":
+                snap.rows[key] = _decode_rows(raw, None)
+            else:
+                snap.values[key] = None if raw is None else json.loads(raw)
+        self._local.snap = snap
+        try:
+            yield
+        finally:  # a refusal raised in the block (a deny) keeps the flag it just set
+            self._local.snap = None
+            if len(snap.writes):
+                snap.writes.execute()
 
     def incr(self, key: str, field: str, n: int = 1) -> int:
-        return int(self.client.hincrby(self.prefix + key, field, n))  # type: ignore[arg-type]
+        return self.incr_many(key, {field: n})[field]
 
     def incr_many(self, key: str, amounts: dict[str, int]) -> dict[str, int]:
-        """Several counters of one key in one round trip."""
+        """Several counters of one key in one round trip (none inside a batch that read it)."""
+        snap = self._open()
+        if snap is not None and key in snap.hashes:
+            counts = snap.hashes[key]
+            for field, n in amounts.items():
+                counts[field] = counts.get(field, 0) + n
+                snap.writes.hincrby(self.prefix + key, field, n)
+            return {field: counts[field] for field in amounts}
+        self._direct()
         pipe = self.client.pipeline()
         for field, n in amounts.items():
             pipe.hincrby(self.prefix + key, field, n)
         return {field: int(v) for field, v in zip(amounts, pipe.execute(), strict=True)}
 
     def push(self, key: str, rows: FloatArray, maxlen: int | None = None) -> None:
-        data = [np.ascontiguousarray(r, dtype=np.float64).tobytes() for r in np.atleast_2d(rows)]
-        pipe = self.client.pipeline()
+        rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
+        data = [np.ascontiguousarray(r).tobytes() for r in rows]
+        snap = self._open()
+        pipe = snap.writes if snap is not None else self.client.pipeline()
         pipe.rpush(self.prefix + key, *data)
         if maxlen is not None:
             pipe.ltrim(self.prefix + key, -maxlen, -1)
-        pipe.execute()
+        if snap is None:
+            pipe.execute()
+        elif key in snap.rows:
+            have = snap.rows[key]
+            joined = rows if have is None or len(have) == 0 else np.concatenate([have, rows])
+            snap.rows[key] = joined[-maxlen:] if maxlen is not None else joined
 
     def rows(self, key: str, d: int) -> FloatArray:
+        snap = self._open()
+        if snap is not None and key in snap.rows:
+            have = snap.rows[key]
+            return np.empty((0, d)) if have is None else have
+        self._direct()
         raw: list[bytes] = self.client.lrange(self.prefix + key, 0, -1)  # type: ignore[assignment]
-        if not raw:
-            return np.empty((0, d))
-        return np.frombuffer(b"".join(raw), dtype=np.float64).reshape(len(raw), -1)
+        out = _decode_rows(raw, d)
+        return np.empty((0, d)) if out is None else out
 
     def get(self, key: str) -> Any:
+        snap = self._open()
+        if snap is not None and key in snap.values:
+            return snap.values[key]
+        self._direct()
         raw: bytes | None = self.client.get(self.prefix + key)  # type: ignore[assignment]
         return None if raw is None else json.loads(raw)
 
     def set(self, key: str, value: Any) -> None:
-        self.client.set(self.prefix + key, json.dumps(value))
+        snap = self._open()
+        if snap is None:
+            self.client.set(self.prefix + key, json.dumps(value))
+            return
+        snap.writes.set(self.prefix + key, json.dumps(value))
+        snap.values[key] = value
+
+
+class _Snapshot:
+    """What one batch read, and the writes it has queued."""
+
+    def __init__(self, writes: Any) -> None:
+        self.hashes: dict[str, dict[str, int]] = {}
+        self.rows: dict[str, FloatArray | None] = {}  # None: an empty list (width unknown)
+        self.values: dict[str, Any] = {}
+        self.writes = writes
+
+
+def _decode_rows(raw: list[bytes], d: int | None) -> FloatArray | None:
+    if not raw:
+        return None if d is None else np.empty((0, d))
+    return np.frombuffer(b"".join(raw), dtype=np.float64).reshape(len(raw), -1)
 
 
 def state_from_url(url: str) -> DetectorState:

@@ -261,14 +261,29 @@ class LMVictim:
         return str(self.tokenizer.decode([int(token)]))
 
     def next_logits(self, prompts: Sequence[Sequence[int]]) -> np.ndarray:
-        """(n, vocab) float32 logits of the token after each prompt."""
+        """(n, vocab) logits of the token after each prompt, in the model's precision
+        (float32 unless ``set_precision("float64")``)."""
         with self._lock:
             return self._next_logits(prompts)
+
+    def set_precision(self, precision: str) -> None:
+        """Run the model in ``float32`` (as built) or ``float64``. A control for
+        experiments: in float64 the model's own rounding is no longer what limits an
+        attack that reads its logits."""
+        import torch
+
+        dtype = {"float32": torch.float32, "float64": torch.float64}.get(precision)
+        if dtype is None:
+            raise ConfigError.invalid("precision", "float32 or float64", precision)
+        with self._lock:
+            self.model.to(dtype)
+            self._cache.clear()
 
     def _next_logits(self, prompts: Sequence[Sequence[int]]) -> np.ndarray:
         import torch
 
-        out = np.empty((len(prompts), self.vocab), dtype=np.float32)
+        wide = next(self.model.parameters()).dtype == torch.float64
+        out = np.empty((len(prompts), self.vocab), dtype=np.float64 if wide else np.float32)
         todo: dict[tuple[int, ...], list[int]] = {}
         for i, p in enumerate(prompts):
             key = tuple(int(t) for t in p)[-self.context:]
