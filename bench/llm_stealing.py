@@ -126,10 +126,13 @@ def precision_rows(name: str, tmp: str, seed: int, vectors: int) -> list[dict[st
             - z.max(1, keepdims=True)
         return lp - lp.mean(1, keepdims=True)
 
+    used: list[int] = []
+
     def run(s: Shield, tier: str) -> float:
         e = Projection(variant="full", random_state=seed, hidden=h, vectors=vectors).run(
             oracle(s, tier), 1_000_000)
         assert e.W is not None
+        used.append(int(e.info["vectors"]))
         return alignment_error(e.W, lm.W)["relative_rms"]
 
     err32 = run(shield, "none")
@@ -143,7 +146,7 @@ def precision_rows(name: str, tmp: str, seed: int, vectors: int) -> list[dict[st
     matched.lm.set_precision("float64")
     err_matched = run(matched, "matched")
     matched.close()
-    return [{"model": name, "vectors": vectors, "float32_rounding_rms": sigma,
+    return [{"model": name, "vectors": max(used), "float32_rounding_rms": sigma,
              "relative_rms_float32": err32, "relative_rms_float64": err64,
              "relative_rms_float64_matched_noise": err_matched}]
 

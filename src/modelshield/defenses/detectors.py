@@ -209,11 +209,19 @@ class OutOfDistribution(Detector):
     """A share of queries far from the natural data, well above the benign rate.
 
     "Far" is beyond the 99th percentile of benign points' distance to their nearest
-    neighbour among ``size`` reference points (standardised features).
+    neighbour among ``size`` reference points (standardised features), so about 1% of
+    benign queries are far. An account is flagged when at least ``max_share`` of its
+    queries are far *and* a one-sided binomial test against the benign rate gives a
+    p-value below ``alpha``. The test, not a fixed minimum count, decides how soon: ten
+    far queries out of ten are flagged at once (an equation-solving batch of synthetic
+    points), three out of ten are not.
     """
 
     name: ClassVar[str] = "ood"
+    min_queries: int = 10
     max_share: float = 0.3
+    alpha: float = 1e-6
+    baseline: float = 0.01
     size: int = 512
     reference: FloatArray | None = None
     radius: float = np.inf
@@ -239,11 +247,13 @@ class OutOfDistribution(Detector):
         n_far = int((_nearest(x, self.reference, self._ref_sq) > self.radius).sum())
         c = self.state.incr_many(f"ood:{account}", {"far": n_far, "total": len(inputs)})
         far, n = c["far"], c["total"]
-        if n < self.min_queries:
+        if n < self.min_queries or far / n < self.max_share:
             return None
-        score = (far / n) / self.max_share
-        return Flag(self.name, score, f"{far} of {n} queries far from the natural "
-                    "data") if score >= 1 else None
+        p = float(stats.binom.sf(far - 1, n, self.baseline))
+        score = min((far / n) / self.max_share,
+                    np.log(max(p, 1e-300)) / np.log(self.alpha))
+        return Flag(self.name, score, f"{far} of {n} queries far from the natural data "
+                    f"(benign: {self.baseline:.0%}, p = {p:.1e})") if score >= 1 else None
 
 
 @dataclass

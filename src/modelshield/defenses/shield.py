@@ -27,6 +27,7 @@ from limits import RateLimitItem, parse_many, storage, strategies
 from modelshield.answer import Answer, ApiSpec, FloatArray, LMChoice, LMRequest
 from modelshield.defenses.config import Limits, ShieldConfig, Tier, load_config
 from modelshield.defenses.detectors import Detector, Flag, make_detector
+from modelshield.defenses.limits_memory import SweptMemoryStorage
 from modelshield.defenses.llm import LLMPolicy, check_request, decode, shape_choices
 from modelshield.defenses.policies import OutputPolicy, parse_policy
 from modelshield.defenses.state import Read, state_from_url
@@ -66,7 +67,9 @@ class Shield:
         strategy = {"moving-window": strategies.MovingWindowRateLimiter,
                     "sliding-window": strategies.SlidingWindowCounterRateLimiter,
                     "fixed-window": strategies.FixedWindowRateLimiter}[config.storage.strategy]
-        self.limiter = strategy(storage.storage_from_string(config.storage.limits))  # type: ignore[abstract]
+        counters = SweptMemoryStorage() if config.storage.limits.startswith("memory://") \
+            else storage.storage_from_string(config.storage.limits)
+        self.limiter = strategy(counters)  # type: ignore[abstract]
         self.policies = {name: parse_policy(t.policy) for name, t in config.tiers.items()}
         self.degraded = {name: parse_policy(t.degrade_policy) for name, t in config.tiers.items()}
         self.state = state_from_url(config.storage.limits)

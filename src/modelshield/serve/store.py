@@ -159,6 +159,9 @@ class AuditStore:
         self._write_lock = threading.Lock()
         self._queue: list[_Pending] = []
         self._raw: Any = None  # the writer's own DBAPI connection, opened on first write
+        self.checkpoint_seconds = 1.0
+        self._checkpointer: threading.Thread | None = None
+        self._closing = threading.Event()
         self._create_schema()
 
     def _create_schema(self) -> None:
@@ -265,9 +268,13 @@ class AuditStore:
         """
         if not contents:
             return
+        sqlite = self.engine.dialect.name == "sqlite"
         if self._raw is None:
             self._raw = self.engine.raw_connection()
-        raw, sqlite = self._raw, self.engine.dialect.name == "sqlite"
+            if sqlite:  # checkpoints run in the background, not inside a request's commit
+                self._raw.cursor().execute("PRAGMA wal_autocheckpoint=0")
+                self._start_checkpointer()
+        raw = self._raw
         ph = "?" if sqlite else "%s"
         cur = raw.cursor()
         try:
@@ -307,6 +314,26 @@ class AuditStore:
             with contextlib.suppress(Exception):
                 cur.close()
 
+    def _start_checkpointer(self) -> None:
+        """SQLite: copy the write-ahead log into the database every
+        ``checkpoint_seconds`` from a thread of its own (PASSIVE: it never blocks the
+        writer), so no request waits on a checkpoint's disk writes."""
+        if self._checkpointer is not None:
+            return
+
+        def loop() -> None:
+            conn = self.engine.raw_connection()
+            try:
+                while not self._closing.wait(self.checkpoint_seconds):
+                    with contextlib.suppress(Exception):  # busy now: try again next time
+                        conn.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                conn.close()
+
+        self._checkpointer = threading.Thread(target=loop, daemon=True,
+                                              name="audit-checkpoint")
+        self._checkpointer.start()
+
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(audit_table))
@@ -337,6 +364,10 @@ class AuditStore:
         return head == prev, n, None if head == prev else -1
 
     def close(self) -> None:
+        self._closing.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(10)
+            self._checkpointer = None
         with self._write_lock:
             if self._raw is not None:
                 with contextlib.suppress(Exception):
