@@ -197,6 +197,9 @@ model:
                                # llm: {max_top_logprobs: 5, bias_affects_logprobs: false,
                                #       detect_probing: true}
                                # and `limits: {tokens: 20000/hour}`
+  # lm_upstream: http://127.0.0.1:8001  # or a language model behind an OpenAI-compatible
+  # upstream_model: my-model            # server (vLLM) this gateway fronts, its name there,
+  # upstream_api_key_env: VLLM_API_KEY  # and the variable holding the upstream's key
 storage:
   limits: memory://            # or redis://localhost:6379/0 to share limits across replicas
   fail: closed                 # if Redis is unreachable: closed = refuse (503), open = allow
