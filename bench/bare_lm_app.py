@@ -1,5 +1,12 @@
 """The baseline for the language-model gateway benchmark: the same model and the same
-decoding loop behind a bare FastAPI completions endpoint (no key, limits, detector or log)."""
+decoding loop behind a bare FastAPI completions endpoint (no key, limits, detector or log).
+
+It speaks the part of vLLM's OpenAI-compatible API that the gateway uses when it fronts an
+upstream server, so it also stands in for vLLM there: ``/v1/models`` (with
+``max_model_len``, and no vocabulary size, as vLLM), ``/v1/completions`` with token-id
+prompts, logprobs, ``return_tokens_as_token_ids`` and ``return_token_ids``, and
+``/tokenize``.
+"""
 
 from __future__ import annotations
 
@@ -14,27 +21,69 @@ from modelshield.answer import LMRequest
 from modelshield.defenses.llm import LLMPolicy, decode
 from modelshield.victims.lm import load_lm
 
-lm = load_lm(os.environ.get("BENCH_LM", "lm-h64"))
-policy = LLMPolicy()
+NAME = os.environ.get("BENCH_LM", "lm-h64")
+lm = load_lm(NAME)
+policy = LLMPolicy(max_top_logprobs=1 << 20, max_n=64)
 app = FastAPI()
 
 
 class Body(BaseModel):
     model: str
-    prompt: list[int]
+    prompt: list[int] | list[list[int]]
     max_tokens: int = 16
     temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
     seed: int | None = None
+    logprobs: int | None = None
     logit_bias: dict[str, float] | None = None
+    return_tokens_as_token_ids: bool = False
+    return_token_ids: bool = False
+
+
+class TokenizeBody(BaseModel):
+    model: str
+    prompt: str
+    add_special_tokens: bool = False
+
+
+@app.get("/v1/models")
+async def models() -> dict[str, Any]:
+    return {"object": "list", "data": [{"id": NAME, "object": "model",
+                                        "max_model_len": lm.context}]}
+
+
+@app.post("/tokenize")
+async def tokenize(body: TokenizeBody) -> dict[str, Any]:
+    ids = lm.encode(body.prompt)
+    return {"tokens": ids, "count": len(ids), "max_model_len": lm.context}
 
 
 @app.post("/v1/completions")
 async def completions(body: Body) -> dict[str, Any]:
-    req = LMRequest([body.prompt], body.max_tokens, body.temperature, seed=body.seed,
-                    logit_bias={int(k): v for k, v in (body.logit_bias or {}).items()})
+    prompts = [body.prompt] if body.prompt and isinstance(body.prompt[0], int) else body.prompt
+    req = LMRequest([list(p) for p in prompts], body.max_tokens,  # type: ignore[arg-type]
+                    body.temperature, body.top_p, body.n, body.seed, body.logprobs,
+                    {int(k): v for k, v in (body.logit_bias or {}).items()})
     choices = await run_in_threadpool(decode, lm.next_logits, req, policy,
                                       lm.tokenizer.eos_token_id)
-    return {"choices": [{"index": 0, "text": lm.decode(c.tokens)} for c in choices]}
+
+    def name(t: int) -> str:
+        return f"token_id:{t}" if body.return_tokens_as_token_ids else lm.token_text(t)
+
+    out = []
+    for i, c in enumerate(choices):
+        item: dict[str, Any] = {"index": i, "text": lm.decode(c.tokens),
+                                "finish_reason": c.finish_reason, "logprobs": None}
+        if c.logprobs is not None and c.top_logprobs is not None:
+            item["logprobs"] = {"tokens": [name(t) for t in c.tokens],
+                                "token_logprobs": c.logprobs,
+                                "top_logprobs": [{name(t): v for t, v in top}
+                                                 for top in c.top_logprobs]}
+        if body.return_token_ids:
+            item["token_ids"] = c.tokens
+        out.append(item)
+    return {"object": "text_completion", "model": NAME, "choices": out}
 
 
 @app.get("/v2/health/ready")
