@@ -88,7 +88,9 @@ def attack(case: tuple[Any, ...], seed: int, tmp: str) -> dict[str, Any]:
             "queries": e.queries, "final_fidelity": curve[-1][1],
             "queries_to_90": reach, "first_flag_query": None if flag is None else flag[0],
             "first_flag_detector": None if flag is None else flag[1],
-            "caught_before_90": flag is not None and (reach is None or flag[0] < reach)}
+            # At or before, as in the audit: with on_flag deny, the request that trips the
+            # detector is itself refused, so the answers that would reach 90% never leave.
+            "caught_before_90": flag is not None and (reach is None or flag[0] <= reach)}
 
 
 def main() -> None:
