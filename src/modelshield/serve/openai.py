@@ -157,14 +157,19 @@ def add_openai_routes(app: FastAPI, shield: Shield,
             data.update(vocab_size=lm.vocab, context_length=lm.context)
         return {"object": "list", "data": [data]}
 
-    async def texts(choices: list[LMChoice], as_ids: bool) -> None:
+    async def texts(choices: list[LMChoice], as_ids: bool) -> bool:
         """Fetch the token texts a response will name before it is built (an upstream
-        model is asked over HTTP, so not on the event loop)."""
+        model is asked over HTTP, so not on the event loop). False if the upstream could
+        not say them: the response then names tokens ``token_id:N``."""
         lm = shield.lm
         if not as_ids and lm is not None and hasattr(lm, "complete"):
             wanted = {t for c in choices for top in (c.top_logprobs or []) for t, _ in top}
             wanted.update(t for c in choices if c.logprobs is not None for t in c.tokens)
-            await run_in_threadpool(lambda: [lm.token_text(t) for t in sorted(wanted)])
+            try:
+                await run_in_threadpool(lambda: [lm.token_text(t) for t in sorted(wanted)])
+            except OracleError:
+                return False
+        return True
 
     async def offload(fn: Callable[[], Any], route: str, param: str = "prompt") -> Any:
         """Run ``fn`` off the event loop (an upstream model tokenizes over HTTP); an
@@ -234,7 +239,8 @@ def add_openai_routes(app: FastAPI, shield: Shield,
         choices, decision = out
         ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         as_ids = body.return_tokens_as_token_ids
-        await texts(choices, as_ids)
+        if not await texts(choices, as_ids):
+            as_ids = True  # the upstream could not name the tokens: give their ids
 
         def choice(i: int, c: LMChoice) -> dict[str, Any]:
             lp = None
@@ -288,7 +294,8 @@ def add_openai_routes(app: FastAPI, shield: Shield,
         choices, decision = out
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         as_ids = body.return_tokens_as_token_ids
-        await texts(choices, as_ids)
+        if not await texts(choices, as_ids):
+            as_ids = True  # the upstream could not name the tokens: give their ids
 
         def entry(t: int, v: float) -> dict[str, Any]:
             text = token(t, as_ids)
