@@ -118,6 +118,38 @@ def main() -> None:
         run(args)
 
 
+def redis_round_trips(redis_url: str, requests: int = 100) -> float:
+    """Redis round trips per single-row request through the full Shield, in-process: every
+    command or pipeline redis-py sends is one."""
+    import redis.connection
+
+    from modelshield.defenses.shield import Shield
+
+    sent = [0]
+    original = redis.connection.Connection.send_packed_command
+
+    def counted(self: Any, *a: Any, **k: Any) -> Any:
+        sent[0] += 1
+        return original(self, *a, **k)
+
+    x = load_victim("digits-mlp").X_test
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = yaml.safe_load(gateway_config(Path(tmp), redis_url.replace("/0", "/7"),
+                                            f"sqlite:///{tmp}/a.db").read_text())
+        shield = Shield.from_config(cfg)
+        key = shield.store.create_key("bench")[0]
+        for i in range(30):  # warm: connections open, per-account state exists
+            shield.handle(key, x[i:i + 1])
+        redis.connection.Connection.send_packed_command = counted  # type: ignore[method-assign]
+        try:
+            for i in range(requests):
+                shield.handle(key, x[i % len(x)][None, :])
+        finally:
+            redis.connection.Connection.send_packed_command = original  # type: ignore[method-assign]
+        shield.close()
+    return sent[0] / requests
+
+
 def run(args: argparse.Namespace) -> None:
     configs = [("memory limits, SQLite audit", "memory://", "sqlite:///{tmp}/audit.db")]
     if args.redis:
@@ -147,8 +179,12 @@ def run(args: argparse.Namespace) -> None:
            f"{r['moderate']['shield']['p50_ms']:.2f} / {r['moderate']['shield']['p99_ms']:.2f}",
            f"{r['moderate_p50_added_ms']:.2f} / {r['moderate_p99_added_ms']:.2f}"]
           for r in results])
+    trips = redis_round_trips(args.redis) if args.redis else None
+    if trips is not None:
+        print(f"Redis round trips per single-row request (in-process, all defenses): {trips:.1f}")
     suffix = "" if args.rows == 1 else f"_rows{args.rows}"
-    write(f"gateway_overhead{suffix}", {"args": vars(args), "results": results})
+    write(f"gateway_overhead{suffix}", {"args": vars(args), "results": results,
+                                        "redis_round_trips_per_request": trips})
 
 
 if __name__ == "__main__":
