@@ -165,3 +165,25 @@ def test_upstream_failures_are_named(upstream: tuple[Shield, HttpClient],
         assert r.status_code == 502 and "upstream refused (401)" in r.json()["error"]["message"]
         assert s.store.count() == 0
     s.close()
+
+
+def test_tokens_are_named_by_id_when_the_upstream_cannot_name_them(
+        front: tuple[Shield, HttpClient], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer is already recorded when token texts are fetched: an upstream that cannot
+    detokenize must not turn it into an error."""
+    from modelshield.errors import OracleError
+
+    shield, client = front
+
+    def refuse(ids: Any) -> str:
+        raise OracleError("upstream refused (404): no /detokenize")
+
+    monkeypatch.setattr(shield.model, "decode", refuse)
+    monkeypatch.setattr(shield.model, "_texts", {})
+    before = shield.store.count()
+    r = post(client, "/v1/completions", shield.store.create_key("top5")[0],
+             {"model": "guarded", "prompt": [5, 6, 7], "max_tokens": 2, "logprobs": 2})
+    assert r.status_code == 200, r.text
+    lp = r.json()["choices"][0]["logprobs"]
+    assert all(t.startswith("token_id:") for t in lp["tokens"])
+    assert shield.store.count() == before + 1
