@@ -5,6 +5,7 @@ fidelity, and how many benign accounts are flagged?
 
 Each victim is served by one in-process Shield (the gateway's code path) with all five
 detectors on and ``on_flag: alert``, so attacks run to the end and we can see both numbers.
+The volume detector is set to the benign volumes' 99.5th percentile (789 rows).
 Benign traffic: accounts sending natural samples (the victim's test set, which neither the
 detectors' calibration nor the attacker used) in batches of 1 to 10 rows, with per-account
 volumes drawn log-normally (median 60 rows, 99th percentile about 600). Attacks: every
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
@@ -32,7 +34,13 @@ from modelshield.defenses.shield import Shield
 from modelshield.oracle import ShieldOracle
 from modelshield.victims import load_victim
 
-DETECTORS = ["sweep", "boundary", "ood", "prada", "volume"]
+# Benign accounts' volumes: log-normal, median 60 rows, sigma 1 (see ``benign``). The owner
+# knows its customers' volumes from past traffic, so the volume detector is set to their
+# 99.5th percentile: 60 * exp(2.576) = 789 rows.
+BENIGN_MEDIAN, BENIGN_SIGMA = 60, 1.0
+VOLUME_MAX_ROWS = round(BENIGN_MEDIAN * float(np.exp(BENIGN_SIGMA * stats.norm.ppf(0.995))))
+DETECTORS: list[Any] = ["sweep", "boundary", "ood", "prada",
+                        {"volume": {"max_rows": VOLUME_MAX_ROWS}}]
 CASES = [  # victim, policy, attack, budget, params
     ("breast-cancer-lr", "full", "equation-solving", 500, {}),
     ("breast-cancer-lr", "label", "label-only", 1000, {"method": "lowd-meek"}),
@@ -58,7 +66,8 @@ def benign(victim_name: str, accounts: int, seed: int, tmp: str) -> dict[str, An
     rng = np.random.default_rng(seed)
     victim = load_victim(victim_name)
     shield = shield_for(victim_name, "full", tmp)
-    volumes = np.clip(rng.lognormal(np.log(60), 1.0, accounts).astype(int), 5, 5000)
+    volumes = np.clip(rng.lognormal(np.log(BENIGN_MEDIAN), BENIGN_SIGMA, accounts).astype(int),
+                      5, 5000)
     by: dict[str, int] = {}
     for n in volumes:
         key = shield.store.create_key("t")[0]

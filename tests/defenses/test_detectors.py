@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from modelshield.defenses.config import load_config
 from modelshield.defenses.detectors import DETECTORS, make_detector
+from modelshield.defenses.shield import Shield
 from modelshield.errors import ConfigError
 from modelshield.victims import Victim
 
@@ -74,5 +79,25 @@ def test_volume_flags_past_its_threshold(victims: dict[str, Victim]) -> None:
 
 
 def test_unknown_detector_parameter_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="Detector 'volume'"):
+    with pytest.raises(ConfigError, match="detector 'volume': unknown parameter 'limit'"):
         make_detector("volume", limit=3)
+
+
+def test_a_tier_sets_detector_parameters_and_bad_ones_are_named(tmp_path: Path) -> None:
+    shield = Shield.from_config({
+        "audit_url": f"sqlite:///{tmp_path}/a.db",
+        "tiers": {"t": {"detectors": ["sweep", {"volume": {"max_rows": 800}}]}}})
+    sweep, volume = shield.detectors["t"]
+    assert sweep.name == "sweep" and volume.name == "volume"
+    assert volume.max_rows == 800  # type: ignore[attr-defined]
+    shield.close()
+    for entry, message in [
+            ({"volume": {"max_row": 8}}, "unknown parameter 'max_row'; choose from max_rows"),
+            ({"volume": {"max_rows": -1}}, "max_rows must be a whole number >= 0; got -1"),
+            ({"ood": {"alpha": "low"}}, "alpha must be a number >= 0"),
+            ({"volume": 3}, "parameters must be a mapping"),
+            ({"a": {}, "b": {}}, "one name mapped to its parameters"),
+            ("nope", "unknown detector 'nope'")]:
+        with pytest.raises(ConfigError, match=re.escape("tiers.t.detectors: ") + ".*"
+                           + re.escape(message)):
+            load_config({"tiers": {"t": {"detectors": [entry]}}})

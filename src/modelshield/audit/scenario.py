@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from modelshield.attacks import ATTACKS
 from modelshield.attacks.params import parse_params
 from modelshield.defenses.config import Limits, Tier, http_url, load_config
+from modelshield.defenses.detectors import DetectorSpec
 from modelshield.errors import ConfigError, ModelShieldError
 from modelshield.victims.zoo import ZOO
 
@@ -132,7 +133,7 @@ class Defense(_Strict):
     config: str | None = None
     tier: str | None = None
     policy: str = "full"
-    detectors: list[str] = Field(default_factory=list)
+    detectors: list[DetectorSpec] = Field(default_factory=list)
     on_flag: Literal["alert", "throttle", "degrade", "deny"] = "alert"
     limits: Limits = Limits()
     throttled: Limits = Limits(requests="10/hour")

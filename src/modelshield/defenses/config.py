@@ -13,7 +13,7 @@ import yaml
 from limits import parse_many
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from modelshield.defenses.detectors import DETECTORS
+from modelshield.defenses.detectors import DetectorSpec, detector_spec
 from modelshield.defenses.llm import LLMPolicy
 from modelshield.defenses.policies import parse_policy
 from modelshield.errors import ConfigError, ModelShieldError
@@ -65,7 +65,7 @@ class Tier(_Strict):
 
     limits: Limits = Limits()
     policy: str = "full"
-    detectors: list[str] = Field(default_factory=list)
+    detectors: list[DetectorSpec] = Field(default_factory=list)
     on_flag: Literal["alert", "throttle", "degrade", "deny"] = "alert"
     throttled: Limits = Limits(requests="10/hour")
     degrade_policy: str = "label"
@@ -84,11 +84,12 @@ class Tier(_Strict):
 
     @field_validator("detectors")
     @classmethod
-    def _detectors(cls, v: list[str]) -> list[str]:
-        unknown = [d for d in v if d not in DETECTORS]
-        if unknown:
-            raise ValueError(f"unknown detector {unknown[0]!r}; choose from "
-                             f"{', '.join(DETECTORS)}")
+    def _detectors(cls, v: list[DetectorSpec]) -> list[DetectorSpec]:
+        for entry in v:
+            try:
+                detector_spec(entry)
+            except ModelShieldError as exc:
+                raise ValueError(str(exc)) from None
         return v
 
 
@@ -223,7 +224,8 @@ tiers:
   pro:
     limits: {requests: 1000/hour, rows: 10000/hour}
     policy: round:2
-    detectors: [sweep, boundary, prada, ood, volume]
+    # a detector with settings: volume flags a key past what the heaviest customers send
+    detectors: [sweep, boundary, prada, ood, {volume: {max_rows: 20000}}]
     on_flag: degrade
     degrade_policy: label
   enterprise:

@@ -8,6 +8,7 @@ is calibrated on benign traffic when the Shield is built.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -370,12 +371,56 @@ def _join(x: FloatArray, labels: np.ndarray, nearest: FloatArray, i: int) -> Non
                                     np.sqrt(((x[later] - x[i]) ** 2).sum(axis=1)))
 
 
-def make_detector(name: str, **params: Any) -> Detector:
-    cls = DETECTORS[name]
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        raise ConfigError(f"Detector {name!r}: {exc}") from None
+DetectorSpec = str | dict[str, Any]
+"""A detector in a config: its name, or ``{name: {parameter: value}}``."""
+
+
+def detector_spec(entry: DetectorSpec) -> tuple[str, dict[str, Any]]:
+    """(name, parameters) of a config entry; ConfigError names what is wrong."""
+    params: Any
+    if isinstance(entry, str):
+        name, params = entry, {}
+    elif isinstance(entry, dict) and len(entry) == 1:
+        name, params = next(iter(entry.items()))
+        if not isinstance(params, dict):
+            raise ConfigError(f"detector {name!r}: parameters must be a mapping, "
+                              f"e.g. {{{name}: {{...}}}}")
+    else:
+        raise ConfigError("a detector is a name, or one name mapped to its parameters "
+                          "(e.g. {volume: {max_rows: 800}})")
+    if name not in DETECTORS:
+        raise ConfigError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
+    tunable = tunable_parameters(name)
+    for key, value in params.items():
+        if key not in tunable:
+            raise ConfigError(f"detector {name!r}: unknown parameter {key!r}; choose from "
+                              f"{', '.join(sorted(tunable)) or 'none'}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or \
+                (isinstance(tunable[key], int) and not isinstance(value, int)):
+            kind = "a whole number" if isinstance(tunable[key], int) else "a number"
+            raise ConfigError(f"detector {name!r}: {key} must be {kind} >= 0; got {value!r}")
+    return name, dict(params)
+
+
+def tunable_parameters(name: str) -> dict[str, int | float]:
+    """A detector's numeric settings and their defaults (what a config may set)."""
+    out: dict[str, int | float] = {}
+    for f in dataclasses.fields(DETECTORS[name]):
+        if f.init and not f.name.startswith("_") and isinstance(f.default, int | float) \
+                and not isinstance(f.default, bool) and np.isfinite(f.default):
+            out[f.name] = f.default
+    return out
+
+
+def make_detector(spec: DetectorSpec, *, state: DetectorState | None = None,
+                  **params: Any) -> Detector:
+    """A detector from its config entry, with ``params`` on top, keeping its state in
+    ``state`` (its own memory if None). Unknown or bad parameters raise ConfigError."""
+    name, configured = detector_spec(spec)
+    name, merged = detector_spec({name: {**configured, **params}})
+    if state is not None:
+        merged["state"] = state
+    return DETECTORS[name](**merged)
 
 
 def _margins(prediction: Prediction) -> FloatArray:
