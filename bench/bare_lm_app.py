@@ -5,7 +5,7 @@ It speaks the part of vLLM's OpenAI-compatible API that the gateway uses when it
 upstream server, so it also stands in for vLLM there: ``/v1/models`` (with
 ``max_model_len``, and no vocabulary size, as vLLM), ``/v1/completions`` with token-id
 prompts, logprobs, ``return_tokens_as_token_ids`` and ``return_token_ids``, and
-``/tokenize``.
+``/tokenize``. It parses requests with the gateway's own request models.
 """
 
 from __future__ import annotations
@@ -14,37 +14,17 @@ import os
 from typing import Any
 
 from fastapi import FastAPI
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from modelshield.answer import LMRequest
 from modelshield.defenses.llm import LLMPolicy, decode
+from modelshield.serve.openai import CompletionRequest, TokenizeRequest
 from modelshield.victims.lm import load_lm
 
 NAME = os.environ.get("BENCH_LM", "lm-h64")
 lm = load_lm(NAME)
 policy = LLMPolicy(max_top_logprobs=1 << 20, max_n=64)
 app = FastAPI()
-
-
-class Body(BaseModel):
-    model: str
-    prompt: list[int] | list[list[int]]
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    n: int = 1
-    seed: int | None = None
-    logprobs: int | None = None
-    logit_bias: dict[str, float] | None = None
-    return_tokens_as_token_ids: bool = False
-    return_token_ids: bool = False
-
-
-class TokenizeBody(BaseModel):
-    model: str
-    prompt: str
-    add_special_tokens: bool = False
 
 
 @app.get("/v1/models")
@@ -54,15 +34,15 @@ async def models() -> dict[str, Any]:
 
 
 @app.post("/tokenize")
-async def tokenize(body: TokenizeBody) -> dict[str, Any]:
+async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
     ids = lm.encode(body.prompt)
     return {"tokens": ids, "count": len(ids), "max_model_len": lm.context}
 
 
 @app.post("/v1/completions")
-async def completions(body: Body) -> dict[str, Any]:
+async def completions(body: CompletionRequest) -> dict[str, Any]:
     prompts = [body.prompt] if body.prompt and isinstance(body.prompt[0], int) else body.prompt
-    req = LMRequest([list(p) for p in prompts], body.max_tokens,  # type: ignore[arg-type]
+    req = LMRequest([list(p) for p in prompts], body.max_tokens,  # type: ignore[arg-type,union-attr]
                     body.temperature, body.top_p, body.n, body.seed, body.logprobs,
                     {int(k): v for k, v in (body.logit_bias or {}).items()})
     choices = await run_in_threadpool(decode, lm.next_logits, req, policy,

@@ -113,8 +113,10 @@ def add_openai_routes(app: FastAPI, shield: Shield,
                               "invalid_value", "logit_bias", route)
         return out
 
-    async def run(request: Request, req: LMRequest, route: str, model: str
-                  ) -> tuple[list[LMChoice], Any] | JSONResponse:
+    async def run(request: Request, req: LMRequest, route: str, model: str, as_ids: bool
+                  ) -> tuple[list[LMChoice], Any, bool] | JSONResponse:
+        """The request through the Shield: (choices, decision, whether to name tokens by
+        id), or the error response."""
         if model != name:
             return refuse(404, f"The model {model!r} does not exist; this gateway serves "
                           f"{name!r}.", "model_not_found", "model", route)
@@ -136,7 +138,9 @@ def add_openai_routes(app: FastAPI, shield: Shield,
             return refuse(exc.status, str(exc), exc.code, exc.headers.get("X-Error-Param"),
                           route, exc.headers)
         count(route, 200)
-        return choices, decision
+        if not await name_tokens(choices, as_ids):
+            as_ids = True  # the upstream could not name the tokens: give their ids
+        return choices, decision, as_ids
 
     def token(t: int, as_ids: bool) -> str:
         lm = shield.lm
@@ -157,7 +161,7 @@ def add_openai_routes(app: FastAPI, shield: Shield,
             data.update(vocab_size=lm.vocab, context_length=lm.context)
         return {"object": "list", "data": [data]}
 
-    async def texts(choices: list[LMChoice], as_ids: bool) -> bool:
+    async def name_tokens(choices: list[LMChoice], as_ids: bool) -> bool:
         """Fetch the token texts a response will name before it is built (an upstream
         model is asked over HTTP, so not on the event loop). False if the upstream could
         not say them: the response then names tokens ``token_id:N``."""
@@ -233,14 +237,11 @@ def add_openai_routes(app: FastAPI, shield: Shield,
             return logit_bias
         req = LMRequest(prompts, body.max_tokens, body.temperature, body.top_p, body.n,
                         body.seed, body.logprobs, logit_bias)
-        out = await run(request, req, route, body.model)
+        out = await run(request, req, route, body.model, body.return_tokens_as_token_ids)
         if isinstance(out, JSONResponse):
             return out
-        choices, decision = out
+        choices, decision, as_ids = out
         ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        as_ids = body.return_tokens_as_token_ids
-        if not await texts(choices, as_ids):
-            as_ids = True  # the upstream could not name the tokens: give their ids
 
         def choice(i: int, c: LMChoice) -> dict[str, Any]:
             lp = None
@@ -288,14 +289,11 @@ def add_openai_routes(app: FastAPI, shield: Shield,
         req = LMRequest(prompts, max_tokens, body.temperature,
                         body.top_p, body.n, body.seed,
                         (body.top_logprobs or 0) if body.logprobs else None, logit_bias)
-        out = await run(request, req, route, body.model)
+        out = await run(request, req, route, body.model, body.return_tokens_as_token_ids)
         if isinstance(out, JSONResponse):
             return out
-        choices, decision = out
+        choices, decision, as_ids = out
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        as_ids = body.return_tokens_as_token_ids
-        if not await texts(choices, as_ids):
-            as_ids = True  # the upstream could not name the tokens: give their ids
 
         def entry(t: int, v: float) -> dict[str, Any]:
             text = token(t, as_ids)
