@@ -8,9 +8,8 @@ is calibrated on benign traffic when the Shield is built.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -405,7 +404,7 @@ def detector_spec(entry: DetectorSpec) -> tuple[str, dict[str, Any]]:
 def tunable_parameters(name: str) -> dict[str, int | float]:
     """A detector's numeric settings and their defaults (what a config may set)."""
     out: dict[str, int | float] = {}
-    for f in dataclasses.fields(DETECTORS[name]):
+    for f in fields(DETECTORS[name]):
         if f.init and not f.name.startswith("_") and isinstance(f.default, int | float) \
                 and not isinstance(f.default, bool) and np.isfinite(f.default):
             out[f.name] = f.default
