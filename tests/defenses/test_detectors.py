@@ -101,3 +101,13 @@ def test_a_tier_sets_detector_parameters_and_bad_ones_are_named(tmp_path: Path) 
         with pytest.raises(ConfigError, match=re.escape("tiers.t.detectors: ") + ".*"
                            + re.escape(message)):
             load_config({"tiers": {"t": {"detectors": [entry]}}})
+
+
+def test_prada_state_stays_bounded(victims: dict[str, Victim]) -> None:
+    """However much an account sends, PRADA keeps at most max_set rows per class."""
+    v = victims["digits-mlp"]
+    det = make_detector("prada", max_set=30)
+    x = np.random.default_rng(0).uniform(0, 16, (400, 64))
+    stream(det, v, x, batch=20)
+    for c in range(10):
+        assert len(det.state.rows(f"prada:acct:g{c}", 64)) <= 30

@@ -265,13 +265,16 @@ class Prada(Detector):
     distances, synthetic extraction queries do not. A Shapiro-Wilk statistic below
     ``delta`` flags the account. The reference implementation keeps one global state and
     tests after every query; we keep one state per account, keep the running mean and
-    spread incrementally, and test every ``every`` new distances.
+    spread incrementally, and test every ``every`` new distances. Each class's growing set
+    keeps its latest ``max_set`` rows: an account cannot grow the state without bound, and
+    a request reads a bounded amount of it.
     """
 
     name: ClassVar[str] = "prada"
     delta: float = 0.9
     min_queries: int = 100
     every: int = 25
+    max_set: int = 2000
 
     def calibrate(self, benign: FloatArray, predict: Any) -> None:
         """Lower ``delta`` below what benign streams reach: 20 shuffled benign streams of
@@ -305,7 +308,7 @@ class Prada(Detector):
         for i in added:
             new[int(labels[i])].append(x[i])
         for c, rows in new.items():
-            self.state.push(f"{key}:g{c}", np.asarray(rows))
+            self.state.push(f"{key}:g{c}", np.asarray(rows), self.max_set)
         if dists:
             self.state.push(f"{key}:dist", np.asarray(dists)[:, None], 1000)
         self.state.set(f"{key}:moments", moments)
