@@ -2,8 +2,8 @@
 old entries expired by one background thread once a second.
 
 The library's own storage starts a new timer thread every 10 ms while any limit holds
-entries. On 2 cores that churn cost a request about 0.4 ms at the 99th percentile
-(thread start-up and the interpreter lock), more than the limits themselves. Expiring less
+entries. On 2 cores that churn (thread start-up and the interpreter lock) slowed the tail
+of every request: ``bench/shield_stages.py`` measures it. Expiring less
 often changes no decision: every check compares the entries' timestamps (moving window)
 or the key's expiry time (fixed and sliding windows) when it reads them. It only lets
 memory of expired entries be freed up to a second later.
