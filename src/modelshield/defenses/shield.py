@@ -344,10 +344,12 @@ class Shield:
         if group is not None:
             watched.append(group)
         detectors = self.detectors[key.tier]
-        reads: list[Read] = [("value", f"flag:{ident}") for ident in watched]
-        for det in detectors:
-            for ident in watched:
-                reads += det.reads(ident, prediction)
+        reads: list[Read] = []
+        if self.state.batches:  # only a shared store fetches ahead
+            reads = [("value", f"flag:{ident}") for ident in watched]
+            for det in detectors:
+                for ident in watched:
+                    reads += det.reads(ident, prediction)
         with self.state.batch(reads):  # Redis: one round trip to read, one to write
             for det in detectors:
                 for ident in watched:

@@ -42,6 +42,10 @@ class DetectorState(Protocol):
     def get(self, key: str) -> Any: ...
     def set(self, key: str, value: Any) -> None: ...
     def batch(self, reads: list[Read]) -> contextlib.AbstractContextManager[None]: ...
+    @property
+    def batches(self) -> bool:
+        """Whether ``batch`` uses its ``reads`` (else callers need not list them)."""
+        ...
 
 
 class MemoryState:
@@ -87,6 +91,10 @@ class MemoryState:
     def batch(self, reads: list[Read]) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()  # every access is already in-process
 
+    @property
+    def batches(self) -> bool:
+        return False
+
 
 class RedisState:
     """State in Redis: counters are HINCRBY, row lists are capped lists of float64 bytes."""
@@ -97,6 +105,10 @@ class RedisState:
         self.client = redis.Redis.from_url(url)
         self.prefix = prefix
         self._local = threading.local()  # this thread's open batch, if any
+
+    @property
+    def batches(self) -> bool:
+        return True
 
     def _open(self) -> _Snapshot | None:
         snap: _Snapshot | None = getattr(self._local, "snap", None)
