@@ -129,9 +129,10 @@ class RedisState:
             return
         pipe = self.client.pipeline(transaction=False)
         wanted = list(dict.fromkeys(reads))
+        fetch = {"hash": pipe.hgetall, "rows": lambda k: pipe.lrange(k, 0, -1),
+                 "value": pipe.get}
         for kind, key in wanted:
-            {"hash": pipe.hgetall, "rows": lambda k: pipe.lrange(k, 0, -1),
-             "value": pipe.get}[kind](self.prefix + key)
+            fetch[kind](self.prefix + key)
         snap = _Snapshot(self.client.pipeline(transaction=False))
         for (kind, key), raw in zip(wanted, pipe.execute() if wanted else [], strict=True):
             if kind == "hash":

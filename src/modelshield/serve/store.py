@@ -15,7 +15,7 @@ import json
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -92,7 +92,7 @@ class _Pending:
 
     contents: list[dict[str, Any]]
     done: bool = False
-    error: Exception | None = field(default=None)
+    error: Exception | None = None
 
 
 @dataclass(frozen=True)
