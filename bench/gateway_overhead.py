@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from _common import show, write
 from _load import free_port, run_alternating, run_load, server
 
-from modelshield.serve.store import AuditStore
+from modelshield.store import AuditStore
 from modelshield.victims import load_victim
 
 ALL_ON = {"limits": {"requests": "100000/minute", "rows": "100000/minute"},

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from _common import show, write
 from _load import free_port, run_load, server
 
-from modelshield.serve.store import AuditStore
+from modelshield.store import AuditStore
 from tests.servers import redis_server
 
 
@@ -56,7 +56,8 @@ def main() -> None:
                              "refused_429": out["statuses"].get(429, 0),
                              "other": {k: v for k, v in out["statuses"].items()
                                        if k not in (200, 429)}})
-        records = store.count()
+        records = store.count(answered=True)
+        refusals = store.count(answered=False)
         ok = store.verify()[0]
     show(f"two uvicorn workers sharing Redis: {args.requests} concurrent requests, limit "
          f"{args.limit}", ["round", "admitted (200)", "refused (429)", "other"],
@@ -64,9 +65,10 @@ def main() -> None:
     exact = all(r["admitted"] == args.limit for r in rows)
     print(f"exact every round: {exact}; audit records {records} "
           f"(= {args.limit} x {args.rounds}: {records == args.limit * args.rounds}); "
-          f"chain intact: {ok}")
+          f"refusals recorded {refusals}; chain intact: {ok}")
     write("limits_exactness", {"args": vars(args), "rounds": rows, "exact": exact,
-                               "audit_records": records, "chain_intact": ok})
+                               "audit_records": records, "refusal_records": refusals,
+                               "chain_intact": ok})
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from _common import show, write
 from _load import free_port, run_alternating, run_load, server
 
-from modelshield.serve.store import AuditStore
+from modelshield.store import AuditStore
 from modelshield.victims.lm import load_lm
 
 TOKENS = 16

@@ -27,7 +27,7 @@ from _common import show, write
 from gateway_overhead import ALL_ON
 
 from modelshield.defenses.shield import Decision, Shield, _answer_record
-from modelshield.serve.store import AuditRecord
+from modelshield.store import AuditRecord
 from modelshield.victims import load_victim
 
 STAGES = ["key", "inputs", "limits", "model", "detectors", "policy", "record", "commit"]

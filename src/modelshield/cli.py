@@ -322,7 +322,7 @@ def _load(config: Path | None) -> Any:
 
 
 def _store(config: Path | None) -> Any:
-    from modelshield.serve.store import AuditStore
+    from modelshield.store import AuditStore
 
     return AuditStore(_load(config).audit_url)
 
@@ -337,12 +337,12 @@ def init(path: Annotated[Path | None, typer.Argument(
     """Write a commented example gateway config with free / pro / enterprise tiers
     (or, with --audit, an example audit scenario)."""
     from modelshield.audit.scenario import EXAMPLE as SCENARIO
-    from modelshield.defenses.config import EXAMPLE
+    from modelshield.defenses.config import example_config
 
     path = path or Path("audit.yaml" if audit else "modelshield.yaml")
     if path.exists() and not force:
         raise ConfigError(f"{path} exists; pass --force to overwrite it.")
-    path.write_text(SCENARIO if audit else EXAMPLE)
+    path.write_text(SCENARIO if audit else example_config())
     console.print(f"wrote {path}")
 
 
@@ -358,13 +358,20 @@ def serve(config: ConfigOpt = None,
 
     import uvicorn
 
-    _load(config)  # validate before starting anything
+    cfg = _load(config)  # validate before starting anything
     if config is not None:
         os.environ["MODELSHIELD_CONFIG"] = str(config.resolve())
     else:
         os.environ.pop("MODELSHIELD_CONFIG", None)
+    m = cfg.model
+    served = m.name or m.lm or m.upstream_model or m.file or m.upstream or m.builtin
+    err.print(f"modelshield gateway: serving {served} on http://{host}:{port} "
+              f"({workers} worker{'s' if workers > 1 else ''}; audit log {cfg.audit_url}; "
+              f"limits {cfg.storage.limits}; docs at /docs)", highlight=False)
+    # Forwarded headers are trusted only from the config's trusted_proxies (the app
+    # applies them), never from uvicorn's default of 127.0.0.1.
     uvicorn.run("modelshield.serve.main:app", host=host, port=port, workers=workers,
-                log_level="warning")
+                log_level="warning", proxy_headers=False)
 
 
 @keys_app.command("create")
@@ -385,11 +392,32 @@ def keys_create(tier: Annotated[str, typer.Option(help="Tier the key belongs to.
 @keys_app.command("list")
 def keys_list(config: ConfigOpt = None) -> None:
     """List keys (ids, tiers, state; never the secrets)."""
+    cfg = _load(config)
     table = Table("key id", "tier", "owner", "state", "terms", title="API keys")
     for k in _store(config).list_keys():
         state = "revoked" if k.revoked_at else ("expired" if not k.usable(time.time()) else "active")
+        if state == "active" and k.flag is not None:
+            tier = cfg.tiers.get(k.tier)
+            action = tier.on_flag if tier is not None else "alert"
+            state = {"deny": "suspended", "throttle": "throttled", "degrade": "degraded"}.get(
+                action, "flagged") + f" ({k.flag['detector']})"
         table.add_row(k.key_id, k.tier, k.owner, state, f"v{k.terms_version}")
     console.print(table)
+
+
+@keys_app.command("reinstate")
+def keys_reinstate(key_id: Annotated[str, typer.Argument(help="The key id (from keys list).")],
+                   config: ConfigOpt = None) -> None:
+    """Lift a key's flag (and so its suspension). A gateway with Redis state sees it at
+    once; one with memory:// state, at its next start."""
+    cfg = _load(config)
+    if not _store(config).clear_flag(key_id):
+        raise ConfigError(f"No flag on key {key_id!r}.")
+    if not cfg.storage.limits.startswith("memory://"):
+        from modelshield.defenses.state import state_from_url
+
+        state_from_url(cfg.storage.limits).delete(f"flag:{key_id}")
+    console.print(f"reinstated {key_id}")
 
 
 @keys_app.command("revoke")
@@ -410,6 +438,42 @@ def audit_log_verify(config: ConfigOpt = None) -> None:
         return
     err.print(f"[bold red]chain broken[/] at record {bad} after {n} good records")
     raise typer.Exit(1)
+
+
+@audit_log_app.command("flags")
+def audit_log_flags(config: ConfigOpt = None) -> None:
+    """List every flagged account or group: when, which detector, and why."""
+    table = Table("when (UTC)", "account or group", "detector", "score", "reason",
+                  title="flags")
+    for f in _store(config).flags():
+        table.add_row(_when(f["ts"]), f["ident"], f["detector"], f"{f['score']:.4g}",
+                      f["reason"])
+    console.print(table)
+
+
+@audit_log_app.command("show")
+def audit_log_show(key: Annotated[str | None, typer.Option(
+                       "--key", help="Only this key id's records.")] = None,
+                   limit: Annotated[int, typer.Option(min=1, help="The last N records.")] = 50,
+                   config: ConfigOpt = None) -> None:
+    """Show the last records of the log (or of one key): answers and refusals."""
+    table = Table("seq", "when (UTC)", "key id", "client", "rows", "outcome", "policy / reason",
+                  title="audit log" + (f" of key {key}" if key else ""))
+    for rec in _store(config).records(limit=limit, key_id=key):
+        d = json.loads(rec["decision"])
+        if d.get("action") == "refuse":
+            outcome, why = f"[red]{d['status']} {d['code']}[/]", d.get("reason", "")
+        else:
+            outcome = d.get("action", "allow")
+            flags = ", ".join(f["detector"] for f in d.get("flags", []))
+            why = d.get("policy", "") + (f"; flagged by {flags}" if flags else "")
+        table.add_row(str(rec["seq"]), _when(rec["ts"]), rec["key_id"] or "—",
+                      rec["client_ip"], str(rec["rows"]), outcome, why)
+    console.print(table)
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
 
 def results_table(results: list[Result]) -> Table:

@@ -55,6 +55,11 @@ def test_attacks_never_import_the_victims_or_defenses(module: str) -> None:
                 if isinstance(n, ast.ImportFrom) and n.module}
     assert not {m for m in imported if m.startswith(("modelshield.victims",
                                                      "modelshield.defenses"))}
+    # The oracle's guard stops attribute access; deliberate introspection is caught here.
+    names = {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)} | \
+        {n.attr for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Attribute)}
+    assert not names & {"gc", "get_referents", "__getattribute__", "_victim", "_target",
+                        "__closure__"}
 
 
 def test_equation_solving_is_exact_with_d_plus_one_queries(victims: dict[str, Victim]) -> None:

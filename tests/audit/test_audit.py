@@ -279,10 +279,11 @@ def test_report_renders_in_headless_chromium(small: tuple[dict[str, Any], Path],
 
 
 def test_a_tier_from_a_gateway_config_is_audited_as_deployed(tmp_path: Path) -> None:
-    from modelshield.defenses.config import EXAMPLE
+    from modelshield.defenses.config import example_config
 
     gateway = tmp_path / "modelshield.yaml"
-    gateway.write_text(EXAMPLE)
+    example = example_config()
+    gateway.write_text(example)
     s = load_scenario({**SMALL, "defenses": [{"name": "free tier", "config": str(gateway),
                                               "tier": "free"}],
                        "benign": {"accounts": 20, "median_rows": 80}})
@@ -294,7 +295,7 @@ def test_a_tier_from_a_gateway_config_is_audited_as_deployed(tmp_path: Path) -> 
     benign = defense(doc, "free tier")["benign"]
     assert benign["refused_share"] > 0  # the heaviest honest users hit 100 rows an hour too
     # Editing the gateway config invalidates the cached cells.
-    gateway.write_text(EXAMPLE.replace("100/hour, rows: 100/hour", "100/hour, rows: 200/hour"))
+    gateway.write_text(example.replace("100/hour, rows: 100/hour", "100/hour, rows: 200/hour"))
     assert run_audit(s, tmp_path / "out", workers=1)["cells_cached"] == 0
     with pytest.raises(ConfigError, match="tier 'gold' is not in"):
         load_scenario({**SMALL, "defenses": [{"name": "x", "config": str(gateway),

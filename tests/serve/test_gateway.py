@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from modelshield.defenses.shield import Shield
 from modelshield.errors import ConfigError, Denied
 from modelshield.oracle import Blocked, ShieldOracle
 from modelshield.serve.app import create_app
-from modelshield.serve.store import AuditRecord, AuditStore
+from modelshield.store import AuditRecord, AuditStore
 from modelshield.victims import Victim
 from tests.servers import live_app, postgres_server, redis_server
 
@@ -68,23 +69,33 @@ def test_open_inference_protocol_v2(gateway: tuple[HttpClient, Shield, str],
     assert "modelshield_requests_total" in client.get("/metrics").text
 
 
-@pytest.mark.parametrize(("body", "headers", "status", "code"), [
-    ({"inputs": [[1.0] * 64]}, {}, 401, "missing_key"),
-    ({"inputs": [[1.0] * 64]}, {"Authorization": "Bearer nope"}, 401, "invalid_key"),
-    ({"inputs": [[1.0] * 5]}, None, 422, "invalid_shape"),
-    ({"inputs": [[None] * 64]}, None, 422, "invalid_values"),
-    ({"inputs": [["a"] * 64]}, None, 422, "invalid_request"),
-    ({"inputs": [[1.0] * 64] * 51}, None, 413, "batch_too_large"),
-    ({"rows": []}, None, 422, "invalid_request"),
+@pytest.mark.parametrize(("body", "headers", "status", "code", "recorded"), [
+    ({"inputs": [[1.0] * 64]}, {}, 401, "missing_key", True),
+    ({"inputs": [[1.0] * 64]}, {"Authorization": "Bearer nope"}, 401, "invalid_key", True),
+    ({"inputs": [[1.0] * 5]}, None, 422, "invalid_shape", True),
+    ({"inputs": [[None] * 64]}, None, 422, "invalid_values", True),
+    ({"inputs": [[1.0] * 63 + [17.0]]}, None, 422, "out_of_domain", True),
+    ({"inputs": [[-1e308] * 64]}, None, 422, "out_of_domain", True),
+    ({"inputs": [[1.0] * 64] * 51}, None, 413, "batch_too_large", True),
+    # Bodies the gateway cannot read as a request never reach the Shield.
+    ({"inputs": [["a"] * 64]}, None, 422, "invalid_request", False),
+    ({"rows": []}, None, 422, "invalid_request", False),
 ])
-def test_bad_requests_get_a_json_4xx_and_nothing_is_recorded(
+def test_bad_requests_get_a_json_4xx_and_refusals_are_recorded_as_refusals(
         gateway: tuple[HttpClient, Shield, str], body: Any, headers: Any, status: int,
-        code: str) -> None:
+        code: str, recorded: bool) -> None:
     client, shield, key = gateway
     r = client.post("/v1/models/digits-mlp/predict", json=body,
                     headers={"Authorization": f"Bearer {key}"} if headers is None else headers)
     assert r.status_code == status and r.json()["error"]["code"] == code
-    assert shield.store.count() == 0
+    records = shield.store.records()
+    assert len(records) == int(recorded)
+    if recorded:
+        decision = json.loads(records[0]["decision"])
+        assert (decision["action"], decision["status"], decision["code"]) == \
+            ("refuse", status, code)
+        assert records[0]["answer"] == "null"  # nothing was answered
+    assert shield.store.verify()[0]
 
 
 def test_infinity_malformed_json_and_unknown_model(gateway: tuple[HttpClient, Shield, str]) -> None:
@@ -97,7 +108,7 @@ def test_infinity_malformed_json_and_unknown_model(gateway: tuple[HttpClient, Sh
     assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_json"
     r = client.post("/v1/models/other/predict", headers=auth, json={"inputs": [[1.0] * 64]})
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_model"
-    assert shield.store.count() == 0
+    assert shield.store.count() == 1  # only the infinite row reached the Shield (a refusal)
     assert client.get("/v2/health/live").status_code == 200  # still up
 
 
@@ -127,7 +138,7 @@ def test_rate_limit_gives_429_with_retry_after(tmp_path: Path) -> None:
     assert [r.status_code for r in codes] == [200, 200, 200, 429, 429]
     assert int(codes[3].headers["Retry-After"]) > 0
     assert codes[3].headers["RateLimit-Remaining"] == "0"
-    assert shield.store.count() == 3
+    assert shield.store.count(answered=True) == 3 and shield.store.count(answered=False) == 2
 
 
 def test_row_limits_count_rows_not_requests(tmp_path: Path) -> None:
@@ -223,7 +234,7 @@ def test_two_replicas_sharing_redis_admit_exactly_the_limit(tmp_path: Path,
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(call, range(300)))
     assert len(admitted) == 100
-    assert replicas[0].store.count() == 100 and replicas[0].store.verify()[0]
+    assert replicas[0].store.count(answered=True) == 100 and replicas[0].store.verify()[0]
 
 
 @pytest.mark.parametrize("fail", ["closed", "open"])

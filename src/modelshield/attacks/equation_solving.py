@@ -120,7 +120,9 @@ class EquationSolving(Attack):
     def _around(centre: FloatArray, spread: float, n: int, spec: Any,
                 rng: np.random.Generator) -> FloatArray:
         width = spread * (spec.high - spec.low)
-        return np.asarray(centre + width * rng.uniform(-0.5, 0.5, (n, spec.n_features)))
+        # Inside the published domain: a gateway refuses anything outside it.
+        return np.asarray(np.clip(centre + width * rng.uniform(-0.5, 0.5, (n, spec.n_features)),
+                                  spec.low, spec.high))
 
     # -- neural networks ----------------------------------------------------------------
     def _mlp(self, session: Session, pool: FloatArray | None,

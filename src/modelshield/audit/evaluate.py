@@ -112,8 +112,9 @@ def run_cell(victim: Victim | None, attack: str, policy: str, budget: int, seed:
     if oracle is None:
         if victim is None:
             raise ValueError("run_cell needs a victim or an oracle")
-        oracle = LocalOracle(victim, parse_policy(policy), budget=budget,
-                             price_per_1k=price_per_1k)
+        # A noise key fixed by the seed keeps a run reproducible; the attack never sees it.
+        oracle = LocalOracle(victim, parse_policy(policy, secret=f"modelshield-seed-{seed}"),
+                             budget=budget, price_per_1k=price_per_1k)
     try:
         extraction = attack_obj.run(oracle, budget, pool=victim.pool if victim else None)
     except (AttackRefused, AttackFailed, BudgetExhausted, Blocked) as exc:

@@ -95,11 +95,13 @@ def shield_for(defense: Defense, victim: Victim) -> Iterator[Any]:
     """A fresh Shield serving ``victim`` with ``defense`` as its only tier, audit log in a
     temporary SQLite file. Detectors are calibrated on the victim's natural pool."""
     from modelshield.defenses.shield import Shield
-    from modelshield.serve.store import AuditStore
+    from modelshield.store import AuditStore
 
     with tempfile.TemporaryDirectory(prefix="modelshield-cell-") as tmp:
+        # A fixed noise key keeps cells reproducible; the attackers never see it.
         config = load_config({"audit_url": f"sqlite:///{tmp}/audit.db",
                               "tiers": {TIER: defense.as_tier().model_dump()},
+                              "noise_secret": "modelshield-audit-cell-noise-key",
                               **defense.shield_fields()})
         store = AuditStore(config.audit_url)
         benign = victim.pool if len(victim.pool) else None
@@ -184,7 +186,9 @@ def _attack_cell(cell: dict[str, Any], target: Target, defense: Defense,
         # from that many queries under the same output policy.
         after = run_cell(victim, attacker.attack, tier.policy, result.queries, seed, price,
                          attacker.kwargs, oracle=LocalOracle(
-                             victim, parse_policy(tier.policy), budget=result.queries,
+                             victim, parse_policy(tier.policy,
+                                                  secret="modelshield-audit-cell-noise-key"),
+                             budget=result.queries,
                              price_per_1k=price), label=defense.name)
         if after.status == "ok":
             # The curve it had built before the block, then the clone from all it was told.

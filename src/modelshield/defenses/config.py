@@ -6,12 +6,14 @@ A bad value stops loading with a message naming the field's path and what is all
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from limits import parse_many
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modelshield.defenses.detectors import DetectorSpec, detector_spec
 from modelshield.defenses.llm import LLMPolicy
@@ -135,6 +137,9 @@ class Model(_Strict):
     high: float | list[float] | None = None
     accepts_missing: bool = False
     integer_features: bool = False
+    # Refuse (422, naming the feature) values outside low/high: the contract customers are
+    # told. Off only for a model whose declared domain is a guide, not a limit.
+    enforce_domain: bool = True
 
     @field_validator("upstream", "lm_upstream")
     @classmethod
@@ -150,9 +155,52 @@ class ShieldConfig(_Strict):
     key_cache_seconds: float = Field(default=1.0, ge=0)
     global_limits: Limits = Limits()
     ip_limits: Limits = Limits()
+    # Failed authentications per client address (bad or unknown keys); past this, the
+    # address gets 429 before any key of it is looked up. None switches it off.
+    auth_failure_limits: str | None = "30/minute;300/hour"
+    # Proxies (addresses or CIDR networks) whose X-Forwarded-For names the client: behind
+    # a load balancer, list it here, or every client has the balancer's address.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # The HMAC key of keyed noise (classifier `noise:` policies and language-model logprob
+    # noise). Required when a tier uses noise; `modelshield init` writes a random one, or
+    # set MODELSHIELD_NOISE_SECRET. Anyone who knows it can strip the noise.
+    noise_secret: str | None = Field(default=None, min_length=16, repr=False)
     tiers: dict[str, Tier] = Field(default_factory=lambda: {"default": Tier()})
     terms_version: str = "1"
     terms: str = TERMS
+
+    @field_validator("auth_failure_limits")
+    @classmethod
+    def _auth_rate(cls, v: str | None) -> str | None:
+        return _rates(v, "rate")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR network such as "
+                                 "'10.0.0.0/8'") from None
+        return v
+
+    @model_validator(mode="after")
+    def _noise_needs_secret(self) -> ShieldConfig:
+        if self.noise_secret:
+            return self
+        for name, tier in self.tiers.items():
+            noisy = [p for p in (tier.policy, tier.degrade_policy) if p.startswith("noise")]
+            if tier.llm.logprob_noise > 0:
+                noisy.append(f"llm.logprob_noise: {tier.llm.logprob_noise}")
+            if noisy:
+                raise ValueError(f"tier {name!r} uses keyed noise ({noisy[0]}) but no "
+                                 "noise_secret is set: put a random string of at least 16 "
+                                 "characters in noise_secret (modelshield init writes one) or "
+                                 "in MODELSHIELD_NOISE_SECRET")
+        return self
 
 
 def load_config(source: str | Path | dict[str, Any] | None = None) -> ShieldConfig:
@@ -171,15 +219,24 @@ def load_config(source: str | Path | dict[str, Any] | None = None) -> ShieldConf
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError("The config must be a mapping of fields (model, tiers, ...).")
+    env_secret = os.environ.get("MODELSHIELD_NOISE_SECRET")
+    if env_secret and not data.get("noise_secret"):
+        data = {**data, "noise_secret": env_secret}
     try:
         return ShieldConfig.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
+        where = ".".join(str(p) for p in first["loc"]) or (
+            "noise_secret" if "noise_secret" in first["msg"] else "config")
         msg = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             msg = "unknown field"
         raise ConfigError(f"{where}: {msg}") from None
+
+
+def example_config() -> str:
+    """The commented example config, with a fresh random noise_secret."""
+    return EXAMPLE.replace("{noise_secret}", secrets.token_urlsafe(32))
 
 
 EXAMPLE = """\
@@ -206,6 +263,11 @@ storage:
   fail: closed                 # if Redis is unreachable: closed = refuse (503), open = allow
   strategy: moving-window      # exact; sliding-window / fixed-window cost less per request
 audit_url: sqlite:///modelshield-audit.db   # or postgresql+psycopg://user@host/db
+# The key of keyed noise (the enterprise tier's noise:0.01). Random, written by init; keep
+# it secret (or set MODELSHIELD_NOISE_SECRET instead): whoever knows it can strip the noise.
+noise_secret: "{noise_secret}"
+auth_failure_limits: 30/minute;300/hour   # bad keys per client address before a 429
+# trusted_proxies: [10.0.0.0/8]  # a load balancer whose X-Forwarded-For names the client
 audit_sync: normal           # SQLite: normal survives a killed process; full also a machine crash
 key_cache_seconds: 1         # a revoked key stops working within this many seconds
 global_limits:

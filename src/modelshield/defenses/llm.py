@@ -39,16 +39,30 @@ class LLMPolicy(BaseModel):
     detect_probing: bool = False
     probe_distinct_bias_tokens: int = Field(default=64, ge=1)
     probe_single_token_requests: int = Field(default=200, ge=1)
-    noise_key: str = "modelshield-logprob-noise"
+    # A sweep is flagged only over this many requests, with this share of bias entries
+    # naming tokens the account had not biased before (a fixed ban list falls towards 0).
+    probe_min_requests: int = Field(default=4, ge=1)
+    probe_bias_novelty: float = Field(default=0.5, gt=0.0, le=1.0)
+    # The HMAC key of the logprob noise: the gateway sets it from the config's
+    # noise_secret (it is never written in a tier).
+    noise_key: str = Field(default="", exclude=True)
 
 
-def check_request(req: LMRequest, policy: LLMPolicy, vocab: int) -> None:
-    """Refuse (Denied 400, OpenAI-style ``param``) what the tier does not allow."""
+def check_request(req: LMRequest, policy: LLMPolicy, vocab: int,
+                  max_batch: int | None = None) -> None:
+    """Refuse (Denied 400, OpenAI-style ``param``) what the tier does not allow;
+    ``max_batch``: the tier's most sequences (prompts times ``n``) in one request."""
     def bad(param: str, message: str, code: str = "invalid_value") -> Denied:
         return Denied(400, code, message, {"X-Error-Param": param})
 
     if not req.prompts or any(len(p) == 0 for p in req.prompts):
         raise bad("prompt", "prompt must not be empty.")
+    if max_batch is not None and len(req.prompts) * max(req.n, 1) > max_batch:
+        raise Denied(413, "batch_too_large", f"at most {max_batch} sequences (prompts times "
+                     f"n) per request on this tier; got {len(req.prompts)} prompts times n = "
+                     f"{req.n}.", {"X-Error-Param": "prompt"})
+    if req.seed is not None and not 0 <= req.seed < 2**63:
+        raise bad("seed", f"seed must be an integer in [0, 2**63); got {req.seed}.")
     if any(t < 0 or t >= vocab for p in req.prompts for t in p):
         raise bad("prompt", f"prompt token ids must be in [0, {vocab}).")
     if req.max_tokens < 0 or req.max_tokens > policy.max_tokens:

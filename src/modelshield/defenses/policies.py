@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import secrets
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -144,11 +145,15 @@ class KeyedNoise(OutputPolicy):
     name: ClassVar[str] = "noise"
     summary: ClassVar[str] = "keyed Gaussian noise, same answer for the same input (noise:SIGMA)"
     sigma: float = 0.05
-    key: str = dataclasses.field(default="modelshield-default-key", repr=False)
+    # The HMAC key. A gateway sets it from its config's noise_secret; left empty, each
+    # policy object draws a random one, so no default key is ever public.
+    key: str = dataclasses.field(default="", repr=False)
 
     def validate(self) -> None:
         if not isinstance(self.sigma, int | float) or not 0 <= self.sigma <= 1:
             raise ConfigError.invalid("sigma", "a number in [0, 1]", self.sigma)
+        if not self.key:
+            object.__setattr__(self, "key", secrets.token_hex(32))
 
     def apply(self, prediction: Prediction, inputs: FloatArray) -> Answer:
         probs = prediction.probabilities
@@ -228,8 +233,9 @@ class LeafId(OutputPolicy):
         return self._answer(prediction, leaf_ids=prediction.node_ids)
 
 
-def parse_policy(text: str, **overrides: Any) -> OutputPolicy:
-    """Build a policy from ``name``, ``name:value`` or ``name:key=value,...``.
+def parse_policy(text: str, *, secret: str | None = None, **overrides: Any) -> OutputPolicy:
+    """Build a policy from ``name``, ``name:value`` or ``name:key=value,...``;
+    ``secret`` keys the policies that take a key (noise), and is ignored by the others.
 
     >>> parse_policy("round:4").decimals
     4
@@ -250,6 +256,8 @@ def parse_policy(text: str, **overrides: Any) -> OutputPolicy:
             raise ConfigError(f"Policy {name!r} has no parameter {key!r}; it takes {allowed}.")
         kwargs[key] = _coerce(value.strip(), fields[key], name)
     kwargs.update(overrides)
+    if secret and "key" in fields and not kwargs.get("key"):
+        kwargs["key"] = secret
     return cls(**kwargs)
 
 

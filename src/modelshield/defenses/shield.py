@@ -13,6 +13,7 @@ recorder commits the audit record before the answer leaves. The same object serv
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -30,9 +31,9 @@ from modelshield.defenses.detectors import Detector, Flag, make_detector
 from modelshield.defenses.limits_memory import SweptMemoryStorage
 from modelshield.defenses.llm import LLMPolicy, check_request, decode, shape_choices
 from modelshield.defenses.policies import OutputPolicy, parse_policy
-from modelshield.defenses.state import Read, state_from_url
+from modelshield.defenses.state import STORE_ERRORS, Read, state_from_url
 from modelshield.errors import ConfigError, Denied, OracleError
-from modelshield.serve.store import ApiKey, AuditRecord, AuditStore
+from modelshield.store import ApiKey, AuditRecord, AuditStore
 from modelshield.victims.base import ModelAdapter
 
 
@@ -70,8 +71,13 @@ class Shield:
         counters = SweptMemoryStorage() if config.storage.limits.startswith("memory://") \
             else storage.storage_from_string(config.storage.limits)
         self.limiter = strategy(counters)  # type: ignore[abstract]
-        self.policies = {name: parse_policy(t.policy) for name, t in config.tiers.items()}
-        self.degraded = {name: parse_policy(t.degrade_policy) for name, t in config.tiers.items()}
+        secret = config.noise_secret
+        self.policies = {name: parse_policy(t.policy, secret=secret)
+                         for name, t in config.tiers.items()}
+        self.degraded = {name: parse_policy(t.degrade_policy, secret=secret)
+                         for name, t in config.tiers.items()}
+        self.llm_policies = {name: t.llm.model_copy(update={"noise_key": secret or ""})
+                             for name, t in config.tiers.items()}
         self.state = state_from_url(config.storage.limits)
         self.detectors: dict[str, list[Detector]] = {}
         for name, tier in config.tiers.items():
@@ -81,6 +87,17 @@ class Shield:
                     det.calibrate(benign, model.predict)
         self.flagged: dict[str, Flag] = {}  # this replica's view; the state store is shared
         self._rates: dict[str, list[RateLimitItem]] = {}
+        self._restore_flags()
+
+    def _restore_flags(self) -> None:
+        """Put the durable flags of groups back into the state store (a restarted
+        ``memory://`` gateway, or a Redis without persistence, would have lost them)."""
+        with contextlib.suppress(*STORE_ERRORS):
+            for f in self.store.flags():
+                if self.state.get(f"flag:{f['ident']}") is None:
+                    self.state.set(f"flag:{f['ident']}", {"detector": f["detector"],
+                                                          "score": f["score"],
+                                                          "reason": f["reason"]})
 
     @classmethod
     def from_config(cls, source: Any = None, **kwargs: Any) -> Shield:
@@ -139,24 +156,59 @@ class Shield:
     # -- the pipeline ------------------------------------------------------------------------
     def handle(self, api_key: str | None, inputs: Any, client_ip: str = "127.0.0.1"
                ) -> tuple[Answer, Decision]:
-        """Answer one batch for the holder of ``api_key``, or raise Denied."""
+        """Answer one batch for the holder of ``api_key``, or raise Denied. A refusal is
+        recorded too (its status, code and reason; the rows if they were valid)."""
         decision = Decision()
-        key = self._authenticate(api_key, decision)
-        tier = self.config.tiers[key.tier]
-        x = self._check_inputs(inputs, tier)
-        self._limit(key, tier, client_ip, len(x), decision)
+        checked: list[FloatArray] = []
         try:
-            prediction = self.model.predict(x)
-        except OracleError as exc:  # an upstream model server failed
-            raise Denied(502, "upstream_error", str(exc)) from None
-        self._shared(self._detect, key, tier, x, prediction, decision, client_ip)
+            key = self._authenticate(api_key, decision, client_ip)
+            tier = self.config.tiers[key.tier]
+            x = self._check_inputs(inputs, tier)
+            checked.append(x)
+            self._limit(key, tier, client_ip, len(x), decision)
+            try:
+                prediction = self.model.predict(x)
+            except OracleError as exc:  # an upstream model server failed
+                raise Denied(502, "upstream_error", str(exc)) from None
+            self._check_prediction(prediction)
+            self._shared(self._detect, key, tier, x, prediction, decision, client_ip)
+        except Denied as exc:
+            self._refused(exc, decision, client_ip, checked[0] if checked else None)
+            raise
         policy = self._policy(key, decision)
         answer = policy.apply(prediction, x)
         decision.policy = policy.spec
-        self.store.commit([AuditRecord(
+        self._commit(AuditRecord(
             ts=self.clock(), key_id=key.key_id, client_ip=client_ip, model=self.spec.name,
-            rows=len(x), inputs=x, answer=_answer_record(answer), decision=decision.to_record())])
+            rows=len(x), inputs=x, answer=_answer_record(answer), decision=decision.to_record()))
         return answer, decision
+
+    def _commit(self, record: AuditRecord) -> None:
+        """Commit a record before its answer leaves; if the log cannot take it, refuse."""
+        try:
+            self.store.commit([record])
+        except Exception as exc:  # the database refused or is gone: nothing leaves unlogged
+            raise Denied(503, "audit_unavailable", f"The audit log cannot record this request "
+                         f"({type(exc).__name__}); refusing.") from None
+
+    def _refused(self, exc: Denied, decision: Decision, ip: str, rows: Any) -> None:
+        """Record a refusal: who, why, and the rows when they were valid. The refusal
+        itself stands even if the log cannot take the record."""
+        record = AuditRecord(
+            ts=self.clock(), key_id=decision.key_id, client_ip=ip, model=self.spec.name,
+            rows=0 if rows is None else len(rows), inputs=rows, answer=None,
+            decision={**decision.to_record(), "action": "refuse", "status": exc.status,
+                      "code": exc.code, "reason": str(exc)})
+        with contextlib.suppress(Exception):
+            self.store.commit([record])
+
+    def _check_prediction(self, prediction: Any) -> None:
+        """A model that answers NaN or infinity for valid inputs cannot be answered in JSON."""
+        probs = getattr(prediction, "probabilities", None)
+        if probs is not None and not np.isfinite(probs).all():
+            raise Denied(422, "model_cannot_answer", "The model gives no finite scores for "
+                         "these inputs; send rows inside the declared domain (GET /v2/models/"
+                         f"{self.spec.name}).", {"X-Error-Param": "inputs"})
 
     @property
     def lm(self) -> Any:
@@ -175,10 +227,18 @@ class Shield:
                          f"{self.spec.name!r} is not a language model; use /v1/models/"
                          f"{self.spec.name}/predict.")
         decision = Decision()
-        key = self._authenticate(api_key, decision)
+        try:
+            return self._complete(lm, api_key, req, client_ip, decision)
+        except Denied as exc:
+            self._refused(exc, decision, client_ip, None)
+            raise
+
+    def _complete(self, lm: Any, api_key: str | None, req: LMRequest, client_ip: str,
+                  decision: Decision) -> tuple[list[LMChoice], Decision]:
+        key = self._authenticate(api_key, decision, client_ip)
         tier = self.config.tiers[key.tier]
-        policy = tier.llm
-        check_request(req, policy, lm.vocab)
+        policy = self.llm_policies[key.tier]
+        check_request(req, policy, lm.vocab, tier.max_batch)
         self._limit(key, tier, client_ip, len(req.prompts), decision, tokens=req.tokens)
         if policy.detect_probing:
             self._shared(self._probe, key, tier, req, decision, client_ip)
@@ -200,7 +260,7 @@ class Shield:
         else:
             choices = decode(lm.next_logits, req, policy, lm.tokenizer.eos_token_id)
         decision.policy = "llm"
-        self.store.commit([AuditRecord(
+        self._commit(AuditRecord(
             ts=self.clock(), key_id=key.key_id, client_ip=client_ip, model=self.spec.name,
             rows=len(req.prompts), inputs={"prompts": req.prompts, "max_tokens": req.max_tokens,
                                            "logprobs": req.logprobs,
@@ -210,7 +270,7 @@ class Shield:
                                            "seed": req.seed},
             answer=[{"tokens": c.tokens, "logprobs": c.logprobs, "top": c.top_logprobs}
                     for c in choices],
-            decision=decision.to_record())])
+            decision=decision.to_record()))
         return choices, decision
 
     def _probe(self, key: ApiKey, tier: Tier, req: LMRequest, decision: Decision,
@@ -219,7 +279,7 @@ class Shield:
         patterns of logit and projection stealing. Benign use of logit bias steers a few
         tokens again and again; a sweep biases ever new tokens. Benign completions run for
         more than one token; stealing asks for one token's logprobs, prompt after prompt."""
-        policy = tier.llm
+        policy = self.llm_policies[key.tier]
         idents = [key.key_id] + [g for g in [_group(tier.group_by, key, ip)] if g]
         reads: list[Read] = [r for ident in idents for r in (
             ("hash", f"lmprobe:{ident}"), ("value", f"flag:{ident}"))]
@@ -229,10 +289,16 @@ class Shield:
 
     def _probe_each(self, idents: list[str], req: LMRequest, policy: LLMPolicy,
                     decision: Decision) -> None:
+        """Count per prompt, not per request: an attack that packs 64 prompts into each
+        request is 64 probes. A logit-bias sweep is flagged by the share of bias entries
+        that name a token the account never biased before, once it has biased many distinct
+        tokens over several requests: an app that sends one fixed ban list again and again
+        has a share that falls towards 0; a sweep keeps it near 1."""
+        prompts = len(req.prompts) * req.n
         for ident in idents:
-            amounts = {"requests": 1}
+            amounts = {"requests": 1, "prompts": prompts, "bias_entries": len(req.logit_bias)}
             if req.max_tokens <= 1 and req.logprobs is not None:
-                amounts["single"] = 1
+                amounts["single"] = prompts
             counts = self.state.incr_many(f"lmprobe:{ident}", amounts)
             new = 0
             if req.logit_bias:
@@ -241,40 +307,98 @@ class Shield:
                 new = sum(1 for v in seen.values() if v == 1)
             distinct = self.state.incr(f"lmprobe:{ident}", "bias_tokens", new)
             flag = None
-            if distinct >= policy.probe_distinct_bias_tokens:
+            novelty = distinct / max(counts["bias_entries"], 1)
+            if distinct >= policy.probe_distinct_bias_tokens and \
+                    counts["requests"] >= policy.probe_min_requests and \
+                    novelty >= policy.probe_bias_novelty:
                 flag = Flag("logit-bias", float(distinct),
-                            f"logit bias on {distinct} distinct tokens (a sweep)")
+                            f"logit bias on {distinct} distinct tokens over "
+                            f"{counts['requests']} requests, {novelty:.0%} of entries new "
+                            "(a sweep)")
             elif counts.get("single", 0) >= policy.probe_single_token_requests and \
-                    counts["single"] >= 0.9 * counts["requests"]:
+                    counts["single"] >= 0.9 * counts["prompts"]:
                 flag = Flag("single-token", float(counts["single"]),
-                            f"{counts['single']} of {counts['requests']} requests ask one "
+                            f"{counts['single']} of {counts['prompts']} prompts ask one "
                             "token's logprobs")
             if flag is not None:
                 self._record_flag(ident, flag, decision)
 
-    def account(self, api_key: str | None) -> dict[str, Any]:
+    def authenticate(self, api_key: str | None, client_ip: str = "127.0.0.1") -> ApiKey:
+        """The key's record, or Denied (recorded as a refusal): the gateway's check before
+        it reads a request's body."""
+        decision = Decision()
+        try:
+            return self._authenticate(api_key, decision, client_ip)
+        except Denied as exc:
+            self._refused(exc, decision, client_ip, None)
+            raise
+
+    def account(self, api_key: str | None, client_ip: str = "127.0.0.1") -> dict[str, Any]:
         """What the holder of ``api_key`` may see of its own account (or raise Denied):
         its tier, that tier's output policy and limits, and the terms it accepted."""
-        key = self._authenticate(api_key, Decision())
+        key = self._authenticate(api_key, Decision(), client_ip)
         tier = self.config.tiers[key.tier]
         return {"key_id": key.key_id, "tier": key.tier, "policy": self.policies[key.tier].spec,
                 "limits": tier.limits.model_dump(), "max_batch": tier.max_batch,
                 "expires_at": key.expires_at, "terms_version": key.terms_version,
                 "terms_accepted_at": key.terms_accepted_at}
 
-    def _authenticate(self, api_key: str | None, decision: Decision) -> ApiKey:
+    def _authenticate(self, api_key: str | None, decision: Decision,
+                      client_ip: str = "127.0.0.1") -> ApiKey:
+        """The key's record, or Denied. Nothing else is done for a request before this:
+        a key longer than any issued is refused unread, and an address that keeps sending
+        bad keys is refused (429) before its keys are looked up."""
         if not api_key:
             raise Denied(401, "missing_key", "An API key is required (Authorization: Bearer KEY).")
+        failures = self._auth_failures(client_ip)
+        if len(api_key) > MAX_KEY_CHARS:
+            self._auth_failed(failures, client_ip)
+            raise Denied(401, "invalid_key", f"The API key is not valid (keys are at most "
+                         f"{MAX_KEY_CHARS} characters).")
         key = self.store.lookup(api_key)
         if key is None:
+            self._auth_failed(failures, client_ip)
             raise Denied(401, "invalid_key", "The API key is not valid.")
+        decision.key_id = key.key_id
         if not key.usable(self.clock()):
             why = "revoked" if key.revoked_at is not None else "expired"
             raise Denied(403, f"key_{why}", f"The API key was {why}.")
         if key.tier not in self.config.tiers:
             raise Denied(403, "unknown_tier", f"The key's tier {key.tier!r} is not configured.")
-        decision.key_id, decision.tier = key.key_id, key.tier
+        decision.tier = key.tier
         return key
+
+    def _auth_failures(self, ip: str) -> list[RateLimitItem]:
+        """The failed-authentication limits of ``ip``; refuse now if one is used up."""
+        rate = self.config.auth_failure_limits
+        if not rate:
+            return []
+        items = self._parsed(rate)
+        for item in items:
+            try:
+                ok = self.limiter.test(item, f"authfail:{ip}")
+            except STORE_ERRORS as exc:
+                if self.config.storage.fail == "open":
+                    return []
+                raise Denied(503, "limits_unavailable", f"Rate-limit store unreachable "
+                             f"({type(exc).__name__}); refusing (storage.fail = closed).") \
+                    from None
+            if not ok:
+                raise Denied(429, "too_many_auth_failures",
+                             f"Too many requests with bad API keys from this address (limit "
+                             f"{item}); try again later.", {"Retry-After": str(
+                                 item.get_expiry())})
+        return items
+
+    def _auth_failed(self, items: list[RateLimitItem], ip: str) -> None:
+        for item in items:
+            with contextlib.suppress(*STORE_ERRORS):
+                self.limiter.hit(item, f"authfail:{ip}")
+
+    def _parsed(self, rate: str) -> list[RateLimitItem]:
+        if rate not in self._rates:
+            self._rates[rate] = parse_many(rate)
+        return self._rates[rate]
 
     def _check_inputs(self, inputs: Any, tier: Tier) -> FloatArray:
         try:
@@ -292,23 +416,39 @@ class Shield:
             raise Denied(422, "invalid_values", "inputs must be finite numbers (no NaN or "
                          "infinity)" + ("" if not self.spec.accepts_missing else
                                         "; NaN marks a missing feature"))
+        if self.config.model.enforce_domain:
+            self._check_domain(x)
         return x
+
+    def _check_domain(self, x: FloatArray) -> None:
+        """Refuse values outside the declared domain (``low``/``high``), naming the first."""
+        low, high = self.spec.low, self.spec.high
+        with np.errstate(invalid="ignore"):
+            outside = (x < low) | (x > high)  # NaN (a missing value) compares False
+        if outside.any():
+            row, col = (int(i) for i in np.argwhere(outside)[0])
+            raise Denied(422, "out_of_domain",
+                         f"inputs[{row}][{col}] = {x[row, col]!r} is outside feature {col}'s "
+                         f"domain [{low[col]:g}, {high[col]:g}] (GET /v2/models/"
+                         f"{self.spec.name} lists every feature's).", {"X-Error-Param": "inputs"})
 
     def _limit(self, key: ApiKey, tier: Tier, ip: str, rows: int, decision: Decision,
                tokens: int = 0) -> None:
+        if key.flag is not None and tier.on_flag == "deny":  # durable: no store trip
+            raise Denied(403, "extraction_suspected", f"Access suspended: "
+                         f"{key.flag['detector']} detector: {key.flag['reason']}.",
+                         {"X-Modelshield-Flag": key.flag["detector"]})
         throttled = tier.on_flag == "throttle" and \
             self._shared(self._flag, key, tier, ip) is not None
         limits = tier.throttled if throttled else tier.limits
-        checks: list[tuple[Limits, str, int]] = [
-            (self.config.global_limits, "global", 1), (self.config.ip_limits, f"ip:{ip}", 1),
-            (limits, f"key:{key.key_id}", rows)]
-        for lim, who, n in checks:
-            for kind, cost in (("requests", 1), ("rows", n), ("tokens", tokens)):
+        checks: list[tuple[Limits, str]] = [
+            (self.config.global_limits, "global"), (self.config.ip_limits, f"ip:{ip}"),
+            (limits, f"key:{key.key_id}")]
+        for lim, who in checks:  # every limit charges what it names: requests, rows, tokens
+            for kind, cost in (("requests", 1), ("rows", rows), ("tokens", tokens)):
                 rate = getattr(lim, kind)
                 if rate and cost:
-                    if rate not in self._rates:
-                        self._rates[rate] = parse_many(rate)
-                    for item in self._rates[rate]:
+                    for item in self._parsed(rate):
                         # RateLimit-* headers describe the caller's own key limits.
                         self._hit(item, f"{who}:{kind}", cost, decision, who.startswith("key"))
 
@@ -318,7 +458,7 @@ class Shield:
             ok = self.limiter.hit(item, ident, cost=cost)
             # Stats cost a second storage call: only for the caller's own limits, or a refusal.
             stats = self.limiter.get_window_stats(item, ident) if report or not ok else None
-        except Exception as exc:  # the shared store is unreachable
+        except STORE_ERRORS as exc:  # the shared store is unreachable
             if self.config.storage.fail == "open":
                 return
             raise Denied(503, "limits_unavailable",
@@ -359,10 +499,12 @@ class Shield:
             self._act(key, tier, ip, decision)
 
     def _record_flag(self, ident: str, flag: Flag, decision: Decision) -> None:
-        """Keep the first flag of an account (or group) in the shared state."""
+        """Keep the first flag of an account (or group) in the shared state and in the
+        durable store, so a restart or a store without persistence keeps a suspension."""
         decision.flags.append(flag)
         if self.state.get(f"flag:{ident}") is None:
             self.state.set(f"flag:{ident}", flag.__dict__)
+            self.store.record_flag(ident, flag.detector, flag.score, flag.reason)
         self.flagged.setdefault(ident, flag)
 
     def _act(self, key: ApiKey, tier: Tier, ip: str, decision: Decision) -> None:
@@ -381,9 +523,7 @@ class Shield:
         (fail closed) or go on without it (fail open), as ``storage.fail`` says."""
         try:
             return step(*args)
-        except Denied:
-            raise
-        except Exception as exc:  # redis errors and anything else from the store
+        except STORE_ERRORS as exc:  # only the store's own failures: a bug stays a bug
             if self.config.storage.fail == "open":
                 return None
             raise Denied(503, "state_unavailable",
@@ -397,12 +537,20 @@ class Shield:
                 value = self.state.get(f"flag:{ident}")
                 if value is not None:
                     return Flag(**value)
+        if key.flag is not None:  # durable, but gone from the state store (a restart)
+            flag = Flag(key.flag["detector"], key.flag["score"], key.flag["reason"])
+            self.state.set(f"flag:{key.key_id}", flag.__dict__)
+            return flag
         return None
 
     def _policy(self, key: ApiKey, decision: Decision) -> OutputPolicy:
         if decision.action == "degrade":
             return self.degraded[key.tier]
         return self.policies[key.tier]
+
+
+MAX_KEY_CHARS = 256
+"""Issued keys are 52 characters; anything longer than this is refused unread."""
 
 
 def lm_spec(name: str) -> ApiSpec:

@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from typing import Any, Literal, Protocol
 
 import numpy as np
+from limits.errors import StorageError
+from redis.exceptions import RedisError
 
 from modelshield.answer import FloatArray
 from modelshield.errors import ConfigError
@@ -41,6 +43,7 @@ class DetectorState(Protocol):
     def rows(self, key: str, d: int) -> FloatArray: ...
     def get(self, key: str) -> Any: ...
     def set(self, key: str, value: Any) -> None: ...
+    def delete(self, key: str) -> None: ...
     def batch(self, reads: list[Read]) -> contextlib.AbstractContextManager[None]: ...
     @property
     def batches(self) -> bool:
@@ -87,6 +90,9 @@ class MemoryState:
 
     def set(self, key: str, value: Any) -> None:
         self._values[key] = value
+
+    def delete(self, key: str) -> None:
+        self._values.pop(key, None)
 
     def batch(self, reads: list[Read]) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()  # every access is already in-process
@@ -208,6 +214,10 @@ class RedisState:
         snap.writes.set(self.prefix + key, json.dumps(value))
         snap.values[key] = value
 
+    def delete(self, key: str) -> None:
+        self._direct()
+        self.client.delete(self.prefix + key)
+
 
 class _Snapshot:
     """What one batch read, and the writes it has queued."""
@@ -259,3 +269,9 @@ class _Buffer:
 
     def view(self) -> FloatArray:
         return self._data[self._start : self._end]
+
+
+STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, StorageError, ConnectionError,
+                                                 TimeoutError)
+"""What a shared store raises when it is unreachable or fails: only these make the Shield
+fail open or closed; any other exception is a bug and surfaces as one (a 500)."""

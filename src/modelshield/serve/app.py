@@ -9,13 +9,17 @@ Routes:
 * ``GET /v2/models/{name}`` (metadata: input shape, classes, domain), ``GET /v2/health/ready``,
   ``GET /v2/health/live``, ``GET /metrics`` (Prometheus), ``GET /docs`` (OpenAPI).
 
-Every refusal is a JSON body ``{"error": {"code": ..., "message": ...}}`` with a 4xx/5xx
-status; nothing refused is recorded as answered.
+Every refusal is a JSON body ``{"error": {"message", "type", "param", "code"}}`` with a
+4xx/5xx status (:mod:`modelshield.serve.errors`), on every route, for every fault: the
+Shield's refusals, bodies that do not parse, unknown routes and methods, and bugs (500,
+counted in ``/metrics`` like any other status). The key is checked before the body is read
+(:class:`AuthGate`), and a refusal is recorded in the audit log as a refusal.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Any
 
@@ -26,11 +30,16 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from modelshield.answer import Answer
 from modelshield.defenses.shield import Shield
 from modelshield.errors import Denied
+from modelshield.serve.errors import ERROR_RESPONSES, error_response
 from modelshield.serve.openai import add_openai_routes
+
+log = logging.getLogger("modelshield.gateway")
 
 
 class PredictRequest(BaseModel):
@@ -90,10 +99,72 @@ class BodyLimit:
         await self.app(scope, counted, guarded)
 
     async def _too_large(self, send: Any) -> None:
-        body = JSONResponse({"error": {"code": "body_too_large", "message":
-                                       f"request bodies are limited to {self.max_bytes} bytes"}},
-                            status_code=413)
+        body = error_response(413, "body_too_large",
+                              f"request bodies are limited to {self.max_bytes} bytes")
         await body({"type": "http"}, _nothing, send)
+
+
+class CatchBugs:
+    """A bug, not a refusal: logged with its traceback and answered as a JSON 500 that
+    ``/metrics`` counts, on a connection that stays usable (an exception that reached the
+    server would close it)."""
+
+    def __init__(self, app: Any, count: Any) -> None:
+        self.app = app
+        self.count = count
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            log.exception("bug on %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            self.count(_route_of(scope["path"]), 500)
+            response = error_response(500, "internal_error", "The gateway failed on this "
+                                      f"request ({type(exc).__name__}); it is logged.")
+            await response(scope, _nothing, send)
+
+
+class AuthGate:
+    """Check the API key of every route that needs one before anything reads the body:
+    a keyless or wrongly keyed request of any size costs a header read and (for a key not
+    seen in the last second) one indexed lookup. The route checks the key again, from the
+    store's cache."""
+
+    def __init__(self, app: Any, shield: Shield, count: Any) -> None:
+        self.app = app
+        self.shield = shield
+        self.count = count
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and _needs_key(scope["method"], scope["path"]):
+            headers = {k.lower(): v for k, v in scope["headers"]}
+            key = _key_from(headers.get(b"authorization", b"").decode("latin-1"),
+                            headers.get(b"x-api-key", b"").decode("latin-1"))
+            client = scope.get("client")
+            ip = client[0] if client else "unknown"
+            try:
+                if key is None:  # nothing to look up: refuse without a thread hop
+                    self.shield.authenticate(None, ip)
+                else:
+                    await run_in_threadpool(self.shield.authenticate, key, ip)
+            except Denied as exc:
+                self.count(_route_of(scope["path"]), exc.status)
+                response = error_response(exc.status, exc.code, str(exc), None, exc.headers)
+                await response(scope, _nothing, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def _nothing() -> dict[str, Any]:
@@ -103,8 +174,8 @@ async def _nothing() -> dict[str, Any]:
 def create_app(shield: Shield, max_body_bytes: int = 8 * 2**20) -> FastAPI:
     """The gateway app around one Shield; bodies over ``max_body_bytes`` get a 413."""
     app = FastAPI(title="modelshield gateway", version="0.1.0",
-                  description="A model behind layered defenses against extraction.")
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+                  description="A model behind layered defenses against extraction.",
+                  responses=ERROR_RESPONSES)
     name = shield.spec.name
     registry = CollectorRegistry()
     requests = Counter("modelshield_requests_total", "Requests by route and status",
@@ -114,20 +185,45 @@ def create_app(shield: Shield, max_body_bytes: int = 8 * 2**20) -> FastAPI:
     latency = Histogram("modelshield_request_seconds", "Request latency", ["route"],
                         registry=registry)
 
-    def error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
-              route: str = "other") -> JSONResponse:
+    def count(route: str, status: int) -> None:
         requests.labels(route, str(status)).inc()
-        return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
-                            headers=headers)
+
+    # Outermost last: the client's address first, then the body's size, then the key.
+    app.add_middleware(AuthGate, shield=shield, count=count)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    if shield.config.trusted_proxies:
+        app.add_middleware(ProxyHeadersMiddleware,
+                           trusted_hosts=list(shield.config.trusted_proxies))
+    app.add_middleware(CatchBugs, count=count)
+
+    def error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+              route: str = "other", param: str | None = None) -> JSONResponse:
+        count(route, status)
+        return error_response(status, code, message, param, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+        route = _route_of(request.url.path)
         if first["type"] == "json_invalid":
             return error(400, "malformed_json", f"The body is not valid JSON: {first['msg']} "
-                         f"at character {where}.")
-        return error(422, "invalid_request", f"{where}: {first['msg']}")
+                         f"at character {where}.", route=route)
+        param = next((str(p) for p in first["loc"][1:2]), None) if first["loc"] else None
+        return error(400 if route in _OPENAI_ROUTES else 422,
+                     "invalid_value" if route in _OPENAI_ROUTES else "invalid_request",
+                     f"{where}: {first['msg']}", route=route, param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed",
+                400: "malformed_body"}.get(exc.status_code, "http_error")
+        message = {404: f"No route {request.url.path}; see /docs for the routes.",
+                   405: f"{request.method} is not allowed on {request.url.path}.",
+                   400: "The body could not be read as JSON (invalid UTF-8, or nested too "
+                        "deeply)."}.get(exc.status_code, str(exc.detail))
+        return error(exc.status_code, code, message, dict(exc.headers or {}),
+                     _route_of(request.url.path))
 
     async def serve(request: Request, model: str, inputs: Any, route: str) -> Any:
         if model != name:
@@ -140,6 +236,9 @@ def create_app(shield: Shield, max_body_bytes: int = 8 * 2**20) -> FastAPI:
             answer, decision = await run_in_threadpool(shield.handle, key, inputs, ip)
         except Denied as exc:
             return error(exc.status, exc.code, str(exc), exc.headers, route)
+        except OverflowError:
+            return error(422, "invalid_inputs", "inputs must be numbers that fit a 64-bit "
+                         "float", route=route, param="inputs")
         requests.labels(route, "200").inc()
         rows.inc(len(answer))
         for f in decision.flags:
@@ -147,7 +246,7 @@ def create_app(shield: Shield, max_body_bytes: int = 8 * 2**20) -> FastAPI:
         latency.labels(route).observe(time.perf_counter() - start)
         return answer, decision
 
-    @app.post("/v1/models/{model}/predict")
+    @app.post("/v1/models/{model}/predict", responses=ERROR_RESPONSES)
     async def predict(model: str, body: PredictRequest, request: Request) -> Any:
         inputs: Any = body.inputs
         with contextlib.suppress(ValueError):  # ragged rows: the Shield names the shape
@@ -158,7 +257,7 @@ def create_app(shield: Shield, max_body_bytes: int = 8 * 2**20) -> FastAPI:
         answer, decision = out
         return JSONResponse(_v1(answer, name), headers=decision.headers)
 
-    @app.post("/v2/models/{model}/infer")
+    @app.post("/v2/models/{model}/infer", responses=ERROR_RESPONSES)
     async def infer(model: str, body: V2Request, request: Request) -> Any:
         if len(body.inputs) != 1:
             return error(422, "invalid_request", "send exactly one input tensor", route="infer")
@@ -169,8 +268,9 @@ def create_app(shield: Shield, max_body_bytes: int = 8 * 2**20) -> FastAPI:
         try:
             x = np.asarray([np.nan if v is None else v for v in t.data],
                            dtype=np.float64).reshape(t.shape)
-        except (TypeError, ValueError):
-            return error(422, "invalid_inputs", "data must be numbers", route="infer")
+        except (TypeError, ValueError, OverflowError):
+            return error(422, "invalid_inputs", "data must be numbers that fit a 64-bit "
+                         "float", route="infer", param="inputs")
         out = await serve(request, model, x, "infer")
         if isinstance(out, JSONResponse):
             return out
@@ -198,12 +298,10 @@ def create_app(shield: Shield, max_body_bytes: int = 8 * 2**20) -> FastAPI:
     async def account(request: Request) -> Any:
         """The caller's own tier, output policy and limits; checks a key without a query."""
         try:
-            return await run_in_threadpool(shield.account, _api_key(request))
+            return await run_in_threadpool(shield.account, _api_key(request),
+                                           request.client.host if request.client else "unknown")
         except Denied as exc:
             return error(exc.status, exc.code, str(exc), exc.headers, "account")
-
-    def count(route: str, status: int) -> None:
-        requests.labels(route, str(status)).inc()
 
     add_openai_routes(app, shield, count)
 
@@ -232,10 +330,34 @@ def create_app(shield: Shield, max_body_bytes: int = 8 * 2**20) -> FastAPI:
 
 
 def _api_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return request.headers.get("x-api-key")
+    return _key_from(request.headers.get("authorization", ""), request.headers.get("x-api-key"))
+
+
+def _key_from(authorization: str, x_api_key: str | None) -> str | None:
+    if authorization.lower().startswith("bearer "):
+        return authorization[7:].strip() or None
+    return x_api_key or None
+
+
+_OPENAI_ROUTES = {"completions", "chat", "tokenize", "detokenize", "models"}
+
+
+def _route_of(path: str) -> str:
+    """The metrics label of a path."""
+    if path.endswith("/predict"):
+        return "predict"
+    if path.endswith("/infer"):
+        return "infer"
+    return {"/v1/completions": "completions", "/v1/chat/completions": "chat",
+            "/tokenize": "tokenize", "/detokenize": "detokenize", "/v1/account": "account",
+            "/v1/models": "models"}.get(path, "models" if path.startswith("/v1/models/")
+                                        else "other")
+
+
+def _needs_key(method: str, path: str) -> bool:
+    """Every route that spends or reveals anything: all POSTs, the account, the model list."""
+    return method == "POST" or path in ("/v1/account", "/v1/models") or \
+        (method == "GET" and path.startswith("/v1/models/") and path.count("/") == 3)
 
 
 def _nan_to_none(a: np.ndarray) -> list[Any]:

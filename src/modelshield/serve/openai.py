@@ -19,17 +19,36 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from modelshield.answer import LMChoice, LMRequest
 from modelshield.defenses.shield import Shield
 from modelshield.errors import Denied, OracleError
+from modelshield.serve.errors import ERROR_RESPONSES, error_response
 
 Prompt = str | list[str] | list[int] | list[list[int]]
 
 
-class CompletionRequest(BaseModel):
+class _Request(BaseModel):
+    """A field this gateway does not know is refused (400, naming it), never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+# Parameters of the OpenAI API the gateway does not implement, with the value that means
+# "not used": a request that sets another value is refused with 400 and the name.
+_UNSUPPORTED = {"best_of": (None, 1), "suffix": (None,), "presence_penalty": (None, 0),
+                "frequency_penalty": (None, 0), "tools": (None,), "tool_choice": (None,),
+                "functions": (None,), "function_call": (None,), "response_format": (None,),
+                "parallel_tool_calls": (None,)}
+
+
+class CompletionRequest(_Request):
     model: str
     prompt: Prompt
     max_tokens: int = 16
@@ -39,29 +58,49 @@ class CompletionRequest(BaseModel):
     seed: int | None = None
     logprobs: int | None = None
     logit_bias: dict[str, float] | None = None
+    stop: str | list[str] | None = None
+    echo: bool = False
     stream: bool = False
+    stream_options: StreamOptions | None = None
     return_tokens_as_token_ids: bool = False
     return_token_ids: bool = False
     user: str | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(_Request):
     model: str
     prompt: str
     add_special_tokens: bool = False
 
 
-class DetokenizeRequest(BaseModel):
+class DetokenizeRequest(_Request):
     model: str
     tokens: list[int]
 
 
-class ChatMessage(BaseModel):
+class TextPart(_Request):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Request):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str
+    content: str | list[TextPart]
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The message's text; a list of parts is joined (only text parts are taken)."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(_Request):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = None
@@ -73,24 +112,44 @@ class ChatRequest(BaseModel):
     logprobs: bool = False
     top_logprobs: int | None = None
     logit_bias: dict[str, float] | None = None
+    stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     return_tokens_as_token_ids: bool = False
     user: str | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    response_format: Any = None
+    parallel_tool_calls: bool | None = None
 
 
 def chat_prompt(messages: list[ChatMessage]) -> str:
     """The plain-text chat template of the built-in models (they have no chat tokens)."""
-    return "".join(f"<|{m.role}|>\n{m.content}\n" for m in messages) + "<|assistant|>\n"
+    return "".join(f"<|{m.role}|>\n{m.text}\n" for m in messages) + "<|assistant|>\n"
 
 
 def openai_error(status: int, message: str, code: str, param: str | None = None,
                  headers: dict[str, str] | None = None) -> JSONResponse:
-    kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-            429: "rate_limit_error"}.get(status, "invalid_request_error" if status < 500
-                                         else "server_error")
-    headers = {k: v for k, v in (headers or {}).items() if k != "X-Error-Param"}
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param,
-                                   "code": code}}, status_code=status, headers=headers)
+    return error_response(status, code, message, param, headers)
+
+
+def unsupported(body: BaseModel) -> str | None:
+    """The first parameter ``body`` sets that the gateway does not implement."""
+    for name, unset in _UNSUPPORTED.items():
+        if name in type(body).model_fields and getattr(body, name) not in unset:
+            return name
+    return None
+
+
+def stop_at(text: str, stop: str | list[str] | None) -> int | None:
+    """Where the first stop sequence starts in ``text``, or None."""
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(hits) if hits else None
 
 
 def add_openai_routes(app: FastAPI, shield: Shield,
@@ -152,14 +211,45 @@ def add_openai_routes(app: FastAPI, shield: Shield,
         return {"prompt_tokens": prompt, "completion_tokens": completion,
                 "total_tokens": prompt + completion}
 
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
+    def entry() -> dict[str, Any]:
         lm = shield.lm
         data: dict[str, Any] = {"id": name, "object": "model", "created": 0,
                                 "owned_by": "modelshield"}
         if lm is not None:
             data.update(vocab_size=lm.vocab, context_length=lm.context)
-        return {"object": "list", "data": [data]}
+        return data
+
+    @app.get("/v1/models", responses=ERROR_RESPONSES)
+    async def models() -> dict[str, Any]:
+        """The models served (a key is needed, as with OpenAI's API)."""
+        return {"object": "list", "data": [entry()]}
+
+    @app.get("/v1/models/{model_id}", responses=ERROR_RESPONSES)
+    async def model_entry(model_id: str) -> Any:
+        if model_id != name:
+            return refuse(404, f"The model {model_id!r} does not exist; this gateway serves "
+                          f"{name!r}.", "model_not_found", "model", "models")
+        return entry()
+
+    def cut(choices: list[LMChoice], stop: str | list[str] | None) -> list[LMChoice]:
+        """End each choice before its first stop sequence (finish_reason "stop"), with its
+        tokens and logprobs up to the token where the stop sequence begins."""
+        if not stop:
+            return choices
+        out = []
+        for c in choices:
+            at = stop_at(text(c), stop)
+            if at is None:
+                out.append(c)
+                continue
+            k = next((k for k in range(1, len(c.tokens) + 1)
+                      if stop_at(text(LMChoice(c.prompt_index, c.tokens[:k], None, None, ""))
+                                 , stop) is not None), len(c.tokens))
+            out.append(LMChoice(c.prompt_index, c.tokens[:k],
+                                None if c.logprobs is None else c.logprobs[:k],
+                                None if c.top_logprobs is None else c.top_logprobs[:k],
+                                "stop", text(c)[:at]))
+        return out
 
     async def name_tokens(choices: list[LMChoice], as_ids: bool) -> bool:
         """Fetch the token texts a response will name before it is built (an upstream
@@ -188,7 +278,7 @@ def add_openai_routes(app: FastAPI, shield: Shield,
         lm = shield.lm
         return c.text if c.text is not None else (lm.decode(c.tokens) if lm else "")
 
-    @app.post("/tokenize")
+    @app.post("/tokenize", responses=ERROR_RESPONSES)
     async def tokenize(body: TokenizeRequest, request: Request) -> Any:
         """vLLM's tokenizer route: text to token ids (a valid key is needed; no query is
         spent)."""
@@ -201,7 +291,7 @@ def add_openai_routes(app: FastAPI, shield: Shield,
             return ids
         return {"tokens": ids[0], "count": len(ids[0]), "max_model_len": lm.context}
 
-    @app.post("/detokenize")
+    @app.post("/detokenize", responses=ERROR_RESPONSES)
     async def detokenize(body: DetokenizeRequest, request: Request) -> Any:
         """vLLM's detokenizer route: token ids to text."""
         lm = shield.lm
@@ -224,10 +314,17 @@ def add_openai_routes(app: FastAPI, shield: Shield,
             return refuse(exc.status, str(exc), exc.code, None, route, exc.headers)
         return None
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=ERROR_RESPONSES)
     async def completions(body: CompletionRequest, request: Request) -> Any:
         route = "completions"
         lm = shield.lm
+        refused = check_params(body, route)
+        if refused is not None:
+            return refused
+        if body.echo and body.logprobs is not None:
+            return refuse(400, "echo with logprobs would return the prompt's logprobs, which "
+                          "this gateway does not give out; send one or the other.",
+                          "unsupported_parameter", "echo", route)
         prompts = await offload(lambda: _prompts(body.prompt, lm.encode if lm else
                                                  (lambda s: [])), route)
         if isinstance(prompts, JSONResponse):
@@ -241,6 +338,7 @@ def add_openai_routes(app: FastAPI, shield: Shield,
         if isinstance(out, JSONResponse):
             return out
         choices, decision, as_ids = out
+        choices = cut(choices, body.stop)
         ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
         def choice(i: int, c: LMChoice) -> dict[str, Any]:
@@ -254,7 +352,8 @@ def add_openai_routes(app: FastAPI, shield: Shield,
                 lp = {"tokens": texts, "token_logprobs": c.logprobs, "text_offset": offsets,
                       "top_logprobs": [{token(t, as_ids): v for t, v in top}
                                        for top in c.top_logprobs]}
-            item = {"index": i, "text": text(c), "logprobs": lp,
+            prefix = lm.decode(req.prompts[c.prompt_index]) if body.echo and lm else ""
+            item = {"index": i, "text": prefix + text(c), "logprobs": lp,
                     "finish_reason": c.finish_reason}
             if body.return_token_ids:
                 item["token_ids"] = c.tokens
@@ -262,20 +361,31 @@ def add_openai_routes(app: FastAPI, shield: Shield,
 
         items = [choice(i, c) for i, c in enumerate(choices)]
         if body.stream:
-            return _sse([{"id": ident, "object": "text_completion", "created": created,
-                          "model": name, "choices": [item]} for item in items],
-                        decision.headers)
+            head = {"id": ident, "object": "text_completion", "created": created, "model": name}
+            return _sse([{**head, "choices": [item]} for item in items], decision.headers,
+                        {**head, "choices": [], "usage": usage(req, choices)}
+                        if body.stream_options and body.stream_options.include_usage else None)
         return JSONResponse({"id": ident, "object": "text_completion", "created": created,
                              "model": name, "choices": items, "usage": usage(req, choices)},
                             headers=decision.headers)
 
-    @app.post("/v1/chat/completions")
+    def check_params(body: BaseModel, route: str) -> JSONResponse | None:
+        param = unsupported(body)
+        if param is None:
+            return None
+        return refuse(400, f"{param} is not supported by this gateway; leave it out.",
+                      "unsupported_parameter", param, route)
+
+    @app.post("/v1/chat/completions", responses=ERROR_RESPONSES)
     async def chat(body: ChatRequest, request: Request) -> Any:
         route = "chat"
         lm = shield.lm
         if lm is None:
             return refuse(404, f"{name!r} is not a language model.", "model_not_found",
                           "model", route)
+        refused = check_params(body, route)
+        if refused is not None:
+            return refused
         logit_bias = bias(body.logit_bias, route)
         if isinstance(logit_bias, JSONResponse):
             return logit_bias
@@ -283,7 +393,7 @@ def add_openai_routes(app: FastAPI, shield: Shield,
             return refuse(400, "top_logprobs needs logprobs: true.", "invalid_value",
                           "top_logprobs", route)
         max_tokens = body.max_completion_tokens or body.max_tokens or 16
-        prompts = await offload(lambda: [lm.encode(chat_prompt(body.messages))], route)
+        prompts = await offload(lambda: [chat_ids(lm, body.messages)], route, "messages")
         if isinstance(prompts, JSONResponse):
             return prompts
         req = LMRequest(prompts, max_tokens, body.temperature,
@@ -293,6 +403,7 @@ def add_openai_routes(app: FastAPI, shield: Shield,
         if isinstance(out, JSONResponse):
             return out
         choices, decision, as_ids = out
+        choices = cut(choices, body.stop)
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
         def entry(t: int, v: float) -> dict[str, Any]:
@@ -316,7 +427,10 @@ def add_openai_routes(app: FastAPI, shield: Shield,
                                                    "logprobs": it["logprobs"],
                                                    "finish_reason": it["finish_reason"]}]}
                       for it in items]
-            return _sse(chunks, decision.headers)
+            return _sse(chunks, decision.headers,
+                        {"id": ident, "object": "chat.completion.chunk", "created": created,
+                         "model": name, "choices": [], "usage": usage(req, choices)}
+                        if body.stream_options and body.stream_options.include_usage else None)
         return JSONResponse({"id": ident, "object": "chat.completion", "created": created,
                              "model": name, "choices": items, "usage": usage(req, choices)},
                             headers=decision.headers)
@@ -330,9 +444,25 @@ def _prompts(prompt: Prompt, encode: Callable[[str], list[int]]) -> list[list[in
     return [encode(p) if isinstance(p, str) else list(p) for p in prompt]  # type: ignore[arg-type]
 
 
-def _sse(chunks: list[dict[str, Any]], headers: dict[str, str]) -> StreamingResponse:
+def chat_ids(lm: Any, messages: list[ChatMessage]) -> list[int]:
+    """The prompt's token ids: by the tokenizer's own chat template where it has one, else
+    by the plain template of the built-in models."""
+    tokenizer = getattr(lm, "tokenizer", None)
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.text} for m in messages],
+            add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):  # a BatchEncoding
+            ids = ids["input_ids"]
+        return [int(t) for t in ids]
+    return list(lm.encode(chat_prompt(messages)))
+
+
+def _sse(chunks: list[dict[str, Any]], headers: dict[str, str],
+         last: dict[str, Any] | None = None) -> StreamingResponse:
+    """Server-sent events: the chunks, the usage chunk if asked for, then [DONE]."""
     def events() -> Iterator[str]:
-        for chunk in chunks:
+        for chunk in chunks + ([last] if last else []):
             yield f"data: {json.dumps(chunk)}\n\n"
         yield "data: [DONE]\n\n"
 

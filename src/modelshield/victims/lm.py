@@ -243,7 +243,14 @@ class LMVictim:
 
     @property
     def context(self) -> int:
-        return int(getattr(self.model.config, "n_positions", CONTEXT))
+        """The model's context length, from whichever name its config uses for it."""
+        config = self.model.config
+        for attr in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len",
+                     "seq_length"):
+            value = getattr(config, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return CONTEXT
 
     @property
     def W(self) -> np.ndarray:

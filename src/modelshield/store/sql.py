@@ -1,4 +1,5 @@
-"""The gateway's durable state: API keys and the hash-chained audit log, in one SQL database.
+"""The gateway's durable state: API keys, flags and the hash-chained audit log, in one SQL
+database.
 
 SQLite (WAL mode) by default, PostgreSQL by URL (``postgresql+psycopg://...``), both through
 SQLAlchemy Core. Every audit record carries the SHA-256 of its content and of the record
@@ -15,6 +16,7 @@ import json
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,7 @@ from sqlalchemy.engine import Engine
 from modelshield.errors import ConfigError
 
 GENESIS = "0" * 64
+KEY_CACHE_ENTRIES = 10_000
 metadata = sa.MetaData()
 
 keys_table = sa.Table(
@@ -57,6 +60,16 @@ audit_table = sa.Table(
     sa.Column("hash", sa.String(64), nullable=False),
 )
 
+flags_table = sa.Table(
+    "flags", metadata,
+    # The account or group flagged: a key id, "ip:203.0.113" or "owner:acme".
+    sa.Column("ident", sa.String(300), primary_key=True),
+    sa.Column("detector", sa.String(64), nullable=False),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+)
+
 chain_head = sa.Table(
     "audit_chain_head", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
@@ -77,6 +90,7 @@ class ApiKey:
     revoked_at: float | None
     terms_version: str
     terms_accepted_at: float
+    flag: dict[str, Any] | None = None  # the durable flag on this key, if any
 
     def usable(self, now: float) -> bool:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
@@ -153,7 +167,10 @@ class AuditStore:
         self.url = url
         self.engine = make_engine(url, sync)
         self.key_cache_seconds = key_cache_seconds
-        self._key_cache: dict[str, tuple[float, ApiKey | None]] = {}
+        # By the secret's digest, never the secret: an invalid 15 KB key costs 64 bytes here,
+        # and the cache holds at most KEY_CACHE_ENTRIES (least recently used first out).
+        self._key_cache: OrderedDict[str, tuple[float, ApiKey | None]] = OrderedDict()
+        self._key_cache_lock = threading.Lock()
         self.clock = clock
         self._queue_lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -193,35 +210,67 @@ class AuditStore:
         return secret, _key(row)
 
     def lookup(self, secret: str) -> ApiKey | None:
-        """The key's record; cached for ``key_cache_seconds`` (a revocation takes effect
-        on every replica within that time)."""
+        """The key's record (with its durable flag); cached for ``key_cache_seconds`` (a
+        revocation or a flag takes effect on every replica within that time)."""
         now = time.monotonic()
-        hit = self._key_cache.get(secret)
-        if hit is not None and now - hit[0] < self.key_cache_seconds:
-            return hit[1]
-        key = self._lookup(secret)
-        if len(self._key_cache) > 100_000:
-            self._key_cache.clear()
-        self._key_cache[secret] = (now, key)
+        digest = _hash_key(secret)
+        with self._key_cache_lock:
+            hit = self._key_cache.get(digest)
+            if hit is not None and now - hit[0] < self.key_cache_seconds:
+                self._key_cache.move_to_end(digest)
+                return hit[1]
+        key = self._lookup(digest)
+        with self._key_cache_lock:
+            self._key_cache[digest] = (now, key)
+            self._key_cache.move_to_end(digest)
+            while len(self._key_cache) > KEY_CACHE_ENTRIES:
+                self._key_cache.popitem(last=False)
         return key
 
-    def _lookup(self, secret: str) -> ApiKey | None:
+    def _lookup(self, digest: str) -> ApiKey | None:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(keys_table).where(
-                keys_table.c.key_hash == _hash_key(secret))).mappings().first()
+            row = conn.execute(_keys_with_flags().where(
+                keys_table.c.key_hash == digest)).mappings().first()
         return None if row is None else _key(dict(row))
 
     def list_keys(self) -> list[ApiKey]:
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(keys_table).order_by(keys_table.c.created_at))
+            rows = conn.execute(_keys_with_flags().order_by(keys_table.c.created_at))
             return [_key(dict(r)) for r in rows.mappings()]
+
+    # -- flags -----------------------------------------------------------------------------
+    def record_flag(self, ident: str, detector: str, score: float, reason: str) -> None:
+        """Keep the first flag of an account or group; later ones leave it as it is."""
+        row = {"ident": ident, "detector": detector, "score": float(score), "reason": reason,
+               "ts": self.clock()}
+        with contextlib.suppress(sa.exc.IntegrityError), self.engine.begin() as conn:
+            if conn.execute(sa.select(flags_table.c.ident).where(
+                    flags_table.c.ident == ident)).first() is None:
+                conn.execute(flags_table.insert().values(**row))
+        with self._key_cache_lock:
+            self._key_cache.clear()
+
+    def flags(self) -> list[dict[str, Any]]:
+        """Every flag, oldest first."""
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(
+                sa.select(flags_table).order_by(flags_table.c.ts)).mappings()]
+
+    def clear_flag(self, ident: str) -> bool:
+        """Lift the flag on an account or group (a suspension ends)."""
+        with self.engine.begin() as conn:
+            done = conn.execute(flags_table.delete().where(flags_table.c.ident == ident))
+        with self._key_cache_lock:
+            self._key_cache.clear()
+        return bool(done.rowcount)
 
     def revoke(self, key_id: str) -> bool:
         with self.engine.begin() as conn:
             done = conn.execute(keys_table.update().where(
                 (keys_table.c.key_id == key_id) & keys_table.c.revoked_at.is_(None)
             ).values(revoked_at=self.clock()))
-        self._key_cache.clear()
+        with self._key_cache_lock:
+            self._key_cache.clear()
         return bool(done.rowcount)
 
     # -- the audit log ---------------------------------------------------------------------
@@ -334,15 +383,28 @@ class AuditStore:
                                               name="audit-checkpoint")
         self._checkpointer.start()
 
-    def count(self) -> int:
+    def count(self, answered: bool | None = None) -> int:
+        """Records in the log: all, only answered requests (True) or only refusals (False)."""
+        query = sa.select(sa.func.count()).select_from(audit_table)
+        if answered is not None:  # a refusal's record has a null answer
+            query = query.where((audit_table.c.answer != "null") if answered
+                                else (audit_table.c.answer == "null"))
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(audit_table))
-                       .scalar_one())
+            return int(conn.execute(query).scalar_one())
 
-    def records(self, limit: int | None = None) -> list[dict[str, Any]]:
-        query = sa.select(audit_table).order_by(audit_table.c.seq)
+    def records(self, limit: int | None = None, key_id: str | None = None
+                ) -> list[dict[str, Any]]:
+        """Records in log order, all or ``key_id``'s; ``limit``: the last that many."""
+        query = sa.select(audit_table)
+        if key_id is not None:
+            query = query.where(audit_table.c.key_id == key_id)
         if limit:
-            query = query.limit(limit)
+            inner = query.order_by(audit_table.c.seq.desc()).limit(limit).subquery()
+            query = sa.select(inner)
+            with self.engine.connect() as conn:
+                rows = [dict(r) for r in conn.execute(query).mappings()]
+            return sorted(rows, key=lambda r: r["seq"])
+        query = query.order_by(audit_table.c.seq)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
@@ -396,5 +458,17 @@ def _hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _keys_with_flags() -> sa.Select[Any]:
+    flag = flags_table
+    return sa.select(keys_table, flag.c.detector.label("flag_detector"),
+                     flag.c.score.label("flag_score"), flag.c.reason.label("flag_reason"),
+                     flag.c.ts.label("flag_ts")).select_from(
+        keys_table.outerjoin(flag, flag.c.ident == keys_table.c.key_id))
+
+
 def _key(row: dict[str, Any]) -> ApiKey:
-    return ApiKey(**{k: row[k] for k in ApiKey.__dataclass_fields__})
+    flag = None
+    if row.get("flag_detector") is not None:
+        flag = {"detector": row["flag_detector"], "score": row["flag_score"],
+                "reason": row["flag_reason"], "ts": row["flag_ts"]}
+    return ApiKey(**{k: row[k] for k in ApiKey.__dataclass_fields__ if k != "flag"}, flag=flag)
