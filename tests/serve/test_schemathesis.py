@@ -44,3 +44,4 @@ def test_no_generated_request_gets_a_5xx(tmp_path: Path, model: dict[str, Any]) 
     assert run.returncode == 0, run.stdout[-4000:]
     generated = re.search(r"(\d+) generated", run.stdout)
     assert generated is not None and int(generated.group(1)) >= 1000, run.stdout[-2000:]
+    print(f"schemathesis {model}: {generated.group(0)}")
