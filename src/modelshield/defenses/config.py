@@ -156,7 +156,7 @@ class ShieldConfig(_Strict):
     global_limits: Limits = Limits()
     ip_limits: Limits = Limits()
     # Failed authentications per client address (bad or unknown keys); past this, the
-    # address gets 429 before any key of it is looked up. None switches it off.
+    # address's bad keys get 429 instead of 401. None switches it off.
     auth_failure_limits: str | None = "30/minute;300/hour"
     # Proxies (addresses or CIDR networks) whose X-Forwarded-For names the client: behind
     # a load balancer, list it here, or every client has the balancer's address.
