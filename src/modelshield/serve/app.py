@@ -154,11 +154,8 @@ class AuthGate:
                             headers.get(b"x-api-key", b"").decode("latin-1"))
             client = scope.get("client")
             ip = client[0] if client else "unknown"
-            try:
-                if key is None:  # nothing to look up: refuse without a thread hop
-                    self.shield.authenticate(None, ip)
-                else:
-                    await run_in_threadpool(self.shield.authenticate, key, ip)
+            try:  # off the event loop: a lookup, or the refusal's audit record, touches the store
+                await run_in_threadpool(self.shield.authenticate, key, ip)
             except Denied as exc:
                 self.count(_route_of(scope["path"]), exc.status)
                 response = error_response(exc.status, exc.code, str(exc), None, exc.headers)
