@@ -46,7 +46,7 @@ async def completions(body: CompletionRequest) -> dict[str, Any]:
                     body.temperature, body.top_p, body.n, body.seed, body.logprobs,
                     {int(k): v for k, v in (body.logit_bias or {}).items()})
     choices = await run_in_threadpool(decode, lm.next_logits, req, policy,
-                                      lm.tokenizer.eos_token_id)
+                                      lm.tokenizer.eos_token_id, None, lm.stepper)
 
     def name(t: int) -> str:
         return f"token_id:{t}" if body.return_tokens_as_token_ids else lm.token_text(t)

@@ -116,6 +116,7 @@ class LMRequest:
     seed: int | None = None
     logprobs: int | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
+    stop: list[str] = field(default_factory=list)  # a choice ends before the first of these
 
     @property
     def tokens(self) -> int:

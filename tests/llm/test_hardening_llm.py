@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import openai
 import pytest
 from httpx import Client as HttpClient
@@ -202,3 +203,51 @@ def test_a_llama_directory_gives_its_own_context_and_chat_template(tmp_path: Pat
     assert lm.context == 256
     ids = chat_ids(lm, [ChatMessage(role="user", content="hello")])
     assert lm.decode(ids) == "[user] hello\n[assistant] "
+    from modelshield.answer import LMRequest
+    from modelshield.defenses.llm import LLMPolicy, decode
+
+    req = LMRequest([ids, ids[:3]], max_tokens=8, temperature=0.0, logprobs=1)
+    plain = decode(lm.next_logits, req, LLMPolicy(), lm.tokenizer.eos_token_id)
+    cached = decode(lm.next_logits, req, LLMPolicy(), lm.tokenizer.eos_token_id,
+                    stepper=lm.stepper)
+    assert [c.tokens for c in plain] == [c.tokens for c in cached]
+
+
+# -- generation with the key/value cache, and streaming ---------------------------------------------
+def test_the_kv_cache_generates_what_recomputing_generates(served: Any) -> None:
+    from modelshield.answer import LMRequest
+    from modelshield.defenses.llm import LLMPolicy, decode
+
+    shield, _ = served
+    lm = shield.lm
+    req = LMRequest([[5, 6, 7, 8], [9, 10]], max_tokens=12, temperature=0.0, n=2, logprobs=3)
+    plain = decode(lm.next_logits, req, LLMPolicy(), lm.tokenizer.eos_token_id)
+    cached = decode(lm.next_logits, req, LLMPolicy(), lm.tokenizer.eos_token_id,
+                    stepper=lm.stepper)
+    for a, b in zip(plain, cached, strict=True):
+        assert a.tokens == b.tokens  # the second prompt is left-padded in the batch
+        assert np.allclose(a.logprobs or [], b.logprobs or [], atol=1e-4)
+
+
+def test_a_stream_sends_each_token_and_records_admission_then_answer(served: Any) -> None:
+    shield, client = served
+    k = key(shield)
+    body = completion(prompt="def f", max_tokens=24, temperature=0)
+    text = post(client, "/v1/completions", k, body).json()["choices"][0]["text"]
+    stop = text[len(text) // 2: len(text) // 2 + 2]
+    before = shield.store.count()
+    r = post(client, "/v1/completions", k, {**body, "stream": True, "stop": [stop],
+                                             "logprobs": 1})
+    chunks = [json.loads(line[6:])["choices"][0] for line in r.text.splitlines()
+              if line.startswith("data: {")]
+    assert "".join(c["text"] for c in chunks) == text[:text.index(stop)]
+    assert chunks[-1]["finish_reason"] == "stop" and len(chunks) > 2
+    assert all(c["logprobs"]["token_logprobs"][0] <= 0 for c in chunks)
+    records = shield.store.records()[before:]
+    assert [json.loads(r["answer"]) == {"stream": "started"} for r in records] == [True, False]
+    chat = post(client, "/v1/chat/completions", k, {
+        "model": "lm-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5,
+        "stream": True})
+    deltas = [json.loads(line[6:])["choices"][0]["delta"] for line in chat.text.splitlines()
+              if line.startswith("data: {")]
+    assert deltas[0] == {"role": "assistant", "content": ""} and len(deltas) == 1 + 5

@@ -95,12 +95,16 @@ def test_chat_streaming_and_model_list(shield: Shield, gateway: HttpClient) -> N
     assert r.status_code == 200, r.text
     content = r.json()["choices"][0]["logprobs"]["content"]
     assert 1 <= len(content) <= 3 and all(len(c["top_logprobs"]) == 2 for c in content)
-    r = post(gateway, "/v1/completions", k, {"model": "lm-tiny", "prompt": "x = ",
-                                             "max_tokens": 2, "stream": True, "n": 2})
+    body = {"model": "lm-tiny", "prompt": "x = ", "max_tokens": 6, "n": 2, "seed": 5}
+    whole = post(gateway, "/v1/completions", k, body).json()["choices"]
+    r = post(gateway, "/v1/completions", k, {**body, "stream": True})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
-    assert events[-1] == "[DONE]" and len(events) == 3  # one chunk per choice, then DONE
-    assert {json.loads(e)["choices"][0]["index"] for e in events[:-1]} == {0, 1}
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e)["choices"][0] for e in events[:-1]]
+    assert len(chunks) == 2 * 6  # a chunk per token of each choice (none ends early here)
+    for i in (0, 1):  # the streamed pieces make the same text as the answer in one piece
+        assert "".join(c["text"] for c in chunks if c["index"] == i) == whole[i]["text"]
 
 
 @pytest.mark.parametrize(("tier", "body", "status", "param", "code"), [

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -105,55 +106,157 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
 LogitsFn = Callable[[Sequence[Sequence[int]]], np.ndarray]
 
 
-def decode(logits_fn: LogitsFn, req: LMRequest, policy: LLMPolicy, eos: int) -> list[LMChoice]:
-    """Generate every choice of ``req``, all choices a step at a time (one batched call of
-    ``logits_fn(list of sequences) -> (n, vocab)`` per step). Sampling uses the biased
+class Stepper(Protocol):
+    """Incremental decoding over a batch of sequences (a model's key/value cache)."""
+
+    def first(self) -> np.ndarray:
+        """(n, vocab) logits after each prompt."""
+        ...
+
+    def step(self, tokens: Sequence[int]) -> np.ndarray:
+        """Append one token to every sequence; (n, vocab) logits after it."""
+        ...
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One generated token of one choice, as it is streamed."""
+
+    choice: int
+    token: int
+    logprob: float | None
+    top: list[tuple[int, float]] | None
+    text: str  # the text this token adds (empty while a multi-byte character is incomplete)
+    finish_reason: str | None  # set on a choice's last token
+
+
+class Generation:
+    """Every choice of ``req``, all choices a step at a time, under the tier's ``policy``.
+
+    ``steps()`` yields each step's :class:`Delta` list, so a stream can send tokens as they
+    come; ``choices()`` runs to the end and returns the choices. Sampling uses the biased
     logits; the returned logprobs are those of the biased distribution, or of the unbiased
-    one when ``bias_affects_logprobs`` is off."""
-    bias_ids = np.fromiter(req.logit_bias.keys(), dtype=np.int64, count=len(req.logit_bias))
-    bias_vals = np.fromiter(req.logit_bias.values(), dtype=np.float64,
-                            count=len(req.logit_bias))
-    slots = [(pi, c) for pi in range(len(req.prompts)) for c in range(req.n)]
-    seqs = [list(req.prompts[pi]) for pi, _ in slots]
-    rngs = [np.random.default_rng(None if req.seed is None else [req.seed, pi, c])
-            for pi, c in slots]
-    out: list[list[int]] = [[] for _ in slots]
-    lps: list[list[float]] = [[] for _ in slots]
-    tops: list[list[list[tuple[int, float]]]] = [[] for _ in slots]
-    finish = ["length"] * len(slots)
-    live = list(range(len(slots)))
-    for step in range(req.max_tokens):
-        if not live:
-            break
-        logits = np.asarray(logits_fn([seqs[i] for i in live]))
-        still = []
-        for row, i in zip(logits, live, strict=True):
-            z = row.astype(np.float64)
-            zb = z.copy()
-            if len(bias_ids):
-                zb[bias_ids] += bias_vals
-            token = _sample(zb, req.temperature, req.top_p, rngs[i])
-            if req.logprobs is not None:
-                lp = log_softmax(zb if policy.bias_affects_logprobs else z)
-                lp = _shape(lp, policy, seqs[i], step)
-                lps[i].append(float(lp[token]))
-                k = min(req.logprobs, len(lp))
-                if k > 0:
-                    top = np.argpartition(-lp, k - 1)[:k]
-                    top = top[np.argsort(-lp[top], kind="stable")]
-                    tops[i].append(list(zip(top.tolist(), lp[top].tolist(), strict=True)))
-                else:
-                    tops[i].append([])
-            out[i].append(token)
-            seqs[i].append(token)
-            if token == eos:
-                finish[i] = "stop"
+    one when ``bias_affects_logprobs`` is off. A choice ends at ``eos``, at ``max_tokens``,
+    or before its first stop sequence (``req.stop``, checked on the decoded text).
+
+    With ``stepper`` (a key/value cache) the prompts run once and each step costs one token
+    per sequence; else ``logits_fn`` is called on the whole sequences every step.
+    """
+
+    def __init__(self, logits_fn: LogitsFn, req: LMRequest, policy: LLMPolicy, eos: int,
+                 text: Callable[[Sequence[int]], str] | None = None,
+                 stepper: Callable[[list[list[int]]], Stepper] | None = None) -> None:
+        self.logits_fn, self.req, self.policy, self.eos = logits_fn, req, policy, eos
+        self.text_of = text
+        self.stepper = stepper if req.max_tokens > 1 else None
+        self.slots = [(pi, c) for pi in range(len(req.prompts)) for c in range(req.n)]
+        self.seqs = [list(req.prompts[pi]) for pi, _ in self.slots]
+        self.rngs = [np.random.default_rng(None if req.seed is None else [req.seed, pi, c])
+                     for pi, c in self.slots]
+        self.out: list[list[int]] = [[] for _ in self.slots]
+        self.lps: list[list[float]] = [[] for _ in self.slots]
+        self.tops: list[list[list[tuple[int, float]]]] = [[] for _ in self.slots]
+        self.finish = ["length"] * len(self.slots)
+        self.texts = [""] * len(self.slots)
+        self.sent = [0] * len(self.slots)  # characters of each text already streamed
+        self._done = False
+
+    def steps(self) -> Iterator[list[Delta]]:
+        bias_ids = np.fromiter(self.req.logit_bias.keys(), dtype=np.int64,
+                               count=len(self.req.logit_bias))
+        bias_vals = np.fromiter(self.req.logit_bias.values(), dtype=np.float64,
+                                count=len(self.req.logit_bias))
+        live = list(range(len(self.slots)))
+        cache = self.stepper([list(s) for s in self.seqs]) if self.stepper else None
+        logits = cache.first() if cache is not None else None
+        for step in range(self.req.max_tokens):
+            if not live:
+                break
+            if cache is None:
+                rows = dict(zip(live, np.asarray(self.logits_fn([self.seqs[i] for i in live])),
+                                strict=True))
             else:
-                still.append(i)
-        live = still
-    with_lp = req.logprobs is not None
-    return [LMChoice(pi, out[i], lps[i] if with_lp else None, tops[i] if with_lp else None,
-                     finish[i]) for i, (pi, _) in enumerate(slots)]
+                rows = {i: logits[i] for i in live}  # type: ignore[index]
+            deltas = [self._next(i, rows[i], step, bias_ids, bias_vals) for i in live]
+            live = [d.choice for d in deltas if d.finish_reason is None]
+            yield deltas
+            if cache is not None and live and step + 1 < self.req.max_tokens:
+                # Finished choices ride along with their last token; their logits are unused.
+                logits = cache.step([s[-1] for s in self.seqs])
+        self._done = True
+
+    def _next(self, i: int, row: np.ndarray, step: int, bias_ids: np.ndarray,
+              bias_vals: np.ndarray) -> Delta:
+        req, policy = self.req, self.policy
+        z = row.astype(np.float64)
+        zb = z.copy()
+        if len(bias_ids):
+            zb[bias_ids] += bias_vals
+        token = _sample(zb, req.temperature, req.top_p, self.rngs[i])
+        lp_token, top_list = None, None
+        if req.logprobs is not None:
+            lp = _shape(log_softmax(zb if policy.bias_affects_logprobs else z), policy,
+                        self.seqs[i], step)
+            lp_token = float(lp[token])
+            k = min(req.logprobs, len(lp))
+            top_list = []
+            if k > 0:
+                top = np.argpartition(-lp, k - 1)[:k]
+                top = top[np.argsort(-lp[top], kind="stable")]
+                top_list = list(zip(top.tolist(), lp[top].tolist(), strict=True))
+            self.lps[i].append(lp_token)
+            self.tops[i].append(top_list)
+        self.out[i].append(token)
+        self.seqs[i].append(token)
+        finish = "stop" if token == self.eos else None
+        if self.text_of is not None:
+            full = self.text_of(self.out[i])
+            at = _stop_at(full, req.stop)
+            if at is not None:
+                full, finish = full[:at], "stop"
+            self.texts[i] = full
+        if finish is None and len(self.out[i]) >= req.max_tokens:
+            finish = "length"
+        if finish is not None:
+            self.finish[i] = finish
+        return Delta(i, token, lp_token, top_list, self._piece(i, finish is not None),
+                     finish)
+
+    def _piece(self, i: int, final: bool) -> str:
+        """The text to send now: all that is new once the choice ends; until then, hold
+        back what could still become a stop sequence or an incomplete character."""
+        text = self.texts[i]
+        safe = len(text)
+        if not final:
+            hold = max((len(s) for s in self.req.stop), default=1) - 1
+            safe -= hold
+            safe = min(safe, len(text.rstrip("\ufffd")))
+        if safe <= self.sent[i]:
+            return ""
+        piece, self.sent[i] = text[self.sent[i]:safe], safe
+        return piece
+
+    def choices(self) -> list[LMChoice]:
+        if not self._done:
+            for _ in self.steps():
+                pass
+        with_lp = self.req.logprobs is not None
+        return [LMChoice(pi, self.out[i], self.lps[i] if with_lp else None,
+                         self.tops[i] if with_lp else None, self.finish[i],
+                         self.texts[i] if self.text_of is not None else None)
+                for i, (pi, _) in enumerate(self.slots)]
+
+
+def decode(logits_fn: LogitsFn, req: LMRequest, policy: LLMPolicy, eos: int,
+           text: Callable[[Sequence[int]], str] | None = None,
+           stepper: Callable[[list[list[int]]], Stepper] | None = None) -> list[LMChoice]:
+    """Every choice of ``req`` at once (see :class:`Generation`)."""
+    return Generation(logits_fn, req, policy, eos, text, stepper).choices()
+
+
+def _stop_at(text: str, stops: Sequence[str]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(hits) if hits else None
 
 
 def _sample(z: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:

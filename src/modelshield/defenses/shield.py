@@ -31,7 +31,7 @@ from modelshield.answer import Answer, ApiSpec, FloatArray, LMChoice, LMRequest
 from modelshield.defenses.config import Limits, ShieldConfig, Tier, load_config
 from modelshield.defenses.detectors import Detector, Flag, make_detector
 from modelshield.defenses.limits_memory import SweptMemoryStorage
-from modelshield.defenses.llm import LLMPolicy, check_request, decode, shape_choices
+from modelshield.defenses.llm import Delta, Generation, LLMPolicy, check_request, shape_choices
 from modelshield.defenses.policies import OutputPolicy, parse_policy
 from modelshield.defenses.state import STORE_ERRORS, Read, state_from_url
 from modelshield.errors import ConfigError, Denied, OracleError
@@ -221,7 +221,9 @@ class Shield:
             hasattr(self.model, "complete") else None
 
     def handle_completion(self, api_key: str | None, req: LMRequest,
-                          client_ip: str = "127.0.0.1") -> tuple[list[LMChoice], Decision]:
+                          client_ip: str = "127.0.0.1",
+                          on_step: Callable[[Decision, list[Delta]], None] | None = None
+                          ) -> tuple[list[LMChoice], Decision]:
         """Answer one completion request for the holder of ``api_key``, or raise Denied:
         the same key, limit, detector and audit stages as ``handle``, with the tier's
         language-model policy in place of the output policy."""
@@ -232,13 +234,15 @@ class Shield:
                          f"{self.spec.name}/predict.")
         decision = Decision()
         try:
-            return self._complete(lm, api_key, req, client_ip, decision)
+            return self._complete(lm, api_key, req, client_ip, decision, on_step)
         except Denied as exc:
             self._refused(exc, decision, client_ip, None)
             raise
 
     def _complete(self, lm: Any, api_key: str | None, req: LMRequest, client_ip: str,
-                  decision: Decision) -> tuple[list[LMChoice], Decision]:
+                  decision: Decision,
+                  on_step: Callable[[Decision, list[Delta]], None] | None = None
+                  ) -> tuple[list[LMChoice], Decision]:
         key = self._authenticate(api_key, decision, client_ip)
         tier = self.config.tiers[key.tier]
         policy = self.llm_policies[key.tier]
@@ -262,20 +266,32 @@ class Shield:
                 raise Denied(getattr(exc, "client_status", 502), "upstream_error",
                              str(exc)) from None
         else:
-            choices = decode(lm.next_logits, req, policy, lm.tokenizer.eos_token_id)
+            gen = Generation(lm.next_logits, req, policy, lm.tokenizer.eos_token_id,
+                             text=lm.decode, stepper=getattr(lm, "stepper", None))
+            if on_step is not None:  # streamed: the admission is recorded before any token
+                decision.policy = "llm"
+                self._commit(self._lm_record(key, client_ip, req, {"stream": "started"},
+                                             decision))
+                for deltas in gen.steps():
+                    on_step(decision, deltas)
+            choices = gen.choices()
         decision.policy = "llm"
-        self._commit(AuditRecord(
+        self._commit(self._lm_record(key, client_ip, req, [
+            {"tokens": c.tokens, "logprobs": c.logprobs, "top": c.top_logprobs}
+            for c in choices], decision))
+        return choices, decision
+
+    def _lm_record(self, key: ApiKey, client_ip: str, req: LMRequest, answer: Any,
+                   decision: Decision) -> AuditRecord:
+        return AuditRecord(
             ts=self.clock(), key_id=key.key_id, client_ip=client_ip, model=self.spec.name,
             rows=len(req.prompts), inputs={"prompts": req.prompts, "max_tokens": req.max_tokens,
                                            "logprobs": req.logprobs,
                                            "logit_bias": {str(k): v for k, v
                                                           in req.logit_bias.items()},
                                            "temperature": req.temperature, "n": req.n,
-                                           "seed": req.seed},
-            answer=[{"tokens": c.tokens, "logprobs": c.logprobs, "top": c.top_logprobs}
-                    for c in choices],
-            decision=decision.to_record()))
-        return choices, decision
+                                           "seed": req.seed, "stop": req.stop},
+            answer=answer, decision=decision.to_record())
 
     def _probe(self, key: ApiKey, tier: Tier, req: LMRequest, decision: Decision,
                ip: str) -> None:

@@ -6,15 +6,19 @@ Requests and responses follow the OpenAI API (and vLLM's extension
 decode to the same text stay apart, and ``return_token_ids``, which adds the sampled token
 ids to each choice whether or not logprobs are on). Errors are OpenAI-style:
 ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status. With ``stream: true``
-the answer comes as server-sent events, after its audit record is committed.
+the answer comes as server-sent events: from a local model a token at a time (the request's
+admission is recorded before the first token leaves, the whole completion when it ends);
+from an upstream server a chunk per choice, after its record is committed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -23,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from modelshield.answer import LMChoice, LMRequest
+from modelshield.defenses.llm import Delta
 from modelshield.defenses.shield import Shield
 from modelshield.errors import Denied, OracleError
 from modelshield.serve.errors import ERROR_RESPONSES, error_response
@@ -145,11 +150,8 @@ def unsupported(body: BaseModel) -> str | None:
     return None
 
 
-def stop_at(text: str, stop: str | list[str] | None) -> int | None:
-    """Where the first stop sequence starts in ``text``, or None."""
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return min(hits) if hits else None
+def _stops(stop: str | list[str] | None) -> list[str]:
+    return [s for s in ([stop] if isinstance(stop, str) else list(stop or [])) if s]
 
 
 def add_openai_routes(app: FastAPI, shield: Shield,
@@ -176,6 +178,22 @@ def add_openai_routes(app: FastAPI, shield: Shield,
                   ) -> tuple[list[LMChoice], Any, bool] | JSONResponse:
         """The request through the Shield: (choices, decision, whether to name tokens by
         id), or the error response."""
+        refused = precheck(req, route, model)
+        if refused is not None:
+            return refused
+        key = _api_key(request)
+        ip = request.client.host if request.client else "unknown"
+        try:
+            choices, decision = await run_in_threadpool(shield.handle_completion, key, req, ip)
+        except Denied as exc:
+            return refuse(exc.status, str(exc), exc.code, exc.headers.get("X-Error-Param"),
+                          route, exc.headers)
+        count(route, 200)
+        if not await name_tokens(choices, as_ids):
+            as_ids = True  # the upstream could not name the tokens: give their ids
+        return choices, decision, as_ids
+
+    def precheck(req: LMRequest, route: str, model: str) -> JSONResponse | None:
         if model != name:
             return refuse(404, f"The model {model!r} does not exist; this gateway serves "
                           f"{name!r}.", "model_not_found", "model", route)
@@ -189,17 +207,70 @@ def add_openai_routes(app: FastAPI, shield: Shield,
             return refuse(400, f"This model's maximum context length is {lm.context} tokens; "
                           f"the request asks for {too_long[0]} (prompt plus max_tokens).",
                           "context_length_exceeded", "max_tokens", route)
-        key = _api_key(request)
-        ip = request.client.host if request.client else "unknown"
-        try:
-            choices, decision = await run_in_threadpool(shield.handle_completion, key, req, ip)
-        except Denied as exc:
-            return refuse(exc.status, str(exc), exc.code, exc.headers.get("X-Error-Param"),
-                          route, exc.headers)
+        return None
+
+    async def stream(request: Request, req: LMRequest, route: str, model: str, as_ids: bool,
+                     form: StreamForm) -> Any:
+        """The request through the Shield as server-sent events, a token at a time for a
+        local model (the admission is recorded before the first token leaves, the whole
+        completion when it ends), or a chunk per choice from an upstream server."""
+        refused = precheck(req, route, model)
+        if refused is not None:
+            return refused
+        key, ip = _api_key(request), request.client.host if request.client else "unknown"
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any, Any]] = asyncio.Queue()
+
+        def put(item: tuple[str, Any, Any]) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def work() -> None:
+            try:
+                choices, decision = shield.handle_completion(
+                    key, req, ip, on_step=lambda d, deltas: put(("step", d, deltas)))
+                put(("end", decision, choices))
+            except Denied as exc:
+                put(("error", exc, None))
+            except Exception as exc:  # a bug: raised in the route (CatchBugs answers it)
+                put(("bug", exc, None))
+
+        task = asyncio.ensure_future(run_in_threadpool(work))
+        kind, first, payload = await queue.get()
+        if kind == "error":
+            await task
+            return refuse(first.status, str(first), first.code,
+                          first.headers.get("X-Error-Param"), route, first.headers)
+        if kind == "bug":
+            await task
+            raise first
         count(route, 200)
-        if not await name_tokens(choices, as_ids):
-            as_ids = True  # the upstream could not name the tokens: give their ids
-        return choices, decision, as_ids
+
+        async def events() -> AsyncIterator[str]:
+            item: tuple[str, Any, Any] = (kind, first, payload)
+            streamed, names_ok = False, as_ids
+            for chunk in form.opening():
+                yield _event(chunk)
+            while item[0] in ("step", "end"):
+                if item[0] == "step":
+                    streamed = True
+                    for d in item[2]:
+                        yield _event(form.token(d, names_ok))
+                else:
+                    choices = item[2]
+                    if not streamed:
+                        names_ok = as_ids or not await name_tokens(choices, as_ids)
+                        for chunk in form.whole(choices, names_ok):
+                            yield _event(chunk)
+                    last = form.closing(choices)
+                    if last is not None:
+                        yield _event(last)
+                    break
+                item = await queue.get()
+            yield "data: [DONE]\n\n"
+            await task
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers=first.headers)
 
     def token(t: int, as_ids: bool) -> str:
         lm = shield.lm
@@ -230,26 +301,6 @@ def add_openai_routes(app: FastAPI, shield: Shield,
             return refuse(404, f"The model {model_id!r} does not exist; this gateway serves "
                           f"{name!r}.", "model_not_found", "model", "models")
         return entry()
-
-    def cut(choices: list[LMChoice], stop: str | list[str] | None) -> list[LMChoice]:
-        """End each choice before its first stop sequence (finish_reason "stop"), with its
-        tokens and logprobs up to the token where the stop sequence begins."""
-        if not stop:
-            return choices
-        out = []
-        for c in choices:
-            at = stop_at(text(c), stop)
-            if at is None:
-                out.append(c)
-                continue
-            k = next((k for k in range(1, len(c.tokens) + 1)
-                      if stop_at(text(LMChoice(c.prompt_index, c.tokens[:k], None, None, ""))
-                                 , stop) is not None), len(c.tokens))
-            out.append(LMChoice(c.prompt_index, c.tokens[:k],
-                                None if c.logprobs is None else c.logprobs[:k],
-                                None if c.top_logprobs is None else c.top_logprobs[:k],
-                                "stop", text(c)[:at]))
-        return out
 
     async def name_tokens(choices: list[LMChoice], as_ids: bool) -> bool:
         """Fetch the token texts a response will name before it is built (an upstream
@@ -333,15 +384,38 @@ def add_openai_routes(app: FastAPI, shield: Shield,
         if isinstance(logit_bias, JSONResponse):
             return logit_bias
         req = LMRequest(prompts, body.max_tokens, body.temperature, body.top_p, body.n,
-                        body.seed, body.logprobs, logit_bias)
+                        body.seed, body.logprobs, logit_bias, _stops(body.stop))
+        ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        head = {"id": ident, "object": "text_completion", "created": created, "model": name}
+        if body.stream:
+            return await stream(request, req, route, body.model,
+                                body.return_tokens_as_token_ids, StreamForm(
+                                    opening=lambda: [{**head, "choices": [{
+                                        "index": i, "text": lm.decode(req.prompts[i // req.n]),
+                                        "logprobs": None, "finish_reason": None}]}
+                                        for i in range(len(req.prompts) * req.n)]
+                                    if body.echo and lm else [],
+                                    token=lambda d, ids: {**head, "choices": [{
+                                        "index": d.choice, "text": d.text,
+                                        "logprobs": None if d.logprob is None else {
+                                            "tokens": [token(d.token, ids)],
+                                            "token_logprobs": [d.logprob],
+                                            "top_logprobs": [{token(t, ids): v
+                                                              for t, v in d.top or []}]},
+                                        "finish_reason": d.finish_reason}]},
+                                    whole=lambda cs, ids: [
+                                        {**head, "choices": [choice(i, c, ids, echo=False)]}
+                                        for i, c in enumerate(cs)],
+                                    closing=lambda cs: {**head, "choices": [],
+                                                        "usage": usage(req, cs)}
+                                    if body.stream_options and body.stream_options.include_usage
+                                    else None))
         out = await run(request, req, route, body.model, body.return_tokens_as_token_ids)
         if isinstance(out, JSONResponse):
             return out
         choices, decision, as_ids = out
-        choices = cut(choices, body.stop)
-        ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
-        def choice(i: int, c: LMChoice) -> dict[str, Any]:
+        def choice(i: int, c: LMChoice, as_ids: bool, echo: bool = True) -> dict[str, Any]:
             lp = None
             if c.logprobs is not None and c.top_logprobs is not None:
                 texts = [token(t, as_ids) for t in c.tokens]
@@ -352,19 +426,14 @@ def add_openai_routes(app: FastAPI, shield: Shield,
                 lp = {"tokens": texts, "token_logprobs": c.logprobs, "text_offset": offsets,
                       "top_logprobs": [{token(t, as_ids): v for t, v in top}
                                        for top in c.top_logprobs]}
-            prefix = lm.decode(req.prompts[c.prompt_index]) if body.echo and lm else ""
+            prefix = lm.decode(req.prompts[c.prompt_index]) if echo and body.echo and lm else ""
             item = {"index": i, "text": prefix + text(c), "logprobs": lp,
                     "finish_reason": c.finish_reason}
             if body.return_token_ids:
                 item["token_ids"] = c.tokens
             return item
 
-        items = [choice(i, c) for i, c in enumerate(choices)]
-        if body.stream:
-            head = {"id": ident, "object": "text_completion", "created": created, "model": name}
-            return _sse([{**head, "choices": [item]} for item in items], decision.headers,
-                        {**head, "choices": [], "usage": usage(req, choices)}
-                        if body.stream_options and body.stream_options.include_usage else None)
+        items = [choice(i, c, as_ids) for i, c in enumerate(choices)]
         return JSONResponse({"id": ident, "object": "text_completion", "created": created,
                              "model": name, "choices": items, "usage": usage(req, choices)},
                             headers=decision.headers)
@@ -398,39 +467,60 @@ def add_openai_routes(app: FastAPI, shield: Shield,
             return prompts
         req = LMRequest(prompts, max_tokens, body.temperature,
                         body.top_p, body.n, body.seed,
-                        (body.top_logprobs or 0) if body.logprobs else None, logit_bias)
+                        (body.top_logprobs or 0) if body.logprobs else None, logit_bias,
+                        _stops(body.stop))
+        ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        head = {"id": ident, "object": "chat.completion.chunk", "created": created,
+                "model": name}
+
+        def entry(t: int, v: float, as_ids: bool) -> dict[str, Any]:
+            text = token(t, as_ids)
+            return {"token": text, "logprob": v, "bytes": list(text.encode())}
+
+        def content(t: int, v: float, top: list[tuple[int, float]], as_ids: bool
+                    ) -> dict[str, Any]:
+            return {**entry(t, v, as_ids), "top_logprobs": [entry(a, b, as_ids) for a, b in top]}
+
+        def choice(i: int, c: LMChoice, as_ids: bool) -> dict[str, Any]:
+            lp = None
+            if c.logprobs is not None and c.top_logprobs is not None:
+                lp = {"content": [content(t, v, top, as_ids) for t, v, top in
+                                  zip(c.tokens, c.logprobs, c.top_logprobs, strict=True)]}
+            return {"index": i, "message": {"role": "assistant", "content": text(c)},
+                    "logprobs": lp, "finish_reason": c.finish_reason}
+
+        if body.stream:
+            def whole(cs: list[LMChoice], ids: bool) -> list[dict[str, Any]]:
+                items = [choice(i, c, ids) for i, c in enumerate(cs)]
+                return [{**head, "choices": [{"index": it["index"], "delta": it["message"],
+                                              "logprobs": it["logprobs"],
+                                              "finish_reason": it["finish_reason"]}]}
+                        for it in items]
+
+            return await stream(request, req, route, body.model,
+                                body.return_tokens_as_token_ids, StreamForm(
+                                    opening=lambda: [{**head, "choices": [{
+                                        "index": i, "delta": {"role": "assistant",
+                                                              "content": ""},
+                                        "logprobs": None, "finish_reason": None}]}
+                                        for i in range(len(req.prompts) * req.n)]
+                                    if not hasattr(lm, "complete") else [],
+                                    token=lambda d, ids: {**head, "choices": [{
+                                        "index": d.choice, "delta": {"content": d.text},
+                                        "logprobs": None if d.logprob is None else {
+                                            "content": [content(d.token, d.logprob,
+                                                                d.top or [], ids)]},
+                                        "finish_reason": d.finish_reason}]},
+                                    whole=whole,
+                                    closing=lambda cs: {**head, "choices": [],
+                                                        "usage": usage(req, cs)}
+                                    if body.stream_options and body.stream_options.include_usage
+                                    else None))
         out = await run(request, req, route, body.model, body.return_tokens_as_token_ids)
         if isinstance(out, JSONResponse):
             return out
         choices, decision, as_ids = out
-        choices = cut(choices, body.stop)
-        ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-
-        def entry(t: int, v: float) -> dict[str, Any]:
-            text = token(t, as_ids)
-            return {"token": text, "logprob": v, "bytes": list(text.encode())}
-
-        def choice(i: int, c: LMChoice) -> dict[str, Any]:
-            lp = None
-            if c.logprobs is not None and c.top_logprobs is not None:
-                lp = {"content": [{**entry(t, v), "top_logprobs": [entry(a, b) for a, b in top]}
-                                  for t, v, top in zip(c.tokens, c.logprobs, c.top_logprobs,
-                                                       strict=True)]}
-            return {"index": i, "message": {"role": "assistant", "content": text(c)},
-                    "logprobs": lp, "finish_reason": c.finish_reason}
-
-        items = [choice(i, c) for i, c in enumerate(choices)]
-        if body.stream:
-            chunks = [{"id": ident, "object": "chat.completion.chunk", "created": created,
-                       "model": name, "choices": [{"index": it["index"],
-                                                   "delta": it["message"],
-                                                   "logprobs": it["logprobs"],
-                                                   "finish_reason": it["finish_reason"]}]}
-                      for it in items]
-            return _sse(chunks, decision.headers,
-                        {"id": ident, "object": "chat.completion.chunk", "created": created,
-                         "model": name, "choices": [], "usage": usage(req, choices)}
-                        if body.stream_options and body.stream_options.include_usage else None)
+        items = [choice(i, c, as_ids) for i, c in enumerate(choices)]
         return JSONResponse({"id": ident, "object": "chat.completion", "created": created,
                              "model": name, "choices": items, "usage": usage(req, choices)},
                             headers=decision.headers)
@@ -458,15 +548,19 @@ def chat_ids(lm: Any, messages: list[ChatMessage]) -> list[int]:
     return list(lm.encode(chat_prompt(messages)))
 
 
-def _sse(chunks: list[dict[str, Any]], headers: dict[str, str],
-         last: dict[str, Any] | None = None) -> StreamingResponse:
-    """Server-sent events: the chunks, the usage chunk if asked for, then [DONE]."""
-    def events() -> Iterator[str]:
-        for chunk in chunks + ([last] if last else []):
-            yield f"data: {json.dumps(chunk)}\n\n"
-        yield "data: [DONE]\n\n"
+@dataclass(frozen=True)
+class StreamForm:
+    """How one route words a stream: its opening chunks, a token's chunk, the chunks of
+    whole choices (from an upstream server), and the closing usage chunk (or None)."""
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    opening: Callable[[], list[dict[str, Any]]]
+    token: Callable[[Delta, bool], dict[str, Any]]
+    whole: Callable[[list[LMChoice], bool], list[dict[str, Any]]]
+    closing: Callable[[list[LMChoice]], dict[str, Any] | None]
+
+
+def _event(chunk: dict[str, Any]) -> str:
+    return f"data: {json.dumps(chunk)}\n\n"
 
 
 def _api_key(request: Request) -> str | None:

@@ -319,6 +319,10 @@ class LMVictim:
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
+    def stepper(self, prompts: list[list[int]]) -> KVStepper:
+        """Incremental decoding of ``prompts`` with the model's key/value cache."""
+        return KVStepper(self, prompts)
+
     def sequence_logits(self, ids: Sequence[int]) -> np.ndarray:
         """(len(ids), vocab) logits at every position of one sequence (evaluation)."""
         import torch
@@ -326,3 +330,51 @@ class LMVictim:
         with self._lock, torch.no_grad():
             x = torch.tensor([list(ids)[-self.context:]])
             return np.asarray(self.model(input_ids=x).logits[0].numpy())
+
+
+class KVStepper:
+    """Decode a batch a token at a time with the model's key/value cache, as
+    ``transformers``' ``generate`` does: the prompts run once (left-padded, with an attention
+    mask and position ids), then each step feeds one token per sequence. The model's lock is
+    held for one forward pass at a time, so other requests interleave between steps."""
+
+    def __init__(self, victim: LMVictim, prompts: list[list[int]]) -> None:
+        import torch
+
+        self.victim = victim
+        width = max(len(p) for p in prompts)
+        pad = int(victim.tokenizer.eos_token_id or 0)
+        self.ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts])
+        self.mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.past: Any = None
+
+    def first(self) -> np.ndarray:
+        return self._forward(self.ids, self.positions)
+
+    def step(self, tokens: Sequence[int]) -> np.ndarray:
+        import torch
+
+        self.mask = torch.cat([self.mask, torch.ones((len(tokens), 1), dtype=self.mask.dtype)],
+                              dim=1)
+        self.positions = self.positions[:, -1:] + 1
+        return self._forward(torch.tensor([[int(t)] for t in tokens]), self.positions)
+
+    def _forward(self, ids: Any, positions: Any) -> np.ndarray:
+        import torch
+
+        # transformers 5.x names the cache `cache`; earlier releases `past_key_values`.
+        name = "cache" if "cache" in _forward_parameters(self.victim.model) \
+            else "past_key_values"
+        with self.victim._lock, torch.no_grad():
+            out = self.victim.model(input_ids=ids, attention_mask=self.mask,
+                                    position_ids=positions, use_cache=True,
+                                    **{name: self.past})
+        self.past = getattr(out, name)
+        return np.asarray(out.logits[:, -1, :].numpy())
+
+
+def _forward_parameters(model: Any) -> frozenset[str]:
+    import inspect
+
+    return frozenset(inspect.signature(model.forward).parameters)

@@ -123,6 +123,8 @@ class OpenAIUpstream:
             body["logprobs"] = req.logprobs
         if req.logit_bias:
             body["logit_bias"] = {str(k): v for k, v in req.logit_bias.items()}
+        if req.stop:
+            body["stop"] = list(req.stop)
         out = self._call("POST", "/v1/completions", body)
         choices = sorted(out["choices"], key=lambda c: c["index"])
         if len(choices) != len(req.prompts) * req.n:
