@@ -32,6 +32,7 @@ from modelshield.attacks import ATTACKS
 from modelshield.audit.evaluate import agreement
 from modelshield.defenses.shield import Shield
 from modelshield.oracle import ShieldOracle
+from modelshield.serve.factory import build_shield
 from modelshield.victims import load_victim
 
 # Benign accounts' volumes: log-normal, median 60 rows, sigma 1 (see ``benign``). The owner
@@ -56,7 +57,7 @@ CASES = [  # victim, policy, attack, budget, params
 
 
 def shield_for(victim: str, policy: str, tmp: str) -> Shield:
-    return Shield.from_config({
+    return build_shield({
         "model": {"builtin": victim}, "audit_url": f"sqlite:///{tmp}/{victim}-{policy}.db",
         "tiers": {"t": {"policy": policy, "detectors": DETECTORS, "on_flag": "alert",
                         "max_batch": 100000}}})

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from _common import show, write
 from _load import free_port, run_alternating, run_load, server
 
+from modelshield.serve.factory import build_shield
 from modelshield.store import AuditStore
 from modelshield.victims import load_victim
 
@@ -123,7 +124,6 @@ def redis_round_trips(redis_url: str, requests: int = 100) -> float:
     command or pipeline redis-py sends is one."""
     import redis.connection
 
-    from modelshield.defenses.shield import Shield
 
     sent = [0]
     original = redis.connection.Connection.send_packed_command
@@ -136,7 +136,7 @@ def redis_round_trips(redis_url: str, requests: int = 100) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = yaml.safe_load(gateway_config(Path(tmp), redis_url.replace("/0", "/7"),
                                             f"sqlite:///{tmp}/a.db").read_text())
-        shield = Shield.from_config(cfg)
+        shield = build_shield(cfg)
         key = shield.store.create_key("bench")[0]
         for i in range(30):  # warm: connections open, per-account state exists
             shield.handle(key, x[i:i + 1])

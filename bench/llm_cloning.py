@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from _common import console, show, write
 
 from modelshield.attacks.lm_cloning import clone_lm, fidelity
-from modelshield.defenses.shield import Shield
 from modelshield.oracle.lm import ShieldLMOracle
+from modelshield.serve.factory import build_shield
 from modelshield.victims.lm import LM_ZOO, corpus, lm_config, load_lm, token_stream
 
 
@@ -56,7 +56,7 @@ def main() -> None:
     texts = windows(held, 64, 48, args.seed + 2)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        shield = Shield.from_config({"model": {"lm": "lm-tuned", "seed": args.seed},
+        shield = build_shield({"model": {"lm": "lm-tuned", "seed": args.seed},
                                      "audit_url": f"sqlite:///{tmp}/a.db",
                                      "tiers": {"pro": {"limits": {}}}})
         victim = shield.lm

@@ -45,6 +45,7 @@ from modelshield.attacks.logit_stealing import (
 )
 from modelshield.defenses.shield import Shield
 from modelshield.oracle.lm import ShieldLMOracle
+from modelshield.serve.factory import build_shield
 
 POLICIES: list[tuple[str, dict[str, Any]]] = [
     ("none", {}), ("round:6", {"logprob_decimals": 6}), ("round:4", {"logprob_decimals": 4}),
@@ -63,7 +64,7 @@ def shield_for(name: str, tmp: str, noise: float | None = None) -> Shield:
     if noise is not None:
         tiers["matched"] = {"llm": {**full, "logprob_noise": noise}}
     db = f"sqlite:///{tmp}/{name}{'' if noise is None else '-matched'}.db"
-    return Shield.from_config({"model": {"lm": name}, "audit_url": db, "tiers": tiers})
+    return build_shield({"model": {"lm": name}, "audit_url": db, "tiers": tiers})
 
 
 def oracle(shield: Shield, tier: str) -> ShieldLMOracle:

@@ -4,8 +4,9 @@
 
 The digits MLP behind the full Shield of bench/gateway_overhead.py (key check, limits per
 key, IP and global, all five detectors, ``round:3``, the SQLite audit log), memory limits.
-Single-row requests from one key, one at a time. Each stage of ``Shield.handle`` is timed
-on its own: its median, its 99th percentile, and its mean over the slowest 1% of requests
+Single-row requests from one key, one at a time. Each stage of ``Shield.stages`` is timed
+on its own (the record stage includes the audit commit): its median, its 99th
+percentile, and its mean over the slowest 1% of requests
 (what the tail is made of). Writes bench/results/shield_stages.json.
 """
 
@@ -26,11 +27,10 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from _common import show, write
 from gateway_overhead import ALL_ON
 
-from modelshield.defenses.shield import Decision, Shield, _answer_record
-from modelshield.store import AuditRecord
+from modelshield.defenses.shield import Decision
+from modelshield.defenses.stages import Call
+from modelshield.serve.factory import build_shield
 from modelshield.victims import load_victim
-
-STAGES = ["key", "inputs", "limits", "model", "detectors", "policy", "record", "commit"]
 
 
 def main() -> None:
@@ -40,41 +40,22 @@ def main() -> None:
     args = parser.parse_args()
     x = load_victim("digits-mlp").X_test
     rng = np.random.default_rng(args.seed)
-    times: dict[str, list[float]] = {s: [] for s in STAGES}
     with tempfile.TemporaryDirectory() as tmp:
-        shield = Shield.from_config({
+        shield = build_shield({
             "model": {"builtin": "digits-mlp"}, "audit_url": f"sqlite:///{tmp}/audit.db",
             "global_limits": {"requests": "1000000/minute"},
             "ip_limits": {"requests": "1000000/minute"}, "tiers": {"bench": ALL_ON}})
         api_key = shield.store.create_key("bench")[0]
+        times: dict[str, list[float]] = {stage.name: [] for stage in shield.stages}
 
         def handle(row: np.ndarray, record: bool) -> None:
-            marks = [time.perf_counter()]
-            decision = Decision()
-            key = shield._authenticate(api_key, decision)
-            tier = shield.config.tiers[key.tier]
-            marks.append(time.perf_counter())
-            inputs = shield._check_inputs(row[None, :].tolist(), tier)
-            marks.append(time.perf_counter())
-            shield._limit(key, tier, "127.0.0.1", len(inputs), decision)
-            marks.append(time.perf_counter())
-            prediction = shield.model.predict(inputs)
-            marks.append(time.perf_counter())
-            shield._shared(shield._detect, key, tier, inputs, prediction, decision, "127.0.0.1")
-            marks.append(time.perf_counter())
-            policy = shield._policy(key, decision)
-            answer = policy.apply(prediction, inputs)
-            decision.policy = policy.spec
-            marks.append(time.perf_counter())
-            rec = AuditRecord(ts=shield.clock(), key_id=key.key_id, client_ip="127.0.0.1",
-                              model=shield.spec.name, rows=1, inputs=inputs,
-                              answer=_answer_record(answer), decision=decision.to_record())
-            marks.append(time.perf_counter())
-            shield.store.commit([rec])
-            marks.append(time.perf_counter())
-            if record:
-                for stage, a, b in zip(STAGES, marks[:-1], marks[1:], strict=True):
-                    times[stage].append(b - a)
+            """One request through the Shield's own stage list, each stage timed."""
+            call = Call(api_key, "127.0.0.1", Decision(), inputs=row[None, :].tolist())
+            for stage in shield.stages:
+                start = time.perf_counter()
+                stage(call)
+                if record:
+                    times[stage.name].append(time.perf_counter() - start)
 
         for _ in range(300):  # warm-up
             handle(x[rng.integers(len(x))], False)

@@ -48,3 +48,29 @@ def test_imports_point_down_the_layers() -> None:
             if LAYER[target] >= LAYER[pkg] and (pkg, target) not in SIDEWAYS:
                 wrong.append(f"{'/'.join(rel)} imports modelshield.{target}")
     assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_every_exception_is_in_the_one_family_in_errors_py() -> None:
+    """Each exception class is defined in errors.py (drawn there as a tree) and derives
+    from ModelShieldError."""
+    import inspect
+
+    from modelshield import errors
+
+    elsewhere = []
+    for path in ROOT.rglob("*.py"):
+        if path.name == "errors.py" and path.parent == ROOT:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                    getattr(b, "id", getattr(b, "attr", "")).endswith(
+                        ("Error", "Exception", "Refused", "Blocked", "Denied", "Failed"))
+                    for b in node.bases):
+                elsewhere.append(f"{path.relative_to(ROOT)}: {node.name}")
+    assert not elsewhere
+    for _, cls in inspect.getmembers(errors, inspect.isclass):
+        if issubclass(cls, Exception) and cls.__module__ == errors.__name__:
+            assert issubclass(cls, errors.ModelShieldError), cls
+    assert errors.__doc__ is not None
+    for name in ("Blocked", "Refused", "UpstreamError", "VariantBlocked"):
+        assert name in errors.__doc__

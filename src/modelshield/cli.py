@@ -160,11 +160,11 @@ def _lm_attack(attack: str, victim: str | None, target: str | None, api_key: str
 
             oracle: Any = OpenAIOracle(target, api_key, price_per_1k_tokens=price)
         elif victim is not None:
-            from modelshield.defenses.shield import Shield
             from modelshield.oracle.lm import ShieldLMOracle
+            from modelshield.serve.factory import build_shield
 
             with console.status(f"loading {victim} …"):
-                shield = Shield.from_config({
+                shield = build_shield({
                     "model": {"builtin": None, "lm": victim, "seed": seed},
                     "audit_url": f"sqlite:///{tmp}/audit.db",
                     "tiers": {"open": {"llm": {"max_top_logprobs": 1 << 20}}}})

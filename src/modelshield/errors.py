@@ -7,9 +7,13 @@ Every error the package raises on purpose derives from :class:`ModelShieldError`
      │    └── UnknownNameError  a registry lookup (victim, attack, policy) failed
      ├── OracleError            the attacker's window onto the model refused a query
      │    ├── BudgetExhausted   the query budget would be exceeded
-     │    └── CheatingError     code tried to reach the victim around the oracle
+     │    ├── CheatingError     code tried to reach the victim around the oracle
+     │    ├── Blocked           the Shield refused a classifier query (as an attack sees it)
+     │    ├── Refused           a language-model API refused a request (status, code, param)
+     │    └── UpstreamError     a model server the gateway fronts answered an error status
      ├── AttackRefused          the answers the policy lets out are not enough for the attack
      ├── AttackFailed           the attack ran but could not build a clone within its budget
+     │    └── VariantBlocked    the API does not let one language-model variant through
      └── Denied                 the Shield refused a request (carries the HTTP status)
 
 Each carries an ``exit_code`` so the CLI can print it and exit without a traceback.
@@ -99,3 +103,40 @@ class Denied(ModelShieldError):
                  headers: dict[str, str] | None = None) -> None:
         self.status, self.code, self.headers = status, code, dict(headers or {})
         super().__init__(message)
+
+
+class Blocked(OracleError):
+    """The Shield refused a query (rate limit, suspended account, bad key)."""
+
+    def __init__(self, denied: Denied, used: int) -> None:
+        self.status, self.code, self.used = denied.status, denied.code, used
+        super().__init__(f"blocked after {used} queries: HTTP {denied.status} {denied.code}: "
+                         f"{denied}")
+
+
+class Refused(OracleError):
+    """The API refused a request: ``status``, ``code`` and the parameter it named."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None,
+                 used: int) -> None:
+        self.status, self.code, self.param, self.used = status, code, param, used
+        super().__init__(f"HTTP {status} {code}" + (f" ({param})" if param else "")
+                         + f": {message}")
+
+
+class UpstreamError(OracleError):
+    """The upstream answered with an error status (kept, so the gateway can pass it on)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def client_status(self) -> int:
+        """The status for the gateway's own client: a fault in the request itself passes
+        on; anything else (the upstream refusing the gateway's key, say) is a 502."""
+        return self.status if self.status in (400, 404, 413, 422) else 502
+
+
+class VariantBlocked(AttackFailed):
+    """The API does not let one variant through (with the API's own reason)."""

@@ -21,9 +21,9 @@ from modelshield.audit.report import load_results, render_html, write_report
 from modelshield.audit.runner import plan, run_audit
 from modelshield.audit.scenario import EXAMPLE, Scenario, load_scenario
 from modelshield.cli import app
-from modelshield.defenses.shield import Shield
 from modelshield.errors import ConfigError
 from modelshield.serve.app import create_app
+from modelshield.serve.factory import build_shield
 from tests.servers import free_port, live_app
 
 SMALL: dict[str, Any] = {
@@ -220,7 +220,7 @@ def test_parallel_run_matches_serial(small: tuple[dict[str, Any], Path], tmp_pat
 
 # -- a remote target: the real gateway over HTTP ----------------------------------------------
 def test_remote_target_through_the_gateway(tmp_path: Path) -> None:
-    shield = Shield.from_config({
+    shield = build_shield({
         "model": {"builtin": "breast-cancer-lr"}, "audit_url": f"sqlite:///{tmp_path}/a.db",
         "tiers": {"pro": {"policy": "round:4"}}})
     key, _ = shield.store.create_key("pro")

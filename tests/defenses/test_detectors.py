@@ -10,8 +10,8 @@ import pytest
 
 from modelshield.defenses.config import load_config
 from modelshield.defenses.detectors import DETECTORS, make_detector
-from modelshield.defenses.shield import Shield
 from modelshield.errors import ConfigError
+from modelshield.serve.factory import build_shield
 from modelshield.victims import Victim
 
 
@@ -84,7 +84,7 @@ def test_unknown_detector_parameter_is_a_config_error() -> None:
 
 
 def test_a_tier_sets_detector_parameters_and_bad_ones_are_named(tmp_path: Path) -> None:
-    shield = Shield.from_config({
+    shield = build_shield({
         "audit_url": f"sqlite:///{tmp_path}/a.db",
         "tiers": {"t": {"detectors": ["sweep", {"volume": {"max_rows": 800}}]}}})
     sweep, volume = shield.detectors["t"]

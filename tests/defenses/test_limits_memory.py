@@ -11,8 +11,8 @@ from limits import parse
 from limits.strategies import MovingWindowRateLimiter
 
 from modelshield.defenses.limits_memory import SweptMemoryStorage
-from modelshield.defenses.shield import Shield
 from modelshield.errors import Denied
+from modelshield.serve.factory import build_shield
 from modelshield.victims import Victim
 
 
@@ -35,7 +35,7 @@ def test_exact_moving_window_and_one_sweeper_thread() -> None:
 @pytest.mark.parametrize("strategy", ["moving-window", "sliding-window", "fixed-window"])
 def test_every_strategy_admits_exactly_the_limit(tmp_path: Path, strategy: str,
                                                  victims: dict[str, Victim]) -> None:
-    shield = Shield.from_config({"audit_url": f"sqlite:///{tmp_path}/a.db",
+    shield = build_shield({"audit_url": f"sqlite:///{tmp_path}/a.db",
                                  "storage": {"strategy": strategy},
                                  "tiers": {"t": {"limits": {"requests": "5/minute"}}}})
     assert isinstance(shield.limiter.storage, SweptMemoryStorage)

@@ -15,6 +15,7 @@ from httpx import Client as HttpClient
 
 from modelshield.defenses.shield import Shield
 from modelshield.serve.app import create_app
+from modelshield.serve.factory import build_shield
 from modelshield.serve.openai import ChatMessage, chat_ids
 from tests.servers import live_app
 
@@ -28,7 +29,7 @@ TIERS: dict[str, Any] = {
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Shield, HttpClient]]:
     tmp = tmp_path_factory.mktemp("llm-hard")
-    shield = Shield.from_config({"model": {"lm": "lm-tiny"},
+    shield = build_shield({"model": {"lm": "lm-tiny"},
                                  "audit_url": f"sqlite:///{tmp}/a.db", "tiers": TIERS})
     with live_app(create_app(shield)) as client:
         yield shield, client

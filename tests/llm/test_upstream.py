@@ -17,6 +17,7 @@ from modelshield.defenses.shield import Shield
 from modelshield.errors import ConfigError
 from modelshield.oracle.lm import OpenAIOracle
 from modelshield.serve.app import create_app
+from modelshield.serve.factory import build_shield
 from tests.servers import free_port, live_app
 
 FRONT_TIERS: dict[str, Any] = {
@@ -31,7 +32,7 @@ FRONT_TIERS: dict[str, Any] = {
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Shield, HttpClient]]:
     tmp = tmp_path_factory.mktemp("upstream")
-    s = Shield.from_config({"model": {"lm": "lm-tiny"}, "audit_url": f"sqlite:///{tmp}/u.db",
+    s = build_shield({"model": {"lm": "lm-tiny"}, "audit_url": f"sqlite:///{tmp}/u.db",
                             "tiers": {"backend": {"llm": {"max_top_logprobs": 4096,
                                                           "max_n": 64}}}})
     with live_app(create_app(s)) as client:
@@ -46,7 +47,7 @@ def front(upstream: tuple[Shield, HttpClient], tmp_path_factory: pytest.TempPath
     mp = pytest.MonkeyPatch()
     mp.setenv("MS_TEST_UPSTREAM_KEY", back.store.create_key("backend")[0])
     tmp = tmp_path_factory.mktemp("front")
-    s = Shield.from_config({"model": {"lm_upstream": str(client.base_url),
+    s = build_shield({"model": {"lm_upstream": str(client.base_url),
                                       "upstream_model": "lm-tiny", "name": "guarded",
                                       "upstream_api_key_env": "MS_TEST_UPSTREAM_KEY"},
                             "audit_url": f"sqlite:///{tmp}/f.db", "tiers": FRONT_TIERS})
@@ -146,24 +147,24 @@ def test_upstream_failures_are_named(upstream: tuple[Shield, HttpClient],
     back, client = upstream
     tmp = tmp_path_factory.mktemp("bad")
     with pytest.raises(ConfigError, match=r"model\.lm_upstream: .*unreachable"):
-        Shield.from_config({"model": {"lm_upstream": f"http://127.0.0.1:{free_port()}",
+        build_shield({"model": {"lm_upstream": f"http://127.0.0.1:{free_port()}",
                                       "upstream_model": "x"},
                             "audit_url": f"sqlite:///{tmp}/a.db"})
     mp = pytest.MonkeyPatch()
     mp.setenv("MS_TEST_UPSTREAM_KEY2", back.store.create_key("backend")[0])
     keyed = {"upstream_api_key_env": "MS_TEST_UPSTREAM_KEY2"}
     with pytest.raises(ConfigError, match=r"does not serve .nope.*lm-tiny"):
-        Shield.from_config({"model": {"lm_upstream": str(client.base_url),
+        build_shield({"model": {"lm_upstream": str(client.base_url),
                                       "upstream_model": "nope", **keyed},
                             "audit_url": f"sqlite:///{tmp}/b.db"})
     with pytest.raises(ConfigError, match=r"model\.upstream_model"):
-        Shield.from_config({"model": {"lm_upstream": str(client.base_url), **keyed},
+        build_shield({"model": {"lm_upstream": str(client.base_url), **keyed},
                             "audit_url": f"sqlite:///{tmp}/c.db"})
     mp.undo()
     # No upstream key: the upstream refuses the gateway's first call (its model list), and
     # the gateway does not start, saying so.
     with pytest.raises(ConfigError, match=r"model\.lm_upstream: upstream refused \(401\)"):
-        Shield.from_config({"model": {"lm_upstream": str(client.base_url),
+        build_shield({"model": {"lm_upstream": str(client.base_url),
                                       "upstream_model": "lm-tiny"},
                             "audit_url": f"sqlite:///{tmp}/d.db", "tiers": {"t": {}}})
 

@@ -18,6 +18,7 @@ from modelshield.defenses.shield import Shield
 from modelshield.errors import ConfigError, Denied
 from modelshield.oracle import Blocked, ShieldOracle
 from modelshield.serve.app import create_app
+from modelshield.serve.factory import build_shield
 from modelshield.store import AuditRecord, AuditStore
 from modelshield.victims import Victim
 from tests.servers import live_app, postgres_server, redis_server
@@ -31,7 +32,7 @@ def config(tmp: Path, **tiers: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[tuple[HttpClient, Shield, str]]:
-    shield = Shield.from_config(config(tmp_path))
+    shield = build_shield(config(tmp_path))
     key, _ = shield.store.create_key("pro", "tester")
     with live_app(create_app(shield)) as client:
         yield client, shield, key
@@ -114,7 +115,7 @@ def test_infinity_malformed_json_and_unknown_model(gateway: tuple[HttpClient, Sh
 
 def test_revoked_and_expired_keys_are_refused(tmp_path: Path) -> None:
     clock = [1000.0]
-    shield = Shield.from_config(config(tmp_path), clock=lambda: clock[0])
+    shield = build_shield(config(tmp_path), clock=lambda: clock[0])
     shield.store.clock = lambda: clock[0]
     revoked, rec = shield.store.create_key("pro")
     shield.store.revoke(rec.key_id)
@@ -130,7 +131,7 @@ def test_revoked_and_expired_keys_are_refused(tmp_path: Path) -> None:
 
 
 def test_rate_limit_gives_429_with_retry_after(tmp_path: Path) -> None:
-    shield = Shield.from_config(config(tmp_path, free={"limits": {"requests": "3/hour"}}))
+    shield = build_shield(config(tmp_path, free={"limits": {"requests": "3/hour"}}))
     key, _ = shield.store.create_key("free")
     with live_app(create_app(shield)) as client:
         codes = [client.post("/v1/models/digits-mlp/predict", json={"inputs": [[0.0] * 64]},
@@ -142,7 +143,7 @@ def test_rate_limit_gives_429_with_retry_after(tmp_path: Path) -> None:
 
 
 def test_row_limits_count_rows_not_requests(tmp_path: Path) -> None:
-    shield = Shield.from_config(config(tmp_path, free={"limits": {"rows": "10/hour"}}))
+    shield = build_shield(config(tmp_path, free={"limits": {"rows": "10/hour"}}))
     key, _ = shield.store.create_key("free")
     shield.handle(key, np.zeros((8, 64)))
     with pytest.raises(Denied) as info:
@@ -155,7 +156,7 @@ def test_line_search_attack_is_flagged_and_denied(tmp_path: Path,
     cfg = config(tmp_path, free={"detectors": ["sweep"], "on_flag": "deny",
                                  "policy": "label"})
     cfg["model"] = {"builtin": "breast-cancer-lr"}
-    shield = Shield.from_config(cfg)
+    shield = build_shield(cfg)
     key, _ = shield.store.create_key("free")
     oracle = ShieldOracle(shield, key)
     with pytest.raises(Blocked, match="403 extraction_suspected") as info:
@@ -165,7 +166,7 @@ def test_line_search_attack_is_flagged_and_denied(tmp_path: Path,
 
 def test_degrade_switches_a_flagged_account_to_labels(tmp_path: Path,
                                                       victims: dict[str, Victim]) -> None:
-    shield = Shield.from_config(config(tmp_path, pro={
+    shield = build_shield(config(tmp_path, pro={
         "detectors": ["boundary"], "on_flag": "degrade", "policy": "full",
         "degrade_policy": "label"}))
     key, _ = shield.store.create_key("pro")
@@ -202,7 +203,7 @@ def test_bad_config_names_the_field(tmp_path: Path) -> None:
              ({"colour": "red"}, "colour: unknown field")]
     for data, message in cases:
         with pytest.raises(ConfigError, match=message):
-            Shield.from_config(data)
+            build_shield(data)
 
 
 # -- Redis ------------------------------------------------------------------------------------
@@ -216,7 +217,7 @@ def test_two_replicas_sharing_redis_admit_exactly_the_limit(tmp_path: Path,
                                                             redis_url: str) -> None:
     cfg = config(tmp_path, free={"limits": {"requests": "100/hour"}})
     cfg["storage"] = {"limits": redis_url}
-    replicas = [Shield.from_config(cfg, store=AuditStore(cfg["audit_url"])) for _ in range(2)]
+    replicas = [build_shield(cfg, store=AuditStore(cfg["audit_url"])) for _ in range(2)]
     key, _ = replicas[0].store.create_key("free")
     x = np.zeros((1, 64))
     admitted = []
@@ -243,7 +244,7 @@ def test_unreachable_redis_fails_closed_by_default(tmp_path: Path, fail: str) ->
 
     cfg = config(tmp_path, free={"limits": {"requests": "10/hour"}})
     cfg["storage"] = {"limits": f"redis://127.0.0.1:{free_port()}/0", "fail": fail}
-    shield = Shield.from_config(cfg)
+    shield = build_shield(cfg)
     key, _ = shield.store.create_key("free")
     if fail == "closed":
         with pytest.raises(Denied) as info:
@@ -278,7 +279,7 @@ def test_an_attack_split_over_many_keys_from_one_network_is_caught(
     cfg = config(tmp_path, free={"detectors": ["sweep"], "on_flag": "deny",
                                  "policy": "label", "group_by": "ip"})
     cfg["model"] = {"builtin": "breast-cancer-lr"}
-    shield = Shield.from_config(cfg)
+    shield = build_shield(cfg)
     keys = [shield.store.create_key("free")[0] for _ in range(20)]
 
     class Rotating(BaseOracle):
@@ -298,7 +299,7 @@ def test_an_attack_split_over_many_keys_from_one_network_is_caught(
     # Without grouping, no single key sends enough to be judged.
     cfg["tiers"]["free"]["group_by"] = "none"
     cfg["audit_url"] = f"sqlite:///{tmp_path / 'b.db'}"
-    shield = Shield.from_config(cfg)
+    shield = build_shield(cfg)
     keys[:] = [shield.store.create_key("free")[0] for _ in range(20)]
     e = ATTACKS["label-only"]().run(Rotating(shield.spec), 2000,
                                     pool=victims["breast-cancer-lr"].pool)
@@ -313,7 +314,7 @@ def test_replicas_sharing_redis_share_detector_state_and_flags(
                                  "policy": "label"})
     cfg["model"] = {"builtin": "breast-cancer-lr"}
     cfg["storage"] = {"limits": redis_url.replace("/0", "/3")}
-    replicas = [Shield.from_config(cfg, store=AuditStore(cfg["audit_url"])) for _ in range(2)]
+    replicas = [build_shield(cfg, store=AuditStore(cfg["audit_url"])) for _ in range(2)]
     key, _ = replicas[0].store.create_key("free")
 
     class RoundRobin(BaseOracle):
@@ -345,7 +346,7 @@ def test_a_model_file_is_served_with_its_declared_contract(
     cfg = config(tmp_path)
     cfg["model"] = {"file": str(path), "classes": ["malignant", "benign"],
                     "low": v.spec.low.tolist(), "high": v.spec.high.tolist()}
-    shield = Shield.from_config(cfg)
+    shield = build_shield(cfg)
     key, _ = shield.store.create_key("pro")
     with live_app(create_app(shield)) as client:
         meta = client.get("/v2/models/cancer").json()
@@ -355,13 +356,13 @@ def test_a_model_file_is_served_with_its_declared_contract(
     assert r.json()["labels"] == v.predict_labels(v.X_test[:4]).tolist()
     bad = dict(cfg, model={"file": str(path), "classes": ["a", "b"], "low": 0.0, "high": 1.0})
     with pytest.raises(ConfigError, match="n_features"):
-        Shield.from_config(bad)
+        build_shield(bad)
 
 
 def test_the_gateway_can_front_an_upstream_v2_server(
         tmp_path: Path, victims: dict[str, Victim]) -> None:
     (tmp_path / "up").mkdir()
-    upstream = Shield.from_config(config(tmp_path / "up"))
+    upstream = build_shield(config(tmp_path / "up"))
     up_key, _ = upstream.store.create_key("pro")
     v = victims["digits-mlp"]
 
@@ -380,7 +381,7 @@ def test_the_gateway_can_front_an_upstream_v2_server(
         cfg["model"] = {"upstream": str(up.base_url), "name": "digits-mlp",
                         "classes": [str(i) for i in range(10)], "n_features": 64,
                         "low": 0.0, "high": 16.0}
-        front = Shield.from_config(cfg)
+        front = build_shield(cfg)
         key, _ = front.store.create_key("pro")
         answer, _ = front.handle(key, v.X_test[:3])
         front.close()
@@ -389,7 +390,7 @@ def test_the_gateway_can_front_an_upstream_v2_server(
 
 
 def test_oversized_bodies_are_refused_before_parsing(tmp_path: Path) -> None:
-    shield = Shield.from_config(config(tmp_path))
+    shield = build_shield(config(tmp_path))
     key, _ = shield.store.create_key("pro")
     with live_app(create_app(shield, max_body_bytes=10_000)) as client:
         r = client.post("/v1/models/digits-mlp/predict", json={"inputs": [[0.0] * 64] * 200},

@@ -20,6 +20,7 @@ from modelshield.defenses.shield import Shield
 from modelshield.errors import CheatingError, ConfigError, Denied
 from modelshield.oracle import LocalOracle
 from modelshield.serve.app import create_app
+from modelshield.serve.factory import build_shield
 from modelshield.store.sql import KEY_CACHE_ENTRIES
 from modelshield.victims import Victim
 from tests.servers import live_app, redis_server
@@ -35,7 +36,7 @@ def config(tmp: Path, **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[HttpClient, Shield, str]]:
-    shield = Shield.from_config(config(tmp_path))
+    shield = build_shield(config(tmp_path))
     key, _ = shield.store.create_key("pro")
     with live_app(create_app(shield)) as client:
         yield client, shield, key
@@ -68,7 +69,7 @@ def test_a_15kb_key_is_refused_unread(served: Any, monkeypatch: pytest.MonkeyPat
 
 
 def test_failed_authentication_is_rate_limited_per_address(tmp_path: Path) -> None:
-    shield = Shield.from_config(config(tmp_path, auth_failure_limits="5/minute"))
+    shield = build_shield(config(tmp_path, auth_failure_limits="5/minute"))
     good, _ = shield.store.create_key("pro")
     x = np.zeros((1, 64))
     for i in range(5):
@@ -115,7 +116,7 @@ def test_the_declared_domain_is_enforced(served: Any, value: float) -> None:
 def test_a_domain_declared_as_a_guide_is_not_enforced(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     cfg["model"]["enforce_domain"] = False
-    shield = Shield.from_config(cfg)
+    shield = build_shield(cfg)
     key, _ = shield.store.create_key("pro")
     answer, _ = shield.handle(key, np.full((1, 64), 17.0))
     assert len(answer) == 1
@@ -170,7 +171,7 @@ def test_the_openapi_documents_the_error_statuses(served: Any) -> None:
 # -- defenses as strong as configured ------------------------------------------------------------
 def test_per_ip_and_global_row_limits_charge_every_row(tmp_path: Path) -> None:
     for field in ("ip_limits", "global_limits"):
-        shield = Shield.from_config(config(tmp_path / field, **{field: {"rows": "10/hour"}}))
+        shield = build_shield(config(tmp_path / field, **{field: {"rows": "10/hour"}}))
         key, _ = shield.store.create_key("pro")
         shield.handle(key, np.zeros((8, 64)))
         with pytest.raises(Denied) as info:
@@ -183,11 +184,11 @@ def test_noise_needs_a_secret_and_has_no_public_default(tmp_path: Path,
     monkeypatch.delenv("MODELSHIELD_NOISE_SECRET", raising=False)
     noisy = config(tmp_path, tiers={"ent": {"policy": "noise:0.05"}})
     with pytest.raises(ConfigError, match=r"noise_secret: tier 'ent' uses keyed noise"):
-        Shield.from_config(noisy)
+        build_shield(noisy)
     with pytest.raises(ConfigError, match="noise_secret"):
-        Shield.from_config(config(tmp_path, tiers={"t": {"llm": {"logprob_noise": 0.1}}}))
+        build_shield(config(tmp_path, tiers={"t": {"llm": {"logprob_noise": 0.1}}}))
     monkeypatch.setenv("MODELSHIELD_NOISE_SECRET", "s" * 32)
-    Shield.from_config(noisy).close()
+    build_shield(noisy).close()
     # Without a key, each policy object draws its own: no two agree, none is public.
     a, b = parse_policy("noise:0.05"), parse_policy("noise:0.05")
     assert a.key and b.key and a.key != b.key  # type: ignore[attr-defined]
@@ -209,7 +210,7 @@ class _Buggy(Detector):
 
 @pytest.mark.parametrize("fail", ["open", "closed"])
 def test_a_detector_bug_is_neither_a_503_nor_silence(tmp_path: Path, fail: str) -> None:
-    shield = Shield.from_config(config(tmp_path, storage={"fail": fail}))
+    shield = build_shield(config(tmp_path, storage={"fail": fail}))
     key, _ = shield.store.create_key("pro")
     shield.detectors["pro"] = [_Buggy()]
     with pytest.raises(ValueError, match="a detector bug"):
@@ -225,7 +226,7 @@ def test_a_suspension_survives_a_restart_and_shows_in_the_cli(
     import yaml
 
     gw.write_text(yaml.safe_dump(cfg))
-    shield = Shield.from_config(cfg)
+    shield = build_shield(cfg)
     key, rec = shield.store.create_key("watched")
     x = victims["digits-mlp"].X_test[:10]
     shield.handle(key, x)
@@ -233,7 +234,7 @@ def test_a_suspension_survives_a_restart_and_shows_in_the_cli(
         shield.handle(key, np.concatenate([x, x, x]))
     assert info.value.code == "extraction_suspected"
     shield.close()
-    restarted = Shield.from_config(cfg)  # memory:// state starts empty
+    restarted = build_shield(cfg)  # memory:// state starts empty
     with pytest.raises(Denied) as info:
         restarted.handle(key, x[:1])
     assert info.value.code == "extraction_suspected"
@@ -250,7 +251,7 @@ def test_a_suspension_survives_a_restart_and_shows_in_the_cli(
     assert out.stdout.count("extraction_suspected") == 2
     assert runner.invoke(cli, ["keys", "reinstate", rec.key_id, "--config",
                                str(gw)]).exit_code == 0
-    again = Shield.from_config(cfg)
+    again = build_shield(cfg)
     again.handle(key, x[:1])  # reinstated
     again.close()
 
@@ -261,7 +262,7 @@ def test_a_suspension_in_redis_survives_a_redis_without_persistence(
     with redis_server() as url:
         cfg = config(tmp_path, storage={"limits": url},
                      tiers={"w": {"detectors": [{"volume": {"max_rows": 5}}], "on_flag": "deny"}})
-        shield = Shield.from_config(cfg)
+        shield = build_shield(cfg)
         key, _ = shield.store.create_key("w")
         with pytest.raises(Denied):
             shield.handle(key, x)
@@ -277,7 +278,7 @@ def test_a_suspension_in_redis_survives_a_redis_without_persistence(
 
 def test_behind_a_trusted_proxy_the_forwarded_client_is_limited(tmp_path: Path) -> None:
     for trusted, expect in (([], [200, 200, 429]), (["127.0.0.1"], [200, 200, 200])):
-        shield = Shield.from_config(config(tmp_path / str(len(trusted)),
+        shield = build_shield(config(tmp_path / str(len(trusted)),
                                            ip_limits={"requests": "2/hour"},
                                            trusted_proxies=trusted))
         key, _ = shield.store.create_key("pro")
@@ -291,7 +292,7 @@ def test_behind_a_trusted_proxy_the_forwarded_client_is_limited(tmp_path: Path) 
 
 def test_trusted_proxies_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"trusted_proxies.*not an IP address"):
-        Shield.from_config(config(tmp_path, trusted_proxies=["the-balancer"]))
+        build_shield(config(tmp_path, trusted_proxies=["the-balancer"]))
 
 
 def test_the_oracle_guard_cannot_be_stepped_around(victims: dict[str, Victim]) -> None:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from modelshield.defenses.shield import Shield
 from modelshield.serve.app import create_app
+from modelshield.serve.factory import build_shield
 from tests.servers import live_app
 
 
@@ -29,7 +29,7 @@ def _st() -> str:
 @pytest.mark.parametrize("model", [{"builtin": "digits-lr"}, {"lm": "lm-tiny"}],
                          ids=["classifier", "language-model"])
 def test_no_generated_request_gets_a_5xx(tmp_path: Path, model: dict[str, Any]) -> None:
-    shield = Shield.from_config({"model": model, "audit_url": f"sqlite:///{tmp_path}/a.db",
+    shield = build_shield({"model": model, "audit_url": f"sqlite:///{tmp_path}/a.db",
                                  "auth_failure_limits": None,
                                  "tiers": {"t": {"max_batch": 20,
                                                  "llm": {"max_tokens": 16}}}})

@@ -32,16 +32,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from modelshield.errors import AttackFailed, BudgetExhausted, ConfigError
-from modelshield.oracle.lm import LMOracle, Refused
+from modelshield.errors import AttackFailed, BudgetExhausted, ConfigError, Refused, VariantBlocked
+from modelshield.oracle.lm import LMOracle
 from modelshield.registry import Registry
 
 LM_ATTACKS: Registry[type[LMAttack]] = Registry("language-model attack")
 VARIANTS = ("full", "topk-bias", "bias-search")
-
-
-class VariantBlocked(AttackFailed):
-    """The API does not let one variant through (with the API's own reason)."""
 
 
 @dataclass

@@ -16,10 +16,9 @@ from modelshield.answer import FloatArray
 from modelshield.attacks.base import ATTACKS, Checkpoint, Extraction
 from modelshield.attacks.equation_solving import relative_parameter_error
 from modelshield.defenses.policies import parse_policy
-from modelshield.errors import AttackFailed, AttackRefused, BudgetExhausted
+from modelshield.errors import AttackFailed, AttackRefused, Blocked, BudgetExhausted
 from modelshield.oracle.base import BaseOracle
 from modelshield.oracle.local import LocalOracle
-from modelshield.oracle.shielded import Blocked
 from modelshield.victims.base import Victim
 
 

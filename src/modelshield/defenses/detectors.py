@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy import stats
 
-from modelshield.answer import FloatArray, Prediction
+from modelshield.answer import FloatArray, LMRequest, Prediction
 from modelshield.defenses.state import DetectorState, MemoryState, Read
 from modelshield.errors import ConfigError
 from modelshield.registry import Registry
@@ -52,6 +52,16 @@ class Detector:
     def reads(self, account: str, prediction: Prediction) -> list[Read]:
         """The state keys ``observe`` will read for this account and batch, so that a
         shared store can fetch them all in one round trip (others are read on demand)."""
+        return []
+
+    # A detector of language-model requests answers these instead (before generation).
+    kind: ClassVar[str] = "classifier"
+
+    def observe_request(self, account: str, req: LMRequest) -> Flag | None:
+        """Watch one completion request of the account (language-model detectors)."""
+        return None
+
+    def request_reads(self, account: str) -> list[Read]:
         return []
 
 
@@ -375,6 +385,57 @@ def _join(x: FloatArray, labels: np.ndarray, nearest: FloatArray, i: int) -> Non
 
 DetectorSpec = str | dict[str, Any]
 """A detector in a config: its name, or ``{name: {parameter: value}}``."""
+
+
+@dataclass
+class Probing(Detector):
+    """Logit-bias sweeps and single-token probing: the query patterns of logit and
+    projection stealing (Carlini et al., ICML 2024; Finlayson et al., COLM 2024).
+
+    It counts prompts, not requests: an attack that packs 64 prompts into one request is 64
+    probes. A sweep is flagged once the account has biased ``distinct_bias_tokens`` distinct
+    tokens over at least ``min_requests`` requests, with at least ``bias_novelty`` of its
+    bias entries naming a token it had not biased before: an application that sends one
+    fixed ban list again and again has a share that falls towards 0; a sweep keeps it near
+    1. Single-token probing is flagged at ``single_token_prompts`` one-token prompts with
+    logprobs, when they are 90% of the account's prompts.
+    """
+
+    name: ClassVar[str] = "probing"
+    kind: ClassVar[str] = "language-model"
+    distinct_bias_tokens: int = 64
+    min_requests: int = 4
+    bias_novelty: float = 0.5
+    single_token_prompts: int = 200
+
+    def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
+        return None  # it watches completion requests (observe_request)
+
+    def request_reads(self, account: str) -> list[Read]:
+        return [("hash", f"lmprobe:{account}")]
+
+    def observe_request(self, account: str, req: LMRequest) -> Flag | None:
+        prompts = len(req.prompts) * req.n
+        amounts = {"requests": 1, "prompts": prompts, "bias_entries": len(req.logit_bias)}
+        if req.max_tokens <= 1 and req.logprobs is not None:
+            amounts["single"] = prompts
+        counts = self.state.incr_many(f"lmprobe:{account}", amounts)
+        new = 0
+        if req.logit_bias:
+            seen = self.state.incr_many(f"lmbias:{account}", {str(t): 1 for t in req.logit_bias})
+            new = sum(1 for v in seen.values() if v == 1)
+        distinct = self.state.incr(f"lmprobe:{account}", "bias_tokens", new)
+        novelty = distinct / max(counts["bias_entries"], 1)
+        if distinct >= self.distinct_bias_tokens and counts["requests"] >= self.min_requests \
+                and novelty >= self.bias_novelty:
+            return Flag(self.name, float(distinct),
+                        f"logit bias on {distinct} distinct tokens over {counts['requests']} "
+                        f"requests, {novelty:.0%} of entries new (a sweep)")
+        single = counts.get("single", 0)
+        if single >= self.single_token_prompts and single >= 0.9 * counts["prompts"]:
+            return Flag(self.name, float(single), f"{single} of {counts['prompts']} prompts "
+                        "ask one token's logprobs (single-token probing)")
+        return None
 
 
 def detector_spec(entry: DetectorSpec) -> tuple[str, dict[str, Any]]:

@@ -14,9 +14,8 @@ import httpx
 import numpy as np
 
 from modelshield.answer import Answer, ApiSpec, FloatArray
-from modelshield.errors import ConfigError, Denied, OracleError
+from modelshield.errors import Blocked, ConfigError, Denied, OracleError
 from modelshield.oracle.base import BaseOracle
-from modelshield.oracle.shielded import Blocked
 
 
 class HttpOracle(BaseOracle):

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from modelshield.answer import LMRequest
-from modelshield.errors import BudgetExhausted, ConfigError, Denied, OracleError
+from modelshield.errors import BudgetExhausted, ConfigError, Denied, OracleError, Refused
 from modelshield.oracle.http import get_json
 
 
@@ -32,16 +32,6 @@ class Completion:
     tokens: list[int]
     logprobs: list[float] | None
     top_logprobs: list[dict[int, float]] | None
-
-
-class Refused(OracleError):
-    """The API refused a request: ``status``, ``code`` and the parameter it named."""
-
-    def __init__(self, status: int, code: str, message: str, param: str | None,
-                 used: int) -> None:
-        self.status, self.code, self.param, self.used = status, code, param, used
-        super().__init__(f"HTTP {status} {code}" + (f" ({param})" if param else "")
-                         + f": {message}")
 
 
 class LMOracle(ABC):

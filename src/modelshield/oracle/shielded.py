@@ -10,17 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from modelshield.answer import Answer, FloatArray
-from modelshield.errors import Denied, OracleError
+from modelshield.errors import Blocked, Denied
 from modelshield.oracle.base import BaseOracle
-
-
-class Blocked(OracleError):
-    """The Shield refused a query (rate limit, suspended account, bad key)."""
-
-    def __init__(self, denied: Denied, used: int) -> None:
-        self.status, self.code, self.used = denied.status, denied.code, used
-        super().__init__(f"blocked after {used} queries: HTTP {denied.status} {denied.code}: "
-                         f"{denied}")
 
 
 class ShieldOracle(BaseOracle):

@@ -37,7 +37,7 @@ from modelshield.answer import Answer
 from modelshield.defenses.shield import Shield
 from modelshield.errors import Denied
 from modelshield.serve.errors import ERROR_RESPONSES, error_response
-from modelshield.serve.openai import add_openai_routes
+from modelshield.serve.openai import openai_router
 
 log = logging.getLogger("modelshield.gateway")
 
@@ -300,7 +300,7 @@ def create_app(shield: Shield, max_body_bytes: int = 8 * 2**20) -> FastAPI:
         except Denied as exc:
             return error(exc.status, exc.code, str(exc), exc.headers, "account")
 
-    add_openai_routes(app, shield, count)
+    app.include_router(openai_router(shield, count))
 
     @app.get("/v2")
     async def server() -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from modelshield.defenses.shield import Shield
 from modelshield.serve.app import create_app
+from modelshield.serve.factory import build_shield
 
-app = create_app(Shield.from_config(os.environ.get("MODELSHIELD_CONFIG")))
+app = create_app(build_shield(os.environ.get("MODELSHIELD_CONFIG")))

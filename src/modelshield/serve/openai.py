@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -154,9 +154,10 @@ def _stops(stop: str | list[str] | None) -> list[str]:
     return [s for s in ([stop] if isinstance(stop, str) else list(stop or [])) if s]
 
 
-def add_openai_routes(app: FastAPI, shield: Shield,
-                      count: Callable[[str, int], None]) -> None:
-    """Mount the OpenAI-compatible routes; ``count(route, status)`` feeds the metrics."""
+def openai_router(shield: Shield, count: Callable[[str, int], None]) -> APIRouter:
+    """The OpenAI-compatible routes of ``shield``'s model; ``count(route, status)`` feeds
+    the metrics."""
+    router = APIRouter(tags=["OpenAI-compatible"], responses=ERROR_RESPONSES)
     name = shield.spec.name
 
     def refuse(status: int, message: str, code: str, param: str | None, route: str,
@@ -290,12 +291,12 @@ def add_openai_routes(app: FastAPI, shield: Shield,
             data.update(vocab_size=lm.vocab, context_length=lm.context)
         return data
 
-    @app.get("/v1/models", responses=ERROR_RESPONSES)
+    @router.get("/v1/models")
     async def models() -> dict[str, Any]:
         """The models served (a key is needed, as with OpenAI's API)."""
         return {"object": "list", "data": [entry()]}
 
-    @app.get("/v1/models/{model_id}", responses=ERROR_RESPONSES)
+    @router.get("/v1/models/{model_id}")
     async def model_entry(model_id: str) -> Any:
         if model_id != name:
             return refuse(404, f"The model {model_id!r} does not exist; this gateway serves "
@@ -329,7 +330,7 @@ def add_openai_routes(app: FastAPI, shield: Shield,
         lm = shield.lm
         return c.text if c.text is not None else (lm.decode(c.tokens) if lm else "")
 
-    @app.post("/tokenize", responses=ERROR_RESPONSES)
+    @router.post("/tokenize")
     async def tokenize(body: TokenizeRequest, request: Request) -> Any:
         """vLLM's tokenizer route: text to token ids (a valid key is needed; no query is
         spent)."""
@@ -342,7 +343,7 @@ def add_openai_routes(app: FastAPI, shield: Shield,
             return ids
         return {"tokens": ids[0], "count": len(ids[0]), "max_model_len": lm.context}
 
-    @app.post("/detokenize", responses=ERROR_RESPONSES)
+    @router.post("/detokenize")
     async def detokenize(body: DetokenizeRequest, request: Request) -> Any:
         """vLLM's detokenizer route: token ids to text."""
         lm = shield.lm
@@ -365,7 +366,7 @@ def add_openai_routes(app: FastAPI, shield: Shield,
             return refuse(exc.status, str(exc), exc.code, None, route, exc.headers)
         return None
 
-    @app.post("/v1/completions", responses=ERROR_RESPONSES)
+    @router.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Any:
         route = "completions"
         lm = shield.lm
@@ -445,7 +446,7 @@ def add_openai_routes(app: FastAPI, shield: Shield,
         return refuse(400, f"{param} is not supported by this gateway; leave it out.",
                       "unsupported_parameter", param, route)
 
-    @app.post("/v1/chat/completions", responses=ERROR_RESPONSES)
+    @router.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request) -> Any:
         route = "chat"
         lm = shield.lm
@@ -524,6 +525,8 @@ def add_openai_routes(app: FastAPI, shield: Shield,
         return JSONResponse({"id": ident, "object": "chat.completion", "created": created,
                              "model": name, "choices": items, "usage": usage(req, choices)},
                             headers=decision.headers)
+
+    return router
 
 
 def _prompts(prompt: Prompt, encode: Callable[[str], list[int]]) -> list[list[int]]:

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 
 from modelshield.answer import FloatArray, LMChoice, LMRequest, Prediction
-from modelshield.errors import OracleError
+from modelshield.errors import OracleError, UpstreamError
 
 
 class V2Upstream:
@@ -152,20 +152,6 @@ class OpenAIUpstream:
 
     def close(self) -> None:
         self.client.close()
-
-
-class UpstreamError(OracleError):
-    """The upstream answered with an error status (kept, so the gateway can pass it on)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-    @property
-    def client_status(self) -> int:
-        """The status for the gateway's own client: a fault in the request itself passes
-        on; anything else (the upstream refusing the gateway's key, say) is a 502."""
-        return self.status if self.status in (400, 404, 413, 422) else 502
 
 
 def _token_id(token: str) -> int:

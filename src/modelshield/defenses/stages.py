@@ -1,0 +1,403 @@
+"""The Shield's stages: one interface, one ordered list per kind of model.
+
+A stage is a callable on a :class:`Call`, the one request as it passes; it reads what the
+stages before it left there, adds its own part, or refuses by raising
+:class:`~modelshield.errors.Denied`. The Shield runs its list in order::
+
+    classifier:      authenticate -> check inputs  -> limit -> model -> detect -> shape -> record
+    language model:  authenticate -> check request -> limit -> detect -> generate -> record
+
+(A language model's detectors watch the request, so they run before the tokens are spent.)
+Every stage holds the Shield for its services: the key and audit store, the rate limiter,
+the detector state, the tiers' policies and detectors. A new defense is a new stage in the
+list (``Shield.stages`` / ``Shield.lm_stages``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import numpy as np
+from limits import RateLimitItem
+
+from modelshield.answer import Answer, FloatArray, LMChoice, LMRequest
+from modelshield.defenses.config import Limits, Tier
+from modelshield.defenses.detectors import Detector
+from modelshield.defenses.llm import Delta, Generation, check_request, shape_choices
+from modelshield.defenses.state import STORE_ERRORS, Read
+from modelshield.errors import Denied, OracleError
+from modelshield.store import ApiKey, AuditRecord
+
+if TYPE_CHECKING:
+    from modelshield.defenses.shield import Decision, Shield
+
+MAX_KEY_CHARS = 256
+"""Issued keys are 52 characters; anything longer than this is refused unread."""
+
+
+@dataclass
+class Call:
+    """One request as it passes the stages."""
+
+    api_key: str | None
+    client_ip: str
+    decision: Decision
+    inputs: Any = None  # a classifier's rows, as sent
+    req: LMRequest | None = None  # a language model's request, tokenized
+    on_step: Callable[[Decision, list[Delta]], None] | None = None  # streaming
+    x: FloatArray | None = None  # the rows once checked
+    prediction: Any = None
+    answer: Answer | None = None
+    choices: list[LMChoice] = field(default_factory=list)
+    _key: ApiKey | None = field(default=None, repr=False)
+    _tier: Tier | None = field(default=None, repr=False)
+
+    def admit(self, key: ApiKey, tier: Tier) -> None:
+        self._key, self._tier = key, tier
+
+    @property
+    def key(self) -> ApiKey:
+        """The caller's key (Authenticate, the first stage, sets it)."""
+        if self._key is None:
+            raise RuntimeError("a stage ran before Authenticate")
+        return self._key
+
+    @property
+    def lm_request(self) -> LMRequest:
+        if self.req is None:
+            raise RuntimeError("a language-model stage ran on a classifier request")
+        return self.req
+
+    @property
+    def tier(self) -> Tier:
+        if self._tier is None:
+            raise RuntimeError("a stage ran before Authenticate")
+        return self._tier
+
+
+class Stage(Protocol):
+    name: ClassVar[str]
+
+    def __call__(self, call: Call) -> None: ...
+
+
+class _Stage:
+    name: ClassVar[str]
+
+    def __init__(self, shield: Shield) -> None:
+        self.shield = shield
+
+    def __call__(self, call: Call) -> None:
+        raise NotImplementedError
+
+
+class Authenticate(_Stage):
+    """The key, before anything else: a key longer than any issued is refused unread; an
+    address past its failed-authentication limit gets 429 instead of 401."""
+
+    name = "authenticate"
+
+    def __call__(self, call: Call) -> None:
+        key = self.key(call.api_key, call.client_ip, call.decision)
+        call.admit(key, self.shield.config.tiers[key.tier])
+
+    def key(self, api_key: str | None, ip: str, decision: Decision) -> ApiKey:
+        s = self.shield
+        if not api_key:
+            raise Denied(401, "missing_key", "An API key is required (Authorization: Bearer KEY).")
+        key = s.store.lookup(api_key) if len(api_key) <= MAX_KEY_CHARS else None
+        if key is None:
+            self._failed(ip)
+            raise Denied(401, "invalid_key", "The API key is not valid" + (
+                f" (keys are at most {MAX_KEY_CHARS} characters)." if len(api_key) >
+                MAX_KEY_CHARS else "."))
+        decision.key_id = key.key_id
+        if not key.usable(s.clock()):
+            why = "revoked" if key.revoked_at is not None else "expired"
+            raise Denied(403, f"key_{why}", f"The API key was {why}.")
+        if key.tier not in s.config.tiers:
+            raise Denied(403, "unknown_tier", f"The key's tier {key.tier!r} is not configured.")
+        decision.tier = key.tier
+        return key
+
+    def _failed(self, ip: str) -> None:
+        """Count a failed authentication of ``ip``; past its limit, refuse with 429. A
+        valid key costs no trip to the limits store."""
+        s = self.shield
+        rate = s.config.auth_failure_limits
+        for item in s.rates(rate) if rate else []:
+            try:
+                ok = s.limiter.hit(item, f"authfail:{ip}")
+            except STORE_ERRORS:
+                return  # the 401 stands; the rate-limit store's outage is seen elsewhere
+            if not ok:
+                raise Denied(429, "too_many_auth_failures",
+                             f"Too many requests with bad API keys from this address (limit "
+                             f"{item}); try again later.",
+                             {"Retry-After": str(item.get_expiry())})
+
+
+class CheckInputs(_Stage):
+    """Shape, values, batch size and the declared domain of a classifier's rows."""
+
+    name = "check inputs"
+
+    def __call__(self, call: Call) -> None:
+        s = self.shield
+        try:
+            x = np.asarray(call.inputs, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            raise Denied(422, "invalid_inputs", "inputs must be a list of rows of numbers "
+                         "that fit a 64-bit float.", {"X-Error-Param": "inputs"}) from None
+        d = s.spec.n_features
+        if x.ndim != 2 or x.shape[1] != d or len(x) == 0:
+            raise Denied(422, "invalid_shape",
+                         f"inputs must have shape (n, {d}) with n >= 1; got {list(x.shape)}.")
+        if len(x) > call.tier.max_batch:
+            raise Denied(413, "batch_too_large",
+                         f"at most {call.tier.max_batch} rows per request; got {len(x)}.")
+        if np.isinf(x).any() or (np.isnan(x).any() and not s.spec.accepts_missing):
+            raise Denied(422, "invalid_values", "inputs must be finite numbers (no NaN or "
+                         "infinity)" + ("" if not s.spec.accepts_missing else
+                                        "; NaN marks a missing feature"))
+        if s.config.model.enforce_domain:
+            self._domain(x)
+        call.x = x
+
+    def _domain(self, x: FloatArray) -> None:
+        """Refuse values outside the declared domain (``low``/``high``), naming the first."""
+        spec = self.shield.spec
+        with np.errstate(invalid="ignore"):
+            outside = (x < spec.low) | (x > spec.high)  # NaN (a missing value) compares False
+        if outside.any():
+            row, col = (int(i) for i in np.argwhere(outside)[0])
+            raise Denied(422, "out_of_domain",
+                         f"inputs[{row}][{col}] = {x[row, col]!r} is outside feature {col}'s "
+                         f"domain [{spec.low[col]:g}, {spec.high[col]:g}] (GET /v2/models/"
+                         f"{spec.name} lists every feature's).", {"X-Error-Param": "inputs"})
+
+
+class CheckRequest(_Stage):
+    """A completion request against the tier's language-model policy and ``max_batch``."""
+
+    name = "check request"
+
+    def __call__(self, call: Call) -> None:
+        policy = self.shield.llm_policies[call.key.tier]
+        check_request(call.lm_request, policy, self.shield.lm.vocab, call.tier.max_batch)
+        if call.decision.action == "degrade" and call.lm_request.logprobs is not None:
+            raise Denied(403, "logprobs_withdrawn", "logprobs are withdrawn from this key: "
+                         "its queries look like model extraction.")
+
+
+class Limit(_Stage):
+    """Rate limits per key, per address and global, on requests, rows and tokens; a key
+    suspended in the durable store is refused here, before any limit is charged."""
+
+    name = "limit"
+
+    def __call__(self, call: Call) -> None:
+        s, key, tier, ip = self.shield, call.key, call.tier, call.client_ip
+        if key.flag is not None and tier.on_flag == "deny":  # durable: no store trip
+            raise Denied(403, "extraction_suspected", f"Access suspended: "
+                         f"{key.flag['detector']} detector: {key.flag['reason']}.",
+                         {"X-Modelshield-Flag": key.flag["detector"]})
+        throttled = tier.on_flag == "throttle" and \
+            s.shared(s.flag_of, key, tier, ip) is not None
+        limits = tier.throttled if throttled else tier.limits
+        rows = len(call.x) if call.x is not None else len(call.req.prompts) if call.req else 1
+        tokens = call.req.tokens if call.req is not None else 0
+        checks: list[tuple[Limits, str]] = [
+            (s.config.global_limits, "global"), (s.config.ip_limits, f"ip:{ip}"),
+            (limits, f"key:{key.key_id}")]
+        for lim, who in checks:  # every limit charges what it names: requests, rows, tokens
+            for kind, cost in (("requests", 1), ("rows", rows), ("tokens", tokens)):
+                rate = getattr(lim, kind)
+                if rate and cost:
+                    for item in s.rates(rate):
+                        # RateLimit-* headers describe the caller's own key limits.
+                        self._hit(item, f"{who}:{kind}", cost, call.decision,
+                                  who.startswith("key"))
+
+    def _hit(self, item: RateLimitItem, ident: str, cost: int, decision: Decision,
+             report: bool) -> None:
+        s = self.shield
+        try:
+            ok = s.limiter.hit(item, ident, cost=cost)
+            # Stats cost a second storage call: only for the caller's own limits, or a refusal.
+            stats = s.limiter.get_window_stats(item, ident) if report or not ok else None
+        except STORE_ERRORS as exc:  # the shared store is unreachable
+            if s.config.storage.fail == "open":
+                return
+            raise Denied(503, "limits_unavailable",
+                         f"Rate-limit store unreachable ({type(exc).__name__}); refusing "
+                         "(storage.fail = closed).") from None
+        if stats is None:
+            return
+        retry = max(0, math.ceil(stats.reset_time - s.clock()))
+        headers = {"RateLimit-Limit": str(item.amount), "RateLimit-Remaining": str(stats.remaining),
+                   "RateLimit-Reset": str(retry)}
+        decision.headers.update(headers)
+        if not ok:
+            raise Denied(429, "rate_limited", f"Rate limit {item} exceeded for {ident.split(':')[0]}"
+                         f" ({ident.rsplit(':', 1)[1]}).", {**headers, "Retry-After": str(retry)})
+
+
+class Model(_Stage):
+    """The classifier's prediction (a model server it fronts may fail: 502)."""
+
+    name = "model"
+
+    def __call__(self, call: Call) -> None:
+        s = self.shield
+        if call.x is None:
+            raise RuntimeError("Model ran before CheckInputs")
+        try:
+            call.prediction = s.model.predict(call.x)
+        except OracleError as exc:  # an upstream model server failed
+            raise Denied(502, "upstream_error", str(exc)) from None
+        probs = getattr(call.prediction, "probabilities", None)
+        if probs is not None and not np.isfinite(probs).all():
+            raise Denied(422, "model_cannot_answer", "The model gives no finite scores for "
+                         "these inputs; send rows inside the declared domain (GET /v2/models/"
+                         f"{s.spec.name}).", {"X-Error-Param": "inputs"})
+
+
+class Detect(_Stage):
+    """The tier's detectors watch the account and, with ``group_by``, its group (attackers
+    who split the work over keys from one network or owner are seen as one); then the
+    tier's ``on_flag`` action applies. With Redis, one round trip reads every detector's
+    state and one more writes it."""
+
+    name = "detect"
+
+    def __call__(self, call: Call) -> None:
+        s = self.shield
+        s.shared(self._watch, call)
+
+    def _watch(self, call: Call) -> None:
+        s, key, tier = self.shield, call.key, call.tier
+        watched = [key.key_id] + [g for g in [s.group_of(tier, key, call.client_ip)] if g]
+        lm = call.req is not None
+        detectors = [d for d in s.detectors[key.tier]
+                     if (d.kind == "language-model") == lm]
+        reads: list[Read] = []
+        if s.state.batches:  # only a shared store fetches ahead
+            reads = [("value", f"flag:{ident}") for ident in watched]
+            for det in detectors:
+                for ident in watched:
+                    reads += det.request_reads(ident) if lm else det.reads(ident,
+                                                                            call.prediction)
+        with s.state.batch(reads):
+            for det in detectors:
+                for ident in watched:
+                    flag = self._observe(det, ident, call)
+                    if flag is not None:
+                        s.record_flag(ident, flag, call.decision)
+            s.act_on_flag(key, tier, call.client_ip, call.decision)
+
+    @staticmethod
+    def _observe(det: Detector, ident: str, call: Call) -> Any:
+        if call.req is not None:
+            return det.observe_request(ident, call.req)
+        return det.observe(ident, call.x, call.prediction)  # type: ignore[arg-type]
+
+
+class Shape(_Stage):
+    """The tier's output policy (its degrade policy once the account is degraded)."""
+
+    name = "shape"
+
+    def __call__(self, call: Call) -> None:
+        s, key = self.shield, call.key
+        policy = s.degraded[key.tier] if call.decision.action == "degrade" \
+            else s.policies[key.tier]
+        call.answer = policy.apply(call.prediction, call.x)  # type: ignore[arg-type]
+        call.decision.policy = policy.spec
+
+
+class Generate(_Stage):
+    """The completion: decoded here under the tier's policy (a token at a time to
+    ``on_step`` when streamed, the admission recorded before the first token), or
+    generated by the upstream server and shaped here."""
+
+    name = "generate"
+
+    def __call__(self, call: Call) -> None:
+        s, lm, req, key = self.shield, self.shield.lm, call.lm_request, call.key
+        policy = s.llm_policies[key.tier]
+        call.decision.policy = "llm"
+        if hasattr(lm, "complete"):  # served upstream: the Shield shapes what comes back
+            if req.logit_bias and req.logprobs is not None and not policy.bias_affects_logprobs:
+                raise Denied(400, "logit_bias_with_logprobs",
+                             "On this tier a logit bias may not change the returned logprobs, "
+                             "and the upstream model server cannot promise that: send "
+                             "logit_bias or logprobs, not both.", {"X-Error-Param": "logit_bias"})
+            try:
+                call.choices = shape_choices(lm.complete(req), req, policy, lm.vocab)
+            except OracleError as exc:
+                raise Denied(getattr(exc, "client_status", 502), "upstream_error",
+                             str(exc)) from None
+            return
+        gen = Generation(lm.next_logits, req, policy, lm.tokenizer.eos_token_id,
+                         text=lm.decode, stepper=getattr(lm, "stepper", None))
+        if call.on_step is not None:
+            s.commit(lm_record(s, call, {"stream": "started"}))
+            for deltas in gen.steps():
+                call.on_step(call.decision, deltas)
+        call.choices = gen.choices()
+
+
+class Record(_Stage):
+    """The hash-chained audit record, committed before the answer leaves."""
+
+    name = "record"
+
+    def __call__(self, call: Call) -> None:
+        s, key = self.shield, call.key
+        if call.req is not None:
+            s.commit(lm_record(s, call, [
+                {"tokens": c.tokens, "logprobs": c.logprobs, "top": c.top_logprobs}
+                for c in call.choices]))
+            return
+        if call.x is None or call.answer is None:
+            raise RuntimeError("Record ran before CheckInputs and Shape")
+        s.commit(AuditRecord(
+            ts=s.clock(), key_id=key.key_id, client_ip=call.client_ip, model=s.spec.name,
+            rows=len(call.x), inputs=call.x, answer=answer_record(call.answer),
+            decision=call.decision.to_record()))
+
+
+def lm_record(shield: Shield, call: Call, answer: Any) -> AuditRecord:
+    req, key = call.lm_request, call.key
+    return AuditRecord(
+        ts=shield.clock(), key_id=key.key_id, client_ip=call.client_ip, model=shield.spec.name,
+        rows=len(req.prompts), inputs={"prompts": req.prompts, "max_tokens": req.max_tokens,
+                                       "logprobs": req.logprobs,
+                                       "logit_bias": {str(k): v for k, v in
+                                                      req.logit_bias.items()},
+                                       "temperature": req.temperature, "n": req.n,
+                                       "seed": req.seed, "stop": req.stop},
+        answer=answer, decision=call.decision.to_record())
+
+
+def answer_record(answer: Answer) -> dict[str, Any]:
+    out: dict[str, Any] = {"labels": answer.labels}
+    for name in ("probabilities", "confidence", "leaf_ids"):
+        value = getattr(answer, name)
+        if value is not None:
+            out[name] = np.where(np.isnan(value), None, value) if name == "probabilities" \
+                else value
+    return out
+
+
+StageFactory = Callable[["Shield"], Stage]
+"""A stage class (or any callable that builds a stage for a Shield)."""
+
+CLASSIFIER_STAGES: tuple[StageFactory, ...] = (Authenticate, CheckInputs, Limit, Model, Detect,
+                                               Shape, Record)
+LM_STAGES: tuple[StageFactory, ...] = (Authenticate, CheckRequest, Limit, Detect, Generate,
+                                       Record)

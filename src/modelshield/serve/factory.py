@@ -1,0 +1,101 @@
+"""From a gateway config to a running Shield: the served model, its API contract, the
+store, and the natural data the detectors are calibrated on.
+
+The model is one of: a built-in victim, a model file (joblib, TorchScript, ONNX) with the
+contract spelt out in the config, a KServe v2 server this gateway fronts, a language model
+(built-in or a Hugging Face directory), or one behind an OpenAI-compatible server (vLLM).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelshield.answer import ApiSpec
+from modelshield.defenses.config import Model, ShieldConfig, load_config
+from modelshield.defenses.shield import Shield, lm_spec
+from modelshield.errors import ConfigError, OracleError
+from modelshield.store import AuditStore
+
+
+def build_shield(source: Any = None, **kwargs: Any) -> Shield:
+    """A Shield from a YAML path, a dict or a ShieldConfig: model, store and all stages.
+
+    ``store``, ``spec`` and ``benign`` (calibration rows) may be given; other keyword
+    arguments go to :class:`Shield`.
+    """
+    config = source if isinstance(source, ShieldConfig) else load_config(source)
+    spec, benign = kwargs.pop("spec", None), kwargs.pop("benign", None)
+    model, spec, found = load_model(config, spec)
+    store = kwargs.pop("store", None) or AuditStore(
+        config.audit_url, sync=config.audit_sync, key_cache_seconds=config.key_cache_seconds)
+    return Shield(config, model, spec, store, benign=found if benign is None else benign,
+                  **kwargs)
+
+
+def load_model(config: ShieldConfig, spec: ApiSpec | None = None) -> tuple[Any, ApiSpec, Any]:
+    """(model, API contract, natural calibration rows or None) of the config's model."""
+    m = config.model
+    if m.lm:
+        from modelshield.victims.lm import load_lm
+
+        lm = load_lm(m.lm, m.seed)
+        return lm, lm_spec(m.name or lm.name), None
+    if m.lm_upstream:
+        return _lm_upstream(m)
+    if m.file or m.upstream:
+        spec = spec or spec_from_config(config)
+        if m.file:
+            from modelshield.victims import load_model_file
+
+            return load_model_file(m.file), spec, None
+        from modelshield.victims.upstream import V2Upstream
+
+        return V2Upstream(m.upstream or "", spec.name), spec, None
+    from modelshield.victims import load_victim
+
+    victim = load_victim(m.builtin or "digits-mlp", m.seed)
+    # Natural data the model was not trained on stands in for the owner's validation set
+    # when detectors are calibrated.
+    return victim.model, victim.spec, victim.pool
+
+
+def _lm_upstream(m: Model) -> tuple[Any, ApiSpec, None]:
+    from modelshield.victims.upstream import OpenAIUpstream
+
+    key = os.environ.get(m.upstream_api_key_env) if m.upstream_api_key_env else None
+    upstream_name = m.upstream_model or m.name or ""
+    if not upstream_name:
+        raise ConfigError("model.upstream_model: name the model as the upstream server "
+                          "serves it.")
+    try:
+        model = OpenAIUpstream(m.lm_upstream or "", upstream_name, api_key=key,
+                               vocab=m.upstream_vocab)
+    except OracleError as exc:
+        raise ConfigError(f"model.lm_upstream: {exc}") from None
+    return model, lm_spec(m.name or upstream_name), None
+
+
+def spec_from_config(config: ShieldConfig) -> ApiSpec:
+    """The API contract of a model file or upstream, from the ``model`` section."""
+    m = config.model
+    missing = [f for f in ("classes", "low", "high") if getattr(m, f) is None]
+    if missing:
+        raise ConfigError(f"model: a model file or upstream needs {', '.join(missing)} "
+                          "(the classes and the input domain).")
+    lengths = {len(v) for v in (m.low, m.high) if isinstance(v, list)}
+    if m.n_features is not None:
+        lengths.add(m.n_features)
+    if len(lengths) != 1:
+        raise ConfigError("model: give n_features, or low/high lists of one length; got "
+                          f"lengths {sorted(lengths) or 'none'}.")
+    d = lengths.pop()
+    name = m.name or (Path(m.file).stem if m.file else "model")
+    return ApiSpec(n_features=d, classes=tuple(m.classes or ()),
+                   low=np.broadcast_to(np.asarray(m.low, dtype=float), (d,)).copy(),
+                   high=np.broadcast_to(np.asarray(m.high, dtype=float), (d,)).copy(),
+                   accepts_missing=m.accepts_missing, integer_features=m.integer_features,
+                   name=name)
