@@ -363,8 +363,8 @@ def serve(config: ConfigOpt = None,
         os.environ["MODELSHIELD_CONFIG"] = str(config.resolve())
     else:
         os.environ.pop("MODELSHIELD_CONFIG", None)
-    m = cfg.model
-    served = m.name or m.lm or m.upstream_model or m.file or m.upstream or m.builtin
+    served = ", ".join(m.name or m.lm or m.upstream_model or m.file or m.upstream or m.builtin
+                       or "model" for m in (cfg.models or [cfg.model]))
     err.print(f"modelshield gateway: serving {served} on http://{host}:{port} "
               f"({workers} worker{'s' if workers > 1 else ''}; audit log {cfg.audit_url}; "
               f"limits {cfg.storage.limits}; docs at /docs)", highlight=False)
@@ -381,8 +381,8 @@ def keys_create(tier: Annotated[str, typer.Option(help="Tier the key belongs to.
                 config: ConfigOpt = None) -> None:
     """Create a key; its holder accepts the configured terms of service. Shown once."""
     cfg = _load(config)
-    if tier not in cfg.tiers:
-        raise ConfigError.invalid("tier", f"one of {', '.join(cfg.tiers)}", tier)
+    if tier not in cfg.all_tiers():
+        raise ConfigError.invalid("tier", f"one of {', '.join(cfg.all_tiers())}", tier)
     secret, key = _store(config).create_key(tier, owner, cfg.terms_version,
                                             None if ttl_days is None else ttl_days * 86400)
     console.print(f"key id {key.key_id}, tier {tier}, terms v{cfg.terms_version} accepted")
@@ -397,7 +397,7 @@ def keys_list(config: ConfigOpt = None) -> None:
     for k in _store(config).list_keys():
         state = "revoked" if k.revoked_at else ("expired" if not k.usable(time.time()) else "active")
         if state == "active" and k.flag is not None:
-            tier = cfg.tiers.get(k.tier)
+            tier = cfg.all_tiers().get(k.tier)
             action = tier.on_flag if tier is not None else "alert"
             state = {"deny": "suspended", "throttle": "throttled", "degrade": "degraded"}.get(
                 action, "flagged") + f" ({k.flag['detector']})"

@@ -147,8 +147,18 @@ class Model(_Strict):
         return http_url(v)
 
 
+class ModelEntry(Model):
+    """One model of a gateway that serves several (``models:``), with its own ``tiers``
+    or, without them, the config's."""
+
+    tiers: dict[str, Tier] | None = None
+
+
 class ShieldConfig(_Strict):
     model: Model = Model()
+    # Several models behind one gateway, each on its own routes with its own limits and
+    # detectors (and its own tiers, or the shared ones); `model` is then not used.
+    models: list[ModelEntry] = Field(default_factory=list)
     storage: Storage = Storage()
     audit_url: str = "sqlite:///modelshield-audit.db"
     audit_sync: Literal["normal", "full"] = "normal"
@@ -187,11 +197,26 @@ class ShieldConfig(_Strict):
                                  "'10.0.0.0/8'") from None
         return v
 
+    def for_model(self, entry: ModelEntry) -> ShieldConfig:
+        """The config one model of ``models`` is served with."""
+        return self.model_copy(update={
+            "model": Model(**entry.model_dump(exclude={"tiers"})),
+            "tiers": entry.tiers if entry.tiers is not None else self.tiers, "models": []})
+
+    def all_tiers(self) -> dict[str, Tier]:
+        """Every tier a key can hold: the shared ones and each model's own."""
+        out = dict(self.tiers)
+        for entry in self.models:
+            out.update(entry.tiers or {})
+        return out
+
     @model_validator(mode="after")
     def _noise_needs_secret(self) -> ShieldConfig:
         if self.noise_secret:
             return self
-        for name, tier in self.tiers.items():
+        tiers = list(self.tiers.items()) + [t for m in self.models
+                                             for t in (m.tiers or {}).items()]
+        for name, tier in tiers:
             noisy = [p for p in (tier.policy, tier.degrade_policy) if p.startswith("noise")]
             if tier.llm.logprob_noise > 0:
                 noisy.append(f"llm.logprob_noise: {tier.llm.logprob_noise}")
@@ -258,6 +283,13 @@ model:
   # lm_upstream: http://127.0.0.1:8001  # or a language model behind an OpenAI-compatible
   # upstream_model: my-model            # server (vLLM) this gateway fronts, its name there,
   # upstream_api_key_env: VLLM_API_KEY  # and the variable holding the upstream's key
+# Several models behind one gateway: list them under `models:` instead (each on its own
+# routes, /v1/models/NAME/predict, with its own limits and detectors, and its own tiers or
+# the shared ones below):
+# models:
+#   - {file: credit.joblib, name: credit, classes: [no, yes], n_features: 12, low: 0,
+#      high: 1, tiers: {pro: {policy: label, limits: {requests: 100/hour}}}}
+#   - {builtin: digits-mlp, name: digits}
 storage:
   limits: memory://            # or redis://localhost:6379/0 to share limits across replicas
   fail: closed                 # if Redis is unreachable: closed = refuse (503), open = allow

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from limits import RateLimitItem, parse_many, storage, strategies
+from limits.strategies import RateLimiter
 from sqlalchemy.exc import SQLAlchemyError
 
 from modelshield.answer import Answer, ApiSpec, FloatArray, LMChoice, LMRequest
@@ -76,15 +77,14 @@ class Shield:
                  store: AuditStore, *, benign: FloatArray | None = None,
                  clock: Callable[[], float] = time.time,
                  stages: Sequence[StageFactory] | None = None,
-                 lm_stages: Sequence[StageFactory] | None = None) -> None:
+                 lm_stages: Sequence[StageFactory] | None = None,
+                 limiter: RateLimiter | None = None, scoped: bool = False) -> None:
+        """``limiter``: one shared by the Shields of a gateway's models (so that global and
+        per-address limits count every model's requests); ``scoped``: keep this model's
+        detector state apart in a shared store (a gateway of several models)."""
         self.config, self.model, self.spec, self.store, self.clock = \
             config, model, spec, store, clock
-        strategy = {"moving-window": strategies.MovingWindowRateLimiter,
-                    "sliding-window": strategies.SlidingWindowCounterRateLimiter,
-                    "fixed-window": strategies.FixedWindowRateLimiter}[config.storage.strategy]
-        counters = SweptMemoryStorage() if config.storage.limits.startswith("memory://") \
-            else storage.storage_from_string(config.storage.limits)
-        self.limiter = strategy(counters)  # type: ignore[abstract]
+        self.limiter = limiter or make_limiter(config)
         secret = config.noise_secret
         self.policies = {name: parse_policy(t.policy, secret=secret)
                          for name, t in config.tiers.items()}
@@ -92,7 +92,7 @@ class Shield:
                          for name, t in config.tiers.items()}
         self.llm_policies = {name: t.llm.model_copy(update={"noise_key": secret or ""})
                              for name, t in config.tiers.items()}
-        self.state = state_from_url(config.storage.limits)
+        self.state = state_from_url(config.storage.limits, spec.name if scoped else "")
         self.detectors = {name: self._detectors(tier, benign)
                           for name, tier in config.tiers.items()}
         self.flagged: dict[str, Flag] = {}  # this replica's view; the state store is shared
@@ -139,6 +139,10 @@ class Shield:
                ) -> tuple[Answer, Decision]:
         """Answer one batch for the holder of ``api_key``, or raise Denied. A refusal is
         recorded too (its status, code and reason; the rows if they were valid)."""
+        if self.lm is not None:
+            raise Denied(404, "not_a_classifier",
+                         f"{self.spec.name!r} is a language model; use /v1/completions or "
+                         "/v1/chat/completions.", {"X-Error-Param": "model"})
         call = self.run(self.stages, Call(api_key, client_ip, Decision(), inputs=inputs))
         if call.answer is None:
             raise RuntimeError("the stages gave no answer (no Shape stage?)")
@@ -176,12 +180,14 @@ class Shield:
             raise
         return call
 
-    def authenticate(self, api_key: str | None, client_ip: str = "127.0.0.1") -> ApiKey:
+    def authenticate(self, api_key: str | None, client_ip: str = "127.0.0.1",
+                     tier: bool = True) -> ApiKey:
         """The key's record, or Denied (recorded as a refusal): the gateway's check before
-        it reads a request's body."""
+        it reads a request's body. ``tier=False`` skips the check that this model knows the
+        key's tier (a gateway of many models checks that per model)."""
         decision = Decision()
         try:
-            return self._key(api_key, client_ip, decision)
+            return self._key(api_key, client_ip, decision, tier)
         except Denied as exc:
             self._refused(exc, decision, client_ip, None)
             raise
@@ -196,10 +202,11 @@ class Shield:
                 "expires_at": key.expires_at, "terms_version": key.terms_version,
                 "terms_accepted_at": key.terms_accepted_at}
 
-    def _key(self, api_key: str | None, client_ip: str, decision: Decision) -> ApiKey:
+    def _key(self, api_key: str | None, client_ip: str, decision: Decision,
+             tier: bool = True) -> ApiKey:
         auth = next((s for s in self.stages if isinstance(s, Authenticate)), None) \
             or Authenticate(self)
-        return auth.key(api_key, client_ip, decision)
+        return auth.key(api_key, client_ip, decision, tier)
 
     # -- services the stages share -------------------------------------------------------------
     def commit(self, record: AuditRecord) -> None:
@@ -286,6 +293,16 @@ class Shield:
             parts = ip.split(".")
             return "ip:" + (".".join(parts[:3]) if len(parts) == 4 else ip)  # IPv4 /24
         return None
+
+
+def make_limiter(config: ShieldConfig) -> RateLimiter:
+    """The rate limiter of ``storage``: its strategy over memory or Redis counters."""
+    strategy = {"moving-window": strategies.MovingWindowRateLimiter,
+                "sliding-window": strategies.SlidingWindowCounterRateLimiter,
+                "fixed-window": strategies.FixedWindowRateLimiter}[config.storage.strategy]
+    counters = SweptMemoryStorage() if config.storage.limits.startswith("memory://") \
+        else storage.storage_from_string(config.storage.limits)
+    return strategy(counters)  # type: ignore[abstract]
 
 
 def lm_spec(name: str) -> ApiSpec:

@@ -104,7 +104,8 @@ class Authenticate(_Stage):
         key = self.key(call.api_key, call.client_ip, call.decision)
         call.admit(key, self.shield.config.tiers[key.tier])
 
-    def key(self, api_key: str | None, ip: str, decision: Decision) -> ApiKey:
+    def key(self, api_key: str | None, ip: str, decision: Decision,
+            tier: bool = True) -> ApiKey:
         s = self.shield
         if not api_key:
             raise Denied(401, "missing_key", "An API key is required (Authorization: Bearer KEY).")
@@ -118,8 +119,9 @@ class Authenticate(_Stage):
         if not key.usable(s.clock()):
             why = "revoked" if key.revoked_at is not None else "expired"
             raise Denied(403, f"key_{why}", f"The API key was {why}.")
-        if key.tier not in s.config.tiers:
-            raise Denied(403, "unknown_tier", f"The key's tier {key.tier!r} is not configured.")
+        if tier and key.tier not in s.config.tiers:
+            raise Denied(403, "unknown_tier", f"The key's tier {key.tier!r} is not offered on "
+                         f"{s.spec.name!r}.")
         decision.tier = key.tier
         return key
 
@@ -212,7 +214,7 @@ class Limit(_Stage):
         tokens = call.req.tokens if call.req is not None else 0
         checks: list[tuple[Limits, str]] = [
             (s.config.global_limits, "global"), (s.config.ip_limits, f"ip:{ip}"),
-            (limits, f"key:{key.key_id}")]
+            (limits, f"key:{key.key_id}:{s.spec.name}")]  # a key's limits are per model
         for lim, who in checks:  # every limit charges what it names: requests, rows, tokens
             for kind, cost in (("requests", 1), ("rows", rows), ("tokens", tokens)):
                 rate = getattr(lim, kind)

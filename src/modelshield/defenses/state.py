@@ -235,11 +235,14 @@ def _decode_rows(raw: list[bytes], d: int | None) -> FloatArray | None:
     return np.frombuffer(b"".join(raw), dtype=np.float64).reshape(len(raw), -1)
 
 
-def state_from_url(url: str) -> DetectorState:
+def state_from_url(url: str, scope: str = "") -> DetectorState:
+    """The state store at ``url``; ``scope`` (a model's name) keeps one model's detector
+    state apart from another's in a shared Redis."""
     if url.startswith("memory://"):
         return MemoryState()
     if url.startswith(("redis://", "rediss://", "redis+unix://")):
-        return RedisState(url.replace("redis+unix://", "unix://"))
+        return RedisState(url.replace("redis+unix://", "unix://"),
+                          prefix=f"modelshield:det:{scope + ':' if scope else ''}")
     raise ConfigError.invalid("storage.limits", "memory:// or a redis:// URL", url)
 
 

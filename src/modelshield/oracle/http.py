@@ -48,7 +48,8 @@ class HttpOracle(BaseOracle):
         """The key's account (``GET /v1/account``), or ConfigError when the key is refused;
         None when the server has no such route (it then speaks only the v1/v2 protocol)."""
         try:
-            resp = self.client.get("/v1/account", headers=self.headers)
+            resp = self.client.get("/v1/account", headers=self.headers,
+                                   params={"model": self.model})
         except httpx.HTTPError as exc:
             raise ConfigError(f"Cannot reach the target: {exc}") from None
         if resp.status_code == 404:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -155,7 +156,7 @@ class AuthGate:
             client = scope.get("client")
             ip = client[0] if client else "unknown"
             try:  # off the event loop: a lookup, or the refusal's audit record, touches the store
-                await run_in_threadpool(self.shield.authenticate, key, ip)
+                await run_in_threadpool(self.shield.authenticate, key, ip, False)
             except Denied as exc:
                 self.count(_route_of(scope["path"]), exc.status)
                 response = error_response(exc.status, exc.code, str(exc), None, exc.headers)
@@ -168,12 +169,15 @@ async def _nothing() -> dict[str, Any]:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
-def create_app(shield: Shield, max_body_bytes: int = 8 * 2**20) -> FastAPI:
-    """The gateway app around one Shield; bodies over ``max_body_bytes`` get a 413."""
+def create_app(shields: Shield | Sequence[Shield], max_body_bytes: int = 8 * 2**20) -> FastAPI:
+    """The gateway app around one Shield per served model (``serve.factory.build_gateway``
+    builds them from a config); bodies over ``max_body_bytes`` get a 413."""
     app = FastAPI(title="modelshield gateway", version="0.1.0",
-                  description="A model behind layered defenses against extraction.",
+                  description="Models behind layered defenses against extraction.",
                   responses=ERROR_RESPONSES)
-    name = shield.spec.name
+    by_name = {s.spec.name: s for s in ([shields] if isinstance(shields, Shield)
+                                        else shields)}
+    shield = next(iter(by_name.values()))  # gateway-wide settings: keys, proxies, terms
     registry = CollectorRegistry()
     requests = Counter("modelshield_requests_total", "Requests by route and status",
                        ["route", "status"], registry=registry)
@@ -222,15 +226,19 @@ def create_app(shield: Shield, max_body_bytes: int = 8 * 2**20) -> FastAPI:
         return error(exc.status_code, code, message, dict(exc.headers or {}),
                      _route_of(request.url.path))
 
+    def unknown(model: str, route: str = "other") -> JSONResponse:
+        return error(404, "unknown_model", f"Unknown model {model!r}; this gateway serves "
+                     f"{', '.join(map(repr, by_name))}.", route=route, param="model")
+
     async def serve(request: Request, model: str, inputs: Any, route: str) -> Any:
-        if model != name:
-            return error(404, "unknown_model", f"Unknown model {model!r}; this gateway serves "
-                         f"{name!r}.", route=route)
+        target = by_name.get(model)
+        if target is None:
+            return unknown(model, route)
         start = time.perf_counter()
         key = _api_key(request)
         ip = request.client.host if request.client else "unknown"
         try:
-            answer, decision = await run_in_threadpool(shield.handle, key, inputs, ip)
+            answer, decision = await run_in_threadpool(target.handle, key, inputs, ip)
         except Denied as exc:
             return error(exc.status, exc.code, str(exc), exc.headers, route)
         except OverflowError:
@@ -252,7 +260,7 @@ def create_app(shield: Shield, max_body_bytes: int = 8 * 2**20) -> FastAPI:
         if isinstance(out, JSONResponse):
             return out
         answer, decision = out
-        return JSONResponse(_v1(answer, name), headers=decision.headers)
+        return JSONResponse(_v1(answer, model), headers=decision.headers)
 
     @app.post("/v2/models/{model}/infer", responses=ERROR_RESPONSES)
     async def infer(model: str, body: V2Request, request: Request) -> Any:
@@ -272,14 +280,15 @@ def create_app(shield: Shield, max_body_bytes: int = 8 * 2**20) -> FastAPI:
         if isinstance(out, JSONResponse):
             return out
         answer, decision = out
-        return JSONResponse(_v2(answer, name, body.id), headers=decision.headers)
+        return JSONResponse(_v2(answer, model, body.id), headers=decision.headers)
 
     @app.get("/v2/models/{model}")
     async def metadata(model: str) -> Any:
-        if model != name:
-            return error(404, "unknown_model", f"Unknown model {model!r}.")
-        spec = shield.spec
-        return {"name": name, "platform": "modelshield",
+        target = by_name.get(model)
+        if target is None:
+            return unknown(model)
+        spec = target.spec
+        return {"name": model, "platform": "modelshield",
                 "inputs": [{"name": "input-0", "datatype": "FP64",
                             "shape": [-1, spec.n_features]}],
                 "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]},
@@ -292,19 +301,24 @@ def create_app(shield: Shield, max_body_bytes: int = 8 * 2**20) -> FastAPI:
                                "terms_version": shield.config.terms_version}}
 
     @app.get("/v1/account")
-    async def account(request: Request) -> Any:
-        """The caller's own tier, output policy and limits; checks a key without a query."""
+    async def account(request: Request, model: str | None = None) -> Any:
+        """The caller's own tier, output policy and limits on ``model`` (the first model
+        served by default); checks a key without a query."""
+        target = by_name.get(model) if model is not None else shield
+        if target is None:
+            return unknown(model or "", "account")
         try:
-            return await run_in_threadpool(shield.account, _api_key(request),
+            return await run_in_threadpool(target.account, _api_key(request),
                                            request.client.host if request.client else "unknown")
         except Denied as exc:
             return error(exc.status, exc.code, str(exc), exc.headers, "account")
 
-    app.include_router(openai_router(shield, count))
+    app.include_router(openai_router(by_name, count))
 
     @app.get("/v2")
     async def server() -> dict[str, Any]:
-        return {"name": "modelshield", "version": "0.1.0", "extensions": [], "models": [name]}
+        return {"name": "modelshield", "version": "0.1.0", "extensions": [],
+                "models": list(by_name)}
 
     @app.get("/v2/health/ready")
     async def ready() -> dict[str, bool]:

@@ -8,6 +8,7 @@ contract spelt out in the config, a KServe v2 server this gateway fronts, a lang
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,38 @@ import numpy as np
 
 from modelshield.answer import ApiSpec
 from modelshield.defenses.config import Model, ShieldConfig, load_config
-from modelshield.defenses.shield import Shield, lm_spec
+from modelshield.defenses.shield import Shield, lm_spec, make_limiter
 from modelshield.errors import ConfigError, OracleError
 from modelshield.store import AuditStore
+
+
+def build_gateway(source: Any = None, **kwargs: Any) -> list[Shield]:
+    """One Shield per model of the config (``models:``, or the one ``model``), sharing
+    the key and audit store and the rate limiter: a key's limits and detectors are per
+    model, global and per-address limits count every model's requests."""
+    config = source if isinstance(source, ShieldConfig) else load_config(source)
+    if not config.models:
+        return [build_shield(config, **kwargs)]
+    store = kwargs.pop("store", None) or _store(config)
+    limiter = make_limiter(config)
+    shields: list[Shield] = []
+    try:
+        for i, entry in enumerate(config.models):
+            try:
+                shields.append(build_shield(config.for_model(entry), store=store,
+                                            limiter=limiter, scoped=True, **kwargs))
+            except ConfigError as exc:
+                raise ConfigError(f"models[{i}]: {exc}") from None
+        names = [s.spec.name for s in shields]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"models: more than one model is named {twice[0]!r}; give each "
+                              "a distinct name (models[i].name).")
+    except ConfigError:
+        for s in shields:
+            s.close()
+        raise
+    return shields
 
 
 def build_shield(source: Any = None, **kwargs: Any) -> Shield:
@@ -30,10 +60,14 @@ def build_shield(source: Any = None, **kwargs: Any) -> Shield:
     config = source if isinstance(source, ShieldConfig) else load_config(source)
     spec, benign = kwargs.pop("spec", None), kwargs.pop("benign", None)
     model, spec, found = load_model(config, spec)
-    store = kwargs.pop("store", None) or AuditStore(
-        config.audit_url, sync=config.audit_sync, key_cache_seconds=config.key_cache_seconds)
+    store = kwargs.pop("store", None) or _store(config)
     return Shield(config, model, spec, store, benign=found if benign is None else benign,
                   **kwargs)
+
+
+def _store(config: ShieldConfig) -> AuditStore:
+    return AuditStore(config.audit_url, sync=config.audit_sync,
+                      key_cache_seconds=config.key_cache_seconds)
 
 
 def load_model(config: ShieldConfig, spec: ApiSpec | None = None) -> tuple[Any, ApiSpec, Any]:
@@ -58,9 +92,10 @@ def load_model(config: ShieldConfig, spec: ApiSpec | None = None) -> tuple[Any, 
     from modelshield.victims import load_victim
 
     victim = load_victim(m.builtin or "digits-mlp", m.seed)
+    spec = victim.spec if not m.name else dataclasses.replace(victim.spec, name=m.name)
     # Natural data the model was not trained on stands in for the owner's validation set
     # when detectors are calibrated.
-    return victim.model, victim.spec, victim.pool
+    return victim.model, spec, victim.pool
 
 
 def _lm_upstream(m: Model) -> tuple[Any, ApiSpec, None]:

@@ -9,6 +9,6 @@ from __future__ import annotations
 import os
 
 from modelshield.serve.app import create_app
-from modelshield.serve.factory import build_shield
+from modelshield.serve.factory import build_gateway
 
-app = create_app(build_shield(os.environ.get("MODELSHIELD_CONFIG")))
+app = create_app(build_gateway(os.environ.get("MODELSHIELD_CONFIG")))

@@ -17,7 +17,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -154,10 +154,71 @@ def _stops(stop: str | list[str] | None) -> list[str]:
     return [s for s in ([stop] if isinstance(stop, str) else list(stop or [])) if s]
 
 
-def openai_router(shield: Shield, count: Callable[[str, int], None]) -> APIRouter:
-    """The OpenAI-compatible routes of ``shield``'s model; ``count(route, status)`` feeds
-    the metrics."""
+@dataclass(frozen=True)
+class Handlers:
+    """One model's OpenAI-compatible handlers; the router picks them by ``model``."""
+
+    entry: Callable[[], dict[str, Any]]
+    tokenize: Callable[[TokenizeRequest, Request], Awaitable[Any]]
+    detokenize: Callable[[DetokenizeRequest, Request], Awaitable[Any]]
+    completions: Callable[[CompletionRequest, Request], Awaitable[Any]]
+    chat: Callable[[ChatRequest, Request], Awaitable[Any]]
+
+
+def openai_router(shields: dict[str, Shield], count: Callable[[str, int], None]) -> APIRouter:
+    """The OpenAI-compatible routes for the gateway's models (by the request's ``model``);
+    ``count(route, status)`` feeds the metrics."""
     router = APIRouter(tags=["OpenAI-compatible"], responses=ERROR_RESPONSES)
+    by_name = {name: handlers(shield, count) for name, shield in shields.items()}
+    lms = [name for name, shield in shields.items() if shield.lm is not None]
+
+    def pick(model: str, route: str) -> Handlers | JSONResponse:
+        found = by_name.get(model)
+        if found is None:
+            count(route, 404)
+            return openai_error(404, f"The model {model!r} does not exist; this gateway "
+                                f"serves {', '.join(map(repr, by_name))}.", "model_not_found",
+                                "model")
+        return found
+
+    @router.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        """The language models served (a key is needed, as with OpenAI's API)."""
+        return {"object": "list", "data": [by_name[name].entry() for name in lms]}
+
+    @router.get("/v1/models/{model_id}")
+    async def model_entry(model_id: str) -> Any:
+        h = pick(model_id, "models")
+        return h if isinstance(h, JSONResponse) else h.entry()
+
+    @router.post("/tokenize")
+    async def tokenize(body: TokenizeRequest, request: Request) -> Any:
+        """vLLM's tokenizer route: text to token ids (a valid key is needed; no query is
+        spent)."""
+        h = pick(body.model, "tokenize")
+        return h if isinstance(h, JSONResponse) else await h.tokenize(body, request)
+
+    @router.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest, request: Request) -> Any:
+        """vLLM's detokenizer route: token ids to text."""
+        h = pick(body.model, "detokenize")
+        return h if isinstance(h, JSONResponse) else await h.detokenize(body, request)
+
+    @router.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        h = pick(body.model, "completions")
+        return h if isinstance(h, JSONResponse) else await h.completions(body, request)
+
+    @router.post("/v1/chat/completions")
+    async def chat(body: ChatRequest, request: Request) -> Any:
+        h = pick(body.model, "chat")
+        return h if isinstance(h, JSONResponse) else await h.chat(body, request)
+
+    return router
+
+
+def handlers(shield: Shield, count: Callable[[str, int], None]) -> Handlers:
+    """The OpenAI-compatible handlers of ``shield``'s model."""
     name = shield.spec.name
 
     def refuse(status: int, message: str, code: str, param: str | None, route: str,
@@ -291,18 +352,6 @@ def openai_router(shield: Shield, count: Callable[[str, int], None]) -> APIRoute
             data.update(vocab_size=lm.vocab, context_length=lm.context)
         return data
 
-    @router.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        """The models served (a key is needed, as with OpenAI's API)."""
-        return {"object": "list", "data": [entry()]}
-
-    @router.get("/v1/models/{model_id}")
-    async def model_entry(model_id: str) -> Any:
-        if model_id != name:
-            return refuse(404, f"The model {model_id!r} does not exist; this gateway serves "
-                          f"{name!r}.", "model_not_found", "model", "models")
-        return entry()
-
     async def name_tokens(choices: list[LMChoice], as_ids: bool) -> bool:
         """Fetch the token texts a response will name before it is built (an upstream
         model is asked over HTTP, so not on the event loop). False if the upstream could
@@ -330,7 +379,6 @@ def openai_router(shield: Shield, count: Callable[[str, int], None]) -> APIRoute
         lm = shield.lm
         return c.text if c.text is not None else (lm.decode(c.tokens) if lm else "")
 
-    @router.post("/tokenize")
     async def tokenize(body: TokenizeRequest, request: Request) -> Any:
         """vLLM's tokenizer route: text to token ids (a valid key is needed; no query is
         spent)."""
@@ -343,7 +391,6 @@ def openai_router(shield: Shield, count: Callable[[str, int], None]) -> APIRoute
             return ids
         return {"tokens": ids[0], "count": len(ids[0]), "max_model_len": lm.context}
 
-    @router.post("/detokenize")
     async def detokenize(body: DetokenizeRequest, request: Request) -> Any:
         """vLLM's detokenizer route: token ids to text."""
         lm = shield.lm
@@ -366,7 +413,6 @@ def openai_router(shield: Shield, count: Callable[[str, int], None]) -> APIRoute
             return refuse(exc.status, str(exc), exc.code, None, route, exc.headers)
         return None
 
-    @router.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Any:
         route = "completions"
         lm = shield.lm
@@ -446,7 +492,6 @@ def openai_router(shield: Shield, count: Callable[[str, int], None]) -> APIRoute
         return refuse(400, f"{param} is not supported by this gateway; leave it out.",
                       "unsupported_parameter", param, route)
 
-    @router.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request) -> Any:
         route = "chat"
         lm = shield.lm
@@ -526,7 +571,8 @@ def openai_router(shield: Shield, count: Callable[[str, int], None]) -> APIRoute
                              "model": name, "choices": items, "usage": usage(req, choices)},
                             headers=decision.headers)
 
-    return router
+    return Handlers(entry=entry, tokenize=tokenize, detokenize=detokenize,
+                    completions=completions, chat=chat)
 
 
 def _prompts(prompt: Prompt, encode: Callable[[str], list[int]]) -> list[list[int]]:
