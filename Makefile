@@ -3,6 +3,11 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
+MLSERVER_VENV := .venv-mlserver
+# MLServer pins an older FastAPI than the gateway's, so it lives in a venv of its own;
+# tests/serve/test_clients.py starts it as the upstream the gateway fronts.
+MLSERVER := $(MLSERVER_VENV)/bin/mlserver
+
 .PHONY: demo test test-fast bench lint
 
 $(BIN)/modelshield: pyproject.toml
@@ -14,11 +19,16 @@ $(BIN)/modelshield: pyproject.toml
 demo: $(BIN)/modelshield
 	$(BIN)/modelshield demo --out results/demo
 
-test: $(BIN)/modelshield
-	$(BIN)/python -m pytest -q
+$(MLSERVER):
+	$(PY) -m venv $(MLSERVER_VENV) || python3 -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install -q "mlserver==1.7.1" "mlserver-sklearn==1.7.1"
+	touch $(MLSERVER)
+
+test: $(BIN)/modelshield $(MLSERVER)
+	MLSERVER_BIN=$(abspath $(MLSERVER)) $(BIN)/python -m pytest -q
 
 test-fast: $(BIN)/modelshield
-	$(BIN)/python -m pytest -q -m "not slow"
+	MLSERVER_BIN=$(abspath $(MLSERVER)) $(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(BIN)/modelshield
 	$(BIN)/pip install -q -e '.[bench]'

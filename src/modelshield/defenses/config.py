@@ -122,6 +122,7 @@ class Model(_Strict):
     lm: str | None = None  # a built-in language model (lm-h64, ...) or a Hugging Face directory
     file: str | None = None
     upstream: str | None = None
+    upstream_output: str | None = None  # the v2 output with the probabilities (predict_proba)
     # A language model behind an OpenAI-compatible server (vLLM): its base URL, the model's
     # name there, the environment variable holding the upstream's API key, and its
     # vocabulary size when /v1/models does not say it.

@@ -29,7 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -74,7 +74,7 @@ class BodyLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit():
             if int(length) > self.max_bytes:
-                await self._too_large(send)
+                await self._too_large(send, scope["path"])
             else:  # the server holds the body to its declared length: nothing to count
                 await self.app(scope, receive, send)
             return
@@ -95,13 +95,13 @@ class BodyLimit:
                 await send(message)
             elif not replied:
                 replied = True
-                await self._too_large(send)
+                await self._too_large(send, scope["path"])
 
         await self.app(scope, counted, guarded)
 
-    async def _too_large(self, send: Any) -> None:
+    async def _too_large(self, send: Any, path: str = "") -> None:
         body = error_response(413, "body_too_large",
-                              f"request bodies are limited to {self.max_bytes} bytes")
+                              f"request bodies are limited to {self.max_bytes} bytes", path=path)
         await body({"type": "http"}, _nothing, send)
 
 
@@ -133,7 +133,8 @@ class CatchBugs:
                 raise
             self.count(_route_of(scope["path"]), 500)
             response = error_response(500, "internal_error", "The gateway failed on this "
-                                      f"request ({type(exc).__name__}); it is logged.")
+                                      f"request ({type(exc).__name__}); it is logged.",
+                                      path=scope["path"])
             await response(scope, _nothing, send)
 
 
@@ -159,7 +160,8 @@ class AuthGate:
                 await run_in_threadpool(self.shield.authenticate, key, ip, False)
             except Denied as exc:
                 self.count(_route_of(scope["path"]), exc.status)
-                response = error_response(exc.status, exc.code, str(exc), None, exc.headers)
+                response = error_response(exc.status, exc.code, str(exc), None, exc.headers,
+                                          scope["path"])
                 await response(scope, _nothing, send)
                 return
         await self.app(scope, receive, send)
@@ -198,22 +200,24 @@ def create_app(shields: Shield | Sequence[Shield], max_body_bytes: int = 8 * 2**
     app.add_middleware(CatchBugs, count=count)
 
     def error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
-              route: str = "other", param: str | None = None) -> JSONResponse:
+              route: str = "other", param: str | None = None, path: str = "") -> JSONResponse:
         count(route, status)
-        return error_response(status, code, message, param, headers)
+        return error_response(status, code, message, param, headers,
+                              path or ("/v2/" if route in ("infer", "v2") else ""))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
         route = _route_of(request.url.path)
+        path = request.url.path
         if first["type"] == "json_invalid":
             return error(400, "malformed_json", f"The body is not valid JSON: {first['msg']} "
-                         f"at character {where}.", route=route)
+                         f"at character {where}.", route=route, path=path)
         param = next((str(p) for p in first["loc"][1:2]), None) if first["loc"] else None
         return error(400 if route in _OPENAI_ROUTES else 422,
                      "invalid_value" if route in _OPENAI_ROUTES else "invalid_request",
-                     f"{where}: {first['msg']}", route=route, param=param)
+                     f"{where}: {first['msg']}", route=route, param=param, path=path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -224,7 +228,7 @@ def create_app(shields: Shield | Sequence[Shield], max_body_bytes: int = 8 * 2**
                    400: "The body could not be read as JSON (invalid UTF-8, or nested too "
                         "deeply)."}.get(exc.status_code, str(exc.detail))
         return error(exc.status_code, code, message, dict(exc.headers or {}),
-                     _route_of(request.url.path))
+                     _route_of(request.url.path), path=request.url.path)
 
     def unknown(model: str, route: str = "other") -> JSONResponse:
         return error(404, "unknown_model", f"Unknown model {model!r}; this gateway serves "
@@ -262,16 +266,30 @@ def create_app(shields: Shield | Sequence[Shield], max_body_bytes: int = 8 * 2**
         answer, decision = out
         return JSONResponse(_v1(answer, model), headers=decision.headers)
 
-    @app.post("/v2/models/{model}/infer", responses=ERROR_RESPONSES)
-    async def infer(model: str, body: V2Request, request: Request) -> Any:
+    @app.post("/v2/models/{model}/infer", responses=ERROR_RESPONSES,
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": V2Request.model_json_schema()}}}})
+    async def infer(model: str, request: Request) -> Any:
+        # Parsed here, whatever the Content-Type: v2 clients (tritonclient) send none.
+        try:
+            body = V2Request.model_validate_json(await request.body())
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            if first["type"] == "json_invalid":
+                return error(400, "malformed_json", f"The body is not valid JSON: "
+                             f"{first['msg']}.", route="infer")
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            return error(422, "invalid_request", f"{where}: {first['msg']}", route="infer",
+                         param=str(first["loc"][0]) if first["loc"] else None)
         if len(body.inputs) != 1:
             return error(422, "invalid_request", "send exactly one input tensor", route="infer")
         t = body.inputs[0]
-        if len(t.shape) != 2 or t.shape[0] * t.shape[1] != len(t.data):
-            return error(422, "invalid_shape", f"shape {t.shape} does not match "
-                         f"{len(t.data)} data values", route="infer")
+        data = _flat(t.data)  # the protocol allows the data flat or nested by row
+        if data is None or len(t.shape) != 2 or t.shape[0] * t.shape[1] != len(data):
+            return error(422, "invalid_shape", f"shape {t.shape} does not match the "
+                         "data values", route="infer", param="inputs")
         try:
-            x = np.asarray([np.nan if v is None else v for v in t.data],
+            x = np.asarray([np.nan if v is None else v for v in data],
                            dtype=np.float64).reshape(t.shape)
         except (TypeError, ValueError, OverflowError):
             return error(422, "invalid_inputs", "data must be numbers that fit a 64-bit "
@@ -282,11 +300,18 @@ def create_app(shields: Shield | Sequence[Shield], max_body_bytes: int = 8 * 2**
         answer, decision = out
         return JSONResponse(_v2(answer, model, body.id), headers=decision.headers)
 
+    @app.get("/v2/models/{model}/ready")
+    async def model_ready(model: str) -> Any:
+        """KServe v2 model readiness (200 for a model served here)."""
+        if model not in by_name:
+            return unknown(model, "v2")
+        return {"name": model, "ready": True}
+
     @app.get("/v2/models/{model}")
     async def metadata(model: str) -> Any:
         target = by_name.get(model)
         if target is None:
-            return unknown(model)
+            return unknown(model, "v2")
         spec = target.spec
         return {"name": model, "platform": "modelshield",
                 "inputs": [{"name": "input-0", "datatype": "FP64",
@@ -338,6 +363,21 @@ def create_app(shields: Shield | Sequence[Shield], max_body_bytes: int = 8 * 2**
         return {"version": shield.config.terms_version, "text": shield.config.terms}
 
     return app
+
+
+def _flat(data: list[Any], depth: int = 0) -> list[Any] | None:
+    """Row-major values of ``data``, flat or nested (at most two levels), or None."""
+    if not any(isinstance(v, list) for v in data):
+        return data
+    if depth > 0 or not all(isinstance(v, list) for v in data):
+        return None
+    out: list[Any] = []
+    for row in data:
+        flat = _flat(row, depth + 1)
+        if flat is None:
+            return None
+        out.extend(flat)
+    return out
 
 
 def _api_key(request: Request) -> str | None:

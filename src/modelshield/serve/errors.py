@@ -1,9 +1,12 @@
-"""The one shape of every error the gateway sends, on every route:
+"""The shape of every error the gateway sends:
 
 ``{"error": {"message": ..., "type": ..., "param": ..., "code": ...}}`` with a 4xx or 5xx
 status. ``code`` is stable and machine-readable (``invalid_key``, ``out_of_domain``, ...),
 ``param`` names the request field at fault (or null), and ``type`` is the OpenAI class of
 the status, so the official ``openai`` client raises its matching exception.
+
+Under ``/v2/`` (the KServe v2 protocol, whose clients read ``error`` as a string) the same
+four fields come flat: ``{"error": message, "type", "param", "code"}``.
 """
 
 from __future__ import annotations
@@ -52,10 +55,15 @@ def error_type(status: int) -> str:
 
 
 def error_response(status: int, code: str, message: str, param: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    """The JSON error response; the internal ``X-Error-Param`` header becomes ``param``."""
+                   headers: dict[str, str] | None = None, path: str = "") -> JSONResponse:
+    """The JSON error response (flat for a ``/v2/`` ``path``); the internal
+    ``X-Error-Param`` header becomes ``param``."""
     headers = dict(headers or {})
     param = headers.pop("X-Error-Param", param)
-    return JSONResponse({"error": {"message": message, "type": error_type(status),
-                                   "param": param, "code": code}},
-                        status_code=status, headers=headers)
+    detail = {"message": message, "type": error_type(status), "param": param, "code": code}
+    if path.startswith("/v2/"):
+        body: dict[str, Any] = {"error": message, **{k: v for k, v in detail.items()
+                                                    if k != "message"}}
+    else:
+        body = {"error": detail}
+    return JSONResponse(body, status_code=status, headers=headers)

@@ -88,7 +88,7 @@ def load_model(config: ShieldConfig, spec: ApiSpec | None = None) -> tuple[Any, 
             return load_model_file(m.file), spec, None
         from modelshield.victims.upstream import V2Upstream
 
-        return V2Upstream(m.upstream or "", spec.name), spec, None
+        return V2Upstream(m.upstream or "", spec.name, output=m.upstream_output), spec, None
     from modelshield.victims import load_victim
 
     victim = load_victim(m.builtin or "digits-mlp", m.seed)

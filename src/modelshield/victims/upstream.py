@@ -21,21 +21,38 @@ from modelshield.errors import OracleError, UpstreamError
 
 
 class V2Upstream:
-    def __init__(self, url: str, model: str, timeout: float = 30.0) -> None:
+    """A classifier on a KServe v2 server (MLServer, Triton, KServe). ``output``: the
+    output that holds the class probabilities, asked for by name (MLServer's scikit-learn
+    runtime: ``predict_proba``); without it, the output named ``probabilities`` or else
+    the first floating-point one."""
+
+    def __init__(self, url: str, model: str, timeout: float = 30.0,
+                 output: str | None = None) -> None:
         self.client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
         self.path = f"/v2/models/{model}/infer"
+        self.output = output
 
     def predict(self, inputs: FloatArray) -> Prediction:
-        body = {"inputs": [{"name": "input-0", "shape": list(inputs.shape), "datatype": "FP64",
-                            "data": inputs.ravel().tolist()}]}
+        body: dict[str, Any] = {"inputs": [{"name": "input-0", "shape": list(inputs.shape),
+                                            "datatype": "FP64", "data": inputs.ravel().tolist()}]}
+        if self.output:
+            body["outputs"] = [{"name": self.output}]
         try:
             resp = self.client.post(self.path, json=body)
             resp.raise_for_status()
-        except httpx.HTTPError as exc:
+            outputs = resp.json()["outputs"]
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
             raise OracleError(f"upstream model failed: {exc}") from None
-        outputs = resp.json()["outputs"]
-        out = next((o for o in outputs if o["name"] == "probabilities"),
-                   next(o for o in outputs if o["datatype"].startswith("FP")))
+        wanted = [self.output] if self.output else ["probabilities"]
+        out = next((o for o in outputs if o.get("name") in wanted),
+                   None if self.output else
+                   next((o for o in outputs if str(o.get("datatype", "")).startswith("FP")),
+                        None))
+        if out is None:
+            raise OracleError(
+                f"upstream returned no class probabilities (outputs: "
+                f"{[o.get('name') for o in outputs]}); set model.upstream_output to the "
+                "output that holds them (MLServer's scikit-learn runtime: predict_proba).")
         probs = np.asarray(out["data"], dtype=np.float64).reshape(out["shape"])
         return Prediction(probabilities=probs)
 
