@@ -146,3 +146,15 @@ def test_the_gateway_fronts_mlserver(mlserver: Any, tmp_path: Path) -> None:
         plain.handle(plain.store.create_key("t")[0], X[:2])
     assert info.value.status == 502 and "upstream_output" in str(info.value)
     plain.close()
+
+
+def test_an_attack_over_v2_sees_a_refusal_as_blocked(gateway: Any) -> None:
+    from modelshield.errors import Blocked
+    from modelshield.oracle.http import HttpOracle
+
+    client, _, key = gateway
+    oracle = HttpOracle(str(client.base_url), key, model="digits-lr", client=client,
+                        protocol="v2")
+    with pytest.raises(Blocked) as info:
+        oracle.query(np.full((1, 64), 99.0))  # outside the digits' 0..16
+    assert info.value.code == "out_of_domain" and "outside feature 0" in str(info.value)

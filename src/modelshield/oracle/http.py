@@ -97,7 +97,9 @@ class HttpOracle(BaseOracle):
             raise OracleError(f"the target answered HTTP {resp.status_code} without JSON: "
                               f"{resp.text[:200]}") from None
         if resp.status_code != 200:
-            err = body.get("error", {})
+            err = body.get("error", {}) if isinstance(body, dict) else {}
+            if not isinstance(err, dict):  # KServe v2: the message flat, fields beside it
+                err = {"message": str(err), "code": body.get("code", "error")}
             raise Blocked(Denied(resp.status_code, err.get("code", "error"),
                                  err.get("message", resp.text[:200])), self.used)
         if self.protocol == "v2":
