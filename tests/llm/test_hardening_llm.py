@@ -252,3 +252,22 @@ def test_a_stream_sends_each_token_and_records_admission_then_answer(served: Any
     deltas = [json.loads(line[6:])["choices"][0]["delta"] for line in chat.text.splitlines()
               if line.startswith("data: {")]
     assert deltas[0] == {"role": "assistant", "content": ""} and len(deltas) == 1 + 5
+
+
+def test_a_degraded_key_loses_its_logprobs(tmp_path: Path) -> None:
+    from modelshield.serve.factory import build_shield
+
+    shield = build_shield({"model": {"lm": "lm-tiny"}, "audit_url": f"sqlite:///{tmp_path}/a.db",
+                           "tiers": {"d": {"on_flag": "degrade",
+                                           "detectors": [{"probing": {
+                                               "single_token_prompts": 10}}]}}})
+    k = key(shield, "d")
+    with live_app(create_app(shield)) as client:
+        probe = completion(prompt=[[i, 2, 3] for i in range(6)], logprobs=1)
+        assert post(client, "/v1/completions", k, probe).status_code == 200
+        # The request that trips the detector already meets the tier's action.
+        r = post(client, "/v1/completions", k, probe)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "logprobs_withdrawn"
+        r = post(client, "/v1/completions", k, completion(max_tokens=3))
+        assert r.status_code == 200  # still served, without logprobs
+    shield.close()

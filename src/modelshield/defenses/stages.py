@@ -190,9 +190,6 @@ class CheckRequest(_Stage):
     def __call__(self, call: Call) -> None:
         policy = self.shield.llm_policies[call.key.tier]
         check_request(call.lm_request, policy, self.shield.lm.vocab, call.tier.max_batch)
-        if call.decision.action == "degrade" and call.lm_request.logprobs is not None:
-            raise Denied(403, "logprobs_withdrawn", "logprobs are withdrawn from this key: "
-                         "its queries look like model extraction.")
 
 
 class Limit(_Stage):
@@ -332,6 +329,9 @@ class Generate(_Stage):
         s, lm, req, key = self.shield, self.shield.lm, call.lm_request, call.key
         policy = s.llm_policies[key.tier]
         call.decision.policy = "llm"
+        if call.decision.action == "degrade" and req.logprobs is not None:  # set by Detect
+            raise Denied(403, "logprobs_withdrawn", "logprobs are withdrawn from this key: "
+                         "its queries look like model extraction.")
         if hasattr(lm, "complete"):  # served upstream: the Shield shapes what comes back
             if req.logit_bias and req.logprobs is not None and not policy.bias_affects_logprobs:
                 raise Denied(400, "logit_bias_with_logprobs",
