@@ -416,7 +416,10 @@ def keys_reinstate(key_id: Annotated[str, typer.Argument(help="The key id (from 
     if not cfg.storage.limits.startswith("memory://"):
         from modelshield.defenses.state import state_from_url
 
-        state_from_url(cfg.storage.limits).delete(f"flag:{key_id}")
+        # The key's flag in the shared state: the gateway's, and each model's own scope.
+        scopes = [""] + [m.name or m.lm or m.builtin or "" for m in cfg.models]
+        for scope in dict.fromkeys(scopes):
+            state_from_url(cfg.storage.limits, scope).delete(f"flag:{key_id}")
     console.print(f"reinstated {key_id}")
 
 
