@@ -28,8 +28,10 @@ def free_port() -> int:
 def server(module: str, port: int, env: dict[str, str] | None = None,
            workers: int = 1) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``uvicorn module`` on a loopback port until the block ends."""
-    cmd = [sys.executable, "-m", "uvicorn", module, "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning", "--workers", str(workers), "--no-proxy-headers"]
+    # The gateway's own launcher (uvicorn with TCP_NODELAY on every connection), for the
+    # bare servers too, so both sides run the same server.
+    cmd = [sys.executable, "-m", "modelshield.serve.server", module, "--host", "127.0.0.1",
+           "--port", str(port), "--workers", str(workers)]
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, start_new_session=True)
     try:
         wait_ready(f"http://127.0.0.1:{port}/v2/health/ready")

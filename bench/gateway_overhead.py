@@ -66,7 +66,8 @@ def measure(args: argparse.Namespace, bare_url: str, bodies: list[Any], limits_u
                 for _ in range(args.concurrency)]
         store.close()
         port = free_port()
-        with server("modelshield.serve.main:app", port, env={"MODELSHIELD_CONFIG": str(cfg)}):
+        with server("modelshield.serve.main:app", port, env={"MODELSHIELD_CONFIG": str(cfg)},
+                    workers=args.workers):
             url = f"http://127.0.0.1:{port}/v1/models/digits-mlp/predict"
             run_load(url, bodies, keys, concurrency=args.concurrency, requests=200)  # warm-up
             per_round = max(1, args.requests // args.rounds)
@@ -109,6 +110,11 @@ def main() -> None:
     parser.add_argument("--postgres", help="also measure with the audit log at this URL")
     parser.add_argument("--all", action="store_true",
                         help="start Redis and PostgreSQL here and measure them too")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="uvicorn workers of both servers (the bare one and the gateway)")
+    parser.add_argument("--only", choices=["memory", "redis", "postgres", "production"],
+                        help="measure one configuration only (production: Redis limits "
+                        "and state with the PostgreSQL audit)")
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
         if args.all:
@@ -151,23 +157,31 @@ def redis_round_trips(redis_url: str, requests: int = 100) -> float:
 
 
 def run(args: argparse.Namespace) -> None:
-    configs = [("memory limits, SQLite audit", "memory://", "sqlite:///{tmp}/audit.db")]
+    configs = [("memory", "memory limits, SQLite audit", "memory://", "sqlite:///{tmp}/audit.db")]
     if args.redis:
-        configs.append(("Redis limits, SQLite audit", args.redis, "sqlite:///{tmp}/audit.db"))
+        configs.append(("redis", "Redis limits, SQLite audit", args.redis,
+                        "sqlite:///{tmp}/audit.db"))
     if args.postgres:
-        configs.append(("memory limits, PostgreSQL audit", "memory://", args.postgres))
+        configs.append(("postgres", "memory limits, PostgreSQL audit", "memory://",
+                        args.postgres))
+    if args.redis and args.postgres:
+        configs.append(("production", "Redis limits and state, PostgreSQL audit", args.redis,
+                        args.postgres))
+    configs = [c for c in configs if args.only in (None, c[0])]
     x = load_victim("digits-mlp").X_test
     bodies = [{"inputs": x[np.arange(i, i + args.rows) % len(x)].tolist()}
               for i in range(len(x))]
     results = []
     port = free_port()
-    with server("bare_app:app", port, env={"PYTHONPATH": str(Path(__file__).parent)}):
+    with server("bare_app:app", port, env={"PYTHONPATH": str(Path(__file__).parent)},
+                workers=args.workers):
         bare_url = f"http://127.0.0.1:{port}/v1/models/digits-mlp/predict"
         run_load(bare_url, bodies, [{}], concurrency=args.concurrency, requests=200)  # warm-up
-        for label, limits_url, audit_url in configs:
+        for _, label, limits_url, audit_url in configs:
             results.append({"config": label,
                             **measure(args, bare_url, bodies, limits_url, audit_url)})
-    show(f"gateway overhead: {args.requests} requests of {args.rows} row(s) per server from "
+    show(f"gateway overhead, {args.workers} worker(s) each: {args.requests} requests of "
+         f"{args.rows} row(s) per server from "
          f"{args.concurrency} clients in {args.rounds} alternating rounds (throughput), "
          f"{args.moderate} one at a time, alternating (moderate-load latency)",
          ["config", "bare req/s", "shield req/s", "ratio", "ratio by round",

@@ -356,8 +356,6 @@ def serve(config: ConfigOpt = None,
     limits, SQLite audit log, localhost)."""
     import os
 
-    import uvicorn
-
     cfg = _load(config)  # validate before starting anything
     if config is not None:
         os.environ["MODELSHIELD_CONFIG"] = str(config.resolve())
@@ -370,8 +368,9 @@ def serve(config: ConfigOpt = None,
               f"limits {cfg.storage.limits}; docs at /docs)", highlight=False)
     # Forwarded headers are trusted only from the config's trusted_proxies (the app
     # applies them), never from uvicorn's default of 127.0.0.1.
-    uvicorn.run("modelshield.serve.main:app", host=host, port=port, workers=workers,
-                log_level="warning", proxy_headers=False)
+    from modelshield.serve.server import run
+
+    run("modelshield.serve.main:app", host=host, port=port, workers=workers)
 
 
 @keys_app.command("create")
