@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from modelshield.cli import app as cli
 from modelshield.defenses import parse_policy
-from modelshield.defenses.detectors import DETECTORS, Detector
+from modelshield.defenses.detectors import Detector
 from modelshield.defenses.shield import Shield
 from modelshield.errors import CheatingError, ConfigError, Denied
 from modelshield.oracle import LocalOracle
@@ -206,8 +206,7 @@ def test_noise_needs_a_secret_and_has_no_public_default(tmp_path: Path,
     assert len(load_config(path).noise_secret or "") >= 32
 
 
-class _Buggy(Detector):
-    name = "buggy-test-detector"
+class _Buggy(Detector):  # no `name`: it stays out of the registry
 
     def observe(self, account: str, inputs: Any, prediction: Any) -> Any:
         raise ValueError("a detector bug")
@@ -220,7 +219,6 @@ def test_a_detector_bug_is_neither_a_503_nor_silence(tmp_path: Path, fail: str) 
     shield.detectors["pro"] = [_Buggy()]
     with pytest.raises(ValueError, match="a detector bug"):
         shield.handle(key, np.zeros((1, 64)))
-    DETECTORS._items.pop(_Buggy.name, None)  # type: ignore[attr-defined]
 
 
 def test_a_suspension_survives_a_restart_and_shows_in_the_cli(
@@ -307,3 +305,39 @@ def test_the_oracle_guard_cannot_be_stepped_around(victims: dict[str, Victim]) -
     with pytest.raises(CheatingError):
         oracle._victim.model  # noqa: B018
     assert len(oracle.query(victims["digits-lr"].X_test[:2])) == 2  # the query path works
+
+
+def test_redis_limits_take_one_round_trip_and_decide_as_before(
+        tmp_path: Path, victims: dict[str, Victim]) -> None:
+    import redis.connection
+
+    x = victims["digits-mlp"].X_test
+    with redis_server() as url:
+        shield = build_shield(config(tmp_path, storage={"limits": url},
+                                     global_limits={"requests": "1000/minute"},
+                                     ip_limits={"requests": "1000/minute", "rows": "1000/minute"},
+                                     tiers={"t": {"limits": {"requests": "3/hour",
+                                                             "rows": "100/hour"}}}))
+        assert shield.batch_limits is not None
+        key, _ = shield.store.create_key("t")
+        sent: list[bytes] = []
+        original = redis.connection.Connection.send_packed_command
+
+        def counted(self: Any, command: Any, *a: Any, **k: Any) -> Any:
+            sent.append(b"".join(command) if isinstance(command, list) else command)
+            return original(self, command, *a, **k)
+
+        shield.handle(key, x[:1])  # connections open
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(redis.connection.Connection, "send_packed_command", counted)
+            _, decision = shield.handle(key, x[1:2])
+        # Five limits with their windows' state in one pipeline, then the state store's read
+        # of the account's flag: two round trips.
+        assert [b"EVALSHA" in c for c in sent] == [True, False]
+        assert sent[0].count(b"EVALSHA") == 10
+        assert decision.headers["RateLimit-Remaining"] == "1"
+        shield.handle(key, x[2:3])
+        with pytest.raises(Denied) as info:
+            shield.handle(key, x[3:4])
+        assert info.value.status == 429 and int(info.value.headers["Retry-After"]) > 0
+        shield.close()

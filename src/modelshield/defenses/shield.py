@@ -25,12 +25,14 @@ from typing import Any
 
 import numpy as np
 from limits import RateLimitItem, parse_many, storage, strategies
+from limits.storage import RedisStorage
 from limits.strategies import RateLimiter
 from sqlalchemy.exc import SQLAlchemyError
 
 from modelshield.answer import Answer, ApiSpec, FloatArray, LMChoice, LMRequest
 from modelshield.defenses.config import ShieldConfig, Tier
 from modelshield.defenses.detectors import Detector, Flag, Probing, make_detector
+from modelshield.defenses.limits_batch import RedisMovingWindowBatch
 from modelshield.defenses.limits_memory import SweptMemoryStorage
 from modelshield.defenses.llm import Delta
 from modelshield.defenses.policies import parse_policy
@@ -85,6 +87,10 @@ class Shield:
         self.config, self.model, self.spec, self.store, self.clock = \
             config, model, spec, store, clock
         self.limiter = limiter or make_limiter(config)
+        # Redis with the moving window: all of a request's limits in one round trip.
+        self.batch_limits = RedisMovingWindowBatch(self.limiter.storage) \
+            if isinstance(self.limiter.storage, RedisStorage) and \
+            config.storage.strategy == "moving-window" else None
         secret = config.noise_secret
         self.policies = {name: parse_policy(t.policy, secret=secret)
                          for name, t in config.tiers.items()}

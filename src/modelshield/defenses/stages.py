@@ -212,14 +212,41 @@ class Limit(_Stage):
         checks: list[tuple[Limits, str]] = [
             (s.config.global_limits, "global"), (s.config.ip_limits, f"ip:{ip}"),
             (limits, f"key:{key.key_id}:{s.spec.name}")]  # a key's limits are per model
+        hits: list[tuple[RateLimitItem, str, int, bool]] = []
         for lim, who in checks:  # every limit charges what it names: requests, rows, tokens
             for kind, cost in (("requests", 1), ("rows", rows), ("tokens", tokens)):
                 rate = getattr(lim, kind)
                 if rate and cost:
-                    for item in s.rates(rate):
-                        # RateLimit-* headers describe the caller's own key limits.
-                        self._hit(item, f"{who}:{kind}", cost, call.decision,
-                                  who.startswith("key"))
+                    # RateLimit-* headers describe the caller's own key limits.
+                    hits += [(item, f"{who}:{kind}", cost, who.startswith("key"))
+                             for item in s.rates(rate)]
+        if s.batch_limits is not None:
+            self._all_at_once(hits, call.decision)
+            return
+        for item, ident, cost, report in hits:
+            self._hit(item, ident, cost, call.decision, report)
+
+    def _all_at_once(self, hits: list[tuple[RateLimitItem, str, int, bool]],
+                     decision: Decision) -> None:
+        """Every limit of the request in one Redis round trip (moving window)."""
+        s = self.shield
+        try:
+            results = s.batch_limits.hit(  # type: ignore[union-attr]
+                [(item, ident, cost) for item, ident, cost, _ in hits])
+        except STORE_ERRORS as exc:
+            if s.config.storage.fail == "open":
+                return
+            raise Denied(503, "limits_unavailable",
+                         f"Rate-limit store unreachable ({type(exc).__name__}); refusing "
+                         "(storage.fail = closed).") from None
+        refused = None
+        for (item, ident, _, report), (ok, reset, remaining) in zip(hits, results, strict=True):
+            if report or not ok:
+                self._report(item, ident, ok, reset, remaining, decision)
+            if not ok and refused is None:
+                refused = (item, ident, reset, remaining)
+        if refused is not None:
+            self._report(*refused[:2], False, refused[2], refused[3], decision, raise_=True)
 
     def _hit(self, item: RateLimitItem, ident: str, cost: int, decision: Decision,
              report: bool) -> None:
@@ -236,11 +263,20 @@ class Limit(_Stage):
                          "(storage.fail = closed).") from None
         if stats is None:
             return
-        retry = max(0, math.ceil(stats.reset_time - s.clock()))
-        headers = {"RateLimit-Limit": str(item.amount), "RateLimit-Remaining": str(stats.remaining),
+        self._report(item, ident, ok, stats.reset_time, stats.remaining, decision,
+                     raise_=not ok)
+
+    def _report(self, item: RateLimitItem, ident: str, ok: bool, reset: float,
+                remaining: int, decision: Decision, raise_: bool = False) -> None:
+        """RateLimit-* headers for the caller's limits (the one nearest its end, when there
+        are several); a 429 for a refused one."""
+        retry = max(0, math.ceil(reset - self.shield.clock()))
+        headers = {"RateLimit-Limit": str(item.amount), "RateLimit-Remaining": str(remaining),
                    "RateLimit-Reset": str(retry)}
-        decision.headers.update(headers)
-        if not ok:
+        shown = decision.headers.get("RateLimit-Remaining")
+        if raise_ or (ok and (shown is None or remaining < int(shown))):
+            decision.headers.update(headers)
+        if raise_:
             raise Denied(429, "rate_limited", f"Rate limit {item} exceeded for {ident.split(':')[0]}"
                          f" ({ident.rsplit(':', 1)[1]}).", {**headers, "Retry-After": str(retry)})
 
