@@ -196,7 +196,9 @@ def run(args: argparse.Namespace) -> None:
     trips = redis_round_trips(args.redis) if args.redis else None
     if trips is not None:
         print(f"Redis round trips per single-row request (in-process, all defenses): {trips:.1f}")
-    suffix = "" if args.rows == 1 else f"_rows{args.rows}"
+    suffix = ("" if args.rows == 1 else f"_rows{args.rows}") + \
+        ("" if args.workers == 1 else f"_workers{args.workers}") + \
+        ("" if args.only is None else f"_{args.only}")
     write(f"gateway_overhead{suffix}", {"args": vars(args), "results": results,
                                         "redis_round_trips_per_request": trips})
 
