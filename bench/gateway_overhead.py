@@ -112,6 +112,12 @@ def main() -> None:
                         help="start Redis and PostgreSQL here and measure them too")
     parser.add_argument("--workers", type=int, default=1,
                         help="uvicorn workers of both servers (the bare one and the gateway)")
+    parser.add_argument("--floor", action="store_true",
+                        help="measure instead what no gateway can go under: the bare server "
+                        "against itself plus one PostgreSQL audit commit and 3 Redis round "
+                        "trips per answer (needs --all or --redis and --postgres)")
+    parser.add_argument("--floor-redis-trips", type=int, default=3,
+                        help="Redis round trips per answer in the --floor server")
     parser.add_argument("--only", choices=["memory", "redis", "postgres", "production"],
                         help="measure one configuration only (production: Redis limits "
                         "and state with the PostgreSQL audit)")
@@ -122,7 +128,10 @@ def main() -> None:
 
             args.redis = args.redis or stack.enter_context(redis_server())
             args.postgres = args.postgres or stack.enter_context(postgres_server())
-        run(args)
+        if args.floor:
+            floor(args)
+        else:
+            run(args)
 
 
 def redis_round_trips(redis_url: str, requests: int = 100) -> float:
@@ -154,6 +163,43 @@ def redis_round_trips(redis_url: str, requests: int = 100) -> float:
             redis.connection.Connection.send_packed_command = original  # type: ignore[method-assign]
         shield.close()
     return sent[0] / requests
+
+
+def floor(args: argparse.Namespace) -> None:
+    """The bare server against the bare server that also commits an audit record to
+    PostgreSQL and makes ``--floor-redis-trips`` Redis round trips per answer, side by
+    side."""
+    with_floor = f"bare + audit commit + {args.floor_redis_trips} Redis round trips"
+    x = load_victim("digits-mlp").X_test
+    bodies = [{"inputs": x[np.arange(i, i + args.rows) % len(x)].tolist()}
+              for i in range(len(x))]
+    here = {"PYTHONPATH": str(Path(__file__).parent)}
+    plain, floored = free_port(), free_port()
+    with tempfile.TemporaryDirectory():
+        env = {**here, "BARE_AUDIT_URL": args.postgres, "BARE_REDIS_URL": args.redis,
+               "BARE_REDIS_TRIPS": str(args.floor_redis_trips)}
+        with server("bare_app:app", plain, env=here, workers=args.workers), \
+                server("bare_app:app", floored, env=env, workers=args.workers):
+            url = f"http://127.0.0.1:{plain}/v1/models/digits-mlp/predict"
+            floor_url = f"http://127.0.0.1:{floored}/v1/models/digits-mlp/predict"
+            for u in (url, floor_url):
+                run_load(u, bodies, [{}], concurrency=args.concurrency, requests=200)
+            per_round = max(1, args.requests // args.rounds)
+            rounds = []
+            for r in range(args.rounds):
+                pair = [("bare", url), (with_floor, floor_url)]
+                for name, u in (pair if r % 2 == 0 else pair[::-1]):
+                    out = run_load(u, bodies, [{}], concurrency=args.concurrency,
+                                   requests=per_round)
+                    rounds.append({"round": r, "server": name, **out})
+    total = {n: sum(x["requests"] for x in rounds if x["server"] == n)
+             / sum(x["seconds"] for x in rounds if x["server"] == n)
+             for n in ("bare", with_floor)}
+    ratio = total[with_floor] / total["bare"]
+    show(f"the floor, {args.workers} worker(s) each: {args.requests} requests per server",
+         ["server", "req/s"], [[n, v] for n, v in total.items()] + [["ratio", ratio]])
+    write(f"gateway_floor_workers{args.workers}_redis{args.floor_redis_trips}",
+          {"args": vars(args), "throughput": total, "ratio": ratio, "rounds": rounds})
 
 
 def run(args: argparse.Namespace) -> None:
