@@ -6,6 +6,7 @@ its ``exit_code`` (2 for a wrong name or value), never with a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -102,8 +103,23 @@ def attack(
     param: Annotated[list[str] | None, typer.Option(
         help="Attack parameter as key=value (repeatable), e.g. --param method=adaptive.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="With --target: the model to attack, by the name the gateway serves it under "
+             "(needed when it serves several).")] = None,
+    model_file: Annotated[Path | None, typer.Option(
+        help="Your own model (.joblib, .pt, .onnx), to score the clone against; with --data.")]
+    = None,
+    data: Annotated[Path | None, typer.Option(
+        help="Your data: an .npz with X_test, y_test and optionally pool (the attacker's "
+             "natural rows), low and high (the domain); or a .csv of test rows with a "
+             "'label' column.")] = None,
+    save_clone: Annotated[Path | None, typer.Option(
+        help="Save the clone here (joblib), to verify or compare it later.")] = None,
 ) -> None:
     """Run one attack against a built-in victim behind an output policy, or a gateway.
+
+    To score an attack on your own model served by a gateway, give the gateway (--target,
+    --api-key, --model) and your model file and data (--model-file, --data).
 
     Language-model attacks (llm-*) run against an OpenAI-compatible --target, or in-process
     against a built-in language model (--victim lm-h64, ...) that lets every logprob out.
@@ -119,16 +135,32 @@ def attack(
     cls = ATTACKS[attack]
     parse_policy(policy)  # fail on a bad policy before training anything
     params = parse_params(cls, param or [])
-    if target is None and victim is None:
-        raise ConfigError("Give --victim (in-process) or --target URL --api-key KEY.")
-    v = load_victim(victim, seed=seed) if victim else None
+    if target is None and victim is None and model_file is None:
+        raise ConfigError("Give --victim or --model-file with --data (in-process), or "
+                          "--target URL --api-key KEY.")
+    if victim and model_file:
+        raise ConfigError("Give --victim (a built-in model) or --model-file (yours), not both.")
+    if (model_file is None) != (data is None):
+        raise ConfigError("--model-file and --data go together: your model and its data.")
+    v = _owner_victim(model_file, data, model) if model_file and data else \
+        load_victim(victim, seed=seed) if victim else None
     if target is not None:
         if not api_key:
             raise ConfigError("--target needs --api-key.")
         from modelshield.oracle import HttpOracle
 
-        with console.status(f"{attack} on {target} …"):
-            oracle = HttpOracle(target, api_key, price_per_1k=price)
+        with console.status(f"{attack} on {target} …"), \
+                contextlib.closing(HttpOracle(target, api_key, price_per_1k=price,
+                                              model=model)) as oracle:
+            if v is not None and v.spec.name != oracle.model and model_file is None:
+                raise ConfigError(f"--victim {victim!r} is not the model the target serves "
+                                  f"({oracle.model!r}): the fidelity would be against the "
+                                  "wrong model. Name the served one, or score your own with "
+                                  "--model-file and --data.")
+            if v is not None and v.spec.n_features != oracle.spec.n_features:
+                raise ConfigError(f"The scoring model takes {v.spec.n_features} features; "
+                                  f"the target's {oracle.model!r} takes "
+                                  f"{oracle.spec.n_features}.")
             result = run_cell(v, attack, policy, budget, seed, price, params, oracle=oracle)
     else:
         assert v is not None
@@ -138,8 +170,22 @@ def attack(
     if json_out:
         json_out.write_text(json.dumps(result.to_dict(), indent=2))
         console.print(f"wrote {json_out}")
+    if save_clone is not None:
+        if result.clone is None:
+            err.print("no clone to save: the attack built none (see the status)")
+        else:
+            import joblib
+
+            joblib.dump(result.clone, save_clone)
+            console.print(f"wrote the clone to {save_clone}")
     if result.status != "ok":
         raise typer.Exit(3)
+
+
+def _owner_victim(model_file: Path, data: Path, name: str | None) -> Any:
+    from modelshield.victims.loaders import victim_from_files
+
+    return victim_from_files(model_file, data, name)
 
 
 def _lm_attack(attack: str, victim: str | None, target: str | None, api_key: str | None,
@@ -479,16 +525,22 @@ def _when(ts: float) -> str:
 
 
 def results_table(results: list[Result]) -> Table:
-    table = Table("victim", "attack", "policy", "queries", "$", "acc", "fid test",
+    table = Table("victim", "attack", "policy", "queries", "$", "acc", "fid test [95% CI]",
                   "fid unif", "param err", "status", title="extraction results")
 
     def num(x: float | None, fmt: str = ".4f") -> str:
         return "—" if x is None else format(x, fmt)
 
+    def fid(r: Result) -> str:
+        if r.fidelity_test is None or r.fidelity_test_ci is None:
+            return num(r.fidelity_test)
+        lo, hi = r.fidelity_test_ci
+        return f"{r.fidelity_test:.4f} [{lo:.3f}, {hi:.3f}] n={r.test_rows}"
+
     for r in results:
         status = r.status if r.status == "ok" else f"[yellow]{r.status}[/]"
         table.add_row(r.victim, r.attack, r.policy, str(r.queries), num(r.cost, ".2f"),
-                      num(r.accuracy), num(r.fidelity_test), num(r.fidelity_uniform),
+                      num(r.accuracy), fid(r), num(r.fidelity_uniform),
                       num(r.parameter_error, ".1e"), status)
     notes = {r.reason for r in results if r.reason}
     if notes:

@@ -7,7 +7,7 @@ distribution, where a clone trained on natural data is weakest).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -38,16 +38,32 @@ class Result:
     seconds: float = 0.0
     accuracy: float | None = None
     fidelity_test: float | None = None
+    # The 95% Wilson interval of fidelity_test over the test rows it was read on: a small
+    # test set shows as a wide interval.
+    fidelity_test_ci: tuple[float, float] | None = None
+    test_rows: int = 0
     fidelity_uniform: float | None = None
     parameter_error: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
     curve: list[tuple[int, float]] = field(default_factory=list)
     accuracy_curve: list[tuple[int, float]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    # The clone itself (for --save-clone); never written into the row's JSON.
+    clone: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = _jsonable(asdict(self))
+        out: dict[str, Any] = _jsonable({f.name: getattr(self, f.name) for f in fields(self)
+                                         if f.name != "clone"})
         return out
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``p`` observed on ``n`` trials."""
+    if n <= 0:
+        return (0.0, 1.0)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
 
 
 def uniform_probe(victim: Victim, n: int = 10_000, seed: int = 0) -> FloatArray:
@@ -81,6 +97,9 @@ def evaluate(extraction: Extraction, victim: Victim, result: Result,
     result.seconds = extraction.seconds
     result.accuracy = float(np.mean(np.asarray(clone.predict(victim.X_test)) == victim.y_test))
     result.fidelity_test = agreement(clone, victim, victim.X_test)
+    result.test_rows = len(victim.X_test)
+    result.fidelity_test_ci = wilson(result.fidelity_test, result.test_rows)
+    result.clone = clone
     result.fidelity_uniform = agreement(clone, victim, uniform_probe(victim, uniform_points,
                                                                      result.seed + 1))
     if extraction.parameters and victim.parameters and not extraction.info.get("scale_free"):

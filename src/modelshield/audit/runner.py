@@ -46,22 +46,15 @@ def target_victim(target: Target) -> Victim:
         from modelshield.victims import load_victim
 
         return load_victim(target.victim, target.seed)
-    import joblib
-
-    from modelshield.victims.zoo import wrap_estimator
+    from modelshield.victims.loaders import victim_from_files
 
     for what, path in (("file", target.file), ("data", target.data)):
         if not Path(path or "").is_file():
             raise ConfigError(f"target.{what}: {path!r} does not exist.")
-    with np.load(target.data or "") as npz:
-        missing = {"X_test", "y_test"} - set(npz.files)
-        if missing:
-            raise ConfigError(f"target.data: {target.data} lacks {', '.join(sorted(missing))}; "
-                              "it needs X_test and y_test (pool, low, high optional)")
-        arrays = {k: npz[k] for k in npz.files}
-    return wrap_estimator(joblib.load(target.file or ""), arrays["X_test"], arrays["y_test"],
-                          name=Path(target.file or "model").stem, pool=arrays.get("pool"),
-                          low=arrays.get("low"), high=arrays.get("high"))
+    try:
+        return victim_from_files(target.file or "", target.data or "")
+    except ConfigError as exc:
+        raise ConfigError(f"target.data: {exc}") from None
 
 
 def check_target(scenario: Scenario) -> None:

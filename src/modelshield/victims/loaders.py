@@ -5,9 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import joblib
+import numpy as np
 
+from modelshield.answer import ApiSpec
 from modelshield.errors import ConfigError
-from modelshield.victims.base import ModelAdapter, OnnxAdapter, SklearnAdapter, TorchAdapter
+from modelshield.victims.base import (
+    ModelAdapter,
+    OnnxAdapter,
+    SklearnAdapter,
+    TorchAdapter,
+    Victim,
+)
 
 
 def load_model_file(path: str | Path) -> ModelAdapter:
@@ -29,3 +37,83 @@ def load_model_file(path: str | Path) -> ModelAdapter:
     if suffix == ".onnx":
         return OnnxAdapter(str(p))
     raise ConfigError.invalid("model file", "a .joblib, .pkl, .pt, .pth or .onnx file", str(p))
+
+
+DATA_KEYS = {"X_test": "test rows", "y_test": "their true labels (class indices or names)",
+             "pool": "unlabelled natural rows the attacker may query",
+             "low": "the domain's lower bound per feature", "high": "its upper bound"}
+"""What an owner's data file may hold, by name."""
+
+
+def load_owner_data(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of an owner's data file, checked by name.
+
+    ``.npz``: ``X_test`` and ``y_test`` (required), ``pool``, ``low``, ``high``; any other
+    name is an error that lists these. ``.csv``: a header row; a ``label`` column holds the
+    true labels and the other columns the features of the test rows.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Data file {str(p)!r} does not exist.")
+    if p.suffix.lower() == ".csv":
+        return _csv(p)
+    if p.suffix.lower() != ".npz":
+        raise ConfigError.invalid("data", "an .npz or .csv file", str(p))
+    with np.load(p) as npz:
+        arrays = {k: np.asarray(npz[k]) for k in npz.files}
+    unknown = sorted(set(arrays) - set(DATA_KEYS))
+    if unknown:
+        raise ConfigError(f"{p}: unknown array {unknown[0]!r}; an owner's data file holds "
+                          + "; ".join(f"{k} ({v})" for k, v in DATA_KEYS.items()))
+    missing = [k for k in ("X_test", "y_test") if k not in arrays]
+    if missing:
+        raise ConfigError(f"{p}: lacks {', '.join(missing)}; it needs X_test and y_test "
+                          "(pool, low, high optional)")
+    d = arrays["X_test"].shape[1] if arrays["X_test"].ndim == 2 else -1
+    for k in ("pool", "low", "high"):
+        if k in arrays and arrays[k].shape[-1] != d:
+            raise ConfigError(f"{p}: {k} has {arrays[k].shape[-1]} features, X_test {d}")
+    return arrays
+
+
+def _csv(p: Path) -> dict[str, np.ndarray]:
+    import csv
+
+    with p.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or "label" not in rows[0]:
+        raise ConfigError(f"{p}: the first row must name the columns, one of them 'label' "
+                          "(the true labels)")
+    at = rows[0].index("label")
+    try:
+        X = np.array([[float(v) for i, v in enumerate(r) if i != at] for r in rows[1:]])
+    except ValueError as exc:
+        raise ConfigError(f"{p}: the feature columns must be numbers ({exc})") from None
+    return {"X_test": X, "y_test": np.array([r[at] for r in rows[1:]])}
+
+
+def victim_from_files(model: str | Path, data: str | Path, name: str | None = None) -> Victim:
+    """An owner's own model (a model file) with its data file, as a Victim that scores a
+    clone: test accuracy and fidelity, uniform points in ``low``/``high`` (the test rows'
+    range without them), and ``pool`` as the attacker's natural data."""
+    arrays = load_owner_data(data)
+    adapter = load_model_file(model)
+    X = np.asarray(arrays["X_test"], dtype=np.float64)
+    classes = getattr(getattr(adapter, "estimator", None), "classes_", None)
+    y = arrays["y_test"]
+    if classes is not None and not np.issubdtype(y.dtype, np.integer):
+        y = np.searchsorted(np.asarray(classes), y)
+    n_classes = adapter.predict(X[:1]).probabilities.shape[1]
+    spec = ApiSpec(n_features=X.shape[1],
+                   classes=tuple(str(c) for c in (classes if classes is not None
+                                                  else range(n_classes))),
+                   low=np.asarray(arrays.get("low", X.min(axis=0)), dtype=np.float64),
+                   high=np.asarray(arrays.get("high", X.max(axis=0)), dtype=np.float64),
+                   name=name or Path(model).stem)
+    pool = arrays.get("pool")
+    return Victim(name=spec.name, model=adapter, spec=spec, X_test=X,
+                  y_test=np.asarray(y, dtype=np.int64),
+                  pool=np.empty((0, spec.n_features)) if pool is None
+                  else np.asarray(pool, dtype=np.float64),
+                  X_train=np.empty((0, spec.n_features)),
+                  kind="tree" if getattr(adapter, "tree", None) is not None else "model")

@@ -1,0 +1,101 @@
+"""The owner's own model from the CLI: a model file and its data file, attacked in-process
+and through a gateway that serves it, the clone scored against the owner's model and saved;
+wrong names and files refused with a message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.datasets import load_wine
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from typer.testing import CliRunner
+
+from modelshield.cli import app
+from modelshield.errors import ConfigError
+from modelshield.serve.app import create_app
+from modelshield.serve.factory import build_gateway
+from tests.servers import live_app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def owner(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any, np.ndarray]:
+    """An MLP pipeline the owner trained on wine, its file, and its data file."""
+    X, y = load_wine(return_X_y=True)
+    idx = np.random.default_rng(3).permutation(len(X))
+    train, pool, test = idx[:90], idx[90:134], idx[134:]
+    model = make_pipeline(StandardScaler(), MLPClassifier((16,), max_iter=2000,
+                                                          random_state=0)).fit(X[train], y[train])
+    folder = tmp_path_factory.mktemp("owner")
+    joblib.dump(model, folder / "vineyard.joblib")
+    np.savez(folder / "data.npz", X_test=X[test], y_test=y[test], pool=X[pool],
+             low=X.min(0), high=X.max(0))
+    return folder / "vineyard.joblib", folder / "data.npz", model, X[test]
+
+
+def test_in_process_the_clone_is_scored_against_the_owner_model_and_saved(
+        owner: Any, tmp_path: Path) -> None:
+    model_file, data, model, X = owner
+    out, clone_file = tmp_path / "r.json", tmp_path / "clone.joblib"
+    r = runner.invoke(app, ["attack", "--model-file", str(model_file), "--data", str(data),
+                            "--attack", "knockoff", "--budget", "40", "--param", "source=pool",
+                            "--json", str(out), "--save-clone", str(clone_file)])
+    assert r.exit_code == 0, r.output
+    row = json.loads(out.read_text())
+    assert row["victim"] == "vineyard" and row["test_rows"] == len(X)
+    lo, hi = row["fidelity_test_ci"]
+    assert lo <= row["fidelity_test"] <= hi and hi - lo > 0.05  # 44 rows: a wide interval
+    clone = joblib.load(clone_file)
+    assert np.mean(clone.predict(X) == model.predict(X)) == pytest.approx(row["fidelity_test"])
+
+
+def test_over_http_the_served_model_is_named_and_scored(owner: Any, tmp_path: Path) -> None:
+    model_file, data, _, _ = owner
+    with np.load(data) as d:
+        low, high = d["low"].tolist(), d["high"].tolist()
+    shields = build_gateway({"audit_url": f"sqlite:///{tmp_path}/a.db", "tiers": {"t": {}},
+                             "models": [{"file": str(model_file), "name": "vineyard",
+                                         "classes": ["0", "1", "2"], "low": low, "high": high},
+                                        {"builtin": "digits-lr", "name": "digits"}]})
+    key = shields[0].store.create_key("t")[0]
+    out = tmp_path / "r.json"
+    with live_app(create_app(shields)) as client:
+        base = ["attack", "--target", str(client.base_url), "--api-key", key]
+        r = runner.invoke(app, [*base, "--model", "vineyard", "--model-file", str(model_file),
+                                "--data", str(data), "--attack", "knockoff", "--budget", "40",
+                                "--param", "source=pool", "--json", str(out)])
+        assert r.exit_code == 0, r.output
+        row = json.loads(out.read_text())
+        assert row["queries"] <= 40 and row["fidelity_test"] > 0.5
+        # A built-in victim that is not the model served would score the wrong model.
+        r = runner.invoke(app, [*base, "--model", "digits", "--victim", "digits-mlp",
+                                "--attack", "knockoff", "--budget", "50"])
+        assert isinstance(r.exception, ConfigError)  # `modelshield` exits 2 with it
+        assert "not the model the target serves" in str(r.exception)
+    for s in shields:
+        s.close()
+
+
+def test_a_data_file_with_other_names_is_refused(owner: Any, tmp_path: Path) -> None:
+    model_file, _, _, X = owner
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, X_test=X, y_test=np.zeros(len(X)), X_pool=X, lo=X.min(0))
+    proc = subprocess.run([sys.executable, "-m", "modelshield.cli", "attack", "--model-file",
+                           str(model_file), "--data", str(bad), "--attack", "knockoff"],
+                          capture_output=True, text=True, timeout=120)
+    text = " ".join((proc.stderr + proc.stdout).split())
+    assert proc.returncode == 2 and "unknown array 'X_pool'" in text and "pool (" in text
+    assert "Traceback" not in proc.stderr
+    r = runner.invoke(app, ["attack", "--model-file", str(model_file), "--attack", "knockoff"])
+    assert isinstance(r.exception, ConfigError)
+    assert "--model-file and --data go together" in str(r.exception)
