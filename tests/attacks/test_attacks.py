@@ -168,3 +168,24 @@ def test_same_seed_same_numbers(victims: dict[str, Victim]) -> None:
     a = run_cell(v, "knockoff", "full", 200, seed=3, params={"epochs": 30}, uniform_points=500)
     b = run_cell(v, "knockoff", "full", 200, seed=3, params={"epochs": 30}, uniform_points=500)
     assert a.fidelity_test == b.fidelity_test and a.fidelity_uniform == b.fidelity_uniform
+
+
+def test_equation_solving_behind_labels_is_refused_after_one_query(
+        victims: dict[str, Victim]) -> None:
+    v = victims["digits-lr"]
+    for model in ("logistic", "mlp"):
+        oracle = LocalOracle(v, parse_policy("label"), budget=1000)
+        with pytest.raises(AttackRefused):
+            ATTACKS["equation-solving"](model=model).run(oracle, 1000, pool=v.pool)
+        assert oracle.used == 1, model
+
+
+def test_active_learning_spends_its_budget_or_says_why(victims: dict[str, Victim]) -> None:
+    v = victims["breast-cancer-lr"]
+    budget = 6 * len(v.pool)  # more than the pool and its four-fold synthetic extension
+    r = run_cell(v, "active", "full", budget, params={"candidates": "synthetic", "rounds": 2,
+                                                      "epochs": 20})
+    assert r.status == "ok" and r.queries == budget and not r.reason
+    r = run_cell(v, "active", "full", budget, params={"rounds": 2, "epochs": 20})
+    assert r.status == "ok" and r.queries == len(v.pool)
+    assert f"spent {len(v.pool)} of {budget} queries" in r.reason

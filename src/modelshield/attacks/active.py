@@ -56,9 +56,14 @@ class ActiveLearning(Attack):
                 rng: np.random.Generator) -> tuple[Any, None, dict[str, Any]]:
         spec = session.spec
         data = need_pool(pool, self.name, spec)
-        if self.candidates == "synthetic":
-            data = np.concatenate([data, synthesize(data, 4 * len(data), spec, rng)])
+        if self.candidates == "synthetic":  # enough candidates to choose the budget from
+            extra = max(4 * len(data), 2 * session.remaining - len(data))
+            data = np.concatenate([data, synthesize(data, extra, spec, rng)])
         budget = min(session.remaining, len(data))
+        cut = None
+        if budget < session.remaining:  # never under-spend without a word
+            cut = (f"spent {budget} of {session.remaining} queries: the pool holds "
+                   f"{len(data)} candidate rows (candidates='synthetic' adds more)")
         n0 = min(self.seed_size, budget)
         chosen = rng.choice(len(data), n0, replace=False)
         answers: list[Answer] = [session.query(data[chosen])]
@@ -78,7 +83,10 @@ class ActiveLearning(Attack):
             pick = unlabelled[self._select(clone, data, chosen, unlabelled, n, rng)]
             answers.append(session.query(data[pick]))
             chosen = np.concatenate([chosen, pick])
-        return clone, None, {"strategy": self.strategy, "rounds": len(answers) - 1}
+        info: dict[str, Any] = {"strategy": self.strategy, "rounds": len(answers) - 1}
+        if cut is not None:
+            info["budget_note"] = cut
+        return clone, None, info
 
     def _select(self, clone: Any, data: FloatArray, chosen: np.ndarray,
                 unlabelled: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -70,8 +70,10 @@ class EquationSolving(Attack):
         target = min(self.n_queries or session.budget, session.budget)
         n = min(target if self.n_queries else spec.n_features + 1, session.remaining)
         x = self._around(centre, self.spread, n, spec, rng)
-        answer = session.query(x)
-        session.require(answer, "probabilities")
+        # One query tells whether the policy lets the scores out, before the rest are spent.
+        first = session.query(x[:1])
+        session.require(first, "probabilities")
+        answer = first if n == 1 else _stack(first, session.query(x[1:]))
         xs, ps = [x], [_probs(answer)]
         exact = self.n_queries is None and _looks_exact(ps) and _rank_ok(xs, ps)
         if exact and self.verify and session.remaining >= self.verify:
@@ -129,8 +131,9 @@ class EquationSolving(Attack):
              rng: np.random.Generator) -> tuple[Any, None, dict[str, Any]]:
         n = min(self.n_queries or session.budget, session.remaining)
         x = draw_queries(self.source, n, session.spec, pool, rng, self.name)
-        answer = session.query(x)
-        session.require(answer, "probabilities")
+        first = session.query(x[:1])  # one query tells a refusal
+        session.require(first, "probabilities")
+        answer = first if n == 1 else _stack(first, session.query(x[1:]))
         assert answer.probabilities is not None
         best, best_loss = None, np.inf
         for r in range(self.restarts):
@@ -179,6 +182,14 @@ def _boundary_point(session: Session, pool: FloatArray | None, rng: np.random.Ge
         else:
             b = mid
     return np.asarray((a + b) / 2)
+
+
+def _stack(a: Answer, b: Answer) -> Answer:
+    """Two answers of consecutive rows as one."""
+    return Answer(labels=np.concatenate([a.labels, b.labels]),
+                  probabilities=np.concatenate([a.probabilities, b.probabilities])
+                  if a.probabilities is not None and b.probabilities is not None else None,
+                  policy=a.policy)
 
 
 def _probs(answer: Answer) -> FloatArray:

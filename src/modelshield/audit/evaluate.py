@@ -108,6 +108,8 @@ def evaluate(extraction: Extraction, victim: Victim, result: Result,
     result.curve = fidelity_curve(extraction.checkpoints, victim)
     result.accuracy_curve = accuracy_curve(extraction.checkpoints, victim)
     result.info = dict(extraction.info)
+    if extraction.info.get("budget_note"):  # an attack that spent less says why
+        result.reason = str(extraction.info["budget_note"])
     return result
 
 
