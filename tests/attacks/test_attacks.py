@@ -189,3 +189,11 @@ def test_active_learning_spends_its_budget_or_says_why(victims: dict[str, Victim
     r = run_cell(v, "active", "full", budget, params={"rounds": 2, "epochs": 20})
     assert r.status == "ok" and r.queries == len(v.pool)
     assert f"spent {len(v.pool)} of {budget} queries" in r.reason
+
+
+def test_lowd_meek_says_its_minimum_before_spending(victims: dict[str, Victim]) -> None:
+    v = victims["breast-cancer-lr"]
+    r = run_cell(v, "label-only", "label", 100)
+    assert r.status == "failed" and r.queries == 0
+    assert "needs at least 448 queries for 30 features" in r.reason  # 4 + 24 + 30 x 14
+    assert run_cell(v, "label-only", "label", 1000).status == "ok"

@@ -25,7 +25,7 @@ from sklearn.linear_model import LogisticRegression
 
 from modelshield.answer import FloatArray
 from modelshield.attacks.base import Attack, Session, synthesize
-from modelshield.errors import AttackRefused, ConfigError
+from modelshield.errors import AttackFailed, AttackRefused, ConfigError
 from modelshield.models import LinearClone
 
 METHODS = ("lowd-meek", "adaptive", "retraining")
@@ -65,6 +65,14 @@ class LabelOnly(Attack):
         if spec.n_classes != 2:
             raise AttackRefused(self.name, "a binary model (Lowd-Meek)",
                                 f"a {spec.n_classes}-class API")
+        # The fewest queries it can finish in: a pair of opposite labels (4), the bisection
+        # to the boundary, then per feature one probe, one bracket and the bisection.
+        need = 4 + 2 * self.bits + spec.n_features * (2 + self.bits)
+        if session.remaining < need:
+            raise AttackFailed(f"Lowd-Meek needs at least {need} queries for "
+                               f"{spec.n_features} features at bits={self.bits}; the budget is "
+                               f"{session.remaining}. Nothing was spent (fewer bits need fewer "
+                               "queries, at some precision).")
         neg, pos = self._opposite_pair(session, pool, rng)
         u = pos - neg
         x0 = self._bisect(session, neg, u, 0.0, 1.0)  # w·x0 + b ≈ 0
