@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from modelshield.answer import Answer
-from modelshield.defenses.shield import Shield
+from modelshield.defenses.shield import MAX_KEY_CHARS, Shield
 from modelshield.errors import Denied
 from modelshield.serve.errors import ERROR_RESPONSES, error_response
 from modelshield.serve.openai import openai_router
@@ -156,8 +156,9 @@ class AuthGate:
                             headers.get(b"x-api-key", b"").decode("latin-1"))
             client = scope.get("client")
             ip = client[0] if client else "unknown"
-            try:  # off the event loop: a lookup, or the refusal's audit record, touches the store
-                await run_in_threadpool(self.shield.authenticate, key, ip, False)
+            try:
+                if not self._fresh(key):  # a lookup, or a refusal's record: off the loop
+                    await run_in_threadpool(self.shield.authenticate, key, ip, False)
             except Denied as exc:
                 self.count(_route_of(scope["path"]), exc.status)
                 response = error_response(exc.status, exc.code, str(exc), None, exc.headers,
@@ -165,6 +166,13 @@ class AuthGate:
                 await response(scope, _nothing, send)
                 return
         await self.app(scope, receive, send)
+
+    def _fresh(self, key: str | None) -> bool:
+        """A usable key the store has cached: nothing to wait for, no thread to hop to."""
+        if key is None or len(key) > MAX_KEY_CHARS:
+            return False
+        record = self.shield.store.cached(key)
+        return record is not None and record.usable(self.shield.clock())
 
 
 async def _nothing() -> dict[str, Any]:

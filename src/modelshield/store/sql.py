@@ -227,6 +227,15 @@ class AuditStore:
                 self._key_cache.popitem(last=False)
         return key
 
+    def cached(self, secret: str) -> ApiKey | None:
+        """The key's record if it is in the cache and fresh, without touching the database
+        (None: not cached, or cached as invalid; ``lookup`` tells which)."""
+        with self._key_cache_lock:
+            hit = self._key_cache.get(_hash_key(secret))
+        if hit is None or time.monotonic() - hit[0] >= self.key_cache_seconds:
+            return None
+        return hit[1]
+
     def _lookup(self, digest: str) -> ApiKey | None:
         with self.engine.connect() as conn:
             row = conn.execute(_keys_with_flags().where(
