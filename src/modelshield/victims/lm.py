@@ -348,6 +348,9 @@ class KVStepper:
         self.mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
         self.past: Any = None
+        # transformers 5.x names the cache `cache`; earlier releases `past_key_values`.
+        self.cache_name = "cache" if "cache" in _forward_parameters(victim.model) \
+            else "past_key_values"
 
     def first(self) -> np.ndarray:
         return self._forward(self.ids, self.positions)
@@ -363,9 +366,7 @@ class KVStepper:
     def _forward(self, ids: Any, positions: Any) -> np.ndarray:
         import torch
 
-        # transformers 5.x names the cache `cache`; earlier releases `past_key_values`.
-        name = "cache" if "cache" in _forward_parameters(self.victim.model) \
-            else "past_key_values"
+        name = self.cache_name
         with self.victim._lock, torch.no_grad():
             out = self.victim.model(input_ids=ids, attention_mask=self.mask,
                                     position_ids=positions, use_cache=True,
