@@ -197,3 +197,13 @@ def test_lowd_meek_says_its_minimum_before_spending(victims: dict[str, Victim]) 
     assert r.status == "failed" and r.queries == 0
     assert "needs at least 448 queries for 30 features" in r.reason  # 4 + 24 + 30 x 14
     assert run_cell(v, "label-only", "label", 1000).status == "ok"
+
+
+def test_path_finding_spends_its_budget_instead_of_reserving_a_worst_case(
+        victims: dict[str, Victim]) -> None:
+    v = victims["wine-tree"]
+    r = run_cell(v, "path-finding", "leaf-id", 300)  # below the old worst-case reservation
+    assert r.status == "ok" and r.queries == 300 and r.info["budget_exhausted"]
+    assert r.info["leaves"] >= 3 and r.fidelity_test is not None and r.fidelity_test > 0.8
+    full = run_cell(v, "path-finding", "leaf-id", 505)
+    assert full.info["leaves"] == v.model.tree.get_n_leaves() and full.fidelity_test == 1.0

@@ -29,7 +29,7 @@ import numpy as np
 
 from modelshield.answer import Answer, FloatArray
 from modelshield.attacks.base import Attack, Session
-from modelshield.errors import AttackFailed, AttackRefused, ConfigError
+from modelshield.errors import AttackFailed, AttackRefused, BudgetExhausted, ConfigError
 from modelshield.models import BoxClassifier
 
 
@@ -72,7 +72,11 @@ class PathFinding(Attack):
             if not mapper.affordable():
                 exhausted = True
                 break
-            mapper.explore(left[rng.integers(len(left))])
+            try:
+                mapper.explore(left[rng.integers(len(left))])
+            except BudgetExhausted:  # the budget ran out inside a leaf: that leaf is dropped
+                exhausted = True
+                break
         clone = mapper.clone(spec.n_classes)
         session.checkpoint(clone)
         leaves = len(mapper.lows)
@@ -102,9 +106,11 @@ class _BoxMapper:
         self.steps = int(np.ceil(np.log2(np.max((self.spec.high - self.spec.low) / self.eps)))) + 1
 
     def affordable(self) -> bool:
-        """Enough budget left to map one more leaf in the worst case."""
+        """Enough budget left to start one more leaf: its first query and the probes that
+        find the features on its path. No worst case is reserved: a leaf the budget cuts
+        short is dropped, and the queries it took are reported with the rest."""
         d = self.spec.n_features
-        return self.session.remaining >= 1 + 2 * d + 2 * d * self.steps
+        return self.session.remaining >= 1 + (d if self.incomplete else 2 * d)
 
     def covered(self, x: FloatArray) -> np.ndarray:
         out = np.zeros(len(x), dtype=bool)
