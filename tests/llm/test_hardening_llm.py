@@ -103,6 +103,7 @@ def test_a_sweep_of_new_tokens_is(served: Any) -> None:
     ({"tools": [{"type": "function"}]}, "tools"), ({"best_of": 3}, "best_of"),
     ({"presence_penalty": 0.5}, "presence_penalty"), ({"suffix": "x"}, "suffix"),
     ({"frobnicate": 1}, "frobnicate"), ({"echo": True, "logprobs": 1}, "echo"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"stop": "x" * 300}, "stop"),
 ])
 def test_bad_and_unsupported_parameters_are_named(served: Any, body: dict[str, Any],
                                                   param: str) -> None:

@@ -49,6 +49,11 @@ class LLMPolicy(BaseModel):
     noise_key: str = Field(default="", exclude=True)
 
 
+MAX_STOP, MAX_STOP_CHARS = 4, 256
+"""Stop sequences per request (as OpenAI allows), and their length: each is sought in the
+text after every token."""
+
+
 def check_request(req: LMRequest, policy: LLMPolicy, vocab: int,
                   max_batch: int | None = None) -> None:
     """Refuse (Denied 400, OpenAI-style ``param``) what the tier does not allow;
@@ -62,6 +67,9 @@ def check_request(req: LMRequest, policy: LLMPolicy, vocab: int,
         raise Denied(413, "batch_too_large", f"at most {max_batch} sequences (prompts times "
                      f"n) per request on this tier; got {len(req.prompts)} prompts times n = "
                      f"{req.n}.", {"X-Error-Param": "prompt"})
+    if len(req.stop) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in req.stop):
+        raise bad("stop", f"at most {MAX_STOP} stop sequences of at most {MAX_STOP_CHARS} "
+                  f"characters; got {len(req.stop)}.")
     if req.seed is not None and not 0 <= req.seed < 2**63:
         raise bad("seed", f"seed must be an integer in [0, 2**63); got {req.seed}.")
     if any(t < 0 or t >= vocab for p in req.prompts for t in p):
@@ -140,14 +148,18 @@ class Generation:
     or before its first stop sequence (``req.stop``, checked on the decoded text).
 
     With ``stepper`` (a key/value cache) the prompts run once and each step costs one token
-    per sequence; else ``logits_fn`` is called on the whole sequences every step.
+    per sequence; else ``logits_fn`` is called on the whole sequences every step. The text is
+    decoded after every token only where it is needed then (stop sequences, or ``stream``);
+    otherwise once, at the end.
     """
 
     def __init__(self, logits_fn: LogitsFn, req: LMRequest, policy: LLMPolicy, eos: int,
                  text: Callable[[Sequence[int]], str] | None = None,
-                 stepper: Callable[[list[list[int]]], Stepper] | None = None) -> None:
+                 stepper: Callable[[list[list[int]]], Stepper] | None = None,
+                 stream: bool = False) -> None:
         self.logits_fn, self.req, self.policy, self.eos = logits_fn, req, policy, eos
         self.text_of = text
+        self.incremental = text is not None and (stream or bool(req.stop))
         self.stepper = stepper if req.max_tokens > 1 else None
         self.slots = [(pi, c) for pi in range(len(req.prompts)) for c in range(req.n)]
         self.seqs = [list(req.prompts[pi]) for pi, _ in self.slots]
@@ -209,7 +221,7 @@ class Generation:
         self.out[i].append(token)
         self.seqs[i].append(token)
         finish = "stop" if token == self.eos else None
-        if self.text_of is not None:
+        if self.incremental and self.text_of is not None:
             full = self.text_of(self.out[i])
             at = _stop_at(full, req.stop)
             if at is not None:
@@ -240,6 +252,8 @@ class Generation:
         if not self._done:
             for _ in self.steps():
                 pass
+        if self.text_of is not None and not self.incremental:
+            self.texts = [self.text_of(out) for out in self.out]
         with_lp = self.req.logprobs is not None
         return [LMChoice(pi, self.out[i], self.lps[i] if with_lp else None,
                          self.tops[i] if with_lp else None, self.finish[i],

@@ -381,7 +381,8 @@ class Generate(_Stage):
                              str(exc)) from None
             return
         gen = Generation(lm.next_logits, req, policy, lm.tokenizer.eos_token_id,
-                         text=lm.decode, stepper=getattr(lm, "stepper", None))
+                         text=lm.decode, stepper=getattr(lm, "stepper", None),
+                         stream=call.on_step is not None)
         if call.on_step is not None:
             s.commit(lm_record(s, call, {"stream": "started"}))
             for deltas in gen.steps():
