@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.special import expit
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from modelshield.answer import FloatArray, IntArray
@@ -95,6 +95,40 @@ class BoxClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
 
     def predict_proba(self, X: Any) -> FloatArray:
         return np.asarray(np.eye(self.n_classes)[self.predict(X)])
+
+
+class AllClassesClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+    """A scikit-learn classifier trained on class indices, answering for all ``n_classes``.
+
+    A student trained on a few hundred answers may not have seen every class; its
+    ``predict_proba`` still gets one column a class (zeros for the unseen ones).
+    """
+
+    def __init__(self, estimator: Any, n_classes: int) -> None:
+        self.estimator = estimator
+        self.n_classes = n_classes
+
+    def fit(self, X: Any, y: Any) -> AllClassesClassifier:
+        labels = np.asarray(y, dtype=np.int64)
+        self.classes_ = np.arange(self.n_classes)
+        self.constant_: int | None = int(labels[0]) if len(np.unique(labels)) == 1 else None
+        if self.constant_ is None:
+            self.estimator_ = clone(self.estimator).fit(X, labels)
+        self.n_features_in_ = np.asarray(X).shape[1]
+        return self
+
+    def predict_proba(self, X: Any) -> FloatArray:
+        check_is_fitted(self)
+        x = check_array(X, dtype=np.float64)
+        out = np.zeros((len(x), self.n_classes))
+        if self.constant_ is not None:
+            out[:, self.constant_] = 1.0
+            return out
+        out[:, self.estimator_.classes_] = self.estimator_.predict_proba(x)
+        return out
+
+    def predict(self, X: Any) -> IntArray:
+        return np.asarray(np.argmax(self.predict_proba(X), axis=1), dtype=np.int64)
 
 
 class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]

@@ -14,7 +14,7 @@ from modelshield.audit import run_cell
 from modelshield.defenses import parse_policy
 from modelshield.errors import AttackRefused, ConfigError
 from modelshield.oracle import LocalOracle
-from modelshield.victims import Victim
+from modelshield.victims import Victim, load_victim
 
 # A cheap configuration of every registered attack against a victim it suits.
 CASES = {
@@ -207,3 +207,68 @@ def test_path_finding_spends_its_budget_instead_of_reserving_a_worst_case(
     assert r.info["leaves"] >= 3 and r.fidelity_test is not None and r.fidelity_test > 0.8
     full = run_cell(v, "path-finding", "leaf-id", 505)
     assert full.info["leaves"] == v.model.tree.get_n_leaves() and full.fidelity_test == 1.0
+
+
+def test_top_down_maps_a_deep_tree_with_incomplete_queries() -> None:
+    """Depth 8, 166 leaves over 12 features; every feature is tested again deeper down."""
+    v = load_victim("synth-tree-d12", 0)
+    leaves = v.model.tree.get_n_leaves()  # type: ignore[attr-defined]
+    top = run_cell(v, "path-finding", "leaf-id", 100_000, params={"incomplete": True},
+                   uniform_points=5000)
+    assert top.info["leaves"] == leaves >= 150 and top.info["retested_edges"] > 0
+    assert top.fidelity_test is not None and top.fidelity_test >= 0.99
+    assert top.fidelity_uniform is not None and top.fidelity_uniform >= 0.99
+
+
+@pytest.mark.slow
+def test_top_down_spends_less_than_bottom_up() -> None:
+    v = load_victim("synth-tree-d12", 0)
+    top = run_cell(v, "path-finding", "leaf-id", 100_000, params={"incomplete": True},
+                   uniform_points=100)
+    bottom = run_cell(v, "path-finding", "leaf-id", 100_000, uniform_points=100)
+    assert top.queries < bottom.queries
+
+
+@pytest.mark.slow
+def test_top_down_keeps_pure_leaves_apart_under_full_scores() -> None:
+    """Pure leaves of one class answer alike; bottom-up boxes merge them, top-down does not
+    need to tell them apart."""
+    v = load_victim("synth-tree-d12", 0)
+    top = run_cell(v, "path-finding", "full", 100_000, params={"incomplete": True},
+                   uniform_points=5000)
+    bottom = run_cell(v, "path-finding", "full", 100_000, uniform_points=5000)
+    assert top.fidelity_uniform is not None and bottom.fidelity_uniform is not None
+    assert top.fidelity_uniform >= 0.98 > bottom.fidelity_uniform
+
+
+def test_top_down_cut_short_returns_its_tree_so_far() -> None:
+    v = load_victim("synth-tree-d12", 0)
+    r = run_cell(v, "path-finding", "leaf-id", 1500, params={"incomplete": True},
+                 uniform_points=5000)
+    # The last batch (two corners) may not fit in what is left.
+    assert r.status == "ok" and r.queries >= 1498 and r.info["budget_exhausted"]
+    assert r.info["unexplored_nodes"] > 0  # kept as boxes with their node's own label
+    fids = [f for _, f in r.curve]
+    assert len(r.curve) == 4 and r.curve[-1][0] == r.queries
+    assert fids[-1] > fids[0] and fids[-1] > 0.6
+
+
+def test_knockoff_chooses_its_student_from_held_out_answers() -> None:
+    tree = load_victim("synth-tree-d12", 0)
+    auto = run_cell(tree, "knockoff", "label", 300, uniform_points=2000)
+    mlp = run_cell(tree, "knockoff", "label", 300, params={"student": "mlp"},
+                   uniform_points=2000)
+    assert auto.info["student"] in {"forest/hard", "boosting/hard"}
+    assert set(auto.info["holdout"]) == {"mlp/hard", "forest/hard", "boosting/hard"}
+    assert auto.fidelity_test is not None and mlp.fidelity_test is not None
+    assert auto.fidelity_test > mlp.fidelity_test
+    smooth = load_victim("breast-cancer-lr", 0)
+    r = run_cell(smooth, "knockoff", "full", 100, uniform_points=2000)
+    assert r.info["student"].startswith("mlp/") and "mlp/soft" in r.info["holdout"]
+
+
+def test_student_names_are_checked() -> None:
+    with pytest.raises(ConfigError, match="student"):
+        ATTACKS["knockoff"](student="svm")
+    with pytest.raises(ConfigError, match="learns from labels"):
+        ATTACKS["knockoff"](student="forest", labels="soft")

@@ -7,7 +7,10 @@ of the attacker's chosen architecture on the answers: on the returned probabilit
 labels) or on the labels alone (hard); "auto" uses the scores when the policy returns them.
 Soft labels are matched as logits: squared error on class-centred log-probabilities, each
 clipped at 1e-6 so a 0 probability never makes a log(0). The papers use cross-entropy, which
-learns less per query when the victim is confident. Every loop is bounded by the budget.
+learns less per query when the victim is confident. The student is an MLP, a random forest
+or gradient boosting, or (``student="auto"``, the default) whichever agrees most with a fifth
+of the answers held out (see ``_students``); "auto" labels then try the MLP on the scores and
+on the labels alike. Every loop is bounded by the budget.
 
 Needs: labels (hard) or class scores (soft; top-k scores are completed by spreading the
 withheld mass evenly).
@@ -23,9 +26,9 @@ import numpy as np
 from modelshield.answer import Answer, FloatArray
 from modelshield.attacks._students import (
     check_labels,
+    check_student,
     checkpoint_sizes,
-    fit_student,
-    targets,
+    fit_chosen,
 )
 from modelshield.attacks.base import QUERY_SOURCES, Attack, Session, draw_queries
 from modelshield.errors import ConfigError
@@ -41,6 +44,7 @@ class Knockoff(Attack):
 
     source: str = "pool"
     labels: str = "auto"
+    student: str = "auto"
     hidden: tuple[int, ...] = (128,)
     epochs: int = 200
     checkpoints: tuple[int, ...] = field(default=())
@@ -50,6 +54,7 @@ class Knockoff(Attack):
             raise ConfigError.invalid("source", " or ".join(map(repr, QUERY_SOURCES)),
                                       self.source)
         check_labels(self.labels)
+        check_student(self.student, self.labels)
 
     def extract(self, session: Session, pool: FloatArray | None,
                 rng: np.random.Generator) -> tuple[Any, None, dict[str, Any]]:
@@ -59,14 +64,15 @@ class Knockoff(Attack):
         answers: list[Answer] = []
         done = 0
         clone = None
+        chosen: dict[str, Any] = {}
         for size in checkpoint_sizes(budget, self.checkpoints):
             answer = session.query(x_all[done:size])
             if self.labels == "soft":
                 session.require(answer, "scores")
             answers.append(answer)
             done = size
-            clone = fit_student(x_all[:size], targets(answers, self.labels, self.name),
-                                self.hidden, spec.n_classes, self.epochs, self.random_state,
-                                pool)
+            clone, chosen = fit_chosen(x_all[:size], answers, self.labels, self.student,
+                                       self.hidden, spec.n_classes, self.epochs,
+                                       self.random_state, pool, self.name)
             session.checkpoint(clone)
-        return clone, None, {"source": self.source, "labels": self.labels}
+        return clone, None, {"source": self.source, "labels": self.labels, **chosen}

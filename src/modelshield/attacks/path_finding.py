@@ -9,12 +9,27 @@ two queries at the domain's edges or, where the API accepts incomplete queries, 
 with that feature left out (the path then stops at the first node testing it, so the leaf
 answers only if no node on its path tests the feature).
 
-Where we depart from the paper: the paper explores top-down with incomplete queries and
-pushes the points found across each boundary onto a queue. We instead keep the boxes found so
-far and pick the next point from a large free sample of the domain (and the attacker's pool)
-that no known box covers yet; such a point is in an unmapped leaf by construction, so no
-query is spent re-identifying known leaves, and leaves no axis line from a known point meets
-are still found. Leaves thinner than the sample's spacing can be missed.
+Two ways to explore, as the API allows:
+
+* ``incomplete=True`` (the API accepts missing features): top-down, as in the paper. With
+  every feature missing the root answers. A node that answers tests one of the features
+  still missing: a group test (set half of them; the answer moves iff the tested one is in
+  that half) names it in 1 + log2(#missing) queries, and the first query of the group test
+  (all missing features set) also tells a leaf, which nothing moves. The answer along the
+  named feature is piecewise constant; a bisection that splits each interval whose ends
+  answer differently finds every threshold (each to ``precision``), and each piece is a child
+  to explore. A feature tested again deeper down, after it was set, is invisible from above:
+  each leaf checks the two far corners of its box (two queries) and, where one answers
+  differently, searches the edge along each set feature and queues the cut-off part.
+* ``incomplete=False``: bottom-up from sample points. The boxes found so far are kept, and
+  the next point is drawn from a large free sample of the domain (and the attacker's pool)
+  that no known box covers yet; such a point is in an unmapped leaf by construction, so no
+  query re-identifies a known leaf. Leaves thinner than the sample's spacing can be missed.
+
+A leaf's identity is its id, BigML's (label, confidence), or its probability vector. Pure
+leaves of one class share a probability vector; top-down exploration compares a node only
+with its own descendants and neighbours along one feature, so this matters far less there
+than to the bottom-up boxes (which assume one identity is one convex box).
 
 Needs: a leaf identity (leaf ids, a leaf confidence, or full probabilities). Refused under
 label-only and top-k (two neighbouring leaves of one class would merge).
@@ -22,6 +37,7 @@ label-only and top-k (two neighbouring leaves of one class would merge).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -58,12 +74,15 @@ class PathFinding(Attack):
         if self.incomplete and not spec.accepts_missing:
             raise AttackRefused(self.name, "incomplete (missing-feature) queries",
                                 "an API that rejects missing features")
+        eps = self.precision * (spec.high - spec.low)
+        if self.incomplete:
+            return _TopDown(session, eps).run()
         probe = spec.uniform(self.coverage_samples, rng)
         if spec.integer_features:
             probe = np.round(probe)
         if pool is not None and len(pool):
             probe = np.concatenate([pool, probe])
-        mapper = _BoxMapper(session, self.precision * (spec.high - spec.low), self.incomplete)
+        mapper = _BoxMapper(session, eps, self.incomplete)
         exhausted = False
         while True:
             left = probe[~mapper.covered(probe)]
@@ -86,6 +105,227 @@ class PathFinding(Attack):
             "queries_per_leaf": session.used / max(leaves, 1),
             "budget_exhausted": exhausted,
         }
+
+
+@dataclass
+class _Node:
+    """A node to explore: a partial query (NaN = missing) that reaches it, the box of inputs
+    known to share its path so far, and its answer."""
+
+    x: FloatArray
+    lo: FloatArray
+    hi: FloatArray
+    ident: object
+    label: int
+
+
+CHECKPOINTS = (100, 300, 1000, 3000, 10_000, 30_000)
+
+
+class _TopDown:
+    """Top-down exploration with incomplete queries (see the module's docstring)."""
+
+    def __init__(self, session: Session, eps: FloatArray) -> None:
+        self.session = session
+        spec = self.spec = session.spec
+        self.integer = spec.integer_features
+        self.eps = np.ones_like(eps) if self.integer else eps
+        mid = (spec.low + spec.high) / 2
+        self.mid = np.round(mid) if self.integer else mid
+        self.leaves: list[_Node] = []
+        self.marks = [c for c in CHECKPOINTS if c < session.budget]
+
+    def ask(self, rows: FloatArray) -> list[tuple[object, int]]:
+        answer = self.session.query(rows)
+        self.session.require(answer, "leaf identity")
+        return list(zip(_ident(answer), (int(v) for v in answer.labels), strict=True))
+
+    def run(self) -> tuple[Any, None, dict[str, Any]]:
+        d = self.spec.n_features
+        queue: deque[_Node] = deque()
+        exhausted = False
+        edges_moved = 0
+        try:
+            x0 = np.full(d, np.nan)
+            ident, label = self.ask(x0)[0]
+            queue.append(_Node(x0, self.spec.low.copy(), self.spec.high.copy(), ident, label))
+            while queue:
+                node = queue[0]
+                edges_moved += self.visit(node, queue)
+                queue.popleft()
+                if self.marks and self.session.used >= self.marks[0]:
+                    self.marks.pop(0)
+                    self.session.checkpoint(self.clone(queue))
+        except BudgetExhausted:
+            exhausted = True
+        clone = self.clone(queue)
+        self.session.checkpoint(clone)
+        # A leaf re-tested from several sides is reached as several boxes; its identity
+        # counts it once (pure leaves of a class share one identity under full scores).
+        leaves = len({n.ident for n in self.leaves})
+        return clone, None, {
+            "leaves": leaves,
+            "boxes": len(self.leaves),
+            "distinct_ids": leaves,
+            "queries_per_leaf": self.session.used / max(leaves, 1),
+            "unexplored_nodes": len(queue),
+            "retested_edges": edges_moved,
+            "budget_exhausted": exhausted,
+        }
+
+    def visit(self, node: _Node, queue: deque[_Node]) -> int:
+        """Explore one node: a leaf is checked and kept; an internal node queues its
+        children. Returns the number of leaf edges a deeper re-test moved."""
+        missing = np.flatnonzero(np.isnan(node.x))
+        if missing.size == 0 or not self._moves(node, missing):
+            return self.leaf(node, queue)
+        candidates = missing
+        while len(candidates) > 1:  # group test: which missing feature does the node test?
+            half = candidates[: len(candidates) // 2]
+            candidates = half if self._moves(node, half) else candidates[len(half):]
+        f = int(candidates[0])
+        for value, hi, ident, label in self.pieces(node.x, f):
+            x = node.x.copy()
+            x[f] = value
+            lo_, hi_ = node.lo.copy(), node.hi.copy()
+            lo_[f], hi_[f] = hi[0], hi[1]
+            queue.append(_Node(x, lo_, hi_, ident, label))
+        return 0
+
+    def _moves(self, node: _Node, features: np.ndarray) -> bool:
+        probe = node.x.copy()
+        probe[features] = self.mid[features]
+        return self.ask(probe)[0][0] != node.ident
+
+    def pieces(self, x: FloatArray, f: int) -> list[tuple[float, tuple[float, float], object,
+                                                         int]]:
+        """Where the answer changes along feature f (the rest as in x): one entry per piece,
+        (a value inside it, its (low, high] bounds, its identity, its label)."""
+        low, high = float(self.spec.low[f]), float(self.spec.high[f])
+        probes = np.repeat(x[None, :], 2, axis=0)
+        probes[:, f] = (low, high)
+        samples = dict(zip((low, high), self.ask(probes), strict=True))
+        stack = [(low, high)]
+        while stack:
+            u, w = stack.pop()
+            if w - u <= self.eps[f]:
+                continue
+            if samples[u][0] == samples[w][0] and (not _one_hot(samples[u][0])
+                                                   or w - u < (high - low) / 8):
+                # One identity at both ends: one piece. A one-hot vector is not one leaf,
+                # though (every pure leaf of a class gives it), so a span with one-hot ends
+                # is split down to an eighth of the range before it is believed.
+                continue
+            m = (u + w) / 2
+            if self.integer:
+                m = float(np.floor(m))
+                if m == u:
+                    continue
+            probe = x.copy()
+            probe[f] = m
+            samples[m] = self.ask(probe)[0]
+            stack += [(u, m), (m, w)]
+        values = sorted(samples)
+        out = []
+        start = low
+        for i, v in enumerate(values):
+            last = i == len(values) - 1
+            if last or samples[values[i + 1]][0] != samples[v][0]:
+                end = high if last else (v + values[i + 1]) / 2
+                ident, label = samples[v]
+                out.append((v, (start, end), ident, label))
+                start = end
+        return out
+
+    def leaf(self, node: _Node, queue: deque[_Node]) -> int:
+        """Keep a leaf, after checking that no feature set above it is tested again below:
+        the two far corners of its box answer as it does, or the edges that moved are found
+        and the parts cut off are queued."""
+        known = np.flatnonzero(~np.isnan(node.x))
+        moved = 0
+        if known.size:
+            inner_lo, inner_hi = self._inside(node, known)
+            Seen = list[tuple[object, int] | None]
+            far: list[Seen]
+            if _ambiguous(node.ident):
+                # A corner in another leaf that answers alike would pass for this one: move
+                # one feature at a time instead (2 queries a set feature, in one batch).
+                k = len(known)
+                probes = np.repeat(node.x[None, :], 2 * k, axis=0)
+                probes[np.arange(k), known] = inner_lo
+                probes[k + np.arange(k), known] = inner_hi
+                answers: Seen = list(self.ask(probes))
+                far = [answers[:k], answers[k:]]
+            else:
+                corners = np.repeat(node.x[None, :], 2, axis=0)
+                corners[0, known], corners[1, known] = inner_lo, inner_hi
+                # A corner that answers differently does not say which feature moved it.
+                far = [[a] * len(known) if a[0] == node.ident else [None] * len(known)
+                       for a in self.ask(corners)]
+            for side, seen in zip(("low", "high"), far, strict=True):
+                if all(a is not None and a[0] == node.ident for a in seen):
+                    continue
+                ends = inner_lo if side == "low" else inner_hi
+                for g, end, known_answer in zip(known, ends, seen, strict=True):
+                    if end == node.x[g]:
+                        continue
+                    probe = node.x.copy()
+                    probe[g] = end
+                    other = known_answer or self.ask(probe)[0]
+                    if other[0] == node.ident:
+                        continue
+                    edge = self._edge(node, int(g), float(end))
+                    lo_, hi_ = node.lo.copy(), node.hi.copy()
+                    if side == "low":
+                        hi_[g] = edge
+                        node.lo[g] = edge
+                    else:
+                        lo_[g] = edge
+                        node.hi[g] = edge
+                    queue.append(_Node(probe, lo_, hi_, other[0], other[1]))
+                    moved += 1
+        self.leaves.append(node)
+        return moved
+
+    def _inside(self, node: _Node, known: np.ndarray) -> tuple[FloatArray, FloatArray]:
+        """Points just inside the box's low and high edges on the set features."""
+        lo, hi, x = node.lo[known], node.hi[known], node.x[known]
+        at_low, at_high = lo <= self.spec.low[known], hi >= self.spec.high[known]
+        if self.integer:
+            a, b = np.floor(lo) + 1, np.floor(hi)
+        else:
+            a, b = lo + self.eps[known], hi - self.eps[known]
+        a = np.where(at_low, self.spec.low[known], np.minimum(a, x))
+        b = np.where(at_high, self.spec.high[known], np.maximum(b, x))
+        return a, b
+
+    def _edge(self, node: _Node, g: int, end: float) -> float:
+        """Bisect along feature g between the node's point (its identity) and ``end``."""
+        same, other = float(node.x[g]), end
+        probe = node.x.copy()
+        while abs(other - same) > self.eps[g]:
+            mid = (same + other) / 2
+            if self.integer:
+                mid = float(np.ceil(mid) if other > same else np.floor(mid))
+                if mid in (same, other):
+                    break
+            probe[g] = mid
+            if self.ask(probe)[0][0] == node.ident:
+                same = mid
+            else:
+                other = mid
+        return (same + other) / 2
+
+    def clone(self, queue: deque[_Node]) -> BoxClassifier:
+        """The leaves found, and the nodes not yet explored as boxes with their own label."""
+        boxes = self.leaves + list(queue)
+        if not boxes:
+            raise AttackFailed("the budget ran out before the root was queried")
+        low, high = self.spec.low, self.spec.high
+        lows = np.array([np.where(n.lo <= low, -np.inf, n.lo) for n in boxes])
+        highs = np.array([np.where(n.hi >= high, np.inf, n.hi) for n in boxes])
+        return BoxClassifier(lows, highs, np.array([n.label for n in boxes]),
+                             self.spec.n_classes).fit()
 
 
 class _BoxMapper:
@@ -183,12 +423,23 @@ class _BoxMapper:
                              np.array(self.labels), n_classes).fit()
 
 
+def _ambiguous(ident: object) -> bool:
+    """Whether leaves other than this one may answer alike: every pure leaf of a class gives
+    one probability vector, and BigML's (label, confidence) repeats for leaves of one class
+    and size. Only a leaf id is unique."""
+    return isinstance(ident, tuple) and (ident[0] == "c" or max(ident[1:]) == 1.0)
+
+
+def _one_hot(ident: object) -> bool:
+    return isinstance(ident, tuple) and ident[0] == "p" and max(ident[1:]) == 1.0
+
+
 def _ident(answer: Answer) -> list[object]:
     """A hashable identity per row: the leaf id, else (label, confidence), else the scores."""
     if answer.leaf_ids is not None:
         return [int(v) for v in answer.leaf_ids]
     if answer.confidence is not None:
-        return [(int(lab), round(float(c), 12))
+        return [("c", int(lab), round(float(c), 12))
                 for lab, c in zip(answer.labels, answer.confidence, strict=True)]
     assert answer.probabilities is not None
-    return [tuple(np.round(row, 12)) for row in answer.probabilities]
+    return [("p", *np.round(row, 12).tolist()) for row in answer.probabilities]

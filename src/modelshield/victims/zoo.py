@@ -142,9 +142,11 @@ def _mlp(hidden: tuple[int, ...]) -> Callable[[Split, int], Any]:
     return train
 
 
-def _tree(max_leaf_nodes: int | None) -> Callable[[Split, int], Any]:
+def _tree(max_leaf_nodes: int | None, max_depth: int | None = None
+          ) -> Callable[[Split, int], Any]:
     def train(split: Split, seed: int) -> Any:
-        tree = DecisionTreeClassifier(max_leaf_nodes=max_leaf_nodes, random_state=seed)
+        tree = DecisionTreeClassifier(max_leaf_nodes=max_leaf_nodes, max_depth=max_depth,
+                                      random_state=seed)
         return tree.fit(split.X_train, split.y_train)
 
     return train
@@ -163,6 +165,10 @@ for _name, _entry in {
     "wine-tree": ZooEntry("decision tree, wine (d=13, 3 classes)", "wine", "tree", _tree(None)),
     "digits-tree": ZooEntry(
         "decision tree, 64 leaves at most, digits", "digits", "tree", _tree(64)),
+    "synth-tree-d12": ZooEntry(
+        "decision tree of depth 8 (149-184 leaves), synthetic d=12, 4 classes", "synthetic",
+        "tree", _tree(None, max_depth=8),
+        (("n_features", 12), ("n_classes", 4), ("n_samples", 16000))),
     "synth-lr-d10": ZooEntry(
         "binary logistic regression, synthetic d=10", "synthetic", "linear", _lr,
         (("n_features", 10),)),
