@@ -114,7 +114,8 @@ def attack(
              "natural rows), low and high (the domain); or a .csv of test rows with a "
              "'label' column.")] = None,
     save_clone: Annotated[Path | None, typer.Option(
-        help="Save the clone here (joblib), to verify or compare it later.")] = None,
+        help="Save the clone here (joblib), to verify or compare it later; for "
+             "llm-projection, the recovered W (NumPy .npy).")] = None,
 ) -> None:
     """Run one attack against a built-in victim behind an output policy, or a gateway.
 
@@ -123,11 +124,14 @@ def attack(
 
     Language-model attacks (llm-*) run against an OpenAI-compatible --target, or in-process
     against a built-in language model (--victim lm-h64, ...) that lets every logprob out.
+    With --target, --victim lm-NAME or --model-file DIR (your saved model) is the reference
+    the recovered hidden size and W are checked against.
     """
     from modelshield.attacks.logit_stealing import LM_ATTACKS
 
     if attack in LM_ATTACKS:
-        _lm_attack(attack, victim, target, api_key, budget, seed, price, param or [], json_out)
+        _lm_attack(attack, victim, target, api_key, budget, seed, price, param or [], json_out,
+                   model_file, save_clone)
         return
     if attack not in ATTACKS:
         raise ConfigError(f"Unknown attack {attack!r}. Choose one of: "
@@ -190,7 +194,10 @@ def _owner_victim(model_file: Path, data: Path, name: str | None) -> Any:
 
 def _lm_attack(attack: str, victim: str | None, target: str | None, api_key: str | None,
                budget: int, seed: int, price: float, param: list[str],
-               json_out: Path | None) -> None:
+               json_out: Path | None, model_dir: Path | None = None,
+               save_w: Path | None = None) -> None:
+    """A language-model attack. Over HTTP, --victim lm-NAME (or --model-file DIR, the owner's
+    saved model) is the reference the recovered hidden size and W are checked against."""
     import tempfile
 
     from modelshield.attacks.logit_stealing import LM_ATTACKS, alignment_error
@@ -198,12 +205,18 @@ def _lm_attack(attack: str, victim: str | None, target: str | None, api_key: str
     cls = LM_ATTACKS[attack]
     params = parse_params(cls, param)
     shield = None
+    reference: Any = None
     with tempfile.TemporaryDirectory() as tmp:
         if target is not None:
             if not api_key:
                 raise ConfigError("--target needs --api-key.")
             from modelshield.oracle.lm import OpenAIOracle
+            from modelshield.victims.lm import LMVictim, load_lm
 
+            if model_dir is not None:
+                reference = LMVictim.from_directory(model_dir)
+            elif victim is not None:
+                reference = load_lm(victim, seed)
             oracle: Any = OpenAIOracle(target, api_key, price_per_1k_tokens=price)
         elif victim is not None:
             from modelshield.oracle.lm import ShieldLMOracle
@@ -234,11 +247,28 @@ def _lm_attack(attack: str, victim: str | None, target: str | None, api_key: str
                                   "requests": e.requests, "tokens": e.tokens, "cost": e.cost,
                                   "seconds": e.seconds, "info": e.info}
         if shield is not None:
-            result["true_hidden_size"] = shield.lm.hidden
-            if e.W is not None:
-                result["W_error"] = alignment_error(e.W, shield.lm.W)
-                console.print(f"W alignment error (defender's check): {result['W_error']}")
+            reference = shield.lm
             shield.close()
+        if reference is not None:
+            result["true_hidden_size"] = reference.hidden
+            if e.W is not None:
+                if e.W.shape[0] != reference.W.shape[0]:
+                    raise ConfigError(f"The reference model has a vocabulary of "
+                                      f"{reference.W.shape[0]}; the target's is {e.W.shape[0]}:"
+                                      " it is not the model the target serves.")
+                result["W_error"] = alignment_error(e.W, reference.W)
+                console.print("W alignment error against the reference (defender's check): "
+                              f"RMS {result['W_error']['rms']:.3g}, relative "
+                              f"{result['W_error']['relative_rms']:.3g}")
+        if save_w is not None:
+            if e.W is None:
+                err.print("no W to save: this attack recovers the hidden size only")
+            else:
+                import numpy as np
+
+                with save_w.open("wb") as fh:  # np.save would add .npy to another suffix
+                    np.save(fh, e.W)
+                console.print(f"wrote W ({e.W.shape[0]} x {e.W.shape[1]}) to {save_w}")
         for v, why in e.info.get("blocked_variants", {}).items():
             console.print(f"[yellow]{v} blocked:[/] {why}", highlight=False)
         if json_out:

@@ -22,6 +22,7 @@ from modelshield.attacks.logit_stealing import (
     alignment_error,
 )
 from modelshield.defenses.shield import Shield
+from modelshield.errors import AttackFailed
 from modelshield.oracle.lm import OpenAIOracle, Refused, ShieldLMOracle
 from modelshield.serve.app import create_app
 from modelshield.serve.factory import build_shield
@@ -165,7 +166,18 @@ def test_the_march_2024_fix_blocks_the_bias_variant_and_says_what_is_left(
     with pytest.raises(VariantBlocked) as info:
         HiddenSize(variant="topk-bias").run(oracle, 50_000)
     assert "logprobs ignore logit_bias" in str(info.value)
-    assert "still open" in str(info.value) and "bias-search" in str(info.value)
+    assert "not tried" in str(info.value) and "bias-search" in str(info.value)
+    assert "still open" not in str(info.value)
+
+
+def test_auto_out_of_budget_keeps_the_reasons_earlier_variants_were_blocked(
+        shield: Shield) -> None:
+    oracle = ShieldLMOracle(shield, key(shield, "top5"))
+    with pytest.raises(AttackFailed) as info:
+        HiddenSize(variant="auto").run(oracle, 1000)  # top-k + bias needs ~9,000 here
+    text = str(info.value)
+    assert text.startswith("topk-bias: ") and "full was blocked" in text
+    assert "logprobs" in text.split("full was blocked")[1]
 
 
 def test_full_logprobs_give_hidden_size_and_W(shield: Shield) -> None:
@@ -253,3 +265,20 @@ def test_output_cloning_raises_agreement_with_the_tokens_spent(shield: Shield) -
     assert first.tokens >= 496 and last.tokens >= 2992 and oracle.used == last.queries
     assert last.agreement > before[0] + 0.05 and last.kl < before[1]
     assert last.cost == pytest.approx(oracle.tokens / 1000)
+
+
+def test_cli_projection_over_http_saves_W_and_checks_it_against_the_reference(
+        shield: Shield, gateway: HttpClient, tmp_path: Path) -> None:
+    out, w_file = tmp_path / "r.json", tmp_path / "W.npy"
+    r = subprocess.run([sys.executable, "-m", "modelshield.cli", "attack", "--target",
+                        str(gateway.base_url), "--api-key", key(shield, "open"), "--attack",
+                        "llm-projection", "--victim", "lm-tiny", "--budget", "512",
+                        "--save-clone", str(w_file), "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert result["true_hidden_size"] == result["hidden_size"] == 32
+    assert result["W_error"]["relative_rms"] < 1e-3 and "W alignment error" in r.stdout
+    W = np.load(w_file)
+    assert W.shape == (shield.lm.W.shape[0], 32)
+    assert alignment_error(W, shield.lm.W)["relative_rms"] < 1e-3

@@ -99,30 +99,43 @@ class LMAttack:
         start = time.perf_counter()
         rng = np.random.default_rng(self.random_state)
         blocked: dict[str, str] = {}
-        for variant in (VARIANTS if self.variant == "auto" else (self.variant,)):
+        tried = VARIANTS if self.variant == "auto" else (self.variant,)
+        for variant in tried:
             try:
                 out = self.extract(Collector(oracle, budget, variant, self, rng), rng)
             except VariantBlocked as exc:
                 blocked[variant] = str(exc)
                 continue
+            except (AttackFailed, BudgetExhausted) as exc:
+                if not blocked:
+                    raise
+                # The variant that ran out says why; the ones refused before it keep theirs.
+                raise AttackFailed(f"{variant}: {exc}; before it, " + "; ".join(
+                    f"{v} was blocked: {why}" for v, why in blocked.items())) from exc
             out.seconds = time.perf_counter() - start
             out.info["blocked_variants"] = blocked
             return out
         raise VariantBlocked(f"{self.name}: " + "; ".join(
             f"{v}: {why}" for v, why in blocked.items()) + "; " + remaining_cost(
-            oracle.vocab, self.top_k, blocked, self.bias, self.tolerance))
+            oracle.vocab, self.top_k, blocked, self.bias, self.tolerance, tried))
 
     def extract(self, c: Collector, rng: np.random.Generator) -> LMExtraction:
         raise NotImplementedError
 
 
 def remaining_cost(vocab: int, k: int, blocked: dict[str, str], bias: float,
-                   tolerance: float) -> str:
-    """What each variant not yet blocked would cost, in queries per full logit vector."""
+                   tolerance: float, tried: tuple[str, ...] = VARIANTS) -> str:
+    """What each variant not tried would cost, in queries per full logit vector.
+
+    Only a variant that was tried is known to be blocked; the others are "not tried" (the
+    API may refuse them too), never "open"."""
     cost = {"full": 1, "topk-bias": 1 + math.ceil((vocab - 1) / (k - 1)),
             "bias-search": (vocab - 1) * bisection_steps(bias, tolerance)}
-    left = [f"{v} ~{cost[v]:,} queries per logit vector" for v in VARIANTS if v not in blocked]
-    return ("still open: " + ", ".join(left)) if left else "every variant is blocked"
+    left = [f"{v} ~{cost[v]:,} queries per logit vector" for v in VARIANTS
+            if v not in blocked and v not in tried]
+    if left:
+        return "not tried (the API may refuse them too): " + ", ".join(left)
+    return "every variant is blocked"
 
 
 def bisection_steps(bias: float, tolerance: float) -> int:
