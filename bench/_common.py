@@ -33,6 +33,8 @@ def show(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 
 
 def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
     if isinstance(v, float):
         return f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.1e}"
     return str(v)

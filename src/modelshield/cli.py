@@ -378,10 +378,20 @@ def audit_table(doc: dict[str, Any]) -> Table:
             status = r["status"] if r["status"] == "ok" else f"[yellow]{r['status']}[/]"
             table.add_row(d["name"], r["attacker"], status,
                           "—" if r["best_fidelity"] is None else f"{r['best_fidelity']:.4f}",
-                          "—" if r["q90"] is None else f"{r['q90']:,}",
+                          _q90(r),
                           "—" if r["usd90"] is None else f"${r['usd90']:,.2f}",
                           "never" if flag is None else f"{flag['query']:,} ({flag['detector']})")
     return table
+
+
+def _q90(r: dict[str, Any]) -> str:
+    """Queries to 90%, with the range the test set's size leaves (see the report)."""
+    point = "—" if r["q90"] is None else f"{r['q90']:,}"
+    span = r.get("q90_range")
+    if not span or span == [r["q90"], r["q90"]]:
+        return point
+    lo, hi = ("—" if v is None else f"{v:,}" for v in span)
+    return f"{point} ({lo} to {hi})"
 
 
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)

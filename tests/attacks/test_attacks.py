@@ -125,6 +125,7 @@ def test_lowd_meek_matches_a_binary_linear_model_from_labels(victims: dict[str, 
     ("equation-solving", "top-k:3", {}),
     ("path-finding", "label", {}),
     ("knockoff", "label", {"labels": "soft"}),
+    ("active", "label", {"labels": "soft"}),
 ])
 def test_attacks_refuse_when_the_policy_withholds_what_they_need(
         attack: str, policy: str, params: dict[str, str], victims: dict[str, Victim]) -> None:
@@ -132,6 +133,7 @@ def test_attacks_refuse_when_the_policy_withholds_what_they_need(
     oracle = LocalOracle(victim, parse_policy(policy), budget=500)
     with pytest.raises(AttackRefused, match=f"Attack '{attack}' needs"):
         ATTACKS[attack](**params).run(oracle, 500, pool=victim.pool)
+    assert oracle.used == 1  # one query told the refusal
 
 
 def test_knockoff_soft_labels_survive_zero_probabilities_and_top_k(
@@ -272,3 +274,14 @@ def test_student_names_are_checked() -> None:
         ATTACKS["knockoff"](student="svm")
     with pytest.raises(ConfigError, match="learns from labels"):
         ATTACKS["knockoff"](student="forest", labels="soft")
+
+
+def test_mlp_equation_solving_says_when_it_is_underdetermined_or_misfit() -> None:
+    v = load_victim("synth-mlp-d20", 0)  # 20-32-4: 804 unknowns; 3 equations an answer
+    r = run_cell(v, "equation-solving", "full", 200, uniform_points=1000,
+                 params={"model": "mlp", "hidden": (32,), "restarts": 1, "max_iter": 300})
+    assert r.info["unknowns"] == 804 and r.info["equations"] == 600
+    assert "underdetermined" in r.reason
+    small = run_cell(v, "equation-solving", "full", 400, uniform_points=1000,
+                     params={"model": "mlp", "hidden": (1,), "restarts": 1, "max_iter": 300})
+    assert small.info["train_agreement"] < 0.99 and "may not be the victim's" in small.reason

@@ -93,3 +93,16 @@ def test_needing_more_queries_protects_on_a_log_scale() -> None:
     prot = {d["name"]: d["protection"] for d in a["defenses"]}
     assert prot["open"] == 0.0 and prot["alerting"] == 1.0
     assert prot["denying"] == pytest.approx(0.5)  # 10x the queries
+
+
+def test_queries_to_90_carries_the_range_a_small_test_set_leaves() -> None:
+    def row(rows: int) -> dict[str, Any]:
+        cs = [{**attack("open", CURVE), "test_rows": rows}, benign("open")]
+        a = analyse(scenario(defenses=[{"name": "open"}]), cs)
+        return dict(a["defenses"][0]["attackers"][0])
+
+    small, large = row(45), row(5000)
+    assert small["q90"] == large["q90"] == 300
+    # 0.91 on 45 rows could be 0.79; 0.96 could be 0.85: no budget is surely past 90%.
+    assert small["q90_range"] == [300, None] and small["test_rows"] == 45
+    assert large["q90_range"] == [300, 300]

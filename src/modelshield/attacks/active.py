@@ -66,9 +66,12 @@ class ActiveLearning(Attack):
                    f"{len(data)} candidate rows (candidates='synthetic' adds more)")
         n0 = min(self.seed_size, budget)
         chosen = rng.choice(len(data), n0, replace=False)
-        answers: list[Answer] = [session.query(data[chosen])]
-        if self.labels == "soft":
+        answers: list[Answer] = []
+        if self.labels == "soft":  # one query tells a refusal, before the seed set is spent
+            answers.append(session.query(data[chosen[:1]]))
             session.require(answers[0], "scores")
+        if len(chosen) > len(answers):
+            answers.append(session.query(data[chosen[len(answers):]]))
         per_round = max((budget - n0) // self.rounds, 1)
         clone = None
         while True:

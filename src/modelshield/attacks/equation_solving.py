@@ -18,6 +18,7 @@ Needs: every class probability (full, rounded or noisy). Refused under label-onl
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -146,7 +147,28 @@ class EquationSolving(Attack):
             if loss < best_loss:
                 best, best_loss = student, loss
         session.checkpoint(best)
-        return best, None, {"train_kl": float(best_loss)}
+        # Each answer gives c-1 equations (log-ratios); the assumed architecture has this many
+        # unknowns. Fewer equations, or a fit that misses its own answers, is said, not hidden.
+        c, d = session.spec.n_classes, session.spec.n_features
+        widths = [d, *self.hidden, c]
+        unknowns = sum((a + 1) * b for a, b in itertools.pairwise(widths))
+        equations = n * (c - 1)
+        assert best is not None
+        fit = float(np.mean(best.predict(x) == answer.labels))
+        info: dict[str, Any] = {"train_kl": float(best_loss), "unknowns": unknowns,
+                                "equations": equations, "train_agreement": fit}
+        notes = []
+        if equations < unknowns:
+            notes.append(f"{n} answers give {equations:,} equations for the {unknowns:,} "
+                         f"unknowns of a {'-'.join(map(str, widths))} network: "
+                         "underdetermined, the copy is only pinned down near the queries")
+        if fit < 0.99:
+            notes.append(f"the fit agrees with only {fit:.0%} of its own answers: the "
+                         f"assumed architecture (hidden={self.hidden}) may not be the "
+                         "victim's, or the fit did not converge")
+        if notes:
+            info["budget_note"] = "; ".join(notes)
+        return best, None, info
 
 
 def _boundary_point(session: Session, pool: FloatArray | None, rng: np.random.Generator,

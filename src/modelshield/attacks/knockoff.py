@@ -63,13 +63,15 @@ class Knockoff(Attack):
         x_all = draw_queries(self.source, budget, spec, pool, rng, self.name)
         answers: list[Answer] = []
         done = 0
+        if self.labels == "soft":  # one query tells a refusal, before a batch is spent
+            answers.append(session.query(x_all[:1]))
+            session.require(answers[0], "scores")
+            done = 1
         clone = None
         chosen: dict[str, Any] = {}
         for size in checkpoint_sizes(budget, self.checkpoints):
-            answer = session.query(x_all[done:size])
-            if self.labels == "soft":
-                session.require(answer, "scores")
-            answers.append(answer)
+            if size > done:
+                answers.append(session.query(x_all[done:size]))
             done = size
             clone, chosen = fit_chosen(x_all[:size], answers, self.labels, self.student,
                                        self.hidden, spec.n_classes, self.epochs,

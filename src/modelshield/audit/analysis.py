@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from modelshield.audit.scenario import Defense, Scenario
+from modelshield.audit.stats import wilson
 from modelshield.defenses.config import Tier
 
 CLONE = 0.90
@@ -94,6 +95,15 @@ def _attacker_summary(label: str, cells: list[dict[str, Any]], price: float,
     curve: list[list[Any]] = [[q, f, a] for q, (f, a) in sorted(points.items())]
     q90 = next((q for q, f, _ in curve if f >= CLONE), None)
     q99 = next((q for q, f, _ in curve if f >= EXACT), None)
+    # A small test set reads fidelity coarsely (45 rows: about +-0.09 at 0.9). The range runs
+    # from the first budget whose 95% interval reaches 90% to the first whose interval lies
+    # wholly above it (None: not within the budgets).
+    rows = max((int(c.get("test_rows") or 0) for c in cells), default=0)
+    q90_range = None
+    if rows and curve:
+        bounds = [(q, wilson(f, rows)) for q, f, _ in curve]
+        q90_range = [next((q for q, (_, hi) in bounds if hi >= CLONE), None),
+                     next((q for q, (lo, _) in bounds if lo >= CLONE), None)]
     flags = [c["first_flag"] for c in cells if c.get("first_flag")]
     flag = min(flags, key=lambda f: f["query"]) if flags else None
     blocked = [c for c in cells if c["status"] == "blocked"]
@@ -112,7 +122,7 @@ def _attacker_summary(label: str, cells: list[dict[str, Any]], price: float,
         "budgets": [c["budget"] for c in cells], "curve": curve,
         "best_fidelity": max((f for _, f, _ in curve), default=None),
         "best_accuracy": max((a for _, _, a in curve if a is not None), default=None),
-        "q90": q90, "q99": q99,
+        "q90": q90, "q99": q99, "q90_range": q90_range, "test_rows": rows,
         "usd90": None if q90 is None else q90 * price / 1000,
         "usd99": None if q99 is None else q99 * price / 1000,
         "first_flag": flag, "caught_before_90": caught,

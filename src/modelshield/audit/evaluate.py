@@ -15,6 +15,7 @@ import numpy as np
 from modelshield.answer import FloatArray
 from modelshield.attacks.base import ATTACKS, Checkpoint, Extraction
 from modelshield.attacks.equation_solving import relative_parameter_error
+from modelshield.audit.stats import wilson
 from modelshield.defenses.policies import parse_policy
 from modelshield.errors import AttackFailed, AttackRefused, Blocked, BudgetExhausted
 from modelshield.oracle.base import BaseOracle
@@ -55,15 +56,6 @@ class Result:
         out: dict[str, Any] = _jsonable({f.name: getattr(self, f.name) for f in fields(self)
                                          if f.name != "clone"})
         return out
-
-
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a proportion ``p`` observed on ``n`` trials."""
-    if n <= 0:
-        return (0.0, 1.0)
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
 
 
 def uniform_probe(victim: Victim, n: int = 10_000, seed: int = 0) -> FloatArray:
