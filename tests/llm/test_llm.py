@@ -20,6 +20,8 @@ from modelshield.attacks.logit_stealing import (
     Projection,
     VariantBlocked,
     alignment_error,
+    finer_tolerance,
+    quantization_floor,
 )
 from modelshield.defenses.shield import Shield
 from modelshield.errors import AttackFailed
@@ -204,6 +206,35 @@ def test_logprob_free_bisection_recovers_logit_differences(shield: Shield) -> No
     assert c.used == 1 + 3 * 21  # the reference, then 1 + 20 bisection steps per token
 
 
+def test_bisection_brackets_are_narrowed_later_without_starting_over(shield: Shield) -> None:
+    oracle = ShieldLMOracle(shield, key(shield, "nolp"))
+    attack = HiddenSize(variant="bias-search", tolerance=1e-2)
+    c = Collector(oracle, 10_000, "bias-search", attack, np.random.default_rng(0))
+    prompts, tokens = [[5, 6, 7, 8], [9, 10, 11]], np.array([10, 200, 1500])
+    coarse = c.vectors(prompts, tokens)
+    spent = c.used
+    fine = np.stack(c.refine(1e-5))
+    truth = np.stack([z[tokens] - z.max() for z in
+                      shield.lm.next_logits(prompts).astype(np.float64)])
+    assert np.abs(coarse - truth).max() > 1e-4 and np.allclose(fine, truth, atol=1e-5)
+    # From brackets of 100 / 2^14 to 100 / 2^24: ten more steps a logit, nothing repeated.
+    assert c.used - spent == 2 * 3 * 10
+
+
+def test_the_tolerance_is_chosen_from_the_spectrum() -> None:
+    signal = np.geomspace(100.0, 0.1, 32)
+    # 48 vectors of 48 logits at tolerance 1e-3: bisection alone gives a floor near 4e-3.
+    assert np.isclose(quantization_floor(1e-3, 48, 48), 1e-3 / np.sqrt(12) * 2 * np.sqrt(48))
+    tolerance_floor = np.concatenate([signal, np.full(16, 2e-3)])
+    assert np.isclose(finer_tolerance(tolerance_floor * 100, 0.1, 100.0, 48, 48) or 0,
+                      0.1 / 1024)
+    # At 1e-5 the next step would pass float32's resolution: it stops at 1e-6.
+    assert np.isclose(finer_tolerance(np.concatenate([signal, np.full(16, 2e-5)]), 1e-5,
+                                      100.0, 48, 48) or 0, 1e-6)
+    own_floor = np.concatenate([signal, np.full(16, 0.05)])  # noise the API adds, say
+    assert finer_tolerance(own_floor, 1e-3, 100.0, 48, 48) is None
+
+
 def test_logprob_free_bisection_over_http_reads_token_ids(shield: Shield,
                                                           gateway: HttpClient) -> None:
     oracle = OpenAIOracle(str(gateway.base_url), key(shield, "nolp"), client=gateway)
@@ -282,3 +313,25 @@ def test_cli_projection_over_http_saves_W_and_checks_it_against_the_reference(
     W = np.load(w_file)
     assert W.shape == (shield.lm.W.shape[0], 32)
     assert alignment_error(W, shield.lm.W)["relative_rms"] < 1e-3
+
+
+@pytest.mark.slow
+def test_bisection_finds_the_weakest_directions_of_a_trained_spectrum(
+        tmp_path: Path) -> None:
+    """The last four singular values of W at 1e-3 of the largest: in the logits they lie
+    near 4e-7 of the largest, under the floor of the default tolerance, which finds 28."""
+    import torch
+
+    s = build_shield({"model": {"lm": "lm-tiny"}, "audit_url": f"sqlite:///{tmp_path}/a.db",
+                      "tiers": {"nolp": {"llm": {"max_top_logprobs": 0}}}})
+    weight = s.lm.model.get_output_embeddings().weight
+    with torch.no_grad():
+        u, sv, vt = torch.linalg.svd(weight, full_matrices=False)
+        sv[-4:] = sv[0] * 1e-3
+        weight.copy_(u @ torch.diag(sv) @ vt)
+    oracle = ShieldLMOracle(s, s.store.create_key("nolp")[0])
+    e = HiddenSize(variant="bias-search", n_tokens=48, prompts_per_round=16).run(
+        oracle, 100_000)
+    assert e.hidden_size == 32
+    assert e.info["tolerance_refinements"] and e.info["tolerance"] < 1e-5
+    s.close()

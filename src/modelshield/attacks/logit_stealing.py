@@ -17,7 +17,10 @@ The logit vectors come from one of three variants of the API, the cheapest first
   fix of March 2024) the biased tokens never show, and the variant says so;
 - ``bias-search``: no logprobs at all. At temperature 0 the answer is the argmax, so the
   smallest bias that makes token i win is ``z_r - z_i``, found by bisection: about
-  log2(B / tolerance) queries per logit.
+  log2(B / tolerance) queries per logit. The tolerance sets a noise floor in the spectrum
+  that can hide a trained model's weakest directions; while the floor measured is the one
+  the tolerance predicts, every bracket found so far is narrowed 1024 times (10 queries a
+  logit), until the floor is the model's own.
 
 An attacker does not need every token to learn the hidden size: any m > hidden tokens span
 the same rank, so the hidden-size attack reads logits of a random subset of tokens.
@@ -152,6 +155,8 @@ class Collector:
                                                                     attack, rng)
         self.start = oracle.used
         self.rows: list[np.ndarray] = []
+        self.tolerance = attack.tolerance
+        self.searches: list[_Bracket] = []
 
     @property
     def used(self) -> int:
@@ -236,28 +241,77 @@ class Collector:
         return rows
 
     def _search(self, prompt: list[int], tokens: np.ndarray) -> np.ndarray:
-        """Bisection on the bias that makes each token the argmax: z_ref - z_t."""
-        b, tol = self.a.bias, self.a.tolerance
+        """Bisection on the bias that makes each token the argmax: z_ref - z_t.
+
+        The brackets are kept (``self.searches``), so that ``refine`` can narrow every
+        vector's later, when the spectrum shows the tolerance was too coarse."""
+        b = self.a.bias
         ref = self._ask([prompt], max_tokens=1, temperature=0.0)[0].tokens[0]
-        row = np.zeros(len(tokens))
+        lo, hi = np.zeros(len(tokens)), np.full(len(tokens), b)
         for j, t in enumerate(int(x) for x in tokens):
             if t == ref:
-                continue
-            lo, hi = 0.0, b
-            if self._ask([prompt], max_tokens=1, temperature=0.0,
-                         logit_bias={t: hi})[0].tokens[0] != t:
-                row[j] = -np.inf  # further below the argmax than the largest bias allowed
-                continue
+                hi[j] = 0.0
+            elif self._ask([prompt], max_tokens=1, temperature=0.0,
+                           logit_bias={t: b})[0].tokens[0] != t:
+                raise AttackFailed(f"{self.a.name}: some logits lie more than the largest "
+                                   "allowed bias below the argmax")
+        search = _Bracket(prompt, tokens, lo, hi)
+        self._narrow(search, self.tolerance)
+        self.searches.append(search)
+        return np.asarray(-(search.lo + search.hi) / 2)
+
+    def _narrow(self, search: _Bracket, tol: float) -> None:
+        for j, t in enumerate(int(x) for x in search.tokens):
+            lo, hi = search.lo[j], search.hi[j]
             while hi - lo > tol:
                 mid = (lo + hi) / 2
-                won = self._ask([prompt], max_tokens=1, temperature=0.0,
+                won = self._ask([search.prompt], max_tokens=1, temperature=0.0,
                                 logit_bias={t: mid})[0].tokens[0] == t
                 lo, hi = (lo, mid) if won else (mid, hi)
-            row[j] = -(lo + hi) / 2
-        if np.isinf(row).any():
-            raise AttackFailed(f"{self.a.name}: some logits lie more than the largest allowed "
-                               "bias below the argmax")
-        return row
+                search.lo[j], search.hi[j] = lo, hi
+
+    def refine(self, tol: float) -> list[np.ndarray]:
+        """Narrow every bisection so far to ``tol`` (bias-search only); the rows anew."""
+        self.tolerance = tol
+        for search in self.searches:
+            self._narrow(search, tol)
+        return [-(s.lo + s.hi) / 2 for s in self.searches]
+
+
+@dataclass
+class _Bracket:
+    """One prompt's bisections: each token's bias bracket [lo, hi] around z_ref - z_t."""
+
+    prompt: list[int]
+    tokens: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+def quantization_floor(tolerance: float, n: int, m: int) -> float:
+    """The largest singular value bisection errors alone give an n x m stack: each entry is
+    off by a uniform error within the tolerance (standard deviation tolerance / sqrt(12)),
+    and the spectral norm of such noise is about that times sqrt(n) + sqrt(m)."""
+    return tolerance / math.sqrt(12) * (math.sqrt(n) + math.sqrt(m))
+
+
+def finer_tolerance(s: np.ndarray, tolerance: float, bias: float, n: int, m: int,
+                    margin: int = 16) -> float | None:
+    """A bisection tolerance 1024 times finer (but no finer than 1e-8 of the bias, about
+    what float32 logits resolve) while the noise floor of ``s`` (the median of its last
+    ``margin`` values, from n vectors of m logits) is the one ``tolerance`` itself raises;
+    None once the floor is the model's own (or the API's), or no finer tolerance is left.
+
+    A signal direction far below the largest (a trained model's last ones, 1e-7 of it in
+    the logits) shows only once the bisection floor is under it; nothing in the spectrum
+    says how far down it lies, so the search goes on until the floor stops following."""
+    s = np.asarray(s, dtype=np.float64)
+    if len(s) < margin + 1:
+        return None
+    if float(np.median(s[-margin:])) > 3 * quantization_floor(tolerance, n, m):
+        return None
+    tol = max(tolerance / 1024, 1e-8 * bias)
+    return None if tol > tolerance / 2 else tol
 
 
 def hidden_from_singular_values(s: np.ndarray, margin: int = 16, min_gap: float = 4.0
@@ -314,21 +368,50 @@ class HiddenSize(LMAttack):
         rows: list[np.ndarray] = []
         hidden = None
         s = np.empty(0)
-        while c.more(rows, tokens):
+
+        def collect() -> None:
+            nonlocal s, hidden
+            while c.more(rows, tokens):
+                s = singular_values(rows)
+                hidden = hidden_from_singular_values(s, self.margin)
+                if hidden is not None or len(rows) >= m + self.margin:
+                    return  # more vectors than logits read cannot show more
+
+        collect()
+        refinements = []
+        # Bisection's tolerance sets a noise floor of its own, and signal directions below it
+        # vanish (a drop found there is too early). While the floor measured is the one the
+        # tolerance predicts, every bracket found so far is narrowed further, until the floor
+        # is the model's own.
+        while c.variant == "bias-search":
+            tol = finer_tolerance(s, c.tolerance, self.bias, len(rows), m, self.margin)
+            if tol is None:
+                break
+            try:
+                rows[:] = c.refine(tol)
+            except BudgetExhausted:
+                break
+            refinements.append(tol)
             s = singular_values(rows)
             hidden = hidden_from_singular_values(s, self.margin)
-            if hidden is not None or len(rows) >= m + self.margin:
-                break  # more vectors than logits read cannot show more
+            if hidden is None:
+                collect()
         if hidden is None:
+            tried = (f" (bisection tolerance narrowed to {c.tolerance:.2g})" if refinements
+                     else "")
             raise AttackFailed(f"{self.name}: no drop to a noise floor in the singular values "
-                               f"of {len(rows)} vectors of {m} logits (too coarse, or the "
-                               "budget ran out first)")
+                               f"of {len(rows)} vectors of {m} logits{tried} (too coarse, or "
+                               "the budget ran out first)")
         o = c.oracle
+        info: dict[str, Any] = {"vectors": len(rows), "tokens_read": m,
+                                "queries_per_vector": c.used / max(1, len(rows)),
+                                "drop": float(s[hidden - 1] / s[hidden])}
+        if c.variant == "bias-search":
+            info["tolerance"] = c.tolerance
+            info["tolerance_refinements"] = refinements
         return LMExtraction(self.name, c.variant, c.used, o.requests, o.tokens, o.cost, 0.0,
                             hidden_size=hidden, singular_values=[float(x) for x in s],
-                            info={"vectors": len(rows), "tokens_read": m,
-                                  "queries_per_vector": c.used / max(1, len(rows)),
-                                  "drop": float(s[hidden - 1] / s[hidden])})
+                            info=info)
 
 
 @dataclass
