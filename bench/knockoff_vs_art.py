@@ -4,7 +4,7 @@
     python bench/knockoff_vs_art.py [--seeds 0 1 2 3 4] [--budgets 100 300 1000 3000]
                                     [--families logistic mlp deep-mlp tree boosting]
                                     [--data breast-cancer digits synthetic] [--workers 2]
-                                    [--ablation-seeds 0]
+                                    [--ablation-seeds 0] [--art-from earlier.json]
 
 Victims: five model families (logistic regression, a 32-unit ReLU MLP, a 128-64-32 ReLU MLP,
 a depth-8 decision tree, gradient boosting) on three data sets (breast cancer d=30, 2
@@ -20,8 +20,9 @@ Methods:
 - ours: ``knockoff`` as shipped (the student chosen from held-out answers), and for trees
   ``path-finding`` too (top-down with incomplete queries: the API accepts them). "ours best"
   is the better of the two at each budget.
-- ablation: ``knockoff`` with the student fixed to the MLP on the scores (``mlp/soft``: our
-  logit-matching loss) and to the MLP on labels (``mlp/hard``: cross-entropy, as Copycat).
+- ablation: ``knockoff`` with the student fixed to the MLP: on the scores matched as logits
+  (our loss), on the scores by cross-entropy (the papers' and ART's loss), and on the labels
+  (cross-entropy, as Copycat). The student choice is "ours knockoff" against these.
 - ART: CopycatCNN (hard labels), KnockoffNets random and adaptive (probabilities; the
   adaptive bandit's categories are 10 k-means clusters of the pool), each training a
   128-unit ReLU MLP (inputs standardised by the pool) for the same epochs as our MLP.
@@ -40,6 +41,7 @@ import json
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -154,13 +156,18 @@ def art(victim: Any, x: np.ndarray, method: str, budget: int, seed: int) -> floa
     return float(np.mean(pred == victim.predict_labels(victim.X_test)))
 
 
-def cell(job: tuple[str, str, int, list[int], bool]) -> list[dict[str, Any]]:
-    """Every method on one victim and seed, at every budget."""
+ART_METHODS = ("copycat", "knockoff-random", "knockoff-adaptive")
+
+
+def cell(job: tuple[str, str, int, list[int], bool, dict[int, dict[str, Any]]]
+         ) -> list[dict[str, Any]]:
+    """Every method on one victim and seed, at every budget (ART's from ``earlier`` where
+    an earlier run has them)."""
     import torch
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
-    family, data, seed, budgets, ablation = job
+    family, data, seed, budgets, ablation, earlier = job
     victim = build(family, data, seed)
     out = []
     for budget in budgets:
@@ -169,14 +176,18 @@ def cell(job: tuple[str, str, int, list[int], bool]) -> list[dict[str, Any]]:
         run["ours_knockoff"], facts = ours(victim, x, "knockoff", budget, seed)
         run["student"] = facts["student"]
         if ablation:
-            run["ablation_mlp_soft"], _ = ours(victim, x, "knockoff", budget, seed,
-                                               student="mlp", labels="soft")
-            run["ablation_mlp_hard"], _ = ours(victim, x, "knockoff", budget, seed,
-                                               student="mlp", labels="hard")
+            for kind in ("soft", "soft-kl", "hard"):
+                run[f"ablation_mlp_{kind}"], _ = ours(victim, x, "knockoff", budget, seed,
+                                                      student="mlp", labels=kind)
         if family == "tree":
             run["ours_path_finding"], _ = ours(victim, x, "path-finding", budget, seed,
                                                incomplete=True)
-        for method in ("copycat", "knockoff-random", "knockoff-adaptive"):
+        for method in ART_METHODS:
+            if budget in earlier:
+                for k in (f"art_{method}", f"art_{method}_error"):
+                    if k in earlier[budget]:
+                        run[k] = earlier[budget][k]
+                continue
             try:
                 run[f"art_{method}"] = art(victim, x, method, budget, seed)
             except ValueError as exc:
@@ -186,8 +197,7 @@ def cell(job: tuple[str, str, int, list[int], bool]) -> list[dict[str, Any]]:
                 run[f"art_{method}"] = None
                 run[f"art_{method}_error"] = str(exc)
         run["ours_best"] = max(run["ours_knockoff"], run.get("ours_path_finding", 0.0))
-        run["art_best"] = max(run[f"art_{m}"] or 0.0
-                              for m in ("copycat", "knockoff-random", "knockoff-adaptive"))
+        run["art_best"] = max(run[f"art_{m}"] or 0.0 for m in ART_METHODS)
         out.append(run)
         print(json.dumps(run), flush=True)
     return out
@@ -203,16 +213,23 @@ def main() -> None:
     parser.add_argument("--ablation-seeds", type=int, nargs="+", default=None,
                         help="seeds that also run the ablation (default: all)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--art-from", type=Path, default=None,
+                        help="reuse ART's results from an earlier run's JSON (same seeds, "
+                             "budgets and victims: ART is seeded, its runs repeat)")
     args = parser.parse_args()
+    earlier: dict[tuple[str, str, int], dict[int, dict[str, Any]]] = {}
+    if args.art_from is not None:
+        for r in json.loads(args.art_from.read_text())["runs"]:
+            earlier.setdefault((r["family"], r["data"], r["seed"]), {})[r["budget"]] = r
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core a worker (boosting, k-means)
     ablate = set(args.seeds if args.ablation_seeds is None else args.ablation_seeds)
-    jobs = [(f, d, s, args.budgets, s in ablate) for f in args.families for d in args.data
-            for s in args.seeds]
+    jobs = [(f, d, s, args.budgets, s in ablate, earlier.get((f, d, s), {}))
+            for f in args.families for d in args.data for s in args.seeds]
     with ProcessPoolExecutor(args.workers) as pool:
         runs = [r for rows in pool.map(cell, jobs) for r in rows]
     methods = ["ours_best", "art_best", "ours_knockoff", "ours_path_finding",
-               "ablation_mlp_soft", "ablation_mlp_hard", "art_copycat", "art_knockoff-random",
-               "art_knockoff-adaptive"]
+               "ablation_mlp_soft", "ablation_mlp_soft-kl", "ablation_mlp_hard", "art_copycat",
+               "art_knockoff-random", "art_knockoff-adaptive"]
     rows = []
     for family in args.families:
         for budget in args.budgets:
@@ -224,18 +241,17 @@ def main() -> None:
             row["ratio"] = row["ours_best"] / row["art_best"]
             row["students"] = sorted({r["student"] for r in sel})
             row["art_failures"] = sum(r.get(f"art_{m}") is None for r in sel
-                                      for m in ("copycat", "knockoff-random",
-                                                "knockoff-adaptive"))
+                                      for m in ART_METHODS)
             rows.append(row)
     show(f"test fidelity, mean over data sets {args.data} and seeds {args.seeds}, full "
          "probabilities (ratio = ours best / ART best)",
          ["family", "budget", "ours best", "ART best", "ratio", "ours knockoff",
-          "ours path", "abl. mlp soft", "abl. mlp hard", "ART copycat", "ART ko rand",
+          "ours path", "abl. logits", "abl. KL", "abl. hard", "ART copycat", "ART ko rand",
           "ART ko adapt"],
          [[r["family"], r["budget"], r["ours_best"], r["art_best"], r["ratio"],
            r["ours_knockoff"], r["ours_path_finding"], r["ablation_mlp_soft"],
-           r["ablation_mlp_hard"], r["art_copycat"], r["art_knockoff-random"],
-           r["art_knockoff-adaptive"]] for r in rows])
+           r["ablation_mlp_soft-kl"], r["ablation_mlp_hard"], r["art_copycat"],
+           r["art_knockoff-random"], r["art_knockoff-adaptive"]] for r in rows])
     failures = sum(r["art_failures"] for r in rows)
     if failures:
         print(f"ART runs that failed (counted as 0 in ART best): {failures}; see the JSON's "
@@ -243,6 +259,7 @@ def main() -> None:
     behind = [(r["family"], r["budget"], round(r["ratio"], 3)) for r in rows if r["ratio"] < 1]
     print("ours best below ART best at:", behind or "nowhere")
     write("knockoff_vs_art", {"seeds": args.seeds, "ablation_seeds": sorted(ablate),
+                              "art_reused_from_an_earlier_run": args.art_from is not None,
                               "budgets": args.budgets,
                               "families": args.families, "data": args.data,
                               "runs": runs, "rows": rows, "behind": behind})

@@ -67,7 +67,7 @@ class ActiveLearning(Attack):
         n0 = min(self.seed_size, budget)
         chosen = rng.choice(len(data), n0, replace=False)
         answers: list[Answer] = []
-        if self.labels == "soft":  # one query tells a refusal, before the seed set is spent
+        if self.labels in ("soft", "soft-kl"):  # one query tells a refusal, before the seed set is spent
             answers.append(session.query(data[chosen[:1]]))
             session.require(answers[0], "scores")
         if len(chosen) > len(answers):
@@ -77,7 +77,7 @@ class ActiveLearning(Attack):
         while True:
             clone = fit_student(data[chosen], targets(answers, self.labels, self.name),
                                 self.hidden, spec.n_classes, self.epochs, self.random_state,
-                                pool)
+                                pool, loss="kl" if self.labels == "soft-kl" else "logits")
             session.checkpoint(clone)
             n = min(per_round, budget - len(chosen))
             if n <= 0:

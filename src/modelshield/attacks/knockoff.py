@@ -6,11 +6,11 @@ their own natural data (the pool), or synthetic points mixed from it — and tra
 of the attacker's chosen architecture on the answers: on the returned probabilities (soft
 labels) or on the labels alone (hard); "auto" uses the scores when the policy returns them.
 Soft labels are matched as logits: squared error on class-centred log-probabilities, each
-clipped at 1e-6 so a 0 probability never makes a log(0). The papers use cross-entropy, which
-learns less per query when the victim is confident. The student is an MLP, a random forest
-or gradient boosting, or (``student="auto"``, the default) whichever agrees most with a fifth
-of the answers held out (see ``_students``); "auto" labels then try the MLP on the scores and
-on the labels alike. Every loop is bounded by the budget.
+clipped at 1e-6 so a 0 probability never makes a log(0). The papers use cross-entropy
+(``labels="soft-kl"``), which learns less per query when the victim is confident. The
+student is an MLP, a random forest or gradient boosting, or (``student="auto"``, the
+default) chosen from a fifth of the answers held out (see ``_students``). Every loop is
+bounded by the budget.
 
 Needs: labels (hard) or class scores (soft; top-k scores are completed by spreading the
 withheld mass evenly).
@@ -63,7 +63,7 @@ class Knockoff(Attack):
         x_all = draw_queries(self.source, budget, spec, pool, rng, self.name)
         answers: list[Answer] = []
         done = 0
-        if self.labels == "soft":  # one query tells a refusal, before a batch is spent
+        if self.labels in ("soft", "soft-kl"):  # one query tells a refusal, before a batch is spent
             answers.append(session.query(x_all[:1]))
             session.require(answers[0], "scores")
             done = 1
