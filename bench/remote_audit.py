@@ -37,13 +37,15 @@ from modelshield.store import AuditStore
 ATTACKERS = [
     {"name": "equation solving", "attack": "equation-solving", "budgets": [31, 200]},
     {"name": "lowd-meek", "attack": "label-only", "params": {"method": "lowd-meek"},
-     "budgets": [600]},
-    {"name": "knockoff", "attack": "knockoff", "params": {"epochs": 50}, "budgets": [300]},
+     "budgets": [1000]},
+    {"name": "knockoff", "attack": "knockoff", "params": {"epochs": 50, "source": "synthetic"},
+     "budgets": [1000]},
 ]
 TREE_ATTACKERS = [
     {"name": "path finding", "attack": "path-finding", "params": {"incomplete": True},
      "budgets": [2000]},
-    {"name": "knockoff", "attack": "knockoff", "params": {"epochs": 50}, "budgets": [300]},
+    {"name": "knockoff", "attack": "knockoff", "params": {"epochs": 50, "source": "synthetic"},
+     "budgets": [1000]},
 ]
 
 
@@ -110,8 +112,16 @@ def main() -> None:
                     "network_seconds": network,
                     "ratio": attack_remote / (attack_local + network),
                     "queries": sum(c["queries"] for c in doc_remote["cells"]),
+                    "cells": [{"attacker": a["attacker"], "budget": a["budget"],
+                               "status": (a["status"], b["status"]),
+                               "queries": (a["queries"], b["queries"]),
+                               "seconds": (a["seconds"], b["seconds"])}
+                              for a, b in zip([c for c in doc_local["cells"]
+                                               if c["kind"] == "attack"],
+                                              doc_remote["cells"], strict=True)],
                 })
-                print(runs[-1], flush=True)
+                for c in runs[-1]["cells"]:
+                    print(c, flush=True)
     show(f"{args.victim} behind {policy}: attack cells in-process and over HTTP, one at a "
          "time (ratio = remote / (in-process + requests x bare round trip); target <= 1.5)",
          ["repeat", "queries", "requests", "in-process s", "remote s", "round trip ms",
