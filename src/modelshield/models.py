@@ -57,6 +57,49 @@ class LinearClone(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         return np.asarray(np.argmax(self.predict_proba(X), axis=1), dtype=np.int64)
 
 
+class ReluNetClone(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+    """A one-hidden-layer ReLU network in the form exact extraction recovers it.
+
+    The log-ratio of class k+1 to class 0 is ``A[k] . relu(W x + b) + G[k] . x + e[k]``:
+    W (h, d) and b (h,) the hidden units up to scale and sign, A (c-1, h), G (c-1, d) and
+    e (c-1,) the rest (the linear term holds what the unknown signs fold into it).
+    """
+
+    def __init__(self, W: FloatArray, b: FloatArray, A: FloatArray, G: FloatArray,
+                 e: FloatArray) -> None:
+        self.W = W
+        self.b = b
+        self.A = A
+        self.G = G
+        self.e = e
+
+    def fit(self, X: Any = None, y: Any = None) -> ReluNetClone:
+        self.W_ = np.atleast_2d(np.asarray(self.W, dtype=np.float64))
+        self.b_ = np.asarray(self.b, dtype=np.float64)
+        self.A_ = np.atleast_2d(np.asarray(self.A, dtype=np.float64))
+        self.G_ = np.atleast_2d(np.asarray(self.G, dtype=np.float64))
+        self.e_ = np.atleast_1d(np.asarray(self.e, dtype=np.float64))
+        self.classes_ = np.arange(self.A_.shape[0] + 1)
+        self.n_features_in_ = self.W_.shape[1]
+        return self
+
+    def log_ratios(self, X: Any) -> FloatArray:
+        check_is_fitted(self)
+        x = check_array(X, dtype=np.float64)
+        hidden = np.maximum(x @ self.W_.T + self.b_, 0.0)
+        return np.asarray(hidden @ self.A_.T + x @ self.G_.T + self.e_)
+
+    def predict_proba(self, X: Any) -> FloatArray:
+        z = self.log_ratios(X)
+        z = np.column_stack([np.zeros(len(z)), z])
+        z = z - z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return np.asarray(p / p.sum(axis=1, keepdims=True))
+
+    def predict(self, X: Any) -> IntArray:
+        return np.asarray(np.argmax(self.predict_proba(X), axis=1), dtype=np.int64)
+
+
 class BoxClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     """Axis-aligned boxes with a class each: the shape of a decision tree's leaves.
 

@@ -24,6 +24,7 @@ CASES = {
     "knockoff": ("digits-mlp", "full", 300, {"epochs": 60}),
     "jacobian": ("digits-mlp", "label", 300, {"epochs": 40}),
     "active": ("digits-mlp", "full", 300, {"epochs": 40, "rounds": 2}),
+    "relu-exact": ("synth-mlp-d20", "full", 20_000, {}),
 }
 
 
