@@ -4,10 +4,8 @@ A tree's leaves tile the input domain with axis-aligned boxes, and an API that r
 leaf answered (a leaf id, BigML's per-leaf confidence, or the leaf's class distribution)
 lets an attacker map each box: from a point in a leaf, move along one feature at a time;
 since a box is convex, the leaf changes at most once in each direction, and a binary search
-finds where to a stated precision. Features that cannot change the leaf are found first, with
-two queries at the domain's edges or, where the API accepts incomplete queries, one query
-with that feature left out (the path then stops at the first node testing it, so the leaf
-answers only if no node on its path tests the feature).
+finds where to a stated precision. Where the API accepts incomplete queries (BigML did), a
+feature left out stops the path at the first node that tests it, and that node answers.
 
 Two ways to explore, as the API allows:
 
@@ -21,15 +19,18 @@ Two ways to explore, as the API allows:
   to explore. A feature tested again deeper down, after it was set, is invisible from above:
   each leaf checks the two far corners of its box (two queries) and, where one answers
   differently, searches the edge along each set feature and queues the cut-off part.
-* ``incomplete=False``: bottom-up from sample points. The boxes found so far are kept, and
-  the next point is drawn from a large free sample of the domain (and the attacker's pool)
-  that no known box covers yet; such a point is in an unmapped leaf by construction, so no
-  query re-identifies a known leaf. Leaves thinner than the sample's spacing can be missed.
+* ``incomplete=False``: bottom-up from sample points. Features that cannot change a point's
+  leaf are found first, with two queries at the domain's edges. The boxes found so far are
+  kept, and the next point is drawn from a large free sample of the domain (and the
+  attacker's pool) that no known box covers yet; such a point is in an unmapped leaf by
+  construction, so no query re-identifies a known leaf. Leaves thinner than the sample's
+  spacing can be missed.
 
 A leaf's identity is its id, BigML's (label, confidence), or its probability vector. Pure
 leaves of one class share a probability vector; top-down exploration compares a node only
 with its own descendants and neighbours along one feature, so this matters far less there
-than to the bottom-up boxes (which assume one identity is one convex box).
+than to the bottom-up boxes (which assume one identity is one convex box); where identities
+can repeat, each leaf's set features are checked one at a time instead of by corners.
 
 Needs: a leaf identity (leaf ids, a leaf confidence, or full probabilities). Refused under
 label-only and top-k (two neighbouring leaves of one class would merge).
@@ -82,7 +83,7 @@ class PathFinding(Attack):
             probe = np.round(probe)
         if pool is not None and len(pool):
             probe = np.concatenate([pool, probe])
-        mapper = _BoxMapper(session, eps, self.incomplete)
+        mapper = _BoxMapper(session, eps)
         exhausted = False
         while True:
             left = probe[~mapper.covered(probe)]
@@ -184,11 +185,11 @@ class _TopDown:
             half = candidates[: len(candidates) // 2]
             candidates = half if self._moves(node, half) else candidates[len(half):]
         f = int(candidates[0])
-        for value, hi, ident, label in self.pieces(node.x, f):
+        for value, (start, end), ident, label in self.pieces(node.x, f):
             x = node.x.copy()
             x[f] = value
             lo_, hi_ = node.lo.copy(), node.hi.copy()
-            lo_[f], hi_[f] = hi[0], hi[1]
+            lo_[f], hi_[f] = start, end
             queue.append(_Node(x, lo_, hi_, ident, label))
         return 0
 
@@ -245,8 +246,8 @@ class _TopDown:
         moved = 0
         if known.size:
             inner_lo, inner_hi = self._inside(node, known)
-            Seen = list[tuple[object, int] | None]
-            far: list[Seen]
+            Answers = list[tuple[object, int] | None]  # per set feature; None: not asked
+            far: list[Answers]
             if _ambiguous(node.ident):
                 # A corner in another leaf that answers alike would pass for this one: move
                 # one feature at a time instead (2 queries a set feature, in one batch).
@@ -254,7 +255,7 @@ class _TopDown:
                 probes = np.repeat(node.x[None, :], 2 * k, axis=0)
                 probes[np.arange(k), known] = inner_lo
                 probes[k + np.arange(k), known] = inner_hi
-                answers: Seen = list(self.ask(probes))
+                answers: Answers = list(self.ask(probes))
                 far = [answers[:k], answers[k:]]
             else:
                 corners = np.repeat(node.x[None, :], 2, axis=0)
@@ -331,14 +332,13 @@ class _TopDown:
 class _BoxMapper:
     """Finds the box of the leaf containing a point, one feature at a time."""
 
-    def __init__(self, session: Session, eps: FloatArray, incomplete: bool) -> None:
+    def __init__(self, session: Session, eps: FloatArray) -> None:
         self.session = session
         self.spec = session.spec
         self.integer = self.spec.integer_features
         self.eps = np.ones_like(eps) if self.integer else eps
         # Edges between integers are exact; continuous edges are known to within eps.
         self.slack = np.zeros_like(eps) if self.integer else eps
-        self.incomplete = incomplete
         self.lows: list[FloatArray] = []
         self.highs: list[FloatArray] = []
         self.labels: list[int] = []
@@ -349,8 +349,7 @@ class _BoxMapper:
         """Enough budget left to start one more leaf: its first query and the probes that
         find the features on its path. No worst case is reserved: a leaf the budget cuts
         short is dropped, and the queries it took are reported with the rest."""
-        d = self.spec.n_features
-        return self.session.remaining >= 1 + (d if self.incomplete else 2 * d)
+        return self.session.remaining >= 1 + 2 * self.spec.n_features
 
     def covered(self, x: FloatArray) -> np.ndarray:
         out = np.zeros(len(x), dtype=bool)
@@ -375,11 +374,6 @@ class _BoxMapper:
     def _features_on_path(self, x: FloatArray, leaf: object) -> list[int]:
         """Features whose value can change the leaf, by one batch of probe queries."""
         d = self.spec.n_features
-        if self.incomplete:
-            probes = np.repeat(x[None, :], d, axis=0)
-            probes[np.arange(d), np.arange(d)] = np.nan
-            ids = _ident(self.session.query(probes))
-            return [i for i in range(d) if ids[i] != leaf]
         probes = np.repeat(x[None, :], 2 * d, axis=0)
         probes[np.arange(d), np.arange(d)] = self.spec.high
         probes[d + np.arange(d), np.arange(d)] = self.spec.low
@@ -394,13 +388,7 @@ class _BoxMapper:
         Returns ±inf when it never does.
         """
         end = float(self.spec.high[i] if side == "high" else self.spec.low[i])
-        if not self.incomplete:
-            far = self._edge_ids[(i, side)]
-        else:
-            probe = x.copy()
-            probe[i] = end
-            far = _ident(self.session.query(probe))[0]
-        if far == leaf:
+        if self._edge_ids[(i, side)] == leaf:
             return np.inf if side == "high" else -np.inf
         same, other = float(x[i]), float(end)
         probe = x.copy()
