@@ -218,6 +218,11 @@ def _lm_attack(attack: str, victim: str | None, target: str | None, api_key: str
             elif victim is not None:
                 reference = load_lm(victim, seed)
             oracle: Any = OpenAIOracle(target, api_key, price_per_1k_tokens=price)
+            if reference is not None and reference.vocab != oracle.vocab:
+                oracle.close()
+                raise ConfigError(f"The reference model has a vocabulary of {reference.vocab:,}; "
+                                  f"the target's has {oracle.vocab:,}: it is not the model the "
+                                  "target serves.")
         elif victim is not None:
             from modelshield.oracle.lm import ShieldLMOracle
             from modelshield.serve.factory import build_shield
@@ -252,10 +257,6 @@ def _lm_attack(attack: str, victim: str | None, target: str | None, api_key: str
         if reference is not None:
             result["true_hidden_size"] = reference.hidden
             if e.W is not None:
-                if e.W.shape[0] != reference.W.shape[0]:
-                    raise ConfigError(f"The reference model has a vocabulary of "
-                                      f"{reference.W.shape[0]}; the target's is {e.W.shape[0]}:"
-                                      " it is not the model the target serves.")
                 result["W_error"] = alignment_error(e.W, reference.W)
                 console.print("W alignment error against the reference (defender's check): "
                               f"RMS {result['W_error']['rms']:.3g}, relative "

@@ -6,8 +6,8 @@ from the rest: an MLP on the scores matched as logits, the same by cross-entropy
 the labels, a random forest and gradient boosting on the labels. The first (logits, or the
 labels when no scores come back) is kept unless the best of the others agrees with the
 held-out answers more often beyond chance (one-sided McNemar test at 5%); the one kept is
-trained again on all the answers. Piecewise-constant victims (trees) pick a forest or
-boosting; smooth ones keep the MLP.
+trained again on all the answers. Given a few hundred answers, piecewise-constant victims
+(trees) pick a forest or boosting; smooth ones keep the MLP.
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ def fit_chosen(x: FloatArray, answers: list[Answer], labels: str, student: str,
     # The first candidate (the MLP on the scores, else on the labels) stays unless another
     # is better on the held-out answers beyond chance: a one-sided exact McNemar test at 5%
     # on the answers where exactly one of the two is right. A fifth of 100 answers is too
-    # few to pick on the bare agreement (that cost 0.01-0.04 fidelity at 100-300 queries).
+    # few to pick on the bare agreement (that cost 0.003-0.037 fidelity at 100-300 queries:
+    # bench/results/knockoff_vs_art_bare_holdout.json against knockoff_vs_art.json).
     default = next(iter(right))
     best = default
     challenger = max(list(right)[1:], key=lambda k: holdout[k])

@@ -272,9 +272,9 @@ class Collector:
 
     def refine(self, tol: float) -> list[np.ndarray]:
         """Narrow every bisection so far to ``tol`` (bias-search only); the rows anew."""
-        self.tolerance = tol
         for search in self.searches:
             self._narrow(search, tol)
+        self.tolerance = tol  # reached by every bracket (a budget cut leaves it unchanged)
         return [-(s.lo + s.hi) / 2 for s in self.searches]
 
 
