@@ -51,3 +51,12 @@ def test_rounded_scores_are_refused_after_one_query() -> None:
     r = run_cell(v, "relu-exact", "round:4", 10_000)
     assert r.status == "refused" and r.queries == 1
     assert run_cell(v, "relu-exact", "label", 10_000).queries == 1
+
+
+def test_a_short_budget_keeps_what_the_final_fit_needs_and_says_so() -> None:
+    v = owner_mlp(16, 3, 10, 1)
+    full = run_cell(v, "relu-exact", "full", 100_000, 1, uniform_points=1000)
+    short = run_cell(v, "relu-exact", "full", full.queries // 2, 1, uniform_points=1000)
+    assert short.status == "ok" and short.queries <= full.queries // 2
+    assert "the budget ended the search" in short.reason
+    assert 0 < short.info["hidden_units_found"] <= 16

@@ -41,7 +41,7 @@ import numpy as np
 
 from modelshield.answer import FloatArray
 from modelshield.attacks.base import Attack, Session
-from modelshield.errors import AttackFailed, AttackRefused, ConfigError
+from modelshield.errors import AttackFailed, AttackRefused, BudgetExhausted, ConfigError
 from modelshield.models import ReluNetClone
 
 
@@ -83,14 +83,28 @@ class ReluExact(Attack):
         # Only hyperplanes found on two lines or more are kept.
         seen: list[tuple[FloatArray, float, int]] = []
         quiet = lines = 0
+        d = spec.n_features
+        note = None
         while lines < self.lines and quiet < self.patience:
+            # Keep what the final fit needs (3 queries an unknown), and a line's worth more.
+            kept = sum(count >= 2 for *_, count in seen)
+            if session.remaining < 3 * (kept + d + 1) + 40 * (d + 1):
+                note = (f"the budget ended the search after {lines} lines, with {kept} hidden "
+                        "units confirmed; units not met are missing from the clone")
+                break
             lines += 1
             confirmed = 0
-            for t, x0, u in probe.kinks(rng, self.tolerance):
+            try:
+                kinks = probe.kinks(rng, self.tolerance)
+            except BudgetExhausted:
+                break
+            for t, x0, u in kinks:
                 x = x0 + t * u
                 # A kink on a hyperplane already seen confirms it at no cost.
                 i = _on_plane(seen, x, probe.scale)
                 if i is None:
+                    if session.remaining < 3 * (len(seen) + d + 1) + 4 * (d + 1):
+                        break
                     n, beta = probe.hyperplane(x)
                     if n is None:
                         continue
@@ -98,8 +112,8 @@ class ReluExact(Attack):
                     if i is None:
                         seen.append((n, beta, 1))
                         continue
-                m, b, count = seen[i]
-                seen[i] = (m, b, count + 1)
+                normal, offset, count = seen[i]
+                seen[i] = (normal, offset, count + 1)
                 confirmed += count == 1
             quiet = 0 if confirmed else quiet + 1
         planes = [(n, b) for n, b, count in seen if count >= 2]
@@ -108,20 +122,25 @@ class ReluExact(Attack):
                                "on this domain, or not a ReLU network")
         N = np.array([n for n, _ in planes])
         offsets = np.array([b for _, b in planes])
-        h, d = N.shape
-        m = 3 * (h + d + 1)
-        x = spec.uniform(m, rng)
+        h = len(N)
+        n_fit = min(3 * (h + d + 1), session.remaining)
+        if n_fit < h + d + 1:
+            raise AttackFailed(f"{self.name}: the final fit needs {h + d + 1} queries; "
+                               f"{session.remaining} are left")
+        x = spec.uniform(n_fit, rng)
         y = probe.log_ratios(x)
-        features = np.column_stack([np.maximum(x @ N.T + offsets, 0.0), x, np.ones(m)])
+        features = np.column_stack([np.maximum(x @ N.T + offsets, 0.0), x, np.ones(n_fit)])
         coef, *_ = np.linalg.lstsq(features, y, rcond=None)
         residual = float(np.abs(features @ coef - y).max())
         A, G, e = coef[:h].T, coef[h:h + d].T, coef[-1]
         clone = ReluNetClone(N, offsets, A, G, e).fit()
         session.checkpoint(clone)
-        return clone, {"W": N, "b": offsets, "A": A, "G": G, "e": e}, {
-            "hidden_units_found": h, "hyperplanes_seen_once": len(seen) - h,
-            "lines": lines, "fit_max_residual": residual,
-            "scale_free": True}
+        info: dict[str, Any] = {"hidden_units_found": h, "hyperplanes_seen_once": len(seen) - h,
+                                "lines": lines, "fit_max_residual": residual,
+                                "scale_free": True}
+        if note:
+            info["budget_note"] = note
+        return clone, {"W": N, "b": offsets, "A": A, "G": G, "e": e}, info
 
 
 class _Probe:
