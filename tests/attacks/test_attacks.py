@@ -273,6 +273,17 @@ def test_knockoff_chooses_its_student_from_held_out_answers() -> None:
     assert {"mlp/soft", "mlp/soft-kl", "mlp/hard"} <= set(r.info["holdout"])
 
 
+def test_answers_that_repeat_make_a_forest_the_default_student() -> None:
+    """A tree answers one score vector a leaf; 100 queries are too few for the hold-out test
+    to overturn the default, so the default is what the answers' shape says."""
+    tree = run_cell(load_victim("synth-tree-d12", 0), "knockoff", "full", 100,
+                    params={"epochs": 30}, uniform_points=500)
+    assert tree.info["student"] == "forest/hard"
+    smooth = run_cell(load_victim("breast-cancer-lr", 0), "knockoff", "full", 100,
+                      params={"epochs": 30}, uniform_points=500)
+    assert smooth.info["student"].startswith("mlp/")
+
+
 def test_student_names_are_checked() -> None:
     with pytest.raises(ConfigError, match="student"):
         ATTACKS["knockoff"](student="svm")

@@ -4,7 +4,8 @@ The student's family is the attacker's choice. With ``student="auto"`` it is cho
 attacker can, from the answers alone. A fifth of them are held out; each candidate learns
 from the rest: an MLP on the scores matched as logits, the same by cross-entropy, an MLP on
 the labels, a random forest and gradient boosting on the labels. The first (logits, or the
-labels when no scores come back) is kept unless the best of the others agrees with the
+labels when no scores come back; the forest when at most half the score vectors are
+distinct, as a tree's leaves answer) is kept unless the best of the others agrees with the
 held-out answers more often beyond chance (one-sided McNemar test at 5%); the one kept is
 trained again on all the answers. Given a few hundred answers, piecewise-constant victims
 (trees) pick a forest or boosting; smooth ones keep the MLP.
@@ -110,6 +111,10 @@ def fit_chosen(x: FloatArray, answers: list[Answer], labels: str, student: str,
                                loss="kl" if kind == "soft-kl" else "logits")
         return AllClassesClassifier(_ensemble(family, seed), n_classes).fit(x[idx], hard[idx])
 
+    if student == "auto" and scores and _piecewise_constant(answers):
+        # Answers that repeat exactly come from a model that is piecewise constant (a tree's
+        # leaves): a forest is the default then, and the MLP the challenger.
+        candidates.sort(key=lambda c: c[0] != "forest")
     everything = np.arange(len(x))
     if len(candidates) == 1 or len(x) < MIN_CHOICE:
         family, kind = candidates[0]
@@ -136,6 +141,13 @@ def fit_chosen(x: FloatArray, answers: list[Answer], labels: str, student: str,
     family, kind = best.split("/")
     return fit(everything, family, kind), {"student": best, "holdout": holdout,
                                            "challenger_p": p_value}
+
+
+def _piecewise_constant(answers: list[Answer]) -> bool:
+    """Whether at most half the score vectors are distinct: a smooth model answers every
+    distinct input with distinct scores; a tree answers with one vector a leaf."""
+    p = np.concatenate([a.probabilities for a in answers if a.probabilities is not None])
+    return len(p) >= 10 and len(np.unique(np.round(p, 12), axis=0)) <= len(p) / 2
 
 
 def _ensemble(family: str, seed: int) -> Any:
