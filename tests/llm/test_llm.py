@@ -334,4 +334,5 @@ def test_bisection_finds_the_weakest_directions_of_a_trained_spectrum(
         oracle, 100_000)
     assert e.hidden_size == 32
     assert e.info["tolerance_refinements"] and e.info["tolerance"] < 1e-5
+    assert e.info["hidden_at_start_tolerance"] != 32  # the starting tolerance alone misses
     s.close()

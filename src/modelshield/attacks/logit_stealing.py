@@ -378,6 +378,7 @@ class HiddenSize(LMAttack):
                     return  # more vectors than logits read cannot show more
 
         collect()
+        first = {"hidden_at_start_tolerance": hidden, "queries_at_start_tolerance": c.used}
         refinements = []
         # Bisection's tolerance sets a noise floor of its own, and signal directions below it
         # vanish (a drop found there is too early). While the floor measured is the one the
@@ -409,6 +410,7 @@ class HiddenSize(LMAttack):
         if c.variant == "bias-search":
             info["tolerance"] = c.tolerance
             info["tolerance_refinements"] = refinements
+            info.update(first)
         return LMExtraction(self.name, c.variant, c.used, o.requests, o.tokens, o.cost, 0.0,
                             hidden_size=hidden, singular_values=[float(x) for x in s],
                             info=info)
