@@ -120,7 +120,8 @@ def run(args: argparse.Namespace, audit: str, tmp: Path) -> list[dict[str, Any]]
         recorded = {int(json.loads(rec["inputs"])[0][0]) for rec in store.records()
                     if rec["inputs"] != "null"}  # answers, and refusals with their rows
         lost = sorted(set(received) - recorded)
-        ok, n, _ = store.verify()
+        verdict = store.verify()
+        ok, n = verdict.ok, verdict.checked
         rows.append({"round": r, "received": len(received), "records": n,
                      "lost": len(lost), "chain_intact": ok})
         next_id += 10**7

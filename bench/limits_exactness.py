@@ -58,7 +58,7 @@ def main() -> None:
                                        if k not in (200, 429)}})
         records = store.count(answered=True)
         refusals = store.count(answered=False)
-        ok = store.verify()[0]
+        ok = store.verify().ok
     show(f"two uvicorn workers sharing Redis: {args.requests} concurrent requests, limit "
          f"{args.limit}", ["round", "admitted (200)", "refused (429)", "other"],
          [[r["round"], r["admitted"], r["refused_429"], r["other"]] for r in rows])

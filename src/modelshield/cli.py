@@ -409,9 +409,9 @@ def _load(config: Path | None) -> Any:
 
 
 def _store(config: Path | None) -> Any:
-    from modelshield.store import AuditStore
+    from modelshield.serve.factory import open_store
 
-    return AuditStore(_load(config).audit_url)
+    return open_store(_load(config))
 
 
 @app.command()
@@ -453,6 +453,10 @@ def serve(config: ConfigOpt = None,
     err.print(f"modelshield gateway: serving {served} on http://{host}:{port} "
               f"({workers} worker{'s' if workers > 1 else ''}; audit log {cfg.audit_url}; "
               f"limits {cfg.storage.limits}; docs at /docs)", highlight=False)
+    if not cfg.audit_keys:
+        err.print("[yellow]warning[/]: no audit_keys set: the audit log is chained with plain "
+                  "SHA-256, so whoever can write its database can rewrite it unseen "
+                  "(modelshield audit-log new-key writes a key)", highlight=False)
     # Forwarded headers are trusted only from the config's trusted_proxies (the app
     # applies them), never from uvicorn's default of 127.0.0.1.
     from modelshield.serve.server import run
@@ -519,14 +523,61 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (from key
 
 
 @audit_log_app.command("verify")
-def audit_log_verify(config: ConfigOpt = None) -> None:
-    """Check the audit log's hash chain from the first record to the last."""
-    ok, n, bad = _store(config).verify()
-    if ok:
-        console.print(f"[green]chain intact[/]: {n} records")
+def audit_log_verify(config: ConfigOpt = None,
+                     anchor: Annotated[Path | None, typer.Option(
+                         "--anchor", help="A head saved earlier with `audit-log head`: also "
+                         "check the log still holds it (catches a rollback of the whole log).")]
+                     = None) -> None:
+    """Check every record's seal and the chain head, and name each break: records edited,
+    inserted, removed, moved, or removed at the end."""
+    saved = None
+    if anchor is not None:
+        try:
+            saved = json.loads(anchor.read_text())
+            int(saved["seq"]), str(saved["hash"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"--anchor {anchor}: not a head written by `modelshield "
+                              f"audit-log head` ({exc})") from None
+    verdict = _store(config).verify(anchor=saved)
+    versions = ", ".join(f"{n} with {v or 'no version (older modelshield)'}"
+                         for v, n in verdict.versions.items()) or "no records"
+    if verdict.ok:
+        console.print(f"[green]chain intact[/]: {verdict.checked} records ({versions})"
+                      + (f"; anchor at record {saved['seq']} found" if saved else ""))
+        if verdict.checked and not verdict.keyed:
+            err.print("[yellow]warning[/]: some records are not sealed with a key; they "
+                      "show accidents, not tampering by whoever can write the database")
         return
-    err.print(f"[bold red]chain broken[/] at record {bad} after {n} good records")
+    table = Table("where", "break", "what was found", title="audit log: chain broken")
+    for brk in verdict.breaks:
+        where = "head" if brk.first < 0 else (
+            str(brk.first) if brk.first == brk.last else f"{brk.first}-{brk.last}")
+        table.add_row(where, brk.kind, brk.detail)
+    err.print(table)
+    err.print(f"[bold red]chain broken[/]: {len(verdict.breaks)} break(s)"
+              + (" (more not listed)" if verdict.truncated else "")
+              + f" in {verdict.checked} records")
     raise typer.Exit(1)
+
+
+@audit_log_app.command("head")
+def audit_log_head(config: ConfigOpt = None) -> None:
+    """Print the chain head as JSON. Keep a copy where the database's writers cannot reach
+    (a ticket, another system's log); `verify --anchor` checks it later."""
+    print(json.dumps({**_store(config).head(), "taken_at": time.time()}))
+
+
+@audit_log_app.command("new-key")
+def audit_log_new_key(version: Annotated[str | None, typer.Option(
+        help="The new key's version (default: this month, e.g. 2026-11).")] = None) -> None:
+    """Print a new random audit key to add under audit_keys. Keep the old versions listed
+    so their records still check; new records are sealed with the last one listed (or
+    audit_key_version)."""
+    import secrets
+
+    version = version or time.strftime("%Y-%m", time.gmtime())
+    print(f'audit_keys:\n  # ...the versions already there, then:\n'
+          f'  "{version}": "{secrets.token_urlsafe(32)}"')
 
 
 @audit_log_app.command("flags")

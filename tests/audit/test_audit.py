@@ -234,7 +234,7 @@ def test_remote_target_through_the_gateway(tmp_path: Path) -> None:
             eq = attacker(doc, "pro tier", "eq")
             assert eq["status"] == "ok" and eq["best_fidelity"] == 1.0, eq
             assert all(c["kind"] == "attack" for c in doc["cells"])  # no honest-user cell
-        assert shield.store.count() > 0 and shield.store.verify()[0]
+        assert shield.store.count() > 0 and shield.store.verify().ok
         bad = load_scenario({**remote, "target": {"victim": "breast-cancer-lr", "url": url,
                                                   "api_key": "ms_wrong"}})
         with pytest.raises(ConfigError, match="refused the API key: HTTP 401"):

@@ -86,7 +86,7 @@ def test_completion_with_logprobs_is_answered_and_recorded(shield: Shield,
         assert v == max(top.values()) and top[t] == v
     assert body["usage"]["total_tokens"] == (body["usage"]["prompt_tokens"]
                                              + body["usage"]["completion_tokens"])
-    assert shield.store.count() == before + 1 and shield.store.verify()[0]
+    assert shield.store.count() == before + 1 and shield.store.verify().ok
 
 
 def test_chat_streaming_and_model_list(shield: Shield, gateway: HttpClient) -> None:

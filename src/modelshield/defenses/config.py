@@ -7,7 +7,9 @@ A bad value stops loading with a message naming the field's path and what is all
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -163,6 +165,13 @@ class ShieldConfig(_Strict):
     storage: Storage = Storage()
     audit_url: str = "sqlite:///modelshield-audit.db"
     audit_sync: Literal["normal", "full"] = "normal"
+    # The keys that seal the audit log, by version, kept out of the database (here, or in
+    # MODELSHIELD_AUDIT_KEYS as "v1:secret;v2:secret"). New records are sealed with
+    # audit_key_version (default: the last listed); keep old versions listed so their
+    # records still check. Without keys the chain is plain SHA-256: whoever can write the
+    # database can rewrite it unseen. `modelshield init` writes one.
+    audit_keys: dict[str, str] = Field(default_factory=dict, repr=False)
+    audit_key_version: str | None = None
     key_cache_seconds: float = Field(default=1.0, ge=0)
     global_limits: Limits = Limits()
     ip_limits: Limits = Limits()
@@ -184,6 +193,26 @@ class ShieldConfig(_Strict):
     @classmethod
     def _auth_rate(cls, v: str | None) -> str | None:
         return _rates(v, "rate")
+
+    @field_validator("audit_keys")
+    @classmethod
+    def _audit_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        for version, secret in v.items():
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,32}", version) or version == "sha256":
+                raise ValueError(f"key version {version!r}: use 1-32 letters, digits, '.', '_' "
+                                 "or '-' (not 'sha256')")
+            if len(secret) < 16:
+                raise ValueError(f"the key of version {version!r} is {len(secret)} characters; "
+                                 "use a random string of at least 16 (modelshield audit-log "
+                                 "new-key writes one)")
+        return v
+
+    @model_validator(mode="after")
+    def _audit_version(self) -> ShieldConfig:
+        if self.audit_key_version is not None and self.audit_key_version not in self.audit_keys:
+            raise ValueError(f"audit_key_version {self.audit_key_version!r} is not a version "
+                             f"in audit_keys ({', '.join(self.audit_keys) or 'none set'})")
+        return self
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -248,12 +277,20 @@ def load_config(source: str | Path | dict[str, Any] | None = None) -> ShieldConf
     env_secret = os.environ.get("MODELSHIELD_NOISE_SECRET")
     if env_secret and not data.get("noise_secret"):
         data = {**data, "noise_secret": env_secret}
+    env_keys = os.environ.get("MODELSHIELD_AUDIT_KEYS")
+    if env_keys and not data.get("audit_keys"):
+        pairs = [p.partition(":") for p in env_keys.split(";") if p.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise ConfigError("MODELSHIELD_AUDIT_KEYS: write it as 'version:secret', several "
+                              "separated by ';' (e.g. '2026-11:...;2027-01:...')")
+        data = {**data, "audit_keys": {v.strip(): k.strip() for v, _, k in pairs}}
     try:
         return ShieldConfig.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or (
-            "noise_secret" if "noise_secret" in first["msg"] else "config")
+            "noise_secret" if "noise_secret" in first["msg"] else
+            "audit_key_version" if "audit_key_version" in first["msg"] else "config")
         msg = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             msg = "unknown field"
@@ -262,7 +299,9 @@ def load_config(source: str | Path | dict[str, Any] | None = None) -> ShieldConf
 
 def example_config() -> str:
     """The commented example config, with a fresh random noise_secret."""
-    return EXAMPLE.replace("{noise_secret}", secrets.token_urlsafe(32))
+    return (EXAMPLE.replace("{noise_secret}", secrets.token_urlsafe(32))
+            .replace("{audit_key}", secrets.token_urlsafe(32))
+            .replace("{audit_key_version}", time.strftime("%Y-%m", time.gmtime())))
 
 
 EXAMPLE = """\
@@ -296,6 +335,10 @@ storage:
   fail: closed                 # if Redis is unreachable: closed = refuse (503), open = allow
   strategy: moving-window      # exact; sliding-window / fixed-window cost less per request
 audit_url: sqlite:///modelshield-audit.db   # or postgresql+psycopg://user@host/db
+# The keys that seal the audit log, kept outside the database (or in MODELSHIELD_AUDIT_KEYS).
+# To rotate, add a version (modelshield audit-log new-key) and keep the old ones listed.
+audit_keys:
+  "{audit_key_version}": "{audit_key}"
 # The key of keyed noise (the enterprise tier's noise:0.01). Random, written by init; keep
 # it secret (or set MODELSHIELD_NOISE_SECRET instead): whoever knows it can strip the noise.
 noise_secret: "{noise_secret}"

@@ -29,7 +29,7 @@ def build_gateway(source: Any = None, **kwargs: Any) -> list[Shield]:
     config = source if isinstance(source, ShieldConfig) else load_config(source)
     if not config.models:
         return [build_shield(config, **kwargs)]
-    store = kwargs.pop("store", None) or _store(config)
+    store = kwargs.pop("store", None) or open_store(config)
     limiter = make_limiter(config)
     shields: list[Shield] = []
     try:
@@ -60,14 +60,16 @@ def build_shield(source: Any = None, **kwargs: Any) -> Shield:
     config = source if isinstance(source, ShieldConfig) else load_config(source)
     spec, benign = kwargs.pop("spec", None), kwargs.pop("benign", None)
     model, spec, found = load_model(config, spec)
-    store = kwargs.pop("store", None) or _store(config)
+    store = kwargs.pop("store", None) or open_store(config)
     return Shield(config, model, spec, store, benign=found if benign is None else benign,
                   **kwargs)
 
 
-def _store(config: ShieldConfig) -> AuditStore:
+def open_store(config: ShieldConfig) -> AuditStore:
+    """The config's audit store, with its audit keys."""
     return AuditStore(config.audit_url, sync=config.audit_sync,
-                      key_cache_seconds=config.key_cache_seconds)
+                      key_cache_seconds=config.key_cache_seconds, keys=config.audit_keys,
+                      key_version=config.audit_key_version)
 
 
 def load_model(config: ShieldConfig, spec: ApiSpec | None = None) -> tuple[Any, ApiSpec, Any]:

@@ -2,10 +2,12 @@
 database.
 
 SQLite (WAL mode) by default, PostgreSQL by URL (``postgresql+psycopg://...``), both through
-SQLAlchemy Core. Every audit record carries the SHA-256 of its content and of the record
-before it, so deleting, reordering or editing a record breaks the chain and
-:meth:`AuditStore.verify` finds where. Appends are serialised (SQLite: ``BEGIN IMMEDIATE``;
-PostgreSQL: a row lock on the chain head) so concurrent writers still make one chain.
+SQLAlchemy Core. Every audit record is sealed with an HMAC over its position, its content
+and the record before it, under a key kept outside the database (:mod:`modelshield.store.chain`),
+so editing, inserting, deleting, reordering or cutting off records breaks the chain and
+:meth:`AuditStore.verify` names each break. Appends are serialised (SQLite: ``BEGIN
+IMMEDIATE``; PostgreSQL: a row lock on the chain head) so concurrent writers still make one
+chain.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +28,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from modelshield.errors import ConfigError
+from modelshield.store import chain
+from modelshield.store.chain import GENESIS, UNKEYED, Verdict, seal, seal_head
 
-GENESIS = "0" * 64
 KEY_CACHE_ENTRIES = 10_000
 metadata = sa.MetaData()
 
@@ -58,6 +62,9 @@ audit_table = sa.Table(
     sa.Column("decision", sa.Text, nullable=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    # The audit key version the record was sealed with ("sha256": no key; null: a record
+    # of an older modelshield, chained without its position).
+    sa.Column("key_version", sa.String(32), nullable=True),
 )
 
 flags_table = sa.Table(
@@ -75,7 +82,11 @@ chain_head = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("hash", sa.String(64), nullable=False),
     sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("key_version", sa.String(32), nullable=True),
+    sa.Column("mac", sa.String(64), nullable=True),  # the head's own seal
 )
+# Columns added since the first release, added to an existing database on start.
+_NEW_COLUMNS = {"audit_log": ("key_version",), "audit_chain_head": ("key_version", "mac")}
 
 
 @dataclass(frozen=True)
@@ -163,8 +174,17 @@ class AuditStore:
     """API keys and the audit log over one SQL database."""
 
     def __init__(self, url: str, clock: Any = time.time, sync: str = "normal",
-                 key_cache_seconds: float = 1.0) -> None:
+                 key_cache_seconds: float = 1.0, keys: Mapping[str, str] | None = None,
+                 key_version: str | None = None) -> None:
+        """keys: the audit keys by version (kept outside the database); new records are
+        sealed with ``key_version`` (default: the last one listed). Without keys the chain
+        is plain SHA-256, which shows accidents but not tampering."""
         self.url = url
+        self.keys = {v: k.encode() for v, k in (keys or {}).items()}
+        if key_version is not None and key_version not in self.keys:
+            raise ConfigError.invalid("audit_key_version", "a version listed in audit_keys",
+                                      key_version)
+        self.key_version = key_version or (list(self.keys)[-1] if self.keys else UNKEYED)
         self.engine = make_engine(url, sync)
         self.key_cache_seconds = key_cache_seconds
         # By the secret's digest, never the secret: an invalid 15 KB key costs 64 bytes here,
@@ -186,14 +206,28 @@ class AuditStore:
         for attempt in range(3):
             try:
                 metadata.create_all(self.engine)
+                self._add_new_columns()
                 with self.engine.begin() as conn:
                     if conn.execute(sa.select(chain_head.c.id)).first() is None:
-                        conn.execute(chain_head.insert().values(id=1, hash=GENESIS, seq=0))
+                        conn.execute(chain_head.insert().values(
+                            id=1, hash=GENESIS, seq=0, key_version=self.key_version,
+                            mac=seal_head(self.keys, self.key_version, 0, GENESIS)))
                 return
             except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
                 if attempt == 2:
                     raise
                 time.sleep(0.2)  # another process created it first; check again
+
+    def _add_new_columns(self) -> None:
+        """A database made by an older modelshield gets the columns added since."""
+        inspector = sa.inspect(self.engine)
+        for table, columns in _NEW_COLUMNS.items():
+            have = {c["name"] for c in inspector.get_columns(table)}
+            for name in columns:
+                if name not in have:
+                    with self.engine.begin() as conn:
+                        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} "
+                                             f"VARCHAR({64 if name == 'mac' else 32})")
 
     # -- keys ----------------------------------------------------------------------------
     def create_key(self, tier: str, owner: str = "", terms_version: str = "1",
@@ -342,17 +376,20 @@ class AuditStore:
                         + ("" if sqlite else " FOR UPDATE"))
             prev, seq = cur.fetchone()
             rows = []
+            version = self.key_version
             for content in contents:
-                digest = _chain(prev, content)
-                # The chain hashes repr(ts); the column keeps the float (repr round-trips).
-                rows.append((float(content["ts"]),
-                             *(content[c] for c in _RECORD_COLUMNS[1:]), prev, digest))
+                seq += 1
+                digest = seal(self.keys, version, prev, seq, content)
+                # The chain seals repr(ts); the column keeps the float (repr round-trips).
+                rows.append((seq, float(content["ts"]),
+                             *(content[c] for c in _RECORD_COLUMNS[1:]), prev, digest, version))
                 prev = digest
-            cur.executemany(f"INSERT INTO audit_log ({', '.join(_RECORD_COLUMNS)}, prev_hash, "
-                            f"hash) VALUES ({', '.join([ph] * (len(_RECORD_COLUMNS) + 2))})",
-                            rows)
-            cur.execute(f"UPDATE audit_chain_head SET hash = {ph}, seq = {ph} WHERE id = 1",
-                        (prev, seq + len(rows)))
+            cur.executemany(f"INSERT INTO audit_log (seq, {', '.join(_RECORD_COLUMNS)}, "
+                            f"prev_hash, hash, key_version) "
+                            f"VALUES ({', '.join([ph] * (len(_RECORD_COLUMNS) + 4))})", rows)
+            cur.execute(f"UPDATE audit_chain_head SET hash = {ph}, seq = {ph}, key_version = "
+                        f"{ph}, mac = {ph} WHERE id = 1",
+                        (prev, seq, version, seal_head(self.keys, version, seq, prev)))
             if sqlite:
                 cur.execute("COMMIT")
             else:
@@ -417,22 +454,31 @@ class AuditStore:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
-    def verify(self) -> tuple[bool, int, int | None]:
-        """(chain intact, records checked, seq of the first bad record or None)."""
-        prev = GENESIS
-        n = 0
+    def head(self) -> dict[str, Any]:
+        """The chain head: the last position, its seal, and the head's own seal. Copy it
+        out of reach of the database's writers to check against later (an anchor)."""
         with self.engine.connect() as conn:
-            for row in conn.execute(sa.select(audit_table).order_by(audit_table.c.seq)
-                                    ).mappings():
-                content = {k: row[k] for k in ("key_id", "client_ip", "model", "rows",
-                                               "input_hash", "inputs", "answer", "decision")}
-                content["ts"] = repr(row["ts"])
-                if row["prev_hash"] != prev or _chain(prev, content) != row["hash"]:
-                    return False, n, int(row["seq"])
-                prev = row["hash"]
-                n += 1
-            head = conn.execute(sa.select(chain_head.c.hash)).scalar_one()
-        return head == prev, n, None if head == prev else -1
+            row = conn.execute(sa.select(chain_head).where(chain_head.c.id == 1)
+                               ).mappings().one()
+        return {"seq": int(row["seq"]), "hash": row["hash"],
+                "key_version": row["key_version"], "mac": row["mac"]}
+
+    def verify(self, anchor: Mapping[str, Any] | None = None) -> Verdict:
+        """Check every record's seal and the head, naming each break; with ``anchor`` (an
+        earlier :meth:`head`), also check that the log still holds what it held then."""
+        with self.engine.connect() as conn:
+            head = dict(conn.execute(sa.select(chain_head).where(chain_head.c.id == 1)
+                                     ).mappings().one())
+            rows = (dict(r) for r in conn.execute(
+                sa.select(audit_table).order_by(audit_table.c.seq)).mappings())
+            verdict = chain.check(rows, head, self.keys, require_keyed=bool(self.keys))
+            if anchor is not None:
+                row = conn.execute(sa.select(audit_table.c.hash).where(
+                    audit_table.c.seq == int(anchor["seq"]))).mappings().first()
+                brk = chain.check_anchor(anchor, None if row is None else dict(row))
+                if brk is not None:
+                    verdict.add(brk)
+        return verdict
 
     def close(self) -> None:
         self._closing.set()
@@ -445,11 +491,6 @@ class AuditStore:
                     self._raw.close()
                 self._raw = None
         self.engine.dispose()
-
-
-def _chain(prev: str, content: dict[str, Any]) -> str:
-    body = json.dumps(content, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256((prev + body).encode()).hexdigest()
 
 
 def _canonical(value: Any) -> str:
