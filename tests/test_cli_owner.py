@@ -99,3 +99,69 @@ def test_a_data_file_with_other_names_is_refused(owner: Any, tmp_path: Path) -> 
     r = runner.invoke(app, ["attack", "--model-file", str(model_file), "--attack", "knockoff"])
     assert isinstance(r.exception, ConfigError)
     assert "--model-file and --data go together" in str(r.exception)
+
+
+def test_a_clone_made_over_http_is_traced_to_the_account_that_made_it(
+        owner: Any, tmp_path: Path) -> None:
+    """The owner's model served with a watermarked tier: a thief's clone, saved by the CLI,
+    is traced to the thief's key, also when served behind another API; a model the owner
+    trains again without our answers is traced to no one."""
+    import yaml
+
+    model_file, data, model, X = owner
+    with np.load(data) as d:
+        low, high, pool = d["low"].tolist(), d["high"].tolist(), d["pool"]
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": {"file": str(model_file), "name": "vineyard", "classes": ["0", "1", "2"],
+                  "low": low, "high": high},
+        "audit_url": f"sqlite:///{tmp_path}/a.db", "watermark_secret": "s" * 32,
+        "audit_keys": {"v1": "k" * 32},
+        "tiers": {"pro": {"watermark": {"rate": 0.02}, "max_batch": 500}}}))
+    shields = build_gateway(str(cfg))
+    thief, thief_rec = shields[0].store.create_key("pro", owner="thief inc")
+    honest, _ = shields[0].store.create_key("pro", owner="honest llc")
+    clone = tmp_path / "clone.joblib"
+    with live_app(create_app(shields)) as client:
+        r = runner.invoke(app, ["attack", "--target", str(client.base_url), "--api-key", thief,
+                                "--model-file", str(model_file), "--data", str(data),
+                                "--attack", "knockoff", "--budget", "1500", "--param",
+                                "source=uniform", "--param", "student=forest",
+                                "--save-clone", str(clone)])
+        assert r.exit_code == 0, r.output
+        for _ in range(3):  # an honest customer scores its table, again and again
+            client.post("/v1/models/vineyard/predict", json={"inputs": X.tolist()},
+                        headers={"Authorization": f"Bearer {honest}"}).raise_for_status()
+    for s in shields:
+        s.close()
+    out = tmp_path / "v.json"
+    r = runner.invoke(app, ["verify", "--suspect", str(clone), "--config", str(cfg),
+                            "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    found = json.loads(out.read_text())
+    assert found["matched"] == [thief_rec.key_id], r.output
+    assert "match" in r.output and "thief inc" in r.output
+    thief_row = next(a for a in found["accounts"] if a["key_id"] == thief_rec.key_id)
+    assert thief_row["p_adjusted"] <= 1e-3 and thief_row["test"] == "label"
+
+    # The same clone behind another API, queried over HTTP.
+    served = build_gateway({"model": {"file": str(clone), "name": "copy", "classes":
+                                      ["0", "1", "2"], "low": low, "high": high},
+                            "audit_url": f"sqlite:///{tmp_path}/b.db", "tiers": {"t": {}}})
+    key = served[0].store.create_key("t")[0]
+    with live_app(create_app(served)) as client:
+        r = runner.invoke(app, ["verify", "--suspect", str(client.base_url), "--suspect-key",
+                                key, "--config", str(cfg), "--json", str(out)])
+    for s in served:
+        s.close()
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["matched"] == [thief_rec.key_id]
+
+    # The owner's own architecture trained again on other rows: no one is named.
+    again = make_pipeline(StandardScaler(), MLPClassifier((32,), max_iter=2000, random_state=7))
+    joblib.dump(again.fit(np.vstack([pool, X]), model.predict(np.vstack([pool, X]))),
+                tmp_path / "again.joblib")
+    r = runner.invoke(app, ["verify", "--suspect", str(tmp_path / "again.joblib"), "--config",
+                            str(cfg), "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["matched"] == [] and "no evidence" in r.output

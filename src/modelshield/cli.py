@@ -464,6 +464,113 @@ def serve(config: ConfigOpt = None,
     run("modelshield.serve.main:app", host=host, port=port, workers=workers)
 
 
+@app.command()
+def verify(
+    suspect: Annotated[str, typer.Option(
+        help="The suspect model: a file (.joblib, .pt, .onnx; e.g. a clone saved with "
+             "`attack --save-clone`) or the URL of an API that serves it.")],
+    config: Annotated[Path, typer.Option("--config", help="The gateway config whose "
+                                         "watermarked tiers answered the accounts.")],
+    account: Annotated[str | None, typer.Option(
+        help="Test this key id only (default: every key of a watermarked tier).")] = None,
+    protocol: Annotated[str, typer.Option(
+        help="With a URL: rest (POST /v1/models/NAME/predict) or v2 (the Open Inference "
+             "Protocol).")] = "rest",
+    suspect_key: Annotated[str | None, typer.Option(
+        envvar="MODELSHIELD_SUSPECT_KEY", help="With a URL: the API key to query it with.")]
+    = None,
+    suspect_model: Annotated[str | None, typer.Option(
+        help="With a URL: the model's name there (when it serves several).")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="With a config of several models: which one (its name).")] = None,
+    alpha: Annotated[float, typer.Option(
+        min=1e-12, max=0.5, help="Name an account only at this p-value or below, after "
+             "multiplying by the number of accounts tested.")] = 1e-3,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")]
+    = None,
+) -> None:
+    """Test whether a suspect model was built from our watermarked answers, and whose.
+
+    Each account's watermark set is rebuilt from the audit log and watermark_secret; the
+    suspect answers those inputs, and an exact test gives the chance that a model built
+    without our answers agrees with the watermark that often. It names an account only
+    at p <= alpha; otherwise it says there is no evidence, never that the suspect is
+    independent."""
+    from modelshield.audit.ownership import verify as run_verify
+    from modelshield.defenses.watermark import ServeWatermark
+    from modelshield.serve.factory import load_model, open_store
+
+    cfg = _load(config)
+    if cfg.models:
+        names = [m.name or m.builtin or m.file or "" for m in cfg.models]
+        if model not in names:
+            raise ConfigError(f"--model: the config serves several models; name one of: "
+                              f"{', '.join(names)}.")
+        cfg = cfg.for_model(cfg.models[names.index(model)])
+    tiers = {n: t for n, t in cfg.tiers.items() if t.watermark is not None}
+    if not tiers or not cfg.watermark_secret:
+        raise ConfigError("The config has no tier with a watermark (tiers.NAME.watermark), "
+                          "so there is nothing to verify.")
+    rates = {(t.watermark.rate, t.watermark.cell, t.watermark.projections)
+             for t in tiers.values()}
+    if len(rates) > 1:
+        raise ConfigError("verify: the watermarked tiers use different settings; give them "
+                          "one rate, cell and projections.")
+    own, spec, _ = load_model(cfg)
+    rate, cell, projections = rates.pop()
+    wm = ServeWatermark(cfg.watermark_secret, spec, rate, cell, projections)
+    predict, close = _suspect(suspect, protocol, suspect_key, suspect_model, spec)
+    try:
+        report = run_verify(wm, open_store(cfg), own, spec.name, predict, suspect, list(tiers),
+                            account=account, alpha=alpha)
+    finally:
+        close()
+    table = Table("key id", "owner", "tier", "queries", "watermark inputs", "test", "matches",
+                  "p-value", "adjusted", title=f"watermarks in {suspect}")
+    for a in sorted(report.accounts, key=lambda a: a.p_adjusted):
+        r = a.result
+        matches = f"{r.matches} of {r.disagreements} disagreeing" if r.test == "label" else \
+            f"{r.matches}/{r.watermarks} vs {r.control_matches}/{r.control}"
+        style = "bold red" if a.matched else ""
+        table.add_row(a.key_id, a.owner or "-", a.tier, str(a.queries), str(r.watermarks),
+                      r.test, matches, f"{r.p_value:.2g}", f"[{style}]{a.p_adjusted:.2g}[/]"
+                      if style else f"{a.p_adjusted:.2g}")
+    console.print(table)
+    console.print(f"{report.suspect_queries} queries to the suspect; "
+                  f"{len(report.skipped)} account(s) had no watermarked answers")
+    for a in report.matched:
+        console.print(f"[bold red]match[/]: key {a.key_id} ({a.owner or 'no owner'}): "
+                      f"{a.result.summary()}; p = {a.p_adjusted:.2g} after {len(report.accounts)}"
+                      " account(s) tested")
+    if not report.matched:
+        console.print(f"no evidence at alpha = {alpha:g}: no account's watermark shows in the "
+                      "suspect (this does not prove it independent)")
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_json(), indent=2))
+
+
+def _suspect(where: str, protocol: str, key: str | None, name: str | None, spec: Any
+             ) -> tuple[Any, Any]:
+    """(rows -> labels, close) for a suspect file or API."""
+    if where.startswith(("http://", "https://")):
+        from modelshield.oracle import HttpOracle
+
+        if not key:
+            raise ConfigError("--suspect-key: a URL suspect needs an API key (or set "
+                              "MODELSHIELD_SUSPECT_KEY).")
+        oracle = HttpOracle(where, key, model=name, protocol=protocol)
+        if oracle.spec.n_features != spec.n_features:
+            oracle.close()
+            raise ConfigError(f"--suspect: it takes {oracle.spec.n_features} features; our "
+                              f"model takes {spec.n_features}.")
+
+        return (lambda x: oracle.query(x).labels), oracle.close
+    from modelshield.victims import load_model_file
+
+    adapter = load_model_file(where)
+    return (lambda x: adapter.predict(x).labels), (lambda: None)
+
+
 @keys_app.command("create")
 def keys_create(tier: Annotated[str, typer.Option(help="Tier the key belongs to.")],
                 owner: Annotated[str, typer.Option(help="Who holds the key.")] = "",

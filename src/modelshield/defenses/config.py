@@ -64,6 +64,18 @@ class Limits(_Strict):
         return _rates(v, "rate")
 
 
+class Watermark(_Strict):
+    """A tier's serve-time watermark (DAWN): see modelshield.defenses.watermark."""
+
+    # The share of input cells answered with a keyed wrong label (what it costs honest
+    # users: this share of their answers is wrong).
+    rate: float = Field(default=0.005, gt=0, le=0.2)
+    # Cell width along each keyed projection, inputs scaled to [0, 1] on their domain:
+    # jitter well inside it keeps an input's answer.
+    cell: float = Field(default=0.05, gt=0, le=1)
+    projections: int = Field(default=4, ge=1, le=64)
+
+
 class Tier(_Strict):
     """A named bundle of limits, output policy and detectors."""
 
@@ -76,6 +88,17 @@ class Tier(_Strict):
     max_batch: int = Field(default=1000, ge=1)
     group_by: Literal["none", "ip", "owner"] = "none"
     llm: LLMPolicy = LLMPolicy()
+    watermark: Watermark | None = None
+
+    @model_validator(mode="after")
+    def _watermark_policy(self) -> Tier:
+        if self.watermark is not None:
+            for p in (self.policy, self.degrade_policy):
+                if p.startswith("leaf"):
+                    raise ValueError(f"a watermark cannot go with policy {p!r}: the leaf would "
+                                     "show which answers are watermarked; use full, round, "
+                                     "top-k or label")
+        return self
 
     @field_validator("policy", "degrade_policy")
     @classmethod
@@ -185,6 +208,10 @@ class ShieldConfig(_Strict):
     # noise). Required when a tier uses noise; `modelshield init` writes a random one, or
     # set MODELSHIELD_NOISE_SECRET. Anyone who knows it can strip the noise.
     noise_secret: str | None = Field(default=None, min_length=16, repr=False)
+    # The key of the serve-time watermark (tiers' `watermark:`). Required when a tier uses
+    # one; `modelshield init` writes one, or set MODELSHIELD_WATERMARK_SECRET. With the
+    # audit log it rebuilds any account's watermark set: keep it as long as the log.
+    watermark_secret: str | None = Field(default=None, min_length=16, repr=False)
     tiers: dict[str, Tier] = Field(default_factory=lambda: {"default": Tier()})
     terms_version: str = "1"
     terms: str = TERMS
@@ -241,6 +268,18 @@ class ShieldConfig(_Strict):
         return out
 
     @model_validator(mode="after")
+    def _watermark_needs_secret(self) -> ShieldConfig:
+        if self.watermark_secret:
+            return self
+        for name, tier in self.all_tiers().items():
+            if tier.watermark is not None:
+                raise ValueError(f"tier {name!r} has a watermark but no watermark_secret is "
+                                 "set: put a random string of at least 16 characters in "
+                                 "watermark_secret (modelshield init writes one) or in "
+                                 "MODELSHIELD_WATERMARK_SECRET")
+        return self
+
+    @model_validator(mode="after")
     def _noise_needs_secret(self) -> ShieldConfig:
         if self.noise_secret:
             return self
@@ -277,6 +316,9 @@ def load_config(source: str | Path | dict[str, Any] | None = None) -> ShieldConf
     env_secret = os.environ.get("MODELSHIELD_NOISE_SECRET")
     if env_secret and not data.get("noise_secret"):
         data = {**data, "noise_secret": env_secret}
+    env_wm = os.environ.get("MODELSHIELD_WATERMARK_SECRET")
+    if env_wm and not data.get("watermark_secret"):
+        data = {**data, "watermark_secret": env_wm}
     env_keys = os.environ.get("MODELSHIELD_AUDIT_KEYS")
     if env_keys and not data.get("audit_keys"):
         pairs = [p.partition(":") for p in env_keys.split(";") if p.strip()]
@@ -290,6 +332,7 @@ def load_config(source: str | Path | dict[str, Any] | None = None) -> ShieldConf
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or (
             "noise_secret" if "noise_secret" in first["msg"] else
+            "watermark_secret" if "watermark_secret" in first["msg"] else
             "audit_key_version" if "audit_key_version" in first["msg"] else "config")
         msg = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
@@ -300,6 +343,7 @@ def load_config(source: str | Path | dict[str, Any] | None = None) -> ShieldConf
 def example_config() -> str:
     """The commented example config, with a fresh random noise_secret."""
     return (EXAMPLE.replace("{noise_secret}", secrets.token_urlsafe(32))
+            .replace("{watermark_secret}", secrets.token_urlsafe(32))
             .replace("{audit_key}", secrets.token_urlsafe(32))
             .replace("{audit_key_version}", time.strftime("%Y-%m", time.gmtime())))
 
@@ -342,6 +386,9 @@ audit_keys:
 # The key of keyed noise (the enterprise tier's noise:0.01). Random, written by init; keep
 # it secret (or set MODELSHIELD_NOISE_SECRET instead): whoever knows it can strip the noise.
 noise_secret: "{noise_secret}"
+# The key of the serve-time watermark (the pro tier's); with the audit log it rebuilds any
+# account's watermark set for `modelshield verify`. Keep it as long as the log.
+watermark_secret: "{watermark_secret}"
 auth_failure_limits: 30/minute;300/hour   # bad keys per client address before a 429
 # trusted_proxies: [10.0.0.0/8]  # a load balancer whose X-Forwarded-For names the client
 audit_sync: normal           # SQLite: normal survives a killed process; full also a machine crash
@@ -366,6 +413,9 @@ tiers:
     detectors: [sweep, boundary, prada, ood, {volume: {max_rows: 20000}}]
     on_flag: degrade
     degrade_policy: label
+    # 0.5% of input cells answered with a keyed wrong label, so a copy made from this
+    # key's answers can be proven (modelshield verify); costs honest users 0.5% of answers
+    watermark: {rate: 0.005}
   enterprise:
     limits: {requests: 10000/hour, rows: 100000/hour}
     policy: noise:0.01

@@ -2,7 +2,8 @@
 
 Each request passes an ordered list of stages (:mod:`modelshield.defenses.stages`)::
 
-    classifier:      authenticate -> check inputs  -> limit -> model -> detect -> shape -> record
+    classifier:      authenticate -> check inputs -> limit -> model -> detect -> watermark
+                     -> shape -> record
     language model:  authenticate -> check request -> limit -> detect -> generate -> record
 
 Admission stages refuse with :class:`~modelshield.errors.Denied` (401/403/413/422/429/503);
@@ -46,6 +47,7 @@ from modelshield.defenses.stages import (
     StageFactory,
 )
 from modelshield.defenses.state import STORE_ERRORS, state_from_url
+from modelshield.defenses.watermark import ServeWatermark
 from modelshield.errors import Denied
 from modelshield.store import ApiKey, AuditRecord, AuditStore
 from modelshield.victims.base import ModelAdapter
@@ -65,11 +67,16 @@ class Decision:
     policy: str = ""
     flags: list[Flag] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
+    watermarked: int = 0  # rows answered with the watermark's label
 
     def to_record(self) -> dict[str, Any]:
-        return {"tier": self.tier, "action": self.action, "policy": self.policy,
-                "flags": [{"detector": f.detector, "score": round(f.score, 4),
-                           "reason": f.reason} for f in self.flags]}
+        out: dict[str, Any] = {
+            "tier": self.tier, "action": self.action, "policy": self.policy,
+            "flags": [{"detector": f.detector, "score": round(f.score, 4), "reason": f.reason}
+                      for f in self.flags]}
+        if self.watermarked:
+            out["watermarked"] = self.watermarked
+        return out
 
 
 class Shield:
@@ -98,6 +105,10 @@ class Shield:
                          for name, t in config.tiers.items()}
         self.llm_policies = {name: t.llm.model_copy(update={"noise_key": secret or ""})
                              for name, t in config.tiers.items()}
+        self.watermarks = {
+            name: ServeWatermark(config.watermark_secret or "", spec, t.watermark.rate,
+                                 t.watermark.cell, t.watermark.projections)
+            for name, t in config.tiers.items() if t.watermark is not None and spec.n_classes > 1}
         self.state = state_from_url(config.storage.limits, spec.name if scoped else "")
         self.detectors = {name: self._detectors(tier, benign)
                           for name, tier in config.tiers.items()}

@@ -4,7 +4,8 @@ A stage is a callable on a :class:`Call`, the one request as it passes; it reads
 stages before it left there, adds its own part, or refuses by raising
 :class:`~modelshield.errors.Denied`. The Shield runs its list in order::
 
-    classifier:      authenticate -> check inputs  -> limit -> model -> detect -> shape -> record
+    classifier:      authenticate -> check inputs -> limit -> model -> detect -> watermark
+                     -> shape -> record
     language model:  authenticate -> check request -> limit -> detect -> generate -> record
 
 (A language model's detectors watch the request, so they run before the tokens are spent.)
@@ -341,6 +342,21 @@ class Detect(_Stage):
         return det.observe(ident, call.x, call.prediction)  # type: ignore[arg-type]
 
 
+class Watermark(_Stage):
+    """The tier's serve-time watermark (DAWN): a keyed share of the account's input cells
+    answered with a keyed wrong label, scores permuted to match. After the detectors,
+    which watch the model's own answers; before the output policy, which shapes it."""
+
+    name = "watermark"
+
+    def __call__(self, call: Call) -> None:
+        wm = self.shield.watermarks.get(call.key.tier)
+        if wm is None or call.x is None:
+            return
+        call.prediction, n = wm.apply(call.key.key_id, call.x, call.prediction)
+        call.decision.watermarked = n
+
+
 class Shape(_Stage):
     """The tier's output policy (its degrade policy once the account is degraded)."""
 
@@ -437,6 +453,6 @@ StageFactory = Callable[["Shield"], Stage]
 """A stage class (or any callable that builds a stage for a Shield)."""
 
 CLASSIFIER_STAGES: tuple[StageFactory, ...] = (Authenticate, CheckInputs, Limit, Model, Detect,
-                                               Shape, Record)
+                                               Watermark, Shape, Record)
 LM_STAGES: tuple[StageFactory, ...] = (Authenticate, CheckRequest, Limit, Detect, Generate,
                                        Record)

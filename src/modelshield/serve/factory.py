@@ -59,6 +59,11 @@ def build_shield(source: Any = None, **kwargs: Any) -> Shield:
     """
     config = source if isinstance(source, ShieldConfig) else load_config(source)
     spec, benign = kwargs.pop("spec", None), kwargs.pop("benign", None)
+    if config.model.lm or config.model.lm_upstream:
+        marked = [n for n, t in config.tiers.items() if t.watermark is not None]
+        if marked:
+            raise ConfigError(f"tiers.{marked[0]}.watermark: the serve-time watermark labels a "
+                              "classifier's answers; a language model has no classes to label")
     model, spec, found = load_model(config, spec)
     store = kwargs.pop("store", None) or open_store(config)
     return Shield(config, model, spec, store, benign=found if benign is None else benign,

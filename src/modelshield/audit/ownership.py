@@ -1,0 +1,141 @@
+"""Is a suspect model a copy made from our answers, and from whose? (``modelshield verify``)
+
+For every account whose tier watermarks its answers, the account's watermark set is
+rebuilt from the audit log and the watermark secret (:func:`account_sets`); the suspect is
+asked on those inputs, and an exact test says how unlikely its answers are for a model
+built without them (:mod:`modelshield.defenses.watermark`). With several accounts tested,
+each p-value is multiplied by their number (Bonferroni), so the chance of naming any
+account for an independent model stays at most ``alpha``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modelshield.answer import FloatArray, IntArray
+from modelshield.defenses.watermark import (
+    ServeWatermark,
+    TestResult,
+    WatermarkSet,
+    control_test,
+    label_test,
+    watermark_set,
+)
+from modelshield.errors import ConfigError
+
+DEFAULT_ALPHA = 1e-3
+
+
+@dataclass(frozen=True)
+class AccountVerdict:
+    """One account's watermark against the suspect."""
+
+    key_id: str
+    owner: str
+    tier: str
+    queries: int
+    result: TestResult
+    p_adjusted: float  # times the number of accounts tested
+    matched: bool
+
+
+@dataclass
+class OwnershipReport:
+    """What ``verify`` found: the accounts tested, the one that matched (if any), and the
+    queries it cost."""
+
+    suspect: str
+    alpha: float
+    accounts: list[AccountVerdict] = field(default_factory=list)
+    suspect_queries: int = 0
+    skipped: list[str] = field(default_factory=list)  # accounts with no watermark inputs
+
+    @property
+    def matched(self) -> list[AccountVerdict]:
+        return sorted((a for a in self.accounts if a.matched), key=lambda a: a.p_adjusted)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"suspect": self.suspect, "alpha": self.alpha,
+                "suspect_queries": self.suspect_queries, "skipped": self.skipped,
+                "matched": [a.key_id for a in self.matched],
+                "accounts": [{**{k: v for k, v in asdict(a).items() if k != "result"},
+                              **asdict(a.result)} for a in self.accounts]}
+
+
+def logged_queries(store: Any, key_id: str, model: str) -> tuple[FloatArray, IntArray]:
+    """(rows, labels answered) of every answered request ``key_id`` sent to ``model``."""
+    rows: list[list[float]] = []
+    labels: list[int] = []
+    for rec in store.records(key_id=key_id):
+        if rec["model"] != model or rec["answer"] == "null":
+            continue
+        inputs, answer = json.loads(rec["inputs"]), json.loads(rec["answer"])
+        if not isinstance(inputs, list) or "labels" not in answer:
+            continue
+        rows.extend(inputs)
+        labels.extend(answer["labels"])
+    x = np.asarray(rows, dtype=np.float64)
+    return x, np.asarray(labels, dtype=np.int64)
+
+
+def account_sets(wm: ServeWatermark, store: Any, model: Any, model_name: str,
+                 keys: Sequence[Any]) -> list[tuple[Any, WatermarkSet]]:
+    """Each key's watermark set, rebuilt from the audit log and the secret."""
+    out = []
+    for key in keys:
+        x, answered = logged_queries(store, key.key_id, model_name)
+        if len(x) == 0:
+            continue
+        out.append((key, watermark_set(wm, key.key_id, x, model, answered=answered)))
+    return out
+
+
+def verify(wm: ServeWatermark, store: Any, model: Any, model_name: str,
+           suspect: Callable[[FloatArray], IntArray], suspect_name: str,
+           tiers: Sequence[str], account: str | None = None,
+           alpha: float = DEFAULT_ALPHA) -> OwnershipReport:
+    """Test ``suspect`` (rows -> labels) against the watermark of every account of a
+    watermarked tier (or of ``account`` alone)."""
+    keys = [k for k in store.list_keys() if (account is None and k.tier in tiers)
+            or k.key_id == account]
+    if account is not None and not keys:
+        raise ConfigError(f"--account: no key with id {account!r}.")
+    report = OwnershipReport(suspect_name, alpha)
+    sets = []
+    for key, ws in account_sets(wm, store, model, model_name, keys):
+        if len(ws.x) == 0:
+            report.skipped.append(key.key_id)
+        else:
+            sets.append((key, ws))
+    if not sets:
+        return report
+    two = wm.k == 2  # the wrong label is forced: the account's other inputs are the control
+    asked = [ws.x for _, ws in sets] + ([ws.control_x for _, ws in sets] if two else [])
+    everything = np.concatenate(asked)
+    unique, back = np.unique(everything, axis=0, return_inverse=True)
+    answers = np.asarray(suspect(unique)) if len(unique) else np.zeros(0, dtype=np.int64)
+    labels = answers[back.ravel()]
+    report.suspect_queries = len(unique)
+    at = 0
+    parts = []
+    for _, ws in sets:
+        parts.append(labels[at:at + len(ws.x)])
+        at += len(ws.x)
+    controls = []
+    if two:
+        for _, ws in sets:
+            controls.append(labels[at:at + len(ws.control_x)])
+            at += len(ws.control_x)
+    n = len(sets)
+    for i, (key, ws) in enumerate(sets):
+        result = control_test(parts[i], controls[i], ws) if two else \
+            label_test(parts[i], ws, wm.k)
+        p_adj = min(1.0, result.p_value * n)
+        report.accounts.append(AccountVerdict(key.key_id, key.owner, key.tier, ws.queries,
+                                              result, p_adj, p_adj <= alpha))
+    return report
