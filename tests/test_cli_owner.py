@@ -144,6 +144,30 @@ def test_a_clone_made_over_http_is_traced_to_the_account_that_made_it(
     thief_row = next(a for a in found["accounts"] if a["key_id"] == thief_rec.key_id)
     assert thief_row["p_adjusted"] <= 1e-3 and thief_row["test"] == "label"
 
+    # The evidence about the thief's key: holder, terms, activity, the watermark, the proof.
+    folder = tmp_path / "evidence"
+    r = runner.invoke(app, ["evidence", "--key", thief_rec.key_id, "--config", str(cfg),
+                            "--suspect", str(clone), "--out", str(folder)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((folder / "evidence.json").read_text())
+    assert doc["key"]["owner"] == "thief inc" and doc["key"]["terms_version"] == "1"
+    assert "extract" in doc["key"]["terms_text"]
+    assert doc["activity"]["rows_answered"] == 1500
+    assert doc["watermark"]["matched"] and doc["watermark"]["result"]["p_adjusted"] <= 1e-3
+    assert doc["integrity"]["intact"] and doc["integrity"]["keyed"]
+    assert "<svg" in (folder / "evidence.html").read_text()
+    check = runner.invoke(app, ["audit-log", "check-records", str(folder / "records.jsonl"),
+                                "--config", str(cfg)])
+    assert check.exit_code == 0 and "match their seals" in check.output
+    lines = (folder / "records.jsonl").read_text().splitlines()
+    forged = json.loads(lines[1])
+    forged["ts"] += 3600.0  # the request moved an hour
+    lines[1] = json.dumps(forged)
+    (folder / "records.jsonl").write_text("\n".join(lines) + "\n")
+    check = runner.invoke(app, ["audit-log", "check-records", str(folder / "records.jsonl"),
+                                "--config", str(cfg)])
+    assert check.exit_code == 1 and f"positions {forged['seq']}" in check.output
+
     # The same clone behind another API, queried over HTTP.
     served = build_gateway({"model": {"file": str(clone), "name": "copy", "classes":
                                       ["0", "1", "2"], "low": low, "high": high},

@@ -496,6 +496,85 @@ def verify(
     without our answers agrees with the watermark that often. It names an account only
     at p <= alpha; otherwise it says there is no evidence, never that the suspect is
     independent."""
+    report = _ownership(config, model, suspect, protocol, suspect_key, suspect_model,
+                        account, alpha)
+    table = Table("key id", "owner", "tier", "queries", "watermark inputs", "test", "matches",
+                  "p-value", "adjusted", title=f"watermarks in {suspect}")
+    for a in sorted(report.accounts, key=lambda a: a.p_adjusted):
+        r = a.result
+        matches = f"{r.matches} of {r.disagreements} disagreeing" if r.test == "label" else \
+            f"{r.matches}/{r.watermarks} vs {r.control_matches}/{r.control}"
+        style = "bold red" if a.matched else ""
+        table.add_row(a.key_id, a.owner or "-", a.tier, str(a.queries), str(r.watermarks),
+                      r.test, matches, f"{r.p_value:.2g}", f"[{style}]{a.p_adjusted:.2g}[/]"
+                      if style else f"{a.p_adjusted:.2g}")
+    console.print(table)
+    console.print(f"{report.suspect_queries} queries to the suspect; "
+                  f"{len(report.skipped)} account(s) had no watermarked answers")
+    for a in report.matched:
+        console.print(f"[bold red]match[/]: key {a.key_id} ({a.owner or 'no owner'}): "
+                      f"{a.result.summary()}; p = {a.p_adjusted:.2g} after {len(report.accounts)}"
+                      " account(s) tested")
+    if not report.matched:
+        console.print(f"no evidence at alpha = {alpha:g}: no account's watermark shows in the "
+                      "suspect (this does not prove it independent)")
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_json(), indent=2))
+
+
+@app.command()
+def evidence(
+    key: Annotated[str, typer.Option("--key", help="The key id the evidence is about.")],
+    config: Annotated[Path, typer.Option("--config", help="The gateway config (its audit "
+                                         "log, audit keys, terms and watermark).")],
+    out: Annotated[Path, typer.Option(help="Folder for evidence.html, evidence.json and "
+                                      "records.jsonl.")],
+    suspect: Annotated[str | None, typer.Option(
+        help="A suspect model (file or URL) to test for this key's watermark.")] = None,
+    protocol: Annotated[str, typer.Option(help="With a URL suspect: rest or v2.")] = "rest",
+    suspect_key: Annotated[str | None, typer.Option(
+        envvar="MODELSHIELD_SUSPECT_KEY", help="With a URL suspect: its API key.")] = None,
+    suspect_model: Annotated[str | None, typer.Option(
+        help="With a URL suspect: the model's name there.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="With a config of several models: which one.")] = None,
+    anchor: Annotated[Path | None, typer.Option(
+        help="A head saved earlier with `audit-log head`, to show the log still holds it.")]
+    = None,
+    alpha: Annotated[float, typer.Option(min=1e-12, max=0.5,
+                                         help="The watermark test's threshold.")] = 1e-3,
+) -> None:
+    """Write the evidence about one key: who holds it and which terms it accepted, its
+    queries, flags and refusals, the watermark test against a suspect, and the proof that
+    the records shown are in the audit log, unaltered."""
+    from modelshield.audit.evidence import gather, write_evidence
+
+    cfg = _load(config)
+    saved = _read_anchor(anchor)
+    store = _store(config)
+    verdict = store.verify(anchor=saved)
+    ownership = None
+    if suspect is not None:
+        ownership = _ownership(config, model, suspect, protocol, suspect_key, suspect_model,
+                               None, alpha)
+    doc, records = gather(store, key, {cfg.terms_version: cfg.terms}, verdict, ownership,
+                          saved)
+    paths = write_evidence(doc, records, out)
+    w = doc["watermark"]
+    console.print(f"key {key} ({doc['key']['owner'] or 'no holder recorded'}): "
+                  f"{doc['activity']['requests']} requests, {len(doc['flags'])} flag(s); "
+                  f"audit log {'intact' if verdict.ok else 'BROKEN'} ({verdict.checked} records)"
+                  + ("" if w is None else f"; watermark {'MATCHED' if w['matched'] else 'not matched'}"
+                     f" in {suspect}"))
+    console.print(f"wrote {paths['html']}, {paths['json'].name} and {paths['records'].name}")
+    if not verdict.ok:
+        err.print("[bold red]the audit log's chain is broken[/]: the page says where")
+
+
+def _ownership(config: Path, model: str | None, suspect: str, protocol: str,
+               suspect_key: str | None, suspect_model: str | None, account: str | None,
+               alpha: float) -> Any:
+    """The watermark test of ``suspect`` against the config's watermarked accounts."""
     from modelshield.audit.ownership import verify as run_verify
     from modelshield.defenses.watermark import ServeWatermark
     from modelshield.serve.factory import load_model, open_store
@@ -521,32 +600,10 @@ def verify(
     wm = ServeWatermark(cfg.watermark_secret, spec, rate, cell, projections)
     predict, close = _suspect(suspect, protocol, suspect_key, suspect_model, spec)
     try:
-        report = run_verify(wm, open_store(cfg), own, spec.name, predict, suspect, list(tiers),
-                            account=account, alpha=alpha)
+        return run_verify(wm, open_store(cfg), own, spec.name, predict, suspect, list(tiers),
+                          account=account, alpha=alpha)
     finally:
         close()
-    table = Table("key id", "owner", "tier", "queries", "watermark inputs", "test", "matches",
-                  "p-value", "adjusted", title=f"watermarks in {suspect}")
-    for a in sorted(report.accounts, key=lambda a: a.p_adjusted):
-        r = a.result
-        matches = f"{r.matches} of {r.disagreements} disagreeing" if r.test == "label" else \
-            f"{r.matches}/{r.watermarks} vs {r.control_matches}/{r.control}"
-        style = "bold red" if a.matched else ""
-        table.add_row(a.key_id, a.owner or "-", a.tier, str(a.queries), str(r.watermarks),
-                      r.test, matches, f"{r.p_value:.2g}", f"[{style}]{a.p_adjusted:.2g}[/]"
-                      if style else f"{a.p_adjusted:.2g}")
-    console.print(table)
-    console.print(f"{report.suspect_queries} queries to the suspect; "
-                  f"{len(report.skipped)} account(s) had no watermarked answers")
-    for a in report.matched:
-        console.print(f"[bold red]match[/]: key {a.key_id} ({a.owner or 'no owner'}): "
-                      f"{a.result.summary()}; p = {a.p_adjusted:.2g} after {len(report.accounts)}"
-                      " account(s) tested")
-    if not report.matched:
-        console.print(f"no evidence at alpha = {alpha:g}: no account's watermark shows in the "
-                      "suspect (this does not prove it independent)")
-    if json_out is not None:
-        json_out.write_text(json.dumps(report.to_json(), indent=2))
 
 
 def _suspect(where: str, protocol: str, key: str | None, name: str | None, spec: Any
@@ -637,14 +694,7 @@ def audit_log_verify(config: ConfigOpt = None,
                      = None) -> None:
     """Check every record's seal and the chain head, and name each break: records edited,
     inserted, removed, moved, or removed at the end."""
-    saved = None
-    if anchor is not None:
-        try:
-            saved = json.loads(anchor.read_text())
-            int(saved["seq"]), str(saved["hash"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"--anchor {anchor}: not a head written by `modelshield "
-                              f"audit-log head` ({exc})") from None
+    saved = _read_anchor(anchor)
     verdict = _store(config).verify(anchor=saved)
     versions = ", ".join(f"{n} with {v or 'no version (older modelshield)'}"
                          for v, n in verdict.versions.items()) or "no records"
@@ -665,6 +715,36 @@ def audit_log_verify(config: ConfigOpt = None,
               + (" (more not listed)" if verdict.truncated else "")
               + f" in {verdict.checked} records")
     raise typer.Exit(1)
+
+
+def _read_anchor(anchor: Path | None) -> dict[str, Any] | None:
+    if anchor is None:
+        return None
+    try:
+        saved: dict[str, Any] = json.loads(anchor.read_text())
+        int(saved["seq"]), str(saved["hash"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--anchor {anchor}: not a head written by `modelshield "
+                          f"audit-log head` ({exc})") from None
+    return saved
+
+
+@audit_log_app.command("check-records")
+def audit_log_check_records(records: Annotated[Path, typer.Argument(
+        help="A records.jsonl written by `modelshield evidence`.")],
+        config: ConfigOpt = None) -> None:
+    """Check each exported record's seal with the config's audit keys (a third party
+    given the key can check the evidence without the database)."""
+    from modelshield.audit.evidence import check_records
+
+    if not records.is_file():
+        raise ConfigError(f"{records} does not exist.")
+    n, bad = check_records(records, _load(config).audit_keys)
+    if bad:
+        err.print(f"[bold red]{len(bad)} of {n} records do not match their seals[/]: "
+                  f"positions {', '.join(map(str, bad[:20]))}")
+        raise typer.Exit(1)
+    console.print(f"[green]all {n} records match their seals[/]")
 
 
 @audit_log_app.command("head")

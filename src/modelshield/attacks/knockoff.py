@@ -12,6 +12,12 @@ student is an MLP, a random forest or gradient boosting, or (``student="auto"``,
 default) chosen from a fifth of the answers held out (see ``_students``). Every loop is
 bounded by the budget.
 
+Against a watermark (an attacker who knows the answers may be marked, as DAWN marks
+them): ``votes=n`` sends each training point as n copies, itself and n-1 jittered by
+``jitter`` of each feature's range, and trains on the majority label and the mean scores,
+buying a watermark-free answer with n queries; ``prune=True`` fits the clone, drops the
+answers it disagrees with (where a watermark would sit) and fits again.
+
 Needs: labels (hard) or class scores (soft; top-k scores are completed by spreading the
 withheld mass evenly).
 """
@@ -48,11 +54,19 @@ class Knockoff(Attack):
     hidden: tuple[int, ...] = (128,)
     epochs: int = 200
     checkpoints: tuple[int, ...] = field(default=())
+    votes: int = 1
+    jitter: float = 0.01
+    prune: bool = False
 
     def validate(self) -> None:
         if self.source not in QUERY_SOURCES:
             raise ConfigError.invalid("source", " or ".join(map(repr, QUERY_SOURCES)),
                                       self.source)
+        if not isinstance(self.votes, int) or self.votes < 1:
+            raise ConfigError.invalid("votes", "an integer >= 1", self.votes)
+        if not 0 <= self.jitter <= 0.5:
+            raise ConfigError.invalid("jitter", "a share of each feature's range in [0, 0.5]",
+                                      self.jitter)
         check_labels(self.labels)
         check_student(self.student, self.labels)
 
@@ -60,21 +74,96 @@ class Knockoff(Attack):
                 rng: np.random.Generator) -> tuple[Any, None, dict[str, Any]]:
         spec = session.spec
         budget = session.remaining
-        x_all = draw_queries(self.source, budget, spec, pool, rng, self.name)
+        votes = self.votes
+        if budget < votes:
+            raise ConfigError(f"budget {budget} is below votes={votes}: each training point "
+                              f"costs {votes} queries.")
+        points = budget // votes
+        x_all = draw_queries(self.source, points, spec, pool, rng, self.name)
+        x_q = _copies(x_all, votes, self.jitter, spec, rng) if votes > 1 else x_all
         answers: list[Answer] = []
         done = 0
         if self.labels in ("soft", "soft-kl"):  # one query tells a refusal, before a batch is spent
-            answers.append(session.query(x_all[:1]))
+            answers.append(session.query(x_q[:1]))
             session.require(answers[0], "scores")
             done = 1
         clone = None
         chosen: dict[str, Any] = {}
-        for size in checkpoint_sizes(budget, self.checkpoints):
-            if size > done:
-                answers.append(session.query(x_all[done:size]))
-            done = size
-            clone, chosen = fit_chosen(x_all[:size], answers, self.labels, self.student,
+        every = tuple(c // votes for c in self.checkpoints)
+        for size in checkpoint_sizes(points, every):
+            if size * votes > done:
+                answers.append(session.query(x_q[done:size * votes]))
+            done = size * votes
+            got = answers if votes == 1 else [_majority(_concat(answers), votes)]
+            clone, chosen = fit_chosen(x_all[:size], got, self.labels, self.student,
                                        self.hidden, spec.n_classes, self.epochs,
                                        self.random_state, pool, self.name)
+            if self.prune:
+                clone, chosen = self._pruned(clone, chosen, x_all[:size], _concat(got), pool,
+                                             spec.n_classes)
             session.checkpoint(clone)
-        return clone, None, {"source": self.source, "labels": self.labels, **chosen}
+        extra: dict[str, Any] = {"votes": votes, "points": points} if votes > 1 else {}
+        if votes > 1 and points * votes < budget:
+            extra["budget_note"] = (f"{budget - points * votes} queries left unspent: a "
+                                    f"training point costs {votes}")
+        return clone, None, {"source": self.source, "labels": self.labels, **chosen, **extra}
+
+    def _pruned(self, clone: Any, chosen: dict[str, Any], x: FloatArray, answer: Answer,
+                pool: FloatArray | None, n_classes: int) -> tuple[Any, dict[str, Any]]:
+        """Fit again without the answers the clone disagrees with."""
+        keep = np.flatnonzero(clone.predict(x) == answer.labels)
+        if len(keep) in (0, len(x)):
+            return clone, {**chosen, "pruned": 0}
+        student = chosen.get("student", self.student).split("/")[0] if self.student == "auto" \
+            else self.student
+        labels = chosen.get("student", "").split("/")[-1] if self.student == "auto" \
+            else self.labels
+        again, info = fit_chosen(x[keep], [answer.take(keep)], labels or self.labels, student,
+                                 self.hidden, n_classes, self.epochs, self.random_state, pool,
+                                 self.name)
+        return again, {**chosen, **info, "pruned": int(len(x) - len(keep))}
+
+
+def _copies(x: FloatArray, votes: int, jitter: float, spec: Any,
+            rng: np.random.Generator) -> FloatArray:
+    """Each row, then ``votes - 1`` copies jittered by ``jitter`` of each feature's range
+    (integer features moved by whole steps), inside the domain."""
+    span = np.asarray(spec.high, dtype=np.float64) - np.asarray(spec.low, dtype=np.float64)
+    rep = np.repeat(x, votes, axis=0)
+    scale = jitter * span
+    if spec.integer_features:  # whole steps: at least half a unit's spread, or no copy moves
+        scale = np.where(span > 0, np.maximum(scale, 0.5), 0.0)
+    noise = rng.normal(0.0, 1.0, rep.shape) * scale
+    noise[::votes] = 0.0  # the point itself
+    out = np.clip(rep + noise, spec.low, spec.high)
+    return np.round(out) if spec.integer_features else out
+
+
+def _concat(answers: list[Answer]) -> Answer:
+    if len(answers) == 1:
+        return answers[0]
+    probs = [a.probabilities for a in answers]
+    return Answer(np.concatenate([a.labels for a in answers]),
+                  None if any(p is None for p in probs) else np.concatenate(probs),  # type: ignore[arg-type]
+                  policy=answers[0].policy)
+
+
+def _majority(answer: Answer, votes: int) -> Answer:
+    """One answer per training point: the majority label of its copies (ties to the point's
+    own), and the mean of the copies' scores that name it."""
+    labels = answer.labels.reshape(-1, votes)
+    n = len(labels)
+    k = int(max(labels.max() + 1, 0 if answer.probabilities is None
+                else answer.probabilities.shape[1]))
+    counts = np.zeros((n, k), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(n), votes), labels.ravel()), 1)
+    top = counts.max(axis=1)
+    own = counts[np.arange(n), labels[:, 0]] == top
+    winner = np.where(own, labels[:, 0], counts.argmax(axis=1))
+    probs = None
+    if answer.probabilities is not None:
+        p = answer.probabilities.reshape(n, votes, -1)
+        agree = (labels == winner[:, None])[..., None]
+        probs = np.nansum(np.where(agree, p, 0.0), axis=1) / agree.sum(axis=1)
+        probs = np.where(np.isnan(p).all(axis=1), np.nan, probs)
+    return Answer(winner.astype(np.int64), probs, policy=answer.policy)

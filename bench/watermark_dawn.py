@@ -1,0 +1,273 @@
+"""The serve-time watermark (DAWN) against extraction: does it survive in the clone, does it
+name the right account, and does it ever name a model built without our answers?
+
+    python bench/watermark_dawn.py                 # about 20 minutes on 2 cores
+    python bench/watermark_dawn.py --quick         # one seed, 1,000 queries
+
+Each cell serves a built-in victim through a Shield whose tier watermarks its answers
+(rate 0.5% by default, the other settings at their defaults), lets a thief's key run an
+attack through it, rebuilds that key's watermark set from the audit log and the secret,
+and tests the clone (``modelshield.audit.ownership``; p <= 1e-3 names the key). Attackers:
+
+* ``knockoff``: synthetic queries, the student chosen on held-out answers (the default);
+* ``knockoff-forest``: the same answers, a random forest student (it memorises);
+* ``vote5``: knows a watermark may be there: each training point is sent as 5 copies
+  jittered by 1% of each range, and trains on the majority (a fifth of the points);
+* ``prune``: fits, drops the answers its clone disagrees with, fits again.
+
+No false claims: per victim, models built without our answers (9 architectures x 2 seeds,
+trained on the victim's own training rows with its labels, and a knockoff clone made from
+another key's answers) are each tested against the thief's watermark; and every cell's
+watermark is tested against every one of them, for the share of p-values at or below 1e-3
+(an exact test gives at most 1e-3 of them). Writes bench/results/watermark_dawn.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import tempfile
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import show, write
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+VICTIMS = ["digits-mlp", "synth-mlp-d20", "synth-tree-d12", "breast-cancer-lr"]
+ATTACKERS: dict[str, dict[str, Any]] = {
+    "knockoff": {"source": "synthetic"},
+    "knockoff-forest": {"source": "synthetic", "student": "forest"},
+    "vote5": {"source": "synthetic", "votes": 5},
+    "prune": {"source": "synthetic", "prune": True},
+}
+ALPHA = 1e-3
+SECRET = "bench-watermark-secret-0123456789"
+
+
+@functools.lru_cache(maxsize=None)
+def independent_models(name: str) -> list[tuple[str, Any]]:
+    """Models built without our answers: on the victim's own training rows and labels."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+    from sklearn.tree import DecisionTreeClassifier
+
+    from modelshield.victims import load_victim
+
+    v = load_victim(name)
+    y = v.predict_labels(v.X_train)
+    out = []
+    for seed in (1, 2):
+        archs = {
+            "logistic": LogisticRegression(max_iter=2000, C=1.0 / seed),
+            "mlp16": MLPClassifier((16,), max_iter=1000, random_state=seed),
+            "mlp64": MLPClassifier((64,), max_iter=1000, random_state=seed),
+            "mlp32x32": MLPClassifier((32, 32), max_iter=1000, random_state=seed),
+            "forest": RandomForestClassifier(100, random_state=seed),
+            "boosting": HistGradientBoostingClassifier(random_state=seed),
+            "knn": KNeighborsClassifier(3 + 2 * seed),
+            "svc": SVC(C=float(seed), random_state=seed),
+            "tree": DecisionTreeClassifier(random_state=seed, min_samples_leaf=seed),
+        }
+        for arch, est in archs.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = make_pipeline(StandardScaler(), est).fit(v.X_train, y)
+            out.append((f"{arch}-s{seed}", model))
+    return out
+
+
+def shield_for(name: str, tmp: str, rate: float) -> Any:
+    from modelshield.serve.factory import build_shield
+
+    return build_shield({"model": {"builtin": name}, "audit_url": f"sqlite:///{tmp}/a.db",
+                         "watermark_secret": SECRET,
+                         "tiers": {"pro": {"watermark": {"rate": rate}, "max_batch": 1000}}})
+
+
+def test(clone_labels: Any, control_labels: Any, ws: Any, k: int) -> Any:
+    from modelshield.defenses.watermark import control_test, label_test
+
+    return label_test(clone_labels, ws, k) if k > 2 else \
+        control_test(clone_labels, control_labels, ws)
+
+
+def cell(job: tuple[str, str, int, int, float]) -> dict[str, Any]:
+    """One thief's attack through a watermarked tier, and the tests of its clone and of
+    the independent models against its watermark."""
+    name, attacker, budget, seed, rate = job
+    from modelshield.attacks import ATTACKS
+    from modelshield.audit.ownership import logged_queries
+    from modelshield.defenses.watermark import watermark_set
+    from modelshield.oracle import ShieldOracle
+    from modelshield.victims import load_victim
+
+    v = load_victim(name)
+    k = v.spec.n_classes
+    with tempfile.TemporaryDirectory() as tmp:
+        shield = shield_for(name, tmp, rate)
+        key, rec = shield.store.create_key("pro", owner="thief")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            e = ATTACKS["knockoff"](random_state=seed, **ATTACKERS[attacker]).run(
+                ShieldOracle(shield, key), budget, pool=v.pool)
+        x, given = logged_queries(shield.store, rec.key_id, shield.spec.name)
+        ws = watermark_set(shield.watermarks["pro"], rec.key_id, x, v.model, answered=given)
+        shield.close()
+    fidelity = float(np.mean(e.clone.predict(v.X_test) == v.predict_labels(v.X_test)))
+    res = test(e.clone.predict(ws.x) if len(ws.x) else ws.labels[:0],
+               e.clone.predict(ws.control_x) if len(ws.control_x) else ws.labels[:0], ws, k)
+    null = []
+    for label, model in independent_models(name):
+        r = test(model.predict(ws.x) if len(ws.x) else ws.labels[:0],
+                 model.predict(ws.control_x) if len(ws.control_x) else ws.labels[:0], ws, k)
+        null.append((label, r.p_value))
+    return {"victim": name, "attacker": attacker, "budget": budget, "seed": seed, "rate": rate,
+            "queries": e.queries, "fidelity": fidelity, "student": e.info.get("student"),
+            "watermarks": res.watermarks, "disagreements": res.disagreements,
+            "matches": res.matches, "test": res.test, "p_value": res.p_value,
+            "named": res.p_value <= ALPHA, "null_p": null,
+            "null_named": sum(p <= ALPHA for _, p in null)}
+
+
+def other_account_clone(name: str, seed: int, rate: float, budget: int) -> dict[str, Any]:
+    """A clone made from one key's answers, tested against another key's watermark."""
+    from modelshield.attacks import ATTACKS
+    from modelshield.audit.ownership import logged_queries
+    from modelshield.defenses.watermark import watermark_set
+    from modelshield.oracle import ShieldOracle
+    from modelshield.victims import load_victim
+
+    v = load_victim(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        shield = shield_for(name, tmp, rate)
+        keys = [shield.store.create_key("pro", owner=o) for o in ("a", "b")]
+        clones = []
+        for i, (key, _) in enumerate(keys):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                clones.append(ATTACKS["knockoff"](random_state=seed + i, source="synthetic",
+                                                  student="forest").run(
+                    ShieldOracle(shield, key), budget, pool=v.pool).clone)
+        out = {}
+        for i, (_, rec) in enumerate(keys):
+            x, given = logged_queries(shield.store, rec.key_id, shield.spec.name)
+            ws = watermark_set(shield.watermarks["pro"], rec.key_id, x, v.model, answered=given)
+            own, other = clones[i], clones[1 - i]
+            out[f"own-{i}"] = test(own.predict(ws.x), own.predict(ws.control_x), ws,
+                                   v.spec.n_classes).p_value
+            out[f"other-{i}"] = test(other.predict(ws.x), other.predict(ws.control_x), ws,
+                                     v.spec.n_classes).p_value
+        shield.close()
+    return {"victim": name, "seed": seed, "budget": budget, **out}
+
+
+def honest_cost(name: str, rate: float) -> dict[str, Any]:
+    """What the watermark costs a customer who scores the test set: answers changed."""
+    from modelshield.oracle import ShieldOracle
+    from modelshield.victims import load_victim
+
+    v = load_victim(name)
+    changed, acc = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        shield = shield_for(name, tmp, rate)
+        for _ in range(20):
+            key, _ = shield.store.create_key("pro")
+            got = ShieldOracle(shield, key).query(v.X_test).labels
+            changed.append(float(np.mean(got != v.predict_labels(v.X_test))))
+            acc.append(float(np.mean(got == v.y_test)))
+        shield.close()
+    return {"victim": name, "rate": rate, "answers_changed": float(np.mean(changed)),
+            "accuracy": float(np.mean(acc)),
+            "accuracy_unmarked": float(np.mean(v.predict_labels(v.X_test) == v.y_test))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="one seed, 1,000 queries")
+    ap.add_argument("--victims", nargs="+", default=VICTIMS)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    seeds = [0] if args.quick else [0, 1, 2]
+    budgets = [1000] if args.quick else [1000, 10_000]
+    jobs = [(v, a, b, s, 0.005) for v in args.victims for a in ATTACKERS for b in budgets
+            for s in seeds]
+    jobs += [(v, "knockoff", 1000, s, 0.02) for v in args.victims for s in seeds]
+    jobs += [(v, "knockoff-forest", 1000, s, 0.02) for v in args.victims for s in seeds]
+    with ProcessPoolExecutor(args.workers) as pool:
+        rows = list(pool.map(cell, jobs))
+        others = list(pool.map(other_account_clone, args.victims, [0] * len(args.victims),
+                               [0.005] * len(args.victims), [budgets[-1]] * len(args.victims)))
+        costs = list(pool.map(honest_cost, args.victims, [0.005] * len(args.victims)))
+    table = []
+    for r in rows:
+        table.append([r["victim"], r["attacker"], f"{r['rate']:.3f}", r["budget"], r["seed"],
+                      r["student"], r["fidelity"], r["watermarks"],
+                      f"{r['matches']}/{r['disagreements']}" if r["test"] == "label"
+                      else f"{r['matches']}/{r['watermarks']}", r["p_value"],
+                      "yes" if r["named"] else "no"])
+    show("DAWN watermark in the thief's clone (p <= 1e-3 names the key)",
+         ["victim", "attacker", "rate", "budget", "seed", "student", "fidelity", "wm inputs",
+          "matches", "p", "named"], table)
+    summary = []
+    for v in args.victims:
+        for a in ATTACKERS:
+            for b in budgets:
+                for rate in (0.005, 0.02):
+                    sel = [r for r in rows if (r["victim"], r["attacker"], r["budget"],
+                                               r["rate"]) == (v, a, b, rate)]
+                    if sel:
+                        summary.append({"victim": v, "attacker": a, "budget": b, "rate": rate,
+                                        "named": sum(r["named"] for r in sel), "runs": len(sel),
+                                        "fidelity": float(np.mean([r["fidelity"] for r in sel])),
+                                        "median_p": float(np.median([r["p_value"]
+                                                                     for r in sel]))})
+    show("named / runs, mean fidelity", ["victim", "attacker", "budget", "rate", "named",
+                                         "fidelity", "median p"],
+         [[s["victim"], s["attacker"], s["budget"], s["rate"], f"{s['named']}/{s['runs']}",
+           s["fidelity"], s["median_p"]] for s in summary])
+    # No false claims: each independent model against the thief's watermark of the
+    # largest budget, seed 0; and every cell's watermark against every model.
+    first = [r for r in rows if r["attacker"] == "knockoff" and r["seed"] == 0
+             and r["budget"] == budgets[-1] and r["rate"] == 0.005]
+    per_model = [(r["victim"], label, p) for r in first for label, p in r["null_p"]]
+    others_p = [(o["victim"], k, p) for o in others for k, p in o.items()
+                if k.startswith("other")]
+    named_models = sum(p <= ALPHA for *_, p in per_model + others_p)
+    all_tests = sum(len(r["null_p"]) for r in rows)
+    all_named = sum(r["null_named"] for r in rows)
+    small = sum(p <= 0.05 for r in rows for _, p in r["null_p"])
+    show("models built without our answers", ["models", "named at 1e-3", "tests (all cells)",
+                                              "named", "p <= 0.05"],
+         [[len(per_model) + len(others_p), named_models, all_tests, all_named,
+           f"{small / max(all_tests, 1):.3f}"]])
+    show("another key's clone against a key's watermark (forest students)",
+         ["victim", "own p (a)", "other p (a)", "own p (b)", "other p (b)"],
+         [[o["victim"], o["own-0"], o["other-0"], o["own-1"], o["other-1"]] for o in others])
+    show("what it costs a customer scoring the test set (20 keys)",
+         ["victim", "rate", "answers changed", "accuracy", "unmarked accuracy"],
+         [[c["victim"], c["rate"], c["answers_changed"], c["accuracy"], c["accuracy_unmarked"]]
+          for c in costs])
+    write("watermark_dawn", {"alpha": ALPHA, "seeds": seeds, "budgets": budgets,
+                             "rows": [{k: v for k, v in r.items() if k != "null_p"}
+                                      for r in rows],
+                             "summary": summary, "independent_models": {
+                                 "models": len(per_model) + len(others_p),
+                                 "named": named_models, "per_model": per_model,
+                                 "other_account_clones": others_p,
+                                 "all_tests": all_tests, "all_named": all_named,
+                                 "share_p_le_0.05": small / max(all_tests, 1)},
+                             "other_accounts": others, "honest_cost": costs})
+
+
+if __name__ == "__main__":
+    main()
