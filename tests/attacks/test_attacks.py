@@ -300,3 +300,33 @@ def test_mlp_equation_solving_says_when_it_is_underdetermined_or_misfit() -> Non
     small = run_cell(v, "equation-solving", "full", 400, uniform_points=1000,
                      params={"model": "mlp", "hidden": (1,), "restarts": 1, "max_iter": 300})
     assert small.info["train_agreement"] < 0.99 and "may not be the victim's" in small.reason
+
+
+def test_knockoff_votes_over_jittered_copies_and_prunes(victims: dict[str, Victim]) -> None:
+    """The precautions of an attacker who expects a watermark: each training point costs
+    ``votes`` queries (the point and jittered copies); pruning refits without the answers
+    the clone disagrees with."""
+    from modelshield.answer import Answer
+    from modelshield.attacks.knockoff import _majority
+
+    v = victims["digits-mlp"]
+    oracle = LocalOracle(v, parse_policy("full"), budget=503)
+    e = ATTACKS["knockoff"](source="pool", votes=5, student="forest").run(oracle, 503,
+                                                                          pool=v.pool)
+    assert e.queries == 500 and e.info["points"] == 100 and "3 queries left" in \
+        e.info["budget_note"]
+    sent = np.concatenate(oracle.log.inputs)
+    assert (sent[::5] == np.round(sent[::5])).all()  # integer features stay integers
+    moved = (sent.reshape(100, 5, -1)[:, 1:] != sent.reshape(100, 5, -1)[:, :1]).any(axis=2)
+    assert moved.mean() > 0.9  # the copies are other inputs
+    # Majority label, ties to the point itself; scores averaged over the copies that agree.
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6], [0.3, 0.7], [0.8, 0.2]])
+    got = _majority(Answer(probs.argmax(1), probs), 3)
+    assert got.labels.tolist() == [0, 1]
+    assert np.allclose(got.probabilities, [[0.8, 0.2], [0.35, 0.65]])
+    pruned = ATTACKS["knockoff"](source="pool", prune=True, student="forest",
+                                 random_state=1).run(
+        LocalOracle(v, parse_policy("full"), budget=300), 300, pool=v.pool)
+    assert "pruned" in pruned.info and pruned.queries == 300
+    with pytest.raises(ConfigError, match="votes"):
+        ATTACKS["knockoff"](votes=0)
