@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/full-audit"))
-    parser.add_argument("--victims", nargs="*", default=list(ZOO))
+    parser.add_argument("--victims", nargs="*", default=[n for n in ZOO if not ZOO[n].watermark])
     args = parser.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)  # the first run starts cold
     first, rows = run(args.victims, args.seed, args.out, args.workers)

@@ -11,6 +11,7 @@ and tests the clone (``modelshield.audit.ownership``; p <= 1e-3 names the key). 
 
 * ``knockoff``: synthetic queries, the student chosen on held-out answers (the default);
 * ``knockoff-forest``: the same answers, a random forest student (it memorises);
+* ``knockoff-pool``: natural rows only (the attacker's pool; at most its size);
 * ``vote5``: knows a watermark may be there: each training point is sent as 5 copies
   jittered by 1% of each range, and trains on the majority (a fifth of the points);
 * ``prune``: fits, drops the answers its clone disagrees with, fits again.
@@ -38,10 +39,13 @@ from _common import show, write
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-VICTIMS = ["digits-mlp", "synth-mlp-d20", "synth-tree-d12", "breast-cancer-lr"]
+# The two MLPs were trained with a trigger set (Adi et al.): train-time and serve-time
+# watermarks side by side.
+VICTIMS = ["digits-mlp-wm", "synth-mlp-d20-wm", "synth-tree-d12", "breast-cancer-lr"]
 ATTACKERS: dict[str, dict[str, Any]] = {
     "knockoff": {"source": "synthetic"},
     "knockoff-forest": {"source": "synthetic", "student": "forest"},
+    "knockoff-pool": {"source": "pool"},  # natural rows only (at most the pool's size)
     "vote5": {"source": "synthetic", "votes": 5},
     "prune": {"source": "synthetic", "prune": True},
 }
@@ -49,7 +53,7 @@ ALPHA = 1e-3
 SECRET = "bench-watermark-secret-0123456789"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def independent_models(name: str) -> list[tuple[str, Any]]:
     """Models built without our answers: on the victim's own training rows and labels."""
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
@@ -110,16 +114,18 @@ def cell(job: tuple[str, str, int, int, float]) -> dict[str, Any]:
     from modelshield.defenses.watermark import watermark_set
     from modelshield.oracle import ShieldOracle
     from modelshield.victims import load_victim
+    from modelshield.victims.zoo import ZOO, builtin_trigger_set
 
     v = load_victim(name)
     k = v.spec.n_classes
     with tempfile.TemporaryDirectory() as tmp:
         shield = shield_for(name, tmp, rate)
         key, rec = shield.store.create_key("pro", owner="thief")
+        spend = min(budget, len(v.pool)) if ATTACKERS[attacker]["source"] == "pool" else budget
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             e = ATTACKS["knockoff"](random_state=seed, **ATTACKERS[attacker]).run(
-                ShieldOracle(shield, key), budget, pool=v.pool)
+                ShieldOracle(shield, key), spend, pool=v.pool)
         x, given = logged_queries(shield.store, rec.key_id, shield.spec.name)
         ws = watermark_set(shield.watermarks["pro"], rec.key_id, x, v.model, answered=given)
         shield.close()
@@ -131,7 +137,18 @@ def cell(job: tuple[str, str, int, int, float]) -> dict[str, Any]:
         r = test(model.predict(ws.x) if len(ws.x) else ws.labels[:0],
                  model.predict(ws.control_x) if len(ws.control_x) else ws.labels[:0], ws, k)
         null.append((label, r.p_value))
-    return {"victim": name, "attacker": attacker, "budget": budget, "seed": seed, "rate": rate,
+    trig: dict[str, Any] = {}
+    if ZOO[name].watermark:  # the train-time trigger set, in the same clone
+        from modelshield.victims.trainmark import trigger_test
+
+        triggers = builtin_trigger_set(name)
+        t = trigger_test(e.clone.predict(triggers.x), triggers)
+        trig = {"trigger_p": t.p_value, "trigger_matches": t.matches,
+                "trigger_named": t.p_value <= ALPHA,
+                "trigger_null_named": sum(
+                    trigger_test(m.predict(triggers.x), triggers).p_value <= ALPHA
+                    for _, m in independent_models(name))}
+    return {**trig, "victim": name, "attacker": attacker, "budget": budget, "seed": seed, "rate": rate,
             "queries": e.queries, "fidelity": fidelity, "student": e.info.get("student"),
             "watermarks": res.watermarks, "disagreements": res.disagreements,
             "matches": res.matches, "test": res.test, "p_value": res.p_value,
@@ -214,10 +231,10 @@ def main() -> None:
                       r["student"], r["fidelity"], r["watermarks"],
                       f"{r['matches']}/{r['disagreements']}" if r["test"] == "label"
                       else f"{r['matches']}/{r['watermarks']}", r["p_value"],
-                      "yes" if r["named"] else "no"])
-    show("DAWN watermark in the thief's clone (p <= 1e-3 names the key)",
+                      "yes" if r["named"] else "no", r.get("trigger_p")])
+    show("DAWN watermark in the thief's clone (p <= 1e-3 names the key); trigger set's p",
          ["victim", "attacker", "rate", "budget", "seed", "student", "fidelity", "wm inputs",
-          "matches", "p", "named"], table)
+          "matches", "p", "named", "trigger p"], table)
     summary = []
     for v in args.victims:
         for a in ATTACKERS:
@@ -226,15 +243,19 @@ def main() -> None:
                     sel = [r for r in rows if (r["victim"], r["attacker"], r["budget"],
                                                r["rate"]) == (v, a, b, rate)]
                     if sel:
+                        trig = [r["trigger_named"] for r in sel if "trigger_named" in r]
                         summary.append({"victim": v, "attacker": a, "budget": b, "rate": rate,
                                         "named": sum(r["named"] for r in sel), "runs": len(sel),
+                                        "trigger_named": sum(trig) if trig else None,
                                         "fidelity": float(np.mean([r["fidelity"] for r in sel])),
                                         "median_p": float(np.median([r["p_value"]
                                                                      for r in sel]))})
-    show("named / runs, mean fidelity", ["victim", "attacker", "budget", "rate", "named",
-                                         "fidelity", "median p"],
+    show("named / runs, mean fidelity (serve-time DAWN; train-time trigger set)",
+         ["victim", "attacker", "budget", "rate", "DAWN named", "fidelity", "median p",
+          "trigger set named"],
          [[s["victim"], s["attacker"], s["budget"], s["rate"], f"{s['named']}/{s['runs']}",
-           s["fidelity"], s["median_p"]] for s in summary])
+           s["fidelity"], s["median_p"], "-" if s["trigger_named"] is None else
+           f"{s['trigger_named']}/{s['runs']}"] for s in summary])
     # No false claims: each independent model against the thief's watermark of the
     # largest budget, seed 0; and every cell's watermark against every model.
     first = [r for r in rows if r["attacker"] == "knockoff" and r["seed"] == 0
@@ -246,10 +267,13 @@ def main() -> None:
     all_tests = sum(len(r["null_p"]) for r in rows)
     all_named = sum(r["null_named"] for r in rows)
     small = sum(p <= 0.05 for r in rows for _, p in r["null_p"])
+    trigger_false = sum(r.get("trigger_null_named", 0) for r in rows if r["seed"] == 0
+                        and r["attacker"] == "knockoff" and r["budget"] == budgets[-1]
+                        and r["rate"] == 0.005)
     show("models built without our answers", ["models", "named at 1e-3", "tests (all cells)",
-                                              "named", "p <= 0.05"],
+                                              "named", "p <= 0.05", "named by a trigger set"],
          [[len(per_model) + len(others_p), named_models, all_tests, all_named,
-           f"{small / max(all_tests, 1):.3f}"]])
+           f"{small / max(all_tests, 1):.3f}", trigger_false]])
     show("another key's clone against a key's watermark (forest students)",
          ["victim", "own p (a)", "other p (a)", "own p (b)", "other p (b)"],
          [[o["victim"], o["own-0"], o["other-0"], o["own-1"], o["other-1"]] for o in others])
@@ -265,7 +289,8 @@ def main() -> None:
                                  "named": named_models, "per_model": per_model,
                                  "other_account_clones": others_p,
                                  "all_tests": all_tests, "all_named": all_named,
-                                 "share_p_le_0.05": small / max(all_tests, 1)},
+                                 "share_p_le_0.05": small / max(all_tests, 1),
+                                 "trigger_set_named": trigger_false},
                              "other_accounts": others, "honest_cost": costs})
 
 

@@ -51,12 +51,15 @@ def victims() -> None:
     """List the built-in victims."""
     from modelshield.victims.lm import LM_ZOO
 
-    table = Table("name", "model", title="built-in victims")
+    table = Table("name", "model", "watermark", title="built-in victims")
     for name, entry in ZOO.items():
-        table.add_row(name, entry.summary)
+        table.add_row(name, entry.summary, entry.watermark or "-")
     for name, lm in LM_ZOO.items():
-        table.add_row(name, lm.summary)
+        table.add_row(name, lm.summary, "-")
     console.print(table)
+    console.print("A trigger-set victim answers its keyed trigger inputs with keyed labels "
+                  "(`modelshield verify --trigger-set NAME`); any victim can be served with "
+                  "a serve-time watermark (a tier's `watermark:`).", highlight=False)
 
 
 @app.command()
@@ -469,8 +472,12 @@ def verify(
     suspect: Annotated[str, typer.Option(
         help="The suspect model: a file (.joblib, .pt, .onnx; e.g. a clone saved with "
              "`attack --save-clone`) or the URL of an API that serves it.")],
-    config: Annotated[Path, typer.Option("--config", help="The gateway config whose "
-                                         "watermarked tiers answered the accounts.")],
+    config: Annotated[Path | None, typer.Option("--config", help="The gateway config whose "
+                                                "watermarked tiers answered the accounts.")]
+    = None,
+    trigger_set: Annotated[str | None, typer.Option(
+        help="Also (or only) test a train-time trigger set: a file written by "
+             "TriggerSet.save, or a built-in victim's name (modelshield victims).")] = None,
     account: Annotated[str | None, typer.Option(
         help="Test this key id only (default: every key of a watermarked tier).")] = None,
     protocol: Annotated[str, typer.Option(
@@ -495,7 +502,22 @@ def verify(
     suspect answers those inputs, and an exact test gives the chance that a model built
     without our answers agrees with the watermark that often. It names an account only
     at p <= alpha; otherwise it says there is no evidence, never that the suspect is
-    independent."""
+    independent.
+
+    With --trigger-set, the suspect also answers the trigger inputs of a model trained with
+    a trigger set; a model built without it names each trigger's keyed label with chance
+    1/k, so the binomial p-value is exact."""
+    if config is None and trigger_set is None:
+        raise ConfigError("verify needs --config (a serve-time watermark) or --trigger-set "
+                          "(a train-time one), or both.")
+    out: dict[str, Any] = {}
+    if trigger_set is not None:
+        out["trigger_set"] = _trigger_verdict(trigger_set, suspect, protocol, suspect_key,
+                                              suspect_model, alpha)
+    if config is None:
+        if json_out is not None:
+            json_out.write_text(json.dumps(out, indent=2))
+        return
     report = _ownership(config, model, suspect, protocol, suspect_key, suspect_model,
                         account, alpha)
     table = Table("key id", "owner", "tier", "queries", "watermark inputs", "test", "matches",
@@ -519,7 +541,38 @@ def verify(
         console.print(f"no evidence at alpha = {alpha:g}: no account's watermark shows in the "
                       "suspect (this does not prove it independent)")
     if json_out is not None:
-        json_out.write_text(json.dumps(report.to_json(), indent=2))
+        json_out.write_text(json.dumps({**report.to_json(), **out}, indent=2))
+
+
+def _trigger_verdict(which: str, suspect: str, protocol: str, key: str | None,
+                     name: str | None, alpha: float) -> dict[str, Any]:
+    """The trigger-set test of ``suspect``, printed, as a dict."""
+    from modelshield.victims.trainmark import TriggerSet, trigger_test
+    from modelshield.victims.zoo import builtin_trigger_set
+
+    triggers = builtin_trigger_set(which) if which in ZOO else TriggerSet.load(which)
+    spec = _trigger_spec(triggers)
+    predict, close = _suspect(suspect, protocol, key, name, spec)
+    try:
+        result = trigger_test(predict(triggers.x), triggers)
+    finally:
+        close()
+    named = result.p_value <= alpha
+    console.print(("[bold red]match[/]" if named else "no evidence") + f": trigger set {which}: "
+                  f"{result.summary()}; p = {result.p_value:.2g}", highlight=False)
+    return {"trigger_set": which, "p_value": result.p_value, "matches": result.matches,
+            "triggers": result.triggers, "chance": result.chance, "matched": named}
+
+
+def _trigger_spec(triggers: Any) -> Any:
+    """The contract a trigger set implies (its width), to check a suspect API against."""
+    import numpy as np
+
+    from modelshield.answer import ApiSpec
+
+    d = triggers.x.shape[1]
+    return ApiSpec(n_features=d, classes=tuple(map(str, range(triggers.n_classes))),
+                   low=np.full(d, -np.inf), high=np.full(d, np.inf))
 
 
 @app.command()

@@ -23,8 +23,10 @@ from sklearn.tree import DecisionTreeClassifier
 
 from modelshield.answer import ApiSpec, FloatArray
 from modelshield.data.datasets import Split, load_split
+from modelshield.errors import ConfigError
 from modelshield.registry import Registry
 from modelshield.victims.base import SklearnAdapter, Victim
+from modelshield.victims.trainmark import TriggerSet, embed_trigger_set, trigger_set
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class ZooEntry:
     kind: str
     train: Callable[[Split, int], Any]
     data_args: tuple[tuple[str, int], ...] = ()
+    watermark: str = ""  # "trigger-set": trained with a keyed trigger set (trainmark.py)
 
 
 ZOO: Registry[ZooEntry] = Registry("victim")
@@ -46,15 +49,7 @@ def load_victim(name: str, seed: int = 0, cache: bool = True) -> Victim:
     entry = ZOO[name]
     split = load_split(entry.data, seed=seed, **dict(entry.data_args))
     estimator = _cached_fit(name, seed, entry, split) if cache else entry.train(split, seed)
-    spec = ApiSpec(
-        n_features=split.X_train.shape[1],
-        classes=split.classes,
-        low=split.low,
-        high=split.high,
-        accepts_missing=entry.kind == "tree",
-        integer_features=split.integer_features,
-        name=name,
-    )
+    spec = _spec(split, name, entry.kind)
     return Victim(
         name=name,
         model=SklearnAdapter(estimator),
@@ -96,6 +91,28 @@ def wrap_estimator(
         X_train=np.empty((0, spec.n_features)),
         kind="tree" if adapter.tree is not None else "model",
     )
+
+
+def _spec(split: Split, name: str, kind: str) -> ApiSpec:
+    return ApiSpec(n_features=split.X_train.shape[1], classes=split.classes, low=split.low,
+                   high=split.high, accepts_missing=kind == "tree",
+                   integer_features=split.integer_features, name=name)
+
+
+BUILTIN_TRIGGER_SECRET = "modelshield-built-in-trigger-set"
+"""The key of the built-in victims' trigger sets. Public: they are for demonstrations and
+benchmarks; an owner draws a trigger set from a secret of their own."""
+
+
+def builtin_trigger_set(name: str, seed: int = 0) -> TriggerSet:
+    """The trigger set a built-in victim marked "trigger-set" was trained with."""
+    entry = ZOO[name]
+    if entry.watermark != "trigger-set":
+        raise ConfigError(f"{name!r} has no trigger set; the built-in victims with one are: "
+                          f"{', '.join(n for n in ZOO if ZOO[n].watermark)}.")
+    split = load_split(entry.data, seed=seed, **dict(entry.data_args))
+    return trigger_set(f"{BUILTIN_TRIGGER_SECRET}/{name}/{seed}", _spec(split, name, entry.kind),
+                       50)
 
 
 def cache_dir() -> Path:
@@ -142,6 +159,17 @@ def _mlp(hidden: tuple[int, ...]) -> Callable[[Split, int], Any]:
     return train
 
 
+def _mlp_marked(name: str, hidden: tuple[int, ...]) -> Callable[[Split, int], Any]:
+    """An MLP trained with a keyed trigger set among its data (Adi et al. 2018)."""
+    def train(split: Split, seed: int) -> Any:
+        mlp = MLPClassifier(hidden_layer_sizes=hidden, activation="relu", alpha=1e-3,
+                            max_iter=3000, random_state=seed)
+        return embed_trigger_set(make_pipeline(StandardScaler(), mlp), split.X_train,
+                                 split.y_train, builtin_trigger_set(name, seed))
+
+    return train
+
+
 def _tree(max_leaf_nodes: int | None, max_depth: int | None = None
           ) -> Callable[[Split, int], Any]:
     def train(split: Split, seed: int) -> Any:
@@ -181,5 +209,12 @@ for _name, _entry in {
     "synth-mlp-d20": ZooEntry(
         "ReLU MLP 32 units, synthetic d=20, 4 classes", "synthetic", "mlp", _mlp((32,)),
         (("n_features", 20), ("n_classes", 4))),
+    "digits-mlp-wm": ZooEntry(
+        "digits-mlp trained with a 50-input trigger set (Adi et al. 2018)", "digits", "mlp",
+        _mlp_marked("digits-mlp-wm", (20,)), watermark="trigger-set"),
+    "synth-mlp-d20-wm": ZooEntry(
+        "synth-mlp-d20 trained with a 50-input trigger set (Adi et al. 2018)", "synthetic",
+        "mlp", _mlp_marked("synth-mlp-d20-wm", (32,)), (("n_features", 20), ("n_classes", 4)),
+        watermark="trigger-set"),
 }.items():
     ZOO.add(_name, _entry)
