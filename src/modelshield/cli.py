@@ -624,6 +624,59 @@ def evidence(
         err.print("[bold red]the audit log's chain is broken[/]: the page says where")
 
 
+@app.command("detect-text")
+def detect_text(
+    files: Annotated[list[Path], typer.Argument(help="Text files to test ('-' reads stdin).")],
+    config: Annotated[Path, typer.Option("--config", help="The gateway config whose tiers "
+                                         "watermark their completions (llm.watermark_delta).")],
+    alpha: Annotated[float, typer.Option(min=1e-15, max=0.5, help="Call a text watermarked "
+                                         "at this p-value or below.")] = 1e-4,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")]
+    = None,
+) -> None:
+    """Test texts for the gateway's text watermark (Kirchenbauer et al. 2023).
+
+    Each distinct pair of consecutive tokens is scored once; a text written without the
+    key is green at each with chance gamma, so the binomial p-value is exact. Prints the
+    pairs scored, the green ones, z and p."""
+    from modelshield.defenses.textmark import TextWatermark
+    from modelshield.serve.factory import load_model
+
+    cfg = _load(config)
+    gammas = {t.llm.watermark_gamma for t in cfg.all_tiers().values() if t.llm.watermark_delta > 0}
+    if not gammas or not cfg.watermark_secret or not (cfg.model.lm or cfg.model.lm_upstream):
+        raise ConfigError("The config has no language-model tier with a text watermark "
+                          "(tiers.NAME.llm.watermark_delta > 0).")
+    if len(gammas) > 1:
+        raise ConfigError("detect-text: the watermarked tiers use different gammas; give "
+                          "them one.")
+    lm, _, _ = load_model(cfg)
+    mark = TextWatermark(cfg.watermark_secret, lm.vocab, gammas.pop())
+    table = Table("text", "tokens", "pairs scored", "green", "z", "p-value", "watermarked",
+                  title="text watermark")
+    rows = []
+    for f in files:
+        text = sys.stdin.read() if str(f) == "-" else _read_text(f)
+        tokens = lm.tokenizer.encode(text)
+        score = mark.score(tokens)
+        hit = score.p_value <= alpha
+        rows.append({"text": str(f), "tokens": len(tokens), "scored": score.scored,
+                     "green": score.green, "z": score.z, "p_value": score.p_value,
+                     "watermarked": hit})
+        table.add_row(str(f), str(len(tokens)), str(score.scored), str(score.green),
+                      f"{score.z:.2f}", f"{score.p_value:.2g}",
+                      "[bold red]yes[/]" if hit else "no")
+    console.print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps({"alpha": alpha, "texts": rows}, indent=2))
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist.")
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
 def _ownership(config: Path, model: str | None, suspect: str, protocol: str,
                suspect_key: str | None, suspect_model: str | None, account: str | None,
                alpha: float) -> Any:

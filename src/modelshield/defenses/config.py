@@ -272,7 +272,7 @@ class ShieldConfig(_Strict):
         if self.watermark_secret:
             return self
         for name, tier in self.all_tiers().items():
-            if tier.watermark is not None:
+            if tier.watermark is not None or tier.llm.watermark_delta > 0:
                 raise ValueError(f"tier {name!r} has a watermark but no watermark_secret is "
                                  "set: put a random string of at least 16 characters in "
                                  "watermark_secret (modelshield init writes one) or in "

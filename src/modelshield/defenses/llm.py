@@ -5,11 +5,13 @@ al., COLM 2024): logprobs on or off, how many top logprobs, logit bias allowed (
 entries) or refused, whether a logit bias changes the returned logprobs (the vendors' fix of
 March 2024 makes it not), and logprob rounding and noise. The noise is keyed: seeded by an
 HMAC of the prompt and position, so asking the same thing again returns the same noise and
-averaging repeats gains nothing.
+averaging repeats gains nothing. A tier can also watermark the text it generates
+(``watermark_delta``; :mod:`modelshield.defenses.textmark`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Callable, Iterator, Sequence
@@ -20,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelshield.answer import LMChoice, LMRequest
+from modelshield.defenses.textmark import TextWatermark
 from modelshield.errors import Denied
 
 
@@ -44,9 +47,14 @@ class LLMPolicy(BaseModel):
     # naming tokens the account had not biased before (a fixed ban list falls towards 0).
     probe_min_requests: int = Field(default=4, ge=1)
     probe_bias_novelty: float = Field(default=0.5, gt=0.0, le=1.0)
-    # The HMAC key of the logprob noise: the gateway sets it from the config's
-    # noise_secret (it is never written in a tier).
+    # The text watermark (Kirchenbauer et al. 2023; defenses/textmark.py): delta added to
+    # the logits of a keyed green list of a share gamma of the vocabulary; 0 is off.
+    watermark_delta: float = Field(default=0.0, ge=0.0, le=20.0)
+    watermark_gamma: float = Field(default=0.25, gt=0.0, lt=1.0)
+    # The HMAC keys of the logprob noise and of the text watermark: the gateway sets them
+    # from the config's noise_secret and watermark_secret (never written in a tier).
     noise_key: str = Field(default="", exclude=True)
+    watermark_key: str = Field(default="", exclude=True)
 
 
 MAX_STOP, MAX_STOP_CHARS = 4, 256
@@ -172,6 +180,7 @@ class Generation:
         self.texts = [""] * len(self.slots)
         self.sent = [0] * len(self.slots)  # characters of each text already streamed
         self._done = False
+        self.mark: TextWatermark | None = None
 
     def steps(self) -> Iterator[list[Delta]]:
         bias_ids = np.fromiter(self.req.logit_bias.keys(), dtype=np.int64,
@@ -201,6 +210,11 @@ class Generation:
               bias_vals: np.ndarray) -> Delta:
         req, policy = self.req, self.policy
         z = row.astype(np.float64)
+        if policy.watermark_delta > 0:  # the model as served leans green: logprobs too
+            if self.mark is None:
+                self.mark = text_watermark(policy.watermark_key, len(z), policy.watermark_gamma,
+                                           policy.watermark_delta)
+            z = self.mark.bias(z, self.seqs[i][-1])
         zb = z.copy()
         if len(bias_ids):
             zb[bias_ids] += bias_vals
@@ -259,6 +273,12 @@ class Generation:
                          self.tops[i] if with_lp else None, self.finish[i],
                          self.texts[i] if self.text_of is not None else None)
                 for i, (pi, _) in enumerate(self.slots)]
+
+
+@functools.lru_cache(maxsize=16)
+def text_watermark(key: str, vocab: int, gamma: float, delta: float) -> TextWatermark:
+    """One green-list cache per key and vocabulary, shared by every request."""
+    return TextWatermark(key, vocab, gamma, delta)
 
 
 def decode(logits_fn: LogitsFn, req: LMRequest, policy: LLMPolicy, eos: int,

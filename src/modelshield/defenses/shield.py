@@ -103,8 +103,9 @@ class Shield:
                          for name, t in config.tiers.items()}
         self.degraded = {name: parse_policy(t.degrade_policy, secret=secret)
                          for name, t in config.tiers.items()}
-        self.llm_policies = {name: t.llm.model_copy(update={"noise_key": secret or ""})
-                             for name, t in config.tiers.items()}
+        self.llm_policies = {name: t.llm.model_copy(update={
+            "noise_key": secret or "", "watermark_key": config.watermark_secret or ""})
+            for name, t in config.tiers.items()}
         self.watermarks = {
             name: ServeWatermark(config.watermark_secret or "", spec, t.watermark.rate,
                                  t.watermark.cell, t.watermark.projections)

@@ -64,6 +64,12 @@ def build_shield(source: Any = None, **kwargs: Any) -> Shield:
         if marked:
             raise ConfigError(f"tiers.{marked[0]}.watermark: the serve-time watermark labels a "
                               "classifier's answers; a language model has no classes to label")
+    if config.model.lm_upstream:
+        marked = [n for n, t in config.tiers.items() if t.llm.watermark_delta > 0]
+        if marked:
+            raise ConfigError(f"tiers.{marked[0]}.llm.watermark_delta: the text watermark "
+                              "biases the logits as tokens are chosen, and the upstream server "
+                              "chooses them; serve the model locally (model.lm) to watermark")
     model, spec, found = load_model(config, spec)
     store = kwargs.pop("store", None) or open_store(config)
     return Shield(config, model, spec, store, benign=found if benign is None else benign,
