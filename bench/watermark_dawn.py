@@ -1,7 +1,9 @@
 """The serve-time watermark (DAWN) against extraction: does it survive in the clone, does it
 name the right account, and does it ever name a model built without our answers?
 
-    python bench/watermark_dawn.py                 # about 20 minutes on 2 cores
+    python bench/watermark_dawn.py --victims digits-mlp-wm breast-cancer-lr --seeds 0
+                                         # the committed run: about 15 minutes on 2 cores
+    python bench/watermark_dawn.py       # four victims, seeds 0-2: over 2 hours on 2 cores
     python bench/watermark_dawn.py --quick         # one seed, 1,000 queries
 
 Each cell serves a built-in victim through a Shield whose tier watermarks its answers
@@ -213,15 +215,21 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one seed, 1,000 queries")
     ap.add_argument("--victims", nargs="+", default=VICTIMS)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args()
-    seeds = [0] if args.quick else [0, 1, 2]
+    seeds = [0] if args.quick else args.seeds
     budgets = [1000] if args.quick else [1000, 10_000]
     jobs = [(v, a, b, s, 0.005) for v in args.victims for a in ATTACKERS for b in budgets
             for s in seeds]
     jobs += [(v, "knockoff", 1000, s, 0.02) for v in args.victims for s in seeds]
     jobs += [(v, "knockoff-forest", 1000, s, 0.02) for v in args.victims for s in seeds]
     with ProcessPoolExecutor(args.workers) as pool:
-        rows = list(pool.map(cell, jobs))
+        rows = []
+        for r in pool.map(cell, jobs):
+            rows.append(r)
+            print(f"[{len(rows)}/{len(jobs)}] {r['victim']} {r['attacker']} {r['budget']} "
+                  f"seed {r['seed']} rate {r['rate']}: fidelity {r['fidelity']:.3f}, "
+                  f"p {r['p_value']:.2g}", flush=True)
         others = list(pool.map(other_account_clone, args.victims, [0] * len(args.victims),
                                [0.005] * len(args.victims), [budgets[-1]] * len(args.victims)))
         costs = list(pool.map(honest_cost, args.victims, [0.005] * len(args.victims)))

@@ -24,7 +24,7 @@ def config(tmp: Path) -> dict[str, Any]:
 def test_the_default_order(tmp_path: Path) -> None:
     shield = build_shield(config(tmp_path))
     assert [s.name for s in shield.stages] == ["authenticate", "check inputs", "limit",
-                                               "model", "detect", "shape", "record"]
+                                               "model", "detect", "watermark", "shape", "record"]
     assert [s.name for s in shield.lm_stages] == ["authenticate", "check request", "limit",
                                                   "detect", "generate", "record"]
 
