@@ -95,6 +95,7 @@ def shield_for(defense: Defense, victim: Victim) -> Iterator[Any]:
         config = load_config({"audit_url": f"sqlite:///{tmp}/audit.db",
                               "tiers": {TIER: defense.as_tier().model_dump()},
                               "noise_secret": "modelshield-audit-cell-noise-key",
+                              "watermark_secret": "modelshield-audit-cell-watermark-key",
                               **defense.shield_fields()})
         store = AuditStore(config.audit_url)
         benign = victim.pool if len(victim.pool) else None
