@@ -336,3 +336,14 @@ def test_bisection_finds_the_weakest_directions_of_a_trained_spectrum(
     assert e.info["tolerance_refinements"] and e.info["tolerance"] < 1e-5
     assert e.info["hidden_at_start_tolerance"] != 32  # the starting tolerance alone misses
     s.close()
+
+
+def test_in_process_a_request_past_the_context_is_refused_not_crashed(shield: Shield) -> None:
+    """The HTTP routes refuse it first; the Shield's own check covers in-process callers."""
+    from modelshield.answer import LMRequest
+    from modelshield.errors import Denied
+
+    too_long = LMRequest(prompts=[[1] * 100], max_tokens=shield.lm.context)
+    with pytest.raises(Denied) as info:
+        shield.handle_completion(key(shield, "top5"), too_long)
+    assert info.value.status == 400 and info.value.code == "context_length_exceeded"

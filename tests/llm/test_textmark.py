@@ -90,3 +90,4 @@ def test_config_needs_the_secret_and_a_local_model(tmp_path: Path) -> None:
                 "model": {"lm_upstream": "http://127.0.0.1:9", "upstream_model": "m"}}
     with pytest.raises(ConfigError, match=r"llm\.watermark_delta"):
         build_shield(upstream)
+

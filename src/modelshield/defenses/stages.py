@@ -190,7 +190,15 @@ class CheckRequest(_Stage):
 
     def __call__(self, call: Call) -> None:
         policy = self.shield.llm_policies[call.key.tier]
-        check_request(call.lm_request, policy, self.shield.lm.vocab, call.tier.max_batch)
+        req, lm = call.lm_request, self.shield.lm
+        check_request(req, policy, lm.vocab, call.tier.max_batch)
+        context = getattr(lm, "context", None)
+        longest = max((len(p) for p in req.prompts), default=0) + req.max_tokens
+        if context is not None and longest > context:  # the HTTP routes say it first
+            raise Denied(400, "context_length_exceeded",
+                         f"This model's maximum context length is {context} tokens; the "
+                         f"request asks for {longest} (prompt plus max_tokens).",
+                         {"X-Error-Param": "max_tokens"})
 
 
 class Limit(_Stage):
