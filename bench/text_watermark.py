@@ -3,7 +3,7 @@ shows, how often text written without it is flagged, what it costs honest users,
 whether it shows in a model fine-tuned on watermarked completions (radioactivity, Sander
 et al., NeurIPS 2024).
 
-    python bench/text_watermark.py            # about 10 minutes on 2 cores
+    python bench/text_watermark.py            # about 25 minutes on 2 cores
 
 Victim: lm-tuned behind a Shield with two tiers, one watermarking (gamma 0.25, delta 2)
 and one not. Prompts are 16-token windows of the public corpus; completions are sampled.

@@ -38,6 +38,7 @@ from modelshield.attacks._students import (
 )
 from modelshield.attacks.base import QUERY_SOURCES, Attack, Session, draw_queries
 from modelshield.errors import ConfigError
+from modelshield.oracle.base import concat_answers
 
 
 @dataclass
@@ -94,12 +95,12 @@ class Knockoff(Attack):
             if size * votes > done:
                 answers.append(session.query(x_q[done:size * votes]))
             done = size * votes
-            got = answers if votes == 1 else [_majority(_concat(answers), votes)]
+            got = answers if votes == 1 else [_majority(concat_answers(answers), votes)]
             clone, chosen = fit_chosen(x_all[:size], got, self.labels, self.student,
                                        self.hidden, spec.n_classes, self.epochs,
                                        self.random_state, pool, self.name)
             if self.prune:
-                clone, chosen = self._pruned(clone, chosen, x_all[:size], _concat(got), pool,
+                clone, chosen = self._pruned(clone, chosen, x_all[:size], concat_answers(got), pool,
                                              spec.n_classes)
             session.checkpoint(clone)
         extra: dict[str, Any] = {"votes": votes, "points": points} if votes > 1 else {}
@@ -137,15 +138,6 @@ def _copies(x: FloatArray, votes: int, jitter: float, spec: Any,
     noise[::votes] = 0.0  # the point itself
     out = np.clip(rep + noise, spec.low, spec.high)
     return np.round(out) if spec.integer_features else out
-
-
-def _concat(answers: list[Answer]) -> Answer:
-    if len(answers) == 1:
-        return answers[0]
-    probs = [a.probabilities for a in answers]
-    return Answer(np.concatenate([a.labels for a in answers]),
-                  None if any(p is None for p in probs) else np.concatenate(probs),  # type: ignore[arg-type]
-                  policy=answers[0].policy)
 
 
 def _majority(answer: Answer, votes: int) -> Answer:

@@ -13,20 +13,18 @@ key can check each one again (:func:`check_records`).
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
-import re
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jinja2
-import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
 from modelshield.audit.ownership import OwnershipReport
+from modelshield.audit.report import inline_svg
 from modelshield.store.chain import LEGACY, UNKEYED, Verdict, row_content, seal
 
 
@@ -117,11 +115,7 @@ def _activity_svg(times: list[tuple[float, int]]) -> str:
     ax.set_xlabel(f"{unit} since the first request ({_when(float(t[0]))})")
     ax.set_ylabel("rows answered (cumulative)")
     ax.grid(alpha=0.3)
-    buf = io.StringIO()
-    with matplotlib.rc_context({"svg.hashsalt": "modelshield"}):
-        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
-    text = re.sub(r"<metadata>.*?</metadata>\s*", "", buf.getvalue(), flags=re.S)
-    return text[text.index("<svg"):]
+    return inline_svg(fig, "activity")
 
 
 def write_evidence(doc: dict[str, Any], records: list[dict[str, Any]], out: Path) -> dict[str, Path]:

@@ -50,7 +50,7 @@ def write_report(doc: dict[str, Any], out: Path) -> dict[str, Path]:
 
 
 # -- figures -------------------------------------------------------------------------------
-def _svg(fig: Any, prefix: str) -> str:
+def inline_svg(fig: Any, prefix: str) -> str:
     """The figure as inline SVG. Its element ids get ``prefix``, so several plots in one
     page never share an id (a clip path or marker of one plot used by another)."""
     buf = io.StringIO()
@@ -121,7 +121,7 @@ def fig_curves(doc: dict[str, Any]) -> str:
                loc="lower center", ncol=min(6, len(seen) + 2), frameon=False,
                bbox_to_anchor=(0.5, -0.06))
     fig.tight_layout()
-    return _svg(fig, "curves")
+    return inline_svg(fig, "curves")
 
 
 def _at(q: list[int], f: list[float], x: int) -> float:
@@ -152,7 +152,7 @@ def fig_tradeoff(doc: dict[str, Any]) -> str:
     ax.set_ylim(-0.05, 1.1)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _svg(fig, "tradeoff")
+    return inline_svg(fig, "tradeoff")
 
 
 def fig_dollars(doc: dict[str, Any]) -> str:
@@ -180,7 +180,7 @@ def fig_dollars(doc: dict[str, Any]) -> str:
     ax.set_xlabel(f"dollars to a 90%-fidelity clone at ${a['price_per_1k']:,.2f} per 1,000 "
                   "queries")
     fig.tight_layout()
-    return _svg(fig, "dollars")
+    return inline_svg(fig, "dollars")
 
 
 # -- pages ---------------------------------------------------------------------------------
