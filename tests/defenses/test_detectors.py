@@ -28,23 +28,39 @@ def test_benign_natural_traffic_with_repeats_is_not_flagged(name: str,
                                                             victims: dict[str, Victim]) -> None:
     v = victims["digits-mlp"]
     det = make_detector(name)
-    det.calibrate(v.pool, v.predict)
+    det.calibrate(v.calibration, v.predict)
     rng = np.random.default_rng(0)
-    assert stream(det, v, v.X_test[rng.integers(0, len(v.X_test), 400)]) is None
+    honest = v.honest[rng.permutation(len(v.honest))]
+    assert stream(det, v, honest) is None
 
 
-def test_sweep_flags_line_searches(victims: dict[str, Victim]) -> None:
-    v = victims["digits-mlp"]
-    base = v.X_test[0]
-    line = np.array([base + t * (v.X_test[1] - base) for t in np.linspace(0, 1, 80)])
-    flag = stream(make_detector("sweep"), v, line)
+def test_sweep_flags_bisection_not_a_grid_of_values(victims: dict[str, Victim]) -> None:
+    v = victims["breast-cancer-lr"]
+    det = make_detector("sweep")
+    det.calibrate(v.calibration, v.predict)
+    rows = []
+    for i in range(8):  # bisect between pairs of records, as Lowd-Meek does
+        a, b = v.X_test[2 * i], v.X_test[2 * i + 1]
+        rows += [a, b]
+        for _ in range(10):
+            mid = (a + b) / 2
+            rows.append(mid)
+            a, b = (mid, b) if np.random.default_rng(i).random() < 0.5 else (a, mid)
+    flag = stream(det, v, np.asarray(rows))
     assert flag is not None and flag.detector == "sweep"
+    grid = []  # a what-if user stepping one field through values: no line search
+    for i in range(10):
+        for t in np.linspace(v.spec.low[0], v.spec.high[0], 10):
+            row = v.X_test[i].copy()
+            row[0] = t
+            grid.append(row)
+    assert stream(make_detector("sweep"), v, np.asarray(grid)) is None
 
 
 def test_boundary_flags_queries_at_the_decision_boundary(victims: dict[str, Victim]) -> None:
     v = victims["digits-mlp"]
     det = make_detector("boundary")
-    det.calibrate(v.pool, v.predict)
+    det.calibrate(v.calibration, v.predict)
     probs = v.predict(v.pool).probabilities
     top2 = np.sort(probs, axis=1)[:, -2:]
     near = v.pool[(top2[:, 1] - top2[:, 0]) < 0.2]
@@ -55,7 +71,7 @@ def test_boundary_flags_queries_at_the_decision_boundary(victims: dict[str, Vict
 def test_ood_flags_uniform_noise(victims: dict[str, Victim]) -> None:
     v = victims["digits-mlp"]
     det = make_detector("ood")
-    det.calibrate(v.pool, v.predict)
+    det.calibrate(v.calibration, v.predict)
     noise = np.random.default_rng(0).uniform(0, 16, (100, 64))
     assert stream(det, v, noise).detector == "ood"  # type: ignore[union-attr]
 
@@ -63,7 +79,7 @@ def test_ood_flags_uniform_noise(victims: dict[str, Victim]) -> None:
 def test_prada_flags_a_stream_of_tiny_synthetic_steps(victims: dict[str, Victim]) -> None:
     v = victims["digits-mlp"]
     det = make_detector("prada")
-    det.calibrate(v.pool, v.predict)
+    det.calibrate(v.calibration, v.predict)
     rng = np.random.default_rng(0)
     seeds = v.X_test[:10]
     steps = np.concatenate([seeds + 0.01 * rng.standard_normal(seeds.shape) * (k % 7 + 1) ** 3
@@ -94,7 +110,8 @@ def test_a_tier_sets_detector_parameters_and_bad_ones_are_named(tmp_path: Path) 
     for entry, message in [
             ({"volume": {"max_row": 8}}, "unknown parameter 'max_row'; choose from max_rows"),
             ({"volume": {"max_rows": -1}}, "max_rows must be a whole number >= 0; got -1"),
-            ({"ood": {"alpha": "low"}}, "alpha must be a number >= 0"),
+            ({"ood": {"factor": "low"}}, "factor must be a number >= 0"),
+            ({"ood": {"alpha": 0.1}}, "unknown parameter 'alpha'"),
             ({"volume": 3}, "parameters must be a mapping"),
             ({"a": {}, "b": {}}, "one name mapped to its parameters"),
             ("nope", "unknown detector 'nope'")]:

@@ -87,6 +87,10 @@ class Tier(_Strict):
     degrade_policy: str = "label"
     max_batch: int = Field(default=1000, ge=1)
     group_by: Literal["none", "ip", "owner"] = "none"
+    # The share of honest accounts the tier's detectors may flag, all together: each
+    # detector that tests the data (sweep, boundary, ood, prada) gets an equal part, and
+    # sets its threshold from the model's calibration data to meet it.
+    fpr: float = Field(default=0.001, gt=0, le=0.1)
     llm: LLMPolicy = LLMPolicy()
     watermark: Watermark | None = None
 
@@ -163,6 +167,12 @@ class Model(_Strict):
     high: float | list[float] | None = None
     accepts_missing: bool = False
     integer_features: bool = False
+    # The owner's natural data the detectors are calibrated on: rows the model was not
+    # trained on, as customers send them (a held-out set, or past traffic that
+    # `modelshield calibrate --from-audit-log` wrote). An .npz (array X), a .csv or a
+    # .parquet of feature columns (a `label` column is left out). Required for a model
+    # file or upstream whose tiers have detectors; a built-in victim ships its own.
+    calibration: str | None = None
     # Refuse (422, naming the feature) values outside low/high: the contract customers are
     # told. Off only for a model whose declared domain is a guide, not a limit.
     enforce_domain: bool = True

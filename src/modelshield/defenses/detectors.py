@@ -2,8 +2,16 @@
 extraction, with a score (>= 1 means flagged) and a reason.
 
 State is kept per account in a :mod:`~modelshield.defenses.state` store: process memory, or
-the Redis that holds the rate limits, so every replica sees the same account. Each detector
-is calibrated on benign traffic when the Shield is built.
+the Redis that holds the rate limits, so every replica sees the same account.
+
+Each detector is calibrated on the owner's natural data when the Shield is built, for a
+per-account false-positive budget ``alpha`` (the tier's ``fpr`` shared among its
+detectors). The rate tests (``sweep``, ``boundary``, ``ood``) are one-sided binomial tests
+of an account's distinct rows against the highest rate honest traffic shows in the
+calibration data; an account is tested as its count crosses a geometric schedule of
+checkpoints, look k spending ``alpha * 6 / (pi^2 (k+1)^2)``, so that the looks together
+spend at most ``alpha`` (a union bound). ``prada`` sets its threshold from simulated honest
+streams. Repeated rows are counted once (:func:`fresh_rows`).
 """
 
 from __future__ import annotations
@@ -12,10 +20,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+import hashlib
+import math
+
 import numpy as np
 from scipy import stats
 
-from modelshield.answer import FloatArray, LMRequest, Prediction
+from modelshield.answer import FloatArray, IntArray, LMRequest, Prediction
 from modelshield.defenses.state import DetectorState, MemoryState, Read
 from modelshield.errors import ConfigError
 from modelshield.registry import Registry
@@ -36,7 +47,16 @@ class Detector:
 
     name: ClassVar[str]
     min_queries: int = 50
+    # The per-account false-positive budget: the share of honest accounts this detector
+    # may flag (the Shield sets it from the tier's fpr).
+    alpha: float = 1e-4
     state: DetectorState = field(default_factory=MemoryState, repr=False)
+    # Which of an account's rows the detector sees: "fresh" (rows it has not sent
+    # before), "records" (fresh rows that are not edits of one of its recent rows: see
+    # edit_mask) or "all".
+    sees: ClassVar[str] = "records"
+    # Whether it must be calibrated on the owner's data before it may run.
+    needs_calibration: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -44,7 +64,12 @@ class Detector:
             DETECTORS.add(cls.name, cls)
 
     def calibrate(self, benign: FloatArray, predict: Any) -> None:
-        """Learn what benign traffic looks like (called once when the Shield is built)."""
+        """Learn what honest traffic looks like from the owner's natural rows (once, when
+        the Shield is built); ``self.alpha`` is the false-positive budget to meet."""
+
+    def calibration(self) -> dict[str, Any]:
+        """The thresholds calibration set, for the start-up report."""
+        return {}
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         raise NotImplementedError
@@ -67,10 +92,16 @@ class Detector:
 
 @dataclass
 class Volume(Detector):
-    """Rows per account beyond what a benign customer sends."""
+    """Rows per account beyond what a benign customer sends (every row, repeats too).
+
+    Its threshold is the owner's business figure (the heaviest customers' volume), not
+    something natural rows can tell; ``modelshield calibrate --from-audit-log`` prints the
+    past accounts' volumes to set it from."""
 
     name: ClassVar[str] = "volume"
     max_rows: int = 5000
+    sees: ClassVar[str] = "all"
+    needs_calibration: ClassVar[bool] = False
 
     def reads(self, account: str, prediction: Prediction) -> list[Read]:
         return [("hash", f"volume:{account}")]
@@ -80,158 +111,303 @@ class Volume(Detector):
         score = rows / self.max_rows
         return Flag(self.name, score, f"{rows} rows sent") if score >= 1 else None
 
+    def calibration(self) -> dict[str, Any]:
+        return {"max_rows": self.max_rows}
+
+
+LOOK_RATIO = 1.25
+
+
+def look_alpha(alpha: float, first: int, before: int, after: int) -> float | None:
+    """The false-positive budget of the look an account's count reaches between ``before``
+    (exclusive) and ``after`` (inclusive), or None when it reaches none.
+
+    Looks fall at ``ceil(first * 1.25**k)`` rows (k = 0, 1, ...); look k spends
+    ``alpha * 6 / (pi^2 (k+1)^2)``, so all of an account's looks spend at most ``alpha``.
+    A batch that crosses several checkpoints is one look, at the last of them.
+    """
+    if after < first:
+        return None
+    k_after = _look_index(first, after)
+    if before >= first and _look_index(first, before) == k_after:
+        return None
+    return alpha * 6 / (math.pi ** 2 * (k_after + 1) ** 2)
+
+
+def _look_index(first: int, n: int) -> int:
+    k = max(0, int(math.log(n / first) / math.log(LOOK_RATIO)))
+    while math.ceil(first * LOOK_RATIO ** (k + 1)) <= n:
+        k += 1
+    while k > 0 and math.ceil(first * LOOK_RATIO ** k) > n:
+        k -= 1
+    return k
+
+
+def upper_rate(hits: int, n: int, confidence: float = 0.99) -> float:
+    """The one-sided upper confidence bound of a rate (Clopper-Pearson)."""
+    if n == 0:
+        return 1.0
+    return 1.0 if hits >= n else float(stats.beta.ppf(confidence, hits + 1, n - hits))
+
 
 @dataclass
-class Sweep(Detector):
-    """Line searches: queries that change one feature of a recent query, or that step
-    along the same direction as earlier steps (bisection on a line, as equation solving,
-    path finding and Lowd-Meek do). Re-sending a recent query is not counted."""
+class _RateTest(Detector):
+    """A share of an account's distinct rows with some property, tested against what
+    honest customers show: flagged when the share is at least ``factor`` times the
+    highest honest rate (``baseline``) *and* the account's count is improbable under
+    every honest archetype's null, within the look's false-positive budget
+    (:func:`look_alpha`).
 
-    name: ClassVar[str] = "sweep"
-    window: int = 64
-    max_share: float = 0.2
+    Each archetype's null is a beta-binomial fitted to simulated accounts of it: one
+    analyst's edits of one record are not independent draws, so accounts' rates spread
+    wider than a binomial's, and the fit keeps that spread.
+    """
 
-    block: int = 64
+    factor: float = 2.0
+    baseline: float = 0.01
+    nulls: list[tuple[float, float]] = field(default_factory=list, repr=False)
+    what: ClassVar[str] = ""
 
     def reads(self, account: str, prediction: Prediction) -> list[Read]:
-        return [("rows", f"sweep:{account}:recent"), ("rows", f"sweep:{account}:steps"),
-                ("hash", f"sweep:{account}")]
+        return [("hash", f"{self.name}:{account}")]
+
+    def _test(self, account: str, hits: int, total: int, detail: str = "") -> Flag | None:
+        c = self.state.incr_many(f"{self.name}:{account}", {"hits": hits, "total": total})
+        k, n = c["hits"], c["total"]
+        budget = look_alpha(self.alpha, self.min_queries, n - total, n)
+        if budget is None or k / n < self.factor * self.baseline:
+            return None
+        p = self.p_value(k, n)
+        if p > budget:
+            return None
+        score = min((k / n) / (self.factor * self.baseline),
+                    np.log(max(p, 1e-300)) / np.log(budget))
+        return Flag(self.name, score, f"{k} of {n} distinct queries {self.what} "
+                    f"(honest: {self.baseline:.1%}; p = {p:.1e}){detail}")
+
+    def p_value(self, k: int, n: int) -> float:
+        """The chance an honest account of ``n`` distinct rows has ``k`` or more hits, under
+        the least suspicious archetype (a binomial at ``baseline`` before calibration)."""
+        if not self.nulls:
+            return float(stats.binom.sf(k - 1, n, self.baseline))
+        return max(float(stats.betabinom.sf(k - 1, n, a, b)) for a, b in self.nulls)
+
+    def calibration(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "factor": self.factor, "alpha": self.alpha,
+                "min_queries": self.min_queries}
+
+    def _hits(self, rows: FloatArray, prediction: Prediction) -> np.ndarray:
+        """Which of an account's distinct rows, in order, have the property counted."""
+        raise NotImplementedError
+
+    def _fit_honest(self, benign: FloatArray, predict: Any, floor: float = 0.005) -> None:
+        """Fit the nulls and the baseline on honest customers simulated on ``benign``:
+        i.i.d., narrow and what-if customers, 30 of each, volumes as customers send."""
+        from modelshield.data.honest import honest_accounts
+
+        labels = predict(benign).labels
+        self.nulls, rates = [], [floor]
+        for i, archetype in enumerate(("iid", "narrow", "what-if")):
+            ks, ns = [], []
+            for a in honest_accounts(benign, archetype, 30, seed=101 + i, labels=labels,
+                                     median_rows=100):
+                rows = seen_rows(np.concatenate(a.requests), self.sees)
+                if len(rows) == 0:
+                    continue
+                h = self._hits(rows, predict(rows))
+                ks.append(int(h.sum()))
+                ns.append(len(h))
+            mean, a_, b_ = beta_binomial_fit(np.asarray(ks), np.asarray(ns), floor)
+            rates.append(mean)
+            self.nulls.append((a_, b_))
+        self.baseline = max(rates)
+
+
+def beta_binomial_fit(k: np.ndarray, n: np.ndarray, floor: float = 0.005
+                      ) -> tuple[float, float, float]:
+    """(mean, a, b) of a beta-binomial fitted by moments to accounts' counts ``k`` of ``n``.
+
+    The mean is the pooled rate's 99% upper bound (at least ``floor``); the spread is the
+    intra-account correlation rho estimated from the accounts' rates (at least 0.001).
+    """
+    mean = max(floor, upper_rate(int(k.sum()), int(n.sum())))
+    keep = n > 0
+    k, n = k[keep], n[keep]
+    rho = 1e-3
+    if len(n) >= 3:
+        p = k / n
+        pooled = k.sum() / n.sum()
+        # E[n_j (p_j - mu)^2] = mu (1 - mu) (1 + (n_j - 1) rho) under the beta-binomial
+        spread = float(np.sum(n * (p - pooled) ** 2) / (len(n) - 1))
+        binom = pooled * (1 - pooled)
+        nbar = float(n.mean())
+        if binom > 0 and nbar > 1:
+            rho = float(np.clip((spread / binom - 1) / (nbar - 1), 1e-3, 0.99))
+    scale = (1 - rho) / rho
+    return mean, mean * scale, (1 - mean) * scale
+
+
+def _distinct(rows: FloatArray) -> FloatArray:
+    """The distinct rows, in the order first sent."""
+    _, first = np.unique(rows, axis=0, return_index=True)
+    return rows[np.sort(first)]
+
+
+def seen_rows(rows: FloatArray, sees: str) -> FloatArray:
+    """What a detector that ``sees`` "all", "fresh" or "records" gets of one account's
+    whole stream (the simulations of calibration use it)."""
+    if sees == "all":
+        return rows
+    rows = _distinct(rows)
+    if sees == "fresh":
+        return rows
+    return rows[~edit_mask(np.empty((0, rows.shape[1])), rows)]
+
+
+EDIT_WINDOW, EDIT_FEATURES = 64, 2
+
+
+def edit_mask(recent: FloatArray, rows: FloatArray, window: int = EDIT_WINDOW,
+              max_changed: int = EDIT_FEATURES) -> np.ndarray:
+    """Which of ``rows`` are edits: differ from one of the ``window`` rows before them in
+    at most ``max_changed`` features (a what-if user's change of a field or two). The
+    rate tests and PRADA count records, not edits: an analyst who edits one borderline
+    record fifty ways has sent one borderline record. recent: (h, d), oldest first."""
+    h, k = len(recent), len(rows)
+    if k == 0:
+        return np.zeros(0, dtype=bool)
+    allrows = np.where(np.isnan(np.concatenate([recent, rows])), -1e9,
+                       np.concatenate([recent, rows]))
+    pos = h + np.arange(k)
+    out = np.zeros(k, dtype=bool)
+    for start in range(0, k, 64):  # bounded memory: (64, window, d) at a time
+        p = pos[start : start + 64]
+        idx = p[:, None] - window + np.arange(window)[None, :]
+        valid = idx >= 0
+        changed = np.count_nonzero(
+            np.abs(allrows[np.maximum(idx, 0)] - allrows[p][:, None, :]) > 1e-12, axis=2)
+        out[start : start + 64] = ((changed <= max_changed) & valid).any(axis=1)
+    return out
+
+
+@dataclass
+class Sweep(_RateTest):
+    """Line searches: a query that falls between two of the account's recent queries on
+    one line. Bisection does this at every step (equation solving, path finding and
+    Lowd-Meek find where an answer changes so). An analyst's what-if edits of their own
+    records mostly step outwards or jump to other values; the share of them that falls
+    between earlier queries sets the baseline, measured on simulated what-if, narrow and
+    i.i.d. customers built from the owner's data."""
+
+    name: ClassVar[str] = "sweep"
+    sees: ClassVar[str] = "fresh"  # a line search is edits of recent rows
+    what: ClassVar[str] = "fall between two earlier queries on a line (a line search)"
+    window: int = 64
+    block: int = 64
+    factor: float = 3.0
+    lo: FloatArray | None = None
+    hi: FloatArray | None = None
+
+    def calibrate(self, benign: FloatArray, predict: Any) -> None:
+        self.lo, self.hi = benign.min(axis=0), benign.max(axis=0)
+        self._fit_honest(benign, predict)
+
+    def _hits(self, rows: FloatArray, prediction: Prediction) -> np.ndarray:
+        return line_search_hits(np.empty((0, rows.shape[1])), rows, self.window, self.lo,
+                                self.hi)
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         d = inputs.shape[1]
         recent = self.state.rows(f"sweep:{account}:recent", d)[-self.window:]
-        steps = self.state.rows(f"sweep:{account}:steps", d)[-self.window:]
-        rows = np.where(np.isnan(inputs), -1e300, inputs)
-        hits, new_steps = 0, []
+        rows = np.where(np.isnan(inputs), -1e9, inputs)
+        hits = 0
         for start in range(0, len(rows), self.block):  # bounded memory for large batches
             block = rows[start : start + self.block]
-            h, found = sweep_hits(recent, steps, block, self.window)
-            hits += int(h.sum())
-            new_steps.append(found)
-            if start + self.block < len(rows):
-                recent = np.concatenate([recent, block])[-self.window:]
-                steps = np.concatenate([steps, found])[-self.window:]
+            hits += int(line_search_hits(recent, block, self.window, self.lo, self.hi).sum())
+            recent = np.concatenate([recent, block])[-self.window:]
         self.state.push(f"sweep:{account}:recent", rows[-self.window:], self.window)
-        fresh = (new_steps[0] if len(new_steps) == 1 else np.concatenate(new_steps))[-self.window:]
-        if len(fresh):
-            self.state.push(f"sweep:{account}:steps", fresh, self.window)
-        c = self.state.incr_many(f"sweep:{account}", {"hits": hits, "total": len(rows)})
-        hits, total = c["hits"], c["total"]
-        if total < self.min_queries:
-            return None
-        score = (hits / total) / self.max_share
-        return Flag(self.name, score, f"{hits} of {total} queries continue a line search "
-                    "(one feature changed, or a repeated step direction)") if score >= 1 else None
+        return self._test(account, hits, len(rows))
+
+    def reads(self, account: str, prediction: Prediction) -> list[Read]:
+        return [("rows", f"sweep:{account}:recent"), ("hash", f"sweep:{account}")]
 
 
-def sweep_hits(recent: FloatArray, steps: FloatArray, rows: FloatArray,
-               window: int = 64, near: int = 8) -> tuple[np.ndarray, FloatArray]:
+def line_search_hits(recent: FloatArray, rows: FloatArray, window: int = 64,
+                     lo: FloatArray | None = None, hi: FloatArray | None = None,
+                     tol: float = 1e-6) -> np.ndarray:
     """Which of ``rows`` continue a line search, judged in order, all at once.
 
-    recent: (h, d) the account's last queries, oldest first; steps: (s, d) its last unit
-    step directions, oldest first; rows: (k, d) the new queries. A row that repeats one of
-    the ``window`` queries before it is no step. Otherwise it is a hit if it differs from
-    one of them in exactly one feature, or if its direction to one of its ``near`` latest
-    predecessors is (±) one of the ``window`` step directions before it; its direction to
-    its latest predecessor then becomes a step. Returns (hits (k,), new steps (m, d)).
+    recent: (h, d) the account's last queries, oldest first. A row is a hit when, among
+    the ``window`` queries before it, it is (a) the midpoint (within 10%) of two on one
+    line: a bisection step; or (b) one of them with exactly one feature moved beyond the
+    natural data's range ``lo``/``hi`` of that feature: the probe of a box's edge that
+    path finding and bisection start from.
     """
     h, k = len(recent), len(rows)
-    if k == 1:  # the common single-row request, without the batch machinery
-        return _sweep_one(recent[-window:], steps[-window:], rows[0], near)
+    if k == 0:
+        return np.zeros(0, dtype=bool)
     allrows = np.concatenate([recent, rows])
     pos = h + np.arange(k)
-    j = np.arange(h + k)
-    win = (j[None, :] < pos[:, None]) & (j[None, :] >= pos[:, None] - window)
-    changed = np.count_nonzero(np.abs(allrows[None, :, :] - rows[:, None, :]) > 1e-12, axis=2)
-    repeat = ((changed == 0) & win).any(axis=1)
-    one_feature = ((changed == 1) & win).any(axis=1)
-    active = (pos > 0) & ~repeat
-    idx = pos[:, None] - 1 - np.arange(near)[None, :]
+    idx = pos[:, None] - window + np.arange(window)[None, :]  # (k, window) predecessors
     valid = idx >= 0
     diffs = allrows[np.maximum(idx, 0)] - rows[:, None, :]
-    norms = np.linalg.norm(diffs, axis=2, keepdims=True)
-    dirs = np.where(valid[:, :, None] & (norms > 0), diffs / np.where(norms > 0, norms, 1), 0.0)
-    found = dirs[active, 0]
-    everything = np.concatenate([steps, found])
-    end = len(steps) + np.cumsum(active) - active  # steps visible to each row: [end-window, end)
-    jj = np.arange(len(everything))
-    visible = (jj[None, :] < end[:, None]) & (jj[None, :] >= end[:, None] - window)
-    cos = np.abs(np.einsum("knd,sd->kns", dirs, everything)).max(axis=1)
-    repeated = ((cos > 1 - 1e-9) & visible).any(axis=1)
-    return active & (one_feature | repeated), found
-
-
-def _sweep_one(recent: FloatArray, steps: FloatArray, row: FloatArray,
-               near: int) -> tuple[np.ndarray, FloatArray]:
-    """sweep_hits for one row (recent and steps already cut to the window)."""
-    if len(recent) == 0:
-        return _NO_HIT, np.empty((0, len(row)))
-    changed = np.count_nonzero(np.abs(recent - row) > 1e-12, axis=1)
-    if not changed.all():  # a repeat is no step
-        return _NO_HIT, np.empty((0, len(row)))
-    diffs = recent[: -near - 1 : -1] - row  # latest predecessor first
-    dirs = diffs / np.sqrt(np.einsum("nd,nd->n", diffs, diffs))[:, None]
-    hit = bool((changed == 1).any()) or (
-        len(steps) > 0 and bool((np.abs(dirs @ steps.T) > 1 - 1e-9).any()))
-    return np.array([hit]), dirs[:1]
-
-
-_NO_HIT = np.zeros(1, dtype=bool)
-_NO_HIT.flags.writeable = False
+    norms = np.linalg.norm(diffs, axis=2)
+    valid &= norms > 0
+    unit = diffs / np.where(norms > 0, norms, 1.0)[:, :, None]
+    cos = np.einsum("kwd,kvd->kwv", unit, unit)
+    near = np.minimum(norms[:, :, None], norms[:, None, :]) / np.maximum(
+        norms[:, :, None] + norms[:, None, :], 1e-300)
+    both = valid[:, :, None] & valid[:, None, :]
+    hit = ((cos < -1 + tol) & (near > 0.45) & both).any(axis=(1, 2))
+    if lo is not None and hi is not None:
+        moved = np.abs(diffs) > 1e-12  # (k, window, d)
+        single = (moved.sum(axis=2) == 1) & valid
+        beyond = (rows < lo) | (rows > hi)  # (k, d)
+        hit |= (single & (moved & beyond[:, None, :]).any(axis=2)).any(axis=1)
+    return np.asarray(hit)
 
 
 @dataclass
-class Boundary(Detector):
-    """A share of low-margin queries well above what benign traffic has.
-
-    Flags when the share exceeds ``factor`` times the benign share *and* a one-sided
-    binomial z-test against the benign share exceeds ``z`` (so small accounts are not
-    flagged on noise).
-    """
+class Boundary(_RateTest):
+    """A share of low-margin answers (top-two scores within ``margin``) well above the
+    highest share honest traffic has: over the whole calibration data, each class, or
+    the neighbourhood of a record (a narrow customer's part of the data)."""
 
     name: ClassVar[str] = "boundary"
+    what: ClassVar[str] = "near the decision boundary"
     margin: float = 0.2
-    factor: float = 2.0
-    z: float = 4.0
     baseline: float = 0.05
 
     def calibrate(self, benign: FloatArray, predict: Any) -> None:
-        self.baseline = max(float(np.mean(_margins(predict(benign)) < self.margin)), 0.01)
+        self._fit_honest(benign, predict, floor=0.01)
 
-    def reads(self, account: str, prediction: Prediction) -> list[Read]:
-        return [("hash", f"boundary:{account}")]
+    def _hits(self, rows: FloatArray, prediction: Prediction) -> np.ndarray:
+        return np.asarray(_margins(prediction) < self.margin)
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
-        c = self.state.incr_many(f"boundary:{account}", {
-            "low": int(np.sum(_margins(prediction) < self.margin)), "total": len(inputs)})
-        low, n = c["low"], c["total"]
-        if n < self.min_queries:
-            return None
-        share, p0 = low / n, self.baseline
-        z = (low - n * p0) / np.sqrt(n * p0 * (1 - p0))
-        score = min(share / (self.factor * p0), z / self.z)
-        return Flag(self.name, score, f"{share:.0%} of queries near the decision boundary "
-                    f"(benign: {p0:.0%}, z = {z:.1f})") if score >= 1 else None
+        return self._test(account, int(np.sum(_margins(prediction) < self.margin)), len(inputs))
+
+    def calibration(self) -> dict[str, Any]:
+        return {**super().calibration(), "margin": self.margin}
 
 
 @dataclass
-class OutOfDistribution(Detector):
-    """A share of queries far from the natural data, well above the benign rate.
+class OutOfDistribution(_RateTest):
+    """A share of queries far from the natural data, well above the honest rate.
 
-    "Far" is beyond the 99th percentile of benign points' distance to their nearest
-    neighbour among ``size`` reference points (standardised features), so about 1% of
-    benign queries are far. An account is flagged when at least ``max_share`` of its
-    queries are far *and* a one-sided binomial test against the benign rate gives a
-    p-value below ``alpha``. The test, not a fixed minimum count, decides how soon: ten
-    far queries out of ten are flagged at once (an equation-solving batch of synthetic
-    points), three out of ten are not.
+    "Far" is beyond the 99th percentile of natural points' distance to their nearest
+    neighbour among ``size`` reference points (standardised features). The honest rate
+    is measured on the half of the calibration data the reference was not drawn from:
+    over all of it, each class, each neighbourhood, and what-if edits of its records (an
+    edit that mixes fields can leave the data). The test decides how soon, not a fixed
+    minimum count: ten far queries out of ten are flagged at once (an equation-solving
+    batch of synthetic points), three out of ten are not.
     """
 
     name: ClassVar[str] = "ood"
+    what: ClassVar[str] = "far from the natural data"
     min_queries: int = 10
-    max_share: float = 0.3
-    alpha: float = 1e-6
-    baseline: float = 0.01
+    factor: float = 3.0
     size: int = 512
     reference: FloatArray | None = None
     radius: float = np.inf
@@ -240,30 +416,27 @@ class OutOfDistribution(Detector):
 
     def calibrate(self, benign: FloatArray, predict: Any) -> None:
         self.scale = np.maximum(benign.std(axis=0), 1e-9)
-        ref = np.random.default_rng(0).permutation(benign / self.scale)[:2 * self.size]
-        half = len(ref) // 2
-        self.reference = ref[:half]
+        order = np.random.default_rng(0).permutation(len(benign))
+        half = len(benign) // 2
+        ref, held = benign[order[:half]], benign[order[half:]]
+        self.reference = (ref / self.scale)[: self.size]
         self._ref_sq = (self.reference * self.reference).sum(1)
-        self.radius = float(np.quantile(_nearest(ref[half:], self.reference, self._ref_sq),
-                                        0.99))
+        dist = _nearest(held / self.scale, self.reference, self._ref_sq)
+        self.radius = float(np.quantile(dist, 0.99))
+        self._fit_honest(held, predict, floor=0.01)
 
-    def reads(self, account: str, prediction: Prediction) -> list[Read]:
-        return [("hash", f"ood:{account}")]
+    def _hits(self, rows: FloatArray, prediction: Prediction) -> np.ndarray:
+        return np.asarray(_nearest(rows / self.scale, self.reference, self._ref_sq) > self.radius)
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         if self.reference is None or self.scale is None:
             return None
         x = np.where(np.isnan(inputs), 0.0, inputs) / self.scale
         n_far = int((_nearest(x, self.reference, self._ref_sq) > self.radius).sum())
-        c = self.state.incr_many(f"ood:{account}", {"far": n_far, "total": len(inputs)})
-        far, n = c["far"], c["total"]
-        if n < self.min_queries or far / n < self.max_share:
-            return None
-        p = float(stats.binom.sf(far - 1, n, self.baseline))
-        score = min((far / n) / self.max_share,
-                    np.log(max(p, 1e-300)) / np.log(self.alpha))
-        return Flag(self.name, score, f"{far} of {n} queries far from the natural data "
-                    f"(benign: {self.baseline:.0%}, p = {p:.1e})") if score >= 1 else None
+        return self._test(account, n_far, len(inputs))
+
+    def calibration(self) -> dict[str, Any]:
+        return {**super().calibration(), "radius": self.radius}
 
 
 @dataclass
@@ -278,6 +451,14 @@ class Prada(Detector):
     spread incrementally, and test every ``every`` new distances. Each class's growing set
     keeps its latest ``max_set`` rows: an account cannot grow the state without bound, and
     a request reads a bounded amount of it.
+
+    ``delta`` is set from honest streams simulated on the owner's data (i.i.d., narrow,
+    what-if and batch customers): the lowest W each stream reaches over its tests, put on
+    a log scale, ``log(1 - W)``, fitted by a normal per archetype and cut at its
+    ``1 - alpha`` quantile; ``delta`` is the lowest cut, at most 0.98 times the lowest W
+    seen and never above the paper's 0.9. What-if analysts (a few records, each edited
+    many ways) give far lower W than i.i.d. customers, so ``delta`` falls well below 0.9:
+    PRADA then flags only streams less normal than theirs.
     """
 
     name: ClassVar[str] = "prada"
@@ -285,22 +466,48 @@ class Prada(Detector):
     min_queries: int = 100
     every: int = 25
     max_set: int = 2000
+    _streams: int = field(default=0, repr=False)  # how many simulated streams set delta
 
     def calibrate(self, benign: FloatArray, predict: Any) -> None:
-        """Lower ``delta`` below what benign streams reach: 20 shuffled benign streams of
-        up to 300 rows each; delta becomes at most 0.98 x their lowest W."""
-        rng = np.random.default_rng(0)
+        from modelshield.data.honest import honest_accounts
+
         labels = predict(benign).labels
-        onehot = np.eye(int(labels.max()) + 1)
-        lowest = 1.0
-        for _ in range(20):
-            order = rng.permutation(len(benign))[:300]
-            probe = Prada(delta=self.delta, min_queries=10**9)
-            probe.observe("calibration", benign[order], Prediction(onehot[labels[order]]))
-            d = probe.state.rows("prada:calibration:dist", 1).ravel()
-            if len(d) >= 20:
-                lowest = min(lowest, float(stats.shapiro(d).statistic))
-        self.delta = min(self.delta, 0.98 * lowest)
+        lowest: list[float] = []
+        cuts = [self.delta]
+        for i, archetype in enumerate(("iid", "narrow", "what-if", "batch")):
+            ws = []
+            for a in honest_accounts(benign, archetype, 15, seed=201 + i, labels=labels,
+                                     median_rows=600):
+                rows = seen_rows(np.concatenate(a.requests)[:3000], self.sees)
+                if len(rows) < self.min_queries:
+                    continue
+                w = self._stream_min_w(rows, predict(rows).labels)
+                if w is not None:
+                    ws.append(w)
+            lowest += ws
+            if len(ws) >= 5:  # this archetype's lower tail, on a log scale
+                u = np.log(np.maximum(1 - np.asarray(ws), 1e-12))
+                cut = float(u.mean() + stats.norm.isf(self.alpha) * u.std(ddof=1))
+                cuts.append(1 - float(np.exp(cut)))
+        if len(lowest) < 10:
+            raise ConfigError(
+                f"prada: the calibration data ({len(benign)} rows) is too small to simulate "
+                f"honest streams of {self.min_queries} distinct queries, which its test needs; "
+                "give more rows of natural data, or leave prada out of the tier")
+        self.delta = max(0.0, min(*cuts, 0.98 * min(lowest)))
+        self._streams = len(lowest)
+
+    def _stream_min_w(self, rows: FloatArray, labels: IntArray) -> float | None:
+        probe = Prada(delta=self.delta, min_queries=10**9)
+        probe.observe("calibration", rows, Prediction(np.eye(int(labels.max()) + 1)[labels]))
+        d = probe.state.rows("prada:calibration:dist", 1).ravel()
+        ws = [float(stats.shapiro(d[:n]).statistic)
+              for n in range(self.min_queries, len(d) + 1, self.every) if np.ptp(d[:n]) > 0]
+        return min(ws) if ws else None
+
+    def calibration(self) -> dict[str, Any]:
+        return {"delta": self.delta, "streams": self._streams, "alpha": self.alpha,
+                "min_queries": self.min_queries}
 
     def reads(self, account: str, prediction: Prediction) -> list[Read]:
         key = f"prada:{account}"  # the distances are read only when the test runs
@@ -383,6 +590,46 @@ def _join(x: FloatArray, labels: np.ndarray, nearest: FloatArray, i: int) -> Non
                                     np.sqrt(((x[later] - x[i]) ** 2).sum(axis=1)))
 
 
+MAX_SEEN = 20_000
+
+
+def fresh_rows(state: DetectorState, ident: str, inputs: FloatArray,
+               max_seen: int = MAX_SEEN) -> np.ndarray:
+    """Which rows of the batch ``ident`` has not sent before (a row repeated within the
+    batch counts once, at its first place). The rate tests and PRADA count distinct
+    rows: a customer who scores the same records every day is not sending new evidence.
+    An account's record of what it sent holds about ``max_seen`` row digests; past that,
+    every row counts as new."""
+    x = np.ascontiguousarray(inputs, dtype=np.float64)
+    digests = [hashlib.blake2b(r.tobytes(), digest_size=8).hexdigest() for r in x]
+    amounts: dict[str, int] = {}
+    for dig in digests:
+        amounts[dig] = amounts.get(dig, 0) + 1
+    counts = state.incr_many(f"seen:{ident}", {**amounts, "_n": 0})
+    if counts["_n"] >= max_seen:
+        return np.ones(len(x), dtype=bool)
+    new = {dig for dig, n in amounts.items() if counts[dig] == n}
+    if new:
+        state.incr(f"seen:{ident}", "_n", len(new))
+    fresh = np.zeros(len(x), dtype=bool)
+    for i, dig in enumerate(digests):
+        if dig in new:
+            fresh[i] = True
+            new.discard(dig)
+    return fresh
+
+
+def record_rows(state: DetectorState, ident: str, fresh: FloatArray) -> np.ndarray:
+    """Which of an account's fresh rows are records, not edits of its recent rows
+    (:func:`edit_mask`); the account's last rows are kept for the next batch."""
+    d = fresh.shape[1]
+    recent = state.rows(f"recent:{ident}", d)[-EDIT_WINDOW:]
+    mask = ~edit_mask(recent, fresh)
+    if len(fresh):
+        state.push(f"recent:{ident}", fresh[-EDIT_WINDOW:], EDIT_WINDOW)
+    return mask
+
+
 DetectorSpec = str | dict[str, Any]
 """A detector in a config: its name, or ``{name: {parameter: value}}``."""
 
@@ -403,6 +650,8 @@ class Probing(Detector):
 
     name: ClassVar[str] = "probing"
     kind: ClassVar[str] = "language-model"
+    sees: ClassVar[str] = "all"
+    needs_calibration: ClassVar[bool] = False
     distinct_bias_tokens: int = 64
     min_requests: int = 4
     bias_novelty: float = 0.5
@@ -465,10 +714,16 @@ def detector_spec(entry: DetectorSpec) -> tuple[str, dict[str, Any]]:
     return name, dict(params)
 
 
+CALIBRATED = ("alpha", "baseline", "delta", "radius")
+"""Settings calibration sets (alpha from the tier's fpr), so a config cannot."""
+
+
 def tunable_parameters(name: str) -> dict[str, int | float]:
     """A detector's numeric settings and their defaults (what a config may set)."""
     out: dict[str, int | float] = {}
     for f in fields(DETECTORS[name]):
+        if f.name in CALIBRATED:
+            continue
         if f.init and not f.name.startswith("_") and isinstance(f.default, int | float) \
                 and not isinstance(f.default, bool) and np.isfinite(f.default):
             out[f.name] = f.default

@@ -48,7 +48,7 @@ from modelshield.defenses.stages import (
 )
 from modelshield.defenses.state import STORE_ERRORS, state_from_url
 from modelshield.defenses.watermark import ServeWatermark
-from modelshield.errors import Denied
+from modelshield.errors import ConfigError, Denied
 from modelshield.store import ApiKey, AuditRecord, AuditStore
 from modelshield.victims.base import ModelAdapter
 
@@ -111,7 +111,7 @@ class Shield:
                                  t.watermark.cell, t.watermark.projections)
             for name, t in config.tiers.items() if t.watermark is not None and spec.n_classes > 1}
         self.state = state_from_url(config.storage.limits, spec.name if scoped else "")
-        self.detectors = {name: self._detectors(tier, benign)
+        self.detectors = {name: self._detectors(name, tier, benign)
                           for name, tier in config.tiers.items()}
         self.flagged: dict[str, Flag] = {}  # this replica's view; the state store is shared
         self._rates: dict[str, list[RateLimitItem]] = {}
@@ -119,9 +119,11 @@ class Shield:
         self.lm_stages: list[Stage] = [make(self) for make in lm_stages or LM_STAGES]
         self._restore_flags()
 
-    def _detectors(self, tier: Tier, benign: FloatArray | None) -> list[Detector]:
+    def _detectors(self, name: str, tier: Tier, benign: FloatArray | None) -> list[Detector]:
         """The tier's detectors, calibrated on ``benign`` (natural data the model was not
-        trained on); ``llm.detect_probing`` adds the probing detector with its settings."""
+        trained on) for the tier's false-positive rate, shared equally among the detectors
+        that test the data (not volume); ``llm.detect_probing`` adds the probing detector
+        with its settings."""
         out = [make_detector(d, state=self.state) for d in tier.detectors]
         p = tier.llm
         if p.detect_probing and not any(d.name == Probing.name for d in out):
@@ -129,10 +131,17 @@ class Shield:
                                min_requests=p.probe_min_requests,
                                bias_novelty=p.probe_bias_novelty,
                                single_token_prompts=p.probe_single_token_requests))
-        if benign is not None:
-            for det in out:
-                if det.kind == "classifier":
-                    det.calibrate(benign, self.model.predict)
+        tested = [d for d in out if d.kind == "classifier" and d.needs_calibration]
+        if tested and benign is None:
+            raise ConfigError(
+                f"model.calibration: tier {name!r} has the detectors "
+                f"{', '.join(d.name for d in tested)}, which are calibrated on the owner's "
+                "natural data (rows the model was not trained on, as customers send them): "
+                "name a .npz, .csv or .parquet file of such rows in model.calibration "
+                "(modelshield calibrate --from-audit-log writes one from past traffic)")
+        for det in tested:
+            det.alpha = tier.fpr / len(tested)
+            det.calibrate(benign, self.model.predict)
         return out
 
     def _restore_flags(self) -> None:

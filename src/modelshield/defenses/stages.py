@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import numpy as np
 from limits import RateLimitItem
 
-from modelshield.answer import Answer, FloatArray, LMChoice, LMRequest
+from modelshield.answer import Answer, FloatArray, LMChoice, LMRequest, Prediction
 from modelshield.defenses.config import Limits, Tier
-from modelshield.defenses.detectors import Detector
+from modelshield.defenses.detectors import Detector, fresh_rows, record_rows
 from modelshield.defenses.llm import Delta, Generation, check_request, shape_choices
 from modelshield.defenses.state import STORE_ERRORS, Read
 from modelshield.errors import Denied, OracleError
@@ -328,26 +328,49 @@ class Detect(_Stage):
         lm = call.req is not None
         detectors = [d for d in s.detectors[key.tier]
                      if (d.kind == "language-model") == lm]
+        # The rate tests and PRADA see only the rows each watched account has not sent
+        # before; volume sees them all.
+        views: dict[tuple[str, str], tuple[Any, Any]] = {}
+        if not lm and call.x is not None:
+            wanted = {d.sees for d in detectors}
+            for ident in watched:
+                views[ident, "all"] = (call.x, call.prediction)
+                if wanted & {"fresh", "records"}:
+                    mask = fresh_rows(s.state, ident, call.x)
+                    x, p = call.x[mask], _subset(call.prediction, mask)
+                    views[ident, "fresh"] = (x, p)
+                    if "records" in wanted:
+                        keep = record_rows(s.state, ident, x)
+                        views[ident, "records"] = (x[keep], _subset(p, keep))
         reads: list[Read] = []
         if s.state.batches:  # only a shared store fetches ahead
             reads = [("value", f"flag:{ident}") for ident in watched]
             for det in detectors:
                 for ident in watched:
-                    reads += det.request_reads(ident) if lm else det.reads(ident,
-                                                                            call.prediction)
+                    reads += det.request_reads(ident) if lm else det.reads(
+                        ident, views[ident, det.sees][1])
         with s.state.batch(reads):
             for det in detectors:
                 for ident in watched:
-                    flag = self._observe(det, ident, call)
+                    flag = self._observe(det, ident, call, views.get((ident, det.sees)))
                     if flag is not None:
                         s.record_flag(ident, flag, call.decision)
             s.act_on_flag(key, tier, call.client_ip, call.decision)
 
     @staticmethod
-    def _observe(det: Detector, ident: str, call: Call) -> Any:
+    def _observe(det: Detector, ident: str, call: Call, view: Any) -> Any:
         if call.req is not None:
             return det.observe_request(ident, call.req)
-        return det.observe(ident, call.x, call.prediction)  # type: ignore[arg-type]
+        x, prediction = view
+        return det.observe(ident, x, prediction) if len(x) else None
+
+
+def _subset(p: Prediction | None, mask: np.ndarray) -> Prediction | None:
+    if p is None:
+        return None
+    return Prediction(p.probabilities[mask],
+                      None if p.node_ids is None else p.node_ids[mask],
+                      None if p.node_counts is None else p.node_counts[mask])
 
 
 class Watermark(_Stage):

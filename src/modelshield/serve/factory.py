@@ -93,22 +93,27 @@ def load_model(config: ShieldConfig, spec: ApiSpec | None = None) -> tuple[Any, 
         return lm, lm_spec(m.name or lm.name), None
     if m.lm_upstream:
         return _lm_upstream(m)
+    from modelshield.victims.loaders import load_calibration
+
     if m.file or m.upstream:
         spec = spec or spec_from_config(config)
+        rows = None if m.calibration is None else load_calibration(m.calibration,
+                                                                    spec.n_features)
         if m.file:
             from modelshield.victims import load_model_file
 
-            return load_model_file(m.file), spec, None
+            return load_model_file(m.file), spec, rows
         from modelshield.victims.upstream import V2Upstream
 
-        return V2Upstream(m.upstream or "", spec.name, output=m.upstream_output), spec, None
+        return V2Upstream(m.upstream or "", spec.name, output=m.upstream_output), spec, rows
     from modelshield.victims import load_victim
 
     victim = load_victim(m.builtin or "digits-mlp", m.seed)
     spec = victim.spec if not m.name else dataclasses.replace(victim.spec, name=m.name)
-    # Natural data the model was not trained on stands in for the owner's validation set
-    # when detectors are calibrated.
-    return victim.model, spec, victim.pool
+    # A built-in victim ships held-out rows (half its test set) as the owner's data.
+    rows = victim.calibration if m.calibration is None else load_calibration(
+        m.calibration, spec.n_features)
+    return victim.model, spec, rows
 
 
 def _lm_upstream(m: Model) -> tuple[Any, ApiSpec, None]:

@@ -43,6 +43,20 @@ class Victim:
     description: str = ""
     parameters: dict[str, FloatArray] = field(default_factory=dict)
 
+    @property
+    def calibration(self) -> FloatArray:
+        """The owner's held-out natural rows the detectors are calibrated on: every other
+        test row (the first, third, ...). Disjoint from the training data and from the
+        attacker's pool."""
+        return self.X_test[0::2]
+
+    @property
+    def honest(self) -> FloatArray:
+        """The test rows the detectors were not calibrated on: what honest customers send
+        in the audit and the benchmarks, so that false positives are measured on rows the
+        calibration never saw."""
+        return self.X_test[1::2]
+
     def predict(self, inputs: FloatArray) -> Prediction:
         return self.model.predict(np.asarray(inputs, dtype=np.float64))
 

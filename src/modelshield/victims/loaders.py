@@ -92,6 +92,66 @@ def _csv(p: Path) -> dict[str, np.ndarray]:
     return {"X_test": X, "y_test": np.array([r[at] for r in rows[1:]])}
 
 
+def load_calibration(path: str | Path, n_features: int, *, field: str = "model.calibration",
+                     min_rows: int = 20) -> np.ndarray:
+    """The owner's natural rows from an .npz (array ``X``), .csv or .parquet file, checked
+    against the model's feature count. A ``label`` column of a table is left out; a .csv
+    may start with a header row. Errors name ``field`` and what is allowed."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{field}: the file {str(p)!r} does not exist")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(p) as npz:
+                if "X" not in npz.files:
+                    raise ConfigError(f"{field}: {p} has no array named 'X' (it holds "
+                                      f"{', '.join(npz.files) or 'nothing'}); save the rows "
+                                      "as np.savez(path, X=rows)")
+                X = np.asarray(npz["X"], dtype=np.float64)
+        elif suffix == ".csv":
+            X = _calibration_csv(p, field)
+        elif suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(p)
+            cols = [c for c in table.column_names if c != "label"]
+            X = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(float)
+                                 for c in cols]) if cols else np.empty((0, 0))
+        else:
+            raise ConfigError(f"{field}: {p.name} is not .npz, .csv or .parquet")
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"{field}: {p} could not be read as numbers: {exc}") from None
+    if X.ndim != 2 or X.shape[1] != n_features:
+        raise ConfigError(f"{field}: {p} has rows of {X.shape[-1] if X.ndim else 0} features; "
+                          f"the model takes {n_features}")
+    if len(X) < min_rows:
+        raise ConfigError(f"{field}: {p} has {len(X)} rows; calibration needs at least "
+                          f"{min_rows} (hundreds are better)")
+    if not np.isfinite(X).all():
+        raise ConfigError(f"{field}: {p} has missing or infinite values; give complete rows")
+    return X
+
+
+def _calibration_csv(p: Path, field: str) -> np.ndarray:
+    import csv
+
+    with p.open(newline="") as f:
+        rows = [r for r in csv.reader(f) if r]
+    if not rows:
+        raise ConfigError(f"{field}: {p} is empty")
+    header: list[str] | None = None
+    try:
+        [float(v) for v in rows[0]]
+    except ValueError:
+        header, rows = rows[0], rows[1:]
+    drop = header.index("label") if header is not None and "label" in header else -1
+    try:
+        return np.array([[float(v) for i, v in enumerate(r) if i != drop] for r in rows])
+    except ValueError as exc:
+        raise ConfigError(f"{field}: {p}: the feature columns must be numbers ({exc})") from None
+
+
 def victim_from_files(model: str | Path, data: str | Path, name: str | None = None) -> Victim:
     """An owner's own model (a model file) with its data file, as a Victim that scores a
     clone: test accuracy and fidelity, uniform points in ``low``/``high`` (the test rows'
