@@ -437,6 +437,133 @@ def init(path: Annotated[Path | None, typer.Argument(
 
 
 @app.command()
+def calibrate(config: ConfigOpt = None,
+              from_audit_log: Annotated[bool, typer.Option(
+                  "--from-audit-log", help="Write calibration data from the rows customers "
+                  "sent (the audit log), instead of showing the thresholds.")] = False,
+              since: Annotated[str | None, typer.Option(
+                  help="With --from-audit-log: from this time (UTC): 2026-11-01, "
+                  "2026-11-01T08:00, or 30d (that many days ago).")] = None,
+              until: Annotated[str | None, typer.Option(
+                  help="With --from-audit-log: up to this time (same forms).")] = None,
+              model: Annotated[str | None, typer.Option(
+                  "--model", help="The served model's name (default: the config's only "
+                  "model).")] = None,
+              out: Annotated[Path | None, typer.Option(
+                  "--out", help="With --from-audit-log: the .npz to write (array X); name "
+                  "it in the config's model.calibration.")] = None,
+              as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+              ) -> None:
+    """Show how each tier's detectors are calibrated on the model's calibration data, or
+    (--from-audit-log) write that data from past traffic.
+
+    Detectors set their thresholds from the owner's natural data for the tier's fpr (the
+    share of honest accounts they may flag). Past traffic is the best such data: it is
+    what customers send. Keys that were ever flagged are left out, and each distinct row
+    is kept once. The accounts' volumes are printed as well, to set volume's max_rows.
+    """
+    cfg = _load(config)
+    if from_audit_log:
+        _calibrate_from_log(cfg, since, until, model, out, as_json)
+        return
+    if since or until or out:
+        raise ConfigError("--since, --until and --out go with --from-audit-log")
+    from modelshield.serve.factory import build_gateway
+
+    shields = build_gateway(cfg)
+    try:
+        rows = []
+        for sh in shields:
+            if model is not None and sh.spec.name != model:
+                continue
+            for tier, dets in sh.detectors.items():
+                for d in dets:
+                    rows.append({"model": sh.spec.name, "tier": tier, "detector": d.name,
+                                 "sees": d.sees, "fpr": cfg.all_tiers()[tier].fpr,
+                                 **d.calibration()})
+    finally:
+        for sh in shields:
+            sh.close()
+    if as_json:
+        print(json.dumps(rows, default=float))
+        return
+    table = Table("model", "tier", "detector", "counts", "thresholds",
+                  title="detector calibration (each tier's fpr shared among its tests)")
+    for r in rows:
+        detail = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                           for k, v in r.items()
+                           if k not in ("model", "tier", "detector", "sees"))
+        table.add_row(r["model"], r["tier"], r["detector"], r["sees"], detail)
+    console.print(table)
+
+
+def _when_arg(value: str | None, option: str) -> float | None:
+    """A --since/--until value as a Unix time: an ISO date or time (UTC), or 'Nd'."""
+    if value is None:
+        return None
+    import datetime as dt
+
+    if value.endswith("d") and value[:-1].isdigit():
+        return time.time() - int(value[:-1]) * 86400
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{option}: {value!r} is not a date such as 2026-11-01, "
+                          "2026-11-01T08:00 or 30d") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+def _calibrate_from_log(cfg: Any, since: str | None, until: str | None, model: str | None,
+                        out: Path | None, as_json: bool) -> None:
+    from modelshield.audit.calibration import traffic_from_log
+    from modelshield.serve.factory import open_store
+
+    if out is None:
+        raise ConfigError("--out: name the .npz file to write (then set model.calibration "
+                          "to it)")
+    if out.suffix.lower() != ".npz":
+        raise ConfigError(f"--out: {out.name} must end in .npz")
+    names = [m.name or m.builtin or (Path(m.file).stem if m.file else None) or "model"
+             for m in (cfg.models or [cfg.model])]
+    if model is None:
+        if len(names) > 1:
+            raise ConfigError(f"--model: the config serves {', '.join(names)}; name one")
+        from modelshield.serve.factory import load_model
+
+        model = load_model(cfg)[1].name if not cfg.models else names[0]
+    start, end = _when_arg(since, "--since"), _when_arg(until, "--until")
+    store = open_store(cfg)
+    try:
+        traffic = traffic_from_log(store, model, start, end)
+    finally:
+        store.close()
+    if len(traffic.rows) == 0:
+        raise ConfigError(f"the audit log holds no complete rows sent to {model!r} by "
+                          "unflagged keys" + (" in that period" if since or until else ""))
+    import numpy as np
+
+    np.savez(out, X=traffic.rows)
+    summary = {"model": model, "out": str(out), "rows": len(traffic.rows),
+               "records": traffic.records, "skipped_rows": traffic.skipped_rows,
+               "flagged_keys_left_out": len(traffic.flagged_keys),
+               "volumes": traffic.volumes()}
+    if as_json:
+        print(json.dumps(summary))
+        return
+    v = summary["volumes"]
+    console.print(f"wrote {out}: {len(traffic.rows)} distinct rows from {traffic.records} "
+                  f"requests of {int(v['accounts'])} accounts to {model!r} "
+                  f"({traffic.skipped_rows} rows left out: flagged keys "
+                  f"({len(traffic.flagged_keys)}) or missing features)")
+    console.print(f"rows per account: median {v['median']:.0f}, 99th percentile "
+                  f"{v['p99']:.0f}, 99.9th {v['p99.9']:.0f}, max {v['max']:.0f}: "
+                  "volume's max_rows above the 99.9th keeps honest accounts clear")
+    console.print(f"set model.calibration: {out}")
+
+
+@app.command()
 def serve(config: ConfigOpt = None,
           host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,

@@ -29,7 +29,7 @@ import numpy as np
 import modelshield
 from modelshield.answer import Answer, FloatArray
 from modelshield.audit.evaluate import run_cell
-from modelshield.audit.scenario import Defense, Scenario, Target
+from modelshield.audit.scenario import Benign, Defense, Scenario, Target
 from modelshield.defenses.config import load_config
 from modelshield.defenses.policies import parse_policy
 from modelshield.errors import ConfigError, Denied, ModelShieldError
@@ -86,24 +86,58 @@ def remote_oracle(target: Target, budget: int | None, price: float) -> Any:
 @contextmanager
 def shield_for(defense: Defense, victim: Victim) -> Iterator[Any]:
     """A fresh Shield serving ``victim`` with ``defense`` as its only tier, audit log in a
-    temporary SQLite file. Detectors are calibrated on the victim's natural pool."""
+    temporary SQLite file. Detectors are calibrated on the victim's calibration rows (half
+    its test set, apart from the attacker's pool and from the rows honest users send).
+
+    A detector the calibration data cannot calibrate (prada on a small data set) is left
+    out, and the Shield's ``left_out`` says which and why: the audit reports it."""
     from modelshield.defenses.shield import Shield
     from modelshield.store import AuditStore
 
+    tier = defense.as_tier().model_dump()
+    left_out: list[dict[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="modelshield-cell-") as tmp:
-        # A fixed noise key keeps cells reproducible; the attackers never see it.
-        config = load_config({"audit_url": f"sqlite:///{tmp}/audit.db",
-                              "tiers": {TIER: defense.as_tier().model_dump()},
-                              "noise_secret": "modelshield-audit-cell-noise-key",
-                              "watermark_secret": "modelshield-audit-cell-watermark-key",
-                              **defense.shield_fields()})
-        store = AuditStore(config.audit_url)
-        benign = victim.pool if len(victim.pool) else None
-        shield = Shield(config, victim.model, victim.spec, store, benign=benign)
+        benign = victim.calibration if len(victim.calibration) >= 20 else None
+        while True:
+            # A fixed noise key keeps cells reproducible; the attackers never see it.
+            config = load_config({"audit_url": f"sqlite:///{tmp}/audit.db",
+                                  "tiers": {TIER: tier},
+                                  "noise_secret": "modelshield-audit-cell-noise-key",
+                                  "watermark_secret": "modelshield-audit-cell-watermark-key",
+                                  **defense.shield_fields()})
+            store = AuditStore(config.audit_url)
+            try:
+                shield = Shield(config, victim.model, victim.spec, store, benign=benign)
+                break
+            except ConfigError as exc:
+                store.close()
+                name = _detector_named(str(exc), tier["detectors"])
+                if name is None:
+                    raise
+                left_out.append({"detector": name, "reason": str(exc)})
+                tier = {**tier, "detectors": [d for d in tier["detectors"]
+                                              if _detector_name(d) != name]}
+        shield.left_out = left_out
         try:
             yield shield
         finally:
             shield.close()
+
+
+def _detector_name(entry: Any) -> str:
+    return entry if isinstance(entry, str) else next(iter(entry))
+
+
+def _detector_named(message: str, detectors: list[Any]) -> str | None:
+    """The detector a calibration error is about, if it is one of ``detectors``."""
+    names = [_detector_name(d) for d in detectors]
+    head = message.split(":")[0]
+    if head in names:
+        return head
+    if head == "model.calibration":  # no calibration data at all: every test is left out
+        tested = [n for n in names if n != "volume"]
+        return tested[0] if tested else None
+    return None
 
 
 # -- cells ---------------------------------------------------------------------------------
@@ -199,46 +233,73 @@ def _attack_cell(cell: dict[str, Any], target: Target, defense: Defense,
 
 
 def _benign_cell(cell: dict[str, Any], defense: Defense, victim: Victim) -> dict[str, Any]:
-    """Honest accounts send natural samples (the victim's test set) in batches of 1 to 10
-    rows, with log-normal volumes (median ``median_rows``); what they get back is scored."""
-    rng = np.random.default_rng(cell["seed"] + 7919)
-    accounts, median = cell["benign"]["accounts"], cell["benign"]["median_rows"]
-    volumes = np.clip(rng.lognormal(np.log(median), 1.0, accounts).astype(int), 1, 50 * median)
-    labels, conf, truth, model_p = [], [], [], []
-    refused_accounts = refused_rows = 0
+    """Honest customers of every archetype (modelshield.data.honest: i.i.d., narrow,
+    what-if, batch, repeat, burst) send the victim's honest rows, which the detectors were
+    not calibrated on; what they get back is scored. Accuracy counts the rows whose true
+    label is known (not a what-if user's edits)."""
+    from modelshield.data.honest import honest_accounts
+
+    spec = Benign.model_validate(cell["benign"])
+    X, y = victim.honest, victim.y_test[1::2]
+    truth = {r.tobytes(): int(t) for r, t in zip(X, y, strict=True)}
+    labels_of = victim.predict_labels(X)
+    got, conf, true, model_p = [], [], [], []
+    by: dict[str, dict[str, Any]] = {}
+    refused_rows = answered_rows = 0
     with shield_for(defense, victim) as shield:
-        for n in volumes:
-            key = shield.store.create_key(TIER)[0]
-            sent, refused = 0, False
-            while sent < n:
-                b = int(min(rng.integers(1, 11), n - sent))
-                idx = rng.integers(0, len(victim.X_test), b)
-                sent += b
-                if refused:
-                    refused_rows += b
-                    continue
-                try:
-                    answer, _ = shield.handle(key, victim.X_test[idx])
-                except Denied:
-                    refused, refused_accounts, refused_rows = True, refused_accounts + 1, refused_rows + b
-                    continue
-                labels.append(answer.labels)
-                conf.append(_confidence(answer))
-                truth.append(victim.y_test[idx])
-                model_p.append(victim.model.predict(victim.X_test[idx]).probabilities)
-        flagged = len(shield.flagged)
-    y = np.concatenate(truth) if truth else np.empty(0, int)
-    got = np.concatenate(labels) if labels else np.empty(0, int)
+        tier = shield.config.tiers[TIER]
+        for i, archetype in enumerate(spec.archetypes):
+            row = by.setdefault(archetype, {"accounts": 0, "flagged": 0, "refused": 0,
+                                            "rows": 0})
+            accounts = honest_accounts(X, archetype, spec.accounts, seed=cell["seed"] * 100 + i,
+                                       labels=labels_of, low=victim.spec.low,
+                                       high=victim.spec.high,
+                                       integer=victim.spec.integer_features,
+                                       median_rows=spec.median_rows)
+            for account in accounts:
+                key, record = shield.store.create_key(TIER)
+                refused = False
+                for req in account.chunked(tier.max_batch).requests:
+                    row["rows"] += len(req)
+                    if refused:
+                        refused_rows += len(req)
+                        continue
+                    try:
+                        answer, _ = shield.handle(key, req)
+                    except Denied:
+                        refused = True
+                        refused_rows += len(req)
+                        continue
+                    answered_rows += len(req)
+                    known = np.array([r.tobytes() in truth for r in req])
+                    if known.any():
+                        got.append(answer.labels[known])
+                        conf.append(_confidence(answer)[known])
+                        true.append(np.array([truth[r.tobytes()] for r in req[known]]))
+                        model_p.append(victim.model.predict(req[known]).probabilities)
+                row["accounts"] += 1
+                row["refused"] += int(refused)
+                row["flagged"] += int(record.key_id in shield.flagged)
+        left_out = getattr(shield, "left_out", [])
+        flagged_total = len(shield.flagged)
+    y_all = np.concatenate(true) if true else np.empty(0, int)
+    labels = np.concatenate(got) if got else np.empty(0, int)
     c = np.concatenate(conf) if conf else np.empty(0)
     p = np.concatenate(model_p) if model_p else np.empty((0, victim.spec.n_classes))
     model_labels = p.argmax(axis=1)
+    accounts = sum(r["accounts"] for r in by.values())
+    for r in by.values():
+        r["flagged_share"] = r["flagged"] / max(r["accounts"], 1)
+        r["refused_share"] = r["refused"] / max(r["accounts"], 1)
     return {
-        "accounts": accounts, "rows": int(volumes.sum()), "answered_rows": len(y),
-        "accuracy": _mean(got == y), "ece": ece(c, got == y),
-        "model_accuracy": _mean(model_labels == y), "model_ece": ece(p.max(axis=1) if len(p)
-                                                                     else p, model_labels == y),
-        "flagged_share": flagged / accounts, "refused_share": refused_accounts / accounts,
-        "refused_rows": refused_rows,
+        "accounts": accounts, "rows": sum(r["rows"] for r in by.values()),
+        "answered_rows": answered_rows, "scored_rows": len(y_all),
+        "accuracy": _mean(labels == y_all), "ece": ece(c, labels == y_all),
+        "model_accuracy": _mean(model_labels == y_all),
+        "model_ece": ece(p.max(axis=1) if len(p) else p, model_labels == y_all),
+        "flagged_share": flagged_total / max(accounts, 1),
+        "refused_share": sum(r["refused"] for r in by.values()) / max(accounts, 1),
+        "refused_rows": refused_rows, "by_archetype": by, "detectors_left_out": left_out,
     }
 
 

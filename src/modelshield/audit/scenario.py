@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from modelshield.attacks import ATTACKS
 from modelshield.attacks.params import parse_params
+from modelshield.data.honest import ARCHETYPES
 from modelshield.defenses.config import Limits, Tier, http_url, load_config
 from modelshield.defenses.detectors import DetectorSpec
 from modelshield.errors import ConfigError, ModelShieldError
@@ -184,10 +185,21 @@ class Deployment(_Strict):
 
 
 class Benign(_Strict):
-    """The honest users simulated against each defense: accounts sending natural samples."""
+    """The honest customers simulated against each defense: ``accounts`` of each archetype
+    (modelshield.data.honest), sending the victim's honest rows."""
 
-    accounts: int = Field(default=50, ge=1)
+    accounts: int = Field(default=10, ge=1, le=10_000)
     median_rows: int = Field(default=60, ge=1)
+    archetypes: list[str] = Field(default_factory=lambda: list(ARCHETYPES), min_length=1)
+
+    @field_validator("archetypes")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = [a for a in v if a not in ARCHETYPES]
+        if unknown:
+            raise ValueError(f"unknown archetype {unknown[0]!r}; choose from "
+                             f"{', '.join(ARCHETYPES)}")
+        return v
 
 
 class Scenario(_Strict):

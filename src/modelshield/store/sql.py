@@ -454,6 +454,26 @@ class AuditStore:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
+    def scan(self, since: float | None = None, until: float | None = None,
+             model: str | None = None, batch: int = 1000) -> Any:
+        """Answered records in log order between ``since`` and ``until`` (Unix times),
+        of one ``model`` if given, fetched ``batch`` at a time (a long log is not read
+        into memory at once). Yields dicts of ts, key_id, model, inputs (decoded)."""
+        t = audit_table.c
+        query = sa.select(t.c.ts, t.c.key_id, t.c.model, t.c.inputs).where(
+            t.c.answer != "null").order_by(t.c.seq)
+        if since is not None:
+            query = query.where(t.c.ts >= since)
+        if until is not None:
+            query = query.where(t.c.ts < until)
+        if model is not None:
+            query = query.where(t.c.model == model)
+        with self.engine.connect() as conn:
+            result = conn.execution_options(yield_per=batch).execute(query)
+            for row in result:
+                yield {"ts": row.ts, "key_id": row.key_id, "model": row.model,
+                       "inputs": json.loads(row.inputs)}
+
     def head(self) -> dict[str, Any]:
         """The chain head: the last position, its seal, and the head's own seal. Copy it
         out of reach of the database's writers to check against later (an anchor)."""
