@@ -459,7 +459,7 @@ class AuditStore:
         """Answered records in log order between ``since`` and ``until`` (Unix times),
         of one ``model`` if given, fetched ``batch`` at a time (a long log is not read
         into memory at once). Yields dicts of ts, key_id, model, inputs (decoded)."""
-        t = audit_table.c
+        t = audit_table
         query = sa.select(t.c.ts, t.c.key_id, t.c.model, t.c.inputs).where(
             t.c.answer != "null").order_by(t.c.seq)
         if since is not None:
