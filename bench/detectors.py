@@ -1,15 +1,19 @@
-"""Detection: when is each attack first flagged, against the queries it needs for 90%
-fidelity, and how many benign accounts are flagged?
+"""Detection: when is each structured-query attack first flagged, against the queries it
+needs for 90% fidelity, at the false-positive rate the tier states?
 
-    python bench/detectors.py [--seed 0] [--benign-accounts 200]
+    python bench/detectors.py [--seeds 0 1 2 3 4] [--benign-accounts 200]
 
 Each victim is served by one in-process Shield (the gateway's code path) with all five
-detectors on and ``on_flag: alert``, so attacks run to the end and we can see both numbers.
-The volume detector is set to the benign volumes' 99.5th percentile (789 rows).
-Benign traffic: accounts sending natural samples (the victim's test set, which neither the
-detectors' calibration nor the attacker used) in batches of 1 to 10 rows, with per-account
-volumes drawn log-normally (median 60 rows, 99th percentile about 600). Attacks: every
-attack of the foundation issue through a ShieldOracle. Writes bench/results/detectors.json.
+detectors, ``fpr: 0.001`` and ``on_flag: alert``, so attacks run to the end and we can see
+both numbers. The detectors are calibrated on the victim's calibration rows (half its test
+set; the attacker's pool is apart). The volume detector is set to the benign volumes'
+99.5th percentile (789 rows). For an attack no detector flags, the table shows why: each
+rate test's share of the attack's queries against the honest rate, and its p-value at the
+end against the budget of that look.
+
+Benign traffic here is i.i.d. natural samples of the victim's honest rows (the other half
+of its test set) in batches of 1 to 10 rows, volumes log-normal (median 60 rows);
+bench/honest.py measures every kind of customer. Writes bench/results/detectors.json.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from _common import show, write
 
 from modelshield.attacks import ATTACKS
 from modelshield.audit.evaluate import agreement
+from modelshield.defenses.detectors import RateTest
 from modelshield.defenses.shield import Shield
 from modelshield.errors import ConfigError
 from modelshield.oracle import ShieldOracle
@@ -52,21 +57,24 @@ CASES = [  # victim, policy, attack, budget, params
     ("digits-mlp", "full", "knockoff", 2000, {"checkpoints": (100, 200, 300, 500, 1000)}),
     ("digits-mlp", "full", "knockoff", 2000,
      {"source": "uniform", "checkpoints": (100, 300, 1000)}),
+    ("digits-mlp", "full", "knockoff", 2000,
+     {"source": "synthetic", "checkpoints": (100, 300, 1000)}),
     ("digits-mlp", "full", "active", 1000, {}),
     ("digits-mlp", "label", "jacobian", 800, {}),
 ]
 
 
-def shield_for(victim: str, policy: str, tmp: str) -> Shield:
+def shield_for(victim: str, policy: str, tmp: str, seed: int) -> Shield:
     """The victim behind every detector its calibration data can calibrate (prada needs
     streams of 100 distinct records; the small data sets cannot give them)."""
     detectors = list(DETECTORS)
     while True:
         try:
             return build_shield({
-                "model": {"builtin": victim}, "audit_url": f"sqlite:///{tmp}/{victim}-{policy}.db",
+                "model": {"builtin": victim, "seed": seed},
+                "audit_url": f"sqlite:///{tmp}/{victim}-{policy}-{seed}.db",
                 "tiers": {"t": {"policy": policy, "detectors": detectors, "on_flag": "alert",
-                                "max_batch": 100000}}})
+                                "fpr": 0.001, "max_batch": 100000}}})
         except ConfigError as exc:
             name = str(exc).split(":")[0]
             if name not in detectors:
@@ -77,8 +85,8 @@ def shield_for(victim: str, policy: str, tmp: str) -> Shield:
 
 def benign(victim_name: str, accounts: int, seed: int, tmp: str) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
-    victim = load_victim(victim_name)
-    shield = shield_for(victim_name, "full", tmp)
+    victim = load_victim(victim_name, seed)
+    shield = shield_for(victim_name, "full", tmp, seed)
     volumes = np.clip(rng.lognormal(np.log(BENIGN_MEDIAN), BENIGN_SIGMA, accounts).astype(int),
                       5, 5000)
     by: dict[str, int] = {}
@@ -87,7 +95,7 @@ def benign(victim_name: str, accounts: int, seed: int, tmp: str) -> dict[str, An
         sent = 0
         while sent < n:
             b = int(min(rng.integers(1, 11), n - sent))
-            _, decision = shield.handle(key, victim.X_test[rng.integers(0, len(victim.X_test), b)])
+            _, decision = shield.handle(key, victim.honest[rng.integers(0, len(victim.honest), b)])
             sent += b
             for f in decision.flags:
                 by[f.detector] = by.get(f.detector, 0) + 1
@@ -99,42 +107,66 @@ def benign(victim_name: str, accounts: int, seed: int, tmp: str) -> dict[str, An
 
 def attack(case: tuple[Any, ...], seed: int, tmp: str) -> dict[str, Any]:
     victim_name, policy, name, budget, params = case
-    victim = load_victim(victim_name)
-    shield = shield_for(victim_name, policy, tmp)
-    oracle = ShieldOracle(shield, shield.store.create_key("t")[0])
+    victim = load_victim(victim_name, seed)
+    shield = shield_for(victim_name, policy, tmp, seed)
+    key, record = shield.store.create_key("t")
+    oracle = ShieldOracle(shield, key)
     e = ATTACKS[name](random_state=seed, **params).run(oracle, budget, pool=victim.pool)
     curve = [(c.queries, agreement(c.clone, victim, victim.X_test)) for c in e.checkpoints]
     reach = next((q for q, f in curve if f >= 0.9), None)
     flag = oracle.first_flag
+    tests = {}
+    for det in shield.detectors["t"]:
+        if isinstance(det, RateTest):  # the measurement behind a miss
+            c = det.state.incr_many(f"{det.name}:{record.key_id}", {"hits": 0, "total": 0})
+            k, n = c["hits"], c["total"]
+            tests[det.name] = {"hits": k, "distinct": n, "honest": det.baseline,
+                               "p": det.p_value(k, n) if n else 1.0}
+    shield.close()
     return {"victim": victim_name, "policy": policy, "attack": name, "params": str(params),
-            "queries": e.queries, "final_fidelity": curve[-1][1],
+            "seed": seed, "queries": e.queries, "final_fidelity": curve[-1][1],
             "queries_to_90": reach, "first_flag_query": None if flag is None else flag[0],
             "first_flag_detector": None if flag is None else flag[1],
             # At or before, as in the audit: with on_flag deny, the request that trips the
             # detector is itself refused, so the answers that would reach 90% never leave.
-            "caught_before_90": flag is not None and (reach is None or flag[0] <= reach)}
+            "caught_before_90": flag is not None and (reach is None or flag[0] <= reach),
+            "tests": tests}
+
+
+def _why(a: dict[str, Any]) -> str:
+    if a["caught_before_90"]:
+        return ""
+    return "; ".join(f"{n} {t['hits']}/{t['distinct']} (honest {t['honest']:.0%}, p {t['p']:.0e})"
+                     for n, t in a["tests"].items())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--benign-accounts", type=int, default=200)
     args = parser.parse_args()
+    attacks, benign_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        attacks = [attack(c, args.seed, tmp) for c in CASES]
-        benign_rows = [benign(v, args.benign_accounts, args.seed, tmp)
-                       for v in ("breast-cancer-lr", "wine-tree", "digits-mlp")]
-    show("attacks through the Shield (all detectors, alert only)",
-         ["victim", "policy", "attack", "params", "queries", "final fid", "queries to 90%",
-          "first flag at", "by", "caught before 90%"],
-         [[a["victim"], a["policy"], a["attack"], a["params"][:30], a["queries"],
+        for seed in args.seeds:
+            for c in CASES:
+                attacks.append(attack(c, seed, tmp))
+                a = attacks[-1]
+                print(f"seed {seed} {a['victim']} {a['attack']} {a['params'][:30]}: 90% at "
+                      f"{a['queries_to_90']}, flagged at {a['first_flag_query']} "
+                      f"({a['first_flag_detector']})", flush=True)
+            benign_rows += [benign(v, args.benign_accounts, seed, tmp)
+                            for v in ("breast-cancer-lr", "wine-tree", "digits-mlp")]
+    show("attacks through the Shield (all detectors, fpr 0.001, alert only)",
+         ["seed", "victim", "policy", "attack", "params", "final fid", "queries to 90%",
+          "first flag at", "by", "caught", "why not"],
+         [[a["seed"], a["victim"], a["policy"], a["attack"], a["params"][:24],
            a["final_fidelity"], a["queries_to_90"], a["first_flag_query"],
-           a["first_flag_detector"], a["caught_before_90"]] for a in attacks])
+           a["first_flag_detector"], a["caught_before_90"], _why(a)[:60]] for a in attacks])
     show("benign accounts (natural samples, realistic volumes)",
          ["victim", "accounts", "flagged", "rate", "median rows", "max rows", "by detector"],
          [[b["victim"], b["accounts"], b["flagged"], b["rate"], b["median_volume"],
            b["max_volume"], b["flagged_requests_by_detector"]] for b in benign_rows])
-    write("detectors", {"seed": args.seed, "attacks": attacks, "benign": benign_rows})
+    write("detectors", {"seeds": args.seeds, "attacks": attacks, "benign": benign_rows})
 
 
 if __name__ == "__main__":

@@ -552,7 +552,7 @@ def _calibrate_from_log(cfg: Any, since: str | None, until: str | None, model: s
     if as_json:
         print(json.dumps(summary))
         return
-    v = summary["volumes"]
+    v = traffic.volumes()
     console.print(f"wrote {out}: {len(traffic.rows)} distinct rows from {traffic.records} "
                   f"requests of {int(v['accounts'])} accounts to {model!r} "
                   f"({traffic.skipped_rows} rows left out: flagged keys "

@@ -141,3 +141,26 @@ def test_unknown_policy_lists_the_choices() -> None:
 def test_policy_spec_round_trips() -> None:
     for text in ["full", "round:decimals=4", "top-k:k=3", "reverse-sigmoid:beta=0.5,gamma=0.2"]:
         assert parse_policy(text).spec == text
+
+
+@given(case=predictions(), tau=st.floats(0.3, 0.9))
+@settings(max_examples=60, deadline=None)
+def test_misinformation_spares_sure_answers_and_misleads_unsure_ones(
+        case: tuple[Prediction, np.ndarray], tau: float) -> None:
+    pred, x = case
+    answer = parse_policy(f"misinform:tau={tau},nu=200").apply(pred, x)
+    assert answer.probabilities is not None
+    np.testing.assert_allclose(answer.probabilities.sum(axis=1), 1.0)
+    ymax = pred.probabilities.max(axis=1)
+    sure, unsure = ymax > tau + 0.05, ymax < tau - 0.05
+    np.testing.assert_array_equal(answer.labels[sure], pred.labels[sure])
+    np.testing.assert_allclose(answer.probabilities[sure], pred.probabilities[sure], atol=1e-3)
+    clear = unsure & (np.sort(pred.probabilities, axis=1)[:, -2] < ymax - 1e-6)
+    assert np.all(answer.labels[clear] != pred.labels[clear])
+
+
+def test_misinformation_parameters_are_checked() -> None:
+    with pytest.raises(ConfigError, match="tau"):
+        parse_policy("misinform:tau=1.5")
+    with pytest.raises(ConfigError, match="nu"):
+        parse_policy("misinform:tau=0.5,nu=-1")

@@ -18,7 +18,11 @@ The rules (docs/audit.md explains them):
 * Protection of a defense against one attacker: 1 when the attacker gets no uncaught clone,
   else log10 of how many times more queries it needed than against the most exposed defense,
   over 2 (100 times the queries counts as full protection), clipped to [0, 1]; the defense's
-  protection is the mean over attackers. Honest-user cost: accuracy lost, calibration error
+  protection is the mean over attackers. The rating follows the cheapest uncaught clone of
+  any attacker, adaptive ones included (an attacker with ``keys`` or ``mix_natural``), so
+  no defense is rated better than its adaptive result; an adaptive attacker that cloned
+  where its plain counterpart did not is listed as what broke the defense. Honest-user
+  cost: accuracy lost, calibration error
   added, share of honest accounts flagged and share refused. Recommendations rank the
   defenses that protect better than the deployed one by protection gained per unit of cost.
 """
@@ -69,6 +73,7 @@ def analyse(scenario: Scenario, cells: list[dict[str, Any]]) -> dict[str, Any]:
             row = d["attackers"][a_index]
             row["protection"] = _protection(row, ref)
     for d in defenses:
+        d["broken_by"] = _adaptations_that_won(scenario, d["attackers"])
         d["protection"] = sum(r["protection"] for r in d["attackers"]) / len(d["attackers"])
         d["cheapest_clone"] = _cheapest(d["attackers"])
         d["rating"], d["facts"] = _rate(scenario, d)
@@ -129,6 +134,28 @@ def _attacker_summary(label: str, cells: list[dict[str, Any]], price: float,
         "blocked_at": min((c["queries"] for c in blocked), default=None),
         "uncaught_clone": q90 is not None and not (caught and acts),
     }
+
+
+def _adaptations_that_won(scenario: Scenario, rows: list[dict[str, Any]]
+                          ) -> list[dict[str, Any]]:
+    """Adaptive attackers that got an uncaught clone where their plain counterpart (the
+    same attack and parameters on one key, nothing mixed in) did not, or got it cheaper."""
+    out = []
+    attackers = scenario.attackers
+    for i, a in enumerate(attackers):
+        if not a.adaptive or not rows[i]["uncaught_clone"]:
+            continue
+        for j, b in enumerate(attackers):
+            if b.adaptive or b.attack != a.attack or b.params != a.params:
+                continue
+            plain = rows[j]
+            if not plain["uncaught_clone"] or (plain["q90"] or 0) > (rows[i]["q90"] or 0):
+                out.append({"adaptive": a.label, "plain": b.label, "how": a.adaptation,
+                            "queries": rows[i]["q90"],
+                            "plain_result": "uncaught clone at "
+                            f"{plain['q90']} queries" if plain["uncaught_clone"] else
+                            ("caught" if plain["caught_before_90"] else "no clone")})
+    return out
 
 
 def _protection(row: dict[str, Any], ref: int | None) -> float:

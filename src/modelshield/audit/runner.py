@@ -117,7 +117,7 @@ def shield_for(defense: Defense, victim: Victim) -> Iterator[Any]:
                 left_out.append({"detector": name, "reason": str(exc)})
                 tier = {**tier, "detectors": [d for d in tier["detectors"]
                                               if _detector_name(d) != name]}
-        shield.left_out = left_out
+        shield.left_out = left_out  # type: ignore[attr-defined]
         try:
             yield shield
         finally:
@@ -195,7 +195,11 @@ def _attack_cell(cell: dict[str, Any], target: Target, defense: Defense,
     budget, seed, price = cell["budget"], cell["seed"], cell["price_per_1k"]
     tier = defense.as_tier()
     first_flag = None
+    oracle: Any
     if target.remote:
+        if attacker.adaptive:
+            raise ConfigError(f"attacker {attacker.label!r}: keys and mix_natural need a local "
+                              "target (the audit makes the keys)")
         oracle = remote_oracle(target, budget, price)
         try:
             result = run_cell(victim, attacker.attack, defense.name, budget, seed, price,
@@ -204,8 +208,17 @@ def _attack_cell(cell: dict[str, Any], target: Target, defense: Defense,
             oracle.close()
     else:
         with shield_for(defense, victim) as shield:
-            key = shield.store.create_key(TIER)[0]
-            oracle = ShieldOracle(shield, key, budget=budget, price_per_1k=price)
+            if attacker.adaptive:
+                from modelshield.oracle.shielded import SpreadOracle
+
+                keys = [(shield.store.create_key(TIER, owner=f"attacker-{i}")[0],
+                         f"10.{i // 256}.{i % 256}.7") for i in range(attacker.keys)]
+                oracle = SpreadOracle(shield, keys, mix=attacker.mix_natural,
+                                      natural=victim.pool, seed=seed, budget=budget,
+                                      price_per_1k=price)
+            else:
+                key = shield.store.create_key(TIER)[0]
+                oracle = ShieldOracle(shield, key, budget=budget, price_per_1k=price)
             result = run_cell(victim, attacker.attack, defense.name, budget, seed, price,
                               attacker.kwargs, oracle=oracle, label=defense.name)
             first_flag = oracle.first_flag

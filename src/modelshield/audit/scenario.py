@@ -88,6 +88,23 @@ class Attacker(_Strict):
     attack: str
     params: dict[str, Any] = Field(default_factory=dict)
     budgets: list[int] = Field(min_length=1)
+    # An attacker who knows the defense: the budget spread over this many keys (each of
+    # another owner and /24 network, against per-key limits, detectors and group_by), and
+    # this share of its stream natural rows from its pool (against the rate tests and
+    # PRADA; they count against the budget). Local targets only.
+    keys: int = Field(default=1, ge=1, le=1000)
+    mix_natural: float = Field(default=0.0, ge=0, le=0.9)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.keys > 1 or self.mix_natural > 0
+
+    @property
+    def adaptation(self) -> str:
+        """What it does against the defense, in words ('' for a plain attacker)."""
+        parts = ([f"{self.keys} keys"] if self.keys > 1 else []) + (
+            [f"{self.mix_natural:.0%} natural rows mixed in"] if self.mix_natural else [])
+        return ", ".join(parts)
 
     @field_validator("attack")
     @classmethod
@@ -311,6 +328,12 @@ attackers:                  # `modelshield attacks` lists them and their paramet
     attack: equation-solving
     params: {model: mlp, source: pool}
     budgets: [3020]
+  - name: knockoff over 10 keys  # an attacker who knows the detectors: 10 keys of 10
+    attack: knockoff             # owners and networks (keys), and 30% natural rows mixed
+    params: {source: synthetic}  # into its stream (mix_natural)
+    budgets: [1000]
+    keys: 10
+    mix_natural: 0.3
 
 defenses:                   # each is a gateway tier (see `modelshield init`)
   - name: none
@@ -327,8 +350,8 @@ defenses:                   # each is a gateway tier (see `modelshield init`)
   #   config: modelshield.yaml   # a gateway config ...
   #   tier: free                 # ... and one of its tiers
 
-benign:                     # honest users sent through each defense
-  accounts: 50
+benign:                     # honest customers sent through each defense
+  accounts: 10              # of each kind: iid, narrow, what-if, batch, repeat, burst
   median_rows: 60
 """
 
@@ -346,6 +369,11 @@ DEMO: dict[str, Any] = {
         {"name": "active learning", "attack": "active", "params": {"strategy": "margin"},
          "budgets": [1000]},
         {"name": "jacobian", "attack": "jacobian", "budgets": [500]},
+        # An attacker who knows the detectors: the same knockoff, spread over 10 keys of
+        # 10 owners and networks.
+        {"name": "knockoff over 10 keys", "attack": "knockoff",
+         "params": {"source": "pool", "checkpoints": [100, 200, 300, 500]}, "budgets": [1000],
+         "keys": 10},
     ],
     "defenses": [
         {"name": "none", "policy": "full"},
@@ -354,5 +382,5 @@ DEMO: dict[str, Any] = {
         {"name": "monitored", "policy": "full",
          "detectors": ["sweep", "boundary", "ood", "prada", "volume"], "on_flag": "deny"},
     ],
-    "benign": {"accounts": 40, "median_rows": 60},
+    "benign": {"accounts": 6, "median_rows": 60},
 }

@@ -113,7 +113,7 @@ class _Ctx:
         """``volume`` rows drawn from ``rows`` in requests of 1 to 10."""
         out, sent = [], 0
         while sent < volume:
-            b = int(min(self.rng.integers(1, 11), volume - sent))
+            b = min(int(self.rng.integers(1, 11)), volume - sent)
             out.append(rows[self.rng.integers(0, len(rows), b)])
             sent += b
         return out

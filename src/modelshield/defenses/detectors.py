@@ -16,12 +16,11 @@ streams. Repeated rows are counted once (:func:`fresh_rows`).
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
-
-import hashlib
-import math
 
 import numpy as np
 from scipy import stats
@@ -151,7 +150,7 @@ def upper_rate(hits: int, n: int, confidence: float = 0.99) -> float:
 
 
 @dataclass
-class _RateTest(Detector):
+class RateTest(Detector):
     """A share of an account's distinct rows with some property, tested against what
     honest customers show: flagged when the share is at least ``factor`` times the
     highest honest rate (``baseline``) *and* the account's count is improbable under
@@ -261,7 +260,7 @@ def seen_rows(rows: FloatArray, sees: str) -> FloatArray:
     rows = _distinct(rows)
     if sees == "fresh":
         return rows
-    return rows[~edit_mask(np.empty((0, rows.shape[1])), rows)]
+    return np.asarray(rows[~edit_mask(np.empty((0, rows.shape[1])), rows)])
 
 
 EDIT_WINDOW, EDIT_FEATURES = 64, 2
@@ -291,7 +290,7 @@ def edit_mask(recent: FloatArray, rows: FloatArray, window: int = EDIT_WINDOW,
 
 
 @dataclass
-class Sweep(_RateTest):
+class Sweep(RateTest):
     """Line searches: a query that falls between two of the account's recent queries on
     one line. Bisection does this at every step (equation solving, path finding and
     Lowd-Meek find where an answer changes so). An analyst's what-if edits of their own
@@ -368,7 +367,7 @@ def line_search_hits(recent: FloatArray, rows: FloatArray, window: int = 64,
 
 
 @dataclass
-class Boundary(_RateTest):
+class Boundary(RateTest):
     """A share of low-margin answers (top-two scores within ``margin``) well above the
     highest share honest traffic has: over the whole calibration data, each class, or
     the neighbourhood of a record (a narrow customer's part of the data)."""
@@ -392,7 +391,7 @@ class Boundary(_RateTest):
 
 
 @dataclass
-class OutOfDistribution(_RateTest):
+class OutOfDistribution(RateTest):
     """A share of queries far from the natural data, well above the honest rate.
 
     "Far" is beyond the 99th percentile of natural points' distance to their nearest
@@ -426,6 +425,7 @@ class OutOfDistribution(_RateTest):
         self._fit_honest(held, predict, floor=0.01)
 
     def _hits(self, rows: FloatArray, prediction: Prediction) -> np.ndarray:
+        assert self.scale is not None and self.reference is not None
         return np.asarray(_nearest(rows / self.scale, self.reference, self._ref_sq) > self.radius)
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:

@@ -1,8 +1,9 @@
 """Output policies: what of the model's output leaves the API.
 
 Each policy turns a :class:`~modelshield.answer.Prediction` into an
-:class:`~modelshield.answer.Answer`. The top-1 label is always returned unchanged (it is what
-an honest caller needs); policies differ in which scores come with it. Each policy declares
+:class:`~modelshield.answer.Answer`. The top-1 label is returned unchanged (it is what an
+honest caller needs), except by ``misinform``, which answers the queries the model is
+unsure of wrongly on purpose; policies differ in which scores come with it. Each policy declares
 what it promises honest users (``keeps_top1``: the returned scores rank the true top-1 class
 first) and the property tests in ``tests/defenses/test_policies.py`` hold it to that.
 
@@ -196,6 +197,47 @@ class ReverseSigmoid(OutputPolicy):
         total = out.sum(axis=1, keepdims=True)
         out = np.where(total > 0, out / np.where(total > 0, total, 1.0), 1.0 / y.shape[1])
         return self._answer(prediction, probabilities=out)
+
+
+@dataclass(frozen=True)
+class AdaptiveMisinformation(OutputPolicy):
+    """Adaptive Misinformation (Kariyappa & Qureshi, CVPR 2020).
+
+    A query the model is unsure of (its top score ``ymax`` below ``tau``) is likely out of
+    the natural data, as synthetic and surrogate-data extraction queries are; it gets
+    misinformation instead of the model's answer:
+    ``y = (1 - a) f(x) + a g(x)`` with ``a = sigmoid(nu * (tau - ymax))``. The paper's
+    misinformation function ``g`` is a model trained to put little mass on the true
+    class; here ``g`` is computed from the model's own scores, ``g ~ (1 - f(x))^8``, which
+    puts the least mass on the model's own top class. Natural rows the model is sure of
+    keep their answer; an honest row below ``tau`` gets a wrong one (what it costs honest
+    users, measured by bench/misinformation.py). Set ``tau`` from the owner's data: the
+    share of natural rows with ``ymax < tau`` is about the share of honest answers lost.
+    """
+
+    name: ClassVar[str] = "misinform"
+    summary: ClassVar[str] = ("Kariyappa & Qureshi 2020 adaptive misinformation for unsure "
+                              "queries (misinform:tau=T,nu=N)")
+    keeps_top1: ClassVar[bool] = False
+    tau: float = 0.6
+    nu: float = 50.0
+
+    def validate(self) -> None:
+        if not isinstance(self.tau, int | float) or not 0 < self.tau <= 1:
+            raise ConfigError.invalid("tau", "a number in (0, 1]", self.tau)
+        if not isinstance(self.nu, int | float) or self.nu <= 0:
+            raise ConfigError.invalid("nu", "a number > 0", self.nu)
+
+    def apply(self, prediction: Prediction, inputs: FloatArray) -> Answer:
+        p = prediction.probabilities
+        ymax = p.max(axis=1, keepdims=True)
+        a = 1.0 / (1.0 + np.exp(-self.nu * (self.tau - ymax)))
+        g = (1.0 - p) ** 8
+        g /= np.maximum(g.sum(axis=1, keepdims=True), 1e-300)
+        out = (1 - a) * p + a * g
+        out /= out.sum(axis=1, keepdims=True)
+        return Answer(labels=np.asarray(out.argmax(axis=1), dtype=np.int64), probabilities=out,
+                      policy=self.spec)
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,7 @@ class Shield:
                 "(modelshield calibrate --from-audit-log writes one from past traffic)")
         for det in tested:
             det.alpha = tier.fpr / len(tested)
-            det.calibrate(benign, self.model.predict)
+            det.calibrate(benign, self.model.predict)  # type: ignore[arg-type]  # checked above
         return out
 
     def _restore_flags(self) -> None:

@@ -41,3 +41,81 @@ class ShieldOracle(BaseOracle):
         if decision.flags and self.first_flag is None:
             self.first_flag = (self.used + len(inputs), decision.flags[0].detector)
         return answer  # type: ignore[no-any-return]
+
+
+class SpreadOracle(BaseOracle):
+    """An attacker who knows the defense: the budget spread over several keys, natural
+    rows mixed into the stream, or both, through one Shield in-process.
+
+    keys: (api_key, client_ip) pairs; each key sends about ``budget / len(keys)`` rows
+    (attack and natural rows together), then the next one takes over. A key that is
+    refused (suspended, throttled) hands its request to the next: the attacker sees the
+    refusal and moves on. Only when every key is refused is the attack blocked.
+    mix: the share of the stream that is natural rows from ``natural`` (the attacker's
+    pool), sent with the attack's rows in random order and thrown away: they dilute what
+    the detectors see and count against the budget.
+    """
+
+    def __init__(self, shield: Any, keys: list[tuple[str, str]], *, mix: float = 0.0,
+                 natural: FloatArray | None = None, seed: int = 0, **kwargs: Any) -> None:
+        import numpy as np
+
+        super().__init__(shield.spec, **kwargs)
+        if not keys:
+            raise ValueError("SpreadOracle needs at least one key")
+        if mix > 0 and (natural is None or len(natural) == 0):
+            raise ValueError("mixing natural rows needs the attacker's natural pool")
+        self.shield, self.keys, self.mix = shield, keys, mix
+        self.natural = natural
+        self.rng = np.random.default_rng(seed)
+        self.current, self.sent_by_key = 0, [0] * len(keys)
+        self.first_flag: tuple[int, str] | None = None
+        self.natural_rows = 0
+        try:
+            self.max_batch = int(shield.account(keys[0][0])["max_batch"])
+        except Denied:
+            pass
+
+    @property
+    def quota(self) -> int | None:
+        return None if self.budget is None else -(-self.budget // len(self.keys))
+
+    def _answer(self, inputs: FloatArray) -> Answer:
+        import numpy as np
+
+        extra = 0
+        if self.mix > 0 and self.natural is not None:
+            want = round(len(inputs) * self.mix / (1 - self.mix))
+            room = (self.remaining - len(inputs)) if self.budget is not None else want
+            extra = max(0, min(want, room))
+        rows = inputs
+        order = np.arange(len(inputs))
+        if extra and self.natural is not None:
+            nat = self.natural[self.rng.integers(0, len(self.natural), extra)]
+            rows = np.concatenate([inputs, nat])
+            order = self.rng.permutation(len(rows))
+            rows = rows[order]
+        while True:
+            key, ip = self.keys[self.current]
+            try:
+                answer, decision = self.shield.handle(key, rows, ip)
+                break
+            except Denied as exc:
+                detector = exc.headers.get("X-Modelshield-Flag")
+                if detector and self.first_flag is None:
+                    self.first_flag = (self.used + len(inputs), detector)
+                if self.current + 1 >= len(self.keys):
+                    raise Blocked(exc, self.used) from None
+                self.current += 1
+        if decision.flags and self.first_flag is None:
+            self.first_flag = (self.used + len(inputs), decision.flags[0].detector)
+        self.sent_by_key[self.current] += len(rows)
+        quota = self.quota
+        if quota is not None and self.sent_by_key[self.current] >= quota and \
+                self.current + 1 < len(self.keys):
+            self.current += 1
+        self._used += extra  # the natural rows were paid for too
+        self.natural_rows += extra
+        keep = np.argsort(order)[: len(inputs)] if extra else order
+        out: Answer = answer.take(keep)
+        return out

@@ -1,0 +1,82 @@
+"""Attackers who know the defense: the budget spread over keys, natural rows mixed in, and
+the audit naming the adaptation that broke a defense."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modelshield.audit.analysis import analyse
+from modelshield.audit.scenario import load_scenario
+from modelshield.errors import Blocked
+from modelshield.oracle.shielded import SpreadOracle
+from modelshield.serve.factory import build_shield
+from modelshield.victims import Victim
+
+
+def shield(tmp: Path, **tier: Any) -> Any:
+    return build_shield({"model": {"builtin": "digits-mlp"}, "audit_url": f"sqlite:///{tmp}/a.db",
+                         "tiers": {"t": {"max_batch": 1000, **tier}}})
+
+
+def test_a_refused_key_hands_over_to_the_next(tmp_path: Path, victims: dict[str, Victim]) -> None:
+    v = victims["digits-mlp"]
+    sh = shield(tmp_path, detectors=["ood"], on_flag="deny")
+    keys = [(sh.store.create_key("t", owner=f"o{i}")[0], f"10.0.{i}.7") for i in range(3)]
+    oracle = SpreadOracle(sh, keys, budget=200)
+    assert len(oracle.query(v.honest[:10])) == 10  # natural rows on the first key pass
+    noise = np.random.default_rng(0).uniform(0, 16, (30, 64))
+    with pytest.raises(Blocked):  # each key in turn is suspended by the noise
+        oracle.query(noise)
+    assert oracle.first_flag == (40, "ood") and oracle.current == 2
+    assert len(sh.store.flags()) == 3
+    sh.close()
+
+
+def test_the_budget_is_spread_over_the_keys(tmp_path: Path, victims: dict[str, Victim]) -> None:
+    v = victims["digits-mlp"]
+    sh = shield(tmp_path)
+    keys = [(sh.store.create_key("t", owner=f"o{i}")[0], f"10.0.{i}.7") for i in range(4)]
+    oracle = SpreadOracle(sh, keys, budget=100)
+    for i in range(10):
+        oracle.query(v.honest[10 * i : 10 * i + 10])
+    assert oracle.sent_by_key == [30, 30, 30, 10]  # 25 each, rounded up to whole requests
+    sh.close()
+
+
+def test_natural_rows_dilute_the_stream_and_are_paid_for(tmp_path: Path,
+                                                         victims: dict[str, Victim]) -> None:
+    v = victims["digits-mlp"]
+    sh = shield(tmp_path)
+    oracle = SpreadOracle(sh, [(sh.store.create_key("t")[0], "10.0.0.7")], mix=0.5,
+                          natural=v.pool, budget=100)
+    x = v.honest[:20]
+    answer = oracle.query(x)
+    np.testing.assert_array_equal(answer.labels, v.predict_labels(x))  # its own rows' answers
+    assert oracle.natural_rows == 20 and oracle.used == 40 and oracle.remaining == 60
+    assert sh.store.count() == 1  # one request held both
+    sh.close()
+
+
+def test_the_report_names_the_adaptation_that_broke_a_defense() -> None:
+    scenario = load_scenario({
+        "target": {"victim": "digits-mlp"},
+        "attackers": [{"name": "plain", "attack": "knockoff", "budgets": [1000]},
+                      {"name": "ten keys", "attack": "knockoff", "budgets": [1000], "keys": 10}],
+        "defenses": [{"name": "watched", "detectors": ["ood"], "on_flag": "deny"}]})
+
+    def cell(attacker: str, curve: list[list[float]], flag: int | None) -> dict[str, Any]:
+        return {"kind": "attack", "defense": "watched", "attacker": attacker, "budget": 1000,
+                "attack": "knockoff", "status": "ok", "queries": 1000, "curve": curve,
+                "first_flag": None if flag is None else {"query": flag, "detector": "ood"},
+                "fidelity_test": curve[-1][1], "test_rows": 450}
+
+    cells = [cell("plain", [[100, 0.5], [1000, 0.95]], 100),
+             cell("ten keys", [[100, 0.5], [1000, 0.95]], None)]
+    d = analyse(scenario, cells)["defenses"][0]
+    assert d["broken_by"] == [{"adaptive": "ten keys", "plain": "plain", "how": "10 keys",
+                               "queries": 1000, "plain_result": "caught"}]
+    assert d["cheapest_clone"]["attacker"] == "ten keys"  # rated by the adaptive result
