@@ -369,6 +369,10 @@ model:
   # n_features: 64
   # low: 0                     # one number for every feature, or a list per feature
   # high: 16
+  # calibration: calib.npz     # the owner's natural rows (not trained on) the detectors
+                               # are calibrated on; required with file/upstream and
+                               # detectors (modelshield calibrate --from-audit-log writes
+                               # one from past traffic; a built-in victim ships its own)
   # lm: lm-h128                # or a language model on the OpenAI routes (docs/llm.md);
                                # each tier then takes an `llm:` section, e.g.
                                # llm: {max_top_logprobs: 5, bias_affects_logprobs: false,
@@ -413,6 +417,7 @@ tiers:
     limits: {requests: 100/hour, rows: 100/hour}
     policy: top-k:1              # only the top class and its score
     detectors: [sweep, boundary, prada, ood, volume]
+    fpr: 0.001                   # at most this share of honest accounts flagged
     on_flag: deny                # alert | throttle | degrade | deny
     group_by: ip                 # also watch all keys from one /24 (or owner) as one extractor
     max_batch: 10
