@@ -80,3 +80,32 @@ def test_the_report_names_the_adaptation_that_broke_a_defense() -> None:
     assert d["broken_by"] == [{"adaptive": "ten keys", "plain": "plain", "how": "10 keys",
                                "queries": 1000, "plain_result": "caught"}]
     assert d["cheapest_clone"]["attacker"] == "ten keys"  # rated by the adaptive result
+
+
+def test_the_best_defense_is_the_cheapest_that_stops_the_attacker_within_budget() -> None:
+    scenario = load_scenario({
+        "target": {"victim": "digits-mlp"},
+        "attackers": [{"name": "k", "attack": "knockoff", "budgets": [1000]},
+                      {"name": "j", "attack": "jacobian", "budgets": [1000]}],
+        "defenses": [{"name": "none"}, {"name": "labels", "policy": "label"},
+                     {"name": "strict", "detectors": ["ood"], "on_flag": "deny"}],
+        "honest_budget": {"accuracy_lost": 0.01, "flagged_share": 0.01}})
+
+    def attack(defense: str, attacker: str, fid: float, flag: int | None) -> dict[str, Any]:
+        return {"kind": "attack", "defense": defense, "attacker": attacker, "budget": 1000,
+                "attack": "knockoff", "status": "ok", "queries": 1000,
+                "curve": [[1000, fid]], "fidelity_test": fid, "test_rows": 450,
+                "first_flag": None if flag is None else {"query": flag, "detector": "ood"}}
+
+    def benign(defense: str, ece: float, flagged: float) -> dict[str, Any]:
+        return {"kind": "benign", "defense": defense, "accuracy": 0.95, "model_accuracy": 0.95,
+                "ece": ece, "model_ece": 0.02, "flagged_share": flagged, "refused_share": 0.0}
+
+    cells = [attack("none", "k", 0.95, None), attack("none", "j", 0.95, None),
+             attack("labels", "k", 0.95, None), attack("labels", "j", 0.5, None),
+             attack("strict", "k", 0.95, 10), attack("strict", "j", 0.95, 10),
+             benign("none", 0.02, 0.0), benign("labels", 0.2, 0.0), benign("strict", 0.02, 0.05)]
+    best = {b["attacker"]: b for b in analyse(scenario, cells)["best_defenses"]}
+    assert best["j"]["best"]["defense"] == "labels"  # strict stops it too, but flags 5%
+    assert best["k"]["best"] is None and "watermark" in best["k"]["left"]
+    assert [o["defense"] for o in best["k"]["over_budget"]] == ["strict"]

@@ -85,6 +85,7 @@ def analyse(scenario: Scenario, cells: list[dict[str, Any]]) -> dict[str, Any]:
                    "facts": deployed["facts"] + _deployment_facts(scenario)},
         "defenses": defenses,
         "recommendations": _recommend(scenario, defenses, deployed),
+        "best_defenses": _best_defenses(scenario, defenses),
     }
 
 
@@ -155,6 +156,41 @@ def _adaptations_that_won(scenario: Scenario, rows: list[dict[str, Any]]
                             "plain_result": "uncaught clone at "
                             f"{plain['q90']} queries" if plain["uncaught_clone"] else
                             ("caught" if plain["caught_before_90"] else "no clone")})
+    return out
+
+
+LEFT = ("watermark tracing (a tier's watermark; modelshield verify names the key a copy "
+        "came from), the price per query, and the terms of service")
+
+
+def _best_defenses(scenario: Scenario, defenses: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each attacker, the defense of the scenario that stops it (no uncaught clone)
+    at the least honest-user cost within the scenario's ``honest_budget``; or, when none
+    does, the measurement that says so: the defenses that stop it and what they cost
+    honest users, and what is left."""
+    limit = scenario.honest_budget
+    out = []
+    for i, a in enumerate(scenario.attackers):
+        stops, over = [], []
+        for d in defenses:
+            if d["attackers"][i]["uncaught_clone"]:
+                continue
+            b = d["benign"]
+            if b is None:
+                over.append({"defense": d["name"], "why": "honest users not measured"})
+                continue
+            lost = max(0.0, b["model_accuracy"] - b["accuracy"])
+            flagged = max(b["flagged_share"], b["refused_share"])
+            entry = {"defense": d["name"], "honest_cost": d["honest_cost"],
+                     "accuracy_lost": lost, "flagged_share": flagged}
+            if lost <= limit.accuracy_lost and flagged <= limit.flagged_share:
+                stops.append(entry)
+            else:
+                over.append({**entry, "why": f"costs honest users {lost:.1%} accuracy and "
+                             f"flags or refuses {flagged:.1%} of accounts"})
+        best = min(stops, key=lambda e: e["honest_cost"]) if stops else None
+        out.append({"attacker": a.label, "adaptive": a.adaptation, "best": best,
+                    "over_budget": over, "left": None if best else LEFT})
     return out
 
 

@@ -219,6 +219,14 @@ class Benign(_Strict):
         return v
 
 
+class HonestBudget(_Strict):
+    """What a defense may cost honest customers and still be chosen (the best-defense
+    search): top-1 accuracy lost, and the share of honest accounts flagged or refused."""
+
+    accuracy_lost: float = Field(default=0.01, ge=0, le=1)
+    flagged_share: float = Field(default=0.01, ge=0, le=1)
+
+
 class Scenario(_Strict):
     name: str = "audit"
     seed: int = 0
@@ -230,6 +238,7 @@ class Scenario(_Strict):
     attackers: list[Attacker] = Field(min_length=1)
     defenses: list[Defense] = Field(default_factory=lambda: [Defense(name="none")])
     benign: Benign = Benign()
+    honest_budget: HonestBudget = HonestBudget()
 
     @model_validator(mode="after")
     def _names(self) -> Scenario:
