@@ -291,16 +291,17 @@ def edit_mask(recent: FloatArray, rows: FloatArray, window: int = EDIT_WINDOW,
 
 @dataclass
 class Sweep(RateTest):
-    """Line searches: a query that falls between two of the account's recent queries on
-    one line. Bisection does this at every step (equation solving, path finding and
-    Lowd-Meek find where an answer changes so). An analyst's what-if edits of their own
-    records mostly step outwards or jump to other values; the share of them that falls
-    between earlier queries sets the baseline, measured on simulated what-if, narrow and
-    i.i.d. customers built from the owner's data."""
+    """Line searches (:func:`line_search_hits`): a query at the midpoint of two of the
+    account's recent queries on one line, as bisection asks at every step (path finding
+    and Lowd-Meek find where an answer changes so), or a recent query with one feature
+    moved beyond the natural data's range (the edge probes path finding starts from).
+    An analyst's what-if edits of their own records step outwards through a grid or jump
+    to other records' values; the few that land on a midpoint set the baseline, measured
+    on simulated what-if, narrow and i.i.d. customers built from the owner's data."""
 
     name: ClassVar[str] = "sweep"
     sees: ClassVar[str] = "fresh"  # a line search is edits of recent rows
-    what: ClassVar[str] = "fall between two earlier queries on a line (a line search)"
+    what: ClassVar[str] = "continue a line search (bisection midpoints, edge probes)"
     window: int = 64
     block: int = 64
     factor: float = 3.0
