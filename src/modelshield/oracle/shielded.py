@@ -48,7 +48,8 @@ class SpreadOracle(BaseOracle):
     rows mixed into the stream, or both, through one Shield in-process.
 
     keys: (api_key, client_ip) pairs; each key sends about ``budget / len(keys)`` rows
-    (attack and natural rows together), then the next one takes over. A key that is
+    (attack and natural rows together, in requests no bigger than that), then the next
+    one takes over. A key that is
     refused (suspended, throttled) hands its request to the next: the attacker sees the
     refusal and moves on. Only when every key is refused is the attack blocked.
     mix: the share of the stream that is natural rows from ``natural`` (the attacker's
@@ -75,6 +76,10 @@ class SpreadOracle(BaseOracle):
             self.max_batch = int(shield.account(keys[0][0])["max_batch"])
         except Denied:
             pass
+        if self.quota is not None:  # no request bigger than one key's share
+            self.max_batch = min(self.max_batch or self.quota, self.quota)
+        if mix > 0 and self.max_batch:  # room in each request for the natural rows
+            self.max_batch = max(1, int(self.max_batch * (1 - mix)))
 
     @property
     def quota(self) -> int | None:
