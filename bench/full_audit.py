@@ -59,7 +59,7 @@ def scenario(victim: str, seed: int) -> dict[str, Any]:
             "model_value": 20_000, "target": {"victim": victim},
             "attackers": attackers(victim),
             "defenses": [{"name": p, "policy": p} for p in policies] + [MONITORED],
-            "benign": {"accounts": 40, "median_rows": 60}}
+            "benign": {"accounts": 10, "median_rows": 60}}
 
 
 def run(victims: list[str], seed: int, out: Path, workers: int) -> tuple[float, list[Any]]:
