@@ -525,14 +525,13 @@ def _calibrate_from_log(cfg: Any, since: str | None, until: str | None, model: s
                           "to it)")
     if out.suffix.lower() != ".npz":
         raise ConfigError(f"--out: {out.name} must end in .npz")
-    names = [m.name or m.builtin or (Path(m.file).stem if m.file else None) or "model"
-             for m in (cfg.models or [cfg.model])]
-    if model is None:
+    names = [m.name or (Path(m.file).stem if m.file else None) or
+             (None if m.upstream else m.builtin) or "model" for m in (cfg.models or [cfg.model])]
+    if model is None:  # named as the gateway names it, without loading the model (its
+        # calibration file may be the one this command is about to write)
         if len(names) > 1:
             raise ConfigError(f"--model: the config serves {', '.join(names)}; name one")
-        from modelshield.serve.factory import load_model
-
-        model = load_model(cfg)[1].name if not cfg.models else names[0]
+        model = names[0]
     start, end = _when_arg(since, "--since"), _when_arg(until, "--until")
     store = open_store(cfg)
     try:

@@ -255,6 +255,15 @@ def test_calibrate_from_the_audit_log_leaves_flagged_keys_out(owned: dict[str, A
     with np.load(out) as d:
         assert np.array_equal(np.sort(d["X"], axis=0), np.sort(owned["honest"][:60], axis=0))
 
+    # the usual first run: the config already names the file this command writes
+    fresh = tmp_path / "fresh.npz"
+    cfg2 = {**cfg, "model": {**cfg["model"], "calibration": str(fresh)}}
+    (tmp_path / "gw2.yaml").write_text(json.dumps(cfg2))
+    r = runner.invoke(app, ["calibrate", "--config", str(tmp_path / "gw2.yaml"),
+                            "--from-audit-log", "--out", str(fresh)])
+    assert r.exit_code == 0 and fresh.is_file(), r.output
+    assert "rows per account: median" in r.output
+
     r = runner.invoke(app, ["calibrate", "--config", str(cfg_file), "--from-audit-log",
                             "--since", "yesterday", "--out", str(out)])
     assert r.exit_code != 0 and "--since: 'yesterday' is not a date" in str(r.exception)
