@@ -363,7 +363,8 @@ def demo(
     = Path("results/demo"),
     workers: WorkersOpt = 0,
 ) -> None:
-    """Audit a built-in scenario: the digits MLP under four defenses, three attackers.
+    """Audit a built-in scenario: the digits MLP under four defenses, four attackers (one
+    of them adaptive: knockoff spread over 10 keys).
 
     Writes OUT/report.html (open it in a browser), results.json and summary.md.
     """
