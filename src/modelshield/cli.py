@@ -453,6 +453,11 @@ def calibrate(config: ConfigOpt = None,
               out: Annotated[Path | None, typer.Option(
                   "--out", help="With --from-audit-log: the .npz to write (array X); name "
                   "it in the config's model.calibration.")] = None,
+              check: Annotated[int, typer.Option(
+                  "--check", min=0, max=1000, help="Also play this many honest customers "
+                  "of each kind (iid, narrow, what-if, batch, repeat, burst) through each "
+                  "tier, calibrated on half the data, sending the other half; report the "
+                  "share flagged.")] = 0,
               as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
               ) -> None:
     """Show how each tier's detectors are calibrated on the model's calibration data, or
@@ -485,9 +490,18 @@ def calibrate(config: ConfigOpt = None,
     finally:
         for sh in shields:
             sh.close()
+    checked = _honest_check(cfg, model, check) if check else {}
     if as_json:
-        print(json.dumps(rows, default=float))
+        print(json.dumps({"detectors": rows, "honest_check": checked} if check else rows,
+                         default=float))
         return
+    for name, tiers in checked.items():
+        kinds = next(iter(tiers.values()), {}) if tiers else {}
+        t = Table("tier", *kinds, title=f"{name}: honest customers flagged, by kind "
+                  "(calibrated on half the data, the other half sent)")
+        for tier, by in tiers.items():
+            t.add_row(tier, *[f"{v['flagged']} / {v['accounts']}" for v in by.values()])
+        console.print(t)
     table = Table("model", "tier", "detector", "counts", "thresholds",
                   title="detector calibration (each tier's fpr shared among its tests)")
     for r in rows:
@@ -496,6 +510,22 @@ def calibrate(config: ConfigOpt = None,
                            if k not in ("model", "tier", "detector", "sees"))
         table.add_row(r["model"], r["tier"], r["detector"], r["sees"], detail)
     console.print(table)
+
+
+def _honest_check(cfg: Any, only: str | None, accounts: int) -> dict[str, Any]:
+    """calibrate --check: each model's tiers against honest customers of every kind."""
+    from modelshield.audit.calibration import honest_check
+    from modelshield.serve.factory import load_model
+
+    out: dict[str, Any] = {}
+    for one in ([cfg.for_model(e) for e in cfg.models] if cfg.models else [cfg]):
+        model, spec, rows = load_model(one)
+        if only is not None and spec.name != only:
+            continue
+        if rows is None or spec.n_classes < 1:
+            continue
+        out[spec.name] = honest_check(one, model, spec, rows, accounts)
+    return out
 
 
 def _when_arg(value: str | None, option: str) -> float | None:

@@ -268,9 +268,13 @@ def test_calibrate_from_the_audit_log_leaves_flagged_keys_out(owned: dict[str, A
                             "--since", "yesterday", "--out", str(out)])
     assert r.exit_code != 0 and "--since: 'yesterday' is not a date" in str(r.exception)
 
-    r = runner.invoke(app, ["calibrate", "--config", str(cfg_file), "--json"])
+    r = runner.invoke(app, ["calibrate", "--config", str(cfg_file), "--json", "--check", "2"])
     assert r.exit_code == 0, r.output
-    rows = {d["detector"]: d for d in json.loads(r.output)}
+    doc = json.loads(r.output)
+    check = doc["honest_check"]["pipeline"]["t"]
+    assert set(check) == {"iid", "narrow", "what-if", "batch", "repeat", "burst"}
+    assert all(v["accounts"] == 2 and v["flagged"] == 0 for v in check.values())
+    rows = {d["detector"]: d for d in doc["detectors"]}
     assert set(rows) == {"sweep", "boundary", "ood", "prada", "volume"}
     assert math.isclose(sum(rows[d]["alpha"] for d in ("sweep", "boundary", "ood", "prada")),
                         0.001)

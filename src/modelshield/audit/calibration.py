@@ -68,3 +68,54 @@ def traffic_from_log(store: Any, model: str, since: float | None = None,
                 out.append(row)
     traffic.rows = np.asarray(out) if out else np.empty((0, 0))
     return traffic
+
+
+def honest_check(config: Any, model: Any, spec: Any, rows: FloatArray, accounts: int = 20,
+                 seed: int = 0) -> dict[str, dict[str, dict[str, int]]]:
+    """Each tier's detectors against honest customers of every kind, before deploying.
+
+    The owner's rows are split in two at random: the tier's detectors are calibrated on one
+    half, exactly as the gateway would on all of them, and ``accounts`` customers of each
+    kind (modelshield.data.honest) send the other half through a Shield of that config (a
+    temporary SQLite log, state in memory). Returns {tier: {kind: {"accounts", "flagged",
+    "refused"}}} for the tiers with detectors.
+    """
+    import tempfile
+
+    from modelshield.data.honest import ARCHETYPES, honest_accounts
+    from modelshield.defenses.shield import Shield
+    from modelshield.errors import Denied
+    from modelshield.store import AuditStore
+
+    order = np.random.default_rng(seed).permutation(len(rows))
+    calib, held = rows[order[: len(rows) // 2]], rows[order[len(rows) // 2 :]]
+    labels = model.predict(held).labels
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    with tempfile.TemporaryDirectory(prefix="modelshield-check-") as tmp:
+        cfg = config.model_copy(update={"audit_url": f"sqlite:///{tmp}/check.db",
+                                        "storage": config.storage.model_copy(
+                                            update={"limits": "memory://"})})
+        shield = Shield(cfg, model, spec, AuditStore(cfg.audit_url), benign=calib)
+        try:
+            for tier, dets in shield.detectors.items():
+                if not any(d.kind == "classifier" for d in dets):
+                    continue
+                max_batch = cfg.tiers[tier].max_batch
+                out[tier] = {}
+                for i, kind in enumerate(ARCHETYPES):
+                    row = {"accounts": 0, "flagged": 0, "refused": 0}
+                    for acc in honest_accounts(held, kind, accounts, seed=seed * 100 + i,
+                                               labels=labels, low=spec.low, high=spec.high,
+                                               integer=spec.integer_features):
+                        key, record = shield.store.create_key(tier)
+                        try:
+                            for req in acc.chunked(max_batch).requests:
+                                shield.handle(key, req)
+                        except Denied as exc:
+                            row["refused"] += int(exc.status == 403)
+                        row["accounts"] += 1
+                        row["flagged"] += int(record.key_id in shield.flagged)
+                    out[tier][kind] = row
+        finally:
+            shield.close()
+    return out
