@@ -496,7 +496,7 @@ def calibrate(config: ConfigOpt = None,
                          default=float))
         return
     for name, tiers in checked.items():
-        kinds = next(iter(tiers.values()), {}) if tiers else {}
+        kinds: dict[str, Any] = next(iter(tiers.values()), {}) if tiers else {}
         t = Table("tier", *kinds, title=f"{name}: honest customers flagged, by kind "
                   "(calibrated on half the data, the other half sent)")
         for tier, by in tiers.items():
