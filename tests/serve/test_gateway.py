@@ -397,3 +397,37 @@ def test_oversized_bodies_are_refused_before_parsing(tmp_path: Path) -> None:
         assert r.status_code == 413
         assert client.get("/v2/health/ready").status_code == 200
     assert shield.store.count() == 0
+
+
+def test_replicas_sharing_redis_count_records_once_and_flag_together(
+        tmp_path: Path, redis_url: str, victims: dict[str, Victim]) -> None:
+    """The record and repeat views the detectors count are kept in Redis too: rows a
+    customer sends again through the other replica are not counted twice, edits of a
+    record are not counted as records, and noise is refused by both replicas."""
+    import redis
+
+    v = victims["digits-mlp"]
+    cfg = config(tmp_path, free={"detectors": ["sweep", "boundary", "ood"],
+                                 "on_flag": "deny"})
+    url = redis_url.replace("/0", "/4")
+    cfg["storage"] = {"limits": url}
+    replicas = [build_shield(cfg, store=AuditStore(cfg["audit_url"])) for _ in range(2)]
+    key, record = replicas[0].store.create_key("free")
+    rows = v.honest[:40]
+    for i, row in enumerate(np.concatenate([rows, rows])):  # the table, then again
+        replicas[i % 2].handle(key, row[None, :])
+    edit = rows[0].copy()
+    edit[5] = 16.0 - edit[5]
+    replicas[0].handle(key, edit[None, :])
+    client = redis.Redis.from_url(url)
+    counts = {k.decode(): int(n) for k, n in client.hgetall(
+        f"modelshield:det:ood:{record.key_id}").items()}
+    assert counts["total"] == 40  # 80 rows sent, 40 distinct records, the edit not one
+    assert client.llen(f"modelshield:det:recent:{record.key_id}") <= 64
+    noise = np.random.default_rng(0).uniform(0, 16, (80, 64))
+    with pytest.raises(Denied, match="ood detector"):
+        replicas[1].handle(key, noise)
+    with pytest.raises(Denied, match="Access suspended"):
+        replicas[0].handle(key, rows[:1])
+    for r in replicas:
+        r.close()

@@ -330,26 +330,28 @@ class Detect(_Stage):
                      if (d.kind == "language-model") == lm]
         # The rate tests and PRADA see only the rows each watched account has not sent
         # before; volume sees them all.
-        views: dict[tuple[str, str], tuple[Any, Any]] = {}
-        if not lm and call.x is not None:
-            wanted = {d.sees for d in detectors}
-            for ident in watched:
-                views[ident, "all"] = (call.x, call.prediction)
-                if wanted & {"fresh", "records"}:
-                    mask = fresh_rows(s.state, ident, call.x)
-                    x, p = call.x[mask], _subset(call.prediction, mask)
-                    views[ident, "fresh"] = (x, p)
-                    if "records" in wanted:
-                        keep = record_rows(s.state, ident, x)
-                        views[ident, "records"] = (x[keep], _subset(p, keep))
+        wanted = set() if lm else {d.sees for d in detectors}
         reads: list[Read] = []
         if s.state.batches:  # only a shared store fetches ahead
             reads = [("value", f"flag:{ident}") for ident in watched]
-            for det in detectors:
+            if "records" in wanted:
+                reads += [("rows", f"recent:{ident}") for ident in watched]
+            for det in detectors:  # (the whole batch's classes: a superset of a view's)
                 for ident in watched:
-                    reads += det.request_reads(ident) if lm else det.reads(
-                        ident, views[ident, det.sees][1])
+                    reads += det.request_reads(ident) if lm else det.reads(ident,
+                                                                            call.prediction)
         with s.state.batch(reads):
+            views: dict[tuple[str, str], tuple[Any, Any]] = {}
+            if not lm and call.x is not None:
+                for ident in watched:
+                    views[ident, "all"] = (call.x, call.prediction)
+                    if wanted & {"fresh", "records"}:
+                        mask = fresh_rows(s.state, ident, call.x)
+                        x, p = call.x[mask], _subset(call.prediction, mask)
+                        views[ident, "fresh"] = (x, p)
+                        if "records" in wanted:
+                            keep = record_rows(s.state, ident, x)
+                            views[ident, "records"] = (x[keep], _subset(p, keep))
             for det in detectors:
                 for ident in watched:
                     flag = self._observe(det, ident, call, views.get((ident, det.sees)))
