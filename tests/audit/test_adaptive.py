@@ -109,3 +109,23 @@ def test_the_best_defense_is_the_cheapest_that_stops_the_attacker_within_budget(
     assert best["j"]["best"]["defense"] == "labels"  # strict stops it too, but flags 5%
     assert best["k"]["best"] is None and "watermark" in best["k"]["left"]
     assert [o["defense"] for o in best["k"]["over_budget"]] == ["strict"]
+
+
+def test_choosing_labels_on_held_out_answers_is_an_adaptation() -> None:
+    from modelshield.audit.analysis import adaptation
+
+    scenario = load_scenario({
+        "target": {"victim": "digits-mlp"},
+        "attackers": [
+            {"name": "soft", "attack": "knockoff", "params": {"labels": "soft"}, "budgets": [9]},
+            {"name": "chosen", "attack": "knockoff", "params": {"student": "auto"},
+             "budgets": [9]},
+            {"name": "votes", "attack": "knockoff", "params": {"labels": "soft", "votes": 5},
+             "budgets": [9]},
+            {"name": "other", "attack": "knockoff", "params": {"source": "uniform"},
+             "budgets": [9]}]})
+    soft, chosen, votes, other = scenario.attackers
+    assert adaptation(chosen, soft) == "student: auto"
+    assert adaptation(soft, chosen) == ""  # soft labels adapt to nothing
+    assert adaptation(votes, soft) == "votes: 5"
+    assert adaptation(other, soft) == ""  # another query source is another attack

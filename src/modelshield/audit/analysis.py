@@ -30,6 +30,7 @@ The rules (docs/audit.md explains them):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -137,21 +138,48 @@ def _attacker_summary(label: str, cells: list[dict[str, Any]], price: float,
     }
 
 
+# Attack parameters by which an attacker adapts to a defense, and the values that do.
+ADAPTIVE_PARAMS: dict[str, Callable[[Any], bool]] = {
+    "student": lambda v: v == "auto", "labels": lambda v: v in ("auto", "hard"),
+    "votes": lambda v: int(v) > 1, "prune": lambda v: v in (True, "true", 1)}
+
+
+def adaptation(a: Any, b: Any) -> str:
+    """How attacker ``a`` adapts where ``b`` does not, if ``a`` is ``b`` plus adaptations
+    (more keys, natural rows mixed in, labels or student chosen on held-out answers,
+    votes over repeated queries, pruning); '' otherwise."""
+    if a.attack != b.attack or b.adaptive:
+        return ""
+
+    def rest(p: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in p.items() if k not in ADAPTIVE_PARAMS}
+
+    if rest(a.params) != rest(b.params):
+        return ""
+    parts = [a.adaptation] if a.adaptive else []
+    for k, adapts in ADAPTIVE_PARAMS.items():
+        v = a.params.get(k)
+        if v is not None and v != b.params.get(k) and adapts(v):
+            parts.append(f"{k}: {v}")
+    return ", ".join(p for p in parts if p)
+
+
 def _adaptations_that_won(scenario: Scenario, rows: list[dict[str, Any]]
                           ) -> list[dict[str, Any]]:
     """Adaptive attackers that got an uncaught clone where their plain counterpart (the
-    same attack and parameters on one key, nothing mixed in) did not, or got it cheaper."""
+    same attack and parameters, without the adaptation) did not, or got it cheaper."""
     out = []
     attackers = scenario.attackers
     for i, a in enumerate(attackers):
-        if not a.adaptive or not rows[i]["uncaught_clone"]:
+        if not rows[i]["uncaught_clone"]:
             continue
         for j, b in enumerate(attackers):
-            if b.adaptive or b.attack != a.attack or b.params != a.params:
+            how = adaptation(a, b) if i != j else ""
+            if not how:
                 continue
             plain = rows[j]
             if not plain["uncaught_clone"] or (plain["q90"] or 0) > (rows[i]["q90"] or 0):
-                out.append({"adaptive": a.label, "plain": b.label, "how": a.adaptation,
+                out.append({"adaptive": a.label, "plain": b.label, "how": how,
                             "queries": rows[i]["q90"],
                             "plain_result": "uncaught clone at "
                             f"{plain['q90']} queries" if plain["uncaught_clone"] else
