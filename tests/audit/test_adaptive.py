@@ -125,7 +125,7 @@ def test_choosing_labels_on_held_out_answers_is_an_adaptation() -> None:
             {"name": "other", "attack": "knockoff", "params": {"source": "uniform"},
              "budgets": [9]}]})
     soft, chosen, votes, other = scenario.attackers
-    assert adaptation(chosen, soft) == "student: auto"
+    assert adaptation(chosen, soft) == "labels: auto"  # its student is auto either way
     assert adaptation(soft, chosen) == ""  # soft labels adapt to nothing
     assert adaptation(votes, soft) == "votes: 5"
     assert adaptation(other, soft) == ""  # another query source is another attack

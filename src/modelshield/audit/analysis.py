@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from modelshield.attacks import ATTACKS
 from modelshield.audit.scenario import Defense, Scenario
 from modelshield.audit.stats import wilson
 from modelshield.defenses.config import Tier
@@ -157,11 +158,18 @@ def adaptation(a: Any, b: Any) -> str:
     if rest(a.params) != rest(b.params):
         return ""
     parts = [a.adaptation] if a.adaptive else []
+    mine, theirs = _effective(a), _effective(b)  # defaults count: knockoff's student is auto
     for k, adapts in ADAPTIVE_PARAMS.items():
-        v = a.params.get(k)
-        if v is not None and v != b.params.get(k) and adapts(v):
+        v = mine.get(k)
+        if v is not None and v != theirs.get(k) and adapts(v):
             parts.append(f"{k}: {v}")
     return ", ".join(p for p in parts if p)
+
+
+def _effective(attacker: Any) -> dict[str, Any]:
+    """The attacker's adaptive settings as its attack runs them, defaults included."""
+    obj = ATTACKS[attacker.attack](**attacker.kwargs)
+    return {k: getattr(obj, k) for k in ADAPTIVE_PARAMS if hasattr(obj, k)}
 
 
 def _adaptations_that_won(scenario: Scenario, rows: list[dict[str, Any]]
