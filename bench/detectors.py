@@ -34,9 +34,8 @@ from _common import show, write
 
 from modelshield.attacks import ATTACKS
 from modelshield.audit.evaluate import agreement
-from modelshield.defenses.detectors import RateTest
+from modelshield.defenses.detectors import RateTest, without_uncalibrated
 from modelshield.defenses.shield import Shield
-from modelshield.errors import ConfigError
 from modelshield.oracle import ShieldOracle
 from modelshield.serve.factory import build_shield
 from modelshield.victims import load_victim
@@ -67,20 +66,14 @@ CASES = [  # victim, policy, attack, budget, params
 def shield_for(victim: str, policy: str, tmp: str, seed: int) -> Shield:
     """The victim behind every detector its calibration data can calibrate (prada needs
     streams of 100 distinct records; the small data sets cannot give them)."""
-    detectors = list(DETECTORS)
-    while True:
-        try:
-            return build_shield({
-                "model": {"builtin": victim, "seed": seed},
-                "audit_url": f"sqlite:///{tmp}/{victim}-{policy}-{seed}.db",
-                "tiers": {"t": {"policy": policy, "detectors": detectors, "on_flag": "alert",
-                                "fpr": 0.001, "max_batch": 100000}}})
-        except ConfigError as exc:
-            name = str(exc).split(":")[0]
-            if name not in detectors:
-                raise
-            print(f"{victim}: without {name} ({exc})")
-            detectors.remove(name)
+    shield, left_out = without_uncalibrated(lambda detectors: build_shield({
+        "model": {"builtin": victim, "seed": seed},
+        "audit_url": f"sqlite:///{tmp}/{victim}-{policy}-{seed}.db",
+        "tiers": {"t": {"policy": policy, "detectors": detectors, "on_flag": "alert",
+                        "fpr": 0.001, "max_batch": 100000}}}), DETECTORS)
+    for x in left_out:
+        print(f"{victim}: without {x['detector']} ({x['reason']})")
+    return shield
 
 
 def benign(victim_name: str, accounts: int, seed: int, tmp: str) -> dict[str, Any]:

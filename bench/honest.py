@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from _common import show, write
 
 from modelshield.data.honest import ARCHETYPES, honest_accounts
-from modelshield.errors import ConfigError, Denied
+from modelshield.defenses.detectors import without_uncalibrated
+from modelshield.errors import Denied
 from modelshield.serve.factory import build_shield
 from modelshield.victims import load_victim
 from modelshield.victims.zoo import ZOO
@@ -92,20 +93,11 @@ def run(job: tuple[str, int, int]) -> dict[str, Any]:
             v = load_victim(name, seed)
             model, rows = {"builtin": name, "seed": seed}, v.honest
             low, high, integer = v.spec.low, v.spec.high, v.spec.integer_features
-        detectors, left_out = list(DETECTORS), []
-        while True:
-            try:
-                shield = build_shield({
-                    "model": model, "audit_url": f"sqlite:///{tmp}/audit.db",
-                    "tiers": {"t": {"detectors": detectors, "on_flag": "deny", "fpr": FPR,
-                                    "max_batch": 1000}}})
-                break
-            except ConfigError as exc:  # prada on a small data set: named, left out
-                which = str(exc).split(":")[0]
-                if which not in detectors:
-                    raise
-                detectors.remove(which)
-                left_out.append(which)
+        shield, left = without_uncalibrated(lambda detectors: build_shield({
+            "model": model, "audit_url": f"sqlite:///{tmp}/audit.db",
+            "tiers": {"t": {"detectors": detectors, "on_flag": "deny", "fpr": FPR,
+                            "max_batch": 1000}}}), DETECTORS)
+        left_out = [x["detector"] for x in left]  # prada on a small data set, named
         labels = shield.model.predict(rows).labels
         by: dict[str, Any] = {}
         try:

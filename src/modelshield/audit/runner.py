@@ -91,53 +91,34 @@ def shield_for(defense: Defense, victim: Victim) -> Iterator[Any]:
 
     A detector the calibration data cannot calibrate (prada on a small data set) is left
     out, and the Shield's ``left_out`` says which and why: the audit reports it."""
+    from modelshield.defenses.detectors import without_uncalibrated
     from modelshield.defenses.shield import Shield
     from modelshield.store import AuditStore
 
     tier = defense.as_tier().model_dump()
-    left_out: list[dict[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="modelshield-cell-") as tmp:
         benign = victim.calibration if len(victim.calibration) >= 20 else None
-        while True:
+
+        def build(detectors: list[Any]) -> Any:
             # A fixed noise key keeps cells reproducible; the attackers never see it.
             config = load_config({"audit_url": f"sqlite:///{tmp}/audit.db",
-                                  "tiers": {TIER: tier},
+                                  "tiers": {TIER: {**tier, "detectors": detectors}},
                                   "noise_secret": "modelshield-audit-cell-noise-key",
                                   "watermark_secret": "modelshield-audit-cell-watermark-key",
                                   **defense.shield_fields()})
             store = AuditStore(config.audit_url)
             try:
-                shield = Shield(config, victim.model, victim.spec, store, benign=benign)
-                break
-            except ConfigError as exc:
+                return Shield(config, victim.model, victim.spec, store, benign=benign)
+            except ConfigError:
                 store.close()
-                name = _detector_named(str(exc), tier["detectors"])
-                if name is None:
-                    raise
-                left_out.append({"detector": name, "reason": str(exc)})
-                tier = {**tier, "detectors": [d for d in tier["detectors"]
-                                              if _detector_name(d) != name]}
-        shield.left_out = left_out  # type: ignore[attr-defined]
+                raise
+
+        shield, left_out = without_uncalibrated(build, tier["detectors"])
+        shield.left_out = left_out
         try:
             yield shield
         finally:
             shield.close()
-
-
-def _detector_name(entry: Any) -> str:
-    return entry if isinstance(entry, str) else next(iter(entry))
-
-
-def _detector_named(message: str, detectors: list[Any]) -> str | None:
-    """The detector a calibration error is about, if it is one of ``detectors``."""
-    names = [_detector_name(d) for d in detectors]
-    head = message.split(":")[0]
-    if head in names:
-        return head
-    if head == "model.calibration":  # no calibration data at all: every test is left out
-        tested = [n for n in names if n != "volume"]
-        return tested[0] if tested else None
-    return None
 
 
 # -- cells ---------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ natural data, kept apart from whatever a detector was calibrated on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,14 +90,6 @@ def honest_accounts(X: FloatArray, archetype: str, accounts: int, *, seed: int =
         requests, times = make(_Ctx(X, labels, lo, hi, integer, rng), volume)
         out.append(HonestAccount(archetype, requests, np.asarray(times, dtype=np.float64)))
     return out
-
-
-def honest_mix(X: FloatArray, per_archetype: int, *, seed: int = 0,
-               archetypes: Sequence[str] = ARCHETYPES, **kwargs: object) -> list[HonestAccount]:
-    """``per_archetype`` accounts of every archetype (each archetype its own seed)."""
-    return [a for i, name in enumerate(archetypes)
-            for a in honest_accounts(X, name, per_archetype, seed=seed * 1000 + i,
-                                     **kwargs)]  # type: ignore[arg-type]
 
 
 @dataclass

@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from scipy import stats
@@ -31,6 +32,7 @@ from modelshield.errors import ConfigError
 from modelshield.registry import Registry
 
 DETECTORS: Registry[type[Detector]] = Registry("detector")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -385,7 +387,7 @@ class Boundary(RateTest):
         return np.asarray(_margins(prediction) < self.margin)
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
-        return self._test(account, int(np.sum(_margins(prediction) < self.margin)), len(inputs))
+        return self._test(account, int(self._hits(inputs, prediction).sum()), len(inputs))
 
     def calibration(self) -> dict[str, Any]:
         return {**super().calibration(), "margin": self.margin}
@@ -432,9 +434,8 @@ class OutOfDistribution(RateTest):
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         if self.reference is None or self.scale is None:
             return None
-        x = np.where(np.isnan(inputs), 0.0, inputs) / self.scale
-        n_far = int((_nearest(x, self.reference, self._ref_sq) > self.radius).sum())
-        return self._test(account, n_far, len(inputs))
+        far = self._hits(np.where(np.isnan(inputs), 0.0, inputs), prediction)
+        return self._test(account, int(far.sum()), len(inputs))
 
     def calibration(self) -> dict[str, Any]:
         return {**super().calibration(), "radius": self.radius}
@@ -686,6 +687,27 @@ class Probing(Detector):
             return Flag(self.name, float(single), f"{single} of {counts['prompts']} prompts "
                         "ask one token's logprobs (single-token probing)")
         return None
+
+
+def without_uncalibrated(build: Callable[[list[DetectorSpec]], T],
+                         detectors: list[DetectorSpec]) -> tuple[T, list[dict[str, str]]]:
+    """``build(detectors)``, leaving out each detector the calibration data cannot calibrate
+    (prada on a few dozen rows; every test when there is no data at all). Returns what
+    was built and what was left out, with the reason: an audit or a benchmark names them,
+    where a gateway refuses to start."""
+    detectors, left_out = list(detectors), list[dict[str, str]]()
+    while True:
+        try:
+            return build(detectors), left_out
+        except ConfigError as exc:
+            names = [detector_spec(d)[0] for d in detectors]
+            head = str(exc).split(":")[0]
+            if head == "model.calibration":  # no data: the tests go one by one
+                head = next((n for n in names if DETECTORS[n].needs_calibration), "")
+            if head not in names:
+                raise
+            left_out.append({"detector": head, "reason": str(exc)})
+            detectors = [d for d, n in zip(detectors, names, strict=True) if n != head]
 
 
 def detector_spec(entry: DetectorSpec) -> tuple[str, dict[str, Any]]:
