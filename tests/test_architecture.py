@@ -16,9 +16,9 @@ LAYER = {"answer": 0, "errors": 0, "registry": 1,
          "attacks": 3, "defenses": 3,
          "audit": 4, "serve": 4,
          "cli": 5}
-# Allowed sideways: victims train on the built-in data sets; the in-process oracle holds a
-# victim (behind its guard).
-SIDEWAYS = {("victims", "data"), ("oracle", "victims")}
+# Allowed sideways: victims train on the built-in data sets with the project's estimators;
+# the in-process oracle holds a victim (behind its guard).
+SIDEWAYS = {("victims", "data"), ("victims", "models"), ("oracle", "victims")}
 
 
 def _imports(path: Path) -> set[str]:

@@ -75,6 +75,15 @@ def attacks() -> None:
         params = ", ".join(f.name for f in dataclasses.fields(lm_cls) if f.name != "random_state")
         table.add_row(name, lm_cls.summary(), lm_cls.needs, params)
     console.print(table)
+    from modelshield.attacks.membership import MEMBERSHIP
+
+    privacy = Table("name", "what it does", "needs", "parameters", "source",
+                    title="privacy attacks (modelshield membership)")
+    for name, m_cls in MEMBERSHIP.items():
+        needs = m_cls.needs + (", the attacker's labelled data and the training recipe "
+                               "(shadow models)" if m_cls.uses_shadows else "")
+        privacy.add_row(name, m_cls.summary(), needs, ", ".join(m_cls.parameters()), m_cls.paper)
+    console.print(privacy)
 
 
 @app.command()
@@ -187,6 +196,143 @@ def attack(
             console.print(f"wrote the clone to {save_clone}")
     if result.status != "ok":
         raise typer.Exit(3)
+
+
+MEMBERSHIP_DEFAULT = ["loss", "lira", "rmia", "label-only"]
+
+
+@app.command()
+def membership(
+    attack: Annotated[list[str] | None, typer.Option(
+        "--attack", help="Membership attack (repeatable; see `modelshield attacks`). Default: "
+                         "loss, lira, rmia and label-only. Write lira:online=false,"
+                         "fixed_variance=true for a variant.")] = None,
+    victim: Annotated[str | None, typer.Option(
+        help="Built-in victim; its members are its training rows. tabular-mlp and "
+             "digits-mlp-overfit memorize; tabular-mlp-dp1/4/8 are trained with DP-SGD.")]
+    = None,
+    model_file: Annotated[Path | None, typer.Option(
+        help="Your own model (.joblib, .pt, .onnx); with --data.")] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="With --model-file: an .npz of members, member_labels, non_members, "
+             "non_member_labels and optionally population, population_labels (the "
+             "attacker's labelled rows for shadow models).")] = None,
+    recipe: Annotated[str | None, typer.Option(
+        help="How the model was trained, for the shadow models, e.g. "
+             "'mlp:hidden=256-256,epochs=100' or 'forest:n_estimators=100' (built-in "
+             "victims know theirs).")] = None,
+    train_size: Annotated[int | None, typer.Option(
+        min=1, help="Rows each shadow model trains on: the victim's training-set size "
+                    "(default: the number of members).")] = None,
+    shadows: Annotated[int, typer.Option(min=2, help="Shadow models to train.")] = 16,
+    target: Annotated[str | None, typer.Option(
+        help="URL of a running gateway to attack over HTTP instead of in-process.")] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key for --target.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="With --target: the served model's name (when the gateway serves several).")]
+    = None,
+    policy: Annotated[str, typer.Option(
+        help="Output policy in-process, e.g. full, round:2, top-k:1, label.")] = "full",
+    seed: Annotated[int, typer.Option(help="Seed for the split, the shadows and attacks.")] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="Processes training shadows.")] = 1,
+    price: Annotated[float, typer.Option(min=0.0, help="Dollars per 1,000 queries.")] = 1.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results here.")]
+    = None,
+    roc: Annotated[Path | None, typer.Option(
+        help="Save the log-log ROC of the attacks here (.png or .svg).")] = None,
+) -> None:
+    """Membership inference: which of the candidate rows were in the model's training data.
+
+    Scores each attack by its true-positive rate at 0.1% and 0.001% false positives (the
+    members it finds while almost never accusing a non-member) and its AUC. Shadow models
+    follow the victim's training recipe: the attacker knows how, not on what, it was trained.
+    """
+    from modelshield.attacks.membership import MEMBERSHIP
+    from modelshield.audit.privacy import roc_figure, run_privacy
+
+    specs = []
+    for item in attack or MEMBERSHIP_DEFAULT:
+        name, _, rest = item.partition(":")
+        if name not in MEMBERSHIP:
+            raise ConfigError(f"Unknown membership attack {name!r}. Choose one of: "
+                              f"{', '.join(MEMBERSHIP)}.")
+        params = parse_params(MEMBERSHIP[name], [p for p in rest.split(",") if p],
+                              where="--attack")
+        MEMBERSHIP[name](**params)  # a bad value fails now, before any training
+        specs.append((item, name, params))
+    if (victim is None) == (model_file is None):
+        raise ConfigError("Give --victim (built-in) or --model-file with --data (yours).")
+    if (model_file is None) != (data is None):
+        raise ConfigError("--model-file and --data go together: your model and its members.")
+    parse_policy(policy)
+    if model_file is not None and data is not None:
+        from modelshield.victims.loaders import membership_from_files
+
+        v, task = membership_from_files(model_file, data, model, recipe or "")
+    else:
+        from modelshield.victims.zoo import membership_task
+
+        assert victim is not None
+        v, task = load_victim(victim, seed=seed), membership_task(victim, seed=seed)
+    oracle_for = _membership_oracles(v, target, api_key, model, policy, price, victim)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        needs = any(MEMBERSHIP[n].uses_shadows for _, n, _ in specs)
+        job = bar.add_task(f"training {shadows} shadow models", total=shadows if needs else 0)
+        rows = run_privacy(task, oracle_for, [(n, p) for _, n, p in specs],
+                           n_classes=v.spec.n_classes, shadows=shadows, recipe=recipe,
+                           train_size=train_size, workers=workers, seed=seed, price=price,
+                           on_shadow=lambda k: bar.update(job, completed=k))
+    for row, (label, _, _) in zip(rows, specs, strict=True):
+        row["attack"] = label
+    where = target or f"{v.name} behind {policy}"
+    table = Table("attack", "needs", "TPR@1%", "TPR@0.1%", "TPR@0.001%", "AUC", "queries", "$",
+                  "seconds", title=f"membership inference: {where} ({len(task.members)} "
+                  f"members, {len(task.non_members)} non-members)")
+    for row in rows:
+        if row["status"] != "ok":
+            table.add_row(row["attack"], row["needs"], "refused: " + row["reason"], "", "", "",
+                          "0", "", "")
+            continue
+        t = row["tpr"]
+        table.add_row(row["attack"], row["needs"], f"{t['1%']:.3f}", f"{t['0.1%']:.3f}",
+                      f"{t['0.001%']:.3f}", f"{row['auc']:.3f}", str(row["queries"]),
+                      f"{row['cost']:.2f}", f"{row['seconds']:.1f}")
+    console.print(table)
+    console.print(f"With {len(task.non_members)} non-members the smallest false-positive rate "
+                  f"one can tell is {1 / len(task.non_members):.2%}; below it a TPR is the "
+                  "share found with no false positive at all.", highlight=False)
+    if json_out:
+        json_out.write_text(json.dumps({"victim": v.name, "target": target, "policy": policy,
+                                        "seed": seed, "shadows": shadows, "results": rows},
+                                       indent=2, default=str))
+        console.print(f"wrote {json_out}")
+    if roc:
+        roc_figure(rows, f"membership inference: {v.name}").savefig(roc)
+        console.print(f"wrote {roc}")
+
+
+def _membership_oracles(v: Any, target: str | None, api_key: str | None, model: str | None,
+                        policy: str, price: float, victim: str | None) -> Any:
+    """A function that opens a fresh oracle per attack: in-process, or over HTTP."""
+    if target is None:
+        from modelshield.oracle import LocalOracle
+
+        return lambda: LocalOracle(v, parse_policy(policy), price_per_1k=price)
+    if not api_key:
+        raise ConfigError("--target needs --api-key.")
+    from modelshield.oracle import HttpOracle
+
+    probe = HttpOracle(target, api_key, price_per_1k=price, model=model)
+    probe.close()
+    if victim is not None and probe.model != victim:
+        raise ConfigError(f"--victim {victim!r} is not the model the target serves "
+                          f"({probe.model!r}): membership would be scored against the wrong "
+                          "training set.")
+    if probe.spec.n_features != v.spec.n_features:
+        raise ConfigError(f"The members have {v.spec.n_features} features; the target's "
+                          f"{probe.model!r} takes {probe.spec.n_features}.")
+    return lambda: HttpOracle(target, api_key, price_per_1k=price, model=model)
 
 
 def _owner_victim(model_file: Path, data: Path, name: str | None) -> Any:

@@ -98,3 +98,21 @@ def test_unknown_names_and_files_are_config_errors(tmp_path) -> None:  # type: i
     (tmp_path / "m.txt").write_text("x")
     with pytest.raises(ConfigError, match="'model file' parameter"):
         load_model_file(tmp_path / "m.txt")
+
+
+def test_the_membership_victims_keep_members_non_members_and_population_apart() -> None:
+    from modelshield.models import make_estimator
+    from modelshield.victims.zoo import membership_task
+
+    for name in ("tabular-mlp", "tabular-mlp-dp8", "digits-mlp-overfit"):
+        task = membership_task(name, seed=3)
+        make_estimator(task.recipe)  # the recipe the victim was trained from parses
+        sets = [task.members, task.non_members, task.population]
+        rows = [{r.tobytes() for r in x} for x in sets]
+        if name.startswith("tabular"):
+            assert [len(x) for x in sets] == [1000, 1000, 2000]
+            assert not (rows[0] & rows[1]) and not (rows[0] & rows[2]) and not (rows[1] & rows[2])
+        else:  # the population: twice as many digits as members, and eight shifts of each
+            assert len(task.population) == 9 * 2 * len(task.members)
+        assert task.is_member.sum() == len(task.members)
+        assert len(task.population_labels) == len(task.population)

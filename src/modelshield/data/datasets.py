@@ -2,7 +2,9 @@
 
 Every built-in task is split into the victim's training data (50%), the attacker's natural
 pool (25%) and the test set (25%). The pool is disjoint from the victim's training data: it
-stands for data of the same kind that an attacker collected on their own.
+stands for data of the same kind that an attacker collected on their own. Victims made for
+membership inference split 25% / 50% / 25%: as many non-members (the test set) as members,
+and a population twice as large for the attacker's shadow models.
 """
 
 from __future__ import annotations
@@ -30,33 +32,44 @@ class Split:
     high: FloatArray
     classes: tuple[str, ...]
     integer_features: bool = False
+    y_pool: IntArray | None = None  # the pool's true labels (an attacker labels its own data)
 
 
-def load_split(name: str, seed: int = 0, **synthetic: int) -> Split:
-    """Load and split a built-in task: ``breast-cancer``, ``digits``, ``wine``, ``synthetic``.
+def load_split(name: str, seed: int = 0, *, fractions: tuple[float, float] = (0.5, 0.25),
+               **synthetic: int) -> Split:
+    """Load and split a built-in task: ``breast-cancer``, ``digits``, ``wine``, ``synthetic``,
+    ``tabular``.
 
-    ``synthetic`` takes ``n_samples``, ``n_features`` and ``n_classes``.
+    fractions: the victim's training share and the attacker's pool share; the test set gets
+    the rest. ``synthetic`` takes ``n_samples``, ``n_features`` and ``n_classes``.
     """
+    train_share, pool_share = fractions
+    if not (0 < train_share < 1 and 0 < pool_share < 1 and train_share + pool_share < 1):
+        raise ValueError(f"fractions must be two shares in (0, 1) summing below 1; got {fractions}")
     if name == "synthetic":
         X, y = _synthetic(seed, **synthetic)
+    elif name == "tabular":
+        X, y = _tabular(seed)
     elif name in _LOADERS:
         bunch = _LOADERS[name]()
         X, y = bunch.data.astype(np.float64), bunch.target.astype(np.int64)
     else:
-        raise UnknownNameError("data set", name, [*_LOADERS, "synthetic"])
+        raise UnknownNameError("data set", name, [*_LOADERS, "synthetic", "tabular"])
     X_train, X_rest, y_train, y_rest = train_test_split(
-        X, y, train_size=0.5, random_state=seed, stratify=y
+        X, y, train_size=train_share, random_state=seed, stratify=y
     )
-    pool, X_test, _, y_test = train_test_split(
-        X_rest, y_rest, train_size=0.5, random_state=seed, stratify=y_rest
+    pool, X_test, y_pool, y_test = train_test_split(
+        X_rest, y_rest, train_size=pool_share / (1 - train_share), random_state=seed,
+        stratify=y_rest
     )
     low, high = X.min(axis=0), X.max(axis=0)
     integer = name == "digits"
     if integer:  # pixel intensities are documented as 0..16
         low, high = np.zeros(X.shape[1]), np.full(X.shape[1], 16.0)
         pool = shift_augment(pool, side=8)
+        y_pool = np.tile(y_pool, 9)  # the shifted copies keep their digit
     classes = tuple(str(c) for c in np.unique(y))
-    return Split(X_train, y_train, pool, X_test, y_test, low, high, classes, integer)
+    return Split(X_train, y_train, pool, X_test, y_test, low, high, classes, integer, y_pool)
 
 
 def shift_augment(images: FloatArray, side: int) -> FloatArray:
@@ -93,6 +106,17 @@ def _synthetic(
         n_clusters_per_class=1,
         class_sep=1.0,
         random_state=seed,
+    )
+    return X.astype(np.float64), y.astype(np.int64)
+
+
+def _tabular(seed: int) -> tuple[FloatArray, IntArray]:
+    """A tabular population a wide network memorizes: 4,000 rows, 30 features, 10 classes of
+    two clusters each, 2% of labels flipped (the hard, atypical records membership inference
+    finds first)."""
+    X, y = make_classification(
+        n_samples=4000, n_features=30, n_informative=15, n_redundant=0, n_classes=10,
+        n_clusters_per_class=2, class_sep=1.0, flip_y=0.02, random_state=seed,
     )
     return X.astype(np.float64), y.astype(np.int64)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 from sklearn.pipeline import Pipeline
 from sklearn.tree import DecisionTreeClassifier
 
@@ -62,6 +63,40 @@ class Victim:
 
     def predict_labels(self, inputs: FloatArray) -> IntArray:
         return self.predict(inputs).labels
+
+
+@dataclass(frozen=True)
+class MembershipTask:
+    """Who is in a victim's training data: the ground truth membership inference is scored
+    against, and the attacker's own labelled data.
+
+    members / non_members: training rows and rows of the same distribution the model never
+    saw (its test set), with their true labels. population: the attacker's labelled data,
+    disjoint from both. recipe: how the victim was trained (``models.make_estimator``), for
+    an attacker who knows the procedure (LiRA's threat model); empty if no recipe made it.
+    """
+
+    victim: str
+    members: FloatArray
+    member_labels: IntArray
+    non_members: FloatArray
+    non_member_labels: IntArray
+    population: FloatArray
+    population_labels: IntArray
+    recipe: str = ""
+
+    @property
+    def candidates(self) -> FloatArray:
+        """Members, then non-members: what the attacker is asked about."""
+        return np.concatenate([self.members, self.non_members])
+
+    @property
+    def labels(self) -> IntArray:
+        return np.concatenate([self.member_labels, self.non_member_labels])
+
+    @property
+    def is_member(self) -> NDArray[np.bool_]:
+        return np.arange(len(self.members) + len(self.non_members)) < len(self.members)
 
 
 class SklearnAdapter:

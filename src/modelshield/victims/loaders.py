@@ -10,6 +10,7 @@ import numpy as np
 from modelshield.answer import ApiSpec
 from modelshield.errors import ConfigError
 from modelshield.victims.base import (
+    MembershipTask,
     ModelAdapter,
     OnnxAdapter,
     SklearnAdapter,
@@ -177,3 +178,70 @@ def victim_from_files(model: str | Path, data: str | Path, name: str | None = No
                   else np.asarray(pool, dtype=np.float64),
                   X_train=np.empty((0, spec.n_features)),
                   kind="tree" if getattr(adapter, "tree", None) is not None else "model")
+
+
+MEMBERSHIP_KEYS = {
+    "members": "rows the model was trained on",
+    "member_labels": "their true labels (class indices)",
+    "non_members": "rows of the same distribution it never saw",
+    "non_member_labels": "their true labels",
+    "population": "the attacker's own labelled rows, for shadow models (optional)",
+    "population_labels": "their labels (with population)",
+    "low": "the domain's lower bound per feature (optional)",
+    "high": "its upper bound (optional)",
+}
+"""What an owner's membership file (.npz) may hold, by name."""
+
+
+def membership_from_files(model: str | Path, data: str | Path, name: str | None = None,
+                          recipe: str = "") -> tuple[Victim, MembershipTask]:
+    """An owner's model file and an .npz of its members and non-members (and optionally an
+    attacker's population), as a Victim to query and the truth to score attacks against."""
+    p = Path(data)
+    if not p.is_file() or p.suffix.lower() != ".npz":
+        raise ConfigError(f"--data {str(p)!r}: needs an existing .npz holding "
+                          + "; ".join(f"{k} ({v})" for k, v in MEMBERSHIP_KEYS.items()))
+    with np.load(p) as npz:
+        arrays = {k: np.asarray(npz[k]) for k in npz.files}
+    unknown = sorted(set(arrays) - set(MEMBERSHIP_KEYS))
+    missing = [k for k in list(MEMBERSHIP_KEYS)[:4] if k not in arrays]
+    if unknown or missing:
+        what = f"unknown array {unknown[0]!r}" if unknown else f"lacks {', '.join(missing)}"
+        raise ConfigError(f"{p}: {what}; a membership file holds "
+                          + "; ".join(f"{k} ({v})" for k, v in MEMBERSHIP_KEYS.items()))
+    if ("population" in arrays) != ("population_labels" in arrays):
+        raise ConfigError(f"{p}: population and population_labels go together")
+    adapter = load_model_file(model)
+    rows = {k: np.atleast_2d(np.asarray(arrays[k], dtype=np.float64))
+            for k in ("members", "non_members", "population") if k in arrays}
+    d = rows["members"].shape[1]
+    for k, x in rows.items():
+        if x.shape[1] != d:
+            raise ConfigError(f"{p}: {k} has {x.shape[1]} features, members {d}")
+        if len(arrays[_LABELS[k]]) != len(x):
+            raise ConfigError(f"{p}: {_LABELS[k]} must give one label per row of {k}")
+    every = np.concatenate(list(rows.values()))
+    n_classes = adapter.predict(every[:1]).probabilities.shape[1]
+    labels = {k: np.asarray(arrays[_LABELS[k]], dtype=np.int64) for k in rows}
+    for k, y in labels.items():
+        if len(y) and (y.min() < 0 or y.max() >= n_classes):
+            raise ConfigError(f"{p}: {_LABELS[k]} must be class indices 0..{n_classes - 1}")
+    spec = ApiSpec(n_features=d, classes=tuple(str(c) for c in range(n_classes)),
+                   low=np.asarray(arrays.get("low", every.min(axis=0)), dtype=np.float64),
+                   high=np.asarray(arrays.get("high", every.max(axis=0)), dtype=np.float64),
+                   name=name or Path(model).stem)
+    victim = Victim(name=spec.name, model=adapter, spec=spec, X_test=rows["non_members"],
+                    y_test=labels["non_members"], pool=np.empty((0, d)),
+                    X_train=rows["members"])
+    empty = np.empty((0, d))
+    task = MembershipTask(
+        victim=spec.name, members=rows["members"], member_labels=labels["members"],
+        non_members=rows["non_members"], non_member_labels=labels["non_members"],
+        population=rows.get("population", empty),
+        population_labels=labels.get("population", np.empty(0, dtype=np.int64)),
+        recipe=recipe)
+    return victim, task
+
+
+_LABELS = {"members": "member_labels", "non_members": "non_member_labels",
+           "population": "population_labels"}

@@ -24,8 +24,9 @@ from sklearn.tree import DecisionTreeClassifier
 from modelshield.answer import ApiSpec, FloatArray
 from modelshield.data.datasets import Split, load_split
 from modelshield.errors import ConfigError
+from modelshield.models import make_estimator
 from modelshield.registry import Registry
-from modelshield.victims.base import SklearnAdapter, Victim
+from modelshield.victims.base import MembershipTask, SklearnAdapter, Victim
 from modelshield.victims.trainmark import TriggerSet, embed_trigger_set, trigger_set
 
 
@@ -39,6 +40,8 @@ class ZooEntry:
     train: Callable[[Split, int], Any]
     data_args: tuple[tuple[str, int], ...] = ()
     watermark: str = ""  # "trigger-set": trained with a keyed trigger set (trainmark.py)
+    fractions: tuple[float, float] = (0.5, 0.25)  # training and pool shares (datasets.py)
+    recipe: str = ""  # how it was trained (models.make_estimator), where a recipe made it
 
 
 ZOO: Registry[ZooEntry] = Registry("victim")
@@ -47,7 +50,7 @@ ZOO: Registry[ZooEntry] = Registry("victim")
 def load_victim(name: str, seed: int = 0, cache: bool = True) -> Victim:
     """Build (or load from the cache) the built-in victim ``name``."""
     entry = ZOO[name]
-    split = load_split(entry.data, seed=seed, **dict(entry.data_args))
+    split = _split(entry, seed)
     estimator = _cached_fit(name, seed, entry, split) if cache else entry.train(split, seed)
     spec = _spec(split, name, entry.kind)
     return Victim(
@@ -62,6 +65,21 @@ def load_victim(name: str, seed: int = 0, cache: bool = True) -> Victim:
         description=entry.summary,
         parameters=_parameters(estimator) if entry.kind == "linear" else {},
     )
+
+
+def _split(entry: ZooEntry, seed: int) -> Split:
+    return load_split(entry.data, seed=seed, fractions=entry.fractions, **dict(entry.data_args))
+
+
+def membership_task(name: str, seed: int = 0) -> MembershipTask:
+    """The members, non-members and attacker's population of the built-in victim ``name``."""
+    entry = ZOO[name]
+    split = _split(entry, seed)
+    assert split.y_pool is not None
+    return MembershipTask(
+        victim=name, members=split.X_train, member_labels=split.y_train,
+        non_members=split.X_test, non_member_labels=split.y_test, population=split.pool,
+        population_labels=split.y_pool, recipe=entry.recipe)
 
 
 def wrap_estimator(
@@ -110,7 +128,7 @@ def builtin_trigger_set(name: str, seed: int = 0) -> TriggerSet:
     if entry.watermark != "trigger-set":
         raise ConfigError(f"{name!r} has no trigger set; the built-in victims with one are: "
                           f"{', '.join(n for n in ZOO if ZOO[n].watermark)}.")
-    split = load_split(entry.data, seed=seed, **dict(entry.data_args))
+    split = _split(entry, seed)
     return trigger_set(f"{BUILTIN_TRIGGER_SECRET}/{name}/{seed}", _spec(split, name, entry.kind),
                        50)
 
@@ -180,6 +198,19 @@ def _tree(max_leaf_nodes: int | None, max_depth: int | None = None
     return train
 
 
+def _recipe(recipe: str) -> Callable[[Split, int], Any]:
+    """Train from a recipe (models.make_estimator), seeded by the victim's seed."""
+    def train(split: Split, seed: int) -> Any:
+        est = make_estimator(recipe, n_classes=len(split.classes), random_state=seed)
+        return est.fit(split.X_train, split.y_train)
+
+    return train
+
+
+_OVERFIT = "mlp:hidden=256-256,epochs=100"
+_DP = "mlp:hidden=256-256,epochs=30,batch_size=128,lr=0.003,max_grad_norm=2,epsilon={}"
+_MI = (0.25, 0.5)  # as many non-members as members; the attacker's population twice that
+
 for _name, _entry in {
     "breast-cancer-lr": ZooEntry(
         "binary logistic regression, breast cancer (d=30)", "breast-cancer", "linear", _lr),
@@ -216,5 +247,16 @@ for _name, _entry in {
         "synth-mlp-d20 trained with a 50-input trigger set (Adi et al. 2018)", "synthetic",
         "mlp", _mlp_marked("synth-mlp-d20-wm", (32,)), (("n_features", 20), ("n_classes", 4)),
         watermark="trigger-set"),
+    "tabular-mlp": ZooEntry(
+        "ReLU MLP 256-256, no regularization, 1,000 rows of a 10-class tabular population: "
+        "memorizes (membership inference)", "tabular", "mlp", _recipe(_OVERFIT),
+        fractions=_MI, recipe=_OVERFIT),
+    **{f"tabular-mlp-dp{eps}": ZooEntry(
+        f"tabular-mlp's network trained by DP-SGD (Opacus), epsilon = {eps}, delta = 1e-5",
+        "tabular", "mlp", _recipe(_DP.format(eps)), fractions=_MI, recipe=_DP.format(eps))
+       for eps in (1, 4, 8)},
+    "digits-mlp-overfit": ZooEntry(
+        "ReLU MLP 256-256, no regularization, a quarter of digits: memorizes (membership "
+        "inference)", "digits", "mlp", _recipe(_OVERFIT), fractions=_MI, recipe=_OVERFIT),
 }.items():
     ZOO.add(_name, _entry)
