@@ -65,7 +65,9 @@ def test_example_scenario_loads_and_plans_every_cell() -> None:
     s = load_scenario(yaml.safe_load(EXAMPLE))
     cells = plan(s)
     budgets = sum(len(a.budgets) for a in s.attackers)
-    assert len(cells) == len(s.defenses) * (budgets + 1)  # + one honest-user cell each
+    # + one honest-user cell and one membership-inference cell per defense
+    assert len(cells) == len(s.defenses) * (budgets + 2)
+    assert s.privacy is not None and s.privacy.shadows == 16
     assert s.deployed_defense == "monitored"
 
 

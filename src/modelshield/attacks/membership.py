@@ -23,10 +23,12 @@ knows the training procedure but not the data; a wrong guess is the attacker's l
 
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -80,6 +82,23 @@ class ShadowSet:
     @property
     def size(self) -> int:
         return int(self.probs.shape[0])
+
+    def save(self, path: str | Path) -> None:
+        """Write the set to an .npz (atomically), to share among runs."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.stem}.tmp{os.getpid()}.npz")
+        np.savez(tmp, probs=self.probs, keep=self.keep, ref_rows=self.ref_rows,
+                 ref_probs=self.ref_probs, ref_keep=self.ref_keep,
+                 recipe=np.array(self.recipe), seconds=np.array(self.seconds))
+        tmp.replace(target)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ShadowSet:
+        with np.load(path) as z:
+            return cls(probs=z["probs"], keep=z["keep"], ref_rows=z["ref_rows"],
+                       ref_probs=z["ref_probs"], ref_keep=z["ref_keep"],
+                       recipe=str(z["recipe"]), seconds=float(z["seconds"]))
 
     @classmethod
     def train(

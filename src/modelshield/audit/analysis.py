@@ -25,6 +25,9 @@ The rules (docs/audit.md explains them):
   cost: accuracy lost, calibration error
   added, share of honest accounts flagged and share refused. Recommendations rank the
   defenses that protect better than the deployed one by protection gained per unit of cost.
+* Membership exposure, per defense with a privacy cell: HIGH when the best membership
+  attack tells at least 10% of the training rows at 0.1% false positives, MEDIUM at 1%,
+  else LOWER. The rating as deployed is the worse of the extraction rating and this.
 """
 
 from __future__ import annotations
@@ -63,11 +66,13 @@ def analyse(scenario: Scenario, cells: list[dict[str, Any]]) -> dict[str, Any]:
         if benign is not None and benign.get("status") == "error":
             benign_error = str(benign["reason"])
             benign = None
+        privacy = _privacy(next((c for c in cells if c["kind"] == "privacy"
+                                 and c["defense"] == profile.name), None))
         defenses.append({"name": profile.name, "tier": _tier_fields(profile),
                          "on_flag": tier.on_flag,
                          "flags_count": acts, "attackers": rows, "benign": benign,
                          "benign_error": benign_error,
-                         "honest_cost": _honest_cost(benign)})
+                         "honest_cost": _honest_cost(benign), "privacy": privacy})
     for a_index in range(len(scenario.attackers)):
         ref = min((d["attackers"][a_index]["q90"] for d in defenses
                    if d["attackers"][a_index]["q90"] is not None), default=None)
@@ -80,15 +85,57 @@ def analyse(scenario: Scenario, cells: list[dict[str, Any]]) -> dict[str, Any]:
         d["cheapest_clone"] = _cheapest(d["attackers"])
         d["rating"], d["facts"] = _rate(scenario, d)
     deployed = next(d for d in defenses if d["name"] == scenario.deployed_defense)
+    inference = deployed["privacy"]["level"] if deployed["privacy"] else None
+    level = max(deployed["rating"], inference or "LOWER", key=LEVELS.index)
     return {
         "price_per_1k": price, "model_value": scenario.model_value,
         "deployed": deployed["name"],
-        "rating": {"level": deployed["rating"], "defense": deployed["name"],
-                   "facts": deployed["facts"] + _deployment_facts(scenario)},
+        "rating": {"level": level, "defense": deployed["name"],
+                   "extraction": deployed["rating"], "inference": inference,
+                   "facts": deployed["facts"] + (deployed["privacy"] or {}).get("facts", [])
+                   + _deployment_facts(scenario)},
         "defenses": defenses,
         "recommendations": _recommend(scenario, defenses, deployed),
         "best_defenses": _best_defenses(scenario, defenses),
     }
+
+
+LEVELS = ["LOWER", "MEDIUM", "HIGH"]
+PRIVACY_HIGH = 0.10  # a tenth of the training rows found at 0.1% false positives: HIGH
+PRIVACY_MEDIUM = 0.01  # ten times the false-positive rate: MEDIUM
+
+
+def _privacy(cell: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Membership exposure under one defense: each attack's TPR at 0.1% FPR and AUC, and a
+    level from the best: HIGH when it finds at least 10% of the training rows at 0.1% false
+    positives, MEDIUM at 1% (ten times the false-positive rate), else LOWER."""
+    if cell is None:
+        return None
+    if cell.get("status") != "ok":
+        return {"level": None, "attacks": [], "best": None,
+                "facts": [f"Membership inference not measured: {cell.get('reason')}."]}
+    rows = cell["attacks"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    best = max(ok, key=lambda r: (r["tpr"]["0.1%"], r["auc"]), default=None)
+    facts = []
+    if best is None:
+        level = "LOWER"
+        facts.append("No membership attack got an answer it could use.")
+    else:
+        tpr = best["tpr"]["0.1%"]
+        level = "HIGH" if tpr >= PRIVACY_HIGH else "MEDIUM" if tpr >= PRIVACY_MEDIUM else "LOWER"
+        exact = "" if best["resolution"] <= 1e-3 else (
+            f" (with {best['non_members']} non-members: at no false positive)")
+        facts.append(f"Membership inference: {best['attack']} tells {tpr:.1%} of the "
+                     f"{best['members']:,} training rows at 0.1% false positives{exact}, AUC "
+                     f"{best['auc']:.3f}, with {best['queries']:,} queries "
+                     f"(${best['cost']:,.2f}).")
+    for r in rows:
+        if r["status"] != "ok":
+            facts.append(f"{r['attack']}: {r['status']} ({r['reason']}).")
+    return {"level": level, "attacks": rows, "best": None if best is None else best["attack"],
+            "facts": facts, "members": cell.get("members"),
+            "non_members": cell.get("non_members")}
 
 
 def _attacker_summary(label: str, cells: list[dict[str, Any]], price: float,

@@ -10,6 +10,7 @@ is the TPR at zero false positives, and ``resolution`` says so.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from modelshield.answer import FloatArray
 from modelshield.attacks.membership import MEMBERSHIP, ShadowSet
-from modelshield.errors import AttackRefused, ConfigError
+from modelshield.errors import AttackRefused, ConfigError, OracleError
 from modelshield.models import RECIPES, make_estimator
 from modelshield.oracle.base import Oracle
 from modelshield.victims.base import MembershipTask
@@ -67,6 +68,7 @@ def run_privacy(
     attacks: list[tuple[str, dict[str, Any]]], *, n_classes: int, shadows: int = 16,
     recipe: str | None = None, train_size: int | None = None, workers: int = 1,
     seed: int = 0, price: float = 0.0, on_shadow: Callable[[int], None] | None = None,
+    shadow_cache: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Run membership attacks on ``task``'s candidates, each through a fresh oracle.
 
@@ -84,11 +86,15 @@ def run_privacy(
                               "e.g. mlp:hidden=256-256,epochs=100; recipes: "
                               + "; ".join(f"{k}: {v}" for k, v in RECIPES.items()))
         make_estimator(how)
-        shadow_set = ShadowSet.train(
-            how, task.candidates, task.labels, task.population, task.population_labels,
-            n_shadows=shadows, online=True, train_size=train_size or len(task.members),
-            n_classes=n_classes, random_state=1000 + seed, workers=workers,
-            progress=on_shadow)
+
+        def train() -> ShadowSet:
+            return ShadowSet.train(
+                how, task.candidates, task.labels, task.population, task.population_labels,
+                n_shadows=shadows, online=True, train_size=train_size or len(task.members),
+                n_classes=n_classes, random_state=1000 + seed, workers=workers,
+                progress=on_shadow)
+
+        shadow_set = train() if shadow_cache is None else _cached(shadow_cache, train)
     rows = []
     for (cls, params), (name, _) in zip(chosen, attacks, strict=True):
         if cls.uses_shadows:
@@ -106,6 +112,10 @@ def run_privacy(
         except AttackRefused as exc:
             rows.append({**row, "status": "refused", "reason": str(exc)})
             continue
+        except OracleError as exc:  # the Shield blocked the key
+            rows.append({**row, "status": "blocked", "reason": str(exc),
+                         "queries": getattr(oracle, "used", 0)})
+            continue
         finally:
             close = getattr(oracle, "close", None)
             if close is not None:
@@ -114,6 +124,22 @@ def run_privacy(
                      "queries": r.queries, "cost": r.queries * price / 1000.0,
                      "seconds": round(r.seconds, 2), "info": r.info})
     return rows
+
+
+def _cached(path: Path, train: Callable[[], ShadowSet]) -> ShadowSet:
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            try:
+                return ShadowSet.load(path)
+            except (OSError, ValueError, KeyError):  # a torn file: train again
+                path.unlink(missing_ok=True)
+        shadow_set = train()
+        shadow_set.save(path)
+        return shadow_set
 
 
 def roc_figure(rows: list[dict[str, Any]], title: str) -> Figure:

@@ -183,6 +183,34 @@ def fig_dollars(doc: dict[str, Any]) -> str:
     return inline_svg(fig, "dollars")
 
 
+def fig_privacy(doc: dict[str, Any]) -> str:
+    """Log-log ROC of each membership attack, one panel per defense."""
+    defenses = [d for d in doc["analysis"]["defenses"]
+                if d.get("privacy") and d["privacy"]["attacks"]]
+    if not defenses:
+        return ""
+    cols = min(len(defenses), 3)
+    rows = -(-len(defenses) // cols)
+    fig = Figure(figsize=(4.2 * cols, 3.6 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat[len(defenses):]:
+        ax.set_visible(False)
+    for ax, d in zip(axes.flat, defenses, strict=False):
+        grid = np.logspace(-4, 0, 20)
+        ax.plot(grid, grid, color="grey", linestyle=":", linewidth=1)
+        for r in d["privacy"]["attacks"]:
+            if r["status"] != "ok":
+                continue
+            tpr = np.maximum(np.asarray(r["roc"]["tpr"]), 1e-4)
+            ax.plot(r["roc"]["fpr"], tpr, label=f"{r['attack']} ({r['tpr']['0.1%']:.3f})")
+        ax.set(xscale="log", yscale="log", xlim=(1e-4, 1), ylim=(1e-4, 1),
+               title=d["name"], xlabel="false-positive rate", ylabel="true-positive rate")
+        ax.axvline(1e-3, color="grey", linewidth=0.6, linestyle="--")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return inline_svg(fig, "privacy")
+
+
 # -- pages ---------------------------------------------------------------------------------
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("modelshield.audit", "templates"),
@@ -199,7 +227,7 @@ def render_html(doc: dict[str, Any]) -> str:
     return _env().get_template("report.html.j2").render(
         doc=doc, s=doc["scenario"], a=doc["analysis"], rating_colors=RATING_COLORS,
         figures={"curves": fig_curves(doc), "tradeoff": fig_tradeoff(doc),
-                 "dollars": fig_dollars(doc)})
+                 "dollars": fig_dollars(doc), "privacy": fig_privacy(doc)})
 
 
 def render_markdown(doc: dict[str, Any]) -> str:

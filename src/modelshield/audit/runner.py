@@ -140,6 +140,13 @@ def plan(scenario: Scenario) -> list[dict[str, Any]]:
         if not scenario.target.remote:
             cells.append({"kind": "benign", "defense": d.model_dump(),
                           "benign": scenario.benign.model_dump(), **tier_file, **common})
+        if scenario.privacy is not None:
+            data = scenario.privacy.data
+            cells.append({"kind": "privacy", "defense": d.model_dump(),
+                          "privacy": scenario.privacy.model_dump(),
+                          "privacy_file": hashlib.sha256(Path(data).read_bytes()).hexdigest()
+                          if data else None,
+                          "price_per_1k": scenario.price_per_1k, **tier_file, **common})
     return cells
 
 
@@ -156,6 +163,8 @@ def run_one(cell: dict[str, Any]) -> dict[str, Any]:
         victim = target_victim(target)
         if cell["kind"] == "benign":
             out = _benign_cell(cell, defense, victim)
+        elif cell["kind"] == "privacy":
+            out = _privacy_cell(cell, target, defense)
         else:
             out = _attack_cell(cell, target, defense, victim)
     except Exception as exc:  # one broken cell is a row that says why, not a lost audit
@@ -224,6 +233,61 @@ def _attack_cell(cell: dict[str, Any], target: Target, defense: Defense,
     out.update(attacker=cell["label"], first_flag=None if first_flag is None else
                {"query": first_flag[0], "detector": first_flag[1]})
     return out
+
+
+def _privacy_cell(cell: dict[str, Any], target: Target, defense: Defense) -> dict[str, Any]:
+    """Membership inference through one defense: each attack with a fresh key of the tier.
+
+    The shadow models depend on the model and its data, not on the defense: they are
+    trained once and kept in the cache folder (``$MODELSHIELD_CACHE/shadows``), shared by
+    the privacy cells of every defense and by later runs."""
+    from modelshield.audit.privacy import run_privacy
+    from modelshield.audit.scenario import Privacy
+    from modelshield.oracle import ShieldOracle
+    from modelshield.victims.zoo import cache_dir
+
+    privacy = Privacy.model_validate(cell["privacy"])
+    victim, task = privacy_task(target, privacy)
+    seed, price = cell["seed"], cell["price_per_1k"]
+    shadow_key = hashlib.sha256(json.dumps(
+        [cell["target"], cell["target_files"], cell.get("privacy_file"), seed, privacy.recipe,
+         task.recipe, privacy.shadows, privacy.train_size, cell["version"]],
+        sort_keys=True, default=str).encode()).hexdigest()[:20]
+    specs = privacy.parsed()
+    common: dict[str, Any] = {
+        "n_classes": victim.spec.n_classes, "shadows": privacy.shadows,
+        "recipe": privacy.recipe, "train_size": privacy.train_size, "seed": seed,
+        "price": price, "shadow_cache": cache_dir() / "shadows" / f"{shadow_key}.npz"}
+    attacks = [(name, params) for _, name, params in specs]
+    if target.remote:
+        rows = run_privacy(task, lambda: remote_oracle(target, None, price), attacks, **common)
+    else:
+        with shield_for(defense, victim) as shield:
+            def oracle_for() -> Any:
+                return ShieldOracle(shield, shield.store.create_key(TIER)[0], price_per_1k=price)
+
+            rows = run_privacy(task, oracle_for, attacks, **common)
+    for row, (label, _, _) in zip(rows, specs, strict=True):
+        row["attack"] = label
+    return {"status": "ok", "members": len(task.members), "non_members": len(task.non_members),
+            "population": len(task.population), "attacks": rows}
+
+
+def privacy_task(target: Target, privacy: Any) -> tuple[Victim, Any]:
+    """The model and its members, non-members and attacker's population."""
+    if target.victim is not None:
+        from modelshield.victims import load_victim
+        from modelshield.victims.zoo import membership_task
+
+        return load_victim(target.victim, target.seed), membership_task(target.victim,
+                                                                        target.seed)
+    from modelshield.victims.loaders import membership_from_files
+
+    try:
+        return membership_from_files(target.file or "", privacy.data or "",
+                                     recipe=privacy.recipe or "")
+    except ConfigError as exc:
+        raise ConfigError(f"privacy.data: {exc}") from None
 
 
 def _benign_cell(cell: dict[str, Any], defense: Defense, victim: Victim) -> dict[str, Any]:
@@ -371,8 +435,10 @@ def run_cells(cells: list[dict[str, Any]], cache: Path, workers: int = 0,
             on_done(result, False)
 
     workers = workers or os.cpu_count() or 1
-    # Slowest first keeps the cores busy to the end.
-    todo.sort(key=lambda i: -int(cells[i].get("budget") or 0))
+    # Slowest first keeps the cores busy to the end. The first privacy cell trains the
+    # shadow models the others read: it goes first, the others last.
+    first_privacy = next((i for i in todo if cells[i]["kind"] == "privacy"), None)
+    todo.sort(key=lambda i: -(10**9 if i == first_privacy else int(cells[i].get("budget") or 0)))
     if workers == 1 or len(todo) <= 1:
         for i in todo:
             keep(i, run_one(cells[i]))

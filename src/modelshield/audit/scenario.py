@@ -227,6 +227,65 @@ class HonestBudget(_Strict):
     flagged_share: float = Field(default=0.01, ge=0, le=1)
 
 
+class Privacy(_Strict):
+    """Membership inference under each defense (``modelshield.attacks.membership``).
+
+    attacks: names, or ``name:key=value,...`` for a variant (``lira:online=false``).
+    shadows: shadow models, trained once from ``recipe`` (the built-in victim's own by
+    default) and shared by every attack and defense. data: for a ``file`` target, an .npz of
+    its members and non-members (``modelshield membership --help``).
+    """
+
+    attacks: list[str] = Field(default_factory=lambda: ["loss", "lira", "rmia", "label-only"],
+                               min_length=1)
+    shadows: int = Field(default=16, ge=2, le=256)
+    recipe: str | None = None
+    train_size: int | None = Field(default=None, ge=1)
+    data: str | None = None
+
+    @field_validator("attacks")
+    @classmethod
+    def _attacks(cls, v: list[str]) -> list[str]:
+        from modelshield.attacks.membership import MEMBERSHIP
+
+        for item in v:
+            name, _, rest = item.partition(":")
+            if name not in MEMBERSHIP:
+                raise ValueError(f"unknown membership attack {name!r}; choose from "
+                                 f"{', '.join(MEMBERSHIP)}")
+            try:
+                MEMBERSHIP[name](**parse_params(MEMBERSHIP[name],
+                                                [p for p in rest.split(",") if p], item))
+            except ModelShieldError as exc:
+                raise ValueError(str(exc)) from None
+        if len(set(v)) != len(v):
+            raise ValueError("each attack once")
+        return v
+
+    @field_validator("recipe")
+    @classmethod
+    def _recipe(cls, v: str | None) -> str | None:
+        if v is not None:
+            from modelshield.models import make_estimator
+
+            try:
+                make_estimator(v)
+            except ModelShieldError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    def parsed(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(label, attack name, typed parameters) of each attack."""
+        from modelshield.attacks.membership import MEMBERSHIP
+
+        out = []
+        for item in self.attacks:
+            name, _, rest = item.partition(":")
+            out.append((item, name, parse_params(MEMBERSHIP[name],
+                                                 [p for p in rest.split(",") if p], item)))
+        return out
+
+
 class Scenario(_Strict):
     name: str = "audit"
     seed: int = 0
@@ -239,6 +298,7 @@ class Scenario(_Strict):
     defenses: list[Defense] = Field(default_factory=lambda: [Defense(name="none")])
     benign: Benign = Benign()
     honest_budget: HonestBudget = HonestBudget()
+    privacy: Privacy | None = None
 
     @model_validator(mode="after")
     def _names(self) -> Scenario:
@@ -254,6 +314,15 @@ class Scenario(_Strict):
         if self.target.remote and len(self.defenses) > 1:
             raise ValueError("a remote target ('url') applies its own defenses; "
                              "list at most one defense, which names it")
+        if self.privacy is not None:
+            if self.target.file is not None and self.privacy.data is None:
+                raise ValueError("privacy.data: a model file needs its members and "
+                                 "non-members (an .npz: see `modelshield membership --help`)")
+            if self.target.victim is not None and self.privacy.data is not None:
+                raise ValueError("privacy.data: a built-in victim knows its members; give "
+                                 "data only with a model file")
+            if self.privacy.data is not None and not Path(self.privacy.data).is_file():
+                raise ValueError(f"privacy.data: {self.privacy.data!r} does not exist")
         return self
 
     @property
@@ -362,6 +431,12 @@ defenses:                   # each is a gateway tier (see `modelshield init`)
 benign:                     # honest customers sent through each defense
   accounts: 10              # of each kind: iid, narrow, what-if, batch, repeat, burst
   median_rows: 60
+
+privacy:                    # membership inference under each defense
+  attacks: [loss, lira, rmia, label-only]   # `modelshield attacks`; lira:online=false ...
+  shadows: 16               # shadow models, trained once from the model's training recipe
+  # recipe: "mlp:hidden=256-256,epochs=100"  # how the model was trained (built-ins know)
+  # data: members.npz       # with a model file: its members, non-members and population
 """
 
 DEMO: dict[str, Any] = {
@@ -392,4 +467,5 @@ DEMO: dict[str, Any] = {
          "detectors": ["sweep", "boundary", "ood", "prada", "volume"], "on_flag": "deny"},
     ],
     "benign": {"accounts": 6, "median_rows": 60},
+    "privacy": {"attacks": ["loss", "lira", "rmia", "label-only"], "shadows": 16},
 }

@@ -207,46 +207,62 @@ def _recipe(recipe: str) -> Callable[[Split, int], Any]:
     return train
 
 
+# The recipe of each victim (models.make_estimator): what a membership-inference attacker who
+# knows how the model was trained (not on what) trains its shadow models with. The older
+# victims train through their own functions; their recipe builds the same estimator.
+_LR = "logistic:C=1"
+
+
+def _sk_mlp(hidden: str) -> str:
+    return f"sk-mlp:hidden={hidden},alpha=0.001,max_iter=3000"
+
+
 _OVERFIT = "mlp:hidden=256-256,epochs=100"
 _DP = "mlp:hidden=256-256,epochs=30,batch_size=128,lr=0.003,max_grad_norm=2,epsilon={}"
 _MI = (0.25, 0.5)  # as many non-members as members; the attacker's population twice that
 
 for _name, _entry in {
     "breast-cancer-lr": ZooEntry(
-        "binary logistic regression, breast cancer (d=30)", "breast-cancer", "linear", _lr),
+        "binary logistic regression, breast cancer (d=30)", "breast-cancer", "linear", _lr,
+        recipe=_LR),
     "digits-lr": ZooEntry(
-        "multinomial logistic regression, digits (d=64, 10 classes)", "digits", "linear", _lr),
+        "multinomial logistic regression, digits (d=64, 10 classes)", "digits", "linear", _lr,
+        recipe=_LR),
     "digits-mlp": ZooEntry(
         "one-hidden-layer ReLU MLP, 20 units, digits (Tramèr's setting)", "digits", "mlp",
-        _mlp((20,))),
+        _mlp((20,)), recipe=_sk_mlp("20")),
     "digits-mlp-deep": ZooEntry(
-        "ReLU MLP 128-64, digits", "digits", "mlp", _mlp((128, 64))),
-    "wine-tree": ZooEntry("decision tree, wine (d=13, 3 classes)", "wine", "tree", _tree(None)),
+        "ReLU MLP 128-64, digits", "digits", "mlp", _mlp((128, 64)),
+        recipe=_sk_mlp("128-64")),
+    "wine-tree": ZooEntry("decision tree, wine (d=13, 3 classes)", "wine", "tree", _tree(None),
+                          recipe="tree"),
     "digits-tree": ZooEntry(
-        "decision tree, 64 leaves at most, digits", "digits", "tree", _tree(64)),
+        "decision tree, 64 leaves at most, digits", "digits", "tree", _tree(64),
+        recipe="tree:max_leaf_nodes=64"),
     "synth-tree-d12": ZooEntry(
         "decision tree of depth 8 (149-184 leaves), synthetic d=12, 4 classes", "synthetic",
         "tree", _tree(None, max_depth=8),
-        (("n_features", 12), ("n_classes", 4), ("n_samples", 16000))),
+        (("n_features", 12), ("n_classes", 4), ("n_samples", 16000)), recipe="tree:max_depth=8"),
     "synth-lr-d10": ZooEntry(
         "binary logistic regression, synthetic d=10", "synthetic", "linear", _lr,
-        (("n_features", 10),)),
+        (("n_features", 10),), recipe=_LR),
     "synth-lr-d20": ZooEntry(
         "binary logistic regression, synthetic d=20", "synthetic", "linear", _lr,
-        (("n_features", 20),)),
+        (("n_features", 20),), recipe=_LR),
     "synth-lr-d50": ZooEntry(
         "binary logistic regression, synthetic d=50", "synthetic", "linear", _lr,
-        (("n_features", 50),)),
+        (("n_features", 50),), recipe=_LR),
     "synth-mlp-d20": ZooEntry(
         "ReLU MLP 32 units, synthetic d=20, 4 classes", "synthetic", "mlp", _mlp((32,)),
-        (("n_features", 20), ("n_classes", 4))),
+        (("n_features", 20), ("n_classes", 4)), recipe=_sk_mlp("32")),
     "digits-mlp-wm": ZooEntry(
         "digits-mlp trained with a 50-input trigger set (Adi et al. 2018)", "digits", "mlp",
-        _mlp_marked("digits-mlp-wm", (20,)), watermark="trigger-set"),
+        _mlp_marked("digits-mlp-wm", (20,)), watermark="trigger-set",
+        recipe=_sk_mlp("20")),
     "synth-mlp-d20-wm": ZooEntry(
         "synth-mlp-d20 trained with a 50-input trigger set (Adi et al. 2018)", "synthetic",
         "mlp", _mlp_marked("synth-mlp-d20-wm", (32,)), (("n_features", 20), ("n_classes", 4)),
-        watermark="trigger-set"),
+        watermark="trigger-set", recipe=_sk_mlp("32")),
     "tabular-mlp": ZooEntry(
         "ReLU MLP 256-256, no regularization, 1,000 rows of a 10-class tabular population: "
         "memorizes (membership inference)", "tabular", "mlp", _recipe(_OVERFIT),
