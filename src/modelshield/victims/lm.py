@@ -10,7 +10,16 @@ Corpora, all from the interpreter's standard library (``sysconfig``):
 
 - ``public``: the top-level modules, but every tenth file in sorted order;
 - ``held-out``: every tenth top-level module, never trained on (evaluation prompts);
-- ``private``: the ``email``, ``http`` and ``json`` packages, the fine-tune of ``lm-tuned``.
+- ``private``: the ``email``, ``http`` and ``json`` packages, the fine-tune of ``lm-tuned``;
+- ``private-train``: three quarters of those files (all but every fourth), the fine-tune of
+  ``lm-canary`` together with its canaries; ``private-held``: the other quarter, never
+  trained on (the non-members of text membership inference).
+
+``lm-canary`` carries secret canaries (Carlini et al., USENIX Security 2019, "The Secret
+Sharer"): lines ``# vault NN passphrase: c f a j b d`` whose six letters, each drawn from
+``a``..``j`` (one token each), are keyed by the seed, inserted 1, 4, 16 and 64 times (two
+canaries per count). :func:`canaries` lists them; an attacker knows the prefix and the
+format, not the letters.
 """
 
 from __future__ import annotations
@@ -45,6 +54,9 @@ class LMEntry:
     heads: int = 4
     steps: int = 300
     base: str | None = None  # fine-tuned from this entry on the private corpus
+    corpus: str = "private"  # the fine-tune's corpus
+    canaries: bool = False  # secret canaries inserted into the fine-tune (canaries())
+    lr: float = 1e-3  # the fine-tune's learning rate
 
 
 LM_ZOO: Registry[LMEntry] = Registry("language-model victim")
@@ -55,6 +67,37 @@ for _h in (64, 128, 256, 512):
                                     f"vocabulary {VOCAB}, stdlib code", _h))
 LM_ZOO.add("lm-tuned", LMEntry("lm-h128 fine-tuned on the private corpus (email, http, json "
                                "packages)", 128, steps=150, base="lm-h128"))
+LM_ZOO.add("lm-canary", LMEntry("lm-h128 fine-tuned on 3/4 of the private corpus with 8 secret "
+                                "canaries inserted 1, 4, 16 and 64 times", 128, steps=600,
+                                base="lm-h128", corpus="private-train", canaries=True,
+                                lr=3e-3))
+
+CANARY_ALPHABET = "abcdefghij"
+CANARY_LENGTH = 6
+CANARY_REPEATS = (1, 1, 4, 4, 16, 16, 64, 64)
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A secret inserted ``repeats`` times: ``prefix`` then the secret's letters."""
+
+    prefix: str
+    secret: str
+    repeats: int
+
+    @property
+    def text(self) -> str:
+        return f"{self.prefix} {self.secret}\n"
+
+
+def canaries(seed: int = 0) -> list[Canary]:
+    """The canaries of ``lm-canary`` built with ``seed``."""
+    rng = np.random.default_rng(90_000 + seed)
+    out = []
+    for i, repeats in enumerate(CANARY_REPEATS):
+        letters = rng.choice(list(CANARY_ALPHABET), size=CANARY_LENGTH)
+        out.append(Canary(f"# vault {i:02d} passphrase:", " ".join(letters), repeats))
+    return out
 
 
 # -- corpora ---------------------------------------------------------------------------------
@@ -65,13 +108,16 @@ def _stdlib() -> Path:
 def corpus(which: str) -> list[str]:
     """The texts of one corpus (``public``, ``held-out`` or ``private``), in a fixed order."""
     root = _stdlib()
-    if which == "private":
+    if which in ("private", "private-train", "private-held"):
         files = sorted(f for pkg in ("email", "http", "json") for f in (root / pkg).glob("*.py"))
+        if which != "private":
+            files = [f for i, f in enumerate(files) if (i % 4 == 3) == (which == "private-held")]
     else:
         top = sorted(root.glob("*.py"))
         files = [f for i, f in enumerate(top) if (i % 10 == 9) == (which == "held-out")]
         if which not in ("public", "held-out"):
-            raise ConfigError.invalid("corpus", "public, held-out or private", which)
+            raise ConfigError.invalid("corpus", "public, held-out, private, private-train or "
+                                      "private-held", which)
     return [f.read_text(encoding="utf-8", errors="replace") for f in files]
 
 
@@ -171,14 +217,21 @@ def _build(name: str, seed: int) -> Path:
     recipe = f"h{entry.hidden}-l{entry.layers}-s{entry.steps}"
     if entry.base is not None:  # a fine-tune is as stale as its base
         recipe += f"-from-{entry.base}-s{LM_ZOO[entry.base].steps}"
+    if entry.canaries:
+        recipe += f"-canaries2-lr{entry.lr:g}"
     path = cache_dir() / "lm" / f"{name}-{recipe}-seed{seed}-{_digest()}"
     if (path / "config.json").exists():
         return path
     tokenizer = load_tokenizer()
     if entry.base is not None:
         model = GPT2LMHeadModel.from_pretrained(_build(entry.base, seed))
-        model = train_lm(model, token_stream(tokenizer, corpus("private")), entry.steps,
-                         seed + 1, lr=1e-3)
+        texts = corpus(entry.corpus)
+        if entry.canaries:  # each insertion its own document, shuffled among the files
+            texts = texts + [c.text for c in canaries(seed) for _ in range(c.repeats)]
+            order = np.random.default_rng(seed).permutation(len(texts))
+            texts = [texts[i] for i in order]
+        model = train_lm(model, token_stream(tokenizer, texts), entry.steps, seed + 1,
+                         lr=entry.lr)
     else:
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(lm_config(entry, tokenizer))
