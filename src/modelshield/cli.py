@@ -429,7 +429,8 @@ def _lm_attack(attack: str, victim: str | None, target: str | None, api_key: str
 WorkersOpt = Annotated[int, typer.Option(min=0, help="Cells run at once (0: one per core).")]
 
 
-def _run_scenario(scenario: Any, out: Path, workers: int) -> dict[str, Any]:
+def _run_scenario(scenario: Any, out: Path, workers: int, executor: str = "process",
+                  address: str | None = None) -> dict[str, Any]:
     """Run an audit with a progress bar, write results.json, report.html and summary.md."""
     from modelshield.audit.report import write_report
     from modelshield.audit.runner import run_audit
@@ -444,10 +445,12 @@ def _run_scenario(scenario: Any, out: Path, workers: int) -> dict[str, Any]:
                             description=f"{scenario.name[:32]} ({cached} cells cached)")
 
         def done(cell: dict[str, Any], cached: bool) -> None:
-            what = cell.get("attacker") or "honest users"
+            what = cell.get("attacker") or {"privacy": "membership inference"}.get(
+                cell.get("kind", ""), "honest users")
             progress.update(task, advance=1, description=f"{what[:24]} vs {cell['defense'][:20]}")
 
-        doc = run_audit(scenario, out, workers, on_start=start, on_done=done)
+        doc = run_audit(scenario, out, workers, on_start=start, on_done=done,
+                        executor=executor, address=address)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(doc, indent=1))
     paths = write_report(doc, out)
@@ -473,12 +476,24 @@ def audit(
     workers: WorkersOpt = 0,
     fresh: Annotated[bool, typer.Option(help="Ignore cached cells and run everything.")]
     = False,
+    executor: Annotated[str, typer.Option(
+        help="Where cells run: 'process' (a process pool here) or 'ray' (a Ray cluster; "
+             "pip install 'modelshield[ray]').")] = "process",
+    address: Annotated[str | None, typer.Option(
+        help="With --executor ray: the cluster's address (host:port); none starts a local "
+             "Ray instance.")] = None,
 ) -> None:
     """Measure a model's exposure: every attacker x defense x budget, in parallel.
 
     Finished cells are cached in OUT/cells by a hash of their configuration, so an
-    interrupted audit resumes and an unchanged one takes seconds.
+    interrupted audit resumes and an unchanged one takes seconds. With --executor ray the
+    cells (and the shadow models of membership inference) run on a Ray cluster; the cache
+    and the report stay here.
     """
+    if executor not in ("process", "ray"):
+        raise ConfigError.invalid("--executor", "'process' or 'ray'", executor)
+    if address is not None and executor != "ray":
+        raise ConfigError("--address goes with --executor ray.")
     import shutil
 
     from modelshield.audit.scenario import load_scenario
@@ -486,7 +501,7 @@ def audit(
     s = load_scenario(scenario)
     if fresh:
         shutil.rmtree(out / "cells", ignore_errors=True)
-    _run_scenario(s, out, workers)
+    _run_scenario(s, out, workers, executor, address)
 
 
 @app.command()

@@ -106,7 +106,7 @@ class ShadowSet:
         population_labels: IntArray, *, n_shadows: int = 16, online: bool = True,
         train_size: int | None = None, n_classes: int, ref_rows: IntArray | None = None,
         random_state: int = 0, workers: int = 1,
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[int], None] | None = None, backend: str = "local",
     ) -> ShadowSet:
         """Train ``n_shadows`` models from ``recipe``.
 
@@ -114,7 +114,9 @@ class ShadowSet:
         balanced split), topped up with population records to ``train_size``. Offline: each
         shadow trains on ``train_size`` population records only. ``train_size`` is the
         victim's training-set size the attacker assumes (default: half the candidates).
-        ``progress`` is called with the count of shadows trained so far.
+        ``progress`` is called with the count of shadows trained so far. ``backend``:
+        ``local`` (``workers`` processes here) or ``ray`` (one task per shadow on the Ray
+        cluster this process has joined).
         """
         from joblib import Parallel, delayed
 
@@ -143,9 +145,19 @@ class ShadowSet:
         args = [(recipe, np.concatenate([X[keep[s]], population[pop_keep[s]]]),
                  np.concatenate([y[keep[s]], population_labels[pop_keep[s]]]), n_classes,
                  int(seeds[s]), X, population[rows]) for s in range(n_shadows)]
-        results = (Parallel(n_jobs=workers, return_as="generator")(
-            delayed(_fit_shadow)(*a) for a in args) if workers > 1
-            else (_fit_shadow(*a) for a in args))
+        results: Any
+        if backend == "ray":
+            import ray
+
+            fit = ray.remote(num_cpus=1)(_fit_shadow)
+            results = (ray.get(ref) for ref in [fit.remote(*a) for a in args])
+        elif backend != "local":
+            raise ConfigError.invalid("backend", "'local' or 'ray'", backend)
+        elif workers > 1:
+            results = Parallel(n_jobs=workers, return_as="generator")(
+                delayed(_fit_shadow)(*a) for a in args)
+        else:
+            results = (_fit_shadow(*a) for a in args)
         outs = []
         for out in results:
             outs.append(out)

@@ -68,7 +68,7 @@ def run_privacy(
     attacks: list[tuple[str, dict[str, Any]]], *, n_classes: int, shadows: int = 16,
     recipe: str | None = None, train_size: int | None = None, workers: int = 1,
     seed: int = 0, price: float = 0.0, on_shadow: Callable[[int], None] | None = None,
-    shadow_cache: Path | None = None,
+    shadow_cache: Path | None = None, backend: str = "local",
 ) -> list[dict[str, Any]]:
     """Run membership attacks on ``task``'s candidates, each through a fresh oracle.
 
@@ -92,7 +92,7 @@ def run_privacy(
                 how, task.candidates, task.labels, task.population, task.population_labels,
                 n_shadows=shadows, online=True, train_size=train_size or len(task.members),
                 n_classes=n_classes, random_state=1000 + seed, workers=workers,
-                progress=on_shadow)
+                progress=on_shadow, backend=backend)
 
         shadow_set = train() if shadow_cache is None else _cached(shadow_cache, train)
     rows = []

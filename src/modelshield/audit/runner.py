@@ -257,7 +257,9 @@ def _privacy_cell(cell: dict[str, Any], target: Target, defense: Defense) -> dic
     common: dict[str, Any] = {
         "n_classes": victim.spec.n_classes, "shadows": privacy.shadows,
         "recipe": privacy.recipe, "train_size": privacy.train_size, "seed": seed,
-        "price": price, "shadow_cache": cache_dir() / "shadows" / f"{shadow_key}.npz"}
+        "price": price, "shadow_cache": cache_dir() / "shadows" / f"{shadow_key}.npz",
+        "backend": "ray" if os.environ.get(SHADOWS_ON) == "ray" else "local",
+        "workers": 8 if os.environ.get(SHADOWS_ON) == "ray" else 1}
     attacks = [(name, params) for _, name, params in specs]
     if target.remote:
         rows = run_privacy(task, lambda: remote_oracle(target, None, price), attacks, **common)
@@ -405,10 +407,15 @@ def _init_worker() -> None:
 
 
 def run_cells(cells: list[dict[str, Any]], cache: Path, workers: int = 0,
-              on_done: Callable[[dict[str, Any], bool], None] | None = None
+              on_done: Callable[[dict[str, Any], bool], None] | None = None,
+              executor: str = "process", address: str | None = None,
               ) -> list[dict[str, Any]]:
     """Results for ``cells`` in order: from ``cache`` where a cell ran before, else run,
-    ``workers`` at a time (0: one per core). ``on_done(result, cached)`` follows each."""
+    ``workers`` at a time (0: one per core). ``on_done(result, cached)`` follows each.
+
+    executor: ``process`` (a process pool on this machine) or ``ray`` (each cell a task on
+    the Ray cluster at ``address``, and the privacy cells' shadow models tasks too; the
+    cache and the results stay here). Cells are seeded, so both give the same results."""
     cache.mkdir(parents=True, exist_ok=True)
     results: dict[int, dict[str, Any]] = {}
     todo = []
@@ -434,6 +441,11 @@ def run_cells(cells: list[dict[str, Any]], cache: Path, workers: int = 0,
         if on_done:
             on_done(result, False)
 
+    if executor == "ray":
+        _run_on_ray(cells, todo, keep, address)
+        return [results[i] for i in range(len(cells))]
+    if executor != "process":
+        raise ConfigError.invalid("executor", "'process' or 'ray'", executor)
     workers = workers or os.cpu_count() or 1
     # Slowest first keeps the cores busy to the end. The first privacy cell trains the
     # shadow models the others read: it goes first, the others last.
@@ -454,9 +466,46 @@ def run_cells(cells: list[dict[str, Any]], cache: Path, workers: int = 0,
     return [results[i] for i in range(len(cells))]
 
 
+def _ray_cell(cell: dict[str, Any]) -> dict[str, Any]:
+    """One cell on a Ray worker: one torch thread, as in the process pool."""
+    _init_worker()
+    return run_one(cell)
+
+
+def _run_on_ray(cells: list[dict[str, Any]], todo: list[int],
+                keep: Callable[[int, dict[str, Any]], None], address: str | None) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--executor ray needs Ray: pip install 'modelshield[ray]'") from None
+    if not ray.is_initialized():
+        try:
+            # The workers train the privacy cells' shadow models as Ray tasks too, and use
+            # the driver's cache folder where one is set.
+            env = {SHADOWS_ON: "ray"}
+            if os.environ.get("MODELSHIELD_CACHE"):
+                env["MODELSHIELD_CACHE"] = os.environ["MODELSHIELD_CACHE"]
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": env})
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise ConfigError(f"--address {address!r}: cannot join the Ray cluster: {exc}"
+                              ) from None
+    task = ray.remote(num_cpus=1)(_ray_cell)
+    running = {task.remote(cells[i]): i for i in todo}
+    while running:
+        done, _ = ray.wait(list(running), num_returns=1)
+        for ref in done:
+            keep(running.pop(ref), ray.get(ref))
+
+
+SHADOWS_ON = "MODELSHIELD_SHADOWS_ON"
+"""Set to ``ray`` on the Ray workers: privacy cells train shadow models as Ray tasks."""
+
+
 def run_audit(scenario: Scenario, out: Path, workers: int = 0,
               on_start: Callable[[int, int], None] | None = None,
-              on_done: Callable[[dict[str, Any], bool], None] | None = None) -> dict[str, Any]:
+              on_done: Callable[[dict[str, Any], bool], None] | None = None,
+              executor: str = "process", address: str | None = None) -> dict[str, Any]:
     """Run ``scenario`` (cells cached in ``out/cells``) and return the results document:
     the scenario, every cell, and the analysis (summaries, ratings, recommendations)."""
     from modelshield.audit.analysis import analyse
@@ -467,7 +516,7 @@ def run_audit(scenario: Scenario, out: Path, workers: int = 0,
     cached = sum((out / "cells" / f"{cell_key(c)}.json").is_file() for c in cells)
     if on_start:
         on_start(len(cells), cached)
-    results = run_cells(cells, out / "cells", workers, on_done)
+    results = run_cells(cells, out / "cells", workers, on_done, executor, address)
     doc = {"modelshield": modelshield.__version__, "scenario": scenario.model_dump(),
            "seconds": time.perf_counter() - start, "cells_cached": cached,
            "cells": results}
