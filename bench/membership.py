@@ -18,7 +18,8 @@ rounding and the number of revealed scores off the answers).
 
 ART, on the same victim, candidates and population, in the same run:
 - ``MembershipInferenceBlackBox`` (attack model "nn", ART's default), trained on ART's own
-  ``ShadowModels`` (the same recipe and count of shadows, on the attacker's population);
+  ``ShadowModels`` (the same recipe and count of shadows, each on as many rows of the
+  attacker's population as the victim's training set);
 - ``LabelOnlyDecisionBoundary``: its HopSkipJump distance to the boundary, exactly as its
   ``infer`` computes it (the distance it thresholds, kept whole for a ROC).
 ML Privacy Meter is not in the run: PyPI's privacy-meter 1.0.1 predates LiRA and RMIA and
@@ -111,8 +112,11 @@ def art_black_box(victim: Any, task: Any, n_shadows: int, seed: int) -> dict[str
     # ART clones a template that knows its class count: fit it once (on the population).
     template.fit(task.population, np.eye(c)[task.population_labels])
     shadow = ShadowModels(template, num_shadow_models=n_shadows, random_state=seed)
-    onehot = np.eye(c)[task.population_labels]
-    (mx, my, mp), (nx, ny, npred) = shadow.generate_shadow_dataset(task.population, onehot)
+    # As much data per shadow as the victim had (and as our shadows get): ART trains each
+    # shadow on half of what it is given.
+    pop = task.population[:2 * len(task.members)]
+    onehot = np.eye(c)[task.population_labels[:len(pop)]]
+    (mx, my, mp), (nx, ny, npred) = shadow.generate_shadow_dataset(pop, onehot)
     np.random.seed(seed)  # noqa: NPY002  (ART's attack model draws from the global generator)
     import torch
 

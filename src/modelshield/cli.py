@@ -318,7 +318,7 @@ def _membership_oracles(v: Any, target: str | None, api_key: str | None, model: 
     if target is None:
         from modelshield.oracle import LocalOracle
 
-        return lambda: LocalOracle(v, parse_policy(policy), price_per_1k=price)
+        return lambda need: LocalOracle(v, parse_policy(policy), price_per_1k=price)
     if not api_key:
         raise ConfigError("--target needs --api-key.")
     from modelshield.oracle import HttpOracle
@@ -332,7 +332,7 @@ def _membership_oracles(v: Any, target: str | None, api_key: str | None, model: 
     if probe.spec.n_features != v.spec.n_features:
         raise ConfigError(f"The members have {v.spec.n_features} features; the target's "
                           f"{probe.model!r} takes {probe.spec.n_features}.")
-    return lambda: HttpOracle(target, api_key, price_per_1k=price, model=model)
+    return lambda need: HttpOracle(target, api_key, price_per_1k=price, model=model)
 
 
 def _owner_victim(model_file: Path, data: Path, name: str | None) -> Any:

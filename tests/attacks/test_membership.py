@@ -154,21 +154,21 @@ def test_tpr_at_fpr_reads_the_roc() -> None:
 def test_run_privacy_shares_shadows_and_reports_refusals(memorizer: Any) -> None:
     victim, task = memorizer
     seen: list[int] = []
-    rows = run_privacy(task, lambda: LocalOracle(victim, parse_policy("top-k:1")),
+    rows = run_privacy(task, lambda need: LocalOracle(victim, parse_policy("top-k:1")),
                        [("loss", {}), ("lira", {"online": False}), ("label-only",
                                                                     {"perturbations": 2})],
                        n_classes=10, shadows=4, on_shadow=seen.append)
     assert seen == [1, 2, 3, 4]
     assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
     assert rows[1]["info"]["shadows"] == 4 and rows[1]["info"]["recipe"] == RECIPE
-    rows = run_privacy(task, lambda: LocalOracle(victim, parse_policy("label")),
+    rows = run_privacy(task, lambda need: LocalOracle(victim, parse_policy("label")),
                        [("loss", {})], n_classes=10)
     assert rows[0]["status"] == "refused" and "scores" in rows[0]["reason"]
     no_recipe = MembershipTask("x", task.members, task.member_labels, task.non_members,
                                task.non_member_labels, task.population,
                                task.population_labels)
     with pytest.raises(ConfigError, match="--recipe"):
-        run_privacy(no_recipe, lambda: LocalOracle(victim), [("lira", {})], n_classes=10)
+        run_privacy(no_recipe, lambda need: LocalOracle(victim), [("lira", {})], n_classes=10)
 
 
 def test_dp_sgd_spends_at_most_its_epsilon_and_costs_accuracy() -> None:

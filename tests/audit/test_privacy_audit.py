@@ -99,3 +99,26 @@ def test_a_bad_privacy_section_names_the_field(owner: Any) -> None:
         assert message.split("Value error, ")[-1] in str(info.value)
     with pytest.raises(ConfigError, match="a built-in victim knows its members"):
         load_scenario({**scenario(owner), "target": {"victim": "digits-mlp"}})
+
+
+@pytest.mark.slow
+def test_an_attacker_spreading_over_keys_gets_further_past_the_detectors(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """digits-mlp behind every detector set to deny: RMIA with one key is suspended once its
+    candidates have been answered (prada); spread over 10 keys of as many owners, it gets
+    its reference queries answered too before the ood detector stops it."""
+    monkeypatch.setenv("MODELSHIELD_CACHE", str(tmp_path / "cache"))
+    answered = {}
+    for keys in (1, 10):
+        s = load_scenario({
+            "name": "keys", "target": {"victim": "digits-mlp"},
+            "attackers": [{"attack": "knockoff", "params": {"source": "pool"}, "budgets": [20]}],
+            "defenses": [{"name": "monitored", "on_flag": "deny",
+                          "detectors": ["sweep", "boundary", "ood", "prada", "volume"]}],
+            "benign": {"accounts": 1, "archetypes": ["iid"]},
+            "privacy": {"attacks": ["rmia"], "shadows": 4, "keys": keys}})
+        doc = run_audit(s, tmp_path / f"out{keys}", workers=1)
+        row = doc["analysis"]["defenses"][0]["privacy"]["attacks"][0]
+        assert row["status"] == "blocked"
+        answered[keys] = row["queries"]
+    assert answered[10] > answered[1]

@@ -64,13 +64,14 @@ def tpr_label(fpr: float) -> str:
 
 
 def run_privacy(
-    task: MembershipTask, oracle_for: Callable[[], Oracle],
+    task: MembershipTask, oracle_for: Callable[[int], Oracle],
     attacks: list[tuple[str, dict[str, Any]]], *, n_classes: int, shadows: int = 16,
     recipe: str | None = None, train_size: int | None = None, workers: int = 1,
     seed: int = 0, price: float = 0.0, on_shadow: Callable[[int], None] | None = None,
     shadow_cache: Path | None = None, backend: str = "local",
 ) -> list[dict[str, Any]]:
-    """Run membership attacks on ``task``'s candidates, each through a fresh oracle.
+    """Run membership attacks on ``task``'s candidates, each through a fresh oracle
+    (``oracle_for(queries the attack needs)``).
 
     The shadow models are trained once (online, from ``recipe`` or the task's) and shared;
     offline variants use the shadows that left each candidate out. The attacker is assumed
@@ -101,7 +102,7 @@ def run_privacy(
             assert shadow_set is not None
             params = {"shadow": shadow_set.recipe, "shadows": shadows, **params}
         attack = cls(random_state=seed, **params)
-        oracle = oracle_for()
+        oracle = oracle_for(attack.queries_needed(len(task.candidates)))
         row: dict[str, Any] = {"attack": name, "params": params, "needs": cls.needs}
         try:
             r = attack.run(oracle, task.candidates, task.labels,

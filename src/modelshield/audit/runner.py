@@ -262,17 +262,27 @@ def _privacy_cell(cell: dict[str, Any], target: Target, defense: Defense) -> dic
         "workers": 8 if os.environ.get(SHADOWS_ON) == "ray" else 1}
     attacks = [(name, params) for _, name, params in specs]
     if target.remote:
-        rows = run_privacy(task, lambda: remote_oracle(target, None, price), attacks, **common)
+        rows = run_privacy(task, lambda need: remote_oracle(target, None, price), attacks,
+                           **common)
     else:
+        from modelshield.oracle.shielded import SpreadOracle
+
         with shield_for(defense, victim) as shield:
-            def oracle_for() -> Any:
-                return ShieldOracle(shield, shield.store.create_key(TIER)[0], price_per_1k=price)
+            def oracle_for(need: int) -> Any:
+                if privacy.keys == 1:
+                    return ShieldOracle(shield, shield.store.create_key(TIER)[0],
+                                        price_per_1k=price)
+                # An attacker who knows the detectors: its queries spread over keys of
+                # other owners and networks, as the adaptive extraction attackers do.
+                keys = [(shield.store.create_key(TIER, owner=f"member-{i}")[0],
+                         f"10.{i // 256}.{i % 256}.9") for i in range(privacy.keys)]
+                return SpreadOracle(shield, keys, seed=seed, budget=need, price_per_1k=price)
 
             rows = run_privacy(task, oracle_for, attacks, **common)
     for row, (label, _, _) in zip(rows, specs, strict=True):
         row["attack"] = label
     return {"status": "ok", "members": len(task.members), "non_members": len(task.non_members),
-            "population": len(task.population), "attacks": rows}
+            "population": len(task.population), "keys": privacy.keys, "attacks": rows}
 
 
 def privacy_task(target: Target, privacy: Any) -> tuple[Victim, Any]:

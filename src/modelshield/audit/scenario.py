@@ -232,13 +232,17 @@ class Privacy(_Strict):
 
     attacks: names, or ``name:key=value,...`` for a variant (``lira:online=false``).
     shadows: shadow models, trained once from ``recipe`` (the built-in victim's own by
-    default) and shared by every attack and defense. data: for a ``file`` target, an .npz of
-    its members and non-members (``modelshield membership --help``).
+    default) and shared by every attack and defense. keys: the queries spread over this many
+    keys (an attacker who knows the detectors). data: for a ``file`` target, an .npz of its
+    members and non-members (``modelshield membership --help``).
     """
 
     attacks: list[str] = Field(default_factory=lambda: ["loss", "lira", "rmia", "label-only"],
                                min_length=1)
     shadows: int = Field(default=16, ge=2, le=256)
+    # An attacker who knows the detectors spreads its queries over this many keys, of as
+    # many owners and networks (local targets).
+    keys: int = Field(default=1, ge=1, le=1000)
     recipe: str | None = None
     train_size: int | None = Field(default=None, ge=1)
     data: str | None = None
@@ -323,6 +327,9 @@ class Scenario(_Strict):
                                  "data only with a model file")
             if self.privacy.data is not None and not Path(self.privacy.data).is_file():
                 raise ValueError(f"privacy.data: {self.privacy.data!r} does not exist")
+            if self.privacy.keys > 1 and self.target.remote:
+                raise ValueError("privacy.keys: spreading over keys needs a local target "
+                                 "(the audit makes the keys)")
         return self
 
     @property
