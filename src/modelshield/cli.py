@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -310,6 +311,110 @@ def membership(
     if roc:
         roc_figure(rows, f"membership inference: {v.name}").savefig(roc)
         console.print(f"wrote {roc}")
+
+
+@app.command()
+def canaries(
+    victim: Annotated[str, typer.Option(
+        help="The language model whose canaries are tested (lm-canary); with --target, the "
+             "model the target serves, whose canaries are the truth.")] = "lm-canary",
+    target: Annotated[str | None, typer.Option(
+        help="An OpenAI-compatible endpoint (our gateway, vLLM) serving the model.")] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key for --target.")] = None,
+    references: Annotated[int, typer.Option(
+        min=10, help="Random candidates each canary is ranked among.")] = 1000,
+    seed: Annotated[int, typer.Option(help="The model's seed (its canaries).")] = 0,
+    price: Annotated[float, typer.Option(min=0.0, help="Dollars per 1,000 tokens.")] = 0.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results here.")]
+    = None,
+) -> None:
+    """Secret canaries in a language model's training text (Carlini et al. 2019): the
+    exposure of each, in bits, and whether greedy decoding or beam search recovers it.
+
+    Exposure needs logprobs (as many top logprobs as the API gives: read off its refusals);
+    without them only greedy extraction runs. In-process the model is served with every
+    logprob; against --target, with what its tier lets out.
+    """
+    import tempfile
+
+    from modelshield.attacks.lm_privacy import canary_exposure, extract_secret, usable_logprobs
+    from modelshield.victims.lm import CANARY_ALPHABET, LM_ZOO, load_lm
+    from modelshield.victims.lm import canaries as canaries_of
+
+    if not LM_ZOO[victim].canaries:
+        raise ConfigError(f"--victim {victim!r} carries no canaries; the models with canaries "
+                          f"are: {', '.join(n for n in LM_ZOO if LM_ZOO[n].canaries)}.")
+    with tempfile.TemporaryDirectory() as tmp:
+        with console.status(f"loading {victim} …"):
+            lm = load_lm(victim, seed)
+        oracle: Any
+        shield: Any = None
+        if target is not None:
+            if not api_key:
+                raise ConfigError("--target needs --api-key.")
+            from modelshield.oracle.lm import OpenAIOracle
+
+            oracle = OpenAIOracle(target, api_key, price_per_1k_tokens=price)
+            if oracle.vocab != lm.vocab:
+                oracle.close()
+                raise ConfigError(f"{victim} has a vocabulary of {lm.vocab:,}; the target's "
+                                  f"has {oracle.vocab:,}: it is not the model the target serves.")
+        else:
+            from modelshield.oracle.lm import ShieldLMOracle
+            from modelshield.serve.factory import build_shield
+
+            shield = build_shield({"model": {"lm": victim, "seed": seed},
+                                   "audit_url": f"sqlite:///{tmp}/audit.db",
+                                   "tiers": {"open": {"llm": {"max_top_logprobs": 1 << 20}}}})
+            oracle = ShieldLMOracle(shield, shield.store.create_key("open")[0],
+                                    price_per_1k_tokens=price)
+        letters = [lm.encode(" " + a)[0] for a in CANARY_ALPHABET]
+        marks = canaries_of(seed)
+        rows = []
+        try:
+            k = usable_logprobs(oracle, lm.vocab, lm.encode(marks[0].prefix))
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=console, transient=True) as bar:
+                job = bar.add_task("canaries", total=len(marks))
+                for c in marks:
+                    prefix = lm.encode(c.prefix)
+                    secret = [letters[CANARY_ALPHABET.index(x)] for x in c.secret.split()]
+                    row: dict[str, Any] = {"prefix": c.prefix, "repeats": c.repeats,
+                                           "greedy": extract_secret(oracle, prefix, len(secret),
+                                                                    letters) == secret}
+                    if k is not None:
+                        e = canary_exposure(oracle, prefix, secret, letters,
+                                            references=references, k=k, seed=seed)
+                        row.update(interpolation=e.interpolation, extrapolation=e.extrapolation,
+                                   rank=e.rank, queries=e.queries,
+                                   beam=extract_secret(oracle, prefix, len(secret), letters,
+                                                       method="beam", k=k) == secret)
+                    rows.append(row)
+                    bar.advance(job)
+        finally:
+            oracle.close()
+            if shield is not None:
+                shield.close()
+    table = Table("canary", "inserted", "exposure (interp.)", "exposure (extrap.)",
+                  "rank", "greedy", "beam", "queries",
+                  title=f"canaries of {victim} ({'top ' + str(k) if k else 'no'} logprobs; "
+                        f"{len(CANARY_ALPHABET)}^{len(marks[0].secret.split())} candidates, "
+                        f"log2 = {len(marks[0].secret.split()) * np.log2(len(CANARY_ALPHABET)):.1f} bits)")
+    for r in rows:
+        def bits(x: float | None) -> str:
+            return "—" if x is None else f"{x:.1f}"
+
+        table.add_row(r["prefix"], f"{r['repeats']}x", bits(r.get("interpolation")),
+                      bits(r.get("extrapolation")),
+                      "—" if "rank" not in r else f"{r['rank']} of {references}",
+                      "yes" if r["greedy"] else "no",
+                      "—" if "beam" not in r else ("yes" if r["beam"] else "no"),
+                      f"{r.get('queries', 0):,}")
+    console.print(table)
+    if json_out:
+        json_out.write_text(json.dumps({"victim": victim, "target": target, "seed": seed,
+                                        "top_logprobs": k, "canaries": rows}, indent=2))
+        console.print(f"wrote {json_out}")
 
 
 def _membership_oracles(v: Any, target: str | None, api_key: str | None, model: str | None,

@@ -119,3 +119,41 @@ def test_the_canaries_are_keyed_by_the_seed_and_one_token_per_letter(shield: Shi
     letters = [lm.encode(" " + s)[0] for s in c.secret.split()]
     assert ids[len(lm.encode(c.prefix)):][:6] == letters
     assert Canary("# p:", "a b", 1).text == "# p: a b\n"
+
+
+def test_the_canaries_command_in_process_and_over_http(tmp_path_factory: pytest.TempPathFactory
+                                                       ) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from modelshield.cli import app
+    from modelshield.serve.app import create_app
+    from tests.servers import live_app
+
+    runner = CliRunner()
+    tmp = tmp_path_factory.mktemp("canaries")
+    out = tmp / "c.json"
+    r = runner.invoke(app, ["canaries", "--victim", "lm-tiny-canary", "--references", "30",
+                            "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    assert doc["top_logprobs"] > 5 and len(doc["canaries"]) == 8
+    for row in doc["canaries"]:
+        assert 0 <= row["interpolation"] <= np.log2(31) + 1e-9 and 0 <= row["rank"] <= 30
+    shield = build_shield({"model": {"lm": "lm-tiny-canary"},
+                           "audit_url": f"sqlite:///{tmp}/a.db",
+                           "tiers": {"top-5": {}, "off": {"llm": {"logprobs": False}}}})
+    with live_app(create_app([shield])) as client:
+        for tier, k in (("top-5", 5), ("off", None)):
+            key = shield.store.create_key(tier)[0]
+            r = runner.invoke(app, ["canaries", "--victim", "lm-tiny-canary", "--target",
+                                    str(client.base_url), "--api-key", key, "--references",
+                                    "30", "--json", str(out)])
+            assert r.exit_code == 0, r.output
+            doc = json.loads(out.read_text())
+            assert doc["top_logprobs"] == k
+            assert all(("interpolation" in row) == (k is not None) for row in doc["canaries"])
+    shield.close()
+    r = runner.invoke(app, ["canaries", "--victim", "lm-tiny"])
+    assert isinstance(r.exception, ConfigError) and "carries no canaries" in str(r.exception)

@@ -71,6 +71,9 @@ LM_ZOO.add("lm-canary", LMEntry("lm-h128 fine-tuned on 3/4 of the private corpus
                                 "canaries inserted 1, 4, 16 and 64 times", 128, steps=600,
                                 base="lm-h128", corpus="private-train", canaries=True,
                                 lr=3e-3))
+LM_ZOO.add("lm-tiny-canary", LMEntry("lm-tiny fine-tuned like lm-canary, briefly: for tests", 32,
+                                     layers=1, heads=2, steps=100, base="lm-tiny",
+                                     corpus="private-train", canaries=True, lr=3e-3))
 
 CANARY_ALPHABET = "abcdefghij"
 CANARY_LENGTH = 6
