@@ -84,7 +84,19 @@ def attacks() -> None:
         needs = m_cls.needs + (", the attacker's labelled data and the training recipe "
                                "(shadow models)" if m_cls.uses_shadows else "")
         privacy.add_row(name, m_cls.summary(), needs, ", ".join(m_cls.parameters()), m_cls.paper)
+    for name, what, needs, params, paper in LM_PRIVACY:
+        privacy.add_row(name, what, needs, params, paper)
     console.print(privacy)
+
+
+LM_PRIVACY = [  # modelshield.attacks.lm_privacy, run by `modelshield canaries`
+    ("canary-exposure", "rank of a secret among random candidates of its format, in bits",
+     "top logprobs (as many as the tier gives)", "references", "Carlini et al., USENIX Sec. 2019"),
+    ("canary-extraction", "the secret after its prefix: greedy decoding, or beam search",
+     "text (greedy); top logprobs (beam)", "method, width", "Carlini et al. 2019"),
+    ("min-k", "membership of a text: its k% least likely tokens", "top logprobs", "fraction",
+     "Shi et al., ICLR 2024"),
+]
 
 
 @app.command()
