@@ -16,7 +16,7 @@ from sklearn.datasets import load_breast_cancer, load_digits, load_wine, make_cl
 from sklearn.model_selection import train_test_split
 
 from modelshield.answer import FloatArray, IntArray
-from modelshield.errors import UnknownNameError
+from modelshield.errors import ConfigError, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def load_split(name: str, seed: int = 0, *, fractions: tuple[float, float] = (0.
     """
     train_share, pool_share = fractions
     if not (0 < train_share < 1 and 0 < pool_share < 1 and train_share + pool_share < 1):
-        raise ValueError(f"fractions must be two shares in (0, 1) summing below 1; got {fractions}")
+        raise ConfigError.invalid("fractions", "two shares in (0, 1) summing below 1", fractions)
     if name == "synthetic":
         X, y = _synthetic(seed, **synthetic)
     elif name == "tabular":
