@@ -81,6 +81,16 @@ def test_privacy_cells_rate_the_exposure_and_reach_the_report(
     html = render_html(json.loads(json.dumps(doc)))
     assert 'id="fig-privacy"' in html and 'id="privacy"' in html and "<svg" in html
     assert "membership inference" in render_markdown(doc).lower()
+    # A privacy cell that broke is a fact in the rating, and the page still renders.
+    from modelshield.audit.analysis import analyse
+
+    cells = [{**c, "status": "error", "reason": "the membership file is gone"}
+             if c["kind"] == "privacy" and c["defense"] == "none" else c for c in doc["cells"]]
+    broken = {**doc, "cells": cells, "analysis": analyse(s, cells)}
+    assert broken["analysis"]["rating"]["inference"] is None
+    assert any("not measured: the membership file is gone" in f
+               for f in broken["analysis"]["rating"]["facts"])
+    assert 'id="privacy"' in render_html(broken) and render_markdown(broken)
 
 
 def test_a_bad_privacy_section_names_the_field(owner: Any) -> None:

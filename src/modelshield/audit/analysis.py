@@ -112,7 +112,8 @@ def _privacy(cell: dict[str, Any] | None) -> dict[str, Any] | None:
     if cell is None:
         return None
     if cell.get("status") != "ok":
-        return {"level": None, "attacks": [], "best": None,
+        return {"level": None, "attacks": [], "best": None, "members": None,
+                "non_members": None,
                 "facts": [f"Membership inference not measured: {cell.get('reason')}."]}
     rows = cell["attacks"]
     ok = [r for r in rows if r["status"] == "ok"]
