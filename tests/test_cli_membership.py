@@ -77,6 +77,19 @@ def test_bad_input_is_refused_with_the_field_named(owner: Any, tmp_path: Path) -
     assert isinstance(r.exception, ConfigError)
     assert "unknown array 'nonmembers'" in str(r.exception) and "non_members (" in str(
         r.exception)
+    # Without the attacker's population RMIA cannot run; the others still do.
+    thin = tmp_path / "thin.npz"
+    with np.load(data) as d:
+        np.savez(thin, **{k: d[k] for k in ("members", "member_labels", "non_members",
+                                            "non_member_labels")})
+    out = tmp_path / "thin.json"
+    r = runner.invoke(app, ["membership", "--model-file", str(model_file), "--data", str(thin),
+                            "--attack", "loss", "--attack", "rmia", "--recipe", RECIPE,
+                            "--shadows", "2", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    loss, rmia = json.loads(out.read_text())["results"]
+    assert loss["status"] == "ok" and rmia["status"] == "not run"
+    assert "population holds 0" in rmia["reason"] and rmia["queries"] == 0
     r = runner.invoke(app, ["membership", "--victim", "tabular-mlp", "--model-file",
                             str(model_file), "--data", str(data)])
     assert isinstance(r.exception, ConfigError)

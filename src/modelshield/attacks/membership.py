@@ -113,10 +113,11 @@ class ShadowSet:
         Online: each candidate is in exactly half of the shadows' training sets (LiRA's
         balanced split), topped up with population records to ``train_size``. Offline: each
         shadow trains on ``train_size`` population records only. ``train_size`` is the
-        victim's training-set size the attacker assumes (default: half the candidates).
-        ``progress`` is called with the count of shadows trained so far. ``backend``:
-        ``local`` (``workers`` processes here) or ``ray`` (one task per shadow on the Ray
-        cluster this process has joined).
+        victim's training-set size the attacker assumes (default: half the candidates); an
+        online shadow trains on fewer when the population runs short. ``progress`` is
+        called with the count of shadows trained so far. ``backend``: ``local`` (``workers``
+        processes here) or ``ray`` (one task per shadow on the Ray cluster this process has
+        joined).
         """
         from joblib import Parallel, delayed
 
@@ -130,13 +131,13 @@ class ShadowSet:
         if online:
             keep = np.argsort(rng.uniform(size=(n_shadows, n)), axis=0) < n_shadows // 2
         pop_keep = np.zeros((n_shadows, m), dtype=bool)
+        if not online and size > m:
+            raise ConfigError(
+                f"each offline shadow model trains on {size} population records; the "
+                f"population holds {m}. Give more population data or a smaller train_size.")
         for s in range(n_shadows):
-            fill = size - int(keep[s].sum())
-            if fill > m:
-                raise ConfigError(
-                    f"each shadow model trains on {size} records; the population holds {m} "
-                    f"(and the candidates give {int(keep[s].sum())}). Give more population "
-                    "data or a smaller train_size.")
+            # Online, a shadow short of population rows trains on what there is.
+            fill = min(size - int(keep[s].sum()), m)
             if fill > 0:
                 pop_keep[s, rng.choice(m, size=fill, replace=False)] = True
         rows = np.arange(m) if ref_rows is None else np.asarray(ref_rows, dtype=np.int64)
@@ -185,6 +186,8 @@ def _fit_shadow(recipe: str, X: FloatArray, y: IntArray, n_classes: int, seed: i
 
 def _full_proba(est: Any, X: FloatArray, n_classes: int) -> FloatArray:
     """predict_proba with a column for every class, also those a shadow never saw."""
+    if len(X) == 0:
+        return np.empty((0, n_classes))
     p = np.asarray(est.predict_proba(X), dtype=np.float64)
     if p.shape[1] == n_classes:
         return p

@@ -113,6 +113,9 @@ def run_privacy(
         except AttackRefused as exc:
             rows.append({**row, "status": "refused", "reason": str(exc)})
             continue
+        except ConfigError as exc:  # the data cannot serve it (no population, say)
+            rows.append({**row, "status": "not run", "reason": str(exc), "queries": 0})
+            continue
         except OracleError as exc:  # the Shield blocked the key
             rows.append({**row, "status": "blocked", "reason": str(exc),
                          "queries": getattr(oracle, "used", 0)})
