@@ -90,8 +90,15 @@ def run_attack(victim: Any, task: Any, policy: str, attack: str, params: dict[st
             shadows=shadows if cls.uses_shadows else None)
     except AttackRefused as exc:
         return {"refused": str(exc), "queries": oracle.used}
-    m = membership_metrics(r.scores, task.is_member)
-    return {**m, "queries": r.queries, "seconds": round(r.seconds, 2)}
+    return {**_metrics(r.scores, task.is_member), "queries": r.queries,
+            "seconds": round(r.seconds, 2)}
+
+
+def _metrics(scores: np.ndarray, is_member: np.ndarray) -> dict[str, Any]:
+    """The figures without the ROC points (they would make the JSON 400 kB)."""
+    m = membership_metrics(scores, is_member)
+    m.pop("roc")
+    return m
 
 
 def art_black_box(victim: Any, task: Any, n_shadows: int, seed: int) -> dict[str, Any]:
@@ -127,7 +134,7 @@ def art_black_box(victim: Any, task: Any, n_shadows: int, seed: int) -> dict[str
     pred = target.predict(task.candidates)
     scores = mia.infer(task.candidates, y1, pred=pred, probabilities=True)
     scores = np.asarray(scores)[:, -1] if np.ndim(scores) == 2 else np.asarray(scores).ravel()
-    m = membership_metrics(scores, task.is_member)
+    m = _metrics(scores, task.is_member)
     return {**m, "queries": oracle.used, "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -151,7 +158,7 @@ def art_label_only(victim: Any, task: Any, seed: int, max_iter: int, max_eval: i
     x_adv = hsj.generate(x=x, y=y1)
     distance = np.linalg.norm((x_adv - x).reshape(len(x), -1), ord=2, axis=1)
     distance[np.argmax(target.predict(x), axis=1) != task.labels] = 0
-    m = membership_metrics(distance, task.is_member)
+    m = _metrics(distance, task.is_member)
     return {**m, "queries": oracle.used, "seconds": round(time.perf_counter() - start, 1),
             "max_iter": max_iter, "max_eval": max_eval}
 
