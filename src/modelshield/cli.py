@@ -304,8 +304,8 @@ def membership(
                   f"members, {len(task.non_members)} non-members)")
     for row in rows:
         if row["status"] != "ok":
-            table.add_row(row["attack"], row["needs"], "refused: " + row["reason"], "", "", "",
-                          "0", "", "")
+            table.add_row(row["attack"], row["needs"], f"{row['status']}: {row['reason']}", "",
+                          "", "", str(row.get("queries", 0)), "", "")
             continue
         t = row["tpr"]
         table.add_row(row["attack"], row["needs"], f"{t['1%']:.3f}", f"{t['0.1%']:.3f}",
