@@ -164,6 +164,7 @@ def test_run_privacy_shares_shadows_and_reports_refusals(memorizer: Any) -> None
     rows = run_privacy(task, lambda need: LocalOracle(victim, parse_policy("label")),
                        [("loss", {})], n_classes=10)
     assert rows[0]["status"] == "refused" and "scores" in rows[0]["reason"]
+    assert rows[0]["queries"] == 1
     no_recipe = MembershipTask("x", task.members, task.member_labels, task.non_members,
                                task.non_member_labels, task.population,
                                task.population_labels)

@@ -110,8 +110,9 @@ def run_privacy(
                            population_labels=task.population_labels
                            if len(task.population) else None,
                            shadows=shadow_set if cls.uses_shadows else None)
-        except AttackRefused as exc:
-            rows.append({**row, "status": "refused", "reason": str(exc)})
+        except AttackRefused as exc:  # after one query: the scores are withheld
+            rows.append({**row, "status": "refused", "reason": str(exc),
+                         "queries": getattr(oracle, "used", 0)})
             continue
         except ConfigError as exc:  # the data cannot serve it (no population, say)
             rows.append({**row, "status": "not run", "reason": str(exc), "queries": 0})
