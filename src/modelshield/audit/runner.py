@@ -258,8 +258,7 @@ def _privacy_cell(cell: dict[str, Any], target: Target, defense: Defense) -> dic
         "n_classes": victim.spec.n_classes, "shadows": privacy.shadows,
         "recipe": privacy.recipe, "train_size": privacy.train_size, "seed": seed,
         "price": price, "shadow_cache": cache_dir() / "shadows" / f"{shadow_key}.npz",
-        "backend": "ray" if os.environ.get(SHADOWS_ON) == "ray" else "local",
-        "workers": 8 if os.environ.get(SHADOWS_ON) == "ray" else 1}
+        "backend": "ray" if os.environ.get(SHADOWS_ON) == "ray" else "local", "workers": 1}
     attacks = [(name, params) for _, name, params in specs]
     if target.remote:
         rows = run_privacy(task, lambda need: remote_oracle(target, None, price), attacks,
