@@ -263,7 +263,7 @@ class Privacy(_Strict):
             except ModelShieldError as exc:
                 raise ValueError(str(exc)) from None
         if len(set(v)) != len(v):
-            raise ValueError("each attack once")
+            raise ValueError("list each attack once (a variant is name:key=value)")
         return v
 
     @field_validator("recipe")
