@@ -64,6 +64,7 @@ def test_bad_input_is_refused_with_the_field_named(owner: Any, tmp_path: Path) -
         (["--attack", "lira:depth=3"], "key one of"),
         (["--attack", "lira"], "--recipe"),
         (["--attack", "lira", "--recipe", "xgboost"], "recipe"),
+        (["--attack", "loss", "--roc", str(tmp_path / "roc.gif")], "--roc"),
     ]
     for extra, message in cases:
         r = runner.invoke(app, [*base, *extra])

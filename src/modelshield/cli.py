@@ -68,7 +68,7 @@ def attacks() -> None:
     """List the attacks, what they need from the answers, and their parameters."""
     table = Table("name", "what it does", "needs", "parameters", title="attacks")
     for name, cls in ATTACKS.items():
-        params = ", ".join(p for p in cls.parameters() if p != "random_state")
+        params = ", ".join(cls.parameters())
         table.add_row(name, cls.summary(), cls.needs, params)
     from modelshield.attacks.logit_stealing import LM_ATTACKS
 
@@ -277,6 +277,8 @@ def membership(
         raise ConfigError("Give --victim (built-in) or --model-file with --data (yours).")
     if (model_file is None) != (data is None):
         raise ConfigError("--model-file and --data go together: your model and its members.")
+    if roc is not None and roc.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise ConfigError.invalid("--roc", "a .png, .svg or .pdf file", str(roc))
     parse_policy(policy)
     if model_file is not None and data is not None:
         from modelshield.victims.loaders import membership_from_files

@@ -30,8 +30,8 @@ def test_every_built_in_victim_learns_its_task() -> None:
         chance = 1 / v.spec.n_classes
         accuracy = np.mean(v.predict_labels(v.X_test) == v.y_test)
         if name.startswith("tabular-mlp"):
-            # Made to memorize 1,000 noisy rows of 10 classes (0.45 on unseen rows), or
-            # trained by DP-SGD (0.18 at epsilon 1, 0.30 at 8): above chance, not accurate.
+            # Made to memorize 1,000 noisy rows of 10 classes (about 0.5 on unseen rows), or
+            # trained by DP-SGD (about 0.18 at epsilon 1, 0.35 at 8): above chance only.
             assert accuracy > (4 if name == "tabular-mlp" else 1.5) * chance, name
             continue
         assert accuracy > 0.7 and accuracy > 1.5 * chance, name

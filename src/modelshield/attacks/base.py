@@ -94,13 +94,15 @@ class Session:
 
 
 @dataclass
-class Attack(ABC):
-    """Base of every attack. Subclasses are dataclasses; their fields are the parameters.
+class Parametrized:
+    """A family's base: a dataclass whose fields are the parameters, registered by ``name``
+    in the family's ``registry`` when a subclass names itself, checked by ``validate``.
 
     Class attributes: ``name`` (registry key), ``paper`` (the source), ``needs`` (which
-    Answer fields it reads). The docstring's first line is what ``modelshield attacks`` lists.
+    answer fields it reads). The docstring's first line is what ``modelshield attacks`` lists.
     """
 
+    registry: ClassVar[Registry[Any]]
     name: ClassVar[str]
     paper: ClassVar[str] = ""
     needs: ClassVar[str] = "labels"
@@ -110,7 +112,7 @@ class Attack(ABC):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:
-            ATTACKS.add(cls.name, cls)
+            cls.registry.add(cls.name, cls)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -124,7 +126,15 @@ class Attack(ABC):
 
     @classmethod
     def parameters(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+        """The parameters a user sets (the seed is set apart)."""
+        return [f.name for f in fields(cls) if f.name != "random_state"]
+
+
+@dataclass
+class Attack(Parametrized, ABC):
+    """Base of every extraction attack: ``run(oracle, budget, pool)`` -> Extraction."""
+
+    registry: ClassVar[Registry[Any]] = ATTACKS
 
     def run(self, oracle: Oracle, budget: int, *, pool: FloatArray | None = None) -> Extraction:
         """Attack ``oracle`` with at most ``budget`` queries; ``pool`` is the attacker's data."""

@@ -68,15 +68,20 @@ def next_token_logprobs(oracle: LMOracle, contexts: Sequence[Sequence[int]],
                         targets: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
     """The log-probability of ``targets[i]`` after ``contexts[i]``, and whether the API
     listed it (exact) or it is the upper bound of an unlisted token."""
+    answers = _answers(oracle, contexts, k)
     lp = np.empty(len(contexts))
     exact = np.zeros(len(contexts), dtype=bool)
-    for start in range(0, len(contexts), BATCH):
-        chunk = [list(c) for c in contexts[start:start + BATCH]]
-        answers = _complete(oracle, chunk, k)
-        for j, answer in enumerate(answers):
-            i = start + j
-            lp[i], exact[i] = _logprob_of(answer, int(targets[i]), oracle.vocab)
+    for i, answer in enumerate(answers):
+        lp[i], exact[i] = _logprob_of(answer, int(targets[i]), oracle.vocab)
     return lp, exact
+
+
+def _answers(oracle: LMOracle, contexts: Sequence[Sequence[int]], k: int) -> list[Completion]:
+    """The next-token top logprobs after each context, ``BATCH`` prompts a request."""
+    out: list[Completion] = []
+    for start in range(0, len(contexts), BATCH):
+        out += _complete(oracle, [list(c) for c in contexts[start:start + BATCH]], k)
+    return out
 
 
 def _complete(oracle: LMOracle, prompts: list[list[int]], k: int) -> list[Completion]:
@@ -114,10 +119,7 @@ def sequence_logprobs(oracle: LMOracle, prefix: Sequence[int],
     for cont in conts:
         for i in range(len(cont)):
             index.setdefault((*prefix, *cont[:i]), len(index))
-    contexts = [list(c) for c in index]
-    answers: list[Completion] = []
-    for start in range(0, len(contexts), BATCH):
-        answers += _complete(oracle, contexts[start:start + BATCH], k)
+    answers = _answers(oracle, list(index), k)
     out = np.empty(len(conts))
     for n, cont in enumerate(conts):
         out[n] = sum(_logprob_of(answers[index[(*prefix, *cont[:i])]], tok, oracle.vocab)[0]
@@ -181,12 +183,10 @@ def extract_secret(oracle: LMOracle, prefix: Sequence[int], length: int,
     for _ in range(length):
         contexts = [[*prefix, *b] for _, b in beams]
         grown = []
-        for start in range(0, len(contexts), BATCH):
-            answers = _complete(oracle, contexts[start:start + BATCH], k)
-            for (score, b), answer in zip(beams[start:start + BATCH], answers, strict=True):
-                for tok in alphabet:
-                    lp, _ = _logprob_of(answer, int(tok), oracle.vocab)
-                    grown.append((score + lp, [*b, int(tok)]))
+        for (score, b), answer in zip(beams, _answers(oracle, contexts, k), strict=True):
+            for tok in alphabet:
+                lp, _ = _logprob_of(answer, int(tok), oracle.vocab)
+                grown.append((score + lp, [*b, int(tok)]))
         grown.sort(key=lambda t: -t[0])
         beams = grown[:width]
     return beams[0][1]

@@ -27,7 +27,7 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 from scipy.stats import norm
 
 from modelshield.answer import Answer, FloatArray, IntArray
-from modelshield.attacks.base import Session
+from modelshield.attacks.base import Parametrized, Session
 from modelshield.errors import ConfigError
 from modelshield.models import make_estimator
 from modelshield.oracle.base import Oracle
@@ -239,34 +239,12 @@ def coarsen_like(probs: FloatArray, seen: Answer) -> FloatArray:
 
 
 @dataclass
-class MembershipAttack(ABC):
+class MembershipAttack(Parametrized, ABC):
     """Base of the membership attacks: a dataclass of parameters and one ``run``."""
 
-    name: ClassVar[str]
-    paper: ClassVar[str] = ""
+    registry: ClassVar[Registry[Any]] = MEMBERSHIP
     needs: ClassVar[str] = "scores"
     uses_shadows: ClassVar[bool] = False
-
-    random_state: int = 0
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:
-            MEMBERSHIP.add(cls.name, cls)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ConfigError for a parameter out of range."""
-
-    @classmethod
-    def summary(cls) -> str:
-        return (cls.__doc__ or "").strip().splitlines()[0]
-
-    @classmethod
-    def parameters(cls) -> list[str]:
-        return [f.name for f in fields(cls) if f.name != "random_state"]
 
     def queries_needed(self, n_candidates: int) -> int:
         """How many queries ``run`` spends on ``n_candidates`` candidates."""
@@ -362,22 +340,23 @@ class ScoreThreshold(MembershipAttack):
               workers: int) -> tuple[FloatArray, dict[str, Any]]:
         answer = _ask(session, X)
         assert answer.probabilities is not None
-        return scaled_logit(answer.probabilities, y), {}
+        return self.signal(answer.probabilities, y), {}
+
+    @staticmethod
+    def signal(probs: FloatArray, y: IntArray) -> FloatArray:
+        return scaled_logit(probs, y)
 
 
 @dataclass
-class ConfidenceThreshold(MembershipAttack):
+class ConfidenceThreshold(ScoreThreshold):
     """The victim's top score, one global threshold (needs no labels)."""
 
     name: ClassVar[str] = "confidence"
     paper: ClassVar[str] = "Salem et al., NDSS 2019"
 
-    def infer(self, session: Session, X: FloatArray, y: IntArray, pop: FloatArray | None,
-              pop_y: IntArray | None, shadows: ShadowSet | None, rng: np.random.Generator,
-              workers: int) -> tuple[FloatArray, dict[str, Any]]:
-        answer = _ask(session, X)
-        assert answer.probabilities is not None
-        return np.asarray(np.nanmax(answer.probabilities, axis=1)), {}
+    @staticmethod
+    def signal(probs: FloatArray, y: IntArray) -> FloatArray:
+        return np.asarray(np.nanmax(probs, axis=1))
 
 
 @dataclass
