@@ -117,6 +117,9 @@ class LMRequest:
     logprobs: int | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
     stop: list[str] = field(default_factory=list)  # a choice ends before the first of these
+    # A chat request's messages, (role, text), as the customer sent them: the Shield puts
+    # the deployment's system prompt before them and builds ``prompts`` again.
+    messages: list[tuple[str, str]] | None = None
 
     @property
     def tokens(self) -> int:

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from modelshield.attacks import ATTACKS
 from modelshield.attacks.params import parse_params
+from modelshield.attacks.prompt_extraction import DEFAULT_PROBES, PROBES, PromptExtraction
 from modelshield.audit.evaluate import Result, run_cell
 from modelshield.defenses.policies import POLICIES, parse_policy
 from modelshield.errors import ConfigError, ModelShieldError
@@ -96,6 +97,9 @@ LM_PRIVACY = [  # modelshield.attacks.lm_privacy, run by `modelshield canaries`
      "text (greedy); top logprobs (beam)", "method, width", "Carlini et al. 2019"),
     ("min-k", "membership of a text: its k% least likely tokens", "top logprobs", "fraction",
      "Shi et al., ICLR 2024"),
+    ("prompt-leak", "a chat assistant's system prompt, by repeat requests, encodings and a "
+     "sentence at a time (modelshield prompt-leak)", "text replies (any chat API)",
+     "probes, max_tokens", "Zhang et al., COLM 2024"),
 ]
 
 
@@ -428,6 +432,125 @@ def canaries(
     if json_out:
         json_out.write_text(json.dumps({"victim": victim, "target": target, "seed": seed,
                                         "top_logprobs": k, "canaries": rows}, indent=2))
+        console.print(f"wrote {json_out}")
+
+
+@app.command("prompt-leak")
+def prompt_leak(
+    target: Annotated[str | None, typer.Option(
+        help="An OpenAI-compatible chat endpoint (our gateway, vLLM, a vendor) to probe.")]
+    = None,
+    api_key: Annotated[list[str] | None, typer.Option(
+        help="API key for --target; give it several times to spread the requests over "
+             "several accounts (a cumulative leak filter counts per account).")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="The model's name at --target (needed when it serves more than one).")] = None,
+    victim: Annotated[str, typer.Option(
+        help="In-process (no --target): the chat model to serve.")] = "chat-assistant",
+    system_prompt: Annotated[str | None, typer.Option(
+        help="In-process: the secret system prompt to serve (default: the first of the "
+             "benchmark's secret prompts).")] = None,
+    leak_filter: Annotated[float | None, typer.Option(
+        min=0.01, max=1.0, help="In-process: serve with the leak filter at this threshold "
+                                "(share of the prompt's n-grams).")] = None,
+    per_answer: Annotated[bool, typer.Option(
+        "--per-answer", help="In-process: the filter judges each answer alone (default: "
+                             "what the account received together).")] = False,
+    truth: Annotated[Path | None, typer.Option(
+        help="A file holding the true system prompt (the owner's), to score the recovery "
+             "against. In-process the served prompt is the truth.")] = None,
+    probe: Annotated[list[str] | None, typer.Option(
+        "--probe", help=f"A probe to send (repeatable; default: all): "
+                        f"{', '.join(PROBES)}.")] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, max=4096, help="Tokens per reply.")] = 200,
+    budget: Annotated[int | None, typer.Option(min=1, help="Most requests to send.")] = None,
+    price: Annotated[float, typer.Option(min=0.0, help="Dollars per 1,000 tokens.")] = 0.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results here.")]
+    = None,
+) -> None:
+    """Try to extract a chat assistant's system prompt through its chat API (Zhang et al.,
+    COLM 2024), and score the recovery when the true prompt is known.
+
+    Probes: repeat, instructions, ignore, all-sentences (whole-prompt requests), caps and
+    lines (encodings a filter may miss), sentences (a sentence at a time). The guess is the
+    reply that agrees most with the others. Exact recovery: the same words in order;
+    approximate: ROUGE-L recall >= 0.9.
+    """
+    import tempfile
+
+    from modelshield.oracle.chat import ChatOracle
+
+    attack = PromptExtraction(tuple(probe) if probe else DEFAULT_PROBES, max_tokens)
+    truth_text = None
+    if truth is not None:
+        try:
+            truth_text = truth.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"--truth: cannot read {str(truth)!r} ({exc.strerror}).") from None
+    oracles: list[ChatOracle] = []
+    shield: Any = None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            if target is not None:
+                if not api_key:
+                    raise ConfigError("--target needs --api-key.")
+                if system_prompt is not None or leak_filter is not None:
+                    raise ConfigError("--system-prompt and --leak-filter set up an in-process "
+                                      "model; against --target the gateway's config holds them.")
+                from modelshield.oracle.chat import OpenAIChatOracle
+
+                share = None if budget is None else -(-budget // len(api_key))
+                oracles = [OpenAIChatOracle(target, k, model=model, budget=share,
+                                            price_per_1k_tokens=price) for k in api_key]
+            else:
+                from modelshield.oracle.chat import ShieldChatOracle
+                from modelshield.serve.factory import build_shield
+                from modelshield.victims.chat import secret_prompts
+
+                secret = system_prompt or secret_prompts(1)[0]
+                truth_text = truth_text or secret
+                llm: dict[str, Any] = {} if leak_filter is None else {
+                    "leak_filter": {"threshold": leak_filter, "cumulative": not per_answer}}
+                with console.status(f"loading {victim} …"):
+                    shield = build_shield({"model": {"builtin": None, "lm": victim,
+                                                     "system_prompt": secret},
+                                           "audit_url": f"sqlite:///{tmp}/audit.db",
+                                           "tiers": {"open": {"llm": llm}}})
+                oracles = [ShieldChatOracle(shield, shield.store.create_key("open")[0],
+                                            budget=budget, price_per_1k_tokens=price)
+                           for _ in range(len(api_key or [None]))]
+            with console.status(f"{attack.queries()} requests at most …"):
+                leak = attack.run(oracles)
+        finally:
+            for o in oracles:
+                o.close()
+            if shield is not None:
+                shield.close()
+    if truth_text is not None:
+        leak.score(truth_text)
+    table = Table("probe", "requests", "redacted", "refused", "ROUGE-L recall", "exact",
+                  title="system-prompt probes")
+    for name in attack.probes:
+        r = leak.per_probe.get(name)
+        table.add_row(name, str(leak.sent.get(name, 0)),
+                      str(leak.redacted.get(name, 0)), leak.refused.get(name, ""),
+                      "—" if r is None else f"{r.rouge_l:.2f}",
+                      "—" if r is None else ("yes" if r.exact else "no"))
+    console.print(table)
+    console.print(f"[bold]guess[/bold] ({leak.queries} requests, ${leak.cost:.4f}):")
+    console.print(leak.guess or "(nothing came back)", markup=False)
+    if leak.recovery is not None:
+        console.print(f"recovery: exact {'yes' if leak.recovery.exact else 'no'}, ROUGE-L "
+                      f"recall {leak.recovery.rouge_l:.2f} (approximate: "
+                      f"{'yes' if leak.recovery.approximate else 'no'})")
+    if json_out:
+        json_out.write_text(json.dumps({
+            "target": target, "model": model, "queries": leak.queries, "cost": leak.cost,
+            "guess": leak.guess, "candidates": leak.candidates, "redacted": leak.redacted,
+            "refused": leak.refused,
+            "recovery": None if leak.recovery is None else dataclasses.asdict(leak.recovery),
+            "per_probe": {k: dataclasses.asdict(v) for k, v in leak.per_probe.items()}},
+            indent=2))
         console.print(f"wrote {json_out}")
 
 

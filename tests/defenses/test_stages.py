@@ -25,8 +25,9 @@ def test_the_default_order(tmp_path: Path) -> None:
     shield = build_shield(config(tmp_path))
     assert [s.name for s in shield.stages] == ["authenticate", "check inputs", "limit",
                                                "model", "detect", "watermark", "shape", "record"]
-    assert [s.name for s in shield.lm_stages] == ["authenticate", "check request", "limit",
-                                                  "detect", "generate", "record"]
+    assert [s.name for s in shield.lm_stages] == ["authenticate", "system prompt",
+                                                  "check request", "limit", "detect",
+                                                  "generate", "leak filter", "record"]
 
 
 class BusinessHours:
@@ -57,7 +58,7 @@ def test_an_owner_stage_runs_in_its_place_and_its_refusals_are_recorded(tmp_path
     refusal = shield.store.records()[-1]
     assert json.loads(refusal["decision"])["code"] == "outside_hours"
     assert refusal["rows"] == 2  # the rows had passed the input check
-    assert len(LM_STAGES) == 6
+    assert len(LM_STAGES) == 8
 
 
 def test_a_stage_before_authenticate_fails_loudly(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from httpx import Client as HttpClient
 from modelshield.defenses.shield import Shield
 from modelshield.serve.app import create_app
 from modelshield.serve.factory import build_shield
-from modelshield.serve.openai import ChatMessage, chat_ids
+from modelshield.victims.chat import chat_ids
 from tests.servers import live_app
 
 TIERS: dict[str, Any] = {
@@ -203,7 +203,7 @@ def test_a_llama_directory_gives_its_own_context_and_chat_template(tmp_path: Pat
     tokenizer.save_pretrained(tmp_path)
     lm = LMVictim.from_directory(tmp_path, name="llama-tiny")
     assert lm.context == 256
-    ids = chat_ids(lm, [ChatMessage(role="user", content="hello")])
+    ids = chat_ids(lm, [("user", "hello")])
     assert lm.decode(ids) == "[user] hello\n[assistant] "
     from modelshield.answer import LMRequest
     from modelshield.defenses.llm import LLMPolicy, decode

@@ -173,6 +173,11 @@ class Model(_Strict):
     # .parquet of feature columns (a `label` column is left out). Required for a model
     # file or upstream whose tiers have detectors; a built-in victim ships its own.
     calibration: str | None = None
+    # A language model's system prompt: put before the messages of every chat request
+    # (a tier's llm.system_prompt takes its place), never written to the audit log. Or a
+    # file that holds it (system_prompt_file), to keep the secret out of the config.
+    system_prompt: str | None = Field(default=None, min_length=1, max_length=20_000)
+    system_prompt_file: str | None = None
     # Refuse (422, naming the feature) values outside low/high: the contract customers are
     # told. Off only for a model whose declared domain is a guide, not a limit.
     enforce_domain: bool = True
@@ -181,6 +186,28 @@ class Model(_Strict):
     @classmethod
     def _upstream(cls, v: str | None) -> str | None:
         return http_url(v)
+
+    @model_validator(mode="after")
+    def _system_prompt(self) -> Model:
+        if self.system_prompt is not None and self.system_prompt_file is not None:
+            raise ValueError("set system_prompt or system_prompt_file, not both")
+        if (self.system_prompt or self.system_prompt_file) and not (self.lm or self.lm_upstream):
+            raise ValueError("system_prompt: only a language model (lm or lm_upstream) has a "
+                             "system prompt")
+        return self
+
+    def read_system_prompt(self) -> str | None:
+        """The model's system prompt, from the config or from its file."""
+        if self.system_prompt_file is None:
+            return self.system_prompt
+        try:
+            text = Path(self.system_prompt_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"model.system_prompt_file: cannot read "
+                              f"{self.system_prompt_file!r} ({exc.strerror}).") from None
+        if not text:
+            raise ConfigError(f"model.system_prompt_file: {self.system_prompt_file!r} is empty.")
+        return text
 
 
 class ModelEntry(Model):

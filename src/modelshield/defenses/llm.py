@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelshield.answer import LMChoice, LMRequest
+from modelshield.defenses.leakfilter import LeakFilterSpec
 from modelshield.defenses.textmark import TextWatermark
 from modelshield.errors import Denied
 
@@ -51,6 +52,11 @@ class LLMPolicy(BaseModel):
     # the logits of a keyed green list of a share gamma of the vocabulary; 0 is off.
     watermark_delta: float = Field(default=0.0, ge=0.0, le=20.0)
     watermark_gamma: float = Field(default=0.25, gt=0.0, lt=1.0)
+    # The system prompt put before every chat request on this tier (over the model's own,
+    # ``model.system_prompt``), and the filter that redacts answers giving it away
+    # (defenses/leakfilter.py).
+    system_prompt: str | None = Field(default=None, min_length=1, max_length=20_000)
+    leak_filter: LeakFilterSpec | None = None
     # The HMAC keys of the logprob noise and of the text watermark: the gateway sets them
     # from the config's noise_secret and watermark_secret (never written in a tier).
     noise_key: str = Field(default="", exclude=True)

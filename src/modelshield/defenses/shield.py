@@ -4,7 +4,8 @@ Each request passes an ordered list of stages (:mod:`modelshield.defenses.stages
 
     classifier:      authenticate -> check inputs -> limit -> model -> detect -> watermark
                      -> shape -> record
-    language model:  authenticate -> check request -> limit -> detect -> generate -> record
+    language model:  authenticate -> system prompt -> check request -> limit -> detect
+                     -> generate -> leak filter -> record
 
 Admission stages refuse with :class:`~modelshield.errors.Denied` (401/403/413/422/429/503);
 a request refused for its inputs costs no rate-limit budget, and every refusal is recorded
@@ -33,6 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from modelshield.answer import Answer, ApiSpec, FloatArray, LMChoice, LMRequest
 from modelshield.defenses.config import ShieldConfig, Tier
 from modelshield.defenses.detectors import Detector, Flag, Probing, make_detector
+from modelshield.defenses.leakfilter import LeakFinder
 from modelshield.defenses.limits_batch import RedisMovingWindowBatch
 from modelshield.defenses.limits_memory import SweptMemoryStorage
 from modelshield.defenses.llm import Delta
@@ -68,6 +70,8 @@ class Decision:
     flags: list[Flag] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
     watermarked: int = 0  # rows answered with the watermark's label
+    redacted: int = 0  # choices the leak filter redacted
+    prompt_tokens: int = 0  # a language model's prompts as answered (system prompt included)
 
     def to_record(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -76,6 +80,8 @@ class Decision:
                       for f in self.flags]}
         if self.watermarked:
             out["watermarked"] = self.watermarked
+        if self.redacted:
+            out["redacted"] = self.redacted
         return out
 
 
@@ -106,6 +112,20 @@ class Shield:
         self.llm_policies = {name: t.llm.model_copy(update={
             "noise_key": secret or "", "watermark_key": config.watermark_secret or ""})
             for name, t in config.tiers.items()}
+        model_prompt = config.model.read_system_prompt()
+        self.system_prompts = {name: t.llm.system_prompt or model_prompt
+                               for name, t in config.tiers.items()}
+        self.leak_finders: dict[str, LeakFinder] = {}
+        for name, t in config.tiers.items():
+            if t.llm.leak_filter is None:
+                continue
+            secret = self.system_prompts[name]
+            if secret is None:
+                raise ConfigError(f"tiers.{name}.llm.leak_filter: there is no system prompt "
+                                  "to guard; set model.system_prompt (or system_prompt_file) "
+                                  f"or tiers.{name}.llm.system_prompt")
+            self.leak_finders[name] = LeakFinder(secret, t.llm.leak_filter.ngram,
+                                                 t.llm.leak_filter.public)
         self.watermarks = {
             name: ServeWatermark(config.watermark_secret or "", spec, t.watermark.rate,
                                  t.watermark.cell, t.watermark.projections)

@@ -6,7 +6,8 @@ stages before it left there, adds its own part, or refuses by raising
 
     classifier:      authenticate -> check inputs -> limit -> model -> detect -> watermark
                      -> shape -> record
-    language model:  authenticate -> check request -> limit -> detect -> generate -> record
+    language model:  authenticate -> system prompt -> check request -> limit -> detect
+                     -> generate -> leak filter -> record
 
 (A language model's detectors watch the request, so they run before the tokens are spent.)
 Every stage holds the Shield for its services: the key and audit store, the rate limiter,
@@ -16,6 +17,8 @@ list (``Shield.stages`` / ``Shield.lm_stages``).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -181,6 +184,23 @@ class CheckInputs(_Stage):
                          f"inputs[{row}][{col}] = {x[row, col]!r} is outside feature {col}'s "
                          f"domain [{spec.low[col]:g}, {spec.high[col]:g}] (GET /v2/models/"
                          f"{spec.name} lists every feature's).", {"X-Error-Param": "inputs"})
+
+
+class SystemPrompt(_Stage):
+    """A chat request gets the deployment's system prompt (the tier's, else the model's)
+    before its messages; its prompt is built again from them."""
+
+    name = "system prompt"
+
+    def __call__(self, call: Call) -> None:
+        req = call.lm_request
+        secret = self.shield.system_prompts.get(call.key.tier)
+        if req.messages is not None and secret is not None:
+            from modelshield.victims.chat import chat_ids
+
+            req = call.req = dataclasses.replace(
+                req, prompts=[chat_ids(self.shield.lm, [("system", secret), *req.messages])])
+        call.decision.prompt_tokens = sum(len(p) for p in req.prompts)
 
 
 class CheckRequest(_Stage):
@@ -429,14 +449,55 @@ class Generate(_Stage):
                 raise Denied(getattr(exc, "client_status", 502), "upstream_error",
                              str(exc)) from None
             return
+        # A tier with a leak filter checks each choice whole before any of it leaves: the
+        # stream then sends whole choices.
+        streamed = call.on_step is not None and key.tier not in s.leak_finders
         gen = Generation(lm.next_logits, req, policy, lm.tokenizer.eos_token_id,
                          text=lm.decode, stepper=getattr(lm, "stepper", None),
-                         stream=call.on_step is not None)
-        if call.on_step is not None:
+                         stream=streamed)
+        if streamed and call.on_step is not None:
             s.commit(lm_record(s, call, {"stream": "started"}))
             for deltas in gen.steps():
                 call.on_step(call.decision, deltas)
         call.choices = gen.choices()
+
+
+class LeakFilter(_Stage):
+    """Redact each choice that holds the tier's system prompt at or above the filter's
+    threshold (defenses/leakfilter.py): its text becomes the tier's message, its tokens and
+    logprobs go, and its finish reason is ``content_filter``. With ``cumulative`` the share
+    counts what the account received before."""
+
+    name = "leak filter"
+
+    def __call__(self, call: Call) -> None:
+        s, tier = self.shield, call.key.tier
+        finder = s.leak_finders.get(tier)
+        if finder is None:
+            return
+        spec = s.llm_policies[tier].leak_filter
+        assert spec is not None
+        lm = s.lm
+        key = f"leak:{call.key.key_id}:{finder.digest}"
+        seen: set[int] = set(s.shared(s.state.get, key) or []) if spec.cumulative else set()
+        grown = False
+        out = []
+        for c in call.choices:
+            text = c.text if c.text is not None else lm.decode(c.tokens)
+            leak = finder.find(text)
+            if len(seen | leak.grams) / finder.total >= spec.threshold:
+                call.decision.redacted += 1
+                out.append(LMChoice(c.prompt_index, [], [] if c.logprobs is not None else None,
+                                    [] if c.top_logprobs is not None else None,
+                                    "content_filter", spec.message))
+                continue
+            if not leak.grams <= seen:
+                seen |= leak.grams
+                grown = True
+            out.append(c)
+        call.choices = out
+        if spec.cumulative and grown:
+            s.shared(s.state.set, key, sorted(seen))
 
 
 class Record(_Stage):
@@ -460,10 +521,18 @@ class Record(_Stage):
 
 
 def lm_record(shield: Shield, call: Call, answer: Any) -> AuditRecord:
+    """A language-model request's record. A chat request is recorded by its messages, and
+    the system prompt by a digest: the secret never enters the log."""
     req, key = call.lm_request, call.key
+    sent: dict[str, Any] = {"prompts": req.prompts}
+    if req.messages is not None:
+        sent = {"messages": [list(m) for m in req.messages]}
+        secret = shield.system_prompts.get(key.tier)
+        if secret is not None:
+            sent["system_prompt"] = hashlib.sha256(secret.encode()).hexdigest()[:16]
     return AuditRecord(
         ts=shield.clock(), key_id=key.key_id, client_ip=call.client_ip, model=shield.spec.name,
-        rows=len(req.prompts), inputs={"prompts": req.prompts, "max_tokens": req.max_tokens,
+        rows=len(req.prompts), inputs={**sent, "max_tokens": req.max_tokens,
                                        "logprobs": req.logprobs,
                                        "logit_bias": {str(k): v for k, v in
                                                       req.logit_bias.items()},
@@ -487,5 +556,5 @@ StageFactory = Callable[["Shield"], Stage]
 
 CLASSIFIER_STAGES: tuple[StageFactory, ...] = (Authenticate, CheckInputs, Limit, Model, Detect,
                                                Watermark, Shape, Record)
-LM_STAGES: tuple[StageFactory, ...] = (Authenticate, CheckRequest, Limit, Detect, Generate,
-                                       Record)
+LM_STAGES: tuple[StageFactory, ...] = (Authenticate, SystemPrompt, CheckRequest, Limit, Detect,
+                                       Generate, LeakFilter, Record)

@@ -31,6 +31,7 @@ from modelshield.defenses.llm import Delta
 from modelshield.defenses.shield import Shield
 from modelshield.errors import Denied, OracleError
 from modelshield.serve.errors import ERROR_RESPONSES, error_response
+from modelshield.victims.chat import chat_ids
 
 Prompt = str | list[str] | list[int] | list[list[int]]
 
@@ -130,11 +131,6 @@ class ChatRequest(_Request):
     function_call: Any = None
     response_format: Any = None
     parallel_tool_calls: bool | None = None
-
-
-def chat_prompt(messages: list[ChatMessage]) -> str:
-    """The plain-text chat template of the built-in models (they have no chat tokens)."""
-    return "".join(f"<|{m.role}|>\n{m.text}\n" for m in messages) + "<|assistant|>\n"
 
 
 def openai_error(status: int, message: str, code: str, param: str | None = None,
@@ -508,13 +504,14 @@ def handlers(shield: Shield, count: Callable[[str, int], None]) -> Handlers:
             return refuse(400, "top_logprobs needs logprobs: true.", "invalid_value",
                           "top_logprobs", route)
         max_tokens = body.max_completion_tokens or body.max_tokens or 16
-        prompts = await offload(lambda: [chat_ids(lm, body.messages)], route, "messages")
+        messages: list[tuple[str, str]] = [(m.role, m.text) for m in body.messages]
+        prompts = await offload(lambda: [chat_ids(lm, messages)], route, "messages")
         if isinstance(prompts, JSONResponse):
             return prompts
         req = LMRequest(prompts, max_tokens, body.temperature,
                         body.top_p, body.n, body.seed,
                         (body.top_logprobs or 0) if body.logprobs else None, logit_bias,
-                        _stops(body.stop))
+                        _stops(body.stop), messages=messages)
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         head = {"id": ident, "object": "chat.completion.chunk", "created": created,
                 "model": name}
@@ -581,20 +578,6 @@ def _prompts(prompt: Prompt, encode: Callable[[str], list[int]]) -> list[list[in
     if prompt and all(isinstance(p, int) for p in prompt):
         return [list(prompt)]  # type: ignore[arg-type]
     return [encode(p) if isinstance(p, str) else list(p) for p in prompt]  # type: ignore[arg-type]
-
-
-def chat_ids(lm: Any, messages: list[ChatMessage]) -> list[int]:
-    """The prompt's token ids: by the tokenizer's own chat template where it has one, else
-    by the plain template of the built-in models."""
-    tokenizer = getattr(lm, "tokenizer", None)
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.text} for m in messages],
-            add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):  # a BatchEncoding
-            ids = ids["input_ids"]
-        return [int(t) for t in ids]
-    return list(lm.encode(chat_prompt(messages)))
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from modelshield.victims.zoo import cache_dir
 
 VOCAB = 2048  # >= 4 x the largest hidden size (512)
 CONTEXT = 128
+CHAT_VERSION = 1  # of victims/chat.py's conversations: a new one builds chat models again
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class LMEntry:
     corpus: str = "private"  # the fine-tune's corpus
     canaries: bool = False  # secret canaries inserted into the fine-tune (canaries())
     lr: float = 1e-3  # the fine-tune's learning rate
+    context: int = CONTEXT  # positions
 
 
 LM_ZOO: Registry[LMEntry] = Registry("language-model victim")
@@ -71,6 +73,9 @@ LM_ZOO.add("lm-canary", LMEntry("lm-h128 fine-tuned on 3/4 of the private corpus
                                 "canaries inserted 1, 4, 16 and 64 times", 128, steps=600,
                                 base="lm-h128", corpus="private-train", canaries=True,
                                 lr=3e-3))
+LM_ZOO.add("chat-assistant", LMEntry("a chat assistant (hidden 128, 2 layers) trained from scratch "
+                                     "to follow a system prompt and to repeat it when asked",
+                                     128, steps=2500, corpus="chat", lr=3e-3, context=320))
 LM_ZOO.add("lm-tiny-canary", LMEntry("lm-tiny fine-tuned like lm-canary, briefly: for tests", 32,
                                      layers=1, heads=2, steps=100, base="lm-tiny",
                                      corpus="private-train", canaries=True, lr=3e-3))
@@ -197,7 +202,7 @@ def lm_config(entry: LMEntry, tokenizer: Any) -> Any:
     """The GPT-2 configuration of a zoo entry (the architecture an attacker can know)."""
     from transformers import GPT2Config
 
-    return GPT2Config(vocab_size=len(tokenizer), n_positions=CONTEXT, n_embd=entry.hidden,
+    return GPT2Config(vocab_size=len(tokenizer), n_positions=entry.context, n_embd=entry.hidden,
                       n_layer=entry.layers, n_head=entry.heads,
                       bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                       tie_word_embeddings=True)
@@ -222,6 +227,8 @@ def _build(name: str, seed: int) -> Path:
         recipe += f"-from-{entry.base}-s{LM_ZOO[entry.base].steps}"
     if entry.canaries:
         recipe += f"-canaries2-lr{entry.lr:g}"
+    if entry.corpus == "chat":
+        recipe += f"-chat{CHAT_VERSION}-lr{entry.lr:g}-c{entry.context}"
     path = cache_dir() / "lm" / f"{name}-{recipe}-seed{seed}-{_digest()}"
     if (path / "config.json").exists():
         return path
@@ -235,6 +242,12 @@ def _build(name: str, seed: int) -> Path:
             texts = [texts[i] for i in order]
         model = train_lm(model, token_stream(tokenizer, texts), entry.steps, seed + 1,
                          lr=entry.lr)
+    elif entry.corpus == "chat":
+        from modelshield.victims.chat import train_chat
+
+        torch.manual_seed(seed)
+        model = train_chat(GPT2LMHeadModel(lm_config(entry, tokenizer)), tokenizer, entry.steps,
+                           seed, lr=entry.lr)
     else:
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(lm_config(entry, tokenizer))
@@ -318,7 +331,8 @@ class LMVictim:
         return list(self.tokenizer(text)["input_ids"])
 
     def decode(self, ids: Sequence[int]) -> str:
-        return str(self.tokenizer.decode(list(ids)))
+        """The text of ``ids``; special tokens (end of text) write nothing, as in vLLM."""
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
     def token_text(self, token: int) -> str:
         return str(self.tokenizer.decode([int(token)]))
