@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from modelshield.attacks.prompt_extraction import Recovery
 from modelshield.cli import app
+from modelshield.errors import ConfigError
 from modelshield.serve.app import create_app
 from modelshield.serve.factory import build_gateway
 from modelshield.victims.chat import secret_prompts
@@ -93,21 +94,27 @@ def test_the_cli_probe_over_http(gateway: Any, tmp_path: Path) -> None:
     guarded = results["guarded"]
     assert not guarded["recovery"]["approximate"], guarded["guess"]
     assert guarded["redacted"].get("repeat") == 1
-    # Spread over many keys, the sentences pass the per-account filter one by one.
+    # Spread over six keys, each sentence meets a fresh account's filter: more of them
+    # pass than through one key, but not the prompt (at the default threshold one sentence
+    # is most often above it on its own; bench/prompt_leak.py measures it).
     keys = [a for _ in range(6) for a in ("--api-key", shield.store.create_key("guarded")[0])]
     out = tmp_path / "spread.json"
     r = runner.invoke(app, ["prompt-leak", "--target", url, *keys, "--probe", "sentences",
                             "--truth", str(truth), "--json", str(out)])
     assert r.exit_code == 0, r.output
     spread = json.loads(out.read_text())
-    assert spread["recovery"]["rouge_l"] > guarded["per_probe"]["sentences"]["rouge_l"] \
-        if "sentences" in guarded["per_probe"] else spread["recovery"]["rouge_l"] > 0.5
+    alone = guarded["per_probe"].get("sentences", {"rouge_l": 0.0})["rouge_l"]
+    assert spread["recovery"]["rouge_l"] >= alone
+    assert not spread["recovery"]["approximate"]
 
 
 def test_bad_cli_input_is_named(gateway: Any) -> None:
     _, url, _ = gateway
     r = runner.invoke(app, ["prompt-leak", "--target", url])
-    assert r.exit_code != 0 and "--api-key" in r.output
+    assert isinstance(r.exception, ConfigError) and "--api-key" in str(r.exception)
     r = runner.invoke(app, ["prompt-leak", "--target", url, "--api-key", "k",
                             "--probe", "telepathy"])
-    assert r.exit_code != 0 and "probes" in r.output
+    assert isinstance(r.exception, ConfigError) and "probes" in str(r.exception)
+    r = runner.invoke(app, ["prompt-leak", "--target", url, "--api-key", "k",
+                            "--leak-filter", "0.2"])
+    assert isinstance(r.exception, ConfigError) and "in-process" in str(r.exception)

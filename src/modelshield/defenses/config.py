@@ -405,6 +405,9 @@ model:
                                # llm: {max_top_logprobs: 5, bias_affects_logprobs: false,
                                #       detect_probing: true}
                                # and `limits: {tokens: 20000/hour}`
+  # system_prompt_file: assistant.txt  # a chat assistant's secret system prompt (or
+                               # system_prompt: "..."); a tier's llm.leak_filter: {} then
+                               # redacts answers that give it away (docs/privacy.md)
   # lm_upstream: http://127.0.0.1:8001  # or a language model behind an OpenAI-compatible
   # upstream_model: my-model            # server (vLLM) this gateway fronts, its name there,
   # upstream_api_key_env: VLLM_API_KEY  # and the variable holding the upstream's key
