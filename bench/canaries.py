@@ -24,7 +24,7 @@ Per tier:
   48-token windows of the fine-tune's files (members) and of the held-out quarter of the
   same packages (non-members): AUC and TPR at 1% FPR.
 
-Writes bench/results/canaries.json.
+Writes bench/results/canaries.json (seed 0; another seed: canaries_seed{N}.json).
 """
 
 from __future__ import annotations
@@ -129,9 +129,10 @@ def main() -> None:
                   flush=True)
         shield.close()
     summary = summarize(rows)
-    write("canaries", {"seed": args.seed, "references": args.references, "texts": args.texts,
-                       "seconds": round(time.perf_counter() - start, 1), "summary": summary,
-                       "tiers": rows})
+    name = "canaries" if args.seed == 0 else f"canaries_seed{args.seed}"
+    write(name, {"seed": args.seed, "references": args.references, "texts": args.texts,
+                 "seconds": round(time.perf_counter() - start, 1), "summary": summary,
+                 "tiers": rows})
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -303,3 +303,10 @@ def test_config_validates_audit_keys() -> None:
 
 def test_the_column_list_matches_the_table() -> None:
     assert {"key_version", "seq", "hash", "prev_hash"} <= set(audit_table.c.keys())
+
+
+def test_an_audit_log_in_a_missing_folder_is_named(tmp_path: Path) -> None:
+    from modelshield.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"audit_url: the folder .* does not exist"):
+        AuditStore(f"sqlite:///{tmp_path}/nowhere/audit.db")

@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -149,6 +150,10 @@ def make_engine(url: str, sync: str = "normal") -> Engine:
     itself crashes; "full": fsync on every commit, survives that too, at a cost per commit.
     """
     if url.startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:" and not Path(path).parent.is_dir():
+            raise ConfigError(f"audit_url: the folder of {url!r} does not exist "
+                              f"({str(Path(path).parent)!r}); create it or name another.")
         engine = sa.create_engine(url, connect_args={"check_same_thread": False,
                                                      "isolation_level": None})
 
