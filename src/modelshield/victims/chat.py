@@ -7,7 +7,7 @@ small ones give it away when asked to repeat "the words above" (Zhang et al., CO
 so that the prompt-extraction probe (:mod:`modelshield.attacks.prompt_extraction`) and the
 gateway's leak filter have something real to meet:
 
-- :func:`system_prompt` draws a system prompt: 3 to 5 sentences from templates with slots
+- :func:`system_prompt` draws a system prompt: 2 to 4 sentences from templates with slots
   (a name, a role, a company, a topic, a style, a code, a rule);
 - :func:`chat_examples` draws training conversations in the gateway's plain chat template
   (:func:`chat_prompt`): questions answered as the system
@@ -134,7 +134,8 @@ def system_prompt(rng: np.random.Generator) -> str:
 
 
 def secret_prompts(n: int = 12, seed: int = 0) -> list[str]:
-    """``n`` system prompts the assistant never saw in training (another random stream)."""
+    """``n`` system prompts from another random stream than training's (a test checks that
+    those of seeds 0 and 1 are not among ``chat-assistant``'s training conversations)."""
     rng = np.random.default_rng([7_000_003, seed])
     return [system_prompt(rng) for _ in range(n)]
 
