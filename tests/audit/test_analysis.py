@@ -106,3 +106,38 @@ def test_queries_to_90_carries_the_range_a_small_test_set_leaves() -> None:
     # 0.91 on 45 rows could be 0.79; 0.96 could be 0.85: no budget is surely past 90%.
     assert small["q90_range"] == [300, None] and small["test_rows"] == 45
     assert large["q90_range"] == [300, 300]
+
+
+def privacy(defense: str, tpr: float) -> dict[str, Any]:
+    row = {"attack": "lira", "status": "ok", "tpr": {"1%": tpr, "0.1%": tpr, "0.001%": 0.0},
+           "auc": 0.8, "members": 250, "non_members": 250, "resolution": 0.004,
+           "queries": 500, "cost": 0.5}
+    return {"kind": "privacy", "defense": defense, "status": "ok", "attacks": [row]}
+
+
+def test_a_defense_that_lowers_membership_exposure_is_recommended() -> None:
+    # Extraction: every defense stops nobody (HIGH everywhere); membership: the deployed
+    # "open" lets a fifth of the members out, "alerting" (say, labels only) none.
+    cs = [attack("open", CURVE), benign("open"), privacy("open", 0.2),
+          attack("alerting", CURVE), benign("alerting"), privacy("alerting", 0.0),
+          attack("denying", CURVE), benign("denying"), privacy("denying", 0.05)]
+    a = analyse(scenario(), cs)
+    assert a["rating"]["inference"] == "HIGH"
+    recs = a["recommendations"]
+    # Extraction stays HIGH for all; the two that leak fewer members are listed, the one
+    # that leaks none first.
+    assert [(r["defense"], r["inference"]) for r in recs] == [("alerting", "LOWER"),
+                                                              ("denying", "MEDIUM")]
+    assert recs[0]["protection_gain"] == 0.0
+    assert recs[0]["effect"].endswith("membership exposure: HIGH -> LOWER")
+    # With an extraction defense that works, the one that also closes membership ranks first.
+    cs = [attack("open", CURVE), benign("open"), privacy("open", 0.2),
+          attack("alerting", [(100, 0.7), (200, 0.8)], flag=200, status="blocked"),
+          benign("alerting", 0.05), privacy("alerting", 0.0),
+          attack("denying", [(100, 0.7), (200, 0.8)], flag=200, status="blocked"),
+          benign("denying", 0.01), privacy("denying", 0.2)]
+    recs = analyse(scenario(), cs)["recommendations"]
+    assert [r["defense"] for r in recs] == ["alerting", "denying"]
+    assert recs[0]["overall"] == "LOWER" and recs[1]["overall"] == "HIGH"
+    assert recs[1]["score"] > recs[0]["score"]  # cheaper, but leaves membership open
+    assert "membership exposure: HIGH -> HIGH" in recs[1]["effect"]

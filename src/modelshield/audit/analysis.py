@@ -381,23 +381,41 @@ def config_snippet(defense: dict[str, Any], scenario: Scenario, tier_name: str =
 
 def _recommend(scenario: Scenario, defenses: list[dict[str, Any]],
                deployed: dict[str, Any]) -> list[dict[str, Any]]:
+    """The defenses better than the deployed one: those that protect more against the
+    extraction attackers, or as well with less membership exposure (where the scenario
+    measures it). Ranked by the overall rating they reach (the worse of extraction and
+    membership), then by protection gained per unit of extra cost to honest users, then by
+    membership exposure."""
     base_cost = deployed["honest_cost"] or 0.0
+    was = (deployed["privacy"] or {}).get("level")
     out = []
     for d in defenses:
         gain = d["protection"] - deployed["protection"]
-        if d is deployed or gain <= 1e-9:
+        inference = (d["privacy"] or {}).get("level")
+        safer = inference is not None and was is not None and \
+            LEVELS.index(inference) < LEVELS.index(was)
+        if d is deployed or not (gain > 1e-9 or (safer and gain >= -1e-9)):
             continue
         cost = d["honest_cost"]
         extra = None if cost is None else max(0.0, cost - base_cost)
         before, after = deployed["cheapest_clone"], d["cheapest_clone"]
         effect = (f"cheapest uncaught clone: {_usd(before)} -> {_usd(after)}")
+        if inference is not None and was is not None:
+            effect += f"; membership exposure: {was} -> {inference}"
         out.append({"defense": d["name"], "protection": float(d["protection"]),
                     "protection_gain": float(gain), "honest_cost": extra,
-                    "score": float(gain / ((extra or 0.0) + COST_FLOOR)),
-                    "rating": d["rating"], "effect": effect,
-                    "config": config_snippet(d, scenario)})
-    out.sort(key=lambda r: -r["score"])
+                    "score": float(max(gain, 0.0) / ((extra or 0.0) + COST_FLOOR)),
+                    "rating": d["rating"], "inference": inference, "overall": _overall(d),
+                    "effect": effect, "config": config_snippet(d, scenario)})
+    out.sort(key=lambda r: (LEVELS.index(r["overall"]), -r["score"],
+                            LEVELS.index(r["inference"] or "LOWER")))
     return out
+
+
+def _overall(d: dict[str, Any]) -> str:
+    """The worse of a defense's extraction rating and its membership exposure."""
+    inference = (d["privacy"] or {}).get("level") or "LOWER"
+    return str(max(d["rating"], inference, key=LEVELS.index))
 
 
 def _share(x: float) -> str:
