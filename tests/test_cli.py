@@ -16,7 +16,8 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize(("command", "expected"), [
-    ("victims", "digits-mlp"), ("attacks", "path-finding"), ("policies", "reverse-sigmoid")])
+    ("victims", "digits-mlp"), ("victims", "chat-assistant"), ("attacks", "path-finding"),
+    ("attacks", "prompt-leak"), ("policies", "reverse-sigmoid")])
 def test_listings(command: str, expected: str) -> None:
     result = runner.invoke(app, [command])
     assert result.exit_code == 0 and expected in result.output
@@ -45,6 +46,8 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
      "key one of source, labels"),
     (["attack", "--victim", "digits-lr", "--attack", "knockoff", "--budget", "0"],
      "budget"),
+    (["prompt-leak", "--target", "http://127.0.0.1:9"], "--target needs --api-key"),
+    (["prompt-leak", "--probe", "telepathy"], "'probes' parameter must be some of"),
 ])
 def test_bad_input_exits_2_with_a_message_and_no_traceback(args: list[str], message: str) -> None:
     proc = _run(*args)

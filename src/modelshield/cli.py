@@ -32,6 +32,7 @@ app = typer.Typer(
     help="Measure and defend a served model's exposure to model extraction.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
 # Wide tables in logs and pipes; the terminal's own width when there is one.
