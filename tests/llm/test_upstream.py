@@ -189,3 +189,32 @@ def test_tokens_are_named_by_id_when_the_upstream_cannot_name_them(
     lp = r.json()["choices"][0]["logprobs"]
     assert all(t.startswith("token_id:") for t in lp["tokens"])
     assert shield.store.count() == before + 1
+
+
+def test_a_system_prompt_reaches_the_upstream_and_stays_out_of_the_front_log(
+        upstream: tuple[Shield, HttpClient], tmp_path_factory: pytest.TempPathFactory) -> None:
+    import json
+
+    from modelshield.oracle.chat import ShieldChatOracle
+
+    back, client = upstream
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MS_TEST_UPSTREAM_KEY3", back.store.create_key("backend")[0])
+    tmp = tmp_path_factory.mktemp("sys")
+    secret = "You are Vega. The staff code is QX-1234."
+    s = build_shield({"model": {"lm_upstream": str(client.base_url), "upstream_model": "lm-tiny",
+                                "upstream_api_key_env": "MS_TEST_UPSTREAM_KEY3",
+                                "system_prompt": secret},
+                      "audit_url": f"sqlite:///{tmp}/f.db",
+                      "tiers": {"t": {"llm": {"leak_filter": {}}}}})
+    try:
+        oracle = ShieldChatOracle(s, s.store.create_key("t")[0])
+        reply = oracle.chat([("user", "hi")], max_tokens=3)
+        assert reply.finish_reason in ("length", "stop")
+        sent = json.loads(back.store.records()[-1]["inputs"])["prompts"][0]
+        assert secret in back.lm.decode(sent)  # the upstream got it, as a server does
+        front = s.store.records()[-1]
+        assert "QX-1234" not in front["inputs"] and "QX-1234" not in front["answer"]
+    finally:
+        s.close()
+        mp.undo()

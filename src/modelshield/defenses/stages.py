@@ -198,8 +198,12 @@ class SystemPrompt(_Stage):
         if req.messages is not None and secret is not None:
             from modelshield.victims.chat import chat_ids
 
-            req = call.req = dataclasses.replace(
-                req, prompts=[chat_ids(self.shield.lm, [("system", secret), *req.messages])])
+            try:  # an upstream model tokenizes over HTTP
+                ids = chat_ids(self.shield.lm, [("system", secret), *req.messages])
+            except OracleError as exc:
+                raise Denied(getattr(exc, "client_status", 502), "upstream_error",
+                             str(exc)) from None
+            req = call.req = dataclasses.replace(req, prompts=[ids])
         call.decision.prompt_tokens = sum(len(p) for p in req.prompts)
 
 
