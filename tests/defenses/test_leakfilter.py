@@ -169,3 +169,16 @@ def test_a_leak_filter_without_a_system_prompt_is_refused(tmp_path: Path) -> Non
 def test_the_probe_needs_known_probes() -> None:
     with pytest.raises(ConfigError, match="probes"):
         PromptExtraction(probes=("repeat", "telepathy"))
+
+
+def test_the_probe_stops_at_its_budget_and_keeps_what_came_back(tmp_path: Path) -> None:
+    shield = shield_for(tmp_path, {"plain": {}}, {"system_prompt": SECRET})
+    try:
+        oracle = ShieldChatOracle(shield, shield.store.create_key("plain")[0], budget=3)
+        leak = PromptExtraction(max_tokens=8).run(oracle)
+        assert leak.queries == 3 == oracle.used
+        assert list(leak.sent) == ["repeat", "instructions", "ignore"]
+        assert leak.refused == {"all-sentences": "budget spent"}
+        assert set(leak.replies) == {"repeat", "instructions", "ignore", "all-sentences"}
+    finally:
+        shield.close()

@@ -20,7 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from modelshield.errors import ConfigError, OracleError, Refused
+from modelshield.errors import BudgetExhausted, ConfigError, OracleError, Refused
 from modelshield.oracle.chat import ChatOracle
 
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
@@ -153,21 +153,28 @@ class PromptExtraction:
         refused: dict[str, str] = {}
         candidates: dict[str, str] = {}
         per_probe: dict[str, int] = {}
+        spent = False
         for name in self.probes:
             probe = PROBES[name]
             got: list[str] = []
             for ask in probe.asks:
                 o = oracles[sent % len(oracles)]
-                sent += 1
-                per_probe[name] = per_probe.get(name, 0) + 1
                 try:
                     reply = o.chat([("user", ask)], max_tokens=self.max_tokens)
+                except BudgetExhausted:  # the guess is made from what came back
+                    refused[name] = "budget spent"
+                    spent = True
+                    break
                 except Refused as exc:
                     refused[name] = f"{exc.status} {exc.code}"
                     break
                 except OracleError as exc:
                     refused[name] = str(exc)
                     break
+                finally:
+                    if not spent:
+                        sent += 1
+                        per_probe[name] = per_probe.get(name, 0) + 1
                 if reply.finish_reason == "content_filter":
                     redacted[name] = redacted.get(name, 0) + 1
                     if probe.form == "sentences":
@@ -180,17 +187,16 @@ class PromptExtraction:
             replies[name] = got
             if got:
                 candidates[name] = _read_back(probe.form, got)
+            if spent:
+                break
         return PromptLeak(_consensus(candidates), candidates, replies, redacted, refused,
                           per_probe, sent, sum(o.cost for o in oracles))
 
 
 def _read_back(form: str, got: list[str]) -> str:
-    text = " ".join(t.strip() for t in got)
-    if form == "caps":
-        return text.lower()
-    if form == "lines":
-        return " ".join(text.split())
-    return " ".join(text.split())
+    """The replies as plain text: one line (a word per line joined back), capitals folded."""
+    text = " ".join(" ".join(t.split()) for t in got)
+    return text.lower() if form == "caps" else text
 
 
 def _consensus(candidates: dict[str, str]) -> str:
