@@ -187,19 +187,21 @@ class CheckInputs(_Stage):
 
 
 class SystemPrompt(_Stage):
-    """A chat request gets the deployment's system prompt (the tier's, else the model's)
-    before its messages; its prompt is built again from them."""
+    """A chat request's prompt, built here from its messages once the key is known (the
+    model's tokenizer may be an upstream server's): the deployment's system prompt (the
+    tier's, else the model's) first."""
 
     name = "system prompt"
 
     def __call__(self, call: Call) -> None:
         req = call.lm_request
-        secret = self.shield.system_prompts.get(call.key.tier)
-        if req.messages is not None and secret is not None:
+        if req.messages is not None:
             from modelshield.victims.chat import chat_ids
 
-            try:  # an upstream model tokenizes over HTTP
-                ids = chat_ids(self.shield.lm, [("system", secret), *req.messages])
+            secret = self.shield.system_prompts.get(call.key.tier)
+            messages = req.messages if secret is None else [("system", secret), *req.messages]
+            try:
+                ids = chat_ids(self.shield.lm, messages)
             except OracleError as exc:
                 raise Denied(getattr(exc, "client_status", 502), "upstream_error",
                              str(exc)) from None

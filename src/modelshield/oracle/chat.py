@@ -20,9 +20,10 @@ from typing import Any
 import httpx
 
 from modelshield.answer import LMRequest
-from modelshield.errors import BudgetExhausted, ConfigError, Denied, OracleError, Refused
-from modelshield.oracle.http import get_json
-from modelshield.victims.chat import Message, chat_ids
+from modelshield.errors import Denied, OracleError, Refused
+from modelshield.oracle.http import post_openai
+from modelshield.oracle.lm import Metered, only_model
+from modelshield.victims.chat import Message
 
 
 @dataclass(frozen=True)
@@ -34,30 +35,12 @@ class Reply:
     finish_reason: str
 
 
-class ChatOracle(ABC):
+class ChatOracle(Metered, ABC):
     """Base: budget (in requests), token and dollar accounting."""
-
-    def __init__(self, *, budget: int | None = None, price_per_1k_tokens: float = 0.0,
-                 name: str = "model") -> None:
-        if price_per_1k_tokens < 0:
-            raise ConfigError.invalid("price_per_1k_tokens", "a number >= 0",
-                                      price_per_1k_tokens)
-        self.budget, self.price_per_1k_tokens, self.name = budget, price_per_1k_tokens, name
-        self.used = 0
-        self.tokens = 0
-
-    @property
-    def remaining(self) -> int | None:
-        return None if self.budget is None else self.budget - self.used
-
-    @property
-    def cost(self) -> float:
-        return self.tokens * self.price_per_1k_tokens / 1000.0
 
     def chat(self, messages: Sequence[Message], *, max_tokens: int = 200,
              temperature: float = 0.0) -> Reply:
-        if self.budget is not None and self.used + 1 > self.budget:
-            raise BudgetExhausted(1, self.used, self.budget)
+        self._admit(1)
         reply, tokens = self._chat([(str(r), str(t)) for r, t in messages], max_tokens,
                                    temperature)
         self.used += 1
@@ -68,9 +51,6 @@ class ChatOracle(ABC):
     def _chat(self, messages: list[Message], max_tokens: int, temperature: float
               ) -> tuple[Reply, int]:
         """The reply and the tokens the request was billed for."""
-
-    def close(self) -> None:
-        """Release connections, where there are any."""
 
 
 class ShieldChatOracle(ChatOracle):
@@ -84,8 +64,8 @@ class ShieldChatOracle(ChatOracle):
     def _chat(self, messages: list[Message], max_tokens: int, temperature: float
               ) -> tuple[Reply, int]:
         lm = self.shield.lm
-        req = LMRequest([chat_ids(lm, messages)], max_tokens, temperature, seed=0,
-                        messages=messages)
+        # As the chat route sends it: the Shield builds the prompt from the messages.
+        req = LMRequest([], max_tokens, temperature, seed=0, messages=messages)
         try:
             choices, decision = self.shield.handle_completion(self.api_key, req,
                                                               self.client_ip)
@@ -107,37 +87,18 @@ class OpenAIChatOracle(ChatOracle):
         self._owns = client is None
         self.client = client or httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
         self.headers = {"Authorization": f"Bearer {api_key}"}
-        self.model = model or self._only_model()
+        self.model = model or only_model(self.client, self.headers)
         super().__init__(name=self.model, **kwargs)
 
     def close(self) -> None:
         if self._owns:
             self.client.close()
 
-    def _only_model(self) -> str:
-        models = [m["id"] for m in get_json(self.client, "/v1/models", self.headers)
-                  .get("data", [])]
-        if len(models) != 1:
-            raise ConfigError(f"The target serves {models}; name one (model=...).")
-        return str(models[0])
-
     def _chat(self, messages: list[Message], max_tokens: int, temperature: float
               ) -> tuple[Reply, int]:
         body = {"model": self.model, "max_tokens": max_tokens, "temperature": temperature,
                 "seed": 0, "messages": [{"role": r, "content": t} for r, t in messages]}
-        try:
-            resp = self.client.post("/v1/chat/completions", json=body, headers=self.headers)
-        except httpx.HTTPError as exc:
-            raise OracleError(f"the target did not answer: {exc}") from None
-        try:
-            data = resp.json()
-        except ValueError:
-            raise OracleError(f"HTTP {resp.status_code} without JSON: {resp.text[:200]}"
-                              ) from None
-        if resp.status_code != 200:
-            err = data.get("error", {}) if isinstance(data, dict) else {}
-            raise Refused(resp.status_code, str(err.get("code")), str(err.get("message")),
-                          err.get("param"), self.used)
+        data = post_openai(self.client, "/v1/chat/completions", body, self.headers, self.used)
         try:
             choice = data["choices"][0]
             text = choice["message"]["content"] or ""

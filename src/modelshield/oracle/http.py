@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 
 from modelshield.answer import Answer, ApiSpec, FloatArray
-from modelshield.errors import Blocked, ConfigError, Denied, OracleError
+from modelshield.errors import Blocked, ConfigError, Denied, OracleError, Refused
 from modelshield.oracle.base import BaseOracle
 
 
@@ -137,3 +137,22 @@ def get_json(client: httpx.Client, path: str, headers: dict[str, str]) -> Any:
     if resp.status_code != 200:
         raise ConfigError(f"GET {path}: HTTP {resp.status_code}: {resp.text[:200]}")
     return resp.json()
+
+
+def post_openai(client: httpx.Client, path: str, body: dict[str, Any],
+                headers: dict[str, str], used: int) -> Any:
+    """POST to an OpenAI-compatible route: the JSON answer, or Refused with the server's
+    error (``used``: the queries spent before), or OracleError when it did not answer."""
+    try:
+        resp = client.post(path, json=body, headers=headers)
+    except httpx.HTTPError as exc:
+        raise OracleError(f"the target did not answer: {exc}") from None
+    try:
+        data = resp.json()
+    except ValueError:
+        raise OracleError(f"HTTP {resp.status_code} without JSON: {resp.text[:200]}") from None
+    if resp.status_code != 200:
+        err = data.get("error", {}) if isinstance(data, dict) else {}
+        raise Refused(resp.status_code, str(err.get("code")), str(err.get("message")),
+                      err.get("param"), used)
+    return data

@@ -22,7 +22,7 @@ import httpx
 
 from modelshield.answer import LMRequest
 from modelshield.errors import BudgetExhausted, ConfigError, Denied, OracleError, Refused
-from modelshield.oracle.http import get_json
+from modelshield.oracle.http import get_json, post_openai
 
 
 @dataclass
@@ -34,18 +34,17 @@ class Completion:
     top_logprobs: list[dict[int, float]] | None
 
 
-class LMOracle(ABC):
-    """Base: budget (in queries, one per prompt), token and dollar accounting."""
+class Metered:
+    """What every language-model oracle counts: queries against the budget, tokens billed,
+    and dollars at a price per 1,000 tokens."""
 
-    def __init__(self, vocab: int, *, budget: int | None = None,
-                 price_per_1k_tokens: float = 0.0, name: str = "model") -> None:
+    def __init__(self, *, budget: int | None = None, price_per_1k_tokens: float = 0.0,
+                 name: str = "model") -> None:
         if price_per_1k_tokens < 0:
             raise ConfigError.invalid("price_per_1k_tokens", "a number >= 0",
                                       price_per_1k_tokens)
-        self.vocab, self.budget, self.price_per_1k_tokens = vocab, budget, price_per_1k_tokens
-        self.name = name
+        self.budget, self.price_per_1k_tokens, self.name = budget, price_per_1k_tokens, name
         self.used = 0
-        self.requests = 0
         self.tokens = 0
 
     @property
@@ -56,11 +55,36 @@ class LMOracle(ABC):
     def cost(self) -> float:
         return self.tokens * self.price_per_1k_tokens / 1000.0
 
+    def _admit(self, queries: int) -> None:
+        """Refuse ``queries`` more past the budget, before anything is sent."""
+        if self.budget is not None and self.used + queries > self.budget:
+            raise BudgetExhausted(queries, self.used, self.budget)
+
+    def close(self) -> None:
+        """Release connections, where there are any."""
+
+
+def only_model(client: httpx.Client, headers: dict[str, str]) -> str:
+    """The one model an OpenAI-compatible server lists, or ConfigError asking to name one."""
+    models = [m["id"] for m in get_json(client, "/v1/models", headers).get("data", [])]
+    if len(models) != 1:
+        raise ConfigError(f"The target serves {models}; name one (model=...).")
+    return str(models[0])
+
+
+class LMOracle(Metered, ABC):
+    """Base: budget (in queries, one per prompt), token and dollar accounting."""
+
+    def __init__(self, vocab: int, *, budget: int | None = None,
+                 price_per_1k_tokens: float = 0.0, name: str = "model") -> None:
+        super().__init__(budget=budget, price_per_1k_tokens=price_per_1k_tokens, name=name)
+        self.vocab = vocab
+        self.requests = 0
+
     def complete(self, prompts: Sequence[Sequence[int]], *, max_tokens: int = 1,
                  temperature: float = 0.0, logprobs: int | None = None,
                  logit_bias: dict[int, float] | None = None) -> list[Completion]:
-        if self.budget is not None and self.used + len(prompts) > self.budget:
-            raise BudgetExhausted(len(prompts), self.used, self.budget)
+        self._admit(len(prompts))
         req = LMRequest([list(map(int, p)) for p in prompts], max_tokens, temperature,
                         logprobs=logprobs, logit_bias=dict(logit_bias or {}), seed=0)
         out, tokens = self._complete(req)
@@ -72,9 +96,6 @@ class LMOracle(ABC):
     @abstractmethod
     def _complete(self, req: LMRequest) -> tuple[list[Completion], int]:
         """Answers and the tokens the request was billed for."""
-
-    def close(self) -> None:
-        """Release connections, where there are any."""
 
 
 class ShieldLMOracle(LMOracle):
@@ -117,7 +138,7 @@ class OpenAIOracle(LMOracle):
         self.client = client or httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
         self.headers = {"Authorization": f"Bearer {api_key}"}
         self.vocabulary = vocabulary
-        self.model = model or self._only_model()
+        self.model = model or only_model(self.client, self.headers)
         if vocab is None:
             vocab = self._vocab()
         super().__init__(vocab, name=self.model, **kwargs)
@@ -129,11 +150,6 @@ class OpenAIOracle(LMOracle):
     def _get(self, path: str) -> Any:
         return get_json(self.client, path, self.headers)
 
-    def _only_model(self) -> str:
-        models = [m["id"] for m in self._get("/v1/models").get("data", [])]
-        if len(models) != 1:
-            raise ConfigError(f"The target serves {models}; name one (model=...).")
-        return str(models[0])
 
     def _vocab(self) -> int:
         meta = self._get("/v1/models")
@@ -161,19 +177,7 @@ class OpenAIOracle(LMOracle):
             body["logprobs"] = req.logprobs
         if req.logit_bias:
             body["logit_bias"] = {str(k): v for k, v in req.logit_bias.items()}
-        try:
-            resp = self.client.post("/v1/completions", json=body, headers=self.headers)
-        except httpx.HTTPError as exc:
-            raise OracleError(f"the target did not answer: {exc}") from None
-        try:
-            data = resp.json()
-        except ValueError:
-            raise OracleError(f"HTTP {resp.status_code} without JSON: {resp.text[:200]}"
-                              ) from None
-        if resp.status_code != 200:
-            err = data.get("error", {})
-            raise Refused(resp.status_code, str(err.get("code")), str(err.get("message")),
-                          err.get("param"), self.used)
+        data = post_openai(self.client, "/v1/completions", body, self.headers, self.used)
         out: list[Completion] = []
         for choice in sorted(data["choices"], key=lambda c: c["index"]):
             lp = choice.get("logprobs")

@@ -31,7 +31,6 @@ from modelshield.defenses.llm import Delta
 from modelshield.defenses.shield import Shield
 from modelshield.errors import Denied, OracleError
 from modelshield.serve.errors import ERROR_RESPONSES, error_response
-from modelshield.victims.chat import chat_ids
 
 Prompt = str | list[str] | list[int] | list[list[int]]
 
@@ -319,7 +318,7 @@ def handlers(shield: Shield, count: Callable[[str, int], None]) -> Handlers:
                         names_ok = as_ids or not await name_tokens(choices, as_ids)
                         for chunk in form.whole(choices, names_ok):
                             yield _event(chunk)
-                    last = form.closing(choices)
+                    last = form.closing(choices, item[1])
                     if last is not None:
                         yield _event(last)
                     break
@@ -334,8 +333,10 @@ def handlers(shield: Shield, count: Callable[[str, int], None]) -> Handlers:
         lm = shield.lm
         return f"token_id:{t}" if as_ids or lm is None else lm.token_text(t)
 
-    def usage(req: LMRequest, choices: list[LMChoice]) -> dict[str, int]:
-        prompt = sum(len(p) for p in req.prompts)
+    def usage(decision: Any, choices: list[LMChoice]) -> dict[str, int]:
+        """Tokens billed: the prompts as the Shield answered them (a chat request's with its
+        system prompt) and the completions."""
+        prompt = decision.prompt_tokens
         completion = sum(len(c.tokens) for c in choices)
         return {"prompt_tokens": prompt, "completion_tokens": completion,
                 "total_tokens": prompt + completion}
@@ -449,8 +450,8 @@ def handlers(shield: Shield, count: Callable[[str, int], None]) -> Handlers:
                                     whole=lambda cs, ids: [
                                         {**head, "choices": [choice(i, c, ids, echo=False)]}
                                         for i, c in enumerate(cs)],
-                                    closing=lambda cs: {**head, "choices": [],
-                                                        "usage": usage(req, cs)}
+                                    closing=lambda cs, d: {**head, "choices": [],
+                                                           "usage": usage(d, cs)}
                                     if body.stream_options and body.stream_options.include_usage
                                     else None))
         out = await run(request, req, route, body.model, body.return_tokens_as_token_ids)
@@ -478,7 +479,7 @@ def handlers(shield: Shield, count: Callable[[str, int], None]) -> Handlers:
 
         items = [choice(i, c, as_ids) for i, c in enumerate(choices)]
         return JSONResponse({"id": ident, "object": "text_completion", "created": created,
-                             "model": name, "choices": items, "usage": usage(req, choices)},
+                             "model": name, "choices": items, "usage": usage(decision, choices)},
                             headers=decision.headers)
 
     def check_params(body: BaseModel, route: str) -> JSONResponse | None:
@@ -504,11 +505,10 @@ def handlers(shield: Shield, count: Callable[[str, int], None]) -> Handlers:
             return refuse(400, "top_logprobs needs logprobs: true.", "invalid_value",
                           "top_logprobs", route)
         max_tokens = body.max_completion_tokens or body.max_tokens or 16
+        # The Shield builds the prompt from the messages once the key is checked, with the
+        # deployment's system prompt first.
         messages: list[tuple[str, str]] = [(m.role, m.text) for m in body.messages]
-        prompts = await offload(lambda: [chat_ids(lm, messages)], route, "messages")
-        if isinstance(prompts, JSONResponse):
-            return prompts
-        req = LMRequest(prompts, max_tokens, body.temperature,
+        req = LMRequest([], max_tokens, body.temperature,
                         body.top_p, body.n, body.seed,
                         (body.top_logprobs or 0) if body.logprobs else None, logit_bias,
                         _stops(body.stop), messages=messages)
@@ -546,7 +546,7 @@ def handlers(shield: Shield, count: Callable[[str, int], None]) -> Handlers:
                                         "index": i, "delta": {"role": "assistant",
                                                               "content": ""},
                                         "logprobs": None, "finish_reason": None}]}
-                                        for i in range(len(req.prompts) * req.n)]
+                                        for i in range(req.n)]  # one conversation
                                     if not hasattr(lm, "complete") else [],
                                     token=lambda d, ids: {**head, "choices": [{
                                         "index": d.choice, "delta": {"content": d.text},
@@ -555,8 +555,8 @@ def handlers(shield: Shield, count: Callable[[str, int], None]) -> Handlers:
                                                                 d.top or [], ids)]},
                                         "finish_reason": d.finish_reason}]},
                                     whole=whole,
-                                    closing=lambda cs: {**head, "choices": [],
-                                                        "usage": usage(req, cs)}
+                                    closing=lambda cs, d: {**head, "choices": [],
+                                                           "usage": usage(d, cs)}
                                     if body.stream_options and body.stream_options.include_usage
                                     else None))
         out = await run(request, req, route, body.model, body.return_tokens_as_token_ids)
@@ -565,7 +565,7 @@ def handlers(shield: Shield, count: Callable[[str, int], None]) -> Handlers:
         choices, decision, as_ids = out
         items = [choice(i, c, as_ids) for i, c in enumerate(choices)]
         return JSONResponse({"id": ident, "object": "chat.completion", "created": created,
-                             "model": name, "choices": items, "usage": usage(req, choices)},
+                             "model": name, "choices": items, "usage": usage(decision, choices)},
                             headers=decision.headers)
 
     return Handlers(entry=entry, tokenize=tokenize, detokenize=detokenize,
@@ -588,7 +588,7 @@ class StreamForm:
     opening: Callable[[], list[dict[str, Any]]]
     token: Callable[[Delta, bool], dict[str, Any]]
     whole: Callable[[list[LMChoice], bool], list[dict[str, Any]]]
-    closing: Callable[[list[LMChoice]], dict[str, Any] | None]
+    closing: Callable[[list[LMChoice], Any], dict[str, Any] | None]
 
 
 def _event(chunk: dict[str, Any]) -> str:
