@@ -129,3 +129,64 @@ def test_choosing_labels_on_held_out_answers_is_an_adaptation() -> None:
     assert adaptation(soft, chosen) == ""  # soft labels adapt to nothing
     assert adaptation(votes, soft) == "votes: 5"
     assert adaptation(other, soft) == ""  # another query source is another attack
+
+
+def test_a_paced_attacker_waits_out_the_rate_limit_on_the_virtual_clock(
+        tmp_path: Path, victims: dict[str, Victim]) -> None:
+    """Low and slow: each 429 is waited out (Retry-After), on a clock the audit advances
+    instead of sleeping; the moving window then lets the next requests through."""
+    from limits.strategies import MovingWindowRateLimiter
+
+    from modelshield.defenses.limits_memory import ClockedMemoryStorage, VirtualClock
+    from modelshield.oracle.shielded import Pacer, ShieldOracle
+
+    v = victims["digits-mlp"]
+    clock = VirtualClock()
+    sh = build_shield({"model": {"builtin": "digits-mlp"},
+                       "audit_url": f"sqlite:///{tmp_path}/a.db",
+                       "tiers": {"t": {"max_batch": 10,
+                                       "limits": {"requests": "5/hour", "rows": "40/day"}}}},
+                      clock=clock, limiter=MovingWindowRateLimiter(ClockedMemoryStorage(clock)))
+    key = sh.store.create_key("t")[0]
+    plain = ShieldOracle(sh, key, budget=200)
+    with pytest.raises(Blocked) as info:
+        plain.query(v.honest[:100])
+    assert info.value.status == 429 and plain.used == 40  # the day's rows, then refused
+    pacer = Pacer(clock)
+    paced = ShieldOracle(sh, sh.store.create_key("t")[0], budget=200, pacer=pacer)
+    answer = paced.query(v.honest[:100])
+    np.testing.assert_array_equal(answer.labels, v.predict_labels(v.honest[:100]))
+    # 100 rows at 40 a day: the third day's first rows; 5 requests an hour within each day.
+    assert 2 * 86400 - 3600 <= pacer.waited <= 2 * 86400 + 3600
+    assert clock() - __import__("time").time() == pytest.approx(pacer.waited, abs=60)
+    sh.close()
+
+
+@pytest.mark.slow
+def test_the_audit_measures_how_long_a_paced_attacker_waited(tmp_path: Path) -> None:
+    """A real audit cell: the plain attacker is stopped by the rate limit; the paced one
+    gets its clone and the report says how long it waited; the analysis names the pacing
+    as the adaptation that broke the limit."""
+    from modelshield.audit.report import write_report
+    from modelshield.audit.runner import run_audit
+
+    scenario = load_scenario({
+        "name": "pacing", "target": {"victim": "digits-mlp"},
+        "attackers": [{"name": "plain", "attack": "knockoff", "budgets": [400],
+                       "params": {"source": "pool", "student": "mlp"}},
+                      {"name": "paced", "attack": "knockoff", "budgets": [400],
+                       "params": {"source": "pool", "student": "mlp"}, "pace": True}],
+        "defenses": [{"name": "limited", "max_batch": 50,
+                      "limits": {"rows": "100/hour"}}],
+        "benign": {"accounts": 1}})
+    doc = run_audit(scenario, tmp_path, workers=1)
+    d = doc["analysis"]["defenses"][0]
+    by = {r["attacker"]: r for r in d["attackers"]}
+    assert by["plain"]["status"] == "blocked" and by["plain"]["blocked_at"] == 100
+    assert by["paced"]["status"] == "ok" and by["paced"]["uncaught_clone"]
+    assert 2 * 3600 <= by["paced"]["waited_s"] <= 3 * 3600  # 400 rows at 100 an hour
+    assert [b["how"] for b in d["broken_by"]] == ["paced to the rate limits"]
+    assert d["cheapest_clone"]["attacker"] == "paced"
+    write_report(doc, tmp_path)
+    assert "waited out rate limits for" in (tmp_path / "report.html").read_text()
+    assert "waiting (low and slow)" in " ".join(d["facts"])

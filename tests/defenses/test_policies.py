@@ -23,7 +23,8 @@ def predictions(draw: st.DrawFn) -> tuple[Prediction, np.ndarray]:
     return Prediction(probabilities=probs), x
 
 
-SCORE_POLICIES = ["full", "round:3", "top-k:2", "noise:0.1", "reverse-sigmoid"]
+SCORE_POLICIES = ["full", "round:3", "top-k:2", "noise:0.1", "reverse-sigmoid",
+                  "mad-argmax:eps=1"]
 
 
 @pytest.mark.parametrize("spec", [*SCORE_POLICIES, "label"])
@@ -164,3 +165,69 @@ def test_misinformation_parameters_are_checked() -> None:
         parse_policy("misinform:tau=1.5")
     with pytest.raises(ConfigError, match="nu"):
         parse_policy("misinform:tau=0.5,nu=-1")
+
+
+@pytest.mark.parametrize("name", ["mad", "mad-argmax"])
+@given(case=predictions(), eps=st.floats(0.0, 2.0))
+@settings(max_examples=60, deadline=None)
+def test_prediction_poisoning_stays_within_eps_and_is_the_same_for_the_same_input(
+        name: str, case: tuple[Prediction, np.ndarray], eps: float) -> None:
+    pred, x = case
+    policy = parse_policy(f"{name}:eps={eps}", secret="k1")
+    out = policy.apply(pred, x).probabilities
+    assert out is not None
+    np.testing.assert_allclose(out.sum(axis=1), 1.0)
+    assert np.all(out >= 0)
+    assert np.all(np.abs(out - pred.probabilities).sum(axis=1) <= eps + 1e-9)
+    again = parse_policy(f"{name}:eps={eps}", secret="k1").apply(pred, x.copy()).probabilities
+    np.testing.assert_array_equal(out, again)
+
+
+def test_prediction_poisoning_gram_is_the_surrogates_gradient_gram() -> None:
+    """The closed form against autograd on the same surrogate network."""
+    torch = pytest.importorskip("torch")
+    policy = parse_policy("mad:eps=1,hidden=7", secret="k")
+    rng = np.random.default_rng(0)
+    x, c = rng.normal(size=(3, 5)), 4
+    gram = policy.gram(x, c)
+    w1, b1, w2, b2 = (torch.tensor(a, requires_grad=True) for a in policy._net(5, c))
+    for i, row in enumerate(x):
+        xs = torch.tensor(row / np.sqrt(np.mean(row * row)))
+        logp = torch.log_softmax(torch.relu(xs @ w1.T + b1) @ w2.T + b2, dim=0)
+        grads = [torch.cat([g.flatten() for g in torch.autograd.grad(
+            logp[k], (w1, b1, w2, b2), retain_graph=True)]) for k in range(c)]
+        jac = torch.stack(grads).numpy()
+        np.testing.assert_allclose(gram[i], jac @ jac.T, rtol=1e-9, atol=1e-9)
+
+
+def test_prediction_poisoning_turns_the_gradient_further_than_any_other_vertex() -> None:
+    """The answer's angle from the truth, in the surrogate's gradient space, is the
+    largest among the simplex directions the budget allows."""
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(5), size=20)
+    pred, x = Prediction(probabilities=probs), rng.normal(size=(20, 6))
+    policy = parse_policy("mad:eps=0.6", secret="k")
+    out = policy.apply(pred, x).probabilities
+    assert out is not None
+    gram = policy.gram(x, 5)
+
+    def cos(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> float:
+        return float(a @ m @ b / np.sqrt((a @ m @ a) * (b @ m @ b)))
+
+    for i in range(20):
+        y = probs[i]
+        mine = cos(out[i], y, gram[i])
+        for k in range(5):
+            e = np.eye(5)[k]
+            alpha = min(1.0, 0.6 / np.abs(e - y).sum())
+            assert mine <= cos((1 - alpha) * y + alpha * e, y, gram[i]) + 1e-9
+        assert mine < 1 - 1e-6
+
+
+def test_prediction_poisoning_parameters_are_checked() -> None:
+    with pytest.raises(ConfigError, match="eps"):
+        parse_policy("mad:eps=3")
+    with pytest.raises(ConfigError, match="hidden"):
+        parse_policy("mad-argmax:hidden=0")
+    with pytest.raises(ConfigError, match="takes eps, hidden, key"):
+        parse_policy("mad:_nets=1")

@@ -162,6 +162,12 @@ def _attacker_summary(label: str, cells: list[dict[str, Any]], price: float,
                      next((q for q, (lo, _) in bounds if lo >= CLONE), None)]
     flags = [c["first_flag"] for c in cells if c.get("first_flag")]
     flag = min(flags, key=lambda f: f["query"]) if flags else None
+    # A paced attacker: the time it waited out rate limits, to its first clone (or in all).
+    paced = sorted((c for c in cells if c.get("waited_s") is not None),
+                   key=lambda c: c["budget"])
+    cloned = [c for c in paced if (c.get("fidelity_test") or 0) >= CLONE]
+    waited = (cloned[0] if cloned else max(paced, key=lambda c: c["waited_s"]))["waited_s"] \
+        if paced else None
     blocked = [c for c in cells if c["status"] == "blocked"]
     failed = [c for c in cells if c["status"] not in ("ok", "blocked")]
     caught = flag is not None and (q90 is None or flag["query"] <= q90)
@@ -181,7 +187,7 @@ def _attacker_summary(label: str, cells: list[dict[str, Any]], price: float,
         "q90": q90, "q99": q99, "q90_range": q90_range, "test_rows": rows,
         "usd90": None if q90 is None else q90 * price / 1000,
         "usd99": None if q99 is None else q99 * price / 1000,
-        "first_flag": flag, "caught_before_90": caught,
+        "first_flag": flag, "caught_before_90": caught, "waited_s": waited,
         "blocked_at": min((c["queries"] for c in blocked), default=None),
         "uncaught_clone": q90 is not None and not (caught and acts),
     }
@@ -278,6 +284,17 @@ def _best_defenses(scenario: Scenario, defenses: list[dict[str, Any]]) -> list[d
     return out
 
 
+def duration(seconds: float) -> str:
+    """``seconds`` in the largest unit that reads well: '45 s', '12 min', '3.5 h', '9.2 days'."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:,.1f} days"
+
+
 def _protection(row: dict[str, Any], ref: int | None) -> float:
     if not row["uncaught_clone"]:
         return 1.0
@@ -316,6 +333,9 @@ def _rate(scenario: Scenario, d: dict[str, Any]) -> tuple[str, list[str]]:
             f"the model cost ${value:,.0f} to build ({_share(share)} of that).")
         row = next(r for r in d["attackers"] if r["attacker"] == clone["attacker"])
         flag = row["first_flag"]
+        if row.get("waited_s"):
+            facts.append(f"It waited out the rate limits: {duration(row['waited_s'])} of "
+                         "waiting (low and slow), which the limits cost it and nothing more.")
         if flag is None:
             facts.append("The Shield never flagged that attacker.")
         elif not row["caught_before_90"]:

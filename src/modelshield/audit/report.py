@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from modelshield.audit.analysis import duration
 from modelshield.errors import ConfigError
 
 COLORS = ["#1f77b4", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
@@ -220,6 +221,7 @@ def _env() -> jinja2.Environment:
     env.filters["usd"] = lambda x: "—" if x is None else f"${x:,.2f}"
     env.filters["num"] = lambda x: "—" if x is None else f"{x:,}"
     env.filters["f3"] = lambda x: "—" if x is None else f"{x:.3f}"
+    env.filters["duration"] = lambda x: "—" if x is None else duration(x)
     return env
 
 

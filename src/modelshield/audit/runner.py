@@ -84,14 +84,20 @@ def remote_oracle(target: Target, budget: int | None, price: float) -> Any:
 
 
 @contextmanager
-def shield_for(defense: Defense, victim: Victim) -> Iterator[Any]:
+def shield_for(defense: Defense, victim: Victim, clock: Any = None) -> Iterator[Any]:
     """A fresh Shield serving ``victim`` with ``defense`` as its only tier, audit log in a
     temporary SQLite file. Detectors are calibrated on the victim's calibration rows (half
     its test set, apart from the attacker's pool and from the rows honest users send).
 
     A detector the calibration data cannot calibrate (prada on a small data set) is left
-    out, and the Shield's ``left_out`` says which and why: the audit reports it."""
+    out, and the Shield's ``left_out`` says which and why: the audit reports it.
+
+    ``clock``: a :class:`~modelshield.defenses.limits_memory.VirtualClock` the Shield and
+    its rate limits (an exact moving window) run on, for a paced attacker."""
+    from limits.strategies import MovingWindowRateLimiter
+
     from modelshield.defenses.detectors import without_uncalibrated
+    from modelshield.defenses.limits_memory import ClockedMemoryStorage
     from modelshield.defenses.shield import Shield
     from modelshield.store import AuditStore
 
@@ -107,8 +113,10 @@ def shield_for(defense: Defense, victim: Victim) -> Iterator[Any]:
                                   "watermark_secret": "modelshield-audit-cell-watermark-key",
                                   **defense.shield_fields()})
             store = AuditStore(config.audit_url)
+            timed: dict[str, Any] = {} if clock is None else {
+                "clock": clock, "limiter": MovingWindowRateLimiter(ClockedMemoryStorage(clock))}
             try:
-                return Shield(config, victim.model, victim.spec, store, benign=benign)
+                return Shield(config, victim.model, victim.spec, store, benign=benign, **timed)
             except ConfigError:
                 store.close()
                 raise
@@ -184,12 +192,12 @@ def _attack_cell(cell: dict[str, Any], target: Target, defense: Defense,
     attacker = Attacker.model_validate(cell["attacker"])
     budget, seed, price = cell["budget"], cell["seed"], cell["price_per_1k"]
     tier = defense.as_tier()
-    first_flag = None
+    first_flag, waited = None, None
     oracle: Any
     if target.remote:
         if attacker.adaptive:
-            raise ConfigError(f"attacker {attacker.label!r}: keys and mix_natural need a local "
-                              "target (the audit makes the keys)")
+            raise ConfigError(f"attacker {attacker.label!r}: keys, mix_natural and pace need "
+                              "a local target (the audit makes the keys and keeps the clock)")
         oracle = remote_oracle(target, budget, price)
         try:
             result = run_cell(victim, attacker.attack, defense.name, budget, seed, price,
@@ -197,21 +205,26 @@ def _attack_cell(cell: dict[str, Any], target: Target, defense: Defense,
         finally:
             oracle.close()
     else:
-        with shield_for(defense, victim) as shield:
-            if attacker.adaptive:
-                from modelshield.oracle.shielded import SpreadOracle
+        from modelshield.defenses.limits_memory import VirtualClock
+        from modelshield.oracle.shielded import Pacer, SpreadOracle
 
+        clock = VirtualClock() if attacker.pace else None
+        pacer = None if clock is None else Pacer(clock)
+        with shield_for(defense, victim, clock) as shield:
+            if attacker.keys > 1 or attacker.mix_natural > 0:
                 keys = [(shield.store.create_key(TIER, owner=f"attacker-{i}")[0],
                          f"10.{i // 256}.{i % 256}.7") for i in range(attacker.keys)]
                 oracle = SpreadOracle(shield, keys, mix=attacker.mix_natural,
                                       natural=victim.pool, seed=seed, budget=budget,
-                                      price_per_1k=price)
+                                      price_per_1k=price, pacer=pacer)
             else:
                 key = shield.store.create_key(TIER)[0]
-                oracle = ShieldOracle(shield, key, budget=budget, price_per_1k=price)
+                oracle = ShieldOracle(shield, key, budget=budget, price_per_1k=price,
+                                      pacer=pacer)
             result = run_cell(victim, attacker.attack, defense.name, budget, seed, price,
                               attacker.kwargs, oracle=oracle, label=defense.name)
             first_flag = oracle.first_flag
+            waited = None if pacer is None else pacer.waited
     if result.status == "blocked" and result.queries > 0 and not target.remote:
         # The attacker keeps what it was told before the block: score the clone it can make
         # from that many queries under the same output policy.
@@ -232,6 +245,8 @@ def _attack_cell(cell: dict[str, Any], target: Target, defense: Defense,
     out = result.to_dict()
     out.update(attacker=cell["label"], first_flag=None if first_flag is None else
                {"query": first_flag[0], "detector": first_flag[1]})
+    if waited is not None:  # a paced attacker: the seconds it waited out rate limits
+        out["waited_s"] = waited
     return out
 
 

@@ -94,16 +94,21 @@ class Attacker(_Strict):
     # PRADA; they count against the budget). Local targets only.
     keys: int = Field(default=1, ge=1, le=1000)
     mix_natural: float = Field(default=0.0, ge=0, le=0.9)
+    # Low and slow: wait out every rate limit (its Retry-After) and go on, instead of
+    # stopping at the first 429. The wait is counted on the cell's clock, not slept; the
+    # report gives the time the attack took. Rate limits count on an exact moving window.
+    pace: bool = False
 
     @property
     def adaptive(self) -> bool:
-        return self.keys > 1 or self.mix_natural > 0
+        return self.keys > 1 or self.mix_natural > 0 or self.pace
 
     @property
     def adaptation(self) -> str:
         """What it does against the defense, in words ('' for a plain attacker)."""
         parts = ([f"{self.keys} keys"] if self.keys > 1 else []) + (
-            [f"{self.mix_natural:.0%} natural rows mixed in"] if self.mix_natural else [])
+            [f"{self.mix_natural:.0%} natural rows mixed in"] if self.mix_natural else []) + (
+            ["paced to the rate limits"] if self.pace else [])
         return ", ".join(parts)
 
     @field_validator("attack")

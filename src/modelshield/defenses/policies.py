@@ -3,7 +3,8 @@
 Each policy turns a :class:`~modelshield.answer.Prediction` into an
 :class:`~modelshield.answer.Answer`. The top-1 label is returned unchanged (it is what an
 honest caller needs), except by ``misinform``, which answers the queries the model is
-unsure of wrongly on purpose; policies differ in which scores come with it. Each policy declares
+unsure of wrongly on purpose, and ``mad``, which may move the top class; policies differ in
+which scores come with it. Each policy declares
 what it promises honest users (``keeps_top1``: the returned scores rank the true top-1 class
 first) and the property tests in ``tests/defenses/test_policies.py`` hold it to that.
 
@@ -241,6 +242,113 @@ class AdaptiveMisinformation(OutputPolicy):
 
 
 @dataclass(frozen=True)
+class PredictionPoisoning(OutputPolicy):
+    """Prediction Poisoning, "MAD" (Orekondy et al., ICLR 2020).
+
+    A thief trains its copy on our scores: the gradient its model takes from an answer
+    ``y`` is ``G^T y``, ``G`` the Jacobian of the log-probabilities of the thief's network
+    with respect to its weights. MAD answers ``y~`` within L1 distance ``eps`` of ``y``
+    that turns that gradient as far as it can from the one ``y`` gives. The defender does
+    not know the thief's network; as in the paper, a randomly initialised surrogate stands
+    for it: here a ReLU network of ``hidden`` units (weights from a keyed generator, so the
+    same input gets the same answer; inputs scaled to unit RMS). The heuristic is the
+    paper's: each vertex ``e_k`` of the simplex is a candidate direction,
+    ``y~ = (1 - a) y + a e_k`` with ``a`` as large as ``eps`` allows, and the candidate with
+    the largest angular deviation wins. The angles come from the Gram matrix of the
+    per-class gradients, which for this surrogate has a closed form, so no autograd runs.
+
+    ``mad`` may change the top class (the label follows ``y~``); ``mad-argmax`` keeps it
+    (each candidate's ``a`` is cut so the top class stays first), so honest users keep
+    their labels and lose only calibration.
+    """
+
+    name: ClassVar[str] = "mad"
+    summary: ClassVar[str] = ("Orekondy et al. 2020 prediction poisoning: scores turned "
+                              "against the thief's gradient (mad:eps=E)")
+    keeps_top1: ClassVar[bool] = False
+    argmax: ClassVar[bool] = False
+    eps: float = 1.0
+    hidden: int = 64
+    key: str = dataclasses.field(default="", repr=False)
+    _nets: dict[tuple[int, int], tuple[FloatArray, ...]] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    def validate(self) -> None:
+        if not isinstance(self.eps, int | float) or not 0 <= self.eps <= 2:
+            raise ConfigError.invalid("eps", "a number in [0, 2] (an L1 distance)", self.eps)
+        if not isinstance(self.hidden, int) or not 1 <= self.hidden <= 4096:
+            raise ConfigError.invalid("hidden", "an integer in [1, 4096]", self.hidden)
+        if not self.key:
+            object.__setattr__(self, "key", secrets.token_hex(32))
+
+    def _net(self, d: int, c: int) -> tuple[FloatArray, ...]:
+        if (d, c) not in self._nets:
+            seed = hmac.new(self.key.encode(), f"mad-surrogate:{d}:{c}".encode(),
+                            hashlib.sha256).digest()
+            rng = np.random.default_rng(int.from_bytes(seed[:16], "little"))
+            w1 = rng.normal(0.0, np.sqrt(2.0 / d), (self.hidden, d))
+            w2 = rng.normal(0.0, np.sqrt(1.0 / self.hidden), (c, self.hidden))
+            self._nets[(d, c)] = (w1, rng.normal(0.0, 0.1, self.hidden), w2, np.zeros(c))
+        return self._nets[(d, c)]
+
+    def gram(self, inputs: FloatArray, c: int) -> FloatArray:
+        """Per row, the K x K Gram matrix of the surrogate's per-class gradients
+        ``grad_w log p_k`` (all its weights and biases)."""
+        x = np.asarray(inputs, dtype=np.float64).reshape(len(inputs), -1)
+        x = x / np.maximum(np.sqrt(np.mean(x * x, axis=1, keepdims=True)), 1e-12)
+        w1, b1, w2, b2 = self._net(x.shape[1], c)
+        pre = x @ w1.T + b1
+        h = np.maximum(pre, 0.0)
+        z = h @ w2.T + b2
+        q = np.exp(z - z.max(axis=1, keepdims=True))
+        q /= q.sum(axis=1, keepdims=True)
+        u = np.eye(c)[None] - q[:, None, :]  # row k: e_k - q, the logits' gradient
+        a = (u @ w2) * (pre > 0)[:, None, :]  # the hidden layer's gradient, per class
+        hh = np.einsum("nh,nh->n", h, h) + 1.0
+        xx = np.einsum("nd,nd->n", x, x) + 1.0
+        return np.asarray(np.einsum("nkc,njc->nkj", u, u) * hh[:, None, None]
+                          + np.einsum("nkh,njh->nkj", a, a) * xx[:, None, None])
+
+    def apply(self, prediction: Prediction, inputs: FloatArray) -> Answer:
+        y = prediction.probabilities
+        n, c = y.shape
+        if self.eps == 0 or c < 2:
+            return self._answer(prediction, probabilities=y.copy())
+        m = self.gram(inputs, c)
+        vert = np.eye(c)
+        dist = np.abs(vert[None] - y[:, None, :]).sum(axis=2)  # L1 from y to each vertex
+        alpha = np.minimum(1.0, self.eps / np.maximum(dist, 1e-12))
+        if self.argmax:
+            top = prediction.labels
+            gap = y[np.arange(n), top][:, None] - y
+            cap = gap / (1.0 + gap) * (1.0 - 1e-6)  # keeps y~[top] > y~[k]
+            alpha = np.where(np.arange(c)[None] == top[:, None], alpha, np.minimum(alpha, cap))
+        cand = (1 - alpha)[..., None] * y[:, None, :] + alpha[..., None] * vert[None]
+        my = np.einsum("nkj,nj->nk", m, y)
+        num = np.einsum("nvk,nk->nv", cand, my)
+        den = np.sqrt(np.einsum("nvk,nkj,nvj->nv", cand, m, cand)
+                      * np.einsum("nk,nk->n", y, my)[:, None])
+        best = np.argmin(num / np.maximum(den, 1e-300), axis=1)
+        out = cand[np.arange(n), best]
+        out = np.clip(out, 0.0, None)
+        out /= out.sum(axis=1, keepdims=True)
+        labels = prediction.labels if self.argmax else np.asarray(out.argmax(axis=1),
+                                                                 dtype=np.int64)
+        return Answer(labels=labels, probabilities=out, policy=self.spec)
+
+
+@dataclass(frozen=True)
+class PredictionPoisoningArgmax(PredictionPoisoning):
+    """MAD that keeps the top class (Orekondy et al.'s MAD-argmax)."""
+
+    name: ClassVar[str] = "mad-argmax"
+    summary: ClassVar[str] = ("prediction poisoning that keeps the top class: honest labels "
+                              "unchanged (mad-argmax:eps=E)")
+    keeps_top1: ClassVar[bool] = True
+    argmax: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
 class LeafConfidence(OutputPolicy):
     """Decision trees: the label and the leaf's confidence, as BigML returned it.
 
@@ -284,7 +392,7 @@ def parse_policy(text: str, *, secret: str | None = None, **overrides: Any) -> O
     """
     name, _, args = text.strip().partition(":")
     cls = POLICIES[name]
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs: dict[str, Any] = {}
     for i, part in enumerate(p for p in args.split(",") if p.strip()):
         key, eq, value = part.partition("=")

@@ -14,13 +14,43 @@ from modelshield.errors import Blocked, Denied
 from modelshield.oracle.base import BaseOracle
 
 
+class Pacer:
+    """A low-and-slow attacker: a request refused by a rate limit (429) waits out its
+    ``Retry-After`` and goes again, on ``clock`` (a
+    :class:`~modelshield.defenses.limits_memory.VirtualClock` in the audit, so the wait
+    is counted, not slept). ``waited`` is the total. A request the limit can never let
+    through (bigger than the window) is refused as before."""
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.waited = 0.0
+
+    def handle(self, shield: Any, key: str, rows: FloatArray, ip: str) -> Any:
+        for _ in range(self.TRIES):
+            try:
+                return shield.handle(key, rows, ip)
+            except Denied as exc:
+                if exc.status != 429 or exc.code != "rate_limited":
+                    raise
+                wait = max(1.0, float(exc.headers.get("Retry-After", "1")))
+                self.clock.advance(wait)
+                self.waited += wait
+        return shield.handle(key, rows, ip)  # still refused: a request no window lets through
+
+    TRIES = 64
+
+
+def _handle(shield: Any, key: str, rows: FloatArray, ip: str, pacer: Pacer | None) -> Any:
+    return shield.handle(key, rows, ip) if pacer is None else pacer.handle(shield, key, rows, ip)
+
+
 class ShieldOracle(BaseOracle):
     """Send queries through ``shield.handle`` as the holder of ``api_key``."""
 
     def __init__(self, shield: Any, api_key: str, *, client_ip: str = "127.0.0.1",
-                 **kwargs: Any) -> None:
+                 pacer: Pacer | None = None, **kwargs: Any) -> None:
         super().__init__(shield.spec, **kwargs)
-        self.shield = shield
+        self.shield, self.pacer = shield, pacer
         self.api_key = api_key
         self.client_ip = client_ip
         self.first_flag: tuple[int, str] | None = None
@@ -32,7 +62,8 @@ class ShieldOracle(BaseOracle):
     def _answer(self, inputs: FloatArray) -> Answer:
         """One batch through the Shield; remembers the query count at the first flag."""
         try:
-            answer, decision = self.shield.handle(self.api_key, inputs, self.client_ip)
+            answer, decision = _handle(self.shield, self.api_key, inputs, self.client_ip,
+                                       self.pacer)
         except Denied as exc:
             detector = exc.headers.get("X-Modelshield-Flag")
             if detector and self.first_flag is None:  # denied on the query that tripped it
@@ -55,13 +86,16 @@ class SpreadOracle(BaseOracle):
     mix: the share of the stream that is natural rows from ``natural`` (the attacker's
     pool), sent with the attack's rows in random order and thrown away: they dilute what
     the detectors see and count against the budget.
+    pacer: waits out each rate limit instead of moving to the next key (low and slow).
     """
 
     def __init__(self, shield: Any, keys: list[tuple[str, str]], *, mix: float = 0.0,
-                 natural: FloatArray | None = None, seed: int = 0, **kwargs: Any) -> None:
+                 natural: FloatArray | None = None, seed: int = 0,
+                 pacer: Pacer | None = None, **kwargs: Any) -> None:
         import numpy as np
 
         super().__init__(shield.spec, **kwargs)
+        self.pacer = pacer
         if not keys:
             raise ValueError("SpreadOracle needs at least one key")
         if mix > 0 and (natural is None or len(natural) == 0):
@@ -103,7 +137,7 @@ class SpreadOracle(BaseOracle):
         while True:
             key, ip = self.keys[self.current]
             try:
-                answer, decision = self.shield.handle(key, rows, ip)
+                answer, decision = _handle(self.shield, key, rows, ip, self.pacer)
                 break
             except Denied as exc:
                 detector = exc.headers.get("X-Modelshield-Flag")
