@@ -4,20 +4,24 @@ attacker who knows it?
     python bench/adaptive.py [--victim digits-mlp] [--budget 1000] [--workers 2]
 
 One audit (the same runner, cells and report as `modelshield audit`) of one victim under
-four defenses: the detectors calibrated on the owner's data with ``on_flag: deny``, keyed
-noise (noise:0.05), coarse scores (round:1) and Adaptive Misinformation (tau at the 5th
-percentile of the owner's calibration rows). Each plain attacker is paired with its
-adaptive counterpart:
+six defenses: the detectors calibrated on the owner's data with ``on_flag: deny``, keyed
+noise (noise:0.05), coarse scores (round:1), Adaptive Misinformation (tau at the 5th
+percentile of the owner's calibration rows), Prediction Poisoning (``mad:eps=0.5``) and a
+rate limit of 1,000 rows a day (requests of at most 100 rows). Each plain attacker is
+paired with its adaptive counterpart:
 
 - knockoff on the natural pool, against the same over 10 keys of 10 owners and networks;
 - knockoff on synthetic queries, against the same over 10 keys with 30% natural rows
   mixed in (the rate tests and PRADA see a diluted stream);
 - knockoff trained on the scores as they come (``labels: soft``), against the one that
   chooses soft or hard labels and the student on held-out answers (``student: auto``);
-- Jacobian augmentation, against the same over 10 keys.
+- Jacobian augmentation, against the same over 10 keys;
+- knockoff with an MLP student that stops at the first refusal, against the same paced
+  to the rate limits (``pace: true``: it waits out each 429 on the audit's clock).
 
-The report (results/adaptive/report.html, not committed) rates each defense by its worst attacker
-and lists the adaptations that beat it. Writes bench/results/adaptive.json (the table).
+The report (results/adaptive_BUDGET/report.html, not committed) rates each defense by its
+worst attacker and lists the adaptations that beat it. Writes bench/results/adaptive.json
+(the table; adaptive_BUDGET.json for a budget other than 1,000).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from _common import show, write
 
+from modelshield.audit.analysis import duration
 from modelshield.audit.report import write_report
 from modelshield.audit.runner import run_audit
 from modelshield.audit.scenario import load_scenario
@@ -50,6 +55,9 @@ PAIRS = [  # (plain, adaptive): name, attack, params, extra fields
       {})),
     (("jacobian", "jacobian", {}, {}),
      ("jacobian, 10 keys", "jacobian", {}, {"keys": 10})),
+    (("knockoff pool, one pass", "knockoff", {"source": "pool", "student": "mlp"}, {}),
+     ("knockoff pool, paced", "knockoff", {"source": "pool", "student": "mlp"},
+      {"pace": True})),
 ]
 
 
@@ -60,30 +68,41 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pairs", nargs="+", metavar="PLAIN",
+                        help="only these pairs, by the plain attacker's name (all by default)")
+    parser.add_argument("--defenses", nargs="+", metavar="NAME",
+                        help="only these defenses, by name (all by default)")
     args = parser.parse_args()
+    pairs = [p for p in PAIRS if not args.pairs or p[0][0] in args.pairs]
     v = load_victim(args.victim, args.seed)
     tau = float(np.quantile(v.predict(v.calibration).probabilities.max(axis=1), 0.05))
     attackers = [{"name": n, "attack": a, "params": p, "budgets": [args.budget], **extra}
-                 for pair in PAIRS for n, a, p, extra in pair]
+                 for pair in pairs for n, a, p, extra in pair]
+    defenses = [
+        {"name": "detectors (deny)", "policy": "full",
+         "detectors": ["sweep", "boundary", "ood", "prada", "volume"], "on_flag": "deny"},
+        {"name": "noise:0.05", "policy": "noise:0.05"},
+        {"name": "round:1", "policy": "round:1"},
+        {"name": "misinform (5%)", "policy": f"misinform:tau={tau:.4f},nu=50"},
+        {"name": "mad:eps=0.5", "policy": "mad:eps=0.5"},
+        {"name": "rate limit (1,000 rows a day)", "max_batch": 100,
+         "limits": {"rows": "1000/day"}}]
     scenario = load_scenario({
         "name": f"plain and adaptive attackers: {args.victim}", "seed": args.seed,
         "target": {"victim": args.victim}, "attackers": attackers,
-        "defenses": [
-            {"name": "detectors (deny)", "policy": "full",
-             "detectors": ["sweep", "boundary", "ood", "prada", "volume"], "on_flag": "deny"},
-            {"name": "noise:0.05", "policy": "noise:0.05"},
-            {"name": "round:1", "policy": "round:1"},
-            {"name": "misinform (5%)", "policy": f"misinform:tau={tau:.4f},nu=50"}],
+        "defenses": [d for d in defenses if not args.defenses or d["name"] in args.defenses],
         "benign": {"accounts": 5}})
-    out = Path("results") / "adaptive"  # the audit's cells, report.html and summary.md
+    out = Path("results") / f"adaptive_{args.budget}"  # cells, report.html and summary.md
     doc = run_audit(scenario, out, args.workers)
     write_report(doc, out)
     rows, table = [], []
     for d in doc["analysis"]["defenses"]:
         by = {r["attacker"]: r for r in d["attackers"]}
-        for (plain, *_), (adaptive, *_) in PAIRS:
+        for (plain, *_), (adaptive, *_) in pairs:
             p, a = by[plain], by[adaptive]
             row = {"defense": d["name"], "plain": plain, "adaptive": adaptive,
+                   "plain_status": p["status"], "plain_blocked_at": p["blocked_at"],
+                   "adaptive_waited_s": a["waited_s"], "adaptive_q90": a["q90"],
                    "plain_fidelity": p["best_fidelity"], "adaptive_fidelity": a["best_fidelity"],
                    "plain_caught": p["caught_before_90"], "adaptive_caught": a["caught_before_90"],
                    "plain_uncaught_clone": p["uncaught_clone"],
@@ -95,16 +114,21 @@ def main() -> None:
                       ", ".join(b["adaptive"] for b in d["broken_by"]) or "-", ""])
     show(f"{args.victim}: plain and adaptive attackers at {args.budget} queries",
          ["defense", "plain", "fidelity", "flagged", "adaptive", "fidelity", "flagged"], table)
-    write("adaptive", {"victim": args.victim, "seed": args.seed, "budget": args.budget,
-                       "tau": tau, "rows": rows,
-                       "ratings": {d["name"]: d["rating"] for d in doc["analysis"]["defenses"]},
-                       "broken_by": {d["name"]: d["broken_by"]
-                                     for d in doc["analysis"]["defenses"]}})
+    name = "adaptive" if args.budget == 1000 else f"adaptive_{args.budget}"
+    if args.pairs or args.defenses:
+        name += "_subset"
+    write(name, {"victim": args.victim, "seed": args.seed, "budget": args.budget,
+                 "tau": tau, "rows": rows,
+                 "ratings": {d["name"]: d["rating"] for d in doc["analysis"]["defenses"]},
+                 "broken_by": {d["name"]: d["broken_by"] for d in doc["analysis"]["defenses"]}})
 
 
 def _flag(r: dict[str, Any]) -> str:
     f = r["first_flag"]
-    return "never" if f is None else f"{f['query']} ({f['detector']})"
+    out = "never" if f is None else f"{f['query']} ({f['detector']})"
+    if r["status"] == "blocked":
+        out += f", blocked at {r['blocked_at']}"
+    return out + (f", waited {duration(r['waited_s'])}" if r.get("waited_s") else "")
 
 
 if __name__ == "__main__":

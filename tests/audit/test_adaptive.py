@@ -190,3 +190,47 @@ def test_the_audit_measures_how_long_a_paced_attacker_waited(tmp_path: Path) -> 
     write_report(doc, tmp_path)
     assert "waited out rate limits for" in (tmp_path / "report.html").read_text()
     assert "waiting (low and slow)" in " ".join(d["facts"])
+
+
+def test_the_search_writes_defenses_and_the_best_may_be_one_of_them() -> None:
+    from modelshield.errors import ConfigError
+
+    scenario = load_scenario({
+        "target": {"victim": "digits-mlp"},
+        "attackers": [{"name": "k", "attack": "knockoff", "budgets": [1000]}],
+        "defenses": [{"name": "none"}],
+        "search": {"policies": ["label", "round:1"], "fprs": [0.01, 0.001],
+                   "combine": True}})
+    names = [d.name for d in scenario.defenses]
+    assert names == ["none", "search: label", "search: round:1",
+                     "search: detectors (deny, fpr 0.001)", "search: detectors (deny, fpr 0.01)",
+                     "search: detectors (deny, fpr 0.001) + label",
+                     "search: detectors (deny, fpr 0.001) + round:1"]
+    tier = next(d for d in scenario.defenses if d.name.endswith("0.01)")).as_tier()
+    assert tier.fpr == 0.01 and tier.on_flag == "deny" and len(tier.detectors) == 5
+    # Validating the dump again writes nothing twice (a cell's scenario, a cached run).
+    again = load_scenario(scenario.model_dump())
+    assert [d.name for d in again.defenses] == names
+
+    def attack(defense: str, fid: float) -> dict[str, Any]:
+        return {"kind": "attack", "defense": defense, "attacker": "k", "budget": 1000,
+                "attack": "knockoff", "status": "ok", "queries": 1000, "curve": [[1000, fid]],
+                "fidelity_test": fid, "test_rows": 450, "first_flag": None}
+
+    def benign(defense: str, ece: float) -> dict[str, Any]:
+        return {"kind": "benign", "defense": defense, "accuracy": 0.95, "model_accuracy": 0.95,
+                "ece": ece, "model_ece": 0.02, "flagged_share": 0.0, "refused_share": 0.0}
+
+    cells = [c for n in names for c in (attack(n, 0.5 if "round" in n else 0.95),
+                                        benign(n, 0.1 if "round" in n else 0.02))]
+    best = analyse(scenario, cells)["best_defenses"][0]["best"]
+    assert best["defense"] == "search: round:1" and best["generated"]
+    with pytest.raises(ConfigError, match=r"search\.policies.*blur"):
+        load_scenario({"target": {"victim": "digits-mlp"},
+                       "attackers": [{"attack": "knockoff", "budgets": [10]}],
+                       "search": {"policies": ["blur"]}})
+    with pytest.raises(ConfigError, match="search: a remote target"):
+        load_scenario({"target": {"url": "http://127.0.0.1:9/", "api_key": "k",
+                                  "victim": "digits-mlp"},
+                       "attackers": [{"attack": "knockoff", "budgets": [10]}],
+                       "search": {}})

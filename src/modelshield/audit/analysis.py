@@ -254,11 +254,13 @@ LEFT = ("watermark tracing (a tier's watermark; modelshield verify names the key
 
 
 def _best_defenses(scenario: Scenario, defenses: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For each attacker, the defense of the scenario that stops it (no uncaught clone)
+    """For each attacker, the defense of the scenario (listed, or written by its
+    ``search``) that stops it (no uncaught clone)
     at the least honest-user cost within the scenario's ``honest_budget``; or, when none
     does, the measurement that says so: the defenses that stop it and what they cost
     honest users, and what is left."""
     limit = scenario.honest_budget
+    generated = {d.name for d in scenario.defenses if d.generated}
     out = []
     for i, a in enumerate(scenario.attackers):
         stops, over = [], []
@@ -272,7 +274,8 @@ def _best_defenses(scenario: Scenario, defenses: list[dict[str, Any]]) -> list[d
             lost = max(0.0, b["model_accuracy"] - b["accuracy"])
             flagged = max(b["flagged_share"], b["refused_share"])
             entry = {"defense": d["name"], "honest_cost": d["honest_cost"],
-                     "accuracy_lost": lost, "flagged_share": flagged}
+                     "accuracy_lost": lost, "flagged_share": flagged,
+                     "generated": d["name"] in generated}
             if lost <= limit.accuracy_lost and flagged <= limit.flagged_share:
                 stops.append(entry)
             else:

@@ -162,6 +162,9 @@ class Defense(_Strict):
     throttled: Limits = Limits(requests="10/hour")
     degrade_policy: str = "label"
     max_batch: int = Field(default=100_000, ge=1)
+    fpr: float = Field(default=0.001, gt=0, le=0.1)
+    # Written by the audit's search (``search:``), not by the scenario's author.
+    generated: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> Defense:
@@ -182,7 +185,8 @@ class Defense(_Strict):
         try:
             return Tier(policy=self.policy, detectors=self.detectors, on_flag=self.on_flag,
                         limits=self.limits, throttled=self.throttled,
-                        degrade_policy=self.degrade_policy, max_batch=self.max_batch)
+                        degrade_policy=self.degrade_policy, max_batch=self.max_batch,
+                        fpr=self.fpr)
         except ValidationError as exc:
             err = exc.errors()[0]
             loc = ".".join(str(p) for p in err["loc"])
@@ -222,6 +226,56 @@ class Benign(_Strict):
             raise ValueError(f"unknown archetype {unknown[0]!r}; choose from "
                              f"{', '.join(ARCHETYPES)}")
         return v
+
+
+SEARCH_POLICIES = ("label", "round:1", "noise:0.1", "reverse-sigmoid", "mad:eps=0.5",
+                   "mad-argmax:eps=1.0")
+SEARCH_DETECTORS: tuple[DetectorSpec, ...] = ("sweep", "boundary", "ood", "prada", "volume")
+
+
+class Search(_Strict):
+    """Defenses the audit writes itself, beside the listed ones, for the best-defense
+    search: each output policy alone; the detectors with ``deny`` at each per-account
+    false-positive rate; and, with ``combine``, the detectors at the lowest rate together
+    with each policy. They are named ``search: ...`` and marked generated in the report."""
+
+    policies: list[str] = Field(default_factory=lambda: list(SEARCH_POLICIES))
+    detectors: list[DetectorSpec] = Field(default_factory=lambda: list(SEARCH_DETECTORS))
+    fprs: list[float] = Field(default_factory=lambda: [0.001, 0.01])
+    combine: bool = False
+
+    @field_validator("policies")
+    @classmethod
+    def _policies(cls, v: list[str]) -> list[str]:
+        from modelshield.defenses.policies import parse_policy
+
+        for spec in v:
+            try:
+                parse_policy(spec)
+            except ModelShieldError as exc:
+                raise ValueError(f"{spec!r}: {exc}") from None
+        return v
+
+    @field_validator("fprs")
+    @classmethod
+    def _fprs(cls, v: list[float]) -> list[float]:
+        if any(not 0 < f <= 0.1 for f in v):
+            raise ValueError("each false-positive rate must be in (0, 0.1]")
+        return sorted(set(v))
+
+    def defenses(self) -> list[Defense]:
+        out = [Defense(name=f"search: {p}", policy=p, generated=True) for p in self.policies]
+        if self.detectors:
+            for f in self.fprs:
+                out.append(Defense(name=f"search: detectors (deny, fpr {f:g})",
+                                   detectors=self.detectors, on_flag="deny", fpr=f,
+                                   generated=True))
+            if self.combine and self.fprs:
+                f = self.fprs[0]
+                out += [Defense(name=f"search: detectors (deny, fpr {f:g}) + {p}", policy=p,
+                                detectors=self.detectors, on_flag="deny", fpr=f,
+                                generated=True) for p in self.policies]
+        return out
 
 
 class HonestBudget(_Strict):
@@ -308,9 +362,30 @@ class Scenario(_Strict):
     benign: Benign = Benign()
     honest_budget: HonestBudget = HonestBudget()
     privacy: Privacy | None = None
+    search: Search | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _searched(cls, data: Any) -> Any:
+        """The search's defenses join the listed ones (once: a dump validates again)."""
+        if not isinstance(data, dict) or data.get("search") is None:
+            return data
+        search = data["search"]
+        try:
+            search = search if isinstance(search, Search) else Search.model_validate(search)
+        except ValidationError:
+            return data  # the field's own validation names what is wrong
+        listed = list(data.get("defenses") or [{"name": "none"}])
+        have = {d.name if isinstance(d, Defense) else d.get("name") for d in listed
+                if isinstance(d, Defense | dict)}
+        return {**data, "defenses": listed + [d for d in search.defenses()
+                                              if d.name not in have]}
 
     @model_validator(mode="after")
     def _names(self) -> Scenario:
+        if self.search is not None and self.target.remote:
+            raise ValueError("search: a remote target applies its own defenses; the "
+                             "search needs a local target")
         names = [d.name for d in self.defenses]
         if len(set(names)) != len(names):
             raise ValueError("defense names must be unique")
