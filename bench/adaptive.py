@@ -91,7 +91,7 @@ def main() -> None:
         "name": f"plain and adaptive attackers: {args.victim}", "seed": args.seed,
         "target": {"victim": args.victim}, "attackers": attackers,
         "defenses": [d for d in defenses if not args.defenses or d["name"] in args.defenses],
-        "benign": {"accounts": 5}})
+        "benign": {"accounts": 5}, "adaptive": False})  # the pairs above, no others
     out = Path("results") / f"adaptive_{args.budget}"  # cells, report.html and summary.md
     doc = run_audit(scenario, out, args.workers)
     write_report(doc, out)

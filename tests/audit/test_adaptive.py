@@ -234,3 +234,25 @@ def test_the_search_writes_defenses_and_the_best_may_be_one_of_them() -> None:
                                   "victim": "digits-mlp"},
                        "attackers": [{"attack": "knockoff", "budgets": [10]}],
                        "search": {}})
+
+
+def test_every_audit_adds_the_adaptive_counterparts_where_a_defense_keeps_per_key_state(
+) -> None:
+    base = {"target": {"victim": "digits-mlp"},
+            "attackers": [{"name": "k", "attack": "knockoff", "budgets": [1000]},
+                          {"name": "j", "attack": "jacobian", "budgets": [500]},
+                          {"name": "j spread", "attack": "jacobian", "budgets": [500],
+                           "keys": 5}]}
+    plain = load_scenario({**base, "defenses": [{"name": "none"}, {"name": "round:1",
+                                                                   "policy": "round:1"}]})
+    assert [a.label for a in plain.attackers] == ["k", "j", "j spread"]  # nothing per key
+    watched = load_scenario({**base, "defenses": [{"name": "none"}, {
+        "name": "limited", "limits": {"rows": "1000/day"}}]})
+    labels = [a.label for a in watched.attackers]
+    assert labels == ["k", "j", "j spread", "k, 10 keys, paced"]  # j has its own already
+    extra = watched.attackers[-1]
+    assert extra.keys == 10 and extra.pace and extra.counterpart and extra.budgets == [1000]
+    assert [a.label for a in load_scenario(watched.model_dump()).attackers] == labels
+    off = load_scenario({**base, "adaptive": False,
+                         "defenses": [{"name": "w", "detectors": ["ood"], "on_flag": "deny"}]})
+    assert len(off.attackers) == 3

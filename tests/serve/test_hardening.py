@@ -188,10 +188,12 @@ def test_noise_needs_a_secret_and_has_no_public_default(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MODELSHIELD_NOISE_SECRET", raising=False)
     noisy = config(tmp_path, tiers={"ent": {"policy": "noise:0.05"}})
-    with pytest.raises(ConfigError, match=r"noise_secret: tier 'ent' uses keyed noise"):
+    with pytest.raises(ConfigError, match=r"noise_secret: tier 'ent' uses a keyed policy"):
         build_shield(noisy)
     with pytest.raises(ConfigError, match="noise_secret"):
         build_shield(config(tmp_path, tiers={"t": {"llm": {"logprob_noise": 0.1}}}))
+    with pytest.raises(ConfigError, match=r"uses a keyed policy \(mad-argmax:eps=1\)"):
+        build_shield(config(tmp_path, tiers={"t": {"degrade_policy": "mad-argmax:eps=1"}}))
     monkeypatch.setenv("MODELSHIELD_NOISE_SECRET", "s" * 32)
     build_shield(noisy).close()
     # Without a key, each policy object draws its own: no two agree, none is public.

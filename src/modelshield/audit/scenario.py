@@ -98,6 +98,8 @@ class Attacker(_Strict):
     # stopping at the first 429. The wait is counted on the cell's clock, not slept; the
     # report gives the time the attack took. Rate limits count on an exact moving window.
     pace: bool = False
+    # Written by the audit (the scenario's ``adaptive``), not by the scenario's author.
+    counterpart: bool = False
 
     @property
     def adaptive(self) -> bool:
@@ -349,6 +351,57 @@ class Privacy(_Strict):
         return out
 
 
+def _searched(data: Any) -> Any:
+    """The search's defenses after the listed ones (a name already listed keeps its own)."""
+    if not isinstance(data, dict) or data.get("search") is None:
+        return data
+    try:
+        search = data["search"]
+        search = search if isinstance(search, Search) else Search.model_validate(search)
+    except ValidationError:
+        return data  # the field's own validation names what is wrong
+    listed = list(data.get("defenses") or [{"name": "none"}])
+    have = {d.name if isinstance(d, Defense) else d.get("name") for d in listed
+            if isinstance(d, Defense | dict)}
+    return {**data, "defenses": listed + [d for d in search.defenses() if d.name not in have]}
+
+
+COUNTERPART_KEYS = 10
+
+
+def _counterparts(data: Any) -> Any:
+    """Each plain attacker's adaptive counterpart (its budget over 10 keys, paced to the
+    rate limits), when a defense keeps per-key state and the scenario has no adaptive
+    version of the same attack and parameters already."""
+    if not isinstance(data, dict) or not data.get("adaptive", True):
+        return data
+    try:
+        defenses = [d if isinstance(d, Defense) else Defense.model_validate(d)
+                    for d in data.get("defenses") or [{"name": "none"}]]
+        attackers = [a if isinstance(a, Attacker) else Attacker.model_validate(a)
+                     for a in data.get("attackers") or []]
+        target = data.get("target")
+        remote = (target.remote if isinstance(target, Target) else
+                  isinstance(target, dict) and target.get("url") is not None)
+    except (ValidationError, ValueError, TypeError):
+        return data  # the fields' own validation names what is wrong
+    tiers = [d.as_tier() for d in defenses]
+    if remote or not any(t.detectors or any(t.limits.model_dump().values()) for t in tiers):
+        return data
+    labels = {a.label for a in attackers}
+    adaptive = {(a.attack, json.dumps(a.params, sort_keys=True, default=str))
+                for a in attackers if a.keys > 1 or a.pace}
+    extra = []
+    for a in attackers:
+        same = (a.attack, json.dumps(a.params, sort_keys=True, default=str))
+        label = f"{a.label}, {COUNTERPART_KEYS} keys, paced"
+        if a.adaptive or same in adaptive or label in labels:
+            continue
+        extra.append(a.model_copy(update={"name": label, "keys": COUNTERPART_KEYS,
+                                          "pace": True, "counterpart": True}))
+    return {**data, "attackers": attackers + extra} if extra else data
+
+
 class Scenario(_Strict):
     name: str = "audit"
     seed: int = 0
@@ -363,23 +416,17 @@ class Scenario(_Strict):
     honest_budget: HonestBudget = HonestBudget()
     privacy: Privacy | None = None
     search: Search | None = None
+    # Each plain attacker is also played by its adaptive counterpart (10 keys, paced to the
+    # rate limits) when a defense keeps per-key state (detectors or rate limits).
+    adaptive: bool = True
 
     @model_validator(mode="before")
     @classmethod
-    def _searched(cls, data: Any) -> Any:
-        """The search's defenses join the listed ones (once: a dump validates again)."""
-        if not isinstance(data, dict) or data.get("search") is None:
-            return data
-        search = data["search"]
-        try:
-            search = search if isinstance(search, Search) else Search.model_validate(search)
-        except ValidationError:
-            return data  # the field's own validation names what is wrong
-        listed = list(data.get("defenses") or [{"name": "none"}])
-        have = {d.name if isinstance(d, Defense) else d.get("name") for d in listed
-                if isinstance(d, Defense | dict)}
-        return {**data, "defenses": listed + [d for d in search.defenses()
-                                              if d.name not in have]}
+    def _written(cls, data: Any) -> Any:
+        """The search's defenses and the adaptive counterparts join the listed defenses and
+        attackers (once: a dump validates again)."""
+        return _counterparts(_searched(data))
+
 
     @model_validator(mode="after")
     def _names(self) -> Scenario:

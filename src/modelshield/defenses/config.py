@@ -6,6 +6,7 @@ A bad value stops loading with a message naming the field's path and what is all
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import secrets
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from modelshield.defenses.detectors import DetectorSpec, detector_spec
 from modelshield.defenses.llm import LLMPolicy
-from modelshield.defenses.policies import parse_policy
+from modelshield.defenses.policies import POLICIES, parse_policy
 from modelshield.errors import ConfigError, ModelShieldError
 
 TERMS = (
@@ -242,8 +243,9 @@ class ShieldConfig(_Strict):
     # a load balancer, list it here, or every client has the balancer's address.
     trusted_proxies: list[str] = Field(default_factory=list)
     # The HMAC key of keyed noise (classifier `noise:` policies and language-model logprob
-    # noise). Required when a tier uses noise; `modelshield init` writes a random one, or
-    # set MODELSHIELD_NOISE_SECRET. Anyone who knows it can strip the noise.
+    # noise) and of MAD's surrogate (`mad:`, `mad-argmax:`). Required when a tier uses
+    # one; `modelshield init` writes a random one, or set MODELSHIELD_NOISE_SECRET. Anyone
+    # who knows it can strip the noise.
     noise_secret: str | None = Field(default=None, min_length=16, repr=False)
     # The key of the serve-time watermark (tiers' `watermark:`). Required when a tier uses
     # one; `modelshield init` writes one, or set MODELSHIELD_WATERMARK_SECRET. With the
@@ -323,15 +325,21 @@ class ShieldConfig(_Strict):
         tiers = list(self.tiers.items()) + [t for m in self.models
                                              for t in (m.tiers or {}).items()]
         for name, tier in tiers:
-            noisy = [p for p in (tier.policy, tier.degrade_policy) if p.startswith("noise")]
+            noisy = [p for p in (tier.policy, tier.degrade_policy) if _keyed(p)]
             if tier.llm.logprob_noise > 0:
                 noisy.append(f"llm.logprob_noise: {tier.llm.logprob_noise}")
             if noisy:
-                raise ValueError(f"tier {name!r} uses keyed noise ({noisy[0]}) but no "
+                raise ValueError(f"tier {name!r} uses a keyed policy ({noisy[0]}) but no "
                                  "noise_secret is set: put a random string of at least 16 "
                                  "characters in noise_secret (modelshield init writes one) or "
                                  "in MODELSHIELD_NOISE_SECRET")
         return self
+
+
+def _keyed(policy: str) -> bool:
+    """Whether an output policy draws on the noise_secret (keyed noise, MAD's surrogate)."""
+    name = policy.partition(":")[0].strip()
+    return name in POLICIES and any(f.name == "key" for f in dataclasses.fields(POLICIES[name]))
 
 
 def load_config(source: str | Path | dict[str, Any] | None = None) -> ShieldConfig:

@@ -21,6 +21,8 @@ class Pacer:
     is counted, not slept). ``waited`` is the total. A request the limit can never let
     through (bigger than the window) is refused as before."""
 
+    TRIES = 64  # waits per request before it is taken as one no window lets through
+
     def __init__(self, clock: Any) -> None:
         self.clock = clock
         self.waited = 0.0
@@ -36,8 +38,6 @@ class Pacer:
                 self.clock.advance(wait)
                 self.waited += wait
         return shield.handle(key, rows, ip)  # still refused: a request no window lets through
-
-    TRIES = 64
 
 
 def _handle(shield: Any, key: str, rows: FloatArray, ip: str, pacer: Pacer | None) -> Any:
