@@ -86,6 +86,38 @@ def test_over_http_the_served_model_is_named_and_scored(owner: Any, tmp_path: Pa
         s.close()
 
 
+def test_over_http_a_paced_attack_waits_out_the_rate_limit(owner: Any, tmp_path: Path) -> None:
+    """Without --pace the first 429 ends the attack; with it, each Retry-After is slept
+    and the attack spends its whole budget."""
+    model_file, data, _, _ = owner
+    with np.load(data) as d:
+        low, high = d["low"].tolist(), d["high"].tolist()
+    shields = build_gateway({
+        "audit_url": f"sqlite:///{tmp_path}/a.db",
+        "tiers": {"t": {"max_batch": 10, "limits": {"requests": "2/second"}}},
+        "models": [{"file": str(model_file), "name": "vineyard", "classes": ["0", "1", "2"],
+                    "low": low, "high": high}]})
+    out = tmp_path / "r.json"
+    with live_app(create_app(shields)) as client:
+        def run(*extra: str) -> Any:
+            key = shields[0].store.create_key("t")[0]
+            return runner.invoke(app, [
+                "attack", "--target", str(client.base_url), "--api-key", key, "--model-file",
+                str(model_file), "--data", str(data), "--attack", "knockoff", "--budget", "40",
+                "--param", "source=pool", "--param", "student=mlp", "--json", str(out),
+                *extra])
+
+        r = run()
+        assert r.exit_code == 3 and json.loads(out.read_text())["status"] == "blocked"
+        r = run("--pace", "5")
+        assert r.exit_code == 0, r.output
+        row = json.loads(out.read_text())
+        assert row["status"] == "ok" and row["queries"] == 40
+        assert "waited out rate limits for" in r.output
+    for s in shields:
+        s.close()
+
+
 def test_a_data_file_with_other_names_is_refused(owner: Any, tmp_path: Path) -> None:
     model_file, _, _, X = owner
     bad = tmp_path / "bad.npz"

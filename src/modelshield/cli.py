@@ -146,6 +146,10 @@ def attack(
     save_clone: Annotated[Path | None, typer.Option(
         help="Save the clone here (joblib), to verify or compare it later; for "
              "llm-projection, the recovered W (NumPy .npy).")] = None,
+    pace: Annotated[float | None, typer.Option(
+        min=0.001, help="With --target: wait out each rate limit (HTTP 429) whose "
+                        "Retry-After is at most this many seconds, and go on (low and "
+                        "slow); without it the attack stops at the first refusal.")] = None,
 ) -> None:
     """Run one attack against a built-in victim behind an output policy, or a gateway.
 
@@ -185,7 +189,7 @@ def attack(
 
         with console.status(f"{attack} on {target} …"), \
                 contextlib.closing(HttpOracle(target, api_key, price_per_1k=price,
-                                              model=model)) as oracle:
+                                              model=model, pace=pace)) as oracle:
             if v is not None and v.spec.name != oracle.model and model_file is None:
                 raise ConfigError(f"--victim {victim!r} is not the model the target serves "
                                   f"({oracle.model!r}): the fidelity would be against the "
@@ -196,6 +200,8 @@ def attack(
                                   f"the target's {oracle.model!r} takes "
                                   f"{oracle.spec.n_features}.")
             result = run_cell(v, attack, policy, budget, seed, price, params, oracle=oracle)
+            if oracle.waited:
+                console.print(f"waited out rate limits for {oracle.waited:.1f} s")
     else:
         assert v is not None
         with console.status(f"{attack} on {victim} behind {policy} …"):

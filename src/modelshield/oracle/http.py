@@ -3,11 +3,14 @@
 The API's contract (input width, classes, domain) comes from ``GET /v2/models/{name}``;
 each query batch is one ``POST /v1/models/{name}/predict`` (``protocol="rest"``) or one
 ``POST /v2/models/{name}/infer`` (``protocol="v2"``, the Open Inference Protocol). A refusal
-(rate limit, suspended key) raises :class:`Blocked` with the HTTP status.
+(rate limit, suspended key) raises :class:`Blocked` with the HTTP status; with ``pace``, a
+rate limit's 429 is waited out (its ``Retry-After``, up to ``pace`` seconds a wait) and the
+request sent again, as a low-and-slow attacker does.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -17,16 +20,20 @@ from modelshield.answer import Answer, ApiSpec, FloatArray
 from modelshield.errors import Blocked, ConfigError, Denied, OracleError, Refused
 from modelshield.oracle.base import BaseOracle
 
+PACED_TRIES = 64  # waits per request, at most
+
 
 class HttpOracle(BaseOracle):
     """Query a modelshield gateway (or any server speaking its v1 predict route)."""
 
     def __init__(self, url: str, api_key: str, *, model: str | None = None,
                  client: httpx.Client | None = None, timeout: float = 30.0,
-                 protocol: str = "rest", **kwargs: Any) -> None:
+                 protocol: str = "rest", pace: float | None = None, **kwargs: Any) -> None:
         if protocol not in ("rest", "v2"):
             raise ConfigError.invalid("protocol", "rest or v2", protocol)
-        self.protocol = protocol
+        if pace is not None and pace <= 0:
+            raise ConfigError.invalid("pace", "a number of seconds > 0", pace)
+        self.protocol, self.pace, self.waited = protocol, pace, 0.0
         self._owns_client = client is None
         self.client = client or httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
         self.headers = {"Authorization": f"Bearer {api_key}"}
@@ -87,10 +94,16 @@ class HttpOracle(BaseOracle):
                 "data": [v for row in rows for v in row]}]}
         else:
             path, payload = f"/v1/models/{self.model}/predict", {"inputs": rows}
-        try:
-            resp = self.client.post(path, json=payload, headers=self.headers)
-        except httpx.HTTPError as exc:
-            raise OracleError(f"the target did not answer: {exc}") from None
+        for tries in range(PACED_TRIES + 1):
+            try:
+                resp = self.client.post(path, json=payload, headers=self.headers)
+            except httpx.HTTPError as exc:
+                raise OracleError(f"the target did not answer: {exc}") from None
+            wait = self._wait(resp)
+            if wait is None or tries == PACED_TRIES:  # a request no window lets through
+                break
+            time.sleep(wait)
+            self.waited += wait
         try:
             body = resp.json()
         except ValueError:
@@ -113,6 +126,18 @@ class HttpOracle(BaseOracle):
             leaf_ids=None if "leaf_ids" not in body else np.asarray(body["leaf_ids"]),
             policy=body.get("policy", ""),
         )
+
+
+    def _wait(self, resp: httpx.Response) -> float | None:
+        """Seconds to wait before sending again: a rate limit's 429 with a Retry-After
+        within ``pace``; None to take the answer (or the refusal) as it is."""
+        if self.pace is None or resp.status_code != 429:
+            return None
+        try:
+            retry = float(resp.headers.get("Retry-After", ""))
+        except ValueError:
+            return None
+        return max(retry, 0.05) if retry <= self.pace else None
 
 
 def _from_v2(body: dict[str, Any]) -> dict[str, Any]:
