@@ -56,8 +56,13 @@ def test_natural_rows_dilute_the_stream_and_are_paid_for(tmp_path: Path,
     x = v.honest[:20]
     answer = oracle.query(x)
     np.testing.assert_array_equal(answer.labels, v.predict_labels(x))  # its own rows' answers
-    assert oracle.natural_rows == 20 and oracle.used == 40 and oracle.remaining == 60
+    assert oracle.natural_rows == 20 and oracle.used == 40
+    assert oracle.remaining == 30  # the attack's share of the 60 left: half are natural
     assert sh.store.count() == 1  # one request held both
+    # An attack that spends its share in one call leaves room for the natural rows: the
+    # whole stream stays within the budget.
+    oracle.query(v.honest[20:50])
+    assert oracle.used == 100 and oracle.natural_rows == 50 and oracle.remaining == 0
     sh.close()
 
 

@@ -119,13 +119,20 @@ class SpreadOracle(BaseOracle):
     def quota(self) -> int | None:
         return None if self.budget is None else -(-self.budget // len(self.keys))
 
+    @property
+    def remaining(self) -> int:
+        """The attack's share of what is left: the natural rows mixed in are paid for from
+        the same budget, so an attack that sizes its queries by this leaves them room."""
+        left = super().remaining
+        return left if self.mix == 0 or self.budget is None else int(left * (1 - self.mix))
+
     def _answer(self, inputs: FloatArray) -> Answer:
         import numpy as np
 
         extra = 0
         if self.mix > 0 and self.natural is not None:
             want = round(len(inputs) * self.mix / (1 - self.mix))
-            room = (self.remaining - len(inputs)) if self.budget is not None else want
+            room = (super().remaining - len(inputs)) if self.budget is not None else want
             extra = max(0, min(want, room))
         rows = inputs
         order = np.arange(len(inputs))
