@@ -7,7 +7,7 @@ One audit (the same runner, cells and report as `modelshield audit`) of one vict
 six defenses: the detectors calibrated on the owner's data with ``on_flag: deny``, keyed
 noise (noise:0.05), coarse scores (round:1), Adaptive Misinformation (tau at the 5th
 percentile of the owner's calibration rows), Prediction Poisoning (``mad:eps=0.5``) and a
-rate limit of 1,000 rows a day (requests of at most 100 rows). Each plain attacker is
+rate limit of 200 rows a day (requests of at most 100 rows). Each plain attacker is
 paired with its adaptive counterpart:
 
 - knockoff on the natural pool, against the same over 10 keys of 10 owners and networks;
@@ -85,8 +85,8 @@ def main() -> None:
         {"name": "round:1", "policy": "round:1"},
         {"name": "misinform (5%)", "policy": f"misinform:tau={tau:.4f},nu=50"},
         {"name": "mad:eps=0.5", "policy": "mad:eps=0.5"},
-        {"name": "rate limit (1,000 rows a day)", "max_batch": 100,
-         "limits": {"rows": "1000/day"}}]
+        {"name": "rate limit (200 rows a day)", "max_batch": 100,
+         "limits": {"rows": "200/day"}}]
     scenario = load_scenario({
         "name": f"plain and adaptive attackers: {args.victim}", "seed": args.seed,
         "target": {"victim": args.victim}, "attackers": attackers,
