@@ -15,7 +15,8 @@ def scenario(**over: Any) -> Any:
             "attackers": [{"name": "k", "attack": "knockoff", "budgets": [1000]}],
             "defenses": [{"name": "open"},
                          {"name": "alerting", "detectors": ["ood"], "on_flag": "alert"},
-                         {"name": "denying", "detectors": ["ood"], "on_flag": "deny"}]}
+                         {"name": "denying", "detectors": ["ood"], "on_flag": "deny"}],
+            "adaptive": False}  # the cells below are one attacker's
     return load_scenario({**base, **over})
 
 

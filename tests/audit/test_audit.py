@@ -154,8 +154,16 @@ def test_a_denying_detector_stops_the_sweep_and_says_when(small: tuple[dict[str,
     lm = attacker(doc, "watched", "lowd-meek")
     assert lm["status"] == "blocked" and lm["first_flag"]["detector"] == "sweep"
     assert lm["blocked_at"] < 100 and lm["q90"] is None
-    assert defense(doc, "watched")["rating"] == "LOWER"
     assert attacker(doc, "labels", "lowd-meek")["first_flag"] is None
+    # Its counterpart over 10 keys (every audit adds it): each key is suspended at about
+    # 50 rows, and the next goes on; the clone is made, and is not counted as caught.
+    spread = attacker(doc, "watched", "lowd-meek, 10 keys, paced")
+    assert spread["first_flag"]["detector"] == "sweep" and spread["best_fidelity"] >= 0.99
+    assert spread["went_on"] and spread["uncaught_clone"]
+    watched = defense(doc, "watched")
+    assert watched["rating"] == "HIGH" and watched["cheapest_clone"]["attacker"] == spread["attacker"]
+    assert "went on with its other keys" in " ".join(watched["facts"])
+    assert [b["how"] for b in watched["broken_by"]] == ["10 keys, paced to the rate limits"]
 
 
 def test_honest_users_keep_their_top1_and_pay_for_coarser_scores(

@@ -58,7 +58,8 @@ def analyse(scenario: Scenario, cells: list[dict[str, Any]]) -> dict[str, Any]:
         acts = tier.on_flag != "alert" or watched
         rows = [_attacker_summary(a.label, [c for c in cells if c["kind"] == "attack"
                                             and c["defense"] == profile.name
-                                            and c["attacker"] == a.label], price, acts)
+                                            and c["attacker"] == a.label], price, acts,
+                                  spread=a.keys > 1)
                 for a in scenario.attackers]
         benign = next((c for c in cells
                        if c["kind"] == "benign" and c["defense"] == profile.name), None)
@@ -140,7 +141,9 @@ def _privacy(cell: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _attacker_summary(label: str, cells: list[dict[str, Any]], price: float,
-                      acts: bool) -> dict[str, Any]:
+                      acts: bool, spread: bool = False) -> dict[str, Any]:
+    """One attacker under one defense. ``spread``: its queries went over several keys, so
+    a flag stops one key, not the attacker: a clone it completed anyway was not caught."""
     points: dict[int, tuple[float, float | None]] = {}
     for c in sorted(cells, key=lambda c: c["budget"]):
         acc = dict((q, a) for q, a in c.get("accuracy_curve") or [])
@@ -170,7 +173,7 @@ def _attacker_summary(label: str, cells: list[dict[str, Any]], price: float,
         if paced else None
     blocked = [c for c in cells if c["status"] == "blocked"]
     failed = [c for c in cells if c["status"] not in ("ok", "blocked")]
-    caught = flag is not None and (q90 is None or flag["query"] <= q90)
+    caught = flag is not None and (q90 is None or (flag["query"] <= q90 and not spread))
     if not curve and failed:
         status = failed[0]["status"]
     elif blocked:
@@ -188,6 +191,7 @@ def _attacker_summary(label: str, cells: list[dict[str, Any]], price: float,
         "usd90": None if q90 is None else q90 * price / 1000,
         "usd99": None if q99 is None else q99 * price / 1000,
         "first_flag": flag, "caught_before_90": caught, "waited_s": waited,
+        "went_on": spread and flag is not None and q90 is not None and flag["query"] <= q90,
         "blocked_at": min((c["queries"] for c in blocked), default=None),
         "uncaught_clone": q90 is not None and not (caught and acts),
     }
@@ -341,6 +345,10 @@ def _rate(scenario: Scenario, d: dict[str, Any]) -> tuple[str, list[str]]:
                          "waiting (low and slow), which the limits cost it and nothing more.")
         if flag is None:
             facts.append("The Shield never flagged that attacker.")
+        elif row.get("went_on"):
+            facts.append(f"The Shield flagged one of its keys at query {flag['query']:,} "
+                         f"({flag['detector']}), but it went on with its other keys: a flag "
+                         "stops a key, not an attacker with several.")
         elif not row["caught_before_90"]:
             facts.append(f"The Shield flagged it at query {flag['query']:,} ({flag['detector']}), "
                          f"after the clone reached 90% at {row['q90']:,}.")
