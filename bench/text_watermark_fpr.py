@@ -12,7 +12,8 @@ vary between owners). Each window is scored as ``TextWatermark.score`` does it (
 pairs, exact binomial p-value), with the green lists of ``TextWatermark.green``.
 
 Reported, at alpha 1e-4 (``detect-text``'s default) and 1e-5: the share of tests at or
-below alpha, with its 95% Clopper-Pearson interval; and the share with z >= 4. Writes bench/results/text_watermark_fpr.json.
+below alpha, with its 95% Clopper-Pearson interval; and the share with z >= 4. Writes
+bench/results/text_watermark_fpr.json.
 """
 
 from __future__ import annotations

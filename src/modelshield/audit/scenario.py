@@ -385,8 +385,8 @@ def _counterparts(data: Any) -> Any:
                   isinstance(target, dict) and target.get("url") is not None)
     except (ValidationError, ValueError, TypeError):
         return data  # the fields' own validation names what is wrong
-    tiers = [d.as_tier() for d in defenses]
-    if remote or not any(t.detectors or any(t.limits.model_dump().values()) for t in tiers):
+    if remote or not any(t.detectors or any(t.limits.model_dump().values())
+                         for t in (d.as_tier() for d in defenses)):
         return data
     labels = {a.label for a in attackers}
     adaptive = {(a.attack, json.dumps(a.params, sort_keys=True, default=str))
@@ -426,7 +426,6 @@ class Scenario(_Strict):
         """The search's defenses and the adaptive counterparts join the listed defenses and
         attackers (once: a dump validates again)."""
         return _counterparts(_searched(data))
-
 
     @model_validator(mode="after")
     def _names(self) -> Scenario:
@@ -546,6 +545,11 @@ attackers:                  # `modelshield attacks` lists them and their paramet
     budgets: [1000]
     keys: 10
     mix_natural: 0.3
+    # pace: true             # wait out each rate limit (429) and go on: low and slow
+
+# Each plain attacker is also played over 10 keys, paced to the rate limits, where a
+# defense keeps per-key state (detectors or limits); `adaptive: false` turns it off.
+adaptive: true
 
 defenses:                   # each is a gateway tier (see `modelshield init`)
   - name: none
@@ -565,6 +569,14 @@ defenses:                   # each is a gateway tier (see `modelshield init`)
 benign:                     # honest customers sent through each defense
   accounts: 10              # of each kind: iid, narrow, what-if, batch, repeat, burst
   median_rows: 60
+
+honest_budget:              # what the best defense against an attacker may cost them
+  accuracy_lost: 0.01
+  flagged_share: 0.01
+# search:                   # defenses the audit writes itself for that choice
+#   policies: [label, "round:1", "mad-argmax:eps=1.0"]
+#   fprs: [0.001, 0.01]     # the detectors with deny at each false-positive rate
+#   combine: true           # and the detectors with each policy
 
 privacy:                    # membership inference under each defense
   attacks: [loss, lira, rmia, label-only]   # `modelshield attacks`; lira:online=false ...
