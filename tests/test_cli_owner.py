@@ -116,6 +116,9 @@ def test_over_http_a_paced_attack_waits_out_the_rate_limit(owner: Any, tmp_path:
         assert "waited out rate limits for" in r.output
     for s in shields:
         s.close()
+    r = runner.invoke(app, ["attack", "--victim", "digits-lr", "--attack", "knockoff",
+                            "--pace", "5"])
+    assert isinstance(r.exception, ConfigError) and "--pace" in str(r.exception)
 
 
 def test_a_data_file_with_other_names_is_refused(owner: Any, tmp_path: Path) -> None:

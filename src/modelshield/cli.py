@@ -180,6 +180,8 @@ def attack(
         raise ConfigError("Give --victim (a built-in model) or --model-file (yours), not both.")
     if (model_file is None) != (data is None):
         raise ConfigError("--model-file and --data go together: your model and its data.")
+    if pace is not None and target is None:
+        raise ConfigError("--pace waits out a gateway's rate limits: it goes with --target.")
     v = _owner_victim(model_file, data, model) if model_file and data else \
         load_victim(victim, seed=seed) if victim else None
     if target is not None:
