@@ -4,6 +4,7 @@ whether it shows in a model fine-tuned on watermarked completions (radioactivity
 et al., NeurIPS 2024).
 
     python bench/text_watermark.py            # about 25 minutes on 2 cores
+    python bench/text_watermark.py --radioactivity-only --clone-tokens 16000
 
 Victim: lm-tuned behind a Shield with two tiers, one watermarking (gamma 0.25, delta 2)
 and one not. Prompts are 16-token windows of the public corpus; completions are sampled.
@@ -120,6 +121,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--texts", type=int, default=64, help="texts per tier and temperature")
     ap.add_argument("--clone-tokens", type=int, default=64000)
+    ap.add_argument("--radioactivity-only", action="store_true",
+                    help="only the clones (for another --clone-tokens); writes "
+                         "text_watermark_radioactivity_TOKENS.json")
     args = ap.parse_args()
     base = load_lm("lm-h128", args.seed)
     tok = base.tokenizer
@@ -138,7 +142,7 @@ def main() -> None:
         keys = {t: shield.store.create_key(t)[0] for t in ("marked", "plain")}
         # -- detection, and the plain tier's texts as negatives -------------------------------
         detection, texts = [], {}
-        for temperature in (1.0, 0.7):
+        for temperature in (() if args.radioactivity_only else (1.0, 0.7)):
             for tier in ("marked", "plain"):
                 gens = complete(shield, keys[tier], prompts, 100, 2, temperature, args.seed)
                 texts[(tier, temperature)] = gens
@@ -162,7 +166,7 @@ def main() -> None:
         out["detection"] = detection
         # -- false positives on text nobody generated -------------------------------------
         fp = {"windows": 0, "p_le_1e-4": 0, "z_ge_4": 0}
-        for name in ("public", "held-out", "private"):
+        for name in (() if args.radioactivity_only else ("public", "held-out", "private")):
             stream = token_stream(tok, corpus(name))
             for s in range(0, len(stream) - 200, 200):
                 score = mark.score(stream[s:s + 200].tolist())
@@ -175,7 +179,7 @@ def main() -> None:
                                                  fp["z_ge_4"]]])
         # -- what honest users pay ---------------------------------------------------------
         cost = []
-        for temperature in (1.0, 0.7):
+        for temperature in (() if args.radioactivity_only else (1.0, 0.7)):
             ppl = {tier: perplexity(lm, prompts, [g[0] for g in texts[(tier, temperature)]])
                    for tier in ("marked", "plain")}
             cost.append({"temperature": temperature, "ppl_marked": ppl["marked"],
@@ -211,8 +215,10 @@ def main() -> None:
              [[r["model"], r["mode"], r["pairs"], r["green"], r["share_green"], r["z"],
                r["p_value"]] for r in radio])
         out["radioactivity"] = radio
+        out["clone_tokens"] = args.clone_tokens
         shield.close()
-    write("text_watermark", out)
+    write(f"text_watermark_radioactivity_{args.clone_tokens}" if args.radioactivity_only
+          else "text_watermark", out)
 
 
 if __name__ == "__main__":
