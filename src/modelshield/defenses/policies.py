@@ -4,13 +4,13 @@ Each policy turns a :class:`~modelshield.answer.Prediction` into an
 :class:`~modelshield.answer.Answer`. The top-1 label is returned unchanged (it is what an
 honest caller needs), except by ``misinform``, which answers the queries the model is
 unsure of wrongly on purpose, and ``mad``, which may move the top class; policies differ in
-which scores come with it. Each policy declares
-what it promises honest users (``keeps_top1``: the returned scores rank the true top-1 class
-first) and the property tests in ``tests/defenses/test_policies.py`` hold it to that.
+which scores come with it. Each policy declares what it promises honest users
+(``keeps_top1``: the returned scores rank the true top-1 class first) and the property
+tests in ``tests/defenses/test_policies.py`` hold it to that.
 
 Policies are written as ``name`` or ``name:value`` or ``name:key=value,key=value`` on the
 command line and in config files, e.g. ``round:2``, ``top-k:3``, ``noise:0.05``,
-``reverse-sigmoid:beta=0.5,gamma=0.2``.
+``reverse-sigmoid:beta=0.5,gamma=0.2``, ``mad-argmax:eps=1``.
 """
 
 from __future__ import annotations

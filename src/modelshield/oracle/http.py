@@ -127,7 +127,6 @@ class HttpOracle(BaseOracle):
             policy=body.get("policy", ""),
         )
 
-
     def _wait(self, resp: httpx.Response) -> float | None:
         """Seconds to wait before sending again: a rate limit's 429 with a Retry-After
         within ``pace``; None to take the answer (or the refusal) as it is."""
