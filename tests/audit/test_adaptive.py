@@ -234,6 +234,10 @@ def test_the_search_writes_defenses_and_the_best_may_be_one_of_them() -> None:
         load_scenario({"target": {"victim": "digits-mlp"},
                        "attackers": [{"attack": "knockoff", "budgets": [10]}],
                        "search": {"policies": ["blur"]}})
+    with pytest.raises(ConfigError, match=r"search\.detectors: unknown detector 'nosuch'"):
+        load_scenario({"target": {"victim": "digits-mlp"},
+                       "attackers": [{"attack": "knockoff", "budgets": [10]}],
+                       "search": {"detectors": ["nosuch"]}})
     with pytest.raises(ConfigError, match="search: a remote target"):
         load_scenario({"target": {"url": "http://127.0.0.1:9/", "api_key": "k",
                                   "victim": "digits-mlp"},

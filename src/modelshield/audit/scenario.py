@@ -19,7 +19,7 @@ from modelshield.attacks import ATTACKS
 from modelshield.attacks.params import parse_params
 from modelshield.data.honest import ARCHETYPES
 from modelshield.defenses.config import Limits, Tier, http_url, load_config
-from modelshield.defenses.detectors import DetectorSpec
+from modelshield.defenses.detectors import DetectorSpec, detector_spec
 from modelshield.errors import ConfigError, ModelShieldError
 from modelshield.victims.zoo import ZOO
 
@@ -256,6 +256,16 @@ class Search(_Strict):
                 parse_policy(spec)
             except ModelShieldError as exc:
                 raise ValueError(f"{spec!r}: {exc}") from None
+        return v
+
+    @field_validator("detectors")
+    @classmethod
+    def _detectors(cls, v: list[DetectorSpec]) -> list[DetectorSpec]:
+        for entry in v:
+            try:
+                detector_spec(entry)
+            except ModelShieldError as exc:
+                raise ValueError(str(exc)) from None
         return v
 
     @field_validator("fprs")
