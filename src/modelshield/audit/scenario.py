@@ -18,8 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from modelshield.attacks import ATTACKS
 from modelshield.attacks.params import parse_params
 from modelshield.data.honest import ARCHETYPES
-from modelshield.defenses.config import Limits, Tier, http_url, load_config
-from modelshield.defenses.detectors import DetectorSpec, detector_spec
+from modelshield.defenses.config import (
+    Limits,
+    Tier,
+    check_detectors,
+    check_policy,
+    http_url,
+    load_config,
+)
+from modelshield.defenses.detectors import DetectorSpec
 from modelshield.errors import ConfigError, ModelShieldError
 from modelshield.victims.zoo import ZOO
 
@@ -249,24 +256,12 @@ class Search(_Strict):
     @field_validator("policies")
     @classmethod
     def _policies(cls, v: list[str]) -> list[str]:
-        from modelshield.defenses.policies import parse_policy
-
-        for spec in v:
-            try:
-                parse_policy(spec)
-            except ModelShieldError as exc:
-                raise ValueError(f"{spec!r}: {exc}") from None
-        return v
+        return [check_policy(spec) for spec in v]
 
     @field_validator("detectors")
     @classmethod
     def _detectors(cls, v: list[DetectorSpec]) -> list[DetectorSpec]:
-        for entry in v:
-            try:
-                detector_spec(entry)
-            except ModelShieldError as exc:
-                raise ValueError(str(exc)) from None
-        return v
+        return check_detectors(v)
 
     @field_validator("fprs")
     @classmethod

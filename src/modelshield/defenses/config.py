@@ -108,21 +108,12 @@ class Tier(_Strict):
     @field_validator("policy", "degrade_policy")
     @classmethod
     def _policy(cls, v: str) -> str:
-        try:
-            parse_policy(v)
-        except ModelShieldError as exc:
-            raise ValueError(str(exc)) from None
-        return v
+        return check_policy(v)
 
     @field_validator("detectors")
     @classmethod
     def _detectors(cls, v: list[DetectorSpec]) -> list[DetectorSpec]:
-        for entry in v:
-            try:
-                detector_spec(entry)
-            except ModelShieldError as exc:
-                raise ValueError(str(exc)) from None
-        return v
+        return check_detectors(v)
 
 
 class Storage(_Strict):
@@ -334,6 +325,25 @@ class ShieldConfig(_Strict):
                                  "characters in noise_secret (modelshield init writes one) or "
                                  "in MODELSHIELD_NOISE_SECRET")
         return self
+
+
+def check_policy(v: str) -> str:
+    """An output policy spec, or ValueError with what is wrong (for pydantic validators)."""
+    try:
+        parse_policy(v)
+    except ModelShieldError as exc:
+        raise ValueError(str(exc)) from None
+    return v
+
+
+def check_detectors(v: list[DetectorSpec]) -> list[DetectorSpec]:
+    """Detector entries, or ValueError naming the bad one (for pydantic validators)."""
+    for entry in v:
+        try:
+            detector_spec(entry)
+        except ModelShieldError as exc:
+            raise ValueError(str(exc)) from None
+    return v
 
 
 def _keyed(policy: str) -> bool:

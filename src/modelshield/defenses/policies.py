@@ -302,39 +302,53 @@ class PredictionPoisoning(OutputPolicy):
         z = h @ w2.T + b2
         q = np.exp(z - z.max(axis=1, keepdims=True))
         q /= q.sum(axis=1, keepdims=True)
-        u = np.eye(c)[None] - q[:, None, :]  # row k: e_k - q, the logits' gradient
-        a = (u @ w2) * (pre > 0)[:, None, :]  # the hidden layer's gradient, per class
+        # The logits' gradient for class k is e_k - q: (e_k - q).(e_j - q) in closed form.
+        uu = (np.eye(c)[None] - q[:, :, None] - q[:, None, :]
+              + np.einsum("nc,nc->n", q, q)[:, None, None])
+        a = (w2[None] - (q @ w2)[:, None, :]) * (pre > 0)[:, None, :]  # the hidden layer's
         hh = np.einsum("nh,nh->n", h, h) + 1.0
         xx = np.einsum("nd,nd->n", x, x) + 1.0
-        return np.asarray(np.einsum("nkc,njc->nkj", u, u) * hh[:, None, None]
+        return np.asarray(uu * hh[:, None, None]
                           + np.einsum("nkh,njh->nkj", a, a) * xx[:, None, None])
+
+    CHUNK: ClassVar[int] = 1024  # rows per step: a step holds rows x classes x hidden floats
 
     def apply(self, prediction: Prediction, inputs: FloatArray) -> Answer:
         y = prediction.probabilities
         n, c = y.shape
         if self.eps == 0 or c < 2:
             return self._answer(prediction, probabilities=y.copy())
-        m = self.gram(inputs, c)
-        vert = np.eye(c)
-        dist = np.abs(vert[None] - y[:, None, :]).sum(axis=2)  # L1 from y to each vertex
-        alpha = np.minimum(1.0, self.eps / np.maximum(dist, 1e-12))
-        if self.argmax:
-            top = prediction.labels
-            gap = y[np.arange(n), top][:, None] - y
-            cap = gap / (1.0 + gap) * (1.0 - 1e-6)  # keeps y~[top] > y~[k]
-            alpha = np.where(np.arange(c)[None] == top[:, None], alpha, np.minimum(alpha, cap))
-        cand = (1 - alpha)[..., None] * y[:, None, :] + alpha[..., None] * vert[None]
-        my = np.einsum("nkj,nj->nk", m, y)
-        num = np.einsum("nvk,nk->nv", cand, my)
-        den = np.sqrt(np.einsum("nvk,nkj,nvj->nv", cand, m, cand)
-                      * np.einsum("nk,nk->n", y, my)[:, None])
-        best = np.argmin(num / np.maximum(den, 1e-300), axis=1)
-        out = cand[np.arange(n), best]
-        out = np.clip(out, 0.0, None)
-        out /= out.sum(axis=1, keepdims=True)
+        out = np.concatenate([
+            self._poison(y[i:i + self.CHUNK], prediction.labels[i:i + self.CHUNK],
+                         inputs[i:i + self.CHUNK]) for i in range(0, n, self.CHUNK)])
         labels = prediction.labels if self.argmax else np.asarray(out.argmax(axis=1),
                                                                  dtype=np.int64)
         return Answer(labels=labels, probabilities=out, policy=self.spec)
+
+    def _poison(self, y: FloatArray, top: np.ndarray, inputs: FloatArray) -> FloatArray:
+        """The answers for one chunk of rows. Candidate k is ``(1 - a_k) y + a_k e_k``; its
+        angle to ``y`` under the Gram matrix M is read from ``y.My``, ``(My)_k`` and
+        ``M_kk`` alone."""
+        n, c = y.shape
+        m = self.gram(inputs, c)
+        dist = 1.0 - y + (y.sum(axis=1, keepdims=True) - y)  # L1 from y to each vertex
+        alpha = np.minimum(1.0, self.eps / np.maximum(dist, 1e-12))
+        if self.argmax:
+            gap = y[np.arange(n), top][:, None] - y
+            cap = gap / (1.0 + gap) * (1.0 - 1e-6)  # keeps y~[top] > y~[k]
+            alpha = np.where(np.arange(c)[None] == top[:, None], alpha, np.minimum(alpha, cap))
+        my = np.einsum("nkj,nj->nk", m, y)
+        ymy = np.einsum("nk,nk->n", y, my)[:, None]
+        mkk = np.einsum("nkk->nk", m)
+        num = (1 - alpha) * ymy + alpha * my
+        quad = (1 - alpha) ** 2 * ymy + 2 * alpha * (1 - alpha) * my + alpha ** 2 * mkk
+        best = np.argmin(num / np.maximum(np.sqrt(np.maximum(quad, 0.0) * ymy), 1e-300), axis=1)
+        rows = np.arange(n)
+        a = alpha[rows, best][:, None]
+        out = (1 - a) * y
+        out[rows, best] += a[:, 0]
+        out = np.clip(out, 0.0, None)
+        return np.asarray(out / out.sum(axis=1, keepdims=True))
 
 
 @dataclass(frozen=True)
