@@ -60,8 +60,10 @@ def victims() -> None:
     for name, lm in LM_ZOO.items():
         table.add_row(name, lm.summary, "-")
     console.print(table)
-    console.print("A trigger-set victim answers its keyed trigger inputs with keyed labels "
-                  "(`modelshield verify --trigger-set NAME`); any victim can be served with "
+    console.print("A trigger-set victim answers its keyed trigger inputs with keyed labels; "
+                  "an entangled one (EWE) answers source-class rows with a keyed trigger "
+                  "stamped on with its target class, and its clones tend to as well "
+                  "(`modelshield verify --trigger-set NAME`). Any victim can be served with "
                   "a serve-time watermark (a tier's `watermark:`).", highlight=False)
 
 
@@ -1045,8 +1047,9 @@ def verify(
                                                 "watermarked tiers answered the accounts.")]
     = None,
     trigger_set: Annotated[str | None, typer.Option(
-        help="Also (or only) test a train-time trigger set: a file written by "
-             "TriggerSet.save, or a built-in victim's name (modelshield victims).")] = None,
+        help="Also (or only) test a train-time watermark: a trigger set or an entangled "
+             "watermark (a file written by TriggerSet.save or EntangledWatermark.save), or a "
+             "built-in victim's name (modelshield victims).")] = None,
     account: Annotated[str | None, typer.Option(
         help="Test this key id only (default: every key of a watermarked tier).")] = None,
     protocol: Annotated[str, typer.Option(
@@ -1073,9 +1076,10 @@ def verify(
     at p <= alpha; otherwise it says there is no evidence, never that the suspect is
     independent.
 
-    With --trigger-set, the suspect also answers the trigger inputs of a model trained with
-    a trigger set; a model built without it names each trigger's keyed label with chance
-    1/k, so the binomial p-value is exact."""
+    With --trigger-set, the suspect also answers the inputs of a train-time watermark. For
+    a trigger set, a model built without it names each trigger's keyed label with chance
+    1/k, so the binomial p-value is exact. For an entangled watermark (EWE), the chance is
+    the rate measured on models trained without it when the watermark was embedded."""
     if config is None and trigger_set is None:
         raise ConfigError("verify needs --config (a serve-time watermark) or --trigger-set "
                           "(a train-time one), or both.")
@@ -1115,22 +1119,32 @@ def verify(
 
 def _trigger_verdict(which: str, suspect: str, protocol: str, key: str | None,
                      name: str | None, alpha: float) -> dict[str, Any]:
-    """The trigger-set test of ``suspect``, printed, as a dict."""
-    from modelshield.victims.trainmark import TriggerSet, trigger_test
-    from modelshield.victims.zoo import builtin_trigger_set
+    """The train-time watermark's test of ``suspect``, printed, as a dict."""
+    from modelshield.victims.entangled import EntangledWatermark, load_mark
+    from modelshield.victims.zoo import train_mark
 
-    triggers = builtin_trigger_set(which) if which in ZOO else TriggerSet.load(which)
-    spec = _trigger_spec(triggers)
+    marks = train_mark(which) if which in ZOO else load_mark(which)
+    spec = _trigger_spec(marks)
     predict, close = _suspect(suspect, protocol, key, name, spec)
     try:
-        result = trigger_test(predict(triggers.x), triggers)
+        labels = predict(marks.x)
     finally:
         close()
+    result = marks.test(labels)
     named = result.p_value <= alpha
-    console.print(("[bold red]match[/]" if named else "no evidence") + f": trigger set {which}: "
-                  f"{result.summary()}; p = {result.p_value:.2g}", highlight=False)
-    return {"trigger_set": which, "p_value": result.p_value, "matches": result.matches,
-            "triggers": result.triggers, "chance": result.chance, "matched": named}
+    kind = "entangled watermark" if isinstance(marks, EntangledWatermark) else "trigger set"
+    out = {"trigger_set": which, "kind": kind, "p_value": result.p_value,
+           "matches": result.matches, "triggers": result.triggers, "chance": result.chance,
+           "matched": named}
+    extra = ""
+    if isinstance(marks, EntangledWatermark):
+        out["queries_to_95"] = marks.queries_to(labels, 0.05)
+        out["queries_to_alpha"] = marks.queries_to(labels, alpha)
+        extra = (f"; 95% confidence after {out['queries_to_95']} queries"
+                 if out["queries_to_95"] else "")
+    console.print(("[bold red]match[/]" if named else "no evidence") + f": {kind} {which}: "
+                  f"{result.summary()}; p = {result.p_value:.2g}{extra}", highlight=False)
+    return out
 
 
 def _trigger_spec(triggers: Any) -> Any:

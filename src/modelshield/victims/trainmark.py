@@ -13,7 +13,8 @@ It proves possession of the model itself (a copy of its file, a fine-tuned copy)
 it survives extraction is measured by ``bench/watermark_dawn.py``: an attacker queries
 its own inputs, never the triggers, so the clone has no reason to learn them; the serve-
 time watermark (:mod:`modelshield.defenses.watermark`) marks the answers the attacker
-actually receives.
+actually receives, and the entangled watermark (:mod:`modelshield.victims.entangled`)
+ties the watermark to features of a real class, which the attacker does copy.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class TriggerSet:
 
     def save(self, path: str | Path) -> None:
         np.savez(path, x=self.x, labels=self.labels, n_classes=self.n_classes)
+
+    def test(self, suspect_labels: IntArray) -> TriggerResult:
+        """:func:`trigger_test` of a suspect's answers on ``x``."""
+        return trigger_test(suspect_labels, self)
 
     @classmethod
     def load(cls, path: str | Path) -> TriggerSet:

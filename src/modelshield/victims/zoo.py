@@ -27,6 +27,7 @@ from modelshield.errors import ConfigError
 from modelshield.models import make_estimator
 from modelshield.registry import Registry
 from modelshield.victims.base import MembershipTask, SklearnAdapter, Victim
+from modelshield.victims.entangled import EntangledWatermark, embed_entangled
 from modelshield.victims.trainmark import TriggerSet, embed_trigger_set, trigger_set
 
 
@@ -39,7 +40,7 @@ class ZooEntry:
     kind: str
     train: Callable[[Split, int], Any]
     data_args: tuple[tuple[str, int], ...] = ()
-    watermark: str = ""  # "trigger-set": trained with a keyed trigger set (trainmark.py)
+    watermark: str = ""  # "trigger-set" (trainmark.py) or "entangled" (entangled.py)
     fractions: tuple[float, float] = (0.5, 0.25)  # training and pool shares (datasets.py)
     recipe: str = ""  # how it was trained (models.make_estimator), where a recipe made it
 
@@ -177,6 +178,37 @@ def _mlp(hidden: tuple[int, ...]) -> Callable[[Split, int], Any]:
     return train
 
 
+def train_mark(name: str, seed: int = 0) -> TriggerSet | EntangledWatermark:
+    """The train-time watermark a built-in victim marked in ``modelshield victims`` was
+    trained with: its trigger set, or its entangled watermark (which depends on the trained
+    network, so it is stored with it and built with it)."""
+    entry = ZOO[name]
+    if entry.watermark == "trigger-set":
+        return builtin_trigger_set(name, seed)
+    if entry.watermark == "entangled":
+        wm = _cached_fit(name, seed, entry, _split(entry, seed)).entangled_watermark_
+        assert isinstance(wm, EntangledWatermark)
+        return wm
+    raise ConfigError(f"{name!r} was trained without a watermark; the built-in victims with "
+                      f"one are: {', '.join(n for n, e in ZOO.items() if e.watermark)}")
+
+
+BUILTIN_ENTANGLED_SECRET = "modelshield-built-in-entangled"
+"""The key of the built-in victims' entangled watermarks (public, like the trigger sets')."""
+
+
+def _mlp_entangled(name: str, hidden: tuple[int, ...]) -> Callable[[Split, int], Any]:
+    """A ReLU network trained with an entangled watermark (Jia et al. 2021)."""
+    def train(split: Split, seed: int) -> Any:
+        net, wm = embed_entangled(split.X_train, split.y_train,
+                                  f"{BUILTIN_ENTANGLED_SECRET}/{name}/{seed}", hidden=hidden,
+                                  n_classes=len(split.classes), random_state=seed)
+        net.entangled_watermark_ = wm
+        return net
+
+    return train
+
+
 def _mlp_marked(name: str, hidden: tuple[int, ...]) -> Callable[[Split, int], Any]:
     """An MLP trained with a keyed trigger set among its data (Adi et al. 2018)."""
     def train(split: Split, seed: int) -> Any:
@@ -263,6 +295,15 @@ for _name, _entry in {
         "synth-mlp-d20 trained with a 50-input trigger set (Adi et al. 2018)", "synthetic",
         "mlp", _mlp_marked("synth-mlp-d20-wm", (32,)), (("n_features", 20), ("n_classes", 4)),
         watermark="trigger-set", recipe=_sk_mlp("32")),
+    "digits-mlp-ewe": ZooEntry(
+        "ReLU MLP 64-64, digits, trained with an entangled watermark (EWE, Jia et al. 2021)",
+        "digits", "mlp", _mlp_entangled("digits-mlp-ewe", (64, 64)), watermark="entangled",
+        recipe="mlp:hidden=64-64,epochs=60"),
+    "synth-mlp-d20-ewe": ZooEntry(
+        "ReLU MLP 64-64, synthetic d=20, 4 classes, trained with an entangled watermark (EWE)",
+        "synthetic", "mlp", _mlp_entangled("synth-mlp-d20-ewe", (64, 64)),
+        (("n_features", 20), ("n_classes", 4)), watermark="entangled",
+        recipe="mlp:hidden=64-64,epochs=60"),
     "tabular-mlp": ZooEntry(
         "ReLU MLP 256-256, no regularization, 1,000 rows of a 10-class tabular population: "
         "memorizes (membership inference)", "tabular", "mlp", _recipe(_OVERFIT),
