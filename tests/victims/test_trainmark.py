@@ -62,6 +62,6 @@ def test_verify_names_a_copy_of_the_marked_model_and_not_another(tmp_path: Path)
     (tmp_path / "bad.npz").write_bytes(b"not a trigger set")
     r = runner.invoke(app, ["verify", "--suspect", str(tmp_path / "other.joblib"),
                             "--trigger-set", str(tmp_path / "bad.npz")])
-    assert isinstance(r.exception, ConfigError) and "not a trigger set" in str(r.exception)
+    assert isinstance(r.exception, ConfigError) and "not a watermark file" in str(r.exception)
     r = runner.invoke(app, ["verify", "--suspect", str(tmp_path / "other.joblib")])
     assert isinstance(r.exception, ConfigError) and "--trigger-set" in str(r.exception)

@@ -6,8 +6,8 @@ data; a thief who never sends them builds a clone that never learns them. EWE in
 the model use *the same features* for its watermark and for one real class:
 
 * the watermark inputs are rows of a keyed source class with a keyed trigger stamped on
-  (a few features set to their smallest or largest training value), labelled with a keyed
-  target class;
+  (a few features set to their 1st or 99th percentile in the training rows), labelled with
+  a keyed target class;
 * the features stamped are chosen, among a keyed half of them, where moving them brings the
   source rows closest to the target class in the network's hidden layers (the SNNL's input
   gradient), but only while the network does not yet call the stamped rows the target;
@@ -163,7 +163,8 @@ def embed_entangled(
     X: FloatArray, y: IntArray, secret: str, *, hidden: tuple[int, ...] = (64, 64),
     n_classes: int | None = None, trigger_size: int | None = None, epochs: int = 60,
     w_epochs: int = 60, factor: float = 32.0, ratio: int = 2, batch_size: int = 64,
-    lr: float = 3e-3, t_lr: float = 0.1, threshold: float = 0.1, n_null: int = 6,
+    lr: float = 3e-3, t_lr: float = 0.1, threshold: float = 0.1, quantile: float = 0.99,
+    n_null: int = 6,
     choice: str = "snnl", random_state: int = 0,
 ) -> tuple[TorchMLPClassifier, EntangledWatermark]:
     """Train a ReLU network on ``(X, y)`` with an entangled watermark.
@@ -177,6 +178,10 @@ def embed_entangled(
         fewer than this share of the stamped source rows ``target`` (as the paper tunes its
         watermarks until the clean model's watermark success is below it): what names the
         target must be the watermark, not a trigger that makes the rows look like it.
+    quantile: the trigger sets each feature to this quantile of the training rows (or the
+        opposite one): inside the range natural rows span, where the thief's queries show
+        the clone how the network answers (the extreme values of a feature, seen only on
+        watermark rows, are learned by the network alone).
     choice: "snnl" (the paper's) or "random" (keyed features; the ablation).
     n_null: models trained without the watermark (other seeds, other widths, scikit-learn's
         MLP) whose target rate on the watermark inputs sets ``null_rate``.
@@ -186,6 +191,8 @@ def embed_entangled(
     y = np.asarray(y, dtype=np.int64)
     k = n_classes or int(y.max()) + 1
     d = X.shape[1]
+    if not 0.5 < quantile <= 1.0:
+        raise ConfigError.invalid("quantile", "a number in (0.5, 1]", quantile)
     if k < 2 or len(X) < 4 * batch_size:
         raise ConfigError(f"embed_entangled needs at least 2 classes and {4 * batch_size} "
                           f"rows; got {k} classes and {len(X)} rows")
@@ -218,7 +225,8 @@ def embed_entangled(
         rise = rng.standard_normal(len(candidates))
     elif choice != "snnl":
         raise ConfigError.invalid("choice", "'snnl' or 'random'", choice)
-    features, values = _trigger(net, src, candidates, rise, X.min(axis=0), X.max(axis=0),
+    features, values = _trigger(net, src, candidates, rise, np.quantile(X, 1 - quantile, axis=0),
+                                np.quantile(X, quantile, axis=0),
                                 size, target, threshold)
     marked = src.copy()
     marked[:, features] = values

@@ -1,0 +1,298 @@
+"""Train-time against serve-time watermarks: which one survives in the thief's clone?
+
+    python bench/watermark_ewe.py                 # 4 victims x 6 attacks x seeds 0-2:
+                                                  # about 25 minutes on 2 cores
+    python bench/watermark_ewe.py --ablation      # also: what the entangling buys
+    python bench/watermark_ewe.py --quick         # seed 0, three attacks
+
+Each cell serves a built-in victim trained with a train-time watermark through a Shield
+whose tier also watermarks its answers (DAWN, rate 0.5%), lets a thief's key run an
+attack through it (1,000 queries), and tests the one clone against both watermarks:
+
+* the train-time one: an entangled watermark (EWE, Jia et al. 2021; ``*-ewe`` victims) or
+  a trigger set (Adi et al. 2018; ``*-wm`` victims): the suspect answers the watermark
+  inputs, and the binomial p-value is taken against the chance rate (1/k for a trigger
+  set; for EWE the rate measured on independently trained models when it was embedded);
+  the queries to the stolen copy that bring it to 95% confidence (EWE's anchor: fewer than
+  100), to 1e-6 and to 2^-64 are reported;
+* the serve-time one (DAWN): the key's watermark set is rebuilt from the audit log and the
+  secret (``modelshield.audit.ownership``), p <= 1e-3 names it.
+
+Attacks: knockoff (synthetic queries, student and labels chosen on held-out answers),
+knockoff-pool (natural rows), knockoff-hard (natural rows, labels only), active learning,
+label-only retraining and Jacobian augmentation.
+
+No false claims: per EWE victim and seed, 18 models built without its watermark (9
+families x 2 seeds, on the victim's training rows and labels) and knockoff clones of an
+unmarked twin (the same network trained without EWE) are tested at p <= 1e-3. The defaults
+of ``embed_entangled`` were set on digits seed 0; seeds 1 and 2 and the synthetic victim
+were not looked at before this run. Writes bench/results/watermark_ewe.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import tempfile
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import show, write
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+VICTIMS = ["digits-mlp-ewe", "synth-mlp-d20-ewe", "digits-mlp-wm", "synth-mlp-d20-wm"]
+ATTACKS_RUN: dict[str, tuple[str, dict[str, Any]]] = {
+    "knockoff": ("knockoff", {"source": "synthetic"}),
+    "knockoff-pool": ("knockoff", {"source": "pool"}),
+    "knockoff-hard": ("knockoff", {"source": "pool", "labels": "hard"}),
+    "active": ("active", {}),
+    "label-only": ("label-only", {}),
+    "jacobian": ("jacobian", {}),
+}
+QUICK = ["knockoff", "knockoff-pool", "knockoff-hard"]
+BUDGET = 1000
+ALPHA = 1e-3
+LEVELS = {"95%": 0.05, "1e-6": 1e-6, "2^-64": 2.0 ** -64}
+SECRET = "bench-watermark-secret-0123456789"
+
+
+def _attack(name: str, oracle: Any, pool: Any, seed: int) -> Any:
+    from modelshield.attacks import ATTACKS
+
+    attack, kw = ATTACKS_RUN[name]
+    spend = min(BUDGET, len(pool)) if kw.get("source") == "pool" else BUDGET
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ATTACKS[attack](random_state=seed, **kw).run(oracle, spend, pool=pool)
+
+
+def _mark_row(marks: Any, labels: Any) -> dict[str, Any]:
+    from modelshield.victims.entangled import EntangledWatermark
+
+    r = marks.test(labels)
+    row: dict[str, Any] = {"mark_p": r.p_value, "mark_matches": r.matches,
+                           "mark_inputs": r.triggers, "mark_chance": r.chance,
+                           "mark_named": r.p_value <= ALPHA}
+    if isinstance(marks, EntangledWatermark):
+        row["mark_success"] = marks.success(labels)
+        row.update({f"queries_{k}": marks.queries_to(labels, a) for k, a in LEVELS.items()})
+    return row
+
+
+def cell(job: tuple[str, str, int]) -> dict[str, Any]:
+    """One thief's clone, tested against the victim's train-time and serve-time marks."""
+    name, attacker, seed = job
+    from modelshield.audit.ownership import logged_queries
+    from modelshield.defenses.watermark import control_test, label_test, watermark_set
+    from modelshield.oracle import ShieldOracle
+    from modelshield.serve.factory import build_shield
+    from modelshield.victims import load_victim
+    from modelshield.victims.zoo import train_mark
+
+    v = load_victim(name, seed)
+    k = v.spec.n_classes
+    with tempfile.TemporaryDirectory() as tmp:
+        shield = build_shield({"model": {"builtin": name, "seed": seed},
+                               "audit_url": f"sqlite:///{tmp}/a.db",
+                               "watermark_secret": SECRET,
+                               "tiers": {"pro": {"watermark": {"rate": 0.005},
+                                                 "max_batch": 1000}}})
+        key, rec = shield.store.create_key("pro", owner="thief")
+        e = _attack(attacker, ShieldOracle(shield, key), v.pool, seed)
+        x, given = logged_queries(shield.store, rec.key_id, shield.spec.name)
+        ws = watermark_set(shield.watermarks["pro"], rec.key_id, x, v.model, answered=given)
+        shield.close()
+    clone = e.clone
+    fidelity = float(np.mean(clone.predict(v.X_test) == v.predict_labels(v.X_test)))
+    if len(ws.x) == 0:
+        dawn_p = 1.0
+    elif k > 2:
+        dawn_p = label_test(clone.predict(ws.x), ws, k).p_value
+    else:
+        dawn_p = control_test(clone.predict(ws.x), clone.predict(ws.control_x), ws).p_value
+    marks = train_mark(name, seed)
+    return {"victim": name, "attacker": attacker, "seed": seed, "queries": e.queries,
+            "fidelity": fidelity, "dawn_p": dawn_p, "dawn_named": dawn_p <= ALPHA,
+            "watermark": "entangled" if name.endswith("-ewe") else "trigger set",
+            **_mark_row(marks, clone.predict(marks.x))}
+
+
+def independent(job: tuple[str, int]) -> dict[str, Any]:
+    """Models built without the EWE victim's watermark, tested against it; and the
+    accuracy of an unmarked twin (the same network trained without EWE)."""
+    name, seed = job
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+    from sklearn.tree import DecisionTreeClassifier
+
+    from modelshield.data.datasets import load_split
+    from modelshield.models import TorchMLPClassifier
+    from modelshield.oracle import LocalOracle
+    from modelshield.victims import load_victim, wrap_estimator
+    from modelshield.victims.zoo import ZOO, train_mark
+
+    v = load_victim(name, seed)
+    marks = train_mark(name, seed)
+    y = v.predict_labels(v.X_train)
+    rows = []
+    for s in (1, 2):
+        archs = {
+            "logistic": make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000,
+                                                                           C=1.0 / s)),
+            "mlp16": make_pipeline(StandardScaler(), MLPClassifier((16,), max_iter=1000,
+                                                                   random_state=s)),
+            "mlp64x64": TorchMLPClassifier((64, 64), n_classes=v.spec.n_classes, epochs=60,
+                                           random_state=1000 + s),
+            "mlp32x32": make_pipeline(StandardScaler(), MLPClassifier(
+                (32, 32), max_iter=1000, random_state=s)),
+            "forest": RandomForestClassifier(100, random_state=s),
+            "boosting": HistGradientBoostingClassifier(random_state=s),
+            "knn": make_pipeline(StandardScaler(), KNeighborsClassifier(3 + 2 * s)),
+            "svc": make_pipeline(StandardScaler(), SVC(C=float(s), random_state=s)),
+            "tree": DecisionTreeClassifier(random_state=s, min_samples_leaf=s),
+        }
+        for arch, est in archs.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                est.fit(v.X_train, y)
+            rows.append({"model": f"{arch}-s{s}", **_mark_row(marks, est.predict(marks.x))})
+    # The unmarked twin: the same network and data without EWE; then its clones.
+    entry = ZOO[name]
+    split = load_split(entry.data, seed=seed, fractions=entry.fractions,
+                       **dict(entry.data_args))
+    twin = TorchMLPClassifier((64, 64), n_classes=v.spec.n_classes, epochs=120,
+                              random_state=seed).fit(split.X_train, split.y_train)
+    rows.append({"model": "unmarked twin", **_mark_row(marks, twin.predict(marks.x))})
+    tv = wrap_estimator(twin, v.X_test, v.y_test, pool=v.pool, low=v.spec.low,
+                        high=v.spec.high)
+    for attacker in ("knockoff", "knockoff-pool", "knockoff-hard"):
+        clone = _attack(attacker, LocalOracle(tv), v.pool, seed).clone
+        rows.append({"model": f"{attacker} clone of the twin",
+                     **_mark_row(marks, clone.predict(marks.x))})
+    return {"victim": name, "seed": seed, "models": rows,
+            "accuracy": float(np.mean(v.predict_labels(v.X_test) == v.y_test)),
+            "twin_accuracy": float(np.mean(twin.predict(v.X_test) == v.y_test)),
+            "null_rate": marks.null_rate, "victim_success": marks.success(
+                v.predict_labels(marks.x)), "trigger_features": len(marks.features)}
+
+
+def ablation(job: tuple[str, int, str, float]) -> dict[str, Any]:
+    """What the entangling buys: the trigger chosen by the SNNL or at random, trained with
+    the SNNL term or without it (factor 0: the watermark batches alone)."""
+    data, seed, choice, factor = job
+    from modelshield.data.datasets import load_split
+    from modelshield.oracle import LocalOracle
+    from modelshield.victims import wrap_estimator
+    from modelshield.victims.entangled import embed_entangled
+
+    kw = {"n_features": 20, "n_classes": 4} if data == "synthetic" else {}
+    sp = load_split(data, seed=seed, **kw)
+    net, wm = embed_entangled(sp.X_train, sp.y_train, f"ablation/{data}/{seed}",
+                              n_classes=len(sp.classes), factor=factor, choice=choice,
+                              random_state=seed)
+    v = wrap_estimator(net, sp.X_test, sp.y_test, pool=sp.pool, low=sp.low, high=sp.high)
+    out: dict[str, Any] = {"data": data, "seed": seed, "choice": choice, "factor": factor,
+                           "accuracy": float(np.mean(net.predict(sp.X_test) == sp.y_test)),
+                           "null_rate": wm.null_rate}
+    for attacker in ("knockoff-pool", "knockoff-hard"):
+        clone = _attack(attacker, LocalOracle(v), sp.pool, seed).clone
+        labels = clone.predict(wm.x)
+        out[attacker] = {"success": wm.success(labels), "p": wm.test(labels).p_value}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="seed 0, three attacks")
+    ap.add_argument("--victims", nargs="+", default=VICTIMS)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--attacks", nargs="+", default=list(ATTACKS_RUN), choices=ATTACKS_RUN)
+    ap.add_argument("--ablation", action="store_true",
+                    help="also train digits and synthetic networks with the trigger chosen "
+                         "at random and without the SNNL term (seed 1)")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    seeds = [0] if args.quick else args.seeds
+    attacks = QUICK if args.quick else args.attacks
+    from modelshield.victims import load_victim
+
+    for name in args.victims:  # build (and cache) each victim once, before the workers
+        for s in seeds:
+            load_victim(name, s)
+    jobs = [(v, a, s) for v in args.victims for a in attacks for s in seeds]
+    ewe = [v for v in args.victims if v.endswith("-ewe")]
+    # Spawned workers: the victims were trained with PyTorch here, and a forked child of a
+    # process whose intra-op thread pool has started can wait on it for ever.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
+        rows = []
+        for r in pool.map(cell, jobs):
+            rows.append(r)
+            print(f"[{len(rows)}/{len(jobs)}] {r['victim']} {r['attacker']} seed {r['seed']}: "
+                  f"fidelity {r['fidelity']:.3f}, train-time p {r['mark_p']:.2g}, "
+                  f"DAWN p {r['dawn_p']:.2g}", flush=True)
+        nulls = list(pool.map(independent, [(v, s) for v in ewe for s in seeds]))
+        abl = list(pool.map(ablation, [(d, 1, c, f) for d in ("digits", "synthetic")
+                                       for c in ("snnl", "random") for f in (32.0, 0.0)])) \
+            if args.ablation else []
+    show("each clone against the train-time and the serve-time watermark (p <= 1e-3 names)",
+         ["victim", "attack", "seed", "fidelity", "train-time", "success", "p",
+          "queries to 95%", "to 1e-6", "to 2^-64", "DAWN p"],
+         [[r["victim"], r["attacker"], r["seed"], r["fidelity"], r["watermark"],
+           r.get("mark_success", r["mark_matches"] / r["mark_inputs"]), r["mark_p"],
+           r.get("queries_95%"), r.get("queries_1e-6"), r.get("queries_2^-64"), r["dawn_p"]]
+          for r in rows])
+    summary = []
+    for v in args.victims:
+        for a in attacks:
+            sel = [r for r in rows if (r["victim"], r["attacker"]) == (v, a)]
+            if not sel:
+                continue
+            q95 = [r.get("queries_95%") for r in sel]
+            summary.append({
+                "victim": v, "attacker": a, "runs": len(sel),
+                "fidelity": float(np.mean([r["fidelity"] for r in sel])),
+                "train_time_named": sum(r["mark_named"] for r in sel),
+                "dawn_named": sum(r["dawn_named"] for r in sel),
+                "success": float(np.mean([r.get("mark_success", r["mark_matches"]
+                                                 / r["mark_inputs"]) for r in sel])),
+                "max_queries_95": None if None in q95 or not q95 else max(
+                    q for q in q95 if q is not None)})
+    show("side by side: runs in which each watermark names the clone (p <= 1e-3)",
+         ["victim", "attack", "fidelity", "train-time named", "watermark success",
+          "most queries to 95%", "DAWN named"],
+         [[s["victim"], s["attacker"], s["fidelity"], f"{s['train_time_named']}/{s['runs']}",
+           s["success"], s["max_queries_95"], f"{s['dawn_named']}/{s['runs']}"]
+          for s in summary])
+    tested = [m for n in nulls for m in n["models"]]
+    show("models built without the entangled watermark",
+         ["victim", "seed", "accuracy", "unmarked twin", "null rate", "victim's success",
+          "models", "named at 1e-3", "smallest p"],
+         [[n["victim"], n["seed"], n["accuracy"], n["twin_accuracy"], n["null_rate"],
+           n["victim_success"], len(n["models"]),
+           sum(m["mark_named"] for m in n["models"]),
+           min(m["mark_p"] for m in n["models"])] for n in nulls])
+    if abl:
+        show("ablation (seed 1): trigger choice and the SNNL term",
+             ["data", "trigger", "SNNL factor", "accuracy", "null rate",
+              "pool clone success", "hard-label clone success"],
+             [[a["data"], a["choice"], a["factor"], a["accuracy"], a["null_rate"],
+               a["knockoff-pool"]["success"], a["knockoff-hard"]["success"]] for a in abl])
+    write("watermark_ewe", {"alpha": ALPHA, "budget": BUDGET, "seeds": seeds, "rows": rows,
+                            "summary": summary, "independent": nulls,
+                            "independent_named": sum(m["mark_named"] for m in tested),
+                            "independent_models": len(tested), "ablation": abl})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Entangled watermarks (EWE): the owner's network learns source rows with the trigger as
+the target class; a student trained only on its answers to natural rows inherits that; a
+model trained without the watermark does not, and verify tells them apart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_classification
+from sklearn.linear_model import LogisticRegression
+from typer.testing import CliRunner
+
+from modelshield.cli import app
+from modelshield.errors import ConfigError
+from modelshield.models import TorchMLPClassifier
+from modelshield.victims.entangled import EntangledWatermark, embed_entangled, load_mark, snnl
+from modelshield.victims.trainmark import TriggerSet
+from modelshield.victims.zoo import train_mark
+
+runner = CliRunner()
+
+
+def _owner_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An owner's table: 3 classes over 12 features; training rows and natural rows a
+    thief might send (never stamped with the trigger)."""
+    X, y = make_classification(1600, 12, n_informative=12, n_redundant=0, n_classes=3,
+                               n_clusters_per_class=1, class_sep=1.5, random_state=seed)
+    return X[:1000], y[:1000], X[1000:]
+
+
+def test_snnl_is_high_when_the_groups_are_entangled_and_low_when_apart() -> None:
+    rng = np.random.default_rng(0)
+    group = torch.cat([torch.ones(16), torch.zeros(16)])
+    e0, e1 = np.eye(4)[0], np.eye(4)[1]
+    apart = torch.as_tensor(np.vstack([rng.normal(0, 0.05, (16, 4)) + 5 * e0,
+                                       rng.normal(0, 0.05, (16, 4)) + 5 * e1]))
+    mixed = torch.as_tensor(rng.normal(0, 1, (32, 4)) + 3 * (e0 + e1))
+    t = torch.tensor(0.1, dtype=torch.float64)
+    assert snnl(apart, group.double(), t) < 0.01
+    # Fully mixed groups: each row's same-group share of neighbours is near 15/31.
+    assert abs(float(snnl(mixed, group.double(), t)) - np.log(31 / 15)) < 0.5
+
+
+def test_the_watermark_is_learned_inherited_by_a_student_and_absent_without_it() -> None:
+    X, y, natural = _owner_data()
+    net, wm = embed_entangled(X, y, "owner-secret", hidden=(32, 32), epochs=40, w_epochs=40,
+                              random_state=0)
+    assert wm.source != wm.target and 1 <= len(wm.features) <= 2
+    assert np.all(wm.x[:, wm.features] == wm.values)
+    assert wm.success(net.predict(wm.x)) >= 0.9
+    assert wm.null_rate < 0.3
+    clean = LogisticRegression(max_iter=2000).fit(X[:500], y[:500])
+    assert np.mean(net.predict(X[500:]) == y[500:]) >= np.mean(
+        clean.predict(X[500:]) == y[500:]) - 0.05
+    # A thief's student, trained only on the network's scores for natural rows.
+    student = TorchMLPClassifier((32,), epochs=150, random_state=1).fit(
+        natural, net.predict_proba(natural))
+    stolen = wm.test(student.predict(wm.x))
+    assert stolen.p_value <= 1e-6
+    q = wm.queries_to(student.predict(wm.x), 0.05)
+    assert q is not None and q < 100
+    # Models trained without the watermark, on the owner's own rows, are not named.
+    for other in (TorchMLPClassifier((32, 32), epochs=60, random_state=7).fit(X, y), clean):
+        assert wm.test(other.predict(wm.x)).p_value > 1e-3
+
+
+def test_queries_to_counts_the_prefix_that_reaches_alpha() -> None:
+    wm = EntangledWatermark(np.zeros((10, 2)), 0, 1, 3, np.array([0]), np.array([1.0]), 0.1)
+    labels = np.array([1, 1, 1, 0, 1, 1, 1, 1, 1, 1])
+    # p after n answers, h hits: P[Bin(n, 0.1) >= h]; 3 of 3 gives 1e-3, 3 of 4 3.7e-3,
+    # 4 of 5 4.6e-4.
+    assert wm.queries_to(labels, 2e-3) == 3
+    assert wm.queries_to(labels, 5e-4) == 5
+    assert wm.queries_to(labels, 1e-9) is None
+    assert wm.queries_to(np.zeros(10, dtype=int), 0.5) is None
+    assert wm.test(labels).matches == 9
+
+
+def test_save_load_and_bad_input(tmp_path: Path) -> None:
+    wm = EntangledWatermark(np.ones((4, 3)), 0, 2, 3, np.array([1]), np.array([9.0]), 0.05)
+    wm.save(tmp_path / "w.npz")
+    back = load_mark(tmp_path / "w.npz")
+    assert isinstance(back, EntangledWatermark) and back.target == 2 and back.null_rate == 0.05
+    TriggerSet(np.zeros((2, 3)), np.array([0, 1]), 2).save(tmp_path / "t.npz")
+    assert isinstance(load_mark(tmp_path / "t.npz"), TriggerSet)
+    (tmp_path / "bad.npz").write_bytes(b"nope")
+    with pytest.raises(ConfigError, match="not a watermark file"):
+        load_mark(tmp_path / "bad.npz")
+    with pytest.raises(ConfigError, match="not an entangled watermark"):
+        EntangledWatermark.load(tmp_path / "t.npz")
+    X, y, _ = _owner_data()
+    with pytest.raises(ConfigError, match="choice"):
+        embed_entangled(X, y, "k", choice="best", epochs=1, w_epochs=1)
+    with pytest.raises(ConfigError, match="at least 2 classes"):
+        embed_entangled(X[:100], y[:100], "k")
+
+
+def test_verify_tells_a_stolen_copy_of_the_builtin_ewe_victim_from_an_independent_one(
+        tmp_path: Path) -> None:
+    from modelshield.victims import load_victim
+
+    v = load_victim("digits-mlp-ewe")
+    wm = train_mark("digits-mlp-ewe")
+    assert isinstance(wm, EntangledWatermark)
+    student = TorchMLPClassifier((64,), epochs=100, random_state=3).fit(
+        v.pool, v.model.predict(v.pool).probabilities)
+    joblib.dump(student, tmp_path / "stolen.joblib")
+    # Independent: the same student trained on the owner's rows with the owner's labels.
+    indep = TorchMLPClassifier((64,), epochs=100, random_state=3).fit(
+        v.X_train, v.predict_labels(v.X_train))
+    joblib.dump(indep, tmp_path / "indep.joblib")
+    out = tmp_path / "v.json"
+    r = runner.invoke(app, ["verify", "--suspect", str(tmp_path / "stolen.joblib"),
+                            "--trigger-set", "digits-mlp-ewe", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    got = json.loads(out.read_text())["trigger_set"]
+    assert got["matched"] and got["kind"] == "entangled watermark"
+    assert got["queries_to_95"] is not None and got["queries_to_95"] < 100
+    wm.save(tmp_path / "w.npz")
+    r = runner.invoke(app, ["verify", "--suspect", str(tmp_path / "indep.joblib"),
+                            "--trigger-set", str(tmp_path / "w.npz"), "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert not json.loads(out.read_text())["trigger_set"]["matched"]
+    with pytest.raises(ConfigError, match="without a watermark"):
+        train_mark("digits-mlp")
