@@ -20,7 +20,7 @@ attack through it (1,000 queries), and tests the one clone against both watermar
 
 Attacks: knockoff (synthetic queries, student and labels chosen on held-out answers),
 knockoff-pool (natural rows), knockoff-hard (natural rows, labels only), active learning,
-label-only retraining and Jacobian augmentation.
+(adaptive) label-only retraining and Jacobian augmentation.
 
 No false claims: per EWE victim and seed, 18 models built without its watermark (9
 families x 2 seeds, on the victim's training rows and labels) and knockoff clones of an
@@ -51,7 +51,7 @@ ATTACKS_RUN: dict[str, tuple[str, dict[str, Any]]] = {
     "knockoff-pool": ("knockoff", {"source": "pool"}),
     "knockoff-hard": ("knockoff", {"source": "pool", "labels": "hard"}),
     "active": ("active", {}),
-    "label-only": ("label-only", {}),
+    "label-only": ("label-only", {"method": "adaptive"}),
     "jacobian": ("jacobian", {}),
 }
 QUICK = ["knockoff", "knockoff-pool", "knockoff-hard"]

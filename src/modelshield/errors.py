@@ -30,6 +30,20 @@ class ModelShieldError(Exception):
 
     exit_code = 1
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take other arguments than their message; rebuild from the state, so
+        # an error raised in a worker process reaches the parent whole (a plain Exception
+        # is pickled as type(self)(*self.args), which their __init__ refuses).
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[ModelShieldError], args: tuple[Any, ...],
+             state: dict[str, Any]) -> ModelShieldError:
+    err = cls.__new__(cls)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
 
 class ConfigError(ModelShieldError, ValueError):
     """A parameter or configuration value is not allowed."""
