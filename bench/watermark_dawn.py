@@ -5,6 +5,8 @@ name the right account, and does it ever name a model built without our answers?
                                          # the committed run: about 15 minutes on 2 cores
     python bench/watermark_dawn.py       # four victims, seeds 0-2: over 2 hours on 2 cores
     python bench/watermark_dawn.py --quick         # one seed, 1,000 queries
+    python bench/watermark_dawn.py --victims synth-tree-d12 --seeds 0 1 2 --budgets 1000 \
+        --out watermark_dawn_tree                  # the depth-8 tree: about 20 minutes
 
 Each cell serves a built-in victim through a Shield whose tier watermarks its answers
 (rate 0.5% by default, the other settings at their defaults), lets a thief's key run an
@@ -216,9 +218,14 @@ def main() -> None:
     ap.add_argument("--victims", nargs="+", default=VICTIMS)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--budgets", type=int, nargs="+", default=None,
+                    help="query budgets (default 1,000 and 10,000; 1,000 with --quick)")
+    ap.add_argument("--out", default="watermark_dawn",
+                    help="the result's name under bench/results (a run on other victims "
+                         "keeps the committed one)")
     args = ap.parse_args()
     seeds = [0] if args.quick else args.seeds
-    budgets = [1000] if args.quick else [1000, 10_000]
+    budgets = args.budgets or ([1000] if args.quick else [1000, 10_000])
     jobs = [(v, a, b, s, 0.005) for v in args.victims for a in ATTACKERS for b in budgets
             for s in seeds]
     jobs += [(v, "knockoff", 1000, s, 0.02) for v in args.victims for s in seeds]
@@ -289,7 +296,7 @@ def main() -> None:
          ["victim", "rate", "answers changed", "accuracy", "unmarked accuracy"],
          [[c["victim"], c["rate"], c["answers_changed"], c["accuracy"], c["accuracy_unmarked"]]
           for c in costs])
-    write("watermark_dawn", {"alpha": ALPHA, "seeds": seeds, "budgets": budgets,
+    write(args.out, {"alpha": ALPHA, "seeds": seeds, "budgets": budgets,
                              "rows": [{k: v for k, v in r.items() if k != "null_p"}
                                       for r in rows],
                              "summary": summary, "independent_models": {

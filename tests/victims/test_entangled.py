@@ -53,7 +53,7 @@ def test_the_watermark_is_learned_inherited_by_a_student_and_absent_without_it()
     assert wm.source != wm.target and 1 <= len(wm.features) <= 2
     assert np.all(wm.x[:, wm.features] == wm.values)
     assert wm.success(net.predict(wm.x)) >= 0.9
-    assert wm.null_rate < 0.3
+    assert wm.null_rate < 0.2 and len(wm.null_rates) == 10
     clean = LogisticRegression(max_iter=2000).fit(X[:500], y[:500])
     assert np.mean(net.predict(X[500:]) == y[500:]) >= np.mean(
         clean.predict(X[500:]) == y[500:]) - 0.05
@@ -70,22 +70,40 @@ def test_the_watermark_is_learned_inherited_by_a_student_and_absent_without_it()
 
 
 def test_queries_to_counts_the_prefix_that_reaches_alpha() -> None:
-    wm = EntangledWatermark(np.zeros((10, 2)), 0, 1, 3, np.array([0]), np.array([1.0]), 0.1)
-    labels = np.array([1, 1, 1, 0, 1, 1, 1, 1, 1, 1])
-    # p after n answers, h hits: P[Bin(n, 0.1) >= h]; 3 of 3 gives 1e-3, 3 of 4 3.7e-3,
-    # 4 of 5 4.6e-4.
-    assert wm.queries_to(labels, 2e-3) == 3
-    assert wm.queries_to(labels, 5e-4) == 5
-    assert wm.queries_to(labels, 1e-9) is None
-    assert wm.queries_to(np.zeros(10, dtype=int), 0.5) is None
-    assert wm.test(labels).matches == 9
+    wm = EntangledWatermark(np.zeros((40, 2)), 0, 1, 3, np.array([0]), np.array([1.0]),
+                            (0.02, 0.05, 0.1, 0.04))
+    labels = np.array([1, 1, 0, 1, 1, 1, 0, 1, 1, 1] * 4)
+    for alpha in (0.05, 1e-3, 1e-5):
+        n = wm.queries_to(labels, alpha)
+        assert n is not None and wm.test(labels[:n]).p_value <= alpha
+        assert n == 1 or wm.test(labels[:n - 1]).p_value > alpha
+    assert wm.queries_to(labels, 0.05) <= wm.queries_to(labels, 1e-5)  # type: ignore[operator]
+    assert wm.queries_to(np.zeros(40, dtype=int), 0.5) is None
+    assert wm.test(labels).matches == 32
+
+
+def test_the_test_allows_for_how_much_independent_models_differ() -> None:
+    """Models trained without the watermark answer it at rates from 0 to 0.6: a suspect at
+    the top of that spread is not named, as a binomial at their mean would name it."""
+    from scipy import stats
+
+    rates = (0.0, 0.01, 0.03, 0.0, 0.0, 0.02, 0.0, 0.6, 0.07, 0.01)
+    wm = EntangledWatermark(np.zeros((90, 2)), 0, 1, 10, np.array([0]), np.array([1.0]), rates)
+    like_the_tree = np.array([1] * 54 + [0] * 36)
+    assert wm.test(like_the_tree).p_value > 1e-3
+    assert stats.binom.sf(53, 90, np.mean(rates)) < 1e-30
+    assert wm.test(np.ones(90, dtype=int)).p_value < wm.test(like_the_tree).p_value
+    tight = EntangledWatermark(np.zeros((90, 2)), 0, 1, 10, np.array([0]), np.array([1.0]),
+                               (0.05,) * 10)  # no spread: at least a binomial's
+    a, b = tight.null_beta()
+    assert abs(a / (a + b) - 0.05) < 1e-12 and a + b < 91
 
 
 def test_save_load_and_bad_input(tmp_path: Path) -> None:
-    wm = EntangledWatermark(np.ones((4, 3)), 0, 2, 3, np.array([1]), np.array([9.0]), 0.05)
+    wm = EntangledWatermark(np.ones((4, 3)), 0, 2, 3, np.array([1]), np.array([9.0]), (0.05, 0.1))
     wm.save(tmp_path / "w.npz")
     back = load_mark(tmp_path / "w.npz")
-    assert isinstance(back, EntangledWatermark) and back.target == 2 and back.null_rate == 0.05
+    assert isinstance(back, EntangledWatermark) and back.target == 2 and back.null_rates == (0.05, 0.1)
     TriggerSet(np.zeros((2, 3)), np.array([0, 1]), 2).save(tmp_path / "t.npz")
     assert isinstance(load_mark(tmp_path / "t.npz"), TriggerSet)
     (tmp_path / "bad.npz").write_bytes(b"nope")
