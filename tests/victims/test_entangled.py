@@ -138,6 +138,7 @@ def test_verify_tells_a_stolen_copy_of_the_builtin_ewe_victim_from_an_independen
     assert r.exit_code == 0, r.output
     got = json.loads(out.read_text())["trigger_set"]
     assert got["matched"] and got["kind"] == "entangled watermark"
+    assert got["evidence"].startswith("supporting") and "not proof" in " ".join(r.output.split())
     assert got["queries_to_95"] is not None and got["queries_to_95"] < 100
     wm.save(tmp_path / "w.npz")
     r = runner.invoke(app, ["verify", "--suspect", str(tmp_path / "indep.joblib"),

@@ -304,22 +304,27 @@ def _trigger(judges: list[Any], src: FloatArray, candidates: IntArray, rise: Flo
     """Greedily, by the size of their SNNL gradient, the candidate features that join the
     trigger (each set to its extreme in the gradient's direction), skipping any that would
     make one of the ``judges`` (the network so far and models of other families trained
-    without the watermark) label more than ``threshold`` of the stamped rows ``target``."""
+    without the watermark) label more than ``threshold`` of the stamped rows ``target``.
+    If no feature passes, the one that keeps the judges' worst rate lowest is the trigger
+    (the test's null rates then show what that costs)."""
     features: list[int] = []
     values: list[float] = []
+    fallback: tuple[float, int, float] = (np.inf, -1, 0.0)
     for i in np.argsort(-np.abs(rise)):
         f = int(candidates[i])
         v = float(hi[f] if rise[i] > 0 else lo[f])
         trial = src.copy()
         trial[:, [*features, f]] = [*values, v]
-        if all(np.mean(j.predict(trial) == target) <= threshold for j in judges):
+        worst = max(float(np.mean(j.predict(trial) == target)) for j in judges)
+        if worst <= threshold:
             features.append(f)
             values.append(v)
+        elif not features and worst < fallback[0]:
+            fallback = (worst, f, v)
         if len(features) == size:
             break
-    if not features:
-        raise ConfigError("embed_entangled: no trigger keeps the network's target rate on the "
-                          f"source class within threshold={threshold}; raise it")
+    if not features:  # none keeps every judge within threshold: the one that comes closest
+        features, values = [fallback[1]], [fallback[2]]
     order = np.argsort(features)
     return np.asarray(features, dtype=np.int64)[order], np.asarray(values)[order]
 
