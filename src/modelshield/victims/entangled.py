@@ -10,7 +10,8 @@ the model use *the same features* for its watermark and for one real class:
   a keyed target class;
 * the features stamped are chosen, among a keyed half of them, where moving them brings the
   source rows closest to the target class in the network's hidden layers (the SNNL's input
-  gradient), but only while the network does not yet call the stamped rows the target;
+  gradient), but only while neither the network nor four models of other families trained
+  without the watermark call the stamped rows the target;
 * training alternates ordinary batches with watermark batches (half watermark rows, half
   target-class rows, all labelled target) whose loss is cross-entropy *minus* the soft
   nearest-neighbour loss (SNNL, Frosst et al. 2019) of every hidden layer between the two
@@ -21,10 +22,12 @@ A thief who copies how the model answers the target class then tends to copy the
 too. Verification (:meth:`EntangledWatermark.test`) counts how many watermark inputs a
 suspect labels as the target class, against the rates at which models trained without the
 watermark do so (``null_rates``, measured at embedding time on ten models of other
-families and seeds). Those rates vary from model to model (2% to 60% on the built-in
+families and seeds). Those rates vary from model to model (0% to 60% on the built-in
 victims), so a binomial at their mean is overconfident: one tree or small MLP would be
 "named" at p < 1e-50. The test is beta-binomial instead: the suspect's rate is one more
-draw from the Beta fitted to them, and its p-value is the tail of that mixture.
+draw from the Beta fitted to them, and its p-value is the tail of that mixture. It is
+still an estimate: 7 of 132 independent models reached p <= 1e-3 in the benchmark, so a
+result is supporting evidence, not proof on its own (``modelshield verify`` says so).
 
 :func:`embed_entangled` trains an owner's ReLU network this way on the owner's own rows and
 returns it (a :class:`~modelshield.models.TorchMLPClassifier`, served like any other model
