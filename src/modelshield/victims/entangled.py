@@ -37,8 +37,6 @@ file) with its watermark. How much of it survives each attack is measured by
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +51,7 @@ from sklearn.preprocessing import StandardScaler
 from modelshield.answer import FloatArray, IntArray
 from modelshield.errors import ConfigError
 from modelshield.models import TorchMLPClassifier
-from modelshield.victims.trainmark import TriggerResult, TriggerSet
+from modelshield.victims.trainmark import TriggerResult, TriggerSet, keyed_rng, read_npz
 
 _EPS = 1e-5  # keeps SNNL's logarithm finite when a row has no neighbour of its own kind
 
@@ -100,12 +98,6 @@ class EntangledWatermark:
         a, b = self.null_beta()
         return np.asarray(np.where(hits > 0, stats.betabinom.sf(hits - 1, n, a, b), 1.0))
 
-    def stamp(self, rows: FloatArray) -> FloatArray:
-        """``rows`` with the trigger stamped on: fresh watermark inputs."""
-        out = np.array(rows, dtype=np.float64)
-        out[:, self.features] = self.values
-        return out
-
     def success(self, labels: IntArray) -> float:
         """The share of watermark inputs labelled ``target`` (the paper's watermark success)."""
         return float(np.mean(np.asarray(labels) == self.target))
@@ -132,33 +124,27 @@ class EntangledWatermark:
 
     @classmethod
     def load(cls, path: str | Path) -> EntangledWatermark:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"Watermark file {str(p)!r} does not exist.")
-        try:
-            with np.load(p) as d:
-                if str(d["kind"]) != "entangled":
-                    raise KeyError("kind")
-                return cls(np.asarray(d["x"], dtype=np.float64), int(d["source"]),
-                           int(d["target"]), int(d["n_classes"]),
-                           np.asarray(d["features"], dtype=np.int64),
-                           np.asarray(d["values"], dtype=np.float64),
-                           tuple(float(r) for r in d["null_rates"]))
-        except (KeyError, ValueError, OSError) as exc:
-            raise ConfigError(f"{p}: not an entangled watermark written by "
-                              f"EntangledWatermark.save: {exc}") from None
+        return read_npz(path, "an entangled watermark written by EntangledWatermark.save",
+                        cls.from_arrays)
+
+    @classmethod
+    def from_arrays(cls, d: Any) -> EntangledWatermark:
+        if str(d["kind"]) != "entangled":
+            raise KeyError("kind")
+        return cls(np.asarray(d["x"], dtype=np.float64), int(d["source"]), int(d["target"]),
+                   int(d["n_classes"]), np.asarray(d["features"], dtype=np.int64),
+                   np.asarray(d["values"], dtype=np.float64),
+                   tuple(float(r) for r in d["null_rates"]))
 
 
 def load_mark(path: str | Path) -> TriggerSet | EntangledWatermark:
-    """A train-time watermark from its file: an entangled watermark or a trigger set."""
-    p = Path(path)
-    try:
-        with np.load(p) as d:
-            entangled = "kind" in d.files
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{p}: not a watermark file written by TriggerSet.save or "
-                          f"EntangledWatermark.save: {exc}") from None
-    return EntangledWatermark.load(p) if entangled else TriggerSet.load(p)
+    """A train-time watermark from its file (read once): an entangled watermark or a
+    trigger set."""
+    def build(d: Any) -> TriggerSet | EntangledWatermark:
+        return (EntangledWatermark if "kind" in d.files else TriggerSet).from_arrays(d)
+
+    return read_npz(path, "a watermark file written by TriggerSet.save or "
+                    "EntangledWatermark.save", build)
 
 
 def snnl(h: torch.Tensor, labels: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
@@ -181,12 +167,6 @@ def _hidden(module: torch.nn.Sequential, x: torch.Tensor) -> tuple[list[torch.Te
         if isinstance(layer, torch.nn.Linear):
             acts.append(x)
     return acts[:-1], x
-
-
-def _keyed_rng(secret: str) -> np.random.Generator:
-    seed = int.from_bytes(hmac.new(secret.encode(), b"entangled-watermark",
-                                   hashlib.sha256).digest()[:8], "big")
-    return np.random.default_rng(seed)
 
 
 def embed_entangled(
@@ -226,7 +206,7 @@ def embed_entangled(
     if k < 2 or len(X) < 4 * batch_size:
         raise ConfigError(f"embed_entangled needs at least 2 classes and {4 * batch_size} "
                           f"rows; got {k} classes and {len(X)} rows")
-    rng = _keyed_rng(secret)
+    rng = keyed_rng(secret, b"entangled-watermark")
     present = np.unique(y)
     source, target = (int(c) for c in rng.choice(present, 2, replace=False))
     size = trigger_size or max(2, round(d / 10))

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from scipy import stats
@@ -31,6 +32,8 @@ from sklearn.base import clone as sk_clone
 
 from modelshield.answer import ApiSpec, FloatArray, IntArray
 from modelshield.errors import ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -50,23 +53,37 @@ class TriggerSet:
 
     @classmethod
     def load(cls, path: str | Path) -> TriggerSet:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"Trigger set {str(p)!r} does not exist.")
-        try:
-            with np.load(p) as d:
-                return cls(np.asarray(d["x"], dtype=np.float64),
-                           np.asarray(d["labels"], dtype=np.int64), int(d["n_classes"]))
-        except (KeyError, ValueError, OSError) as exc:
-            raise ConfigError(f"{p}: not a trigger set written by TriggerSet.save "
-                              f"(x, labels, n_classes): {exc}") from None
+        return read_npz(path, "a trigger set written by TriggerSet.save (x, labels, "
+                        "n_classes)", cls.from_arrays)
+
+    @classmethod
+    def from_arrays(cls, d: Any) -> TriggerSet:
+        return cls(np.asarray(d["x"], dtype=np.float64), np.asarray(d["labels"], dtype=np.int64),
+                   int(d["n_classes"]))
+
+
+def read_npz(path: str | Path, what: str, build: Callable[[Any], T]) -> T:
+    """``build`` applied to the arrays of the .npz file at ``path``; a missing file, or one
+    that is not ``what``, is a ConfigError that names it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{str(p)!r} does not exist; expected {what}.")
+    try:
+        with np.load(p) as d:
+            return build(d)
+    except (KeyError, ValueError, OSError) as exc:
+        raise ConfigError(f"{p}: not {what}: {exc}") from None
+
+
+def keyed_rng(secret: str, purpose: bytes) -> np.random.Generator:
+    """A generator seeded by HMAC-SHA256 of ``purpose`` under ``secret``."""
+    digest = hmac.new(secret.encode(), purpose, hashlib.sha256).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "big"))
 
 
 def trigger_set(secret: str, spec: ApiSpec, n: int = 100) -> TriggerSet:
     """``n`` keyed points of the domain box with keyed uniform labels."""
-    seed = int.from_bytes(hmac.new(secret.encode(), b"adi-trigger-set",
-                                   hashlib.sha256).digest()[:8], "big")
-    rng = np.random.default_rng(seed)
+    rng = keyed_rng(secret, b"adi-trigger-set")
     x = spec.uniform(n, rng)
     if spec.integer_features:
         x = np.round(x)
