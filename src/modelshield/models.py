@@ -90,14 +90,63 @@ class ReluNetClone(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         return np.asarray(hidden @ self.A_.T + x @ self.G_.T + self.e_)
 
     def predict_proba(self, X: Any) -> FloatArray:
-        z = self.log_ratios(X)
-        z = np.column_stack([np.zeros(len(z)), z])
-        z = z - z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        return np.asarray(p / p.sum(axis=1, keepdims=True))
+        return _softmax_from_log_ratios(self.log_ratios(X))
 
     def predict(self, X: Any) -> IntArray:
         return np.asarray(np.argmax(self.predict_proba(X), axis=1), dtype=np.int64)
+
+
+class Relu2NetClone(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+    """A network with two hidden ReLU layers in the form exact extraction recovers it.
+
+    ``h = relu(W1 x + b1)`` (the first layer with its signs, each unit up to a positive
+    scale), ``z = W2 h + b2`` (the second layer, each unit up to scale and sign), and the
+    log-ratio of class k+1 to class 0 is ``A[k] . relu(z) + G[k] . h + e[k]`` (the linear
+    term in h holds what the second layer's unknown signs fold into it).
+    """
+
+    def __init__(self, W1: FloatArray, b1: FloatArray, W2: FloatArray, b2: FloatArray,
+                 A: FloatArray, G: FloatArray, e: FloatArray) -> None:
+        self.W1 = W1
+        self.b1 = b1
+        self.W2 = W2
+        self.b2 = b2
+        self.A = A
+        self.G = G
+        self.e = e
+
+    def fit(self, X: Any = None, y: Any = None) -> Relu2NetClone:
+        self.W1_ = np.atleast_2d(np.asarray(self.W1, dtype=np.float64))
+        self.b1_ = np.asarray(self.b1, dtype=np.float64)
+        self.W2_ = np.atleast_2d(np.asarray(self.W2, dtype=np.float64))
+        self.b2_ = np.asarray(self.b2, dtype=np.float64)
+        self.A_ = np.atleast_2d(np.asarray(self.A, dtype=np.float64))
+        self.G_ = np.atleast_2d(np.asarray(self.G, dtype=np.float64))
+        self.e_ = np.atleast_1d(np.asarray(self.e, dtype=np.float64))
+        self.classes_ = np.arange(self.A_.shape[0] + 1)
+        self.n_features_in_ = self.W1_.shape[1]
+        return self
+
+    def log_ratios(self, X: Any) -> FloatArray:
+        check_is_fitted(self)
+        x = check_array(X, dtype=np.float64)
+        h = np.maximum(x @ self.W1_.T + self.b1_, 0.0)
+        z = np.maximum(h @ self.W2_.T + self.b2_, 0.0)
+        return np.asarray(z @ self.A_.T + h @ self.G_.T + self.e_)
+
+    def predict_proba(self, X: Any) -> FloatArray:
+        return _softmax_from_log_ratios(self.log_ratios(X))
+
+    def predict(self, X: Any) -> IntArray:
+        return np.asarray(np.argmax(self.predict_proba(X), axis=1), dtype=np.int64)
+
+
+def _softmax_from_log_ratios(z: FloatArray) -> FloatArray:
+    """Class probabilities from the log-ratios of classes 1.. to class 0."""
+    z = np.column_stack([np.zeros(len(z)), z])
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return np.asarray(p / p.sum(axis=1, keepdims=True))
 
 
 class BoxClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]

@@ -7,6 +7,7 @@ from modelshield.attacks import (  # noqa: F401  (importing registers)
     knockoff,
     label_only,
     path_finding,
+    relu_deep,
     relu_exact,
 )
 from modelshield.attacks.base import ATTACKS, Attack, Checkpoint, Extraction, Session

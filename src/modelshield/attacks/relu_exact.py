@@ -162,11 +162,13 @@ class _Probe:
                                "model saturates on this domain)")
         return np.asarray(logp[:, 1:] - logp[:, :1])
 
-    def kinks(self, rng: np.random.Generator, tol: float
+    def kinks(self, rng: np.random.Generator, tol: float,
+              ends: tuple[FloatArray, FloatArray] | None = None
               ) -> list[tuple[float, FloatArray, FloatArray]]:
-        """The kinks of the first log-ratio along one random chord of the domain."""
+        """The kinks of the first log-ratio along one chord: a random one of the domain,
+        or the one between ``ends``."""
         spec = self.spec
-        a, b = spec.uniform(2, rng)
+        a, b = spec.uniform(2, rng) if ends is None else ends
         u = b - a
         x0 = a
 
@@ -174,10 +176,10 @@ class _Probe:
             return self.log_ratios(x0 + np.outer(ts, u))[:, 0]
 
         d = self.step
-        ends = f(np.array([0.0, d, 1.0 - d, 1.0]))
+        fe = f(np.array([0.0, d, 1.0 - d, 1.0]))
         out: list[tuple[float, FloatArray, FloatArray]] = []
-        stack = [(0.0, 1.0, ends[0], (ends[1] - ends[0]) / d, ends[3], (ends[3] - ends[2]) / d)]
-        scale = max(1.0, float(np.abs(ends).max()))
+        stack = [(0.0, 1.0, fe[0], (fe[1] - fe[0]) / d, fe[3], (fe[3] - fe[2]) / d)]
+        scale = max(1.0, float(np.abs(fe).max()))
         while stack and len(out) < 4 * spec.n_features + 256:
             ta, tb, fa, sa, fb, sb = stack.pop()
             if abs(sa - sb) <= tol * scale / d or tb - ta < 4 * d:
@@ -200,22 +202,30 @@ class _Probe:
 
     def hyperplane(self, x: FloatArray) -> tuple[FloatArray | None, float]:
         """The unit hyperplane through kink ``x`` (unit normal, offset), from the jump of the
-        log-ratios' gradients between its two sides.
+        log-ratios' gradients between its two sides."""
+        n, _ = self.jump(x)
+        return (None, 0.0) if n is None else (n, float(-n @ x))
+
+    def jump(self, x: FloatArray) -> tuple[FloatArray | None, FloatArray]:
+        """The unit normal of the kink at ``x`` (the direction of the jump) and the jump of
+        the gradient across it, for the log-ratio whose jump is largest.
 
         Twice: a first normal from tiny steps, then the gradients again at points a step
-        off the hyperplane along that normal, with axis steps too short to cross it (a
-        line that meets the hyperplane at a shallow angle would otherwise blend the sides).
+        off the kink along that normal, with axis steps too short to cross it (a line that
+        meets the kink at a shallow angle would otherwise blend the sides).
         """
-        n = self._jump(x, 1e-6 * self.width, 1e-7 * self.width)
+        n = _unit(self._jump(x, 1e-6 * self.width, 1e-7 * self.width))
         if n is None:
-            return None, 0.0
+            return None, np.zeros_like(x)
         off = self.step * self.scale
-        n = self._jump(x, off * n, np.full_like(x, 0.1 * off / np.sqrt(len(x))))
-        if n is None:
-            return None, 0.0
-        return n, float(-n @ x)
+        jump = self._jump(x, off * n, np.full_like(x, 0.1 * off / np.sqrt(len(x))))
+        m = _unit(jump)
+        if m is None:
+            return None, np.zeros_like(x)
+        return m, jump
 
-    def _jump(self, x: FloatArray, side: FloatArray, h: FloatArray) -> FloatArray | None:
+    def _jump(self, x: FloatArray, side: FloatArray, h: FloatArray,
+              column: int | None = None) -> FloatArray:
         dim = self.spec.n_features
         rows = []
         for centre in (x - side, x + side):
@@ -224,13 +234,16 @@ class _Probe:
         y = self.log_ratios(np.array(rows))
         g = [(y[1 + i * (dim + 1): (i + 1) * (dim + 1)] - y[i * (dim + 1)]) / h[:, None]
              for i in range(2)]
-        jump = g[1] - g[0]  # (d, c-1): each column parallel to the unit's w
-        k = int(np.argmax(np.linalg.norm(jump, axis=0)))
-        n = jump[:, k]
-        norm = float(np.linalg.norm(n))
-        if norm == 0 or not np.isfinite(norm):
-            return None
-        return np.asarray(n / norm)
+        jump = g[1] - g[0]  # (d, c-1): for a first-layer unit each column is parallel to w
+        k = int(np.argmax(np.linalg.norm(jump, axis=0))) if column is None else column
+        return np.asarray(jump[:, k])
+
+
+def _unit(v: FloatArray) -> FloatArray | None:
+    norm = float(np.linalg.norm(v))
+    if norm == 0 or not np.isfinite(norm):
+        return None
+    return np.asarray(v / norm)
 
 
 def _on_plane(seen: list[tuple[FloatArray, float, int]], x: FloatArray, scale: float,
