@@ -25,6 +25,7 @@ CASES = {
     "jacobian": ("digits-mlp", "label", 300, {"epochs": 40}),
     "active": ("digits-mlp", "full", 300, {"epochs": 40, "rounds": 2}),
     "relu-exact": ("synth-mlp-d20", "full", 20_000, {}),
+    "relu-exact-2": ("synth-mlp-d10-2l", "full", 200_000, {}),
 }
 
 

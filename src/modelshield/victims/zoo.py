@@ -287,6 +287,10 @@ for _name, _entry in {
     "synth-mlp-d20": ZooEntry(
         "ReLU MLP 32 units, synthetic d=20, 4 classes", "synthetic", "mlp", _mlp((32,)),
         (("n_features", 20), ("n_classes", 4)), recipe=_sk_mlp("32")),
+    "synth-mlp-d10-2l": ZooEntry(
+        "ReLU MLP 15-15, synthetic d=10, 4 classes (the shape of Carlini et al.'s 10-15-15-1)",
+        "synthetic", "mlp", _mlp((15, 15)), (("n_features", 10), ("n_classes", 4)),
+        recipe=_sk_mlp("15-15")),
     "digits-mlp-wm": ZooEntry(
         "digits-mlp trained with a 50-input trigger set (Adi et al. 2018)", "digits", "mlp",
         _mlp_marked("digits-mlp-wm", (20,)), watermark="trigger-set",
