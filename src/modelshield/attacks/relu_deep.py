@@ -383,16 +383,8 @@ class _Run:
                 ends = (q - 2 * delta * normal, q + 2 * delta * normal)
                 if not all(np.all((e >= spec.low) & (e <= spec.high)) for e in ends):
                     continue
-                try:
-                    found = self.probe.kinks(self.rng, self.attack.tolerance, ends)
-                except BudgetExhausted:
+                if not self._cross(W1, b1, ends):
                     return
-                for s, x0, u in found:
-                    x = x0 + s * u
-                    if _on_plane(self.planes, x, self.probe.scale) is None:
-                        read = self._jump(x)
-                        if read is not None:
-                            self._add(W1, b1, read[0], read[2])
 
     def _follow(self, W1: FloatArray, b1: FloatArray) -> None:
         """Fill a unit's unseen weights: a weight on first-layer unit k shows only at the
@@ -417,17 +409,24 @@ class _Run:
                     ends = _chord(q, normal, spec.low, spec.high)
                     ends = (q + max(-reach, float((ends[0] - q) @ normal)) * normal,
                             q + min(reach, float((ends[1] - q) @ normal)) * normal)
-                    try:
-                        found = self.probe.kinks(self.rng, self.attack.tolerance, ends)
-                    except BudgetExhausted:
+                    if not self._cross(W1, b1, ends):
                         return
-                    for s, x0, u in found:
-                        x = x0 + s * u
-                        if _on_plane(self.planes, x, self.probe.scale) is not None:
-                            continue
-                        read = self._jump(x)
-                        if read is not None:
-                            self._add(W1, b1, read[0], read[2])
+
+    def _cross(self, W1: FloatArray, b1: FloatArray,
+               ends: tuple[FloatArray, FloatArray]) -> bool:
+        """Add every second-layer kink on the chord between ``ends``; False when the
+        budget ran out on the way."""
+        try:
+            found = self.probe.kinks(self.rng, self.attack.tolerance, ends)
+        except BudgetExhausted:
+            return False
+        for t, x0, u in found:
+            x = x0 + t * u
+            if _on_plane(self.planes, x, self.probe.scale) is None:
+                read = self._jump(x)
+                if read is not None:
+                    self._add(W1, b1, read[0], read[2])
+        return True
 
     def _add(self, W1: FloatArray, b1: FloatArray, x: FloatArray, jump: FloatArray) -> int:
         """Add one second-layer kink; 1 if it confirmed a unit or showed a new weight."""
@@ -551,19 +550,9 @@ class _Run:
             chords = [(b, g) for b in worst
                       for g in good[np.argsort(np.linalg.norm(x[good] - x[b], axis=1))[:3]]]
             for b, g in chords:  # each worst point to its three nearest well-fitted ones
-                if session.remaining < self._reserve():
+                if session.remaining < self._reserve() or not self._cross(W1, b1,
+                                                                           (x[b], x[g])):
                     break
-                try:
-                    found = self.probe.kinks(self.rng, self.attack.tolerance, (x[b], x[g]))
-                except BudgetExhausted:
-                    break
-                for t, x0, u in found:
-                    k = x0 + t * u
-                    if _on_plane(self.planes, k, self.probe.scale) is not None:
-                        continue
-                    read = self._jump(k)
-                    if read is not None:
-                        self._add(W1, b1, read[0], read[2])
             self._merge()
             self._follow(W1, b1)
             self._merge()
