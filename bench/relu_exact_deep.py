@@ -1,6 +1,7 @@
 """Exact extraction of two-hidden-layer ReLU networks (Carlini et al. 2020), seeds 0-4.
 
     python bench/relu_exact_deep.py [--seeds 0 1 2 3 4] [--shape 10 15 15] [--zoo]
+                                    [--victims-only]
 
 Victims: networks of Carlini et al.'s 10-15-15-1 kind, trained here with scikit-learn on a
 binary task (``make_classification``, 10 features), as an owner would, and served with a
@@ -15,7 +16,9 @@ the network's exact logit over 10,000 uniform points of the domain and over the 
 against 2^-25. Writes bench/results/relu_exact_deep.json. With ``--zoo`` the victim is the
 built-in synth-mlp-d10-2l (10-15-15, 4 classes, scikit-learn's softmax head, which keeps
 the log-ratios), the error is against its answers' log-ratios, and the file is
-relu_exact_deep_zoo.json.
+relu_exact_deep_zoo.json. ``--victims-only`` runs no attack: it writes how rarely each
+seed's rarest second-layer unit switches, and what scikit-learn's own binary head answers in
+the box, to relu_exact_deep_victims.json.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class OwnerNet:
     """A scikit-learn MLP's weights answered in float64 with a two-logit softmax head."""
 
     def __init__(self, pipeline: Any) -> None:
+        self.pipe = pipeline
         scaler, mlp = pipeline[0], pipeline[-1]
         self.layers = [(w.copy(), b.copy()) for w, b in zip(mlp.coefs_, mlp.intercepts_, strict=True)]
         w, b = self.layers[0]  # the scaler folded into the first layer
@@ -95,8 +99,14 @@ def main() -> None:
     ap.add_argument("--zoo", action="store_true",
                     help="attack the built-in synth-mlp-d10-2l (10-15-15, 4 classes, softmax "
                          "head) instead; errors are against its answers' log-ratios")
+    ap.add_argument("--victims-only", action="store_true",
+                    help="no attack: per seed, how rarely the rarest second-layer unit "
+                         "switches, and what scikit-learn's own binary head answers in the box "
+                         "(writes relu_exact_deep_victims.json)")
     args = ap.parse_args()
     d, *hidden = args.shape
+    if args.victims_only:
+        return victims_only(args.seeds, d, tuple(hidden))
     rows = []
     for seed in args.seeds:
         if args.zoo:
@@ -145,6 +155,29 @@ def main() -> None:
     write("relu_exact_deep_zoo" if args.zoo else "relu_exact_deep",
           {"shape": [d, *hidden, 1], "rows": rows,
                               "all_below_2_pow_25": all(r["below_2_pow_25"] for r in rows)})
+
+
+def victims_only(seeds: list[int], d: int, hidden: tuple[int, ...]) -> None:
+    """The victims themselves: the rarest second-layer unit's minority share of 10,000
+    uniform points, and, with scikit-learn's binary head (1 - p), the largest |log-ratio|
+    it still answers and whether it answers exactly 0 or 1 anywhere among 20,000."""
+    rows = []
+    for seed in seeds:
+        v, net = owner_victim(seed, d, hidden)
+        x = uniform_probe(v, 10_000, seed + 11)
+        h = np.maximum(x @ net.layers[0][0] + net.layers[0][1], 0.0)
+        on = (h @ net.layers[1][0] + net.layers[1][1] > 0).mean(axis=0)
+        u = uniform_probe(v, 20_000, seed)
+        p = net.pipe.predict_proba(u)[:, 1]
+        with np.errstate(divide="ignore"):
+            z = np.log(p) - np.log1p(-p)
+        rows.append({"seed": seed, "rarest_second_layer_share": float(np.minimum(on, 1 - on)
+                                                                         [(on > 0) & (on < 1)]
+                                                                         .min()),
+                     "sklearn_head_saturates": bool(not np.isfinite(z).all()),
+                     "sklearn_head_max_abs_log_ratio": float(np.abs(z[np.isfinite(z)]).max())})
+        print(rows[-1], flush=True)
+    write("relu_exact_deep_victims", {"shape": [d, *hidden, 1], "rows": rows})
 
 
 def _gap(clone: np.ndarray, truth: np.ndarray) -> np.ndarray:

@@ -58,7 +58,7 @@ import numpy.typing as npt
 
 from modelshield.answer import FloatArray
 from modelshield.attacks.base import Attack, Session
-from modelshield.attacks.relu_exact import _exact, _match, _on_plane, _Probe
+from modelshield.attacks.relu_exact import _match, _on_plane, _Probe, require_exact_scores
 from modelshield.errors import AttackFailed, AttackRefused, BudgetExhausted, ConfigError
 from modelshield.models import Relu2NetClone
 
@@ -105,13 +105,7 @@ class ReluExactDeep(Attack):
     def extract(self, session: Session, pool: FloatArray | None,
                 rng: np.random.Generator) -> tuple[Any, dict[str, FloatArray], dict[str, Any]]:
         spec = session.spec
-        if spec.integer_features:
-            raise AttackRefused(self.name, "real-valued inputs (lines through the domain)",
-                                "an API that takes integers only")
-        first = session.query((spec.low + spec.high)[None, :] / 2)
-        session.require(first, "probabilities")
-        if not _exact(first.probabilities):
-            raise AttackRefused(self.name, "unrounded probabilities", first.policy)
+        require_exact_scores(session, self.name)
         run = _Run(self, session, _Probe(session, spec.high - spec.low, self.step), rng)
         run.first_layer()
         run.signs()
@@ -308,20 +302,27 @@ class _Run:
                 self.voters += 1
             if self.voters >= self.attack.sign_votes:
                 break
-            kinks = self._kinks()
-            if kinks is None:
+            if not self._more():
                 break
-            for x in kinks:
-                if self.session.remaining < self._reserve():
-                    break
-                read = self._jump(x)
-                if read is not None:
-                    self.points.append((read[0], read[2]))
         if self.voters == 0:
             raise AttackFailed(f"{self.attack.name}: no second-layer kink with fewer than "
                                f"{self.d} first-layer units active in {self.lines} lines; the "
                                "first layer's signs are unknown")
         self.sign = np.where(self.votes >= 0, 1.0, -1.0)
+
+    def _more(self) -> bool:
+        """Read the kinks of one more chord into ``points``; False when the budget or the
+        line limit ends the search."""
+        kinks = self._kinks()
+        if kinks is None:
+            return False
+        for x in kinks:
+            if self.session.remaining < self._reserve():
+                break
+            read = self._jump(x)
+            if read is not None:
+                self.points.append((read[0], read[2]))
+        return True
 
     def _layer1(self) -> tuple[FloatArray, FloatArray]:
         assert self.sign is not None
@@ -345,17 +346,10 @@ class _Run:
             quiet = 0 if news else quiet + 1
             if quiet >= self.attack.patience:
                 break
-            kinks = self._kinks()
-            if kinks is None:
+            if not self._more():
                 self.notes.append(f"the budget or line limit ended the second layer's search "
                                   f"after {self.lines} lines")
                 break
-            for x in kinks:
-                if self.session.remaining < self._reserve():
-                    break
-                read = self._jump(x)
-                if read is not None:
-                    self.points.append((read[0], read[2]))
         self._merge()
         self._confirm(W1, b1)
         self._merge()

@@ -70,14 +70,8 @@ class ReluExact(Attack):
     def extract(self, session: Session, pool: FloatArray | None,
                 rng: np.random.Generator) -> tuple[Any, dict[str, FloatArray], dict[str, Any]]:
         spec = session.spec
-        if spec.integer_features:
-            raise AttackRefused(self.name, "real-valued inputs (lines through the domain)",
-                                "an API that takes integers only")
+        require_exact_scores(session, self.name)
         probe = _Probe(session, spec.high - spec.low, self.step)
-        first = session.query((spec.low + spec.high)[None, :] / 2)
-        session.require(first, "probabilities")
-        if not _exact(first.probabilities):
-            raise AttackRefused(self.name, "unrounded probabilities", first.policy)
         # A kink read off a line can be two kinks too close to tell apart, and its
         # "hyperplane" then a blend; a unit's true hyperplane is met again on other lines.
         # Only hyperplanes found on two lines or more are kept.
@@ -263,6 +257,20 @@ def _match(seen: list[tuple[FloatArray, float, int]], n: FloatArray, beta: float
             if np.abs(s * n - m).max() < tol and abs(s * beta - b) < tol * max(1.0, abs(b)):
                 return i
     return None
+
+
+def require_exact_scores(session: Session, attack: str) -> None:
+    """Refuse, after one query, an API that takes integers only or answers anything but
+    unrounded probabilities: kinks are found on lines through the domain, by exact
+    log-ratios."""
+    spec = session.spec
+    if spec.integer_features:
+        raise AttackRefused(attack, "real-valued inputs (lines through the domain)",
+                            "an API that takes integers only")
+    first = session.query((spec.low + spec.high)[None, :] / 2)
+    session.require(first, "probabilities")
+    if not _exact(first.probabilities):
+        raise AttackRefused(attack, "unrounded probabilities", first.policy)
 
 
 def _exact(p: FloatArray | None) -> bool:
