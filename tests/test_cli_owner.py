@@ -224,3 +224,47 @@ def test_a_clone_made_over_http_is_traced_to_the_account_that_made_it(
                             str(cfg), "--json", str(out)])
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["matched"] == [] and "no evidence" in r.output
+
+
+@pytest.mark.slow
+def test_over_http_relu_exact_2_recovers_an_owner_two_layer_network_from_its_file(
+        tmp_path: Path) -> None:
+    """An owner's scikit-learn MLP with two hidden ReLU layers (3 classes), served from its
+    file through the gateway, is extracted exactly with the CLI over HTTP."""
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(1500, 6, n_informative=4, n_classes=3, n_clusters_per_class=1,
+                               random_state=5)
+    model = make_pipeline(StandardScaler(), MLPClassifier((8, 8), max_iter=3000,
+                                                          random_state=5)).fit(X[:900], y[:900])
+    joblib.dump(model, tmp_path / "twolayer.joblib")
+    low, high = X.min(0), X.max(0)
+    np.savez(tmp_path / "data.npz", X_test=X[900:1200], y_test=y[900:1200], pool=X[1200:],
+             low=low, high=high)
+    shields = build_gateway({"audit_url": f"sqlite:///{tmp_path}/a.db",
+                             "tiers": {"t": {"max_batch": 1000}},
+                             "models": [{"file": str(tmp_path / "twolayer.joblib"),
+                                         "name": "twolayer", "classes": ["0", "1", "2"],
+                                         "low": low.tolist(), "high": high.tolist()}]})
+    key = shields[0].store.create_key("t")[0]
+    out, clone_file = tmp_path / "r.json", tmp_path / "clone.joblib"
+    with live_app(create_app(shields)) as client:
+        r = runner.invoke(app, ["attack", "--target", str(client.base_url), "--api-key", key,
+                                "--model-file", str(tmp_path / "twolayer.joblib"), "--data",
+                                str(tmp_path / "data.npz"), "--attack", "relu-exact-2",
+                                "--budget", "200000", "--json", str(out),
+                                "--save-clone", str(clone_file)])
+    for s in shields:
+        s.close()
+    assert r.exit_code == 0, r.output
+    row = json.loads(out.read_text())
+    assert row["status"] == "ok" and row["fidelity_test"] == 1.0, row
+    # Every unit is found (the first layer can carry one more hyperplane than the network,
+    # which the fit leaves without effect: the function is what is compared below).
+    assert row["info"]["first_layer_units"] >= 8 and row["info"]["second_layer_units"] >= 8
+    assert row["queries"] <= 200_000
+    clone = joblib.load(clone_file)
+    x = np.random.default_rng(0).uniform(low, high, (4000, 6))
+    want = np.log(model.predict_proba(x))
+    got = clone.log_ratios(x)
+    assert np.abs(got - (want[:, 1:] - want[:, :1])).max() <= 2.0 ** -25
