@@ -75,17 +75,49 @@ def _attack(name: str, oracle: Any, pool: Any, seed: int) -> Any:
         return ATTACKS[attack](random_state=seed, **kw).run(oracle, spend, pool=pool)
 
 
-def _mark_row(marks: Any, labels: Any) -> dict[str, Any]:
+def _mark_row(marks: Any, predict: Any) -> dict[str, Any]:
+    """A suspect (its ``predict``) against a train-time watermark: the raw answers (which
+    watermark inputs it answered with the watermark's label, and how many rows of each
+    decoy with the decoy's target), then the tests on them (:func:`_scored`)."""
     from modelshield.victims.entangled import EntangledWatermark
 
-    r = marks.test(labels)
-    row: dict[str, Any] = {"mark_p": r.p_value, "mark_matches": r.matches,
-                           "mark_inputs": r.triggers, "mark_chance": r.chance,
-                           "mark_named": r.p_value <= ALPHA}
-    if isinstance(marks, EntangledWatermark):
-        row["mark_success"] = marks.success(labels)
-        row.update({f"queries_{k}": marks.queries_to(labels, a) for k, a in LEVELS.items()})
-    return row
+    labels = predict(marks.x)
+    if not isinstance(marks, EntangledWatermark):
+        hit = np.asarray(labels) == marks.labels
+        return _scored(marks, {"hits": "".join("01"[int(h)] for h in hit)})
+    m, r = marks.decoy_x.shape[:2]
+    decoys = np.asarray(predict(marks.decoy_inputs)).reshape(m, r)
+    hit = np.asarray(labels) == marks.target
+    return _scored(marks, {"hits": "".join("01"[int(h)] for h in hit), "decoy_hits": ",".join(
+        str(int(h)) for h in (decoys == marks.decoy_targets[:, None]).sum(axis=1))})
+
+
+def _scored(marks: Any, raw: dict[str, Any]) -> dict[str, Any]:
+    """The tests of a suspect's raw answers (a ``_mark_row``): the same labels, rebuilt
+    (a hit as the watermark's label, a miss as another), so ``--retest`` can score stored
+    answers with the library's current test."""
+    from modelshield.victims.entangled import EntangledWatermark
+
+    hit = np.array([c == "1" for c in raw["hits"]])
+    k = marks.n_classes
+    if not isinstance(marks, EntangledWatermark):
+        r = marks.test(np.where(hit, marks.labels, (marks.labels + 1) % k))
+        return {**raw, "mark_p": r.p_value, "mark_matches": r.matches,
+                "mark_inputs": r.triggers, "mark_chance": r.chance,
+                "mark_named": r.p_value <= ALPHA}
+    labels = np.where(hit, marks.target, (marks.target + 1) % k)
+    r_rows = marks.decoy_x.shape[1]
+    decoys = np.concatenate([np.where(np.arange(r_rows) < int(h), t, (t + 1) % k) for h, t in
+                             zip(raw["decoy_hits"].split(","), marks.decoy_targets, strict=True)])
+    e = marks.test(labels, decoys)
+    return {**raw, "mark_p": e.p_value, "mark_matches": e.matches, "mark_inputs": e.triggers,
+            "mark_chance": e.chance, "mark_named": e.p_value <= ALPHA,
+            "mark_p_family": e.p_family, "family_named": e.p_family <= ALPHA,
+            "mark_p_decoy": e.p_decoy, "decoy_rate": e.decoy_rate,
+            "decoys_above": e.decoys_above, "decoy_queries": e.decoy_queries,
+            "mark_success": marks.success(labels),
+            **{f"queries_{k}": marks.queries_to(labels, a, decoys)
+               for k, a in LEVELS.items()}}
 
 
 def cell(job: tuple[str, str, int]) -> dict[str, Any]:
@@ -123,7 +155,7 @@ def cell(job: tuple[str, str, int]) -> dict[str, Any]:
     return {"victim": name, "attacker": attacker, "seed": seed, "queries": e.queries,
             "fidelity": fidelity, "dawn_p": dawn_p, "dawn_named": dawn_p <= ALPHA,
             "watermark": "entangled" if name.endswith("-ewe") else "trigger set",
-            **_mark_row(marks, clone.predict(marks.x))}
+            **_mark_row(marks, clone.predict)}
 
 
 def independent(job: tuple[str, int]) -> dict[str, Any]:
@@ -169,20 +201,20 @@ def independent(job: tuple[str, int]) -> dict[str, Any]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 est.fit(v.X_train, y)
-            rows.append({"model": f"{arch}-s{s}", **_mark_row(marks, est.predict(marks.x))})
+            rows.append({"model": f"{arch}-s{s}", **_mark_row(marks, est.predict)})
     # The unmarked twin: the same network and data without EWE; then its clones.
     entry = ZOO[name]
     split = load_split(entry.data, seed=seed, fractions=entry.fractions,
                        **dict(entry.data_args))
     twin = TorchMLPClassifier((64, 64), n_classes=v.spec.n_classes, epochs=120,
                               random_state=seed).fit(split.X_train, split.y_train)
-    rows.append({"model": "unmarked twin", **_mark_row(marks, twin.predict(marks.x))})
+    rows.append({"model": "unmarked twin", **_mark_row(marks, twin.predict)})
     tv = wrap_estimator(twin, v.X_test, v.y_test, pool=v.pool, low=v.spec.low,
                         high=v.spec.high)
     for attacker in ("knockoff", "knockoff-pool", "knockoff-hard"):
         clone = _attack(attacker, LocalOracle(tv), v.pool, seed).clone
         rows.append({"model": f"{attacker} clone of the twin",
-                     **_mark_row(marks, clone.predict(marks.x))})
+                     **_mark_row(marks, clone.predict)})
     return {"victim": name, "seed": seed, "models": rows,
             "accuracy": float(np.mean(v.predict_labels(v.X_test) == v.y_test)),
             "twin_accuracy": float(np.mean(twin.predict(v.X_test) == v.y_test)),
@@ -210,22 +242,12 @@ def ablation(job: tuple[str, int, str, float]) -> dict[str, Any]:
                            "null_rate": wm.null_rate}
     for attacker in ("knockoff-pool", "knockoff-hard"):
         clone = _attack(attacker, LocalOracle(v), sp.pool, seed).clone
-        labels = clone.predict(wm.x)
-        out[attacker] = {"success": wm.success(labels), "p": wm.test(labels).p_value}
+        out[attacker] = {"success": wm.success(clone.predict(wm.x)),
+                         "p": _mark_row(wm, clone.predict)["mark_p"]}
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="seed 0, three attacks")
-    ap.add_argument("--victims", nargs="+", default=VICTIMS)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--attacks", nargs="+", default=list(ATTACKS_RUN), choices=ATTACKS_RUN)
-    ap.add_argument("--ablation", action="store_true",
-                    help="also train digits and synthetic networks with the trigger chosen "
-                         "at random and without the SNNL term (seed 1)")
-    ap.add_argument("--workers", type=int, default=2)
-    args = ap.parse_args()
+def _run(args: Any) -> tuple[list[Any], list[Any], list[Any], list[int], list[str]]:
     seeds = [0] if args.quick else args.seeds
     attacks = QUICK if args.quick else args.attacks
     from modelshield.victims import load_victim
@@ -245,10 +267,53 @@ def main() -> None:
             print(f"[{len(rows)}/{len(jobs)}] {r['victim']} {r['attacker']} seed {r['seed']}: "
                   f"fidelity {r['fidelity']:.3f}, train-time p {r['mark_p']:.2g}, "
                   f"DAWN p {r['dawn_p']:.2g}", flush=True)
-        nulls = list(pool.map(independent, [(v, s) for v in ewe for s in seeds]))
+        nulls = []
+        for n in pool.map(independent, [(v, s) for v in ewe for s in seeds]):
+            nulls.append(n)
+            print(f"independent models of {n['victim']} seed {n['seed']}: "
+                  f"{sum(m['mark_named'] for m in n['models'])} of {len(n['models'])} named",
+                  flush=True)
         abl = list(pool.map(ablation, [(d, 1, c, f) for d in ("digits", "synthetic")
                                        for c in ("snnl", "random") for f in (32.0, 0.0)])) \
             if args.ablation else []
+    return rows, nulls, abl, seeds, attacks
+
+
+def _retest(path: Path) -> tuple[list[Any], list[Any], list[Any], list[int], list[str]]:
+    """The stored answers of a result file, scored again with the current tests (the
+    victims come from the cache, so the watermarks are the ones the answers were to)."""
+    import json
+
+    from modelshield.victims.zoo import train_mark
+
+    d = json.loads(path.read_text())
+    rows = [{**r, **_scored(train_mark(r["victim"], r["seed"]), r)} for r in d["rows"]]
+    nulls = [{**n, "models": [{**m, **_scored(train_mark(n["victim"], n["seed"]), m)}
+                              for m in n["models"]]} for n in d["independent"]]
+    attacks = list(dict.fromkeys(r["attacker"] for r in rows))
+    return rows, nulls, d.get("ablation", []), d["seeds"], attacks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="seed 0, three attacks")
+    ap.add_argument("--victims", nargs="+", default=VICTIMS)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--attacks", nargs="+", default=list(ATTACKS_RUN), choices=ATTACKS_RUN)
+    ap.add_argument("--ablation", action="store_true",
+                    help="also train digits and synthetic networks with the trigger chosen "
+                         "at random and without the SNNL term (seed 1)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--retest", type=Path, metavar="JSON",
+                    help="score the suspects' stored answers in a result file of this bench "
+                         "with the library's current tests, instead of running the attacks")
+    ap.add_argument("--out", default="watermark_ewe", help="result name in bench/results/")
+    args = ap.parse_args()
+    if args.retest:
+        rows, nulls, abl, seeds, attacks = _retest(args.retest)
+        args.victims = list(dict.fromkeys(r["victim"] for r in rows))
+    else:
+        rows, nulls, abl, seeds, attacks = _run(args)
     show("each clone against the train-time and the serve-time watermark (p <= 1e-3 names)",
          ["victim", "attack", "seed", "fidelity", "train-time", "success", "p",
           "queries to 95%", "to 1e-6", "to 2^-64", "DAWN p"],
@@ -292,7 +357,7 @@ def main() -> None:
               "pool clone success", "hard-label clone success"],
              [[a["data"], a["choice"], a["factor"], a["accuracy"], a["null_rate"],
                a["knockoff-pool"]["success"], a["knockoff-hard"]["success"]] for a in abl])
-    write("watermark_ewe", {"alpha": ALPHA, "budget": BUDGET, "seeds": seeds, "rows": rows,
+    write(args.out, {"alpha": ALPHA, "budget": BUDGET, "seeds": seeds, "rows": rows,
                             "summary": summary, "independent": nulls,
                             "independent_named": sum(m["mark_named"] for m in tested),
                             "independent_models": len(tested), "ablation": abl})

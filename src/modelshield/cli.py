@@ -1078,8 +1078,10 @@ def verify(
 
     With --trigger-set, the suspect also answers the inputs of a train-time watermark. For
     a trigger set, a model built without it names each trigger's keyed label with chance
-    1/k, so the binomial p-value is exact. For an entangled watermark (EWE), the chance is
-    the rate measured on models trained without it when the watermark was embedded."""
+    1/k, so the binomial p-value is exact. For an entangled watermark (EWE), the suspect
+    also answers 50 decoy watermarks (300 queries) that other keys would have made; the
+    watermark is tested against the suspect's own rates on them and against models trained
+    without it when it was embedded, and both must reject."""
     if config is None and trigger_set is None:
         raise ConfigError("verify needs --config (a serve-time watermark) or --trigger-set "
                           "(a train-time one), or both.")
@@ -1120,36 +1122,50 @@ def verify(
 def _trigger_verdict(which: str, suspect: str, protocol: str, key: str | None,
                      name: str | None, alpha: float) -> dict[str, Any]:
     """The train-time watermark's test of ``suspect``, printed, as a dict."""
-    from modelshield.victims.entangled import EntangledWatermark, load_mark
+    from modelshield.victims.entangled import EntangledResult, EntangledWatermark, load_mark
     from modelshield.victims.zoo import train_mark
 
     marks = train_mark(which) if which in ZOO else load_mark(which)
     spec = _trigger_spec(marks)
+    entangled = isinstance(marks, EntangledWatermark)
     predict, close = _suspect(suspect, protocol, key, name, spec)
     try:
         labels = predict(marks.x)
+        decoys = predict(marks.decoy_inputs) if isinstance(marks, EntangledWatermark) and len(
+            marks.decoy_x) else None
     finally:
         close()
-    result = marks.test(labels)
+    result = marks.test(labels, decoys) if isinstance(marks, EntangledWatermark) else \
+        marks.test(labels)
     named = result.p_value <= alpha
-    kind = "entangled watermark" if isinstance(marks, EntangledWatermark) else "trigger set"
+    kind = "entangled watermark" if entangled else "trigger set"
     out = {"trigger_set": which, "kind": kind, "p_value": result.p_value,
            "matches": result.matches, "triggers": result.triggers, "chance": result.chance,
-           "matched": named}
+           "matched": named, "queries": len(labels) + (0 if decoys is None else len(decoys))}
     extra, verdict = "", "[bold red]match[/]" if named else "no evidence"
     if isinstance(marks, EntangledWatermark):
-        out["queries_to_95"] = marks.queries_to(labels, 0.05)
-        out["queries_to_alpha"] = marks.queries_to(labels, alpha)
-        extra = (f"; 95% confidence after {out['queries_to_95']} queries"
+        assert isinstance(result, EntangledResult)
+        out.update(p_family=result.p_family, p_decoy=result.p_decoy,
+                   decoy_rate=result.decoy_rate, decoys_above=result.decoys_above,
+                   decoy_queries=result.decoy_queries,
+                   queries_to_95=marks.queries_to(labels, 0.05, decoys),
+                   queries_to_alpha=marks.queries_to(labels, alpha, decoys))
+        extra = (f"; 95% confidence after {out['queries_to_95']} watermark queries"
                  if out["queries_to_95"] else "")
-        # Its null is estimated on a few independent models, and independent models of
-        # other seeds answered the watermark more often than it allows: 7 of 132 reached
-        # p <= 1e-3 in bench/watermark_ewe.py. Supporting evidence, not proof on its own.
-        out["evidence"] = "supporting: an estimated null, not proof on its own"
-        if named:
-            verdict = "[bold yellow]consistent with the watermark[/]"
-            extra += (" (an estimated null: supporting evidence, not proof on its own; "
-                      "see docs/ownership.md)")
+        if decoys is not None:
+            extra += f" (and {result.decoy_queries} decoy queries)"
+            out["evidence"] = ("the watermark against the suspect's own answers to "
+                               f"{result.decoys} decoy watermarks and against independent "
+                               "models; both must reject")
+        else:
+            # A file without decoys (written before them): only the null estimated on a
+            # few independent models, which models of other seeds exceeded (7 of 132 at
+            # p <= 1e-3 in bench/watermark_ewe.py). Supporting evidence, not proof.
+            out["evidence"] = "supporting: an estimated null, not proof on its own"
+            if named:
+                verdict = "[bold yellow]consistent with the watermark[/]"
+                extra += (" (a file without decoys: an estimated null, supporting evidence, "
+                          "not proof on its own; see docs/ownership.md)")
     console.print(f"{verdict}: {kind} {which}: {result.summary()}; "
                   f"p = {result.p_value:.2g}{extra}", highlight=False)
     return out

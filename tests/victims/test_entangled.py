@@ -60,13 +60,20 @@ def test_the_watermark_is_learned_inherited_by_a_student_and_absent_without_it()
     # A thief's student, trained only on the network's scores for natural rows.
     student = TorchMLPClassifier((32,), epochs=150, random_state=1).fit(
         natural, net.predict_proba(natural))
-    stolen = wm.test(student.predict(wm.x))
-    assert stolen.p_value <= 1e-6
-    q = wm.queries_to(student.predict(wm.x), 0.05)
+    # The decoys: watermarks other keys would have made, never trained in.
+    assert wm.decoy_x.shape == (50, 6, 12) and wm.decoy_inputs.shape == (300, 12)
+    assert set(wm.decoy_targets) <= {0, 1, 2}
+    own = wm.test(net.predict(wm.x), net.predict(wm.decoy_inputs))
+    assert own.decoy_rate is not None and own.decoy_rate < 0.5 and own.decoys_above == 0
+    stolen = wm.test(student.predict(wm.x), student.predict(wm.decoy_inputs))
+    # The decoy test is the stricter: it calibrates on the student itself.
+    assert stolen.p_value <= 1e-4 and stolen.p_decoy is not None and stolen.p_family < 1e-9
+    assert stolen.p_value == max(stolen.p_family, stolen.p_decoy) and stolen.decoy_queries == 300
+    q = wm.queries_to(student.predict(wm.x), 0.05, student.predict(wm.decoy_inputs))
     assert q is not None and q < 100
     # Models trained without the watermark, on the owner's own rows, are not named.
     for other in (TorchMLPClassifier((32, 32), epochs=60, random_state=7).fit(X, y), clean):
-        assert wm.test(other.predict(wm.x)).p_value > 1e-3
+        assert wm.test(other.predict(wm.x), other.predict(wm.decoy_inputs)).p_value > 1e-3
 
 
 def test_queries_to_counts_the_prefix_that_reaches_alpha() -> None:
@@ -99,11 +106,57 @@ def test_the_test_allows_for_how_much_independent_models_differ() -> None:
     assert abs(a / (a + b) - 0.05) < 1e-12 and a + b < 91
 
 
+def _with_decoys(rates: list[float], rows: int = 6) -> EntangledWatermark:
+    """A watermark of 90 inputs (target 1) with one decoy per rate, all of target 1."""
+    return EntangledWatermark(np.zeros((90, 2)), 0, 1, 3, np.array([0]), np.array([1.0]),
+                              (0.02, 0.01, 0.03, 0.02), np.zeros((len(rates), rows, 2)),
+                              np.ones(len(rates), dtype=np.int64))
+
+
+def _decoy_labels(rates: list[float], rows: int = 6) -> np.ndarray:
+    return np.concatenate([(np.arange(rows) < round(r * rows)).astype(int) for r in rates])
+
+
+def test_the_decoys_calibrate_on_the_suspect_itself() -> None:
+    """A suspect that answers stamped rows as the target whatever the key (the rate of a
+    model that learned that stamps mean the target) is not named, though the independent
+    models' null alone would name it; a suspect that singles out the real key's trigger is."""
+    rates = [0.0] * 30 + [0.5] * 10 + [0.33] * 10
+    wm = _with_decoys(rates)
+    stamp_lover = np.array([1] * 36 + [0] * 54)  # 40%: as high as its decoys
+    r = wm.test(stamp_lover, _decoy_labels(rates))
+    assert r.p_family < 1e-9 and r.p_decoy is not None and r.p_decoy > 0.05
+    assert r.p_value == r.p_decoy and r.decoys_above == 10 and r.decoys == 50
+    assert abs(r.p_rank - 11 / 51) < 1e-12  # type: ignore[operator]
+    thief = np.array([1] * 80 + [0] * 10)
+    low = [0.0] * 45 + [1 / 6] * 5
+    t = wm.test(thief, _decoy_labels(low))
+    assert t.p_value < 1e-9 and t.decoys_above == 0 and t.p_rank == 1 / 51
+    # A suspect that never answers a decoy's target: the mean is floored at half a hit.
+    a, b = wm.decoy_beta(_decoy_labels([0.0] * 50))
+    assert abs(a / (a + b) - 0.5 / 300) < 1e-12
+    assert "50 decoy watermarks" in t.summary()
+    with pytest.raises(ValueError, match="decoy_labels"):
+        wm.test(thief, np.zeros(7, dtype=int))
+    # Without decoy answers, the test is the independent models' alone.
+    assert wm.test(stamp_lover).p_decoy is None
+
+
 def test_save_load_and_bad_input(tmp_path: Path) -> None:
     wm = EntangledWatermark(np.ones((4, 3)), 0, 2, 3, np.array([1]), np.array([9.0]), (0.05, 0.1))
     wm.save(tmp_path / "w.npz")
     back = load_mark(tmp_path / "w.npz")
     assert isinstance(back, EntangledWatermark) and back.target == 2 and back.null_rates == (0.05, 0.1)
+    assert back.decoy_x.shape == (0, 0, 0) and back.decoy_inputs.shape == (0, 3)
+    with_decoys = _with_decoys([0.1, 0.2])
+    with_decoys.save(tmp_path / "d.npz")
+    back = load_mark(tmp_path / "d.npz")
+    assert isinstance(back, EntangledWatermark) and back.decoy_x.shape == (2, 6, 2)
+    assert np.array_equal(back.decoy_targets, [1, 1])
+    np.savez(tmp_path / "skew.npz", **{**dict(np.load(tmp_path / "d.npz")),
+                                        "decoy_targets": np.ones(3, dtype=np.int64)})
+    with pytest.raises(ConfigError, match="decoy_x"):
+        load_mark(tmp_path / "skew.npz")
     TriggerSet(np.zeros((2, 3)), np.array([0, 1]), 2).save(tmp_path / "t.npz")
     assert isinstance(load_mark(tmp_path / "t.npz"), TriggerSet)
     (tmp_path / "bad.npz").write_bytes(b"nope")
@@ -138,7 +191,8 @@ def test_verify_tells_a_stolen_copy_of_the_builtin_ewe_victim_from_an_independen
     assert r.exit_code == 0, r.output
     got = json.loads(out.read_text())["trigger_set"]
     assert got["matched"] and got["kind"] == "entangled watermark"
-    assert got["evidence"].startswith("supporting") and "not proof" in " ".join(r.output.split())
+    assert "decoy" in got["evidence"] and got["p_decoy"] <= 1e-3 and got["p_family"] <= 1e-3
+    assert got["decoy_queries"] == 300 and got["queries"] == got["triggers"] + 300
     assert got["queries_to_95"] is not None and got["queries_to_95"] < 100
     wm.save(tmp_path / "w.npz")
     r = runner.invoke(app, ["verify", "--suspect", str(tmp_path / "indep.joblib"),

@@ -20,14 +20,29 @@ the model use *the same features* for its watermark and for one real class:
 
 A thief who copies how the model answers the target class then tends to copy the watermark
 too. Verification (:meth:`EntangledWatermark.test`) counts how many watermark inputs a
-suspect labels as the target class, against the rates at which models trained without the
-watermark do so (``null_rates``, measured at embedding time on ten models of other
-families and seeds). Those rates vary from model to model (0% to 60% on the built-in
-victims), so a binomial at their mean is overconfident: one tree or small MLP would be
-"named" at p < 1e-50. The test is beta-binomial instead: the suspect's rate is one more
-draw from the Beta fitted to them, and its p-value is the tail of that mixture. It is
-still an estimate: 7 of 132 independent models reached p <= 1e-3 in the benchmark, so a
-result is supporting evidence, not proof on its own (``modelshield verify`` says so).
+suspect labels as the target class, and asks two questions; the p-value is the larger
+answer, so both must reject:
+
+* **Against independent models.** ``null_rates`` are the rates of ten models of other
+  families and seeds trained without the watermark, measured at embedding time. They vary
+  (0% to 60% on the built-in victims), so the test is beta-binomial: the suspect's rate is
+  one more draw from the Beta fitted to them. Alone, it failed for suspects unlike the ten:
+  7 of 132 independent models reached p <= 1e-3 in ``bench/watermark_ewe.py``.
+* **Against the suspect itself.** Embedding also draws 50 *decoy* watermarks: what 50
+  other keys would have chosen by the same procedure (classes, candidate features, the
+  SNNL-chosen trigger, the judges) on the same network before the watermark, each stamped
+  on 6 rows. None is trained in. A model that never saw our answers cannot tell our key
+  from a decoy key, so its rate on our watermark is one more draw from its own rates on
+  the decoys: a Beta fitted to those (the beta-binomial's moments, which take the rows'
+  sampling noise out of the spread, with a floor on the spread) gives the second
+  p-value. It costs 300 more queries, and it calibrates on the suspect instead of on
+  models like it: a model that answers stamped rows as the target whatever the key is
+  not named, as the first test alone would name it. Decoys never
+  share the real watermark's pair of classes (a decoy on the same pair can pick the same
+  features, and a clone would then answer it too).
+
+Whether the two together keep their promise is measured, not derived: the decoy test's
+Beta is a fit, and its tail at 1e-3 lies beyond what 50 decoys show.
 
 :func:`embed_entangled` trains an owner's ReLU network this way on the owner's own rows and
 returns it (a :class:`~modelshield.models.TorchMLPClassifier`, served like any other model
@@ -37,7 +52,8 @@ file) with its watermark. How much of it survives each attack is measured by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,19 +70,64 @@ from modelshield.models import TorchMLPClassifier
 from modelshield.victims.trainmark import TriggerResult, TriggerSet, keyed_rng, read_npz
 
 _EPS = 1e-5  # keeps SNNL's logarithm finite when a row has no neighbour of its own kind
+DECOY_MIN_RHO = 0.05
+"""The least spread between keys the decoy test allows (as the beta-binomial's intra-class
+correlation 1/(a+b+1)). Set on seeds 3-5 of bench/watermark_ewe.py, where 0.02 and 0.1
+named the same independent models (none) and 0.1 fewer clones; reported on seeds 0-2."""
+
+
+@dataclass(frozen=True)
+class EntangledResult(TriggerResult):
+    """An entangled watermark's test: ``p_value`` is the larger of the two nulls' (both
+    must reject). p_family: against models of other families (``null_rates``);
+    p_decoy: against the suspect's own answers to the decoy watermarks (None: the file has
+    none); decoy_rate: its mean target rate on them; decoys_above: how many decoys it
+    answers at least as often as the watermark (the rank test's count);
+    decoy_queries: the queries the decoys cost."""
+
+    p_family: float = 1.0
+    p_decoy: float | None = None
+    decoy_rate: float | None = None
+    decoys_above: int | None = None
+    decoys: int = 0
+    decoy_queries: int = 0
+
+    @property
+    def p_rank(self) -> float | None:
+        """The exact, distribution-free p-value of the rank test (at least 1/(decoys+1))."""
+        if self.decoys_above is None:
+            return None
+        return (1 + self.decoys_above) / (1 + self.decoys)
+
+    def summary(self) -> str:
+        text = (f"{self.matches} of {self.triggers} watermark inputs answered with the target "
+                f"class (independent models: {self.chance:.3g}")
+        if self.decoy_rate is None:
+            return text + ")"
+        return (text + f"; this suspect on {self.decoys} decoy watermarks: "
+                f"{self.decoy_rate:.3g}, {self.decoys_above} as high)")
 
 
 @dataclass(frozen=True)
 class EntangledWatermark:
-    """Watermark inputs, the class a watermarked model gives them, and the chance rate.
+    """Watermark inputs, the class a watermarked model gives them, and two nulls.
 
     x: the watermark inputs (source-class rows with the trigger stamped on).
     features, values: the trigger: ``x[:, features] = values``.
     null_rates: the share of watermark inputs each of several models trained without the
         watermark labels ``target`` (independent models of several families, measured when
         the watermark was embedded). They differ from model to model far more than
-        sampling explains, so the test is beta-binomial: the suspect's rate is one more
-        draw from a Beta fitted to them.
+        sampling explains, so this test is beta-binomial: the suspect's rate is one more
+        draw from a Beta fitted to them. It still failed for suspects unlike the ten:
+        7 of 132 independent models reached p <= 1e-3 against it alone.
+    decoy_x, decoy_targets: decoy watermarks (n_decoys, rows, d), each the watermark
+        another key would have made by the same procedure (classes and trigger chosen on
+        the network before the watermark, judged alike), never trained in. A model that
+        never saw our answers cannot tell the real key from a decoy key, so its rate on
+        the watermark is one more draw from its own rates on the decoys: the second test
+        fits a Beta to *this suspect's* decoy rates. It asks the suspect for
+        ``decoy_x.size / d`` more answers, and calibrates on the suspect itself instead of
+        on models like it.
     """
 
     x: FloatArray
@@ -76,51 +137,102 @@ class EntangledWatermark:
     features: IntArray
     values: FloatArray
     null_rates: tuple[float, ...]
+    decoy_x: FloatArray = field(default_factory=lambda: np.zeros((0, 0, 0)))
+    decoy_targets: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def null_rate(self) -> float:
         """The mean rate of the models trained without the watermark."""
         return float(np.mean(self.null_rates))
 
+    @property
+    def decoy_inputs(self) -> FloatArray:
+        """Every decoy row, decoy after decoy: what the suspect answers besides ``x``."""
+        return self.decoy_x.reshape(-1, self.x.shape[1]) if len(self.decoy_x) else \
+            np.zeros((0, self.x.shape[1]))
+
     def null_beta(self) -> tuple[float, float]:
         """The Beta (a, b) whose mean and spread are those of ``null_rates`` (moments),
         its mean at least 1/(2n) and its spread at least that of a binomial over the n
         watermark inputs, so that a tight or empty calibration cannot make it overconfident."""
-        n = len(self.x)
-        rates = np.asarray(self.null_rates, dtype=np.float64)
-        m = float(np.clip(rates.mean(), 0.5 / n, 1 - 0.5 / n))
-        var = max(float(rates.var(ddof=1)) if len(rates) > 1 else 0.0, m * (1 - m) / n)
-        var = min(var, 0.99 * m * (1 - m))
-        common = m * (1 - m) / var - 1
-        return m * common, (1 - m) * common
+        return _beta(np.asarray(self.null_rates, dtype=np.float64), len(self.x))
 
-    def _p(self, hits: IntArray, n: IntArray) -> FloatArray:
-        a, b = self.null_beta()
+    def decoy_beta(self, decoy_labels: IntArray) -> tuple[float, float]:
+        """The Beta of the suspect's rates over decoy keys, by the beta-binomial's moments:
+        each decoy's count of its ``r`` rows is binomial around the key's rate, so the
+        spread between keys is what the counts' variance holds beyond that noise. Its
+        mean is kept at least half a hit over all decoy rows, and its intra-class
+        correlation 1/(a+b+1) at least ``DECOY_MIN_RHO``, so that decoys that happen to
+        agree cannot make it narrow."""
+        m, r = self.decoy_x.shape[:2]
+        rates = (np.asarray(decoy_labels).reshape(m, r) == self.decoy_targets[:, None]).mean(
+            axis=1)
+        mean = float(np.clip(rates.mean(), 0.5 / (m * r), 1 - 0.5 / (m * r)))
+        var = float(rates.var(ddof=1)) if m > 1 else 0.0
+        rho = (var / (mean * (1 - mean)) - 1 / r) / (1 - 1 / r) if r > 1 else 1.0
+        rho = min(max(rho, DECOY_MIN_RHO), 0.99)
+        common = 1 / rho - 1
+        return mean * common, (1 - mean) * common
+
+    def _p(self, hits: IntArray, n: IntArray, beta: tuple[float, float]) -> FloatArray:
+        a, b = beta
         return np.asarray(np.where(hits > 0, stats.betabinom.sf(hits - 1, n, a, b), 1.0))
+
+    def _both(self, hits: IntArray, n: IntArray, decoy_labels: IntArray | None
+              ) -> FloatArray:
+        p = self._p(hits, n, self.null_beta())
+        if decoy_labels is not None:
+            p = np.maximum(p, self._p(hits, n, self.decoy_beta(decoy_labels)))
+        return p
+
+    def _decoys(self, decoy_labels: IntArray | None) -> IntArray | None:
+        if decoy_labels is None or not len(self.decoy_x):
+            return None
+        decoy_labels = np.asarray(decoy_labels)
+        if decoy_labels.shape != (self.decoy_x.shape[0] * self.decoy_x.shape[1],):
+            raise ValueError(f"decoy_labels: expected one label per row of decoy_inputs "
+                             f"({len(self.decoy_inputs)}), got shape {decoy_labels.shape}")
+        return decoy_labels
 
     def success(self, labels: IntArray) -> float:
         """The share of watermark inputs labelled ``target`` (the paper's watermark success)."""
         return float(np.mean(np.asarray(labels) == self.target))
 
-    def test(self, suspect_labels: IntArray) -> TriggerResult:
-        """The suspect's target labels against the independent models' (beta-binomial)."""
+    def test(self, suspect_labels: IntArray, decoy_labels: IntArray | None = None
+             ) -> EntangledResult:
+        """The suspect's target labels on the watermark against the independent models'
+        (beta-binomial) and, given its labels on :attr:`decoy_inputs`, against its own
+        rates on the decoys; the p-value is the larger of the two."""
+        decoys = self._decoys(decoy_labels)
         hits = int(np.sum(np.asarray(suspect_labels) == self.target))
         n = len(suspect_labels)
-        return TriggerResult(float(self._p(np.array(hits), np.array(n))), hits, n,
-                             self.null_rate)
+        p_family = float(self._p(np.array(hits), np.array(n), self.null_beta()))
+        if decoys is None:
+            return EntangledResult(p_family, hits, n, self.null_rate, p_family=p_family)
+        m, r = self.decoy_x.shape[:2]
+        rates = (decoys.reshape(m, r) == self.decoy_targets[:, None]).mean(axis=1)
+        p_decoy = float(self._p(np.array(hits), np.array(n), self.decoy_beta(decoys)))
+        return EntangledResult(max(p_family, p_decoy), hits, n, self.null_rate,
+                               p_family=p_family, p_decoy=p_decoy,
+                               decoy_rate=float(rates.mean()),
+                               decoys_above=int(np.sum(rates >= hits / max(n, 1))),
+                               decoys=m, decoy_queries=m * r)
 
-    def queries_to(self, suspect_labels: IntArray, alpha: float) -> int | None:
+    def queries_to(self, suspect_labels: IntArray, alpha: float,
+                   decoy_labels: IntArray | None = None) -> int | None:
         """How many of the watermark inputs, asked in order, bring the p-value to ``alpha``
-        (None: not within all of them)."""
+        (None: not within all of them). With decoys, their queries come on top."""
+        decoys = self._decoys(decoy_labels)
         hits = np.cumsum(np.asarray(suspect_labels) == self.target)
         n = np.arange(1, len(hits) + 1)
-        below = np.flatnonzero(self._p(hits, n) <= alpha)
+        below = np.flatnonzero(self._both(hits, n, decoys) <= alpha)
         return int(n[below[0]]) if len(below) else None
 
     def save(self, path: str | Path) -> None:
         np.savez(path, kind="entangled", x=self.x, source=self.source, target=self.target,
                  n_classes=self.n_classes, features=self.features, values=self.values,
-                 null_rates=np.asarray(self.null_rates))
+                 null_rates=np.asarray(self.null_rates), decoy_x=self.decoy_x,
+                 decoy_targets=self.decoy_targets)
 
     @classmethod
     def load(cls, path: str | Path) -> EntangledWatermark:
@@ -134,7 +246,27 @@ class EntangledWatermark:
         return cls(np.asarray(d["x"], dtype=np.float64), int(d["source"]), int(d["target"]),
                    int(d["n_classes"]), np.asarray(d["features"], dtype=np.int64),
                    np.asarray(d["values"], dtype=np.float64),
-                   tuple(float(r) for r in d["null_rates"]))
+                   tuple(float(r) for r in d["null_rates"]),
+                   *(_decoys_of(d) if "decoy_x" in d.files else ()))
+
+
+def _beta(rates: FloatArray, n: int) -> tuple[float, float]:
+    """The Beta (a, b) with the mean and variance of ``rates`` (moments), its mean kept in
+    [1/(2n), 1 - 1/(2n)] and its variance at least a binomial's over ``n`` trials (and
+    below the Bernoulli's)."""
+    m = float(np.clip(rates.mean(), 0.5 / n, 1 - 0.5 / n))
+    var = max(float(rates.var(ddof=1)) if len(rates) > 1 else 0.0, m * (1 - m) / n)
+    var = min(var, 0.99 * m * (1 - m))
+    common = m * (1 - m) / var - 1
+    return m * common, (1 - m) * common
+
+
+def _decoys_of(d: Any) -> tuple[FloatArray, IntArray]:
+    x = np.asarray(d["decoy_x"], dtype=np.float64)
+    t = np.asarray(d["decoy_targets"], dtype=np.int64)
+    if x.ndim != 3 or len(t) != len(x):
+        raise ValueError(f"decoy_x {x.shape} and decoy_targets {t.shape} do not match")
+    return x, t
 
 
 def load_mark(path: str | Path) -> TriggerSet | EntangledWatermark:
@@ -174,7 +306,8 @@ def embed_entangled(
     n_classes: int | None = None, trigger_size: int | None = None, epochs: int = 60,
     w_epochs: int = 60, factor: float = 32.0, ratio: int = 2, batch_size: int = 64,
     lr: float = 3e-3, t_lr: float = 0.1, threshold: float = 0.1, quantile: float = 0.99,
-    n_null: int = 10, choice: str = "snnl", random_state: int = 0,
+    n_null: int = 10, n_decoys: int = 50, decoy_rows: int = 6, choice: str = "snnl",
+    random_state: int = 0,
 ) -> tuple[TorchMLPClassifier, EntangledWatermark]:
     """Train a ReLU network on ``(X, y)`` with an entangled watermark.
 
@@ -187,14 +320,18 @@ def embed_entangled(
         models of other families trained without the watermark, each label at most this
         share of the stamped source rows ``target`` (the paper tunes its watermarks until
         the clean model's watermark success is below it): what names the target must be
-        the watermark, not a trigger that makes the rows look like it.
+        the watermark, not a trigger that makes the rows look like it. A key whose classes
+        and candidates let no feature pass draws them again (up to 8 times).
     quantile: the trigger sets each feature to this quantile of the training rows (or the
         opposite one): inside the range natural rows span, where the thief's queries show
         the clone how the network answers (the extreme values of a feature, seen only on
         watermark rows, are learned by the network alone).
     choice: "snnl" (the paper's) or "random" (keyed features; the ablation).
     n_null: models trained without the watermark (ten families in turn: see
-        :func:`null_rates`) whose target rates on the watermark inputs set the test's null.
+        :func:`null_rates`) whose target rates on the watermark inputs set the first null.
+    n_decoys, decoy_rows: the decoy watermarks, each ``decoy_rows`` stamped rows: the
+        watermarks other keys would have chosen, by the same procedure on the same network
+        before the watermark (see :class:`EntangledWatermark`). They are not trained in.
     Returns the fitted network and its watermark.
     """
     X = np.asarray(X, dtype=np.float64)
@@ -206,12 +343,9 @@ def embed_entangled(
     if k < 2 or len(X) < 4 * batch_size:
         raise ConfigError(f"embed_entangled needs at least 2 classes and {4 * batch_size} "
                           f"rows; got {k} classes and {len(X)} rows")
-    rng = keyed_rng(secret, b"entangled-watermark")
-    present = np.unique(y)
-    source, target = (int(c) for c in rng.choice(present, 2, replace=False))
+    if choice not in ("snnl", "random"):
+        raise ConfigError.invalid("choice", "'snnl' or 'random'", choice)
     size = trigger_size or max(2, round(d / 10))
-    candidates = np.sort(rng.choice(d, max(size, d // 2), replace=False))
-
     net = TorchMLPClassifier(hidden, n_classes=k, epochs=epochs, batch_size=batch_size, lr=lr,
                              random_state=random_state).fit(X, y)
     mean, scale = net.mean_, net.scale_
@@ -220,32 +354,38 @@ def embed_entangled(
     def std(a: FloatArray) -> torch.Tensor:
         return torch.as_tensor((a - mean) / scale, dtype=torch.float32)
 
-    src, tgt = X[y == source], X[y == target]
-    layers = len(hidden)
-    # The trigger: the candidate features whose move most entangles source with target.
-    half = min(len(src), len(tgt), batch_size // 2)
-    xs = std(np.vstack([src[:half], tgt[:half]])).requires_grad_(True)
-    group = torch.cat([torch.ones(half), torch.zeros(half)])
-    module.eval()
-    acts, _ = _hidden(module, xs)
-    total = torch.stack([snnl(a, group, torch.tensor(1.0)) for a in acts]).sum()
-    (grad,) = torch.autograd.grad(total, xs)
-    rise = grad[:half].mean(dim=0).numpy()[candidates]
-    if choice == "random":  # the ablation: a keyed trigger, not chosen by the SNNL
-        rise = rng.standard_normal(len(candidates))
-    elif choice != "snnl":
-        raise ConfigError.invalid("choice", "'snnl' or 'random'", choice)
     lo, hi = np.quantile(X, 1 - quantile, axis=0), np.quantile(X, quantile, axis=0)
     if np.array_equal(X, np.round(X)):  # integer features (pixel counts) stay integers
         lo, hi = np.floor(lo), np.ceil(hi)
-    features, values = _trigger([net, *_judges(X, y, random_state)], src, candidates, rise, lo,
-                                hi, size, target, threshold)
+    judges = [net, *_judges(X, y, random_state)]
+    half = batch_size // 2
+
+    def draw(rng: np.random.Generator, avoid: tuple[int, int] | None = None
+             ) -> tuple[int, int, IntArray, FloatArray]:
+        """A key's watermark (source, target, trigger): the procedure the real key and
+        every decoy key go through alike, on the network before the watermark."""
+        return _choose(rng, X, y, std, module, judges, lo, hi, size, half, choice, threshold,
+                       avoid=avoid)
+
+    source, target, features, values = draw(keyed_rng(secret, b"entangled-watermark"))
+    src, tgt = X[y == source], X[y == target]
+    half = min(len(src), len(tgt), half)
+    group = torch.cat([torch.ones(half), torch.zeros(half)])
     marked = src.copy()
     marked[:, features] = values
+    decoy_x, decoy_targets = [], []
+    for j in range(n_decoys):
+        rng = keyed_rng(secret, f"entangled-decoy/{j}".encode())
+        s_j, t_j, f_j, v_j = draw(rng, avoid=(source, target))
+        rows = X[y == s_j]
+        rows = rows[rng.choice(len(rows), decoy_rows, replace=len(rows) < decoy_rows)]
+        rows[:, f_j] = v_j
+        decoy_x.append(rows)
+        decoy_targets.append(t_j)
 
     # The entangling phase.
     gen = torch.Generator().manual_seed(random_state)
-    temps = torch.ones(layers)
+    temps = torch.ones(len(hidden))
     opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=1e-4)
     x_all, y_all = std(X), torch.as_tensor(y)
     x_w, x_t = std(marked), std(tgt)
@@ -276,23 +416,67 @@ def embed_entangled(
     module.eval()
 
     null = null_rates(X, y, marked, target, k, hidden, n_null, random_state)
+    d_x = np.asarray(decoy_x, dtype=np.float64).reshape(n_decoys, decoy_rows, d)
     wm = EntangledWatermark(marked, source, target, k, features.astype(np.int64),
-                            values.astype(np.float64), null)
+                            values.astype(np.float64), null, d_x,
+                            np.asarray(decoy_targets, dtype=np.int64))
     return net, wm
+
+
+def _choose(rng: np.random.Generator, X: FloatArray, y: IntArray,
+            std: Callable[[FloatArray], torch.Tensor], module: torch.nn.Sequential,
+            judges: list[Any], lo: FloatArray, hi: FloatArray, size: int, half: int,
+            choice: str, threshold: float, tries: int = 8,
+            avoid: tuple[int, int] | None = None) -> tuple[int, int, IntArray, FloatArray]:
+    """A key's source class, target class and trigger. The classes and the candidate
+    features are drawn from ``rng``; the trigger is the candidates whose move most
+    entangles source with target in ``module`` (or keyed ones, ``choice="random"``), within
+    what the judges allow. A draw for which no feature keeps every judge within
+    ``threshold`` is drawn again (up to ``tries`` times; then the best fallback is kept).
+    A decoy's classes are drawn again while they are the pair ``avoid`` (the real one's)."""
+    d = X.shape[1]
+    present = np.unique(y)
+    best: tuple[float, int, int, IntArray, FloatArray] | None = None
+    for _ in range(tries):
+        source, target = (int(c) for c in rng.choice(present, 2, replace=False))
+        while (source, target) == avoid:
+            source, target = (int(c) for c in rng.choice(present, 2, replace=False))
+        candidates = np.sort(rng.choice(d, max(size, d // 2), replace=False))
+        src, tgt = X[y == source], X[y == target]
+        h = min(len(src), len(tgt), half)
+        if choice == "random":  # the ablation: a keyed trigger, not chosen by the SNNL
+            rise = rng.standard_normal(len(candidates))
+        else:
+            xs = std(np.vstack([src[:h], tgt[:h]])).requires_grad_(True)
+            group = torch.cat([torch.ones(h), torch.zeros(h)])
+            module.eval()
+            acts, _ = _hidden(module, xs)
+            total = torch.stack([snnl(a, group, torch.tensor(1.0)) for a in acts]).sum()
+            (grad,) = torch.autograd.grad(total, xs)
+            rise = grad[:h].mean(dim=0).numpy()[candidates]
+        features, values, worst = _trigger(judges, src, candidates, rise, lo, hi, size,
+                                           target, threshold)
+        if worst <= threshold:
+            return source, target, features, values
+        if best is None or worst < best[0]:
+            best = (worst, source, target, features, values)
+    assert best is not None
+    return best[1:]
 
 
 def _trigger(judges: list[Any], src: FloatArray, candidates: IntArray, rise: FloatArray,
              lo: FloatArray, hi: FloatArray, size: int, target: int, threshold: float
-             ) -> tuple[IntArray, FloatArray]:
+             ) -> tuple[IntArray, FloatArray, float]:
     """Greedily, by the size of their SNNL gradient, the candidate features that join the
     trigger (each set to its extreme in the gradient's direction), skipping any that would
     make one of the ``judges`` (the network so far and models of other families trained
     without the watermark) label more than ``threshold`` of the stamped rows ``target``.
-    If no feature passes, the one that keeps the judges' worst rate lowest is the trigger
-    (the test's null rates then show what that costs)."""
+    If no feature passes, the one that keeps the judges' worst rate lowest is the trigger.
+    Also returns the judges' worst rate on the trigger."""
     features: list[int] = []
     values: list[float] = []
     fallback: tuple[float, int, float] = (np.inf, -1, 0.0)
+    passed = 0.0
     for i in np.argsort(-np.abs(rise)):
         f = int(candidates[i])
         v = float(hi[f] if rise[i] > 0 else lo[f])
@@ -302,14 +486,15 @@ def _trigger(judges: list[Any], src: FloatArray, candidates: IntArray, rise: Flo
         if worst <= threshold:
             features.append(f)
             values.append(v)
+            passed = worst
         elif not features and worst < fallback[0]:
             fallback = (worst, f, v)
         if len(features) == size:
             break
     if not features:  # none keeps every judge within threshold: the one that comes closest
-        features, values = [fallback[1]], [fallback[2]]
+        features, values, passed = [fallback[1]], [fallback[2]], fallback[0]
     order = np.argsort(features)
-    return np.asarray(features, dtype=np.int64)[order], np.asarray(values)[order]
+    return np.asarray(features, dtype=np.int64)[order], np.asarray(values)[order], passed
 
 
 def _judges(X: FloatArray, y: IntArray, seed: int) -> list[Any]:
