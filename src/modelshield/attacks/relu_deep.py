@@ -572,7 +572,8 @@ class _Run:
         assert self.votes is not None
         margin = np.abs(self.votes) / max(self.voters, 1)
         info: dict[str, Any] = {
-            "first_layer_units": h1, "second_layer_units": len(params[2]),
+            "first_layer_units": len(params[0]), "second_layer_units": len(params[2]),
+            "first_layer_hyperplanes_dropped": h1 - len(params[0]),
             "second_layer_seen_once": sum(u.hits == 1 for u in self.neurons),
             "second_layer_weights_unseen": unknown,
             "hyperplanes_rejected": self.rejected, "blends_dropped": self.blends,
@@ -634,7 +635,9 @@ def _refine(unit: _Neuron, W1: FloatArray, b1: FloatArray) -> None:
 def _prune(params: Params, x: FloatArray, y: FloatArray, res: FloatArray
            ) -> tuple[Params, FloatArray]:
     """Drop second-layer units the fit does as well without: one "unit" can be a blend of
-    two kinks measured twice from nearby chords."""
+    two kinks measured twice from nearby chords. Then drop first-layer hyperplanes that no
+    second-layer unit reads (weights below a millionth of the largest) and the fit does as
+    well without (a second-layer kink taken for a first-layer one)."""
     W1, b1, W2, b2 = params[:4]
     keep = list(range(len(W2)))
     for j in range(len(W2) - 1, -1, -1):
@@ -642,6 +645,14 @@ def _prune(params: Params, x: FloatArray, y: FloatArray, res: FloatArray
         fit, r = _trimmed(W1, b1, W2[rest], b2[rest], x, y)
         if r.max() <= 1.5 * res.max():
             keep, params, res = rest, fit, r
+    for i in range(len(params[0]) - 1, -1, -1):
+        W1, b1, W2, b2 = params[:4]
+        if np.abs(W2[:, i]).max() > 1e-6 * np.abs(W2).max():
+            continue
+        rest = [k for k in range(len(W1)) if k != i]
+        fit, r = _trimmed(W1[rest], b1[rest], W2[:, rest], b2, x, y)
+        if r.max() <= 1.5 * res.max():
+            params, res = fit, r
     return params, res
 
 
