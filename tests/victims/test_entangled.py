@@ -167,6 +167,8 @@ def test_save_load_and_bad_input(tmp_path: Path) -> None:
     X, y, _ = _owner_data()
     with pytest.raises(ConfigError, match="choice"):
         embed_entangled(X, y, "k", choice="best", epochs=1, w_epochs=1)
+    with pytest.raises(ConfigError, match="decoy_rows"):
+        embed_entangled(X, y, "k", decoy_rows=1, epochs=1, w_epochs=1)
     with pytest.raises(ConfigError, match="at least 2 classes"):
         embed_entangled(X[:100], y[:100], "k")
 
