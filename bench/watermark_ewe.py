@@ -318,8 +318,9 @@ def main() -> None:
                          "at random and without the SNNL term (seed 1)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--retest", type=Path, metavar="JSON",
-                    help="score the suspects' stored answers in a result file of this bench "
-                         "with the library's current tests, instead of running the attacks")
+                    help="score the suspects' stored answers in a result file this bench wrote "
+                         "(since it stores them) with the library's current tests, instead "
+                         "of running the attacks; the victims come from the cache")
     ap.add_argument("--out", default="watermark_ewe", help="result name in bench/results/")
     args = ap.parse_args()
     if args.retest:
