@@ -1147,6 +1147,7 @@ def _trigger_verdict(which: str, suspect: str, protocol: str, key: str | None,
         assert isinstance(result, EntangledResult)
         out.update(p_family=result.p_family, p_decoy=result.p_decoy,
                    decoy_rate=result.decoy_rate, decoys_above=result.decoys_above,
+                   p_rank=result.p_rank,
                    decoy_queries=result.decoy_queries,
                    queries_to_95=marks.queries_to(labels, 0.05, decoys),
                    queries_to_alpha=marks.queries_to(labels, alpha, decoys))

@@ -195,7 +195,7 @@ def test_verify_tells_a_stolen_copy_of_the_builtin_ewe_victim_from_an_independen
     assert got["matched"] and got["kind"] == "entangled watermark"
     assert got["evidence"].startswith("supporting") and "decoy" in got["evidence"]
     assert "not proof" in " ".join(r.output.split())
-    assert got["p_decoy"] <= 1e-3 and got["p_family"] <= 1e-3
+    assert got["p_decoy"] <= 1e-3 and got["p_family"] <= 1e-3 and got["p_rank"] == 1 / 51
     assert got["decoy_queries"] == 300 and got["queries"] == got["triggers"] + 300
     assert got["queries_to_95"] is not None and got["queries_to_95"] < 100
     wm.save(tmp_path / "w.npz")
