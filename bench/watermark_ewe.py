@@ -41,8 +41,9 @@ floor on the spread (``DECOY_MIN_RHO``) was set on seeds 3-5:
     python bench/watermark_ewe.py --retest bench/results/watermark_ewe.json \
         --out watermark_ewe_tune
 
-(the suspects' answers stored by the first, scored with the final test by the second). The
-committed watermark_ewe.json is seeds 0-2, run after that.
+(the suspects' answers stored by the first, scored with the final test by the second; add
+``--decoy-min-rho 0.02`` or ``0.1`` and another ``--out`` to score them with the floors
+that were compared). The committed watermark_ewe.json is seeds 0-2, run after that.
 Writes bench/results/watermark_ewe.json (``--out`` names another).
 """
 
@@ -321,8 +322,15 @@ def main() -> None:
                     help="score the suspects' stored answers in a result file this bench wrote "
                          "(since it stores them) with the library's current tests, instead "
                          "of running the attacks; the victims come from the cache")
+    ap.add_argument("--decoy-min-rho", type=float, metavar="RHO",
+                    help="the decoy test's floor on the spread between keys (default: the "
+                         "library's DECOY_MIN_RHO); how it was set, with --retest")
     ap.add_argument("--out", default="watermark_ewe", help="result name in bench/results/")
     args = ap.parse_args()
+    if args.decoy_min_rho is not None:
+        import modelshield.victims.entangled as entangled
+
+        entangled.DECOY_MIN_RHO = args.decoy_min_rho
     if args.retest:
         rows, nulls, abl, seeds, attacks = _retest(args.retest)
         args.victims = list(dict.fromkeys(r["victim"] for r in rows))

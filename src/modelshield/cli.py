@@ -1127,7 +1127,6 @@ def _trigger_verdict(which: str, suspect: str, protocol: str, key: str | None,
 
     marks = train_mark(which) if which in ZOO else load_mark(which)
     spec = _trigger_spec(marks)
-    entangled = isinstance(marks, EntangledWatermark)
     predict, close = _suspect(suspect, protocol, key, name, spec)
     try:
         labels = predict(marks.x)
@@ -1138,7 +1137,7 @@ def _trigger_verdict(which: str, suspect: str, protocol: str, key: str | None,
     result = marks.test(labels, decoys) if isinstance(marks, EntangledWatermark) else \
         marks.test(labels)
     named = result.p_value <= alpha
-    kind = "entangled watermark" if entangled else "trigger set"
+    kind = "entangled watermark" if isinstance(marks, EntangledWatermark) else "trigger set"
     out = {"trigger_set": which, "kind": kind, "p_value": result.p_value,
            "matches": result.matches, "triggers": result.triggers, "chance": result.chance,
            "matched": named, "queries": len(labels) + (0 if decoys is None else len(decoys))}

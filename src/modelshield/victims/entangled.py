@@ -74,9 +74,9 @@ from modelshield.victims.trainmark import TriggerResult, TriggerSet, keyed_rng, 
 _EPS = 1e-5  # keeps SNNL's logarithm finite when a row has no neighbour of its own kind
 DECOY_MIN_RHO = 0.05
 """The least spread between keys the decoy test allows (as the beta-binomial's intra-class
-correlation 1/(a+b+1)). Set on seeds 3-5 of bench/watermark_ewe.py: 0.02, 0.05 and 0.1
-named no independent model and 27 of 36 clones at 1e-3, 0.1 fewer clones at 1e-6 (13
-against 18). Reported on seeds 0-2."""
+correlation 1/(a+b+1)). Set on seeds 3-5 of bench/watermark_ewe.py (``--retest`` with
+``--decoy-min-rho``): 0.02, 0.05 and 0.1 named no independent model and 27 of 36 clones at
+1e-3, 0.1 fewer clones at 1e-6 (13 against 18). Reported on seeds 0-2."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +160,12 @@ class EntangledWatermark:
         watermark inputs, so that a tight or empty calibration cannot make it overconfident."""
         return _beta(np.asarray(self.null_rates, dtype=np.float64), len(self.x))
 
+    def decoy_rates(self, decoy_labels: IntArray) -> FloatArray:
+        """The suspect's rate on each decoy: the share of its rows labelled its target."""
+        m, r = self.decoy_x.shape[:2]
+        return np.asarray((np.asarray(decoy_labels).reshape(m, r)
+                           == self.decoy_targets[:, None]).mean(axis=1))
+
     def decoy_beta(self, decoy_labels: IntArray) -> tuple[float, float]:
         """The Beta of the suspect's rates over decoy keys, by the beta-binomial's moments:
         each decoy's count of its ``r`` rows is binomial around the key's rate, so the
@@ -168,8 +174,7 @@ class EntangledWatermark:
         correlation 1/(a+b+1) at least ``DECOY_MIN_RHO``, so that decoys that happen to
         agree cannot make it narrow."""
         m, r = self.decoy_x.shape[:2]
-        rates = (np.asarray(decoy_labels).reshape(m, r) == self.decoy_targets[:, None]).mean(
-            axis=1)
+        rates = self.decoy_rates(decoy_labels)
         mean = float(np.clip(rates.mean(), 0.5 / (m * r), 1 - 0.5 / (m * r)))
         var = float(rates.var(ddof=1)) if m > 1 else 0.0
         rho = (var / (mean * (1 - mean)) - 1 / r) / (1 - 1 / r) if r > 1 else 1.0
@@ -213,7 +218,7 @@ class EntangledWatermark:
         if decoys is None:
             return EntangledResult(p_family, hits, n, self.null_rate, p_family=p_family)
         m, r = self.decoy_x.shape[:2]
-        rates = (decoys.reshape(m, r) == self.decoy_targets[:, None]).mean(axis=1)
+        rates = self.decoy_rates(decoys)
         p_decoy = float(self._p(np.array(hits), np.array(n), self.decoy_beta(decoys)))
         return EntangledResult(max(p_family, p_decoy), hits, n, self.null_rate,
                                p_family=p_family, p_decoy=p_decoy,
@@ -365,18 +370,17 @@ def embed_entangled(
     if np.array_equal(X, np.round(X)):  # integer features (pixel counts) stay integers
         lo, hi = np.floor(lo), np.ceil(hi)
     judges = [net, *_judges(X, y, random_state)]
-    half = batch_size // 2
 
     def draw(rng: np.random.Generator, avoid: tuple[int, int] | None = None
              ) -> tuple[int, int, IntArray, FloatArray]:
         """A key's watermark (source, target, trigger): the procedure the real key and
         every decoy key go through alike, on the network before the watermark."""
-        return _choose(rng, X, y, std, module, judges, lo, hi, size, half, choice, threshold,
-                       avoid=avoid)
+        return _choose(rng, X, y, std, module, judges, lo, hi, size, batch_size // 2, choice,
+                       threshold, avoid=avoid)
 
     source, target, features, values = draw(keyed_rng(secret, b"entangled-watermark"))
     src, tgt = X[y == source], X[y == target]
-    half = min(len(src), len(tgt), half)
+    half = min(len(src), len(tgt), batch_size // 2)
     group = torch.cat([torch.ones(half), torch.zeros(half)])
     marked = src.copy()
     marked[:, features] = values
