@@ -235,10 +235,13 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     batch, float64; for fitting exact probabilities). warm_start: continue from the last fit.
     reference: unlabelled data whose mean and spread standardise the inputs (the attacker's
         pool, say); by default the training inputs.
+    scale_floor: the smallest spread an input is divided by (a feature that barely varies
+        in the reference is not blown up).
     loss: for probability targets, "kl" (soft cross-entropy) or "logits" (squared error on
     the class-centred log-probabilities, i.e. on the logits up to the softmax shift: far
     better conditioned when the victim is confident, since KL's gradient vanishes there;
-    exact zeros are placed a decade below the smallest positive score).
+    exact zeros are placed a decade below the smallest positive score), or "logits+kl"
+    (the sum of both).
     """
 
     def __init__(
@@ -254,6 +257,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         loss: str = "kl",
         reference: FloatArray | None = None,
         logit_floor: float | None = None,
+        scale_floor: float = 1.0,
         warm_start: bool = False,
         random_state: int = 0,
     ) -> None:
@@ -267,6 +271,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         self.loss = loss
         self.reference = reference
         self.logit_floor = logit_floor
+        self.scale_floor = scale_floor
         self.warm_start = warm_start
         self.random_state = random_state
 
@@ -279,18 +284,18 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         if not (self.warm_start and hasattr(self, "module_")):
             ref = x if self.reference is None else check_array(self.reference, dtype=np.float64)
             self.mean_ = ref.mean(axis=0)
-            self.scale_ = np.maximum(ref.std(axis=0), 1.0)
+            self.scale_ = np.maximum(ref.std(axis=0), self.scale_floor)
             self.module_ = self._build(x.shape[1], targets.shape[1], gen).to(dtype)
         xt = torch.as_tensor((x - self.mean_) / self.scale_, dtype=dtype)
         self._objective = _soft_ce
-        if self.loss == "logits" and np.asarray(y).ndim == 2:
+        if self.loss in ("logits", "logits+kl") and np.asarray(y).ndim == 2:
             # Exact zeros (rounded away) sit a decade below the smallest score seen, or
             # every score is clipped at logit_floor (a softer target for a student of
             # another architecture than the victim's).
             floor = self.logit_floor or 0.1 * float(targets[targets > 0].min())
             logp = np.log(np.maximum(targets, floor))
             targets = logp - logp.mean(axis=1, keepdims=True)
-            self._objective = _centred_mse
+            self._objective = _centred_mse if self.loss == "logits" else _logits_and_ce
         tt = torch.as_tensor(targets, dtype=dtype)
         if self.optimizer == "lbfgs":
             self._fit_lbfgs(xt, tt)
@@ -322,14 +327,16 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         return np.asarray(x.grad.double().numpy() / self.scale_)
 
     def _validate_params(self) -> None:
-        if self.loss not in {"kl", "logits"}:
-            raise ConfigError.invalid("loss", "'kl' or 'logits'", self.loss)
+        if self.loss not in {"kl", "logits", "logits+kl"}:
+            raise ConfigError.invalid("loss", "'kl', 'logits' or 'logits+kl'", self.loss)
         if self.optimizer not in {"adam", "lbfgs"}:
             raise ConfigError.invalid("optimizer", "'adam' or 'lbfgs'", self.optimizer)
         if not all(isinstance(h, int) and h > 0 for h in self.hidden):
             raise ConfigError.invalid("hidden", "a tuple of positive integers", self.hidden)
         if self.epochs < 1:
             raise ConfigError.invalid("epochs", "an integer >= 1", self.epochs)
+        if not self.scale_floor > 0:
+            raise ConfigError.invalid("scale_floor", "a number > 0", self.scale_floor)
 
     def _targets(self, y: np.ndarray) -> FloatArray:
         if y.ndim == 1:
@@ -395,6 +402,12 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
 def _centred_mse(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Squared error between class-centred logits and class-centred target log-probs."""
     return ((logits - logits.mean(dim=1, keepdim=True) - targets) ** 2).mean()
+
+
+def _logits_and_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Both: the squared error on the centred logits and the cross-entropy against the
+    probabilities they stand for."""
+    return _centred_mse(logits, targets) + _soft_ce(logits, torch.softmax(targets, dim=1))
 
 
 def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
