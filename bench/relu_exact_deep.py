@@ -1,7 +1,7 @@
 """Exact extraction of two-hidden-layer ReLU networks (Carlini et al. 2020), seeds 0-4.
 
     python bench/relu_exact_deep.py [--seeds 0 1 2 3 4] [--shape 10 15 15] [--zoo]
-                                    [--victims-only]
+                                    [--victims-only] [--signs auto|span|wiggle] [--out NAME]
 
 Victims: networks of Carlini et al.'s 10-15-15-1 kind, trained here with scikit-learn on a
 binary task (``make_classification``, 10 features), as an owner would, and served with a
@@ -16,9 +16,12 @@ the network's exact logit over 10,000 uniform points of the domain and over the 
 against 2^-25. Writes bench/results/relu_exact_deep.json. With ``--zoo`` the victim is the
 built-in synth-mlp-d10-2l (10-15-15, 4 classes, scikit-learn's softmax head, which keeps
 the log-ratios), the error is against its answers' log-ratios, and the file is
-relu_exact_deep_zoo.json. ``--victims-only`` runs no attack: it writes how rarely each
-seed's rarest second-layer unit switches, and what scikit-learn's own binary head answers in
-the box, to relu_exact_deep_victims.json.
+relu_exact_deep_zoo.json. ``--signs`` picks how the first layer's signs are recovered (the
+span test, Canales-Martinez et al.'s neuron wiggle, or auto: the span test where its subsets
+are affordable); the table then also gives the queries the wiggle took and how many of its
+majority votes a certificate overturned (what the votes alone would have got wrong). ``--victims-only``
+runs no attack: it writes how rarely each seed's rarest second-layer unit switches, and what
+scikit-learn's own binary head answers in the box, to relu_exact_deep_victims.json.
 """
 
 from __future__ import annotations
@@ -103,6 +106,12 @@ def main() -> None:
                     help="no attack: per seed, how rarely the rarest second-layer unit "
                          "switches, and what scikit-learn's own binary head answers in the box "
                          "(writes relu_exact_deep_victims.json)")
+    ap.add_argument("--signs", choices=["auto", "span", "wiggle"], default="auto",
+                    help="first-layer sign recovery (default auto: the span test where its "
+                         "subsets are affordable, else the neuron wiggle)")
+    ap.add_argument("--out", default=None,
+                    help="name of the JSON under bench/results/ (default relu_exact_deep, or "
+                         "relu_exact_deep_zoo with --zoo)")
     args = ap.parse_args()
     d, *hidden = args.shape
     if args.victims_only:
@@ -117,7 +126,8 @@ def main() -> None:
         else:
             v, net = owner_victim(seed, d, tuple(hidden))
         start = time.perf_counter()
-        r = run_cell(v, "relu-exact-2", "full", 5_000_000, seed, uniform_points=10_000)
+        r = run_cell(v, "relu-exact-2", "full", 5_000_000, seed, uniform_points=10_000,
+                     params={"signs": args.signs})
         seconds = time.perf_counter() - start
         x = uniform_probe(v, 10_000, seed + 11)
         truth = {"uniform": net.logit(x), "test": net.logit(v.X_test)}
@@ -141,19 +151,25 @@ def main() -> None:
                                                               if worst else None),
             "below_2_pow_25": worst is not None and worst <= 2.0 ** -25,
             "logit_range": float(np.abs(truth["uniform"]).max()), "seconds": seconds,
-            "info": r.info})
+            "sign_method": r.info.get("sign_method"),
+            "sign_queries": r.info.get("wiggle_queries"),
+            "votes_overturned": r.info.get("wiggle_votes_overturned"), "info": r.info})
         print({k: rows[-1][k] for k in ("seed", "true_units", "first_layer", "second_layer",
                                         "queries", "max_error_uniform", "max_error_test",
-                                        "status", "seconds")}, flush=True)
+                                        "status", "sign_method", "sign_queries",
+                                        "votes_overturned", "seconds")},
+              flush=True)
     show("relu-exact-2: two-hidden-layer ReLU networks from full probabilities",
          ["victim", "seed", "units switching (1st, 2nd)", "found", "queries", "log2 q",
-          "max err uniform", "points > 2^-25", "max err test", "<= 2^-25"],
+          "signs by", "sign queries", "votes overturned", "max err uniform", "points > 2^-25",
+          "max err test", "<= 2^-25"],
          [[r["victim"], r["seed"], str(tuple(r["true_units"])),
            f"{r['first_layer']}, {r['second_layer']}", r["queries"], r["log2_queries"],
-           r["max_error_uniform"], r["uniform_points_above_2_pow_25"], r["max_error_test"],
+           r["sign_method"], r["sign_queries"], r["votes_overturned"], r["max_error_uniform"],
+           r["uniform_points_above_2_pow_25"], r["max_error_test"],
            r["below_2_pow_25"]] for r in rows])
-    write("relu_exact_deep_zoo" if args.zoo else "relu_exact_deep",
-          {"shape": [d, *hidden, 1], "rows": rows,
+    write(args.out or ("relu_exact_deep_zoo" if args.zoo else "relu_exact_deep"),
+          {"shape": [d, *hidden, 1], "signs": args.signs, "rows": rows,
                               "all_below_2_pow_25": all(r["below_2_pow_25"] for r in rows)})
 
 

@@ -16,9 +16,14 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from modelshield.answer import ApiSpec
-from modelshield.attacks.relu_deep import _span_bases, _support
+from modelshield.attacks.base import Session
+from modelshield.attacks.relu_deep import ReluExactDeep, _Run, _span_bases, _support
+from modelshield.attacks.relu_exact import _Probe
 from modelshield.audit import run_cell
 from modelshield.audit.evaluate import uniform_probe
+from modelshield.defenses import parse_policy
+from modelshield.errors import ConfigError
+from modelshield.oracle import LocalOracle
 from modelshield.victims.base import SklearnAdapter, Victim
 
 
@@ -57,13 +62,16 @@ def owner_net(d: int, hidden: tuple[int, int], seed: int) -> tuple[Victim, TwoLo
                   X[1500:], X[:1000], kind="mlp"), net
 
 
-@pytest.mark.parametrize(("d", "hidden", "seed"), [(6, (8, 8), 0), (6, (8, 8), 3),
-                                                   (10, (15, 15), 4)])
+@pytest.mark.parametrize(("d", "hidden", "seed", "signs"), [
+    (6, (8, 8), 0, "auto"), (6, (8, 8), 3, "auto"), (10, (15, 15), 4, "auto"),
+    (6, (8, 8), 0, "wiggle")])
 def test_both_layers_are_recovered_and_the_logit_matches_to_2_pow_minus_25(
-        d: int, hidden: tuple[int, int], seed: int) -> None:
+        d: int, hidden: tuple[int, int], seed: int, signs: str) -> None:
     v, net = owner_net(d, hidden, seed)
-    r = run_cell(v, "relu-exact-2", "full", 1_000_000, seed, uniform_points=2000)
+    r = run_cell(v, "relu-exact-2", "full", 1_000_000, seed, uniform_points=2000,
+                 params={"signs": signs})
     assert r.status == "ok", r.reason
+    assert r.info["sign_method"] == ("span" if signs == "auto" else signs)
     assert r.info["first_layer_units"] == hidden[0]
     assert r.info["second_layer_units"] == hidden[1]
     assert r.fidelity_test == 1.0 and r.fidelity_uniform == 1.0
@@ -90,3 +98,41 @@ def test_the_span_test_names_the_active_first_layer_units() -> None:
         assert _support(bases, jump) == active
     # Eight or more active units span the whole space: no answer rather than a wrong one.
     assert _support(bases, rng.standard_normal(8) @ N[:8]) is None
+
+
+def true_signs(net: TwoLogitNet, normals: np.ndarray) -> np.ndarray:
+    """The sign that makes each recovered unit normal point to where the unit is on."""
+    w = net.layers[0][0].T
+    w = w / np.linalg.norm(w, axis=1, keepdims=True)
+    c = normals @ w.T
+    return np.sign(c[np.arange(len(normals)), np.abs(c).argmax(axis=1)])
+
+
+@pytest.mark.parametrize(("d", "hidden", "seed"), [(8, (6, 8), 2), (6, (12, 8), 5)])
+def test_the_neuron_wiggle_recovers_every_first_layer_sign(
+        d: int, hidden: tuple[int, int], seed: int) -> None:
+    """At most d units: each wiggle leaves the inactive side still (exact). Twice d: the
+    votes alone get three of 12 signs wrong on this network; the certificates (a side left
+    still by a wiggle that spares the units that may be on) get every one right."""
+    v, net = owner_net(d, hidden, seed)
+    attack = ReluExactDeep(random_state=seed)
+    session = Session(LocalOracle(v, parse_policy("full"), budget=10**6), 10**6, attack.name)
+    run = _Run(attack, session, _Probe(session, v.spec.high - v.spec.low, attack.step),
+               np.random.default_rng(seed))
+    run.first_layer()
+    assert len(run.planes) == hidden[0]
+    run.wiggle_signs()
+    truth = true_signs(net, np.array([n for n, _, _ in run.planes]))
+    assert run.sign is not None and run.exact is not None and run.votes is not None
+    np.testing.assert_array_equal(run.sign, truth)
+    if hidden[0] <= d:
+        assert np.count_nonzero(run.exact) == hidden[0]
+    else:
+        assert np.count_nonzero(np.where(run.votes >= 0, 1.0, -1.0) != truth) > 0
+        assert np.count_nonzero(run.exact) == hidden[0]
+    assert run.wiggle_queries < 100 * hidden[0]
+
+
+def test_an_unknown_sign_method_is_refused() -> None:
+    with pytest.raises(ConfigError, match="signs"):
+        ReluExactDeep(signs="guess").validate()

@@ -21,8 +21,13 @@ where a unit of either layer switches.
    normals whose span holds the jump is that active set; with the side of each hyperplane
    the point is on, it gives every unit's sign. Each such kink votes; the majority wins.
    This span test is exact but costs sum_m C(h1, m) subsets, and is refused beyond
-   ``max_subsets``; Canales-Martinez et al. (EUROCRYPT 2024) recover signs of wide layers
-   in polynomial time with a statistical "neuron wiggle", not built here.
+   ``max_subsets``. There (``signs="auto"``), or when asked (``signs="wiggle"``), the signs
+   come in polynomial time from Canales-Martinez et al.'s neuron wiggle (EUROCRYPT 2024):
+   at a point of a unit's hyperplane, a small move that changes that unit and leaves the
+   others as still as it can moves the output more on the side where the unit is on.
+   Their wiggle is a statistical vote when the layer has more units than inputs; here a
+   move that leaves one side exactly still certifies the sign, and moves that spare the
+   units the votes say may be on make such certificates there too (``wiggle_signs``).
 4. **Second layer.** With the first layer known, each second-layer kink's jump solved
    against the active units' normals gives that unit's weights on them, up to one scale,
    and its offset from the kink's position. Kinks of one unit are matched by their common
@@ -51,6 +56,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import combinations
+from math import comb
 from typing import Any, ClassVar
 
 import numpy as np
@@ -64,6 +70,7 @@ from modelshield.models import Relu2NetClone
 
 Params = tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray,
                FloatArray]
+SIGN_METHODS = ("auto", "span", "wiggle")
 
 
 @dataclass
@@ -72,7 +79,8 @@ class ReluExactDeep(Attack):
 
     name: ClassVar[str] = "relu-exact-2"
     paper: ClassVar[str] = ("Carlini, Jagielski & Mironov, CRYPTO 2020 (first-layer signs "
-                            "by a span test)")
+                            "by a span test, or Canales-Martinez et al.'s neuron wiggle, "
+                            "EUROCRYPT 2024)")
     needs: ClassVar[str] = "every class probability, unrounded"
 
     lines: int = 4000
@@ -80,15 +88,19 @@ class ReluExactDeep(Attack):
     tolerance: float = 1e-7
     step: float = 1e-4
     checks: int = 4
+    signs: str = "auto"
     sign_votes: int = 9
     max_subsets: int = 300_000
+    wiggles: int = 15
     fit_queries: int = 16000
     fit_tolerance: float = 1e-6
     rounds: int = 8
     polish: bool = True
 
     def validate(self) -> None:
-        for key in ("lines", "patience", "checks", "sign_votes", "max_subsets"):
+        if self.signs not in SIGN_METHODS:
+            raise ConfigError.invalid("signs", " or ".join(map(repr, SIGN_METHODS)), self.signs)
+        for key in ("lines", "patience", "checks", "sign_votes", "max_subsets", "wiggles"):
             if getattr(self, key) < 1:
                 raise ConfigError.invalid(key, "an integer >= 1", getattr(self, key))
         if self.fit_queries < 1 or self.rounds < 0:
@@ -108,7 +120,7 @@ class ReluExactDeep(Attack):
         require_exact_scores(session, self.name)
         run = _Run(self, session, _Probe(session, spec.high - spec.low, self.step), rng)
         run.first_layer()
-        run.signs()
+        run.choose_signs()
         run.second_layer()
         return run.fit()
 
@@ -137,6 +149,10 @@ class _Run:
     sign: FloatArray | None = None
     votes: FloatArray | None = None
     voters: int = 0
+    sign_method: str = ""
+    counts: npt.NDArray[np.int_] | None = None
+    exact: FloatArray | None = None
+    wiggle_queries: int = 0
     neurons: list[_Neuron] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     blends: int = 0
@@ -276,6 +292,168 @@ class _Run:
     def _second_layer_points(self) -> list[tuple[FloatArray, FloatArray]]:
         return [(x, j) for x, j in self.points
                 if _on_plane(self.planes, x, self.probe.scale) is None]
+
+    def choose_signs(self) -> None:
+        """First-layer signs by the span test where its subsets are affordable (or asked
+        for), else by the neuron wiggle."""
+        method = self.attack.signs
+        if method == "auto":
+            subsets = sum(comb(len(self.planes), m)
+                          for m in range(1, min(self.d - 1, len(self.planes)) + 1))
+            method = "span" if subsets <= self.attack.max_subsets else "wiggle"
+        self.sign_method = method
+        if method == "span":
+            self.signs()
+        else:
+            self.wiggle_signs()
+
+    def wiggle_signs(self) -> None:
+        """Each first-layer unit's sign by the neuron wiggle (Canales-Martinez et al.,
+        EUROCRYPT 2024), in time polynomial in the width.
+
+        At a point x on unit j's hyperplane, move by a wiggle w that changes unit j's
+        pre-activation by eps and the other units' less, small enough that none of them
+        changes side. Unit j is on at exactly one of x + w and x - w, and there it adds
+        its own change to the output on top of what the others' changes do.
+
+        1. Votes: w is the least-norm such move (a column of the normals' pseudo-inverse,
+           which leaves every other unit still when there are at most d units). The
+           log-ratios move further on j's active side; ``wiggles`` points vote.
+        2. Certificates: if one side does not move at all, every unit that moved is off
+           there, j included, and j is on at the other side: that sign is certain,
+           whatever the others' are. Above d units the pseudo-inverse's wiggle leaks into
+           other units; so the wiggle is then made to leave still exactly the units the
+           current signs say are on at x (at a point of the hyperplane where fewer than
+           d are), and a still side certifies j. Rounds repeat while they certify more;
+           a unit never certified keeps its vote.
+
+        A point where neither side moves (no unit reads j there) does not vote."""
+        N = np.array([n for n, _, _ in self.planes])
+        beta = np.array([b for _, b, _ in self.planes])
+        h = len(N)
+        P = np.linalg.pinv(N)
+        self.votes = np.zeros(h)
+        self.counts = np.zeros(h, dtype=int)
+        self.exact = np.zeros(h)
+        start = self.session.used
+        for j in range(h):
+            w = P[:, j] / float(N[j] @ P[:, j])
+            tries = 0
+            while self.counts[j] < self.attack.wiggles and tries < 4 * self.attack.wiggles:
+                tries += 1
+                x = self._on_hyperplane(N[j], float(beta[j]))
+                if x is None:
+                    break
+                read = self._wiggle(j, x, w, N, beta)
+                if read is None:
+                    continue
+                vote, still = read
+                self.votes[j] += vote
+                self.counts[j] += 1
+                if still:
+                    self.exact[j] = vote
+        if not self.counts.all():
+            missing = [int(j) for j in np.flatnonzero(self.counts == 0)]
+            raise AttackFailed(f"{self.attack.name}: no wiggle moved the output at first-layer "
+                               f"units {missing}; their signs are unknown")
+        margin = np.abs(self.votes) / self.counts
+        for _ in range(4):
+            certified = 0
+            for k in np.flatnonzero(self.exact == 0):
+                if self._certify(int(k), N, beta, margin):
+                    certified += 1
+            if not certified or self.exact.all():
+                break
+        self.wiggle_queries = self.session.used - start
+        decided = np.where(self.exact != 0, self.exact, self.votes)
+        self.sign = np.where(decided >= 0, 1.0, -1.0)
+        self.voters = int(self.counts.min())
+
+    def _wiggle(self, j: int, x: FloatArray, w: FloatArray, N: FloatArray,
+                beta: FloatArray) -> tuple[float, bool] | None:
+        """Move from x on unit j's hyperplane by +-eps*w (w raises j's pre-activation by 1):
+        the side where the log-ratios move further (+1: the side where j's pre-activation
+        grows), and whether the other side did not move at all. None where nothing moved,
+        or no move keeps the other units on their sides and inside the domain."""
+        spec = self.session.spec
+        if self.session.remaining < self._reserve() + 3:
+            if "the budget ended the sign wiggles" not in self.notes:
+                self.notes.append("the budget ended the sign wiggles")
+            return None
+        leak = N @ w
+        leak[j] = 0.0
+        u = N @ x + beta
+        moved = np.abs(leak) > 1e-12
+        room = float(np.min(np.abs(u[moved]) / np.abs(leak[moved]))) if moved.any() else np.inf
+        eps = min(0.5 * room, 0.9 * _reach(x, w, spec.low, spec.high),
+                  self.probe.step * self.probe.scale)
+        if eps <= 1e-9 * self.probe.scale:
+            return None
+        y = self.probe.log_ratios(np.array([x, x + eps * w, x - eps * w]))
+        up = float(np.linalg.norm(y[1] - y[0]))
+        down = float(np.linalg.norm(y[2] - y[0]))
+        big = max(up, down)
+        if big <= 1e-9 * max(1.0, float(np.abs(y[0]).max())) * eps:
+            return None
+        return (1.0 if up > down else -1.0), min(up, down) <= 1e-7 * big
+
+    def _certify(self, j: int, N: FloatArray, beta: FloatArray, margin: FloatArray,
+                 tries: int = 8) -> bool:
+        """Look for a still side that certifies unit j's sign (see ``wiggle_signs``).
+
+        At a point of j's hyperplane the wiggle must leave still every unit that may be
+        on there: the certified ones that are, and the uncertain ones, but for at most
+        d - 1 units in all. The uncertain units left out are drawn among those the votes
+        say are off there, the more confident the vote the likelier. A wrong guess only
+        costs the try (both sides move)."""
+        assert self.exact is not None
+        spec = self.session.spec
+        known = self.exact != 0
+        vote = np.where(self.votes >= 0, 1.0, -1.0) if self.votes is not None else np.ones(len(N))
+        pts = spec.uniform(512, self.rng)
+        pts = pts - np.outer(pts @ N[j] + beta[j], N[j])
+        pts = pts[np.all((pts > spec.low) & (pts < spec.high), axis=1)]
+        if not len(pts):
+            return False
+        u = pts @ N.T + beta
+        must = known & (self.exact * u > 0)
+        must[:, j] = False
+        unsure = ~known
+        unsure[j] = False
+        spare = (self.d - 1) - must.sum(axis=1) - unsure.sum()  # negative: leave some out
+        order = np.argsort(-spare, kind="stable")
+        for i in order[:tries]:
+            x, extra = pts[i], max(0, -int(spare[i]))
+            off = np.flatnonzero(unsure & (vote * u[i] <= 0))
+            if len(off) < extra:
+                continue
+            weight = margin[off] + 1e-3
+            out = self.rng.choice(off, size=extra, replace=False, p=weight / weight.sum()) \
+                if extra else np.array([], dtype=int)
+            still = must[i] | unsure
+            still[out] = False
+            M = np.vstack([N[still], N[j]])
+            target = np.zeros(len(M))
+            target[-1] = 1.0
+            w = np.linalg.lstsq(M, target, rcond=None)[0]
+            if np.abs(M @ w - target).max() > 1e-9:
+                continue
+            read = self._wiggle(j, x, w, N, beta)
+            if read is not None and read[1]:
+                self.exact[j] = read[0]
+                return True
+        return False
+
+    def _on_hyperplane(self, n: FloatArray, beta: float) -> FloatArray | None:
+        """A random point of the hyperplane inside the domain, or None."""
+        spec = self.session.spec
+        for _ in range(8):
+            pts = spec.uniform(64, self.rng)
+            pts = pts - np.outer(pts @ n + beta, n)
+            inside = np.all((pts > spec.low) & (pts < spec.high), axis=1)
+            if inside.any():
+                return np.asarray(pts[np.argmax(inside)])
+        return None
 
     def signs(self) -> None:
         N = np.array([n for n, _, _ in self.planes])
@@ -570,18 +748,26 @@ class _Run:
         clone = Relu2NetClone(W1, b1, W2, b2, A, G, e).fit()
         session.checkpoint(clone)
         assert self.votes is not None
-        margin = np.abs(self.votes) / max(self.voters, 1)
+        margin = np.abs(self.votes) / (np.maximum(self.counts, 1) if self.counts is not None
+                                       else max(self.voters, 1))
         info: dict[str, Any] = {
             "first_layer_units": len(params[0]), "second_layer_units": len(params[2]),
             "first_layer_hyperplanes_dropped": h1 - len(params[0]),
             "second_layer_seen_once": sum(u.hits == 1 for u in self.neurons),
             "second_layer_weights_unseen": unknown,
             "hyperplanes_rejected": self.rejected, "blends_dropped": self.blends,
-            "sign_voters": self.voters,
+            "sign_method": self.sign_method, "sign_voters": self.voters,
             "weakest_sign_margin": float(margin.min()), "lines": self.lines,
             "residual_rounds": rounds, "fit_queries": n_fit,
             "fit_max_residual": residual, "polished_max_residual": polished,
             "scale_free": True}
+        if self.exact is not None:
+            info["wiggle_queries"] = self.wiggle_queries
+            info["signs_by_exact_wiggle"] = int(np.count_nonzero(self.exact))
+            # Majority votes a certificate overturned: what the votes alone would have got
+            # wrong.
+            info["wiggle_votes_overturned"] = int(np.sum(
+                (self.exact != 0) & (np.where(self.votes >= 0, 1.0, -1.0) != self.exact)))
         if self.notes:
             info["budget_note"] = "; ".join(self.notes)
         names = ("W1", "b1", "W2", "b2", "A", "G", "e")
@@ -783,6 +969,14 @@ def _ratio(row: FloatArray, offset: float, unit: _Neuron) -> tuple[float, float,
     if lam == 0:
         return None
     return lam, float(np.linalg.norm(a - lam * b) / np.linalg.norm(a)), int(common.sum())
+
+
+def _reach(x: FloatArray, w: FloatArray, low: FloatArray, high: FloatArray) -> float:
+    """How far x may move along +w and -w and stay inside the box [low, high]."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.minimum(np.where(w != 0, (high - x) / np.abs(w), np.inf),
+                          np.where(w != 0, (x - low) / np.abs(w), np.inf))
+    return float(np.min(room))
 
 
 def _span_bases(N: FloatArray, largest: int, limit: int
