@@ -354,8 +354,10 @@ class _Run:
                     self.exact[j] = vote
         if not self.counts.all():
             missing = [int(j) for j in np.flatnonzero(self.counts == 0)]
-            raise AttackFailed(f"{self.attack.name}: no wiggle moved the output at first-layer "
-                               f"units {missing}; their signs are unknown")
+            why = ("the budget ended the wiggles" if "the budget ended the sign wiggles"
+                   in self.notes else "no wiggle moved the output")
+            raise AttackFailed(f"{self.attack.name}: {why} at first-layer units {missing}; "
+                               "their signs are unknown")
         margin = np.abs(self.votes) / self.counts
         for _ in range(4):
             certified = 0
