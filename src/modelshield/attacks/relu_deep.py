@@ -322,10 +322,10 @@ class _Run:
         2. Certificates: if one side does not move at all, every unit that moved is off
            there, j included, and j is on at the other side: that sign is certain,
            whatever the others' are. Above d units the pseudo-inverse's wiggle leaks into
-           other units; so the wiggle is then made to leave still exactly the units the
-           current signs say are on at x (at a point of the hyperplane where fewer than
-           d are), and a still side certifies j. Rounds repeat while they certify more;
-           a unit never certified keeps its vote.
+           other units; so the wiggle is then made to leave still every unit that may be
+           on at x (the certified ones that are, and the uncertain ones but a few the
+           votes say are off: ``_certify``), and a still side certifies j. Rounds repeat
+           while they certify more; a unit never certified keeps its vote.
 
         A point where neither side moves (no unit reads j there) does not vote."""
         N = np.array([n for n, _, _ in self.planes])
