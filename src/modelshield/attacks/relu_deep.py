@@ -273,11 +273,7 @@ class _Run:
 
     def _global(self, n: FloatArray, beta: float) -> bool:
         """Whether the log-ratio kinks at random points of the hyperplane across the domain."""
-        spec = self.session.spec
-        pts = spec.uniform(200, self.rng)
-        pts = pts - np.outer(pts @ n + beta, n)
-        inside = np.all((pts > spec.low) & (pts < spec.high), axis=1)
-        pts = pts[inside][: self.attack.checks]
+        pts = self._plane_points(n, beta, 200)[: self.attack.checks]
         if len(pts) < min(2, self.attack.checks):
             return False
         delta = self.probe.step * self.probe.scale * 0.1
@@ -408,13 +404,10 @@ class _Run:
         d - 1 units in all. The uncertain units left out are drawn among those the votes
         say are off there, the more confident the vote the likelier. A wrong guess only
         costs the try (both sides move)."""
-        assert self.exact is not None
-        spec = self.session.spec
+        assert self.exact is not None and self.votes is not None
         known = self.exact != 0
-        vote = np.where(self.votes >= 0, 1.0, -1.0) if self.votes is not None else np.ones(len(N))
-        pts = spec.uniform(512, self.rng)
-        pts = pts - np.outer(pts @ N[j] + beta[j], N[j])
-        pts = pts[np.all((pts > spec.low) & (pts < spec.high), axis=1)]
+        vote = np.where(self.votes >= 0, 1.0, -1.0)
+        pts = self._plane_points(N[j], float(beta[j]), 512)
         if not len(pts):
             return False
         u = pts @ N.T + beta
@@ -448,14 +441,19 @@ class _Run:
 
     def _on_hyperplane(self, n: FloatArray, beta: float) -> FloatArray | None:
         """A random point of the hyperplane inside the domain, or None."""
-        spec = self.session.spec
         for _ in range(8):
-            pts = spec.uniform(64, self.rng)
-            pts = pts - np.outer(pts @ n + beta, n)
-            inside = np.all((pts > spec.low) & (pts < spec.high), axis=1)
-            if inside.any():
-                return np.asarray(pts[np.argmax(inside)])
+            pts = self._plane_points(n, beta, 64)
+            if len(pts):
+                return np.asarray(pts[0])
         return None
+
+    def _plane_points(self, n: FloatArray, beta: float, count: int) -> FloatArray:
+        """``count`` uniform points of the domain projected onto the hyperplane, those that
+        land inside the domain."""
+        spec = self.session.spec
+        pts = spec.uniform(count, self.rng)
+        pts = pts - np.outer(pts @ n + beta, n)
+        return np.asarray(pts[np.all((pts > spec.low) & (pts < spec.high), axis=1)])
 
     def signs(self) -> None:
         N = np.array([n for n, _, _ in self.planes])
