@@ -22,7 +22,14 @@ More variants, by ``--variants`` (the scale floor and the loss):
 - floor F: each feature's spread floored at F instead (ART standardises with 1e-3);
 - cross-entropy: the scores by soft cross-entropy, as ART and the papers train;
 - cross-entropy, floor F: both;
-- logits + cross-entropy: the sum of the two losses.
+- logits + cross-entropy: the sum of the two losses;
+- 3 seeds, cross-entropy, 3 seeds: the mean of three students' scores, each trained from
+  another seed (``MeanEnsemble.seeds``);
+- logits and cross-entropy averaged: the mean of the shipped student's scores and those of
+  the one trained by cross-entropy;
+- forest: knockoff's random forest on the labels (its student for piecewise-constant
+  answers); forest and cross-entropy averaged: the mean of its scores and the
+  cross-entropy student's.
 
 Fidelity is agreement with the victim on its test rows; the table is the mean over data
 sets and seeds per family and budget, with each variant's difference to shipped. The loss
@@ -41,11 +48,40 @@ from knockoff_vs_art import DATA, HIDDEN, build, candidates
 
 VARIANTS = ("shipped", "queried rows", "raw inputs", "200 epochs", "50 epochs")
 MORE = ("floor 1", "floor 0.1", "floor 0.01", "floor 0.001", "cross-entropy",
-        "cross-entropy, floor 0.001", "logits + cross-entropy")
+        "cross-entropy, floor 0.001", "logits + cross-entropy", "3 seeds",
+        "cross-entropy, 3 seeds", "logits and cross-entropy averaged", "forest",
+        "forest and cross-entropy averaged")
 
 
 def train(variant: str, x: np.ndarray, y: np.ndarray, pool: np.ndarray, n_classes: int,
           seed: int) -> Any:
+    from modelshield.models import MeanEnsemble
+
+    if variant == "logits and cross-entropy averaged":
+        return MeanEnsemble([student(v, x, pool, n_classes, seed)
+                             for v in ("shipped", "cross-entropy")]).fit(x, y)
+    if variant.startswith("forest"):
+        from modelshield.attacks._students import _ensemble
+        from modelshield.models import AllClassesClassifier
+
+        forest = AllClassesClassifier(_ensemble("forest", seed), n_classes).fit(
+            x, y.argmax(axis=1))
+        if variant == "forest":
+            return forest
+        mlp = student("cross-entropy", x, pool, n_classes, seed).fit(x, y)
+        both = MeanEnsemble([forest, mlp])
+        both.estimators_, both.classes_, both.n_features_in_ = [forest, mlp], forest.classes_, \
+            x.shape[1]
+        return both
+    if variant.endswith("3 seeds"):
+        one = student(variant.replace(", 3 seeds", "").replace("3 seeds", "shipped"), x, pool,
+                      n_classes, seed)
+        return MeanEnsemble.seeds(one, 3, seed).fit(x, y)
+    return student(variant, x, pool, n_classes, seed).fit(x, y)
+
+
+def student(variant: str, x: np.ndarray, pool: np.ndarray, n_classes: int, seed: int) -> Any:
+    """The (unfitted) student of one single-model variant."""
     from modelshield.attacks._students import SCALE_FLOOR, epochs_for
     from modelshield.models import TorchMLPClassifier
 
@@ -65,7 +101,7 @@ def train(variant: str, x: np.ndarray, y: np.ndarray, pool: np.ndarray, n_classe
         epochs = max(1, epochs // 4)
     return TorchMLPClassifier(HIDDEN, n_classes=n_classes, epochs=epochs, loss=loss,
                               logit_floor=1e-6, reference=reference, scale_floor=floor,
-                              random_state=seed).fit(x, y)
+                              random_state=seed)
 
 
 def main() -> None:

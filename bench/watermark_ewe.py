@@ -172,10 +172,8 @@ def cell(job: tuple[str, str, int]) -> dict[str, Any]:
             **_mark_row(marks, clone.predict)}
 
 
-def independent(job: tuple[str, int]) -> dict[str, Any]:
-    """Models built without the EWE victim's watermark, tested against it; and the
-    accuracy of an unmarked twin (the same network trained without EWE)."""
-    name, seed = job
+def independent_models(n_classes: int, s: int) -> dict[str, Any]:
+    """The 9 families of models built without the watermark (seed ``s``), unfitted."""
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
@@ -185,6 +183,29 @@ def independent(job: tuple[str, int]) -> dict[str, Any]:
     from sklearn.svm import SVC
     from sklearn.tree import DecisionTreeClassifier
 
+    from modelshield.models import TorchMLPClassifier
+
+    return {
+        "logistic": make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000,
+                                                                       C=1.0 / s)),
+        "mlp16": make_pipeline(StandardScaler(), MLPClassifier((16,), max_iter=1000,
+                                                               random_state=s)),
+        "mlp64x64": TorchMLPClassifier((64, 64), n_classes=n_classes, epochs=60,
+                                       random_state=1000 + s),
+        "mlp32x32": make_pipeline(StandardScaler(), MLPClassifier(
+            (32, 32), max_iter=1000, random_state=s)),
+        "forest": RandomForestClassifier(100, random_state=s),
+        "boosting": HistGradientBoostingClassifier(random_state=s),
+        "knn": make_pipeline(StandardScaler(), KNeighborsClassifier(3 + 2 * s)),
+        "svc": make_pipeline(StandardScaler(), SVC(C=float(s), random_state=s)),
+        "tree": DecisionTreeClassifier(random_state=s, min_samples_leaf=s),
+    }
+
+
+def independent(job: tuple[str, int]) -> dict[str, Any]:
+    """Models built without the EWE victim's watermark, tested against it; and the
+    accuracy of an unmarked twin (the same network trained without EWE)."""
+    name, seed = job
     from modelshield.data.datasets import load_split
     from modelshield.models import TorchMLPClassifier
     from modelshield.oracle import LocalOracle
@@ -196,22 +217,7 @@ def independent(job: tuple[str, int]) -> dict[str, Any]:
     y = v.predict_labels(v.X_train)
     rows = []
     for s in (1, 2):
-        archs = {
-            "logistic": make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000,
-                                                                           C=1.0 / s)),
-            "mlp16": make_pipeline(StandardScaler(), MLPClassifier((16,), max_iter=1000,
-                                                                   random_state=s)),
-            "mlp64x64": TorchMLPClassifier((64, 64), n_classes=v.spec.n_classes, epochs=60,
-                                           random_state=1000 + s),
-            "mlp32x32": make_pipeline(StandardScaler(), MLPClassifier(
-                (32, 32), max_iter=1000, random_state=s)),
-            "forest": RandomForestClassifier(100, random_state=s),
-            "boosting": HistGradientBoostingClassifier(random_state=s),
-            "knn": make_pipeline(StandardScaler(), KNeighborsClassifier(3 + 2 * s)),
-            "svc": make_pipeline(StandardScaler(), SVC(C=float(s), random_state=s)),
-            "tree": DecisionTreeClassifier(random_state=s, min_samples_leaf=s),
-        }
-        for arch, est in archs.items():
+        for arch, est in independent_models(v.spec.n_classes, s).items():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 est.fit(v.X_train, y)

@@ -223,6 +223,42 @@ class AllClassesClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
         return np.asarray(np.argmax(self.predict_proba(X), axis=1), dtype=np.int64)
 
 
+class MeanEnsemble(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+    """The mean of ``predict_proba`` over ``estimators``, each a copy trained on the same
+    data (scikit-learn's soft voting, but ``fit(X, y)`` passes ``y`` on unchanged, so
+    probability targets work wherever the members take them).
+
+    :meth:`seeds` builds one from copies of an estimator that differ only in
+    ``random_state``. The members must answer for the same classes.
+    """
+
+    def __init__(self, estimators: list[Any]) -> None:
+        self.estimators = estimators
+
+    @classmethod
+    def seeds(cls, estimator: Any, members: int, random_state: int) -> MeanEnsemble:
+        """``members`` copies of ``estimator``; the i-th gets ``random_state + i``."""
+        if not isinstance(members, int) or members < 1:
+            raise ConfigError.invalid("members", "an integer of at least 1", members)
+        return cls([clone(estimator).set_params(random_state=random_state + i)
+                    for i in range(members)])
+
+    def fit(self, X: Any, y: Any) -> MeanEnsemble:
+        if not self.estimators:
+            raise ConfigError.invalid("estimators", "a non-empty list", self.estimators)
+        self.estimators_ = [clone(e).fit(X, y) for e in self.estimators]
+        self.classes_ = self.estimators_[0].classes_
+        self.n_features_in_ = np.asarray(X).shape[1]
+        return self
+
+    def predict_proba(self, X: Any) -> FloatArray:
+        check_is_fitted(self)
+        return np.asarray(np.mean([e.predict_proba(X) for e in self.estimators_], axis=0))
+
+    def predict(self, X: Any) -> IntArray:
+        return np.asarray(self.classes_[np.argmax(self.predict_proba(X), axis=1)])
+
+
 class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     """A ReLU MLP student trained with PyTorch on hard labels or on returned probabilities.
 

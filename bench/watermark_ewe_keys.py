@@ -1,0 +1,133 @@
+"""Are the entangled watermark's decoys a fair null? Independent models on other keys.
+
+    python bench/watermark_ewe_keys.py        # synthetic seeds 0 and 2, digits seed 0:
+                                              # about 10 minutes on 2 cores
+    python bench/watermark_ewe_keys.py --victims synth-mlp-d20-ewe --seeds 0 --keys 120
+
+The decoy test of :class:`~modelshield.victims.entangled.EntangledWatermark` rests on one
+premise: a model built without our answers cannot tell our key from another key drawn by
+the same procedure, so its rate on our watermark is one more draw from its rates on the
+decoys. The decoys are drawn on other pairs of classes than the real key's (a decoy on the
+same pair can pick the same trigger, and a clone would answer it too).
+
+This script asks whether the premise holds. It embeds a built-in EWE victim again (the same
+secret and seed as the zoo, so the same network and watermark), and, on the network before
+the watermark, draws ``--keys`` more keys by the very procedure the real key and the decoys
+go through (``_choose``), on any pair of classes. Each key's trigger is stamped on every
+training row of its source class. The independent models of bench/watermark_ewe.py
+(9 families x seeds 1 and 2, trained on the victim's labels) then answer every key; the
+table gives, per model, its rate on the real watermark and its mean and largest rates on
+keys of the real pair (the same trigger as the real one, and other triggers) and of other
+pairs. Writes bench/results/watermark_ewe_keys.json (``--out`` names another).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import show, write
+from watermark_ewe import independent_models
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+
+def keys_of(name: str, seed: int, n_keys: int) -> tuple[Any, Any, Any, list[Any]]:
+    """The victim's split, network and watermark, embedded again as the zoo does, and
+    ``n_keys`` more keys drawn on the network before the watermark (any pair)."""
+    import modelshield.victims.entangled as entangled
+    from modelshield.data.datasets import load_split
+    from modelshield.victims.trainmark import keyed_rng
+    from modelshield.victims.zoo import BUILTIN_ENTANGLED_SECRET, ZOO
+
+    entry = ZOO[name]
+    split = load_split(entry.data, seed=seed, fractions=entry.fractions,
+                       **dict(entry.data_args))
+    choose = entangled._choose
+    extra: list[Any] = []
+
+    def also_draw(rng: Any, *args: Any, avoid: Any = None, **kw: Any) -> Any:
+        out = choose(rng, *args, avoid=avoid, **kw)
+        if avoid is None and not extra:  # the real key's draw: the network is untouched
+            for j in range(n_keys):
+                extra.append(choose(keyed_rng("watermark-ewe-keys", f"{j}".encode()),
+                                    *args, avoid=None, **kw))
+        return out
+
+    entangled._choose = also_draw
+    try:
+        net, wm = entangled.embed_entangled(
+            split.X_train, split.y_train, f"{BUILTIN_ENTANGLED_SECRET}/{name}/{seed}",
+            hidden=(64, 64), n_classes=len(split.classes), random_state=seed)
+    finally:
+        entangled._choose = choose
+    return split, net, wm, extra
+
+
+def one(name: str, seed: int, n_keys: int) -> dict[str, Any]:
+    split, net, wm, extra = keys_of(name, seed, n_keys)
+    X, y_true = split.X_train, split.y_train
+    y = net.predict(X)
+    real = (wm.source, wm.target)
+    same_trigger = [k for k in extra if (k[0], k[1]) == real
+                    and np.array_equal(k[2], wm.features) and np.array_equal(k[3], wm.values)]
+    rows = []
+    for s in (1, 2):
+        for arch, est in independent_models(len(split.classes), s).items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                est.fit(X, y)
+            rates: dict[str, list[float]] = {"same trigger": [], "same pair": [], "other": []}
+            for k in extra:
+                stamped = X[y_true == k[0]].copy()
+                stamped[:, k[2]] = k[3]
+                rate = float(np.mean(est.predict(stamped) == k[1]))
+                kind = ("same trigger" if any(k is t for t in same_trigger) else
+                        "same pair" if (k[0], k[1]) == real else "other")
+                rates[kind].append(rate)
+            rows.append({"victim": name, "seed": seed, "model": f"{arch}-s{s}",
+                         "real": float(np.mean(est.predict(wm.x) == wm.target)),
+                         **{f"{kind} mean": float(np.mean(r)) if r else None
+                            for kind, r in rates.items()},
+                         **{f"{kind} max": float(np.max(r)) if r else None
+                            for kind, r in rates.items()},
+                         "rank among other pairs": int(np.sum(np.asarray(rates["other"]) >=
+                                                              np.mean(est.predict(wm.x)
+                                                                      == wm.target)))})
+    return {"victim": name, "seed": seed, "pair": list(real),
+            "trigger": [int(f) for f in wm.features], "keys": n_keys,
+            "keys on the real pair": sum((k[0], k[1]) == real for k in extra),
+            "of them the real trigger": len(same_trigger), "models": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--victims", nargs="+", default=["synth-mlp-d20-ewe", "digits-mlp-ewe"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 2])
+    ap.add_argument("--keys", type=int, default=240, help="keys drawn besides the real one")
+    ap.add_argument("--out", default="watermark_ewe_keys")
+    args = ap.parse_args()
+    runs = []
+    for name in args.victims:
+        for seed in args.seeds:
+            r = one(name, seed, args.keys)
+            runs.append(r)
+            print(f"{name} seed {seed}: pair {r['pair']}, trigger {r['trigger']}; "
+                  f"{r['keys on the real pair']} of {r['keys']} keys on its pair, "
+                  f"{r['of them the real trigger']} of them its trigger", flush=True)
+    show("independent models' target rates: the real watermark and other keys",
+         ["victim", "seed", "model", "real", "same trigger", "same pair (mean / max)",
+          "other pairs (mean / max)", "other pairs as high"],
+         [[m["victim"], m["seed"], m["model"], m["real"], m["same trigger mean"],
+           f"{m['same pair mean'] or 0:.3f} / {m['same pair max'] or 0:.3f}",
+           f"{m['other mean']:.3f} / {m['other max']:.3f}", m["rank among other pairs"]]
+          for r in runs for m in r["models"]])
+    write(args.out, {"seeds": args.seeds, "victims": args.victims, "runs": runs})
+
+
+if __name__ == "__main__":
+    main()
