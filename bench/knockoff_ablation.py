@@ -27,6 +27,8 @@ More variants, by ``--variants`` (the scale floor and the loss):
   another seed (``MeanEnsemble.seeds``);
 - logits and cross-entropy averaged: the mean of the shipped student's scores and those of
   the one trained by cross-entropy;
+- constant rate, cross-entropy, constant rate: Adam's learning rate held constant instead
+  of annealed (as ART's PyTorchClassifier trains);
 - forest: knockoff's random forest on the labels (its student for piecewise-constant
   answers); forest and cross-entropy averaged: the mean of its scores and the
   cross-entropy student's.
@@ -50,7 +52,7 @@ VARIANTS = ("shipped", "queried rows", "raw inputs", "200 epochs", "50 epochs")
 MORE = ("floor 1", "floor 0.1", "floor 0.01", "floor 0.001", "cross-entropy",
         "cross-entropy, floor 0.001", "logits + cross-entropy", "3 seeds",
         "cross-entropy, 3 seeds", "logits and cross-entropy averaged", "forest",
-        "forest and cross-entropy averaged")
+        "forest and cross-entropy averaged", "constant rate", "cross-entropy, constant rate")
 
 
 def train(variant: str, x: np.ndarray, y: np.ndarray, pool: np.ndarray, n_classes: int,
@@ -87,6 +89,7 @@ def student(variant: str, x: np.ndarray, pool: np.ndarray, n_classes: int, seed:
 
     reference: np.ndarray | None = pool
     epochs = epochs_for(len(x), 200)
+    schedule = "constant" if variant.endswith("constant rate") else "cosine"
     loss = ("kl" if variant.startswith("cross-entropy") else
             "logits+kl" if variant == "logits + cross-entropy" else "logits")
     floor = float(variant.rsplit("floor ", 1)[1]) if "floor " in variant else SCALE_FLOOR
@@ -101,7 +104,7 @@ def student(variant: str, x: np.ndarray, pool: np.ndarray, n_classes: int, seed:
         epochs = max(1, epochs // 4)
     return TorchMLPClassifier(HIDDEN, n_classes=n_classes, epochs=epochs, loss=loss,
                               logit_floor=1e-6, reference=reference, scale_floor=floor,
-                              random_state=seed)
+                              schedule=schedule, random_state=seed)
 
 
 def main() -> None:

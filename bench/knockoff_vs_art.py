@@ -5,6 +5,7 @@
                                     [--families logistic mlp deep-mlp tree boosting]
                                     [--data breast-cancer digits synthetic] [--workers 2]
                                     [--ablation-seeds 0] [--art-from earlier.json]
+                                    [--keep-from earlier.json]
 
 Victims: five model families (logistic regression, a 32-unit ReLU MLP, a 128-64-32 ReLU MLP,
 a depth-8 decision tree, gradient boosting) on three data sets (breast cancer d=30, 2
@@ -17,9 +18,11 @@ pool rows plus noise) for both sides. Every method draws from one candidate set 
 seed, budget).
 
 Methods:
-- ours: ``knockoff`` as shipped (the student chosen from held-out answers), and for trees
-  ``path-finding`` too (top-down with incomplete queries: the API accepts them). "ours best"
-  is the better of the two at each budget.
+- ours: ``knockoff`` as shipped (the student chosen from held-out answers); for trees
+  ``path-finding`` too (top-down with incomplete queries: the API accepts them), and for
+  logistic regression ``equation-solving`` (Tramèr et al.'s attack for logistic models; it
+  spends d + 1 queries and checks itself that the answers fit exactly). "ours best" is the
+  better of them in each run, as "ART best" is the best of ART's three.
 - ablation: ``knockoff`` with the student fixed to the MLP: on the scores matched as logits
   (our loss), on the scores by cross-entropy (the papers' and ART's loss), and on the labels
   (cross-entropy, as Copycat). The student choice is "ours knockoff" against these.
@@ -182,6 +185,10 @@ def cell(job: tuple[str, str, int, list[int], bool, dict[int, dict[str, Any]]]
         if family == "tree":
             run["ours_path_finding"], _ = ours(victim, x, "path-finding", budget, seed,
                                                incomplete=True)
+        if family == "logistic":
+            run["ours_equation_solving"], facts = ours(victim, x, "equation-solving", budget,
+                                                       seed)
+            run["equation_solving_queries"] = facts["queries"]
         for method in ART_METHODS:
             if budget in earlier:
                 for k in (f"art_{method}", f"art_{method}_error"):
@@ -196,7 +203,8 @@ def cell(job: tuple[str, str, int, list[int], bool, dict[int, dict[str, Any]]]
                 # probabilities turn NaN ("probabilities contain NaN"). Kept as a failure.
                 run[f"art_{method}"] = None
                 run[f"art_{method}_error"] = str(exc)
-        run["ours_best"] = max(run["ours_knockoff"], run.get("ours_path_finding", 0.0))
+        run["ours_best"] = max(run["ours_knockoff"], run.get("ours_path_finding", 0.0),
+                               run.get("ours_equation_solving", 0.0))
         run["art_best"] = max(run[f"art_{m}"] or 0.0 for m in ART_METHODS)
         out.append(run)
         print(json.dumps(run), flush=True)
@@ -213,6 +221,9 @@ def main() -> None:
     parser.add_argument("--ablation-seeds", type=int, nargs="+", default=None,
                         help="seeds that also run the ablation (default: all)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--keep-from", type=Path, default=None,
+                        help="take the runs of the families not in --families from an earlier "
+                             "run's JSON (their code unchanged), so the table covers them all")
     parser.add_argument("--art-from", type=Path, default=None,
                         help="reuse ART's results from an earlier run's JSON (same seeds, "
                              "budgets and victims: ART is seeded, its runs repeat)")
@@ -227,11 +238,19 @@ def main() -> None:
             for f in args.families for d in args.data for s in args.seeds]
     with ProcessPoolExecutor(args.workers) as pool:
         runs = [r for rows in pool.map(cell, jobs) for r in rows]
+    families = list(args.families)
+    if args.keep_from is not None:
+        kept = [r for r in json.loads(args.keep_from.read_text())["runs"]
+                if r["family"] not in families and r["budget"] in args.budgets
+                and r["seed"] in args.seeds and r["data"] in args.data]
+        runs += kept
+        families = [f for f in FAMILIES if f in families or any(r["family"] == f for r in kept)]
     methods = ["ours_best", "art_best", "ours_knockoff", "ours_path_finding",
+               "ours_equation_solving",
                "ablation_mlp_soft", "ablation_mlp_soft-kl", "ablation_mlp_hard", "art_copycat",
                "art_knockoff-random", "art_knockoff-adaptive"]
     rows = []
-    for family in args.families:
+    for family in families:
         for budget in args.budgets:
             sel = [r for r in runs if r["family"] == family and r["budget"] == budget]
             row: dict[str, Any] = {"family": family, "budget": budget}
@@ -239,17 +258,20 @@ def main() -> None:
                 vals = [r[m] for r in sel if r.get(m) is not None]
                 row[m] = float(np.mean(vals)) if vals else None
             row["ratio"] = row["ours_best"] / row["art_best"]
+            row["knockoff_ratio"] = row["ours_knockoff"] / row["art_best"]
             row["students"] = sorted({r["student"] for r in sel})
             row["art_failures"] = sum(r.get(f"art_{m}") is None for r in sel
                                       for m in ART_METHODS)
             rows.append(row)
     show(f"test fidelity, mean over data sets {args.data} and seeds {args.seeds}, full "
          "probabilities (ratio = ours best / ART best)",
-         ["family", "budget", "ours best", "ART best", "ratio", "ours knockoff",
-          "ours path", "abl. logits", "abl. KL", "abl. hard", "ART copycat", "ART ko rand",
+         ["family", "budget", "ours best", "ART best", "ratio", "knockoff alone",
+          "ours knockoff",
+          "ours path", "ours eq.", "abl. logits", "abl. KL", "abl. hard", "ART copycat", "ART ko rand",
           "ART ko adapt"],
          [[r["family"], r["budget"], r["ours_best"], r["art_best"], r["ratio"],
-           r["ours_knockoff"], r["ours_path_finding"], r["ablation_mlp_soft"],
+           r["knockoff_ratio"], r["ours_knockoff"], r["ours_path_finding"], r["ours_equation_solving"],
+           r["ablation_mlp_soft"],
            r["ablation_mlp_soft-kl"], r["ablation_mlp_hard"], r["art_copycat"],
            r["art_knockoff-random"], r["art_knockoff-adaptive"]] for r in rows])
     failures = sum(r["art_failures"] for r in rows)
@@ -260,8 +282,10 @@ def main() -> None:
     print("ours best below ART best at:", behind or "nowhere")
     write("knockoff_vs_art", {"seeds": args.seeds, "ablation_seeds": sorted(ablate),
                               "art_reused_from_an_earlier_run": args.art_from is not None,
+                              "families_rerun": args.families,
+                              "runs_kept_from": str(args.keep_from) if args.keep_from else None,
                               "budgets": args.budgets,
-                              "families": args.families, "data": args.data,
+                              "families": families, "data": args.data,
                               "runs": runs, "rows": rows, "behind": behind})
 
 

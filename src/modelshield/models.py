@@ -273,6 +273,8 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         pool, say); by default the training inputs.
     scale_floor: the smallest spread an input is divided by (a feature that barely varies
         in the reference is not blown up).
+    schedule: the Adam learning rate over the epochs: "cosine" (annealed to 0) or
+        "constant".
     loss: for probability targets, "kl" (soft cross-entropy) or "logits" (squared error on
     the class-centred log-probabilities, i.e. on the logits up to the softmax shift: far
     better conditioned when the victim is confident, since KL's gradient vanishes there;
@@ -294,6 +296,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         reference: FloatArray | None = None,
         logit_floor: float | None = None,
         scale_floor: float = 1.0,
+        schedule: str = "cosine",
         warm_start: bool = False,
         random_state: int = 0,
     ) -> None:
@@ -308,6 +311,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         self.reference = reference
         self.logit_floor = logit_floor
         self.scale_floor = scale_floor
+        self.schedule = schedule
         self.warm_start = warm_start
         self.random_state = random_state
 
@@ -373,6 +377,8 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             raise ConfigError.invalid("epochs", "an integer >= 1", self.epochs)
         if not self.scale_floor > 0:
             raise ConfigError.invalid("scale_floor", "a number > 0", self.scale_floor)
+        if self.schedule not in {"cosine", "constant"}:
+            raise ConfigError.invalid("schedule", "'cosine' or 'constant'", self.schedule)
 
     def _targets(self, y: np.ndarray) -> FloatArray:
         if y.ndim == 1:
@@ -403,7 +409,8 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     def _fit_adam(self, x: torch.Tensor, t: torch.Tensor, gen: torch.Generator) -> None:
         opt = torch.optim.Adam(self.module_.parameters(), lr=self.lr,
                                weight_decay=self.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs) \
+            if self.schedule == "cosine" else None
         n = len(x)
         bs = min(self.batch_size, n)
         self.module_.train()
@@ -414,7 +421,8 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
                 opt.zero_grad()
                 self._objective(self.module_(x[idx]), t[idx]).backward()  # type: ignore[no-untyped-call]
                 opt.step()
-            sched.step()
+            if sched is not None:
+                sched.step()
 
     def _fit_lbfgs(self, x: torch.Tensor, t: torch.Tensor) -> None:
         opt = torch.optim.LBFGS(self.module_.parameters(), lr=1.0, max_iter=self.epochs,

@@ -22,7 +22,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassif
 
 from modelshield.answer import Answer, FloatArray
 from modelshield.errors import AttackRefused, ConfigError
-from modelshield.models import AllClassesClassifier, TorchMLPClassifier
+from modelshield.models import AllClassesClassifier, MeanEnsemble, TorchMLPClassifier
 
 LABEL_KINDS = ("auto", "soft", "soft-kl", "hard")
 STUDENTS = ("auto", "mlp", "forest", "boosting")
@@ -41,6 +41,8 @@ SCALE_FLOOR = 0.01
 # 3,000 in all 4 (by 0.1 to 0.8 points; bench/results/knockoff_loss_tune_*.json). The
 # threshold lies between the two budgets and was not tuned finer.
 CROSS_ENTROPY_FROM = 2000
+# knockoff's MLP clone is the mean of this many networks trained from successive seeds.
+MEMBERS = 1
 
 
 def check_student(student: str, labels: str) -> None:
@@ -84,23 +86,28 @@ def checkpoint_sizes(budget: int, every: tuple[int, ...]) -> list[int]:
 
 def fit_student(x: FloatArray, y: np.ndarray, hidden: tuple[int, ...], n_classes: int,
                 epochs: int, seed: int, pool: FloatArray | None = None,
-                loss: str = "logits", scale_floor: float = 1.0) -> Any:
+                loss: str = "logits", scale_floor: float = 1.0, fitted: bool = True) -> Any:
     """Train a fresh student; scores are matched as logits, inputs scaled by the pool (each
-    feature's spread floored at ``scale_floor``).
+    feature's spread floored at ``scale_floor``). ``fitted=False``: the student unfitted.
 
     Scores are clipped at 1e-6 before the log: on the digits MLP this beat 1e-3, 1e-12 and
     cross-entropy at 100, 300 and 1,000 queries (mean of three seeds).
     """
-    return TorchMLPClassifier(hidden, n_classes=n_classes, epochs=epochs_for(len(x), epochs),
-                              loss=loss, logit_floor=1e-6, reference=pool,
-                              scale_floor=scale_floor, random_state=seed).fit(x, y)
+    net = TorchMLPClassifier(hidden, n_classes=n_classes, epochs=epochs_for(len(x), epochs),
+                             loss=loss, logit_floor=1e-6, reference=pool,
+                             scale_floor=scale_floor, random_state=seed)
+    return net.fit(x, y) if fitted else net
 
 
 def fit_chosen(x: FloatArray, answers: list[Answer], labels: str, student: str,
                hidden: tuple[int, ...], n_classes: int, epochs: int, seed: int,
-               pool: FloatArray | None, attack: str) -> tuple[Any, dict[str, Any]]:
+               pool: FloatArray | None, attack: str, members: int = 1
+               ) -> tuple[Any, dict[str, Any]]:
     """Train the student ``student`` (or choose one, "auto") on the answers to ``x``.
 
+    members: an MLP kept as the clone is the mean of this many, trained from seeds
+        ``seed``, ``seed + 1``, ... (:class:`~modelshield.models.MeanEnsemble`); the
+        candidates compared on the held-out answers are single networks.
     Returns the clone and what was chosen: ``{"student": "forest/hard", "holdout": {...}}``
     with each candidate's agreement on the held-out answers.
     """
@@ -121,12 +128,14 @@ def fit_chosen(x: FloatArray, answers: list[Answer], labels: str, student: str,
             candidates.append((family, "hard"))
     check_student(student, labels)
 
-    def fit(idx: np.ndarray, family: str, kind: str) -> Any:
+    def fit(idx: np.ndarray, family: str, kind: str, copies: int = 1) -> Any:
         if family == "mlp":
             y = targets(answers, "soft" if kind == "soft-kl" else kind, attack)
-            return fit_student(x[idx], y[idx], hidden, n_classes, epochs, seed, pool,
-                               loss="kl" if kind == "soft-kl" else "logits",
-                               scale_floor=SCALE_FLOOR)
+            one = fit_student(x[idx], y[idx], hidden, n_classes, epochs, seed, pool,
+                              loss="kl" if kind == "soft-kl" else "logits",
+                              scale_floor=SCALE_FLOOR, fitted=copies == 1)
+            return one if copies == 1 else \
+                MeanEnsemble.seeds(one, copies, seed).fit(x[idx], y[idx])
         return AllClassesClassifier(_ensemble(family, seed), n_classes).fit(x[idx], hard[idx])
 
     if student == "auto" and scores and _piecewise_constant(answers):
@@ -136,7 +145,7 @@ def fit_chosen(x: FloatArray, answers: list[Answer], labels: str, student: str,
     everything = np.arange(len(x))
     if len(candidates) == 1 or len(x) < MIN_CHOICE:
         family, kind = candidates[0]
-        return fit(everything, family, kind), {"student": f"{family}/{kind}"}
+        return fit(everything, family, kind, members), {"student": f"{family}/{kind}"}
     order = np.random.default_rng(seed).permutation(len(x))
     held, train = order[: len(x) // 5], order[len(x) // 5:]
     right = {f"{family}/{kind}": fit(train, family, kind).predict(x[held]) == hard[held]
@@ -157,7 +166,7 @@ def fit_chosen(x: FloatArray, answers: list[Answer], labels: str, student: str,
     if p_value < 0.05:
         best = challenger
     family, kind = best.split("/")
-    return fit(everything, family, kind), {"student": best, "holdout": holdout,
+    return fit(everything, family, kind, members), {"student": best, "holdout": holdout,
                                            "challenger_p": p_value}
 
 

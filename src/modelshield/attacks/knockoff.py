@@ -31,6 +31,7 @@ import numpy as np
 
 from modelshield.answer import Answer, FloatArray
 from modelshield.attacks._students import (
+    MEMBERS,
     check_labels,
     check_student,
     checkpoint_sizes,
@@ -54,6 +55,7 @@ class Knockoff(Attack):
     student: str = "auto"
     hidden: tuple[int, ...] = (128,)
     epochs: int = 200
+    members: int = MEMBERS
     checkpoints: tuple[int, ...] = field(default=())
     votes: int = 1
     jitter: float = 0.01
@@ -65,6 +67,8 @@ class Knockoff(Attack):
                                       self.source)
         if not isinstance(self.votes, int) or self.votes < 1:
             raise ConfigError.invalid("votes", "an integer >= 1", self.votes)
+        if not isinstance(self.members, int) or not 1 <= self.members <= 16:
+            raise ConfigError.invalid("members", "an integer from 1 to 16", self.members)
         if not 0 <= self.jitter <= 0.5:
             raise ConfigError.invalid("jitter", "a share of each feature's range in [0, 0.5]",
                                       self.jitter)
@@ -98,7 +102,7 @@ class Knockoff(Attack):
             got = answers if votes == 1 else [_majority(concat_answers(answers), votes)]
             clone, chosen = fit_chosen(x_all[:size], got, self.labels, self.student,
                                        self.hidden, spec.n_classes, self.epochs,
-                                       self.random_state, pool, self.name)
+                                       self.random_state, pool, self.name, self.members)
             if self.prune:
                 clone, chosen = self._pruned(clone, chosen, x_all[:size], concat_answers(got), pool,
                                              spec.n_classes)
@@ -121,7 +125,7 @@ class Knockoff(Attack):
             else self.labels
         again, info = fit_chosen(x[keep], [answer.take(keep)], labels or self.labels, student,
                                  self.hidden, n_classes, self.epochs, self.random_state, pool,
-                                 self.name)
+                                 self.name, self.members)
         return again, {**chosen, **info, "pruned": int(len(x) - len(keep))}
 
 
