@@ -13,6 +13,7 @@ from modelshield.attacks.equation_solving import EquationSolving, relative_param
 from modelshield.audit import run_cell
 from modelshield.defenses import parse_policy
 from modelshield.errors import AttackRefused, ConfigError
+from modelshield.models import MeanEnsemble
 from modelshield.oracle import LocalOracle
 from modelshield.victims import Victim, load_victim
 
@@ -165,6 +166,8 @@ def test_bad_attack_parameters_name_the_field() -> None:
         ATTACKS["knockoff"](source="web")
     with pytest.raises(ConfigError, match="'budget' parameter"):
         ATTACKS["knockoff"]().run(None, 0)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="'members' parameter must be an integer from 1"):
+        ATTACKS["knockoff"](members=0)
 
 
 def test_same_seed_same_numbers(victims: dict[str, Victim]) -> None:
@@ -283,6 +286,15 @@ def test_answers_that_repeat_make_a_forest_the_default_student() -> None:
     smooth = run_cell(load_victim("breast-cancer-lr", 0), "knockoff", "full", 100,
                       params={"epochs": 30}, uniform_points=500)
     assert smooth.info["student"].startswith("mlp/")
+
+
+def test_knockoff_members_average_networks_from_successive_seeds() -> None:
+    victim = load_victim("breast-cancer-lr", 0)
+    r = ATTACKS["knockoff"](members=3, epochs=30, random_state=4).run(
+        LocalOracle(victim), 100, pool=victim.pool)
+    assert isinstance(r.clone, MeanEnsemble)
+    assert [e.random_state for e in r.clone.estimators_] == [4, 5, 6]
+    assert r.info["student"].startswith("mlp/")
 
 
 def test_student_names_are_checked() -> None:
