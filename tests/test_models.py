@@ -45,3 +45,12 @@ def test_mean_ensemble_of_two_losses_and_its_refusals() -> None:
         MeanEnsemble.seeds(TorchMLPClassifier(), 0, random_state=0)
     with pytest.raises(ConfigError, match="'estimators'"):
         MeanEnsemble([]).fit(x, soft)
+
+
+def test_torch_mlp_learning_rate_schedule() -> None:
+    x, soft = _soft_data()
+    runs = {s: TorchMLPClassifier((16,), n_classes=3, epochs=10, schedule=s).fit(x, soft)
+            for s in ("cosine", "constant")}
+    assert not np.allclose(runs["cosine"].predict_proba(x), runs["constant"].predict_proba(x))
+    with pytest.raises(ConfigError, match="'schedule' parameter must be 'cosine' or"):
+        TorchMLPClassifier(schedule="step").fit(x, soft)

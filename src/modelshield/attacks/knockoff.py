@@ -9,8 +9,9 @@ Soft labels are matched as logits: squared error on class-centred log-probabilit
 clipped at 1e-6 so a 0 probability never makes a log(0). The papers use cross-entropy
 (``labels="soft-kl"``), which learns less per query when the victim is confident. The
 student is an MLP, a random forest or gradient boosting, or (``student="auto"``, the
-default) chosen from a fifth of the answers held out (see ``_students``). Every loop is
-bounded by the budget.
+default) chosen from a fifth of the answers held out (see ``_students``). ``members=n``
+makes an MLP clone the mean of n networks trained from successive seeds (off by default:
+see ``MEMBERS``). Every loop is bounded by the budget.
 
 Against a watermark (an attacker who knows the answers may be marked, as DAWN marks
 them): ``votes=n`` sends each training point as n copies, itself and n-1 jittered by
