@@ -63,6 +63,8 @@ def train(variant: str, x: np.ndarray, y: np.ndarray, pool: np.ndarray, n_classe
         return MeanEnsemble([student(v, x, pool, n_classes, seed)
                              for v in ("shipped", "cross-entropy")]).fit(x, y)
     if variant.startswith("forest"):
+        from sklearn.frozen import FrozenEstimator
+
         from modelshield.attacks._students import _ensemble
         from modelshield.models import AllClassesClassifier
 
@@ -71,10 +73,8 @@ def train(variant: str, x: np.ndarray, y: np.ndarray, pool: np.ndarray, n_classe
         if variant == "forest":
             return forest
         mlp = student("cross-entropy", x, pool, n_classes, seed).fit(x, y)
-        both = MeanEnsemble([forest, mlp])
-        both.estimators_, both.classes_, both.n_features_in_ = [forest, mlp], forest.classes_, \
-            x.shape[1]
-        return both
+        # the forest learns the labels, the MLP the scores: each is fitted, then averaged
+        return MeanEnsemble([FrozenEstimator(forest), FrozenEstimator(mlp)]).fit(x, y)
     if variant.endswith("3 seeds"):
         one = student(variant.replace(", 3 seeds", "").replace("3 seeds", "shipped"), x, pool,
                       n_classes, seed)

@@ -266,14 +266,13 @@ def main() -> None:
     show(f"test fidelity, mean over data sets {args.data} and seeds {args.seeds}, full "
          "probabilities (ratio = ours best / ART best)",
          ["family", "budget", "ours best", "ART best", "ratio", "knockoff alone",
-          "ours knockoff",
-          "ours path", "ours eq.", "abl. logits", "abl. KL", "abl. hard", "ART copycat", "ART ko rand",
-          "ART ko adapt"],
+          "ours knockoff", "ours path", "ours eq.", "abl. logits", "abl. KL", "abl. hard",
+          "ART copycat", "ART ko rand", "ART ko adapt"],
          [[r["family"], r["budget"], r["ours_best"], r["art_best"], r["ratio"],
-           r["knockoff_ratio"], r["ours_knockoff"], r["ours_path_finding"], r["ours_equation_solving"],
-           r["ablation_mlp_soft"],
-           r["ablation_mlp_soft-kl"], r["ablation_mlp_hard"], r["art_copycat"],
-           r["art_knockoff-random"], r["art_knockoff-adaptive"]] for r in rows])
+           r["knockoff_ratio"], r["ours_knockoff"], r["ours_path_finding"],
+           r["ours_equation_solving"], r["ablation_mlp_soft"], r["ablation_mlp_soft-kl"],
+           r["ablation_mlp_hard"], r["art_copycat"], r["art_knockoff-random"],
+           r["art_knockoff-adaptive"]] for r in rows])
     failures = sum(r["art_failures"] for r in rows)
     if failures:
         print(f"ART runs that failed (counted as 0 in ART best): {failures}; see the JSON's "
