@@ -20,6 +20,9 @@ and tests the clone (``modelshield.audit.ownership``; p <= 1e-3 names the key). 
   jittered by 1% of each range, and trains on the majority (a fifth of the points);
 * ``prune``: fits, drops the answers its clone disagrees with, fits again.
 
+A seed is the thief's: its attack's random state (and a fresh key); the victims are the
+built-in ones of seed 0, so every seed attacks the same models.
+
 No false claims: per victim, models built without our answers (9 architectures x 2 seeds,
 trained on the victim's own training rows with its labels, and a knockoff clone made from
 another key's answers) are each tested against the thief's watermark; and every cell's
@@ -237,7 +240,8 @@ def main() -> None:
             print(f"[{len(rows)}/{len(jobs)}] {r['victim']} {r['attacker']} {r['budget']} "
                   f"seed {r['seed']} rate {r['rate']}: fidelity {r['fidelity']:.3f}, "
                   f"p {r['p_value']:.2g}", flush=True)
-        others = list(pool.map(other_account_clone, args.victims, [0] * len(args.victims),
+        others = list(pool.map(other_account_clone, args.victims,
+                               [seeds[0]] * len(args.victims),
                                [0.005] * len(args.victims), [budgets[-1]] * len(args.victims)))
         costs = list(pool.map(honest_cost, args.victims, [0.005] * len(args.victims)))
     table = []
@@ -272,8 +276,8 @@ def main() -> None:
            s["fidelity"], s["median_p"], "-" if s["trigger_named"] is None else
            f"{s['trigger_named']}/{s['runs']}"] for s in summary])
     # No false claims: each independent model against the thief's watermark of the
-    # largest budget, seed 0; and every cell's watermark against every model.
-    first = [r for r in rows if r["attacker"] == "knockoff" and r["seed"] == 0
+    # largest budget, first seed; and every cell's watermark against every model.
+    first = [r for r in rows if r["attacker"] == "knockoff" and r["seed"] == seeds[0]
              and r["budget"] == budgets[-1] and r["rate"] == 0.005]
     per_model = [(r["victim"], label, p) for r in first for label, p in r["null_p"]]
     others_p = [(o["victim"], k, p) for o in others for k, p in o.items()
@@ -282,7 +286,7 @@ def main() -> None:
     all_tests = sum(len(r["null_p"]) for r in rows)
     all_named = sum(r["null_named"] for r in rows)
     small = sum(p <= 0.05 for r in rows for _, p in r["null_p"])
-    trigger_false = sum(r.get("trigger_null_named", 0) for r in rows if r["seed"] == 0
+    trigger_false = sum(r.get("trigger_null_named", 0) for r in rows if r["seed"] == seeds[0]
                         and r["attacker"] == "knockoff" and r["budget"] == budgets[-1]
                         and r["rate"] == 0.005)
     show("models built without our answers", ["models", "named at 1e-3", "tests (all cells)",
