@@ -77,28 +77,28 @@ def one(name: str, seed: int, n_keys: int) -> dict[str, Any]:
     same_trigger = [k for k in extra if (k[0], k[1]) == real
                     and np.array_equal(k[2], wm.features) and np.array_equal(k[3], wm.values)]
     rows = []
+    keyed = []  # each key's kind and its stamped rows, once for every model
+    for k in extra:
+        stamped = X[y_true == k[0]].copy()
+        stamped[:, k[2]] = k[3]
+        kind = ("same trigger" if any(k is t for t in same_trigger) else
+                "same pair" if (k[0], k[1]) == real else "other")
+        keyed.append((kind, stamped, k[1]))
     for s in (1, 2):
         for arch, est in independent_models(len(split.classes), s).items():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 est.fit(X, y)
             rates: dict[str, list[float]] = {"same trigger": [], "same pair": [], "other": []}
-            for k in extra:
-                stamped = X[y_true == k[0]].copy()
-                stamped[:, k[2]] = k[3]
-                rate = float(np.mean(est.predict(stamped) == k[1]))
-                kind = ("same trigger" if any(k is t for t in same_trigger) else
-                        "same pair" if (k[0], k[1]) == real else "other")
-                rates[kind].append(rate)
-            rows.append({"victim": name, "seed": seed, "model": f"{arch}-s{s}",
-                         "real": float(np.mean(est.predict(wm.x) == wm.target)),
+            for kind, stamped, target in keyed:
+                rates[kind].append(float(np.mean(est.predict(stamped) == target)))
+            own = float(np.mean(est.predict(wm.x) == wm.target))
+            rows.append({"victim": name, "seed": seed, "model": f"{arch}-s{s}", "real": own,
                          **{f"{kind} mean": float(np.mean(r)) if r else None
                             for kind, r in rates.items()},
                          **{f"{kind} max": float(np.max(r)) if r else None
                             for kind, r in rates.items()},
-                         "rank among other pairs": int(np.sum(np.asarray(rates["other"]) >=
-                                                              np.mean(est.predict(wm.x)
-                                                                      == wm.target)))})
+                         "rank among other pairs": int(np.sum(np.asarray(rates["other"]) >= own))})
     return {"victim": name, "seed": seed, "pair": list(real),
             "trigger": [int(f) for f in wm.features], "keys": n_keys,
             "keys on the real pair": sum((k[0], k[1]) == real for k in extra),
