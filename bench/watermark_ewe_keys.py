@@ -8,8 +8,9 @@
 The decoy test of :class:`~modelshield.victims.entangled.EntangledWatermark` rests on one
 premise: a model built without our answers cannot tell our key from another key drawn by
 the same procedure, so its rate on our watermark is one more draw from its rates on the
-decoys. The decoys are drawn on other pairs of classes than the real key's (a decoy on the
-same pair can pick the same trigger, and a clone would answer it too).
+decoys. The decoys are drawn on any pair of classes, the real key's included; a decoy
+that draws the real key itself draws again. (Until the run committed here they avoided the
+real key's pair, and this script showed why that was wrong.)
 
 This script asks whether the premise holds. It embeds a built-in EWE victim again (the same
 secret and seed as the zoo, so the same network and watermark), and, on the network before
@@ -19,7 +20,9 @@ training row of its source class. The independent models of bench/watermark_ewe.
 (9 families x seeds 1 and 2, trained on the victim's labels) then answer every key; the
 table gives, per model, its rate on the real watermark and its mean and largest rates on
 keys of the real pair (the same trigger as the real one, and other triggers) and of other
-pairs. Writes bench/results/watermark_ewe_keys.json (``--out`` names another).
+pairs. Each model's rate on every key is stored too, for
+bench/watermark_ewe_calibrate.py. Writes bench/results/watermark_ewe_keys.json (``--out``
+names another).
 """
 
 from __future__ import annotations
@@ -51,12 +54,12 @@ def keys_of(name: str, seed: int, n_keys: int) -> tuple[Any, Any, Any, list[Any]
     choose = entangled._choose
     extra: list[Any] = []
 
-    def also_draw(rng: Any, *args: Any, avoid: Any = None, **kw: Any) -> Any:
-        out = choose(rng, *args, avoid=avoid, **kw)
-        if avoid is None and not extra:  # the real key's draw: the network is untouched
+    def also_draw(rng: Any, *args: Any, **kw: Any) -> Any:
+        out = choose(rng, *args, **kw)
+        if not extra:  # the first draw is the real key's: the network is untouched
             for j in range(n_keys):
                 extra.append(choose(keyed_rng("watermark-ewe-keys", f"{j}".encode()),
-                                    *args, avoid=None, **kw))
+                                    *args, **kw))
         return out
 
     entangled._choose = also_draw
@@ -89,18 +92,28 @@ def one(name: str, seed: int, n_keys: int) -> dict[str, Any]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 est.fit(X, y)
+            every = [float(np.mean(est.predict(stamped) == target))
+                     for _, stamped, target in keyed]
             rates: dict[str, list[float]] = {"same trigger": [], "same pair": [], "other": []}
-            for kind, stamped, target in keyed:
-                rates[kind].append(float(np.mean(est.predict(stamped) == target)))
+            for (kind, _, _), rate in zip(keyed, every, strict=True):
+                rates[kind].append(rate)
             own = float(np.mean(est.predict(wm.x) == wm.target))
             rows.append({"victim": name, "seed": seed, "model": f"{arch}-s{s}", "real": own,
+                         "rates": [round(r, 5) for r in every],
                          **{f"{kind} mean": float(np.mean(r)) if r else None
                             for kind, r in rates.items()},
                          **{f"{kind} max": float(np.max(r)) if r else None
                             for kind, r in rates.items()},
                          "rank among other pairs": int(np.sum(np.asarray(rates["other"]) >= own))})
+    # Each key's identity (the first key with the same classes and trigger), so that a
+    # calibration (watermark_ewe_calibrate.py) can leave a key's copies out of its decoys.
+    first: dict[tuple[Any, ...], int] = {}
+    ident = [first.setdefault((k[0], k[1], tuple(k[2]), tuple(k[3])), i)
+             for i, k in enumerate(extra)]
     return {"victim": name, "seed": seed, "pair": list(real),
             "trigger": [int(f) for f in wm.features], "keys": n_keys,
+            "key_rows": [int(np.sum(y_true == k[0])) for k in extra], "key_ident": ident,
+            "real_rows": len(wm.x),
             "keys on the real pair": sum((k[0], k[1]) == real for k in extra),
             "of them the real trigger": len(same_trigger), "models": rows}
 

@@ -67,7 +67,7 @@ def test_the_watermark_is_learned_inherited_by_a_student_and_absent_without_it()
     assert own.decoy_rate is not None and own.decoy_rate < 0.5 and own.decoys_above == 0
     stolen = wm.test(student.predict(wm.x), student.predict(wm.decoy_inputs))
     # The decoy test is the stricter: it calibrates on the student itself.
-    assert stolen.p_value <= 1e-4 and stolen.p_decoy is not None and stolen.p_family < 1e-9
+    assert stolen.p_value <= 1e-3 and stolen.p_decoy is not None and stolen.p_family < 1e-9
     assert stolen.p_value == max(stolen.p_family, stolen.p_decoy) and stolen.decoy_queries == 300
     q = wm.queries_to(student.predict(wm.x), 0.05, student.predict(wm.decoy_inputs))
     assert q is not None and q < 100
