@@ -34,16 +34,26 @@ and each is also reported alone.
 
 What was seen when: a first run on seeds 0-2 with the family null alone named 7 of 132
 independent models (the numbers in git history). The decoys and the re-drawn trigger were
-designed on the unit test's owner data and on synthetic seeds 0 and 2. The decoy test's
-floor on the spread (``DECOY_MIN_RHO``) was set on seeds 3-5:
+designed on the unit test's owner data and on synthetic seeds 0 and 2; with decoys that
+avoided the real pair of classes, seeds 0-2 then named 2 of 132, and
+bench/watermark_ewe_keys.py showed why. Decoys are now drawn on any pair. The decoy test's
+floor on the spread (``DECOY_MIN_RHO``) was then set on seeds 3-5, the victims and their
+decoys built again (a fresh ``MODELSHIELD_CACHE``):
 
-    python bench/watermark_ewe.py --victims digits-mlp-ewe synth-mlp-d20-ewe --seeds 3 4 5
-    python bench/watermark_ewe.py --retest bench/results/watermark_ewe.json \
+    python bench/watermark_ewe.py --victims digits-mlp-ewe synth-mlp-d20-ewe \
+        --seeds 3 4 5 --out watermark_ewe_seeds345
+    python bench/watermark_ewe_keys.py --victims synth-mlp-d20-ewe --seeds 3 4 5 \
+        --out watermark_ewe_keys_synth345
+    python bench/watermark_ewe_calibrate.py bench/results/watermark_ewe_keys_synth345.json
+    python bench/watermark_ewe.py --retest bench/results/watermark_ewe_seeds345.json \
+        --decoy-min-rho 0.02 0.05 0.1 0.15 0.2 0.3 --out watermark_ewe_floors
+    python bench/watermark_ewe.py --retest bench/results/watermark_ewe_seeds345.json \
         --out watermark_ewe_tune
 
-(the suspects' answers stored by the first, scored with the final test by the second; add
-``--decoy-min-rho 0.02`` or ``0.1`` and another ``--out`` to score them with the floors
-that were compared). The committed watermark_ewe.json is seeds 0-2, run after that.
+(the suspects' answers stored by the first, the decoy test's false-positive rate with each
+floor measured on 240 keys by the next two, the stored answers scored with each floor, and
+with the floor chosen, by the last two). The committed watermark_ewe.json is seeds 0-2,
+run after that with the same code.
 Writes bench/results/watermark_ewe.json (``--out`` names another).
 """
 
@@ -314,6 +324,31 @@ def _retest(path: Path) -> tuple[list[Any], list[Any], list[Any], list[int], lis
     return rows, nulls, d.get("ablation", []), d["seeds"], attacks
 
 
+def _compare_floors(path: Path, rhos: list[float], out: str) -> None:
+    """The stored answers scored with each floor on the decoy test's spread: clones named
+    at 1e-3 and 1e-6, and independent models named (how DECOY_MIN_RHO was set)."""
+    import modelshield.victims.entangled as entangled
+
+    table = []
+    for rho in rhos:
+        entangled.DECOY_MIN_RHO = rho
+        rows, nulls, *_ = _retest(path)
+        tested = [m for n in nulls for m in n["models"]]
+        table.append({"rho": rho, "clones": len(rows),
+                      "clones_named": sum(r["mark_p"] <= ALPHA for r in rows),
+                      "clones_named_1e-6": sum(r["mark_p"] <= 1e-6 for r in rows),
+                      "independent_models": len(tested),
+                      "independent_named": sum(m["mark_p"] <= ALPHA for m in tested),
+                      "smallest_independent_p_decoy": min(m["mark_p_decoy"] for m in tested)})
+    show(f"the decoy test's floor on the spread, scored on {path.name}",
+         ["floor (rho)", "clones named at 1e-3", "at 1e-6", "independent models named",
+          "smallest p (decoys alone)"],
+         [[t["rho"], f"{t['clones_named']}/{t['clones']}", t["clones_named_1e-6"],
+           f"{t['independent_named']}/{t['independent_models']}",
+           t["smallest_independent_p_decoy"]] for t in table])
+    write(out, {"source": str(path), "alpha": ALPHA, "floors": table})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="seed 0, three attacks")
@@ -328,15 +363,18 @@ def main() -> None:
                     help="score the suspects' stored answers in a result file this bench wrote "
                          "(since it stores them) with the library's current tests, instead "
                          "of running the attacks; the victims come from the cache")
-    ap.add_argument("--decoy-min-rho", type=float, metavar="RHO",
+    ap.add_argument("--decoy-min-rho", type=float, metavar="RHO", nargs="+",
                     help="the decoy test's floor on the spread between keys (default: the "
-                         "library's DECOY_MIN_RHO); how it was set, with --retest")
+                         "library's DECOY_MIN_RHO); with --retest and several floors, only "
+                         "a table comparing them is written")
     ap.add_argument("--out", default="watermark_ewe", help="result name in bench/results/")
     args = ap.parse_args()
-    if args.decoy_min_rho is not None:
-        import modelshield.victims.entangled as entangled
+    import modelshield.victims.entangled as entangled
 
-        entangled.DECOY_MIN_RHO = args.decoy_min_rho
+    if args.retest and args.decoy_min_rho and len(args.decoy_min_rho) > 1:
+        return _compare_floors(args.retest, args.decoy_min_rho, args.out)
+    if args.decoy_min_rho:
+        entangled.DECOY_MIN_RHO = args.decoy_min_rho[0]
     if args.retest:
         rows, nulls, abl, seeds, attacks = _retest(args.retest)
         args.victims = list(dict.fromkeys(r["victim"] for r in rows))

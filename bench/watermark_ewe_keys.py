@@ -3,7 +3,8 @@
     python bench/watermark_ewe_keys.py        # the committed run: the synthetic victim,
                                               # seeds 0 and 2 (where the two false claims
                                               # were); about 10 minutes on 2 cores
-    python bench/watermark_ewe_keys.py --victims digits-mlp-ewe --seeds 3 4 5 --out keys_tune
+    python bench/watermark_ewe_keys.py --victims synth-mlp-d20-ewe --seeds 3 4 5 \
+        --out watermark_ewe_keys_synth345     # the keys DECOY_MIN_RHO was set on (12 min)
 
 The decoy test of :class:`~modelshield.victims.entangled.EntangledWatermark` rests on one
 premise: a model built without our answers cannot tell our key from another key drawn by
@@ -20,9 +21,9 @@ training row of its source class. The independent models of bench/watermark_ewe.
 (9 families x seeds 1 and 2, trained on the victim's labels) then answer every key; the
 table gives, per model, its rate on the real watermark and its mean and largest rates on
 keys of the real pair (the same trigger as the real one, and other triggers) and of other
-pairs. Each model's rate on every key is stored too, for
-bench/watermark_ewe_calibrate.py. Writes bench/results/watermark_ewe_keys.json (``--out``
-names another).
+pairs. Each model's hits on every key (how many of the key's stamped rows it labels the
+key's target) are stored too, for bench/watermark_ewe_calibrate.py. Writes
+bench/results/watermark_ewe_keys.json (``--out`` names another).
 """
 
 from __future__ import annotations
@@ -92,14 +93,14 @@ def one(name: str, seed: int, n_keys: int) -> dict[str, Any]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 est.fit(X, y)
-            every = [float(np.mean(est.predict(stamped) == target))
-                     for _, stamped, target in keyed]
+            hits = [int(np.sum(est.predict(stamped) == target)) for _, stamped, target in keyed]
+            every = [h / len(stamped) for h, (_, stamped, _) in zip(hits, keyed, strict=True)]
             rates: dict[str, list[float]] = {"same trigger": [], "same pair": [], "other": []}
             for (kind, _, _), rate in zip(keyed, every, strict=True):
                 rates[kind].append(rate)
             own = float(np.mean(est.predict(wm.x) == wm.target))
             rows.append({"victim": name, "seed": seed, "model": f"{arch}-s{s}", "real": own,
-                         "rates": [round(r, 5) for r in every],
+                         "hits": ",".join(map(str, hits)),
                          **{f"{kind} mean": float(np.mean(r)) if r else None
                             for kind, r in rates.items()},
                          **{f"{kind} max": float(np.max(r)) if r else None

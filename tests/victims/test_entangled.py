@@ -76,6 +76,38 @@ def test_the_watermark_is_learned_inherited_by_a_student_and_absent_without_it()
         assert wm.test(other.predict(wm.x), other.predict(wm.decoy_inputs)).p_value > 1e-3
 
 
+def test_decoys_are_keys_on_any_pair_but_never_the_real_key(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decoy is what another key would have drawn, on any pair of classes (the real
+    key's pair too: a model that favours that pair must favour its decoys alike); a decoy
+    that draws the real key itself draws again."""
+    import modelshield.victims.entangled as entangled
+
+    X, y, _ = _owner_data()
+    choose = entangled._choose
+    draws: list[tuple[int, int, np.ndarray, np.ndarray]] = []
+
+    def first_decoy_is_the_real_key(rng: np.random.Generator, *args: object,
+                                    **kw: object) -> tuple[int, int, np.ndarray, np.ndarray]:
+        out = draws[0] if len(draws) == 1 else choose(rng, *args, **kw)  # type: ignore[arg-type]
+        draws.append(out)
+        return out
+
+    monkeypatch.setattr(entangled, "_choose", first_decoy_is_the_real_key)
+    _, wm = embed_entangled(X, y, "owner-secret", hidden=(16,), epochs=5, w_epochs=1,
+                            n_null=2, n_decoys=30, random_state=0)
+    real = draws[0]
+    # The real key, 30 decoys, and one more draw for the decoy that drew the real key.
+    assert len(draws) == 32 and draws[1] is real
+    decoys = draws[2:]
+    assert not any(d[0] == real[0] and d[1] == real[1] and np.array_equal(d[2], real[2])
+                   for d in decoys)
+    assert any((d[0], d[1]) == (real[0], real[1]) for d in decoys)  # the real pair is drawn
+    assert [d[1] for d in decoys] == list(wm.decoy_targets)
+    for d, rows in zip(decoys, wm.decoy_x, strict=True):
+        assert np.all(rows[:, d[2]] == d[3])
+
+
 def test_queries_to_counts_the_prefix_that_reaches_alpha() -> None:
     wm = EntangledWatermark(np.zeros((40, 2)), 0, 1, 3, np.array([0]), np.array([1.0]),
                             (0.02, 0.05, 0.1, 0.04))
