@@ -101,7 +101,7 @@ def main() -> None:
                         **{f"named_{a:g}": int(np.sum(p <= a)) for a in ALPHAS},
                         "worst_model": worst,
                         "worst_model_fpr_0.001": share,
-                        "models_with_a_claim_0.001": sum(np.any(np.asarray(v) <= 1e-3)
+                        "models_with_a_claim_0.001": sum(bool(np.any(np.asarray(v) <= 1e-3))
                                                          for v in per_model.values()),
                         "models": len(per_model)})
         print(f"rho {rho}: {results[-1]['named_0.001']} of {p.size} at 1e-3", flush=True)
