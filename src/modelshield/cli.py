@@ -1156,8 +1156,9 @@ def _trigger_verdict(which: str, suspect: str, protocol: str, key: str | None,
             extra += f" (and {result.decoy_queries} decoy queries)"
             out["evidence"] = ("supporting: the watermark against the suspect's own answers "
                                f"to {result.decoys} decoy watermarks and against independent "
-                               "models, both must reject; the decoy null is a fitted Beta "
-                               "(2 of 264 independent models reached p <= 1e-3 in "
+                               "models, both must reject; below 1/(decoys + 1) the decoy "
+                               "null is a fitted Beta, measured rather than exact (0 of "
+                               "264 independent models reached p <= 1e-3 in "
                                "bench/watermark_ewe.py)")
         else:
             # A file without decoys (written before them): only the null estimated on a

@@ -44,9 +44,11 @@ answer, so both must reject:
   key itself draws again.
 
 Whether the two together keep their promise is measured, not derived: the decoy test's
-Beta is a fit, and its tail at 1e-3 lies beyond what 50 decoys show. In the benchmark,
-2 of 264 independent models still reached p <= 1e-3, so ``modelshield verify`` calls a
-result supporting evidence, not proof.
+Beta is a fit, and its tail at 1e-3 lies beyond what 50 decoys show. Its floor on the
+spread (``DECOY_MIN_RHO``) was set by letting each of 240 keys play the real key against
+50 others, for models that never saw any of them (bench/watermark_ewe_calibrate.py). In
+the benchmark, 0 of 264 independent models reached p <= 1e-3; still, ``modelshield
+verify`` calls a result supporting evidence, not proof.
 
 :func:`embed_entangled` trains an owner's ReLU network this way on the owner's own rows and
 returns it (a :class:`~modelshield.models.TorchMLPClassifier`, served like any other model
