@@ -1,7 +1,10 @@
 """How often does the entangled watermark's decoy test name a model that never saw our answers?
 
-    python bench/watermark_ewe_calibrate.py bench/results/watermark_ewe_keys_seeds345.json
-                                              # seconds; the floors compared on seeds 3-5
+    python bench/watermark_ewe_calibrate.py bench/results/watermark_ewe_keys_synth345.json
+                              # about a minute: the floors compared on seeds 3-5, where
+                              # DECOY_MIN_RHO was set (watermark_ewe_calibrate.json)
+    python bench/watermark_ewe_calibrate.py bench/results/watermark_ewe_keys.json \
+        --out watermark_ewe_calibrate_seeds012   # the reported seeds, after the choice
 
 The decoy test of :class:`~modelshield.victims.entangled.EntangledWatermark` says: a model
 built without our answers cannot tell our key from another key drawn by the same procedure,
@@ -92,17 +95,15 @@ def main() -> None:
         per_model: dict[str, list[float]] = {}
         for (victim, seed, model, *_), row in zip(tests, p, strict=True):
             per_model.setdefault(f"{victim}/{seed}/{model}", []).extend(row)
-        worst: str | None = max(per_model, key=lambda k: float(np.mean(
-            np.asarray(per_model[k]) <= 1e-3)))
-        share = float(np.mean(np.asarray(per_model[worst]) <= 1e-3)) if worst else 0.0
-        worst = worst if share else None
+        shares = {k: float(np.mean(np.asarray(v) <= 1e-3)) for k, v in per_model.items()}
+        worst = max(shares, key=shares.__getitem__)
+        share = shares[worst]
         results.append({"rho": rho, "tests": int(p.size),
                         **{f"fpr_{a:g}": float(np.mean(p <= a)) for a in ALPHAS},
                         **{f"named_{a:g}": int(np.sum(p <= a)) for a in ALPHAS},
-                        "worst_model": worst,
+                        "worst_model": worst if share else None,
                         "worst_model_fpr_0.001": share,
-                        "models_with_a_claim_0.001": sum(bool(np.any(np.asarray(v) <= 1e-3))
-                                                         for v in per_model.values()),
+                        "models_with_a_claim_0.001": sum(v > 0 for v in shares.values()),
                         "models": len(per_model)})
         print(f"rho {rho}: {results[-1]['named_0.001']} of {p.size} at 1e-3", flush=True)
     show("the decoy test's false claims: every key as the real one, 50 others as decoys",

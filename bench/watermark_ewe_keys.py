@@ -1,8 +1,8 @@
 """Are the entangled watermark's decoys a fair null? Independent models on other keys.
 
     python bench/watermark_ewe_keys.py        # the committed run: the synthetic victim,
-                                              # seeds 0 and 2 (where the two false claims
-                                              # were); about 10 minutes on 2 cores
+                                              # seeds 0-2 (the two false claims of the
+                                              # old decoys were on 0 and 2); 12 minutes
     python bench/watermark_ewe_keys.py --victims synth-mlp-d20-ewe --seeds 3 4 5 \
         --out watermark_ewe_keys_synth345     # the keys DECOY_MIN_RHO was set on (12 min)
 
@@ -10,8 +10,8 @@ The decoy test of :class:`~modelshield.victims.entangled.EntangledWatermark` res
 premise: a model built without our answers cannot tell our key from another key drawn by
 the same procedure, so its rate on our watermark is one more draw from its rates on the
 decoys. The decoys are drawn on any pair of classes, the real key's included; a decoy
-that draws the real key itself draws again. (Until the run committed here they avoided the
-real key's pair, and this script showed why that was wrong.)
+that draws the real key itself draws again. (They used to avoid the real key's pair; this
+script showed why that was wrong: docs/benchmarks.md.)
 
 This script asks whether the premise holds. It embeds a built-in EWE victim again (the same
 secret and seed as the zoo, so the same network and watermark), and, on the network before
@@ -122,7 +122,7 @@ def one(name: str, seed: int, n_keys: int) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--victims", nargs="+", default=["synth-mlp-d20-ewe"])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--keys", type=int, default=240, help="keys drawn besides the real one")
     ap.add_argument("--out", default="watermark_ewe_keys")
     args = ap.parse_args()
