@@ -163,7 +163,7 @@ def test_the_decoys_calibrate_on_the_suspect_itself() -> None:
     thief = np.array([1] * 80 + [0] * 10)
     low = [0.0] * 45 + [1 / 6] * 5
     t = wm.test(thief, _decoy_labels(low))
-    assert t.p_value < 1e-9 and t.decoys_above == 0 and t.p_rank == 1 / 51
+    assert t.p_value < 1e-6 and t.decoys_above == 0 and t.p_rank == 1 / 51
     # A suspect that never answers a decoy's target: the mean is floored at half a hit.
     a, b = wm.decoy_beta(_decoy_labels([0.0] * 50))
     assert abs(a / (a + b) - 0.5 / 300) < 1e-12

@@ -46,6 +46,28 @@ def test_the_cache_returns_the_same_model(victims: dict[str, Victim]) -> None:
                                   victims["digits-mlp"].predict(x).probabilities)
 
 
+def test_a_victim_whose_build_changed_is_built_again_not_loaded_from_the_cache(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from modelshield.victims.zoo import ZooEntry, _cached_fit
+
+    monkeypatch.setenv("MODELSHIELD_CACHE", str(tmp_path))
+    builds: list[int] = []
+
+    def train(split: object, seed: int) -> dict[str, int]:
+        builds.append(seed)
+        return {"build": len(builds)}
+
+    entry = ZooEntry("a test entry", "wine", "lr", train)
+    assert _cached_fit("x", 0, entry, None) == {"build": 1}  # type: ignore[arg-type]
+    assert _cached_fit("x", 0, entry, None) == {"build": 1}  # type: ignore[arg-type]
+    newer = replace(entry, revision=1)
+    assert _cached_fit("x", 0, newer, None) == {"build": 2}  # type: ignore[arg-type]
+    assert _cached_fit("x", 0, newer, None) == {"build": 2}  # type: ignore[arg-type]
+    assert len(list(tmp_path.glob("victim-x-seed0*.joblib"))) == 2
+
+
 def test_tree_node_ids_match_scikit_learn(victims: dict[str, Victim]) -> None:
     v = victims["digits-tree"]
     pred = v.predict(v.X_test)

@@ -43,6 +43,8 @@ class ZooEntry:
     watermark: str = ""  # "trigger-set" (trainmark.py) or "entangled" (entangled.py)
     fractions: tuple[float, float] = (0.5, 0.25)  # training and pool shares (datasets.py)
     recipe: str = ""  # how it was trained (models.make_estimator), where a recipe made it
+    revision: int = 0  # raised when how it is built changes, so that a copy cached by an
+    # older build is built again instead of loaded
 
 
 ZOO: Registry[ZooEntry] = Registry("victim")
@@ -140,7 +142,8 @@ def cache_dir() -> Path:
 
 
 def _cached_fit(name: str, seed: int, entry: ZooEntry, split: Split) -> Any:
-    path = cache_dir() / f"victim-{name}-seed{seed}-sk{sklearn.__version__}.joblib"
+    rev = f"-r{entry.revision}" if entry.revision else ""
+    path = cache_dir() / f"victim-{name}-seed{seed}{rev}-sk{sklearn.__version__}.joblib"
     if path.exists():
         try:
             return joblib.load(path)
@@ -302,12 +305,14 @@ for _name, _entry in {
     "digits-mlp-ewe": ZooEntry(
         "ReLU MLP 64-64, digits, trained with an entangled watermark (EWE, Jia et al. 2021)",
         "digits", "mlp", _mlp_entangled("digits-mlp-ewe", (64, 64)), watermark="entangled",
-        recipe="mlp:hidden=64-64,epochs=60"),
+        recipe="mlp:hidden=64-64,epochs=60",
+        revision=1),  # 1: decoys on any pair of classes
     "synth-mlp-d20-ewe": ZooEntry(
         "ReLU MLP 64-64, synthetic d=20, 4 classes, trained with an entangled watermark (EWE)",
         "synthetic", "mlp", _mlp_entangled("synth-mlp-d20-ewe", (64, 64)),
         (("n_features", 20), ("n_classes", 4)), watermark="entangled",
-        recipe="mlp:hidden=64-64,epochs=60"),
+        recipe="mlp:hidden=64-64,epochs=60",
+        revision=1),  # 1: decoys on any pair of classes
     "tabular-mlp": ZooEntry(
         "ReLU MLP 256-256, no regularization, 1,000 rows of a 10-class tabular population: "
         "memorizes (membership inference)", "tabular", "mlp", _recipe(_OVERFIT),
