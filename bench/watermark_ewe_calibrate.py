@@ -77,10 +77,13 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("keys", type=Path, nargs="+", help="result files of watermark_ewe_keys.py")
-    ap.add_argument("--rhos", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.15, 0.2, 0.3])
+    ap.add_argument("--rhos", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.15, 0.2, 0.3],
+                    help="floors on the spread between keys (DECOY_MIN_RHO) to score")
     ap.add_argument("--draws", type=int, default=2, help="decoy sets per key and model")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="watermark_ewe_calibrate")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the decoy draws and of their rows' binomial answers")
+    ap.add_argument("--out", default="watermark_ewe_calibrate", help="result name in "
+                    "bench/results/")
     args = ap.parse_args()
     runs = [r for path in args.keys for r in json.loads(path.read_text())["runs"]]
     if any("hits" not in m for r in runs for m in r["models"]):
