@@ -28,9 +28,12 @@ More variants, by ``--variants`` (the scale floor and the loss):
 - logits and cross-entropy averaged: the mean of the shipped student's scores and those of
   the one trained by cross-entropy;
 - constant rate, cross-entropy, constant rate: Adam's learning rate held constant instead
-  of annealed (as ART's PyTorchClassifier trains);
-- forest: knockoff's random forest on the labels (its student for piecewise-constant
-  answers); forest and cross-entropy averaged: the mean of its scores and the
+  of annealed (as ART's PyTorchClassifier trains); either with ", 3 seeds": the mean of
+  three such students;
+- forest: a random forest on the labels (knockoff's forest when only labels come back);
+  forest on scores: extra trees regressing the scores (its forest when scores come back,
+  the default student for piecewise-constant answers); boosting: gradient boosting on the
+  labels; forest and cross-entropy averaged: the mean of the random forest's scores and the
   cross-entropy student's.
 
 Fidelity is agreement with the victim on its test rows; the table is the mean over data
@@ -52,7 +55,9 @@ VARIANTS = ("shipped", "queried rows", "raw inputs", "200 epochs", "50 epochs")
 MORE = ("floor 1", "floor 0.1", "floor 0.01", "floor 0.001", "cross-entropy",
         "cross-entropy, floor 0.001", "logits + cross-entropy", "3 seeds",
         "cross-entropy, 3 seeds", "logits and cross-entropy averaged", "forest",
-        "forest and cross-entropy averaged", "constant rate", "cross-entropy, constant rate")
+        "forest and cross-entropy averaged", "constant rate", "cross-entropy, constant rate",
+        "constant rate, 3 seeds", "cross-entropy, constant rate, 3 seeds", "forest on scores",
+        "boosting")
 
 
 def train(variant: str, x: np.ndarray, y: np.ndarray, pool: np.ndarray, n_classes: int,
@@ -62,12 +67,18 @@ def train(variant: str, x: np.ndarray, y: np.ndarray, pool: np.ndarray, n_classe
     if variant == "logits and cross-entropy averaged":
         return MeanEnsemble([student(v, x, pool, n_classes, seed)
                              for v in ("shipped", "cross-entropy")]).fit(x, y)
-    if variant.startswith("forest"):
+    if variant.startswith("forest") or variant == "boosting":
         from sklearn.frozen import FrozenEstimator
 
-        from modelshield.attacks._students import _ensemble
-        from modelshield.models import AllClassesClassifier
+        from modelshield.attacks._students import FOREST_TREES, _ensemble
+        from modelshield.models import AllClassesClassifier, ScoreForestClassifier
 
+        if variant == "forest on scores":
+            return ScoreForestClassifier(FOREST_TREES, n_classes=n_classes,
+                                         random_state=seed).fit(x, y)
+        if variant == "boosting":
+            return AllClassesClassifier(_ensemble("boosting", seed), n_classes).fit(
+                x, y.argmax(axis=1))
         forest = AllClassesClassifier(_ensemble("forest", seed), n_classes).fit(
             x, y.argmax(axis=1))
         if variant == "forest":

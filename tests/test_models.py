@@ -54,3 +54,22 @@ def test_torch_mlp_learning_rate_schedule() -> None:
     assert not np.allclose(runs["cosine"].predict_proba(x), runs["constant"].predict_proba(x))
     with pytest.raises(ConfigError, match="'schedule' parameter must be 'cosine' or"):
         TorchMLPClassifier(schedule="step").fit(x, soft)
+
+
+def test_score_forest_regresses_the_scores_and_completes_withheld_ones() -> None:
+    from modelshield.models import ScoreForestClassifier
+
+    x, soft = _soft_data()
+    forest = ScoreForestClassifier(50, random_state=3).fit(x, soft)
+    # Extra trees grow to single rows without bootstrapping: each training row's own scores
+    np.testing.assert_allclose(forest.predict_proba(x), soft, atol=1e-12)
+    np.testing.assert_array_equal(forest.predict(x), soft.argmax(axis=1))
+    assert list(forest.classes_) == [0, 1, 2] and forest.n_features_in_ == 6
+    # top-1 answers: the withheld mass is shared over the other classes
+    top1 = np.where(soft == 0.8, 0.8, np.nan)
+    np.testing.assert_allclose(ScoreForestClassifier(50).fit(x, top1).predict_proba(x), soft,
+                               atol=1e-12)
+    # labels: one-hot over n_classes, a class no row has included
+    labels = ScoreForestClassifier(50, n_classes=4).fit(x, soft.argmax(axis=1))
+    assert labels.predict_proba(x).shape == (300, 4)
+    assert not hasattr(clone(forest), "forest_")

@@ -259,6 +259,65 @@ class MeanEnsemble(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         return np.asarray(self.classes_[np.argmax(self.predict_proba(X), axis=1)])
 
 
+def score_targets(y: Any, n_classes: int | None = None) -> FloatArray:
+    """Probability targets, one row an answer: labels (shape (n,)) one-hot over
+    ``n_classes`` (default: the largest label + 1); scores (shape (n, c)) with NaN entries
+    (withheld by a top-k policy) sharing the mass the revealed ones leave, then normalised."""
+    y = np.asarray(y)
+    if y.ndim == 1:
+        c = n_classes or int(y.max()) + 1
+        return np.asarray(np.eye(c)[y.astype(np.int64)])
+    p = np.array(y, dtype=np.float64)
+    missing = np.isnan(p)
+    if missing.any():  # share the mass the revealed entries leave over the withheld ones
+        left = np.clip(1.0 - np.nansum(p, axis=1, keepdims=True), 0.0, 1.0)
+        share = left / np.maximum(missing.sum(axis=1, keepdims=True), 1)
+        p = np.where(missing, share, p)
+    p = np.clip(p, 0.0, None)
+    total = p.sum(axis=1, keepdims=True)
+    return np.asarray(np.where(total > 0, p / np.where(total > 0, total, 1), 1.0 / p.shape[1]))
+
+
+class ScoreForestClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+    """Extremely randomised trees (scikit-learn's ``ExtraTreesRegressor``) regressing the
+    answered class scores; the class is their argmax.
+
+    A student for piecewise-constant victims (trees): each answer's score vector is its
+    leaf's class distribution, so a forest of regression trees learns more from it than from
+    the label alone, and the random split points of extra trees smooth the boundaries a few
+    hundred answers leave. ``fit(X, y)`` takes scores (n, c) (NaN entries completed as
+    :func:`score_targets` does) or labels (n,), one-hot over ``n_classes``.
+    """
+
+    def __init__(self, n_estimators: int = 200, *, n_classes: int | None = None,
+                 random_state: int = 0) -> None:
+        self.n_estimators = n_estimators
+        self.n_classes = n_classes
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any) -> ScoreForestClassifier:
+        from sklearn.ensemble import ExtraTreesRegressor
+
+        x = check_array(X, dtype=np.float64)
+        targets = score_targets(y, self.n_classes)
+        self.classes_ = np.arange(targets.shape[1])
+        self.forest_ = ExtraTreesRegressor(self.n_estimators, random_state=self.random_state,
+                                           n_jobs=1).fit(x, targets)
+        self.n_features_in_ = x.shape[1]
+        return self
+
+    def predict_proba(self, X: Any) -> FloatArray:
+        check_is_fitted(self)
+        p = np.clip(np.asarray(self.forest_.predict(check_array(X, dtype=np.float64)))
+                    .reshape(-1, len(self.classes_)), 0.0, None)
+        total = p.sum(axis=1, keepdims=True)
+        return np.asarray(np.where(total > 0, p / np.where(total > 0, total, 1),
+                                   1.0 / p.shape[1]))
+
+    def predict(self, X: Any) -> IntArray:
+        return np.asarray(np.argmax(self.predict_proba(X), axis=1), dtype=np.int64)
+
+
 class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     """A ReLU MLP student trained with PyTorch on hard labels or on returned probabilities.
 
@@ -381,20 +440,9 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             raise ConfigError.invalid("schedule", "'cosine' or 'constant'", self.schedule)
 
     def _targets(self, y: np.ndarray) -> FloatArray:
-        if y.ndim == 1:
-            c = self.n_classes or int(y.max()) + 1
-            self.classes_ = np.arange(c)
-            return np.eye(c)[y.astype(np.int64)]
-        p = np.array(y, dtype=np.float64)
+        p = score_targets(y, self.n_classes)
         self.classes_ = np.arange(p.shape[1])
-        missing = np.isnan(p)
-        if missing.any():  # share the mass the revealed entries leave over the withheld ones
-            left = np.clip(1.0 - np.nansum(p, axis=1, keepdims=True), 0.0, 1.0)
-            share = left / np.maximum(missing.sum(axis=1, keepdims=True), 1)
-            p = np.where(missing, share, p)
-        p = np.clip(p, 0.0, None)
-        total = p.sum(axis=1, keepdims=True)
-        return np.where(total > 0, p / np.where(total > 0, total, 1), 1.0 / p.shape[1])
+        return p
 
     def _build(self, d: int, c: int, gen: torch.Generator) -> torch.nn.Sequential:
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))

@@ -282,7 +282,9 @@ def test_answers_that_repeat_make_a_forest_the_default_student() -> None:
     to overturn the default, so the default is what the answers' shape says."""
     tree = run_cell(load_victim("synth-tree-d12", 0), "knockoff", "full", 100,
                     params={"epochs": 30}, uniform_points=500)
-    assert tree.info["student"] == "forest/hard"
+    assert tree.info["student"] == "forest/soft"  # extra trees regressing the scores
+    assert set(tree.info["holdout"]) == {"mlp/soft", "mlp/soft-kl", "mlp/hard", "forest/soft",
+                                         "boosting/hard"}
     smooth = run_cell(load_victim("breast-cancer-lr", 0), "knockoff", "full", 100,
                       params={"epochs": 30}, uniform_points=500)
     assert smooth.info["student"].startswith("mlp/")
@@ -301,7 +303,29 @@ def test_student_names_are_checked() -> None:
     with pytest.raises(ConfigError, match="student"):
         ATTACKS["knockoff"](student="svm")
     with pytest.raises(ConfigError, match="learns from labels"):
-        ATTACKS["knockoff"](student="forest", labels="soft")
+        ATTACKS["knockoff"](student="boosting", labels="soft")
+    with pytest.raises(ConfigError, match="learns from the scores by regression"):
+        ATTACKS["knockoff"](student="forest", labels="soft-kl")
+
+
+def test_the_forest_student_learns_the_scores_or_the_labels() -> None:
+    """A forest student regresses the scores when they come back (extra trees), and learns
+    the labels (a random forest) when only labels do or when told to."""
+    from modelshield.models import AllClassesClassifier, ScoreForestClassifier
+
+    victim = load_victim("synth-tree-d12", 0)
+    ran = {}
+    for policy, labels in (("full", "auto"), ("full", "hard"), ("label", "auto")):
+        ran[policy, labels] = ATTACKS["knockoff"](student="forest", labels=labels).run(
+            LocalOracle(victim, parse_policy(policy)), 200, pool=victim.pool)
+    assert ran["full", "auto"].info["student"] == "forest/soft"
+    assert isinstance(ran["full", "auto"].clone, ScoreForestClassifier)
+    for key in (("full", "hard"), ("label", "auto")):
+        assert ran[key].info["student"] == "forest/hard"
+        assert isinstance(ran[key].clone, AllClassesClassifier)
+    with pytest.raises(AttackRefused, match="needs scores"):
+        ATTACKS["knockoff"](student="forest", labels="soft").run(
+            LocalOracle(victim, parse_policy("label")), 200, pool=victim.pool)
 
 
 def test_mlp_equation_solving_says_when_it_is_underdetermined_or_misfit() -> None:
