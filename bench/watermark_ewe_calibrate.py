@@ -26,6 +26,7 @@ Writes bench/results/watermark_ewe_calibrate.json (``--out`` names another).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -58,13 +59,19 @@ def trials(run: dict[str, Any], draws: int, seed: int) -> list[tuple[str, int, i
     return out
 
 
-def p_decoy(real_hits: int, real_rows: int, decoy_hits: Any) -> float:
-    """The library's decoy p-value for one suspect: labels 0 are hits (target 0)."""
+@functools.cache
+def _watermark(real_rows: int) -> Any:
+    """A watermark of ``real_rows`` rows and 50 decoys of 6, target 0 (one a row count)."""
     from modelshield.victims.entangled import EntangledWatermark
 
-    wm = EntangledWatermark(np.zeros((real_rows, 1)), 1, 0, 2, np.array([0]), np.array([0.0]),
-                            (0.0,), np.zeros((N_DECOYS, DECOY_ROWS, 1)),
-                            np.zeros(N_DECOYS, dtype=np.int64))
+    return EntangledWatermark(np.zeros((real_rows, 1)), 1, 0, 2, np.array([0]),
+                              np.array([0.0]), (0.0,), np.zeros((N_DECOYS, DECOY_ROWS, 1)),
+                              np.zeros(N_DECOYS, dtype=np.int64))
+
+
+def p_decoy(real_hits: int, real_rows: int, decoy_hits: Any) -> float:
+    """The library's decoy p-value for one suspect: labels 0 are hits (target 0)."""
+    wm = _watermark(real_rows)
     labels = (np.arange(real_rows) >= real_hits).astype(np.int64)
     decoys = (np.arange(DECOY_ROWS)[None, :] >= decoy_hits[:, None]).astype(np.int64).ravel()
     p = wm.test(labels, decoys).p_decoy
