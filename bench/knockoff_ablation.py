@@ -26,7 +26,10 @@ More variants, by ``--variants`` (the scale floor and the loss):
 - 3 seeds, cross-entropy, 3 seeds: the mean of three students' scores, each trained from
   another seed (``MeanEnsemble.seeds``);
 - logits and cross-entropy averaged: the mean of the shipped student's scores and those of
-  the one trained by cross-entropy;
+  the one trained by cross-entropy (logits and constant-rate cross-entropy averaged: that
+  one with a constant rate);
+- twice the epochs, cross-entropy, twice the epochs: ``epochs_for(n, 400)`` passes (400 up
+  to 1,000 rows);
 - constant rate, cross-entropy, constant rate: Adam's learning rate held constant instead
   of annealed (as ART's PyTorchClassifier trains); either with ", 3 seeds": the mean of
   three such students;
@@ -57,16 +60,18 @@ MORE = ("floor 1", "floor 0.1", "floor 0.01", "floor 0.001", "cross-entropy",
         "cross-entropy, 3 seeds", "logits and cross-entropy averaged", "forest",
         "forest and cross-entropy averaged", "constant rate", "cross-entropy, constant rate",
         "constant rate, 3 seeds", "cross-entropy, constant rate, 3 seeds", "forest on scores",
-        "boosting")
+        "boosting", "twice the epochs", "cross-entropy, twice the epochs",
+        "logits and constant-rate cross-entropy averaged")
 
 
 def train(variant: str, x: np.ndarray, y: np.ndarray, pool: np.ndarray, n_classes: int,
           seed: int) -> Any:
     from modelshield.models import MeanEnsemble
 
-    if variant == "logits and cross-entropy averaged":
+    if variant.startswith("logits and ") and variant.endswith("averaged"):
+        other = "cross-entropy, constant rate" if "constant-rate" in variant else "cross-entropy"
         return MeanEnsemble([student(v, x, pool, n_classes, seed)
-                             for v in ("shipped", "cross-entropy")]).fit(x, y)
+                             for v in ("shipped", other)]).fit(x, y)
     if variant.startswith("forest") or variant == "boosting":
         from sklearn.frozen import FrozenEstimator
 
@@ -113,6 +118,8 @@ def student(variant: str, x: np.ndarray, pool: np.ndarray, n_classes: int, seed:
         epochs = 200
     elif variant == "50 epochs":
         epochs = max(1, epochs // 4)
+    if variant.endswith("twice the epochs"):
+        epochs = epochs_for(len(x), 400)
     return TorchMLPClassifier(HIDDEN, n_classes=n_classes, epochs=epochs, loss=loss,
                               logit_floor=1e-6, reference=reference, scale_floor=floor,
                               schedule=schedule, random_state=seed)
