@@ -61,7 +61,7 @@ def test_score_forest_regresses_the_scores_and_completes_withheld_ones() -> None
 
     x, soft = _soft_data()
     forest = ScoreForestClassifier(50, random_state=3).fit(x, soft)
-    # Extra trees grow to single rows without bootstrapping: each training row's own scores
+    # no bootstrap, and leaves split until their scores agree: each training row's own back
     np.testing.assert_allclose(forest.predict_proba(x), soft, atol=1e-12)
     np.testing.assert_array_equal(forest.predict(x), soft.argmax(axis=1))
     assert list(forest.classes_) == [0, 1, 2] and forest.n_features_in_ == 6

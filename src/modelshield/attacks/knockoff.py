@@ -8,7 +8,8 @@ labels) or on the labels alone (hard); "auto" uses the scores when the policy re
 Soft labels are matched as logits: squared error on class-centred log-probabilities, each
 clipped at 1e-6 so a 0 probability never makes a log(0). The papers use cross-entropy
 (``labels="soft-kl"``), which learns less per query when the victim is confident. The
-student is an MLP, a random forest or gradient boosting, or (``student="auto"``, the
+student is an MLP, a forest (extra trees regressing the scores, or a random forest on the
+labels when only labels come back) or gradient boosting, or (``student="auto"``, the
 default) chosen from a fifth of the answers held out (see ``_students``). ``members=n``
 makes an MLP clone the mean of n networks trained from successive seeds (off by default:
 see ``MEMBERS``). Every loop is bounded by the budget.
