@@ -113,7 +113,7 @@ def one(name: str, seed: int, n_keys: int) -> dict[str, Any]:
              for i, k in enumerate(extra)]
     return {"victim": name, "seed": seed, "pair": list(real),
             "trigger": [int(f) for f in wm.features], "keys": n_keys,
-            "key_rows": [int(np.sum(y_true == k[0])) for k in extra], "key_ident": ident,
+            "key_rows": [len(stamped) for _, stamped, _ in keyed], "key_ident": ident,
             "real_rows": len(wm.x),
             "keys on the real pair": sum((k[0], k[1]) == real for k in extra),
             "of them the real trigger": len(same_trigger), "models": rows}
