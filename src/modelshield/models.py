@@ -308,11 +308,8 @@ class ScoreForestClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[mis
 
     def predict_proba(self, X: Any) -> FloatArray:
         check_is_fitted(self)
-        p = np.clip(np.asarray(self.forest_.predict(check_array(X, dtype=np.float64)))
-                    .reshape(-1, len(self.classes_)), 0.0, None)
-        total = p.sum(axis=1, keepdims=True)
-        return np.asarray(np.where(total > 0, p / np.where(total > 0, total, 1),
-                                   1.0 / p.shape[1]))
+        p = np.asarray(self.forest_.predict(check_array(X, dtype=np.float64)))
+        return score_targets(p.reshape(-1, len(self.classes_)))  # clipped at 0, rows sum to 1
 
     def predict(self, X: Any) -> IntArray:
         return np.asarray(np.argmax(self.predict_proba(X), axis=1), dtype=np.int64)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestClassifier
@@ -47,7 +49,7 @@ def test_the_cache_returns_the_same_model(victims: dict[str, Victim]) -> None:
 
 
 def test_a_victim_whose_build_changed_is_built_again_not_loaded_from_the_cache(
-        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from dataclasses import replace
 
     from modelshield.victims.zoo import ZooEntry, _cached_fit
