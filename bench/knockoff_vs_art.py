@@ -5,7 +5,7 @@
                                     [--families logistic mlp deep-mlp tree boosting]
                                     [--data breast-cancer digits synthetic] [--workers 2]
                                     [--ablation-seeds 0] [--art-from earlier.json]
-                                    [--keep-from earlier.json]
+                                    [--keep-from earlier.json] [--knockoff-from earlier.json]
 
 Victims: five model families (logistic regression, a 32-unit ReLU MLP, a 128-64-32 ReLU MLP,
 a depth-8 decision tree, gradient boosting) on three data sets (breast cancer d=30, 2
@@ -21,8 +21,11 @@ Methods:
 - ours: ``knockoff`` as shipped (the student chosen from held-out answers); for trees
   ``path-finding`` too (top-down with incomplete queries: the API accepts them), and for
   logistic regression ``equation-solving`` (Tramèr et al.'s attack for logistic models; it
-  spends d + 1 queries and checks itself that the answers fit exactly). "ours best" is the
-  better of them in each run, as "ART best" is the best of ART's three.
+  spends d + 1 queries and checks itself that the answers fit exactly); and ``active``
+  (margin sampling from the same candidates in 8 rounds, the clone chosen as knockoff's).
+  "ours best" is the best of them in each run, as "ART best" is the best of ART's three.
+  Past the pool's size the candidates are exactly the budget, so there active has nothing
+  to choose from.
 - ablation: ``knockoff`` with the student fixed to the MLP: on the scores matched as logits
   (our loss), on the scores by cross-entropy (the papers' and ART's loss), and on the labels
   (cross-entropy, as Copycat). The student choice is "ours knockoff" against these.
@@ -164,33 +167,45 @@ def art(victim: Any, x: np.ndarray, method: str, budget: int, seed: int) -> floa
 ART_METHODS = ("copycat", "knockoff-random", "knockoff-adaptive")
 
 
-def cell(job: tuple[str, str, int, list[int], bool, dict[int, dict[str, Any]]]
-         ) -> list[dict[str, Any]]:
+OURS_KEYS = ("ours_knockoff", "student", "ablation_mlp_soft", "ablation_mlp_soft-kl",
+             "ablation_mlp_hard", "ours_path_finding", "ours_equation_solving",
+             "equation_solving_queries")
+
+
+def cell(job: tuple[str, str, int, list[int], bool, dict[int, dict[str, Any]],
+                    dict[int, dict[str, Any]]]) -> list[dict[str, Any]]:
     """Every method on one victim and seed, at every budget (ART's from ``earlier`` where
-    an earlier run has them)."""
+    an earlier run has them, and knockoff's, path finding's and equation solving's from
+    ``mine``)."""
     import torch
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
-    family, data, seed, budgets, ablation, earlier = job
+    family, data, seed, budgets, ablation, earlier, mine = job
     victim = build(family, data, seed)
     out = []
     for budget in budgets:
         x = candidates(victim, budget, seed)
         run: dict[str, Any] = {"family": family, "data": data, "seed": seed, "budget": budget}
-        run["ours_knockoff"], facts = ours(victim, x, "knockoff", budget, seed)
-        run["student"] = facts["student"]
-        if ablation:
-            for kind in ("soft", "soft-kl", "hard"):
-                run[f"ablation_mlp_{kind}"], _ = ours(victim, x, "knockoff", budget, seed,
-                                                      student="mlp", labels=kind)
-        if family == "tree":
-            run["ours_path_finding"], _ = ours(victim, x, "path-finding", budget, seed,
-                                               incomplete=True)
-        if family == "logistic":
-            run["ours_equation_solving"], facts = ours(victim, x, "equation-solving", budget,
-                                                       seed)
-            run["equation_solving_queries"] = facts["queries"]
+        if budget in mine:
+            run.update({k: mine[budget][k] for k in OURS_KEYS if k in mine[budget]})
+        else:
+            run["ours_knockoff"], facts = ours(victim, x, "knockoff", budget, seed)
+            run["student"] = facts["student"]
+            if ablation:
+                for kind in ("soft", "soft-kl", "hard"):
+                    run[f"ablation_mlp_{kind}"], _ = ours(victim, x, "knockoff", budget, seed,
+                                                          student="mlp", labels=kind)
+            if family == "tree":
+                run["ours_path_finding"], _ = ours(victim, x, "path-finding", budget, seed,
+                                                   incomplete=True)
+            if family == "logistic":
+                run["ours_equation_solving"], facts = ours(victim, x, "equation-solving",
+                                                           budget, seed)
+                run["equation_solving_queries"] = facts["queries"]
+        run["ours_active"], facts = ours(victim, x, "active", budget, seed, hidden=HIDDEN,
+                                         epochs=EPOCHS)
+        run["active_student"] = facts["student"]
         for method in ART_METHODS:
             if budget in earlier:
                 for k in (f"art_{method}", f"art_{method}_error"):
@@ -205,7 +220,8 @@ def cell(job: tuple[str, str, int, list[int], bool, dict[int, dict[str, Any]]]
                 # probabilities turn NaN ("probabilities contain NaN"). Kept as a failure.
                 run[f"art_{method}"] = None
                 run[f"art_{method}_error"] = str(exc)
-        run["ours_best"] = max(run["ours_knockoff"], run.get("ours_path_finding", 0.0),
+        run["ours_best"] = max(run["ours_knockoff"], run["ours_active"],
+                               run.get("ours_path_finding", 0.0),
                                run.get("ours_equation_solving", 0.0))
         run["art_best"] = max(run[f"art_{m}"] or 0.0 for m in ART_METHODS)
         out.append(run)
@@ -229,14 +245,17 @@ def main() -> None:
     parser.add_argument("--art-from", type=Path, default=None,
                         help="reuse ART's results from an earlier run's JSON (same seeds, "
                              "budgets and victims: ART is seeded, its runs repeat)")
+    parser.add_argument("--knockoff-from", type=Path, default=None,
+                        help="reuse knockoff's, the ablation's, path finding's and equation "
+                             "solving's results from an earlier run's JSON (their code "
+                             "unchanged: they are seeded and repeat); active learning runs")
     args = parser.parse_args()
-    earlier: dict[tuple[str, str, int], dict[int, dict[str, Any]]] = {}
-    if args.art_from is not None:
-        for r in json.loads(args.art_from.read_text())["runs"]:
-            earlier.setdefault((r["family"], r["data"], r["seed"]), {})[r["budget"]] = r
+    earlier = _by_cell(args.art_from)
+    mine = _by_cell(args.knockoff_from)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core a worker (boosting, k-means)
     ablate = set(args.seeds if args.ablation_seeds is None else args.ablation_seeds)
-    jobs = [(f, d, s, args.budgets, s in ablate, earlier.get((f, d, s), {}))
+    jobs = [(f, d, s, args.budgets, s in ablate, earlier.get((f, d, s), {}),
+             mine.get((f, d, s), {}))
             for f in args.families for d in args.data for s in args.seeds]
     with ProcessPoolExecutor(args.workers) as pool:
         runs = [r for rows in pool.map(cell, jobs) for r in rows]
@@ -247,7 +266,7 @@ def main() -> None:
                 and r["seed"] in args.seeds and r["data"] in args.data]
         runs += kept
         families = [f for f in FAMILIES if f in families or any(r["family"] == f for r in kept)]
-    methods = ["ours_best", "art_best", "ours_knockoff", "ours_path_finding",
+    methods = ["ours_best", "art_best", "ours_knockoff", "ours_active", "ours_path_finding",
                "ours_equation_solving",
                "ablation_mlp_soft", "ablation_mlp_soft-kl", "ablation_mlp_hard", "art_copycat",
                "art_knockoff-random", "art_knockoff-adaptive"]
@@ -261,6 +280,7 @@ def main() -> None:
                 row[m] = float(np.mean(vals)) if vals else None
             row["ratio"] = row["ours_best"] / row["art_best"]
             row["knockoff_ratio"] = row["ours_knockoff"] / row["art_best"]
+            row["active_ratio"] = row["ours_active"] / row["art_best"]
             row["students"] = sorted({r["student"] for r in sel})
             row["art_failures"] = sum(r.get(f"art_{m}") is None for r in sel
                                       for m in ART_METHODS)
@@ -268,10 +288,11 @@ def main() -> None:
     show(f"test fidelity, mean over data sets {args.data} and seeds {args.seeds}, full "
          "probabilities (ratio = ours best / ART best)",
          ["family", "budget", "ours best", "ART best", "ratio", "knockoff alone",
-          "ours knockoff", "ours path", "ours eq.", "abl. logits", "abl. KL", "abl. hard",
-          "ART copycat", "ART ko rand", "ART ko adapt"],
+          "active alone", "ours knockoff", "ours active", "ours path", "ours eq.",
+          "abl. logits", "abl. KL", "abl. hard", "ART copycat", "ART ko rand", "ART ko adapt"],
          [[r["family"], r["budget"], r["ours_best"], r["art_best"], r["ratio"],
-           r["knockoff_ratio"], r["ours_knockoff"], r["ours_path_finding"],
+           r["knockoff_ratio"], r["active_ratio"], r["ours_knockoff"], r["ours_active"],
+           r["ours_path_finding"],
            r["ours_equation_solving"], r["ablation_mlp_soft"], r["ablation_mlp_soft-kl"],
            r["ablation_mlp_hard"], r["art_copycat"], r["art_knockoff-random"],
            r["art_knockoff-adaptive"]] for r in rows])
@@ -283,11 +304,22 @@ def main() -> None:
     print("ours best below ART best at:", behind or "nowhere")
     write("knockoff_vs_art", {"seeds": args.seeds, "ablation_seeds": sorted(ablate),
                               "art_reused_from_an_earlier_run": args.art_from is not None,
+                              "knockoff_reused_from_an_earlier_run":
+                                  args.knockoff_from is not None,
                               "families_rerun": args.families,
                               "runs_kept_from": str(args.keep_from) if args.keep_from else None,
                               "budgets": args.budgets,
                               "families": families, "data": args.data,
                               "runs": runs, "rows": rows, "behind": behind})
+
+
+def _by_cell(path: Path | None) -> dict[tuple[str, str, int], dict[int, dict[str, Any]]]:
+    """An earlier run's rows by (family, data, seed), then budget."""
+    out: dict[tuple[str, str, int], dict[int, dict[str, Any]]] = {}
+    if path is not None:
+        for r in json.loads(path.read_text())["runs"]:
+            out.setdefault((r["family"], r["data"], r["seed"]), {})[r["budget"]] = r
+    return out
 
 
 if __name__ == "__main__":

@@ -290,6 +290,24 @@ def test_answers_that_repeat_make_a_forest_the_default_student() -> None:
     assert smooth.info["student"].startswith("mlp/")
 
 
+def test_active_learning_chooses_its_clone_as_knockoff_does() -> None:
+    """The rounds rank candidates with an MLP; the clone is chosen on held-out answers, so a
+    tree's answers give a forest clone, and a fixed student is kept."""
+    from modelshield.models import ScoreForestClassifier, TorchMLPClassifier
+
+    tree = load_victim("synth-tree-d12", 0)
+    r = ATTACKS["active"](rounds=2, epochs=20).run(LocalOracle(tree), 400, pool=tree.pool)
+    assert r.info["student"] == "forest/soft" and isinstance(r.clone, ScoreForestClassifier)
+    assert {"mlp/soft", "forest/soft", "boosting/hard"} <= set(r.info["holdout"])
+    assert r.queries == 400 and len(r.checkpoints) == 3  # two rankers, then the clone
+    assert r.checkpoints[-1].clone is r.clone
+    fixed = ATTACKS["active"](rounds=2, epochs=20, student="mlp", labels="hard").run(
+        LocalOracle(tree), 400, pool=tree.pool)
+    assert fixed.info["student"] == "mlp/hard" and isinstance(fixed.clone, TorchMLPClassifier)
+    with pytest.raises(ConfigError, match="learns from labels"):
+        ATTACKS["active"](student="boosting", labels="soft")
+
+
 def test_knockoff_members_average_networks_from_successive_seeds() -> None:
     victim = load_victim("breast-cancer-lr", 0)
     r = ATTACKS["knockoff"](members=3, epochs=30, random_state=4).run(

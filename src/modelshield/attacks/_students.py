@@ -39,7 +39,8 @@ MIN_CHOICE = 50
 # 0.01) nearly flat; 0.01 was at or above it in all 8 cells (4 families at 300 and 1,000
 # queries; wine, breast cancer, digits and synthetic data, seeds 5-6: not the seeds the
 # comparison with ART reports), 0.1 and 0.001 each lower in one or two
-# (bench/results/knockoff_scale_tune_*.json). active and jacobian keep 1 (not re-tuned).
+# (bench/results/knockoff_scale_tune_*.json). jacobian keeps 1 (not re-tuned); active ranks
+# with 1 (active.RANK_FLOOR) and trains its clone as knockoff does.
 SCALE_FLOOR = 0.01
 # From this many answers on, the MLP's first candidate learns the scores by cross-entropy
 # rather than as logits: on the tuning cells (4 families x 4 data sets, seeds 5-6) the
