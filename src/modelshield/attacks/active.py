@@ -8,9 +8,10 @@ smallest gap between the top two classes; ``entropy``) or by coverage (``kcenter
 farthest-point selection, Sener & Savarese, ICLR 2018), query the chosen ones and retrain.
 ``random`` picks at random in the same rounds: the baseline it must beat.
 
-The rounds rank candidates with a 128-unit MLP student; once the budget is spent, the clone
-is trained on all the answers as knockoff trains its own (``student="auto"``: the family and
-the loss chosen on a held-out fifth of the answers; see ``_students``).
+The rounds rank candidates with an MLP student (``hidden``: 128 units by default); once the
+budget is spent, the clone is trained on all the answers as knockoff trains its own
+(``student="auto"``: the family and the loss chosen on a held-out fifth of the answers; see
+``_students``).
 
 Needs: labels; uses class scores when the policy returns them (labels='soft').
 """
