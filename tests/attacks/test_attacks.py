@@ -277,6 +277,29 @@ def test_knockoff_chooses_its_student_from_held_out_answers() -> None:
     assert {"mlp/soft", "mlp/soft-kl", "mlp/hard"} <= set(r.info["holdout"])
 
 
+def test_the_cross_entropy_student_keeps_the_rate_with_the_lower_held_out_loss(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """From RATE_CHOICE_FROM answers on, the MLP trained by cross-entropy is trained with
+    Adam's rate annealed and held constant on four fifths; the clone keeps the rate whose
+    student has the lower cross-entropy to the held-out scores. Below it, annealed."""
+    import modelshield.attacks._students as students
+
+    monkeypatch.setattr(students, "RATE_CHOICE_FROM", 200)
+    victim = load_victim("digits-mlp", 0)
+    attack = ATTACKS["knockoff"](student="mlp", labels="soft-kl", epochs=30)
+    r = attack.run(LocalOracle(victim), 300, pool=victim.pool)
+    loss = r.info["rate_holdout"]
+    assert set(loss) == {"cosine", "constant"} and loss["cosine"] != loss["constant"]
+    assert r.info["rate"] == min(loss, key=lambda k: loss[k])
+    assert r.clone.schedule == r.info["rate"]
+    below = attack.run(LocalOracle(victim), 150, pool=victim.pool)
+    assert "rate" not in below.info and below.clone.schedule == "cosine"
+    monkeypatch.setattr(students, "RATES", ("constant",))  # one rate: used, not compared
+    one = attack.run(LocalOracle(victim), 300, pool=victim.pool)
+    assert one.info["rate"] == "constant" and "rate_holdout" not in one.info
+    assert one.clone.schedule == "constant"
+
+
 def test_answers_that_repeat_make_a_forest_the_default_student() -> None:
     """A tree answers one score vector a leaf; 100 queries are too few for the hold-out test
     to overturn the default, so the default is what the answers' shape says."""

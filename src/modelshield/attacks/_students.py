@@ -48,6 +48,16 @@ SCALE_FLOOR = 0.01
 # 3,000 in all 4 (by 0.1 to 0.8 points; bench/results/knockoff_loss_tune_*.json). The
 # threshold lies between the two budgets and was not tuned finer.
 CROSS_ENTROPY_FROM = 2000
+# From this many answers on (scores returned), the MLP trained by cross-entropy is trained
+# twice on the held-out split, Adam's rate annealed to 0 (cosine) and held constant (as
+# ART's PyTorchClassifier trains), and keeps the rate whose student has the lower
+# cross-entropy to the held-out scores: a continuous score, so a fifth of a few thousand
+# answers tells a 0.3-point difference apart where agreement cannot. On the tuning cells
+# of bench/rate_tune.py (seeds 5-7) the constant rate was ahead on the synthetic victims
+# and the annealed one on digits. None: always annealed.
+RATE_CHOICE_FROM: int | None = CROSS_ENTROPY_FROM
+# The rates compared; one alone is used without a comparison.
+RATES: tuple[str, ...] = ("cosine", "constant")
 # knockoff's MLP clone is the mean of this many networks trained from successive seeds.
 MEMBERS = 1
 # The forest on the scores: extra trees regressing them (ScoreForestClassifier). On tree
@@ -101,16 +111,18 @@ def checkpoint_sizes(budget: int, every: tuple[int, ...]) -> list[int]:
 
 def fit_student(x: FloatArray, y: np.ndarray, hidden: tuple[int, ...], n_classes: int,
                 epochs: int, seed: int, pool: FloatArray | None = None,
-                loss: str = "logits", scale_floor: float = 1.0, fitted: bool = True) -> Any:
+                loss: str = "logits", scale_floor: float = 1.0, fitted: bool = True,
+                schedule: str = "cosine") -> Any:
     """Train a fresh student; scores are matched as logits, inputs scaled by the pool (each
-    feature's spread floored at ``scale_floor``). ``fitted=False``: the student unfitted.
+    feature's spread floored at ``scale_floor``), Adam's rate on ``schedule``.
+    ``fitted=False``: the student unfitted.
 
     Scores are clipped at 1e-6 before the log: on the digits MLP this beat 1e-3, 1e-12 and
     cross-entropy at 100, 300 and 1,000 queries (mean of three seeds).
     """
     net = TorchMLPClassifier(hidden, n_classes=n_classes, epochs=epochs_for(len(x), epochs),
                              loss=loss, logit_floor=1e-6, reference=pool,
-                             scale_floor=scale_floor, random_state=seed)
+                             scale_floor=scale_floor, schedule=schedule, random_state=seed)
     return net.fit(x, y) if fitted else net
 
 
@@ -124,7 +136,9 @@ def fit_chosen(x: FloatArray, answers: list[Answer], labels: str, student: str,
         ``seed``, ``seed + 1``, ... (:class:`~modelshield.models.MeanEnsemble`); the
         candidates compared on the held-out answers are single networks.
     Returns the clone and what was chosen: ``{"student": "forest/hard", "holdout": {...}}``
-    with each candidate's agreement on the held-out answers.
+    with each candidate's agreement on the held-out answers; where the cross-entropy MLP's
+    rate was chosen (``RATE_CHOICE_FROM``), ``"rate"`` and each rate's held-out
+    cross-entropy (``"rate_holdout"``).
     """
     hard = np.concatenate([a.labels for a in answers])
     scores = all(a.probabilities is not None for a in answers)
@@ -145,13 +159,16 @@ def fit_chosen(x: FloatArray, answers: list[Answer], labels: str, student: str,
         elif labels not in {"soft", "soft-kl"}:  # boosting (and a forest told "hard")
             candidates.append((family, "hard"))
     check_student(student, labels)
+    schedule = "cosine"
 
-    def fit(idx: np.ndarray, family: str, kind: str, copies: int = 1) -> Any:
+    def fit(idx: np.ndarray, family: str, kind: str, copies: int = 1,
+            rate: str | None = None) -> Any:
         if family == "mlp":
             y = targets(answers, "soft" if kind == "soft-kl" else kind, attack)
             one = fit_student(x[idx], y[idx], hidden, n_classes, epochs, seed, pool,
                               loss="kl" if kind == "soft-kl" else "logits",
-                              scale_floor=SCALE_FLOOR, fitted=copies == 1)
+                              scale_floor=SCALE_FLOOR, fitted=copies == 1,
+                              schedule=rate or (schedule if kind == "soft-kl" else "cosine"))
             return one if copies == 1 else \
                 MeanEnsemble.seeds(one, copies, seed).fit(x[idx], y[idx])
         if kind == "soft":  # the forest on the scores
@@ -164,13 +181,28 @@ def fit_chosen(x: FloatArray, answers: list[Answer], labels: str, student: str,
         # leaves): a forest is the default then, and the MLP the challenger.
         candidates.sort(key=lambda c: c[0] != "forest")
     everything = np.arange(len(x))
-    if len(candidates) == 1 or len(x) < MIN_CHOICE:
-        family, kind = candidates[0]
-        return fit(everything, family, kind, members), {"student": f"{family}/{kind}"}
     order = np.random.default_rng(seed).permutation(len(x))
     held, train = order[: len(x) // 5], order[len(x) // 5:]
-    right = {f"{family}/{kind}": fit(train, family, kind).predict(x[held]) == hard[held]
-             for family, kind in candidates}
+    facts: dict[str, Any] = {}
+    trained: dict[str, Any] = {}
+    if RATE_CHOICE_FROM is not None and len(x) >= max(RATE_CHOICE_FROM, MIN_CHOICE) and \
+            scores and ("mlp", "soft-kl") in candidates:
+        schedule = RATES[0]
+        if len(RATES) > 1:
+            p = targets(answers, "soft", attack)[held]
+            by_rate = {rate: fit(train, "mlp", "soft-kl", rate=rate) for rate in RATES}
+            loss = {rate: float(-np.mean(np.sum(p * np.log(np.maximum(
+                net.predict_proba(x[held]), 1e-12)), axis=1))) for rate, net in by_rate.items()}
+            schedule = min(loss, key=lambda r: loss[r])
+            trained["mlp/soft-kl"] = by_rate[schedule]
+            facts["rate_holdout"] = loss
+        facts["rate"] = schedule
+    if len(candidates) == 1 or len(x) < MIN_CHOICE:
+        family, kind = candidates[0]
+        return fit(everything, family, kind, members), {"student": f"{family}/{kind}", **facts}
+    right = {name: (trained[name] if name in trained else fit(train, family, kind)
+                    ).predict(x[held]) == hard[held]
+             for family, kind in candidates for name in [f"{family}/{kind}"]}
     holdout = {name: float(np.mean(r)) for name, r in right.items()}
     # The first candidate (the MLP on the scores, else on the labels) stays unless another
     # is better on the held-out answers beyond chance: a one-sided exact McNemar test at 5%
@@ -188,7 +220,7 @@ def fit_chosen(x: FloatArray, answers: list[Answer], labels: str, student: str,
         best = challenger
     family, kind = best.split("/")
     return fit(everything, family, kind, members), {"student": best, "holdout": holdout,
-                                           "challenger_p": p_value}
+                                           "challenger_p": p_value, **facts}
 
 
 def _piecewise_constant(answers: list[Answer]) -> bool:
