@@ -6,6 +6,7 @@
                                     [--data breast-cancer digits synthetic] [--workers 2]
                                     [--ablation-seeds 0] [--art-from earlier.json]
                                     [--keep-from earlier.json] [--knockoff-from earlier.json]
+                                    [--rerun-budgets 3000]
 
 Victims: five model families (logistic regression, a 32-unit ReLU MLP, a 128-64-32 ReLU MLP,
 a depth-8 decision tree, gradient boosting) on three data sets (breast cancer d=30, 2
@@ -115,8 +116,9 @@ def ours(victim: Any, x: np.ndarray, attack: str, budget: int, seed: int,
     if attack == "knockoff":
         kw = {"hidden": HIDDEN, "epochs": EPOCHS, "source": "pool", **kw}
     e = ATTACKS[attack](random_state=seed, **kw).run(oracle, budget, pool=x)
-    return agreement(e.clone, victim, victim.X_test), {"queries": oracle.used,
-                                                       "student": e.info.get("student")}
+    return agreement(e.clone, victim, victim.X_test), {
+        "queries": oracle.used, "student": e.info.get("student"), "rate": e.info.get("rate"),
+        "rate_holdout": e.info.get("rate_holdout")}
 
 
 def art(victim: Any, x: np.ndarray, method: str, budget: int, seed: int) -> float:
@@ -168,42 +170,50 @@ def art(victim: Any, x: np.ndarray, method: str, budget: int, seed: int) -> floa
 ART_METHODS = ("copycat", "knockoff-random", "knockoff-adaptive")
 
 
-OURS_KEYS = ("ours_knockoff", "student", "ablation_mlp_soft", "ablation_mlp_soft-kl",
+UNTOUCHED = ("ablation_mlp_soft", "ablation_mlp_hard", "ours_path_finding",
+             "ours_equation_solving", "equation_solving_queries")
+OURS_KEYS = ("ours_knockoff", "student", "rate", "ablation_mlp_soft", "ablation_mlp_soft-kl",
              "ablation_mlp_hard", "ours_path_finding", "ours_equation_solving",
              "equation_solving_queries")
 
 
 def cell(job: tuple[str, str, int, list[int], bool, dict[int, dict[str, Any]],
-                    dict[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+                    dict[int, dict[str, Any]], dict[int, dict[str, Any]]]
+         ) -> list[dict[str, Any]]:
     """Every method on one victim and seed, at every budget (ART's from ``earlier`` where
-    an earlier run has them, and knockoff's, path finding's and equation solving's from
-    ``mine``)."""
+    an earlier run has them, knockoff's, path finding's and equation solving's from
+    ``mine``, and the whole run from ``whole``)."""
     import torch
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
-    family, data, seed, budgets, ablation, earlier, mine = job
+    family, data, seed, budgets, ablation, earlier, mine, whole = job
     victim = build(family, data, seed)
     out = []
     for budget in budgets:
+        if budget in whole:
+            out.append(whole[budget])
+            continue
         x = candidates(victim, budget, seed)
         run: dict[str, Any] = {"family": family, "data": data, "seed": seed, "budget": budget}
-        if budget in mine:
-            run.update({k: mine[budget][k] for k in OURS_KEYS if k in mine[budget]})
-        else:
+        reuse = {k: mine[budget][k] for k in OURS_KEYS if k in mine.get(budget, {})}
+        run.update(reuse)
+        if "ours_knockoff" not in reuse:
             run["ours_knockoff"], facts = ours(victim, x, "knockoff", budget, seed)
             run["student"] = facts["student"]
-            if ablation:
-                for kind in ("soft", "soft-kl", "hard"):
-                    run[f"ablation_mlp_{kind}"], _ = ours(victim, x, "knockoff", budget, seed,
-                                                          student="mlp", labels=kind)
-            if family == "tree":
-                run["ours_path_finding"], _ = ours(victim, x, "path-finding", budget, seed,
-                                                   incomplete=True)
-            if family == "logistic":
-                run["ours_equation_solving"], facts = ours(victim, x, "equation-solving",
-                                                           budget, seed)
-                run["equation_solving_queries"] = facts["queries"]
+            if facts["rate"] is not None:
+                run["rate"] = facts["rate"]
+        for kind in ("soft", "soft-kl", "hard") if ablation else ():
+            if f"ablation_mlp_{kind}" not in reuse:
+                run[f"ablation_mlp_{kind}"], _ = ours(victim, x, "knockoff", budget, seed,
+                                                      student="mlp", labels=kind)
+        if family == "tree" and "ours_path_finding" not in reuse:
+            run["ours_path_finding"], _ = ours(victim, x, "path-finding", budget, seed,
+                                               incomplete=True)
+        if family == "logistic" and "ours_equation_solving" not in reuse:
+            run["ours_equation_solving"], facts = ours(victim, x, "equation-solving",
+                                                       budget, seed)
+            run["equation_solving_queries"] = facts["queries"]
         run["ours_active"], facts = ours(victim, x, "active", budget, seed, hidden=HIDDEN,
                                          epochs=EPOCHS)
         run["active_student"] = facts["student"]
@@ -250,13 +260,29 @@ def main() -> None:
                         help="reuse knockoff's, the ablation's, path finding's and equation "
                              "solving's results from an earlier run's JSON (their code "
                              "unchanged: they are seeded and repeat); active learning runs")
+    parser.add_argument("--rerun-budgets", type=int, nargs="+", default=None,
+                        help="with --knockoff-from: only these budgets run knockoff, its "
+                             "cross-entropy ablation and active learning again (the other "
+                             "methods of ours are kept); the runs at the other budgets are "
+                             "taken whole from that file")
     args = parser.parse_args()
+    if args.rerun_budgets is not None and args.knockoff_from is None:
+        parser.error("--rerun-budgets needs --knockoff-from (the file the other budgets "
+                     "come from)")
     earlier = _by_cell(args.art_from)
     mine = _by_cell(args.knockoff_from)
+    whole: dict[tuple[str, str, int], dict[int, dict[str, Any]]] = {}
+    if args.rerun_budgets is not None:
+        whole = {key: {b: r for b, r in runs.items() if b not in args.rerun_budgets}
+                 for key, runs in mine.items()}
+        # At the budgets run again, the methods the student's learning rate cannot touch
+        # are kept: the MLP on logits and on labels, path finding, equation solving.
+        mine = {key: {b: {k: r[k] for k in UNTOUCHED if k in r} for b, r in runs.items()
+                      if b in args.rerun_budgets} for key, runs in mine.items()}
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core a worker (boosting, k-means)
     ablate = set(args.seeds if args.ablation_seeds is None else args.ablation_seeds)
     jobs = [(f, d, s, args.budgets, s in ablate, earlier.get((f, d, s), {}),
-             mine.get((f, d, s), {}))
+             mine.get((f, d, s), {}), whole.get((f, d, s), {}))
             for f in args.families for d in args.data for s in args.seeds]
     with ProcessPoolExecutor(args.workers) as pool:
         runs = [r for rows in pool.map(cell, jobs) for r in rows]
@@ -307,6 +333,7 @@ def main() -> None:
                               "art_reused_from_an_earlier_run": args.art_from is not None,
                               "knockoff_reused_from_an_earlier_run":
                                   args.knockoff_from is not None,
+                              "budgets_rerun": args.rerun_budgets or args.budgets,
                               "families_rerun": args.families,
                               "runs_kept_from": str(args.keep_from) if args.keep_from else None,
                               "budgets": args.budgets,
