@@ -142,3 +142,31 @@ def test_a_defense_that_lowers_membership_exposure_is_recommended() -> None:
     assert recs[0]["overall"] == "LOWER" and recs[1]["overall"] == "HIGH"
     assert recs[1]["score"] > recs[0]["score"]  # cheaper, but leaves membership open
     assert "membership exposure: HIGH -> HIGH" in recs[1]["effect"]
+
+
+def test_a_clone_the_watermark_traces_is_proof_not_prevention() -> None:
+    """A clone traced to its account (p <= 1e-6) does not set the rating: the cheapest
+    untraced one does; when every clone is traced the rating is at most MEDIUM."""
+    def traced(curve: list[tuple[int, float]], trace: list[list[float]]) -> dict[str, Any]:
+        return {**attack("open", curve), "trace": trace}
+
+    every = analyse(scenario(), [traced(CURVE, [[300, 1e-9], [1000, 1e-20]]), benign("open")])
+    row = every["defenses"][0]["attackers"][0]
+    assert row["traced"] and row["traced_p"] == 1e-9 and row["q90_untraced"] is None
+    assert rating(every, "open") == "MEDIUM"  # $0.30 would be HIGH untraced
+    assert any("can be proven, not prevented" in f for f in every["rating"]["facts"])
+    # Traced at 300 queries, not at 1,000 (p 1e-4): the untraced clone at 1,000 sets it.
+    part = analyse(scenario(model_value=50),
+                   [traced(CURVE, [[300, 1e-9], [1000, 1e-4]]), benign("open")])
+    row = part["defenses"][0]["attackers"][0]
+    assert not row["traced"] and row["q90_untraced"] == 1000
+    assert part["defenses"][0]["cheapest_untraced_clone"]["usd"] == 1.0
+    assert rating(part, "open") == "MEDIUM"  # $1.00 of $50: 2%, not under 1%
+    assert any("cheapest it does not trace (k) costs $1.00" in f
+               for f in part["rating"]["facts"])
+    # Weaker than 1e-6 is not traced; no trace at all (no watermark) neither.
+    weak = analyse(scenario(), [traced(CURVE, [[300, 1e-5], [1000, 1e-5]]), benign("open")])
+    assert rating(weak, "open") == "HIGH"
+    plain = analyse(scenario(), cells())
+    assert plain["defenses"][0]["attackers"][0]["trace"] == []
+    assert not plain["defenses"][0]["attackers"][0]["traced"]

@@ -229,6 +229,35 @@ def test_parallel_run_matches_serial(small: tuple[dict[str, Any], Path], tmp_pat
 
 
 # -- a remote target: the real gateway over HTTP ----------------------------------------------
+def test_every_clone_is_tested_against_the_watermark_and_a_rerun_repeats_it(
+        tmp_path: Path) -> None:
+    """Through a watermarked tier, each clone of 90% fidelity or more is tested against the
+    attacker's watermark, rebuilt from the cell's audit log; a traced copy caps the rating
+    at MEDIUM, and the report shows the "traced" column. The accounts' key ids are seeded
+    by the cell, so a fresh run (no cache) marks the same answers and gives the same p."""
+    scenario = {"name": "traced", "seed": 0, "price_per_1k": 1.0, "model_value": 20_000,
+                "target": {"victim": "breast-cancer-lr"},
+                "attackers": [{"name": "ko-forest", "attack": "knockoff", "budgets": [300],
+                               "params": {"student": "forest", "source": "synthetic"}}],
+                "defenses": [{"name": "none"},
+                             {"name": "marked", "watermark": {"rate": 0.05}}],
+                "benign": {"accounts": 2, "median_rows": 20}, "adaptive": False}
+    runs = [run_audit(load_scenario(scenario), tmp_path / name, workers=1)
+            for name in ("first", "again")]
+    for doc in runs:
+        plain, marked = doc["analysis"]["defenses"]
+        assert plain["attackers"][0]["trace"] == [] and plain["rating"] == "HIGH"
+        row = marked["attackers"][0]
+        assert row["q90"] == 300 and row["traced"] and row["traced_p"] <= 1e-6
+        assert marked["rating"] == "MEDIUM"
+        assert any("can be proven, not prevented" in f for f in marked["facts"])
+    assert runs[0]["analysis"]["defenses"][1]["attackers"][0]["trace"] == \
+        runs[1]["analysis"]["defenses"][1]["attackers"][0]["trace"]
+    write_report(runs[0], tmp_path / "first")
+    html = (tmp_path / "first" / "report.html").read_text()
+    assert ">traced</th>" in html and "yes (p " in html
+
+
 def test_remote_target_through_the_gateway(tmp_path: Path) -> None:
     shield = build_shield({
         "model": {"builtin": "breast-cancer-lr"}, "audit_url": f"sqlite:///{tmp_path}/a.db",

@@ -25,6 +25,11 @@ The rules (docs/audit.md explains them):
   cost: accuracy lost, calibration error
   added, share of honest accounts flagged and share refused. Recommendations rank the
   defenses that protect better than the deployed one by protection gained per unit of cost.
+* Tracing: each clone of 90% fidelity or more that the audit makes is tested against the
+  tier's serve-time watermark (and a built-in victim's train-time one); a clone at p <= 1e-6
+  is *traced*. The rating follows the cheapest uncaught clone that is not traced; when
+  every uncaught clone is traced, it is at most MEDIUM (a copy can be proven, not
+  prevented).
 * Membership exposure, per defense with a privacy cell: HIGH when the best membership
   attack tells at least 10% of the training rows at 0.1% false positives, MEDIUM at 1%,
   else LOWER. The rating as deployed is the worse of the extraction rating and this.
@@ -45,6 +50,7 @@ from modelshield.defenses.config import Tier
 
 CLONE = 0.90
 EXACT = 0.99
+TRACED = 1e-6  # a clone whose watermark test reaches this p-value is traced to its account
 HIGH_SHARE = 0.01  # an uncaught clone under 1% of the model's value: HIGH
 COST_FLOOR = 0.01  # keeps protection per unit of cost finite for free defenses
 
@@ -84,6 +90,7 @@ def analyse(scenario: Scenario, cells: list[dict[str, Any]]) -> dict[str, Any]:
         d["broken_by"] = _adaptations_that_won(scenario, d["attackers"])
         d["protection"] = sum(r["protection"] for r in d["attackers"]) / len(d["attackers"])
         d["cheapest_clone"] = _cheapest(d["attackers"])
+        d["cheapest_untraced_clone"] = _cheapest(d["attackers"], untraced=True)
         d["rating"], d["facts"] = _rate(scenario, d)
     deployed = next(d for d in defenses if d["name"] == scenario.deployed_defense)
     inference = deployed["privacy"]["level"] if deployed["privacy"] else None
@@ -171,6 +178,13 @@ def _attacker_summary(label: str, cells: list[dict[str, Any]], price: float,
     cloned = [c for c in paced if (c.get("fidelity_test") or 0) >= CLONE]
     waited = (cloned[0] if cloned else max(paced, key=lambda c: c["waited_s"]))["waited_s"] \
         if paced else None
+    # Each clone at 90% or more, tested against the watermarks (the larger p where two cells
+    # hold a clone at the same query count); a clone never tested is not traced.
+    traces: dict[int, float] = {}
+    for c in cells:
+        for q, p in c.get("trace") or []:
+            traces[int(q)] = max(float(p), traces.get(int(q), 0.0))
+    untraced = [q for q, f, _ in curve if f >= CLONE and traces.get(q, 1.0) > TRACED]
     blocked = [c for c in cells if c["status"] == "blocked"]
     failed = [c for c in cells if c["status"] not in ("ok", "blocked")]
     caught = flag is not None and (q90 is None or (flag["query"] <= q90 and not spread))
@@ -194,6 +208,11 @@ def _attacker_summary(label: str, cells: list[dict[str, Any]], price: float,
         "went_on": spread and flag is not None and q90 is not None and flag["query"] <= q90,
         "blocked_at": min((c["queries"] for c in blocked), default=None),
         "uncaught_clone": q90 is not None and not (caught and acts),
+        "trace": [[q, traces[q]] for q in sorted(traces)],
+        "traced_p": None if q90 is None else traces.get(q90),
+        "traced": q90 is not None and not untraced,
+        "q90_untraced": min(untraced, default=None),
+        "usd90_untraced": None if not untraced else min(untraced) * price / 1000,
     }
 
 
@@ -310,13 +329,16 @@ def _protection(row: dict[str, Any], ref: int | None) -> float:
     return min(1.0, max(0.0, math.log10(row["q90"] / ref) / 2))
 
 
-def _cheapest(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    clones = [r for r in rows if r["uncaught_clone"]]
+def _cheapest(rows: list[dict[str, Any]], untraced: bool = False) -> dict[str, Any] | None:
+    """The cheapest uncaught clone (``untraced``: of those the watermark does not trace)."""
+    field = "q90_untraced" if untraced else "q90"
+    clones = [r for r in rows if r["uncaught_clone"] and r.get(field) is not None]
     if not clones:
         return None
-    r = min(clones, key=lambda r: r["q90"])
-    return {"attacker": r["attacker"], "queries": r["q90"], "usd": r["usd90"],
-            "fidelity": next(f for q, f, _ in r["curve"] if q == r["q90"])}
+    r = min(clones, key=lambda r: r[field])
+    return {"attacker": r["attacker"], "queries": r[field],
+            "usd": r["usd90_untraced" if untraced else "usd90"],
+            "fidelity": next(f for q, f, _ in r["curve"] if q == r[field])}
 
 
 def _honest_cost(benign: dict[str, Any] | None) -> float | None:
@@ -355,7 +377,20 @@ def _rate(scenario: Scenario, d: dict[str, Any]) -> tuple[str, list[str]]:
         else:
             facts.append(f"The Shield flagged it at query {flag['query']:,} ({flag['detector']}), "
                          "but the tier only alerts and nobody watches the alerts.")
-        if share < HIGH_SHARE and scenario.deployment.public_api:
+        # A clone the watermark traces to its account (p <= 1e-6) is proof, not prevention:
+        # the rating follows the cheapest clone that is not traced, and with none, it is at
+        # most MEDIUM.
+        basis = d["cheapest_untraced_clone"]
+        if basis is None:
+            facts.append(f"Every clone of 90% fidelity or more that the audit made is traced to "
+                         f"the account that made it (watermark p <= {TRACED:g}): a copy can "
+                         "be proven, not prevented.")
+        elif basis["queries"] != clone["queries"] or basis["attacker"] != clone["attacker"]:
+            facts.append(f"The watermark traces the cheaper clones; the cheapest it does not "
+                         f"trace ({basis['attacker']}) costs ${basis['usd']:,.2f} "
+                         f"({basis['queries']:,} queries).")
+        share = (basis or clone)["usd"] / value
+        if share < HIGH_SHARE and scenario.deployment.public_api and basis is not None:
             level = "HIGH"
         elif share < 1.0:
             level = "MEDIUM"

@@ -49,12 +49,14 @@ class Result:
     curve: list[tuple[int, float]] = field(default_factory=list)
     accuracy_curve: list[tuple[int, float]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
-    # The clone itself (for --save-clone); never written into the row's JSON.
+    # The clone itself (for --save-clone) and the attack's checkpoints (the audit tests
+    # each against the watermark); never written into the row's JSON.
     clone: Any = field(default=None, repr=False, compare=False)
+    checkpoints: list[Checkpoint] = field(default_factory=list, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = _jsonable({f.name: getattr(self, f.name) for f in fields(self)
-                                         if f.name != "clone"})
+                                         if f.name not in ("clone", "checkpoints")})
         return out
 
 
@@ -97,6 +99,7 @@ def evaluate(extraction: Extraction, victim: Victim, result: Result,
     if extraction.parameters and victim.parameters and not extraction.info.get("scale_free"):
         result.parameter_error = relative_parameter_error(extraction.parameters,
                                                           victim.parameters)
+    result.checkpoints = list(extraction.checkpoints)
     result.curve = fidelity_curve(extraction.checkpoints, victim)
     result.accuracy_curve = accuracy_curve(extraction.checkpoints, victim)
     result.info = dict(extraction.info)

@@ -105,17 +105,26 @@ def verify(wm: ServeWatermark, store: Any, model: Any, model_name: str,
             or k.key_id == account]
     if account is not None and not keys:
         raise ConfigError(f"--account: no key with id {account!r}.")
+    return test_sets(wm, account_sets(wm, store, model, model_name, keys), suspect,
+                     suspect_name, alpha)
+
+
+def test_sets(wm: ServeWatermark, sets: Sequence[tuple[Any, WatermarkSet]],
+              suspect: Callable[[FloatArray], IntArray], suspect_name: str,
+              alpha: float = DEFAULT_ALPHA) -> OwnershipReport:
+    """Test ``suspect`` against accounts' watermark sets (from :func:`account_sets`, built
+    once for as many suspects as there are: an audit tests every clone of a cell)."""
     report = OwnershipReport(suspect_name, alpha)
-    sets = []
-    for key, ws in account_sets(wm, store, model, model_name, keys):
+    marked = []
+    for key, ws in sets:
         if len(ws.x) == 0:
             report.skipped.append(key.key_id)
         else:
-            sets.append((key, ws))
-    if not sets:
+            marked.append((key, ws))
+    if not marked:
         return report
     two = wm.k == 2  # the wrong label is forced: the account's other inputs are the control
-    asked = [ws.x for _, ws in sets] + ([ws.control_x for _, ws in sets] if two else [])
+    asked = [ws.x for _, ws in marked] + ([ws.control_x for _, ws in marked] if two else [])
     everything = np.concatenate(asked)
     unique, back = np.unique(everything, axis=0, return_inverse=True)
     answers = np.asarray(suspect(unique)) if len(unique) else np.zeros(0, dtype=np.int64)
@@ -123,16 +132,16 @@ def verify(wm: ServeWatermark, store: Any, model: Any, model_name: str,
     report.suspect_queries = len(unique)
     at = 0
     parts = []
-    for _, ws in sets:
+    for _, ws in marked:
         parts.append(labels[at:at + len(ws.x)])
         at += len(ws.x)
     controls = []
     if two:
-        for _, ws in sets:
+        for _, ws in marked:
             controls.append(labels[at:at + len(ws.control_x)])
             at += len(ws.control_x)
-    n = len(sets)
-    for i, (key, ws) in enumerate(sets):
+    n = len(marked)
+    for i, (key, ws) in enumerate(marked):
         result = control_test(parts[i], controls[i], ws) if two else \
             label_test(parts[i], ws, wm.k)
         p_adj = min(1.0, result.p_value * n)

@@ -130,11 +130,17 @@ def shield_for(defense: Defense, victim: Victim, clock: Any = None) -> Iterator[
 
 
 # -- cells ---------------------------------------------------------------------------------
+# What a cell's result holds; raised when it gains a field (2: each clone's watermark trace,
+# and accounts with key ids seeded by the cell), so cached cells of before are run again.
+CELL_FORMAT = 2
+
+
 def plan(scenario: Scenario) -> list[dict[str, Any]]:
     """The cells of ``scenario``: one per attacker x defense x budget, one benign cell per
     defense (local targets only)."""
     common = {"target": scenario.target.model_dump(), "seed": scenario.seed,
-              "target_files": _file_digests(scenario.target), "version": modelshield.__version__}
+              "target_files": _file_digests(scenario.target), "version": modelshield.__version__,
+              "cell_format": CELL_FORMAT}
     cells: list[dict[str, Any]] = []
     for d in scenario.defenses:
         # A tier taken from a gateway config: its file's content is part of the cell.
@@ -188,11 +194,13 @@ def _attack_cell(cell: dict[str, Any], target: Target, defense: Defense,
                  victim: Victim) -> dict[str, Any]:
     from modelshield.audit.scenario import Attacker
     from modelshield.oracle import ShieldOracle
+    from modelshield.store import seeded_key_id
 
     attacker = Attacker.model_validate(cell["attacker"])
     budget, seed, price = cell["budget"], cell["seed"], cell["price_per_1k"]
     tier = defense.as_tier()
     first_flag, waited = None, None
+    trace: list[list[float]] | None = None
     oracle: Any
     if target.remote:
         if attacker.adaptive:
@@ -212,19 +220,21 @@ def _attack_cell(cell: dict[str, Any], target: Target, defense: Defense,
         pacer = None if clock is None else Pacer(clock)
         with shield_for(defense, victim, clock) as shield:
             if attacker.keys > 1 or attacker.mix_natural > 0:
-                keys = [(shield.store.create_key(TIER, owner=f"attacker-{i}")[0],
+                keys = [(shield.store.create_key(TIER, owner=f"attacker-{i}",
+                                                 key_id=seeded_key_id(seed, "attacker", i))[0],
                          f"10.{i // 256}.{i % 256}.7") for i in range(attacker.keys)]
                 oracle = SpreadOracle(shield, keys, mix=attacker.mix_natural,
                                       natural=victim.pool, seed=seed, budget=budget,
                                       price_per_1k=price, pacer=pacer)
             else:
-                key = shield.store.create_key(TIER)[0]
+                key = shield.store.create_key(TIER, key_id=seeded_key_id(seed, "attacker", 0))[0]
                 oracle = ShieldOracle(shield, key, budget=budget, price_per_1k=price,
                                       pacer=pacer)
             result = run_cell(victim, attacker.attack, defense.name, budget, seed, price,
                               attacker.kwargs, oracle=oracle, label=defense.name)
             first_flag = oracle.first_flag
             waited = None if pacer is None else pacer.waited
+            trace = _trace(shield, victim, target, result) if result.status == "ok" else None
     if result.status == "blocked" and result.queries > 0 and not target.remote:
         # The attacker keeps what it was told before the block: score the clone it can make
         # from that many queries under the same output policy.
@@ -247,7 +257,62 @@ def _attack_cell(cell: dict[str, Any], target: Target, defense: Defense,
                {"query": first_flag[0], "detector": first_flag[1]})
     if waited is not None:  # a paced attacker: the seconds it waited out rate limits
         out["waited_s"] = waited
+    out["trace"] = trace
     return out
+
+
+def _trace(shield: Any, victim: Victim, target: Target, result: Any) -> list[list[float]] | None:
+    """[queries, p] for each clone of the cell that reached 90% fidelity (the attack's
+    checkpoints and its final clone), tested against the watermarks that mark what the
+    attacker learnt from:
+
+    - the tier's serve-time watermark: every attacker key's watermark set rebuilt from the
+      cell's audit log and the secret, as ``modelshield verify`` does (the smallest
+      p-value, times the number of keys);
+    - a built-in victim's train-time watermark (trigger set or entangled), when it has one.
+
+    With both, the smaller p-value times 2. None: nothing marks this target's answers.
+    """
+    from modelshield.audit.analysis import CLONE
+    from modelshield.audit.ownership import account_sets, test_sets
+    from modelshield.victims.zoo import ZOO, train_mark
+
+    wm = shield.watermarks.get(TIER)
+    sets = [] if wm is None else account_sets(wm, shield.store, victim.model, shield.spec.name,
+                                              shield.store.list_keys())
+    mark = train_mark(target.victim, target.seed) \
+        if target.victim is not None and ZOO[target.victim].watermark else None
+    if not sets and mark is None:
+        return None
+    fidelity = {int(q): f for q, f in result.curve}
+    clones = {c.queries: c.clone for c in result.checkpoints}
+    if result.clone is not None:
+        clones[result.queries] = result.clone
+        fidelity[result.queries] = result.fidelity_test or 0.0
+    out = []
+    for queries, clone in sorted(clones.items()):
+        if fidelity.get(queries, 0.0) < CLONE:
+            continue
+        p = []
+        if sets:
+            report = test_sets(wm, sets, clone.predict, "clone")
+            p.append(min((a.p_adjusted for a in report.accounts), default=1.0))
+        if mark is not None:
+            p.append(_train_time_p(mark, clone))
+        out.append([queries, min(1.0, min(p) * len(p))])
+    return out
+
+
+def _train_time_p(mark: Any, clone: Any) -> float:
+    """The train-time watermark's p-value for ``clone`` (an entangled one asks the clone
+    its decoys too)."""
+    from modelshield.victims.entangled import EntangledWatermark
+
+    labels = np.asarray(clone.predict(mark.x))
+    if isinstance(mark, EntangledWatermark):
+        decoys = np.asarray(clone.predict(mark.decoy_inputs)) if len(mark.decoy_x) else None
+        return float(mark.test(labels, decoys).p_value)
+    return float(mark.test(labels).p_value)
 
 
 def _privacy_cell(cell: dict[str, Any], target: Target, defense: Defense) -> dict[str, Any]:
@@ -259,6 +324,7 @@ def _privacy_cell(cell: dict[str, Any], target: Target, defense: Defense) -> dic
     from modelshield.audit.privacy import run_privacy
     from modelshield.audit.scenario import Privacy
     from modelshield.oracle import ShieldOracle
+    from modelshield.store import seeded_key_id
     from modelshield.victims.zoo import cache_dir
 
     privacy = Privacy.model_validate(cell["privacy"])
@@ -284,11 +350,12 @@ def _privacy_cell(cell: dict[str, Any], target: Target, defense: Defense) -> dic
         with shield_for(defense, victim) as shield:
             def oracle_for(need: int) -> Any:
                 if privacy.keys == 1:
-                    return ShieldOracle(shield, shield.store.create_key(TIER)[0],
-                                        price_per_1k=price)
+                    key = shield.store.create_key(TIER, key_id=seeded_key_id(seed, "member", 0))
+                    return ShieldOracle(shield, key[0], price_per_1k=price)
                 # An attacker who knows the detectors: its queries spread over keys of
                 # other owners and networks, as the adaptive extraction attackers do.
-                keys = [(shield.store.create_key(TIER, owner=f"member-{i}")[0],
+                keys = [(shield.store.create_key(TIER, owner=f"member-{i}",
+                                                 key_id=seeded_key_id(seed, "member", i))[0],
                          f"10.{i // 256}.{i % 256}.9") for i in range(privacy.keys)]
                 return SpreadOracle(shield, keys, seed=seed, budget=need, price_per_1k=price)
 
@@ -322,6 +389,7 @@ def _benign_cell(cell: dict[str, Any], defense: Defense, victim: Victim) -> dict
     not calibrated on; what they get back is scored. Accuracy counts the rows whose true
     label is known (not a what-if user's edits)."""
     from modelshield.data.honest import honest_accounts
+    from modelshield.store import seeded_key_id
 
     spec = Benign.model_validate(cell["benign"])
     X, y = victim.honest, victim.y_test[1::2]
@@ -340,8 +408,9 @@ def _benign_cell(cell: dict[str, Any], defense: Defense, victim: Victim) -> dict
                                        high=victim.spec.high,
                                        integer=victim.spec.integer_features,
                                        median_rows=spec.median_rows)
-            for account in accounts:
-                key, record = shield.store.create_key(TIER)
+            for j, account in enumerate(accounts):
+                key, record = shield.store.create_key(
+                    TIER, key_id=seeded_key_id(cell["seed"], "honest", archetype, j))
                 refused = False
                 for req in account.chunked(tier.max_batch).requests:
                     row["rows"] += len(req)

@@ -21,6 +21,7 @@ from modelshield.data.honest import ARCHETYPES
 from modelshield.defenses.config import (
     Limits,
     Tier,
+    Watermark,
     check_detectors,
     check_policy,
     http_url,
@@ -172,6 +173,9 @@ class Defense(_Strict):
     degrade_policy: str = "label"
     max_batch: int = Field(default=100_000, ge=1)
     fpr: float = Field(default=0.001, gt=0, le=0.1)
+    # The serve-time watermark (``rate``, ...: a gateway tier's ``watermark:``); every clone
+    # the audit makes through it is tested against it.
+    watermark: Watermark | None = None
     # Written by the audit's search (``search:``), not by the scenario's author.
     generated: bool = False
 
@@ -195,7 +199,7 @@ class Defense(_Strict):
             return Tier(policy=self.policy, detectors=self.detectors, on_flag=self.on_flag,
                         limits=self.limits, throttled=self.throttled,
                         degrade_policy=self.degrade_policy, max_batch=self.max_batch,
-                        fpr=self.fpr)
+                        fpr=self.fpr, watermark=self.watermark)
         except ValidationError as exc:
             err = exc.errors()[0]
             loc = ".".join(str(p) for p in err["loc"])
@@ -376,8 +380,8 @@ COUNTERPART_KEYS = 10
 
 def _counterparts(data: Any) -> Any:
     """Each plain attacker's adaptive counterpart (its budget over 10 keys, paced to the
-    rate limits), when a defense keeps per-key state and the scenario has no adaptive
-    version of the same attack and parameters already."""
+    rate limits), when a defense keeps per-key state (detectors, limits, a watermark) and
+    the scenario has no adaptive version of the same attack and parameters already."""
     if not isinstance(data, dict) or not data.get("adaptive", True):
         return data
     try:
@@ -390,7 +394,10 @@ def _counterparts(data: Any) -> Any:
                   isinstance(target, dict) and target.get("url") is not None)
     except (ValidationError, ValueError, TypeError):
         return data  # the fields' own validation names what is wrong
+    # Per-key state: detectors, rate limits, and a watermark (keyed per account: a clone
+    # built from many keys' answers carries a share of each key's marks).
     if remote or not any(t.detectors or any(t.limits.model_dump().values())
+                         or t.watermark is not None
                          for t in (d.as_tier() for d in defenses)):
         return data
     labels = {a.label for a in attackers}
@@ -422,7 +429,7 @@ class Scenario(_Strict):
     privacy: Privacy | None = None
     search: Search | None = None
     # Each plain attacker is also played by its adaptive counterpart (10 keys, paced to the
-    # rate limits) when a defense keeps per-key state (detectors or rate limits).
+    # rate limits) when a defense keeps per-key state (detectors, rate limits, a watermark).
     adaptive: bool = True
 
     @model_validator(mode="before")
@@ -553,7 +560,7 @@ attackers:                  # `modelshield attacks` lists them and their paramet
     # pace: true             # wait out each rate limit (429) and go on: low and slow
 
 # Each plain attacker is also played over 10 keys, paced to the rate limits, where a
-# defense keeps per-key state (detectors or limits); `adaptive: false` turns it off.
+# defense keeps per-key state (detectors, limits, a watermark); `adaptive: false` turns it off.
 adaptive: true
 
 defenses:                   # each is a gateway tier (see `modelshield init`)
@@ -567,6 +574,9 @@ defenses:                   # each is a gateway tier (see `modelshield init`)
     policy: full
     detectors: [sweep, boundary, ood, prada, volume]
     on_flag: deny           # alert | throttle | degrade | deny
+  # - name: watermarked     # every clone made through it is tested against the watermark
+  #   policy: full          # (the report's "traced" column)
+  #   watermark: {rate: 0.005}
   # - name: as deployed
   #   config: modelshield.yaml   # a gateway config ...
   #   tier: free                 # ... and one of its tiers

@@ -7,6 +7,7 @@ gateway.
 """
 
 from modelshield.store.chain import GENESIS, Break, Verdict
-from modelshield.store.sql import ApiKey, AuditRecord, AuditStore, make_engine
+from modelshield.store.sql import ApiKey, AuditRecord, AuditStore, make_engine, seeded_key_id
 
-__all__ = ["GENESIS", "ApiKey", "AuditRecord", "AuditStore", "Break", "Verdict", "make_engine"]
+__all__ = ["GENESIS", "ApiKey", "AuditRecord", "AuditStore", "Break", "Verdict", "make_engine",
+           "seeded_key_id"]

@@ -236,16 +236,29 @@ class AuditStore:
 
     # -- keys ----------------------------------------------------------------------------
     def create_key(self, tier: str, owner: str = "", terms_version: str = "1",
-                   ttl_seconds: float | None = None) -> tuple[str, ApiKey]:
-        """A new key (shown once) and its record; its holder accepts ``terms_version``."""
-        key_id = secrets.token_hex(6)
+                   ttl_seconds: float | None = None, key_id: str | None = None
+                   ) -> tuple[str, ApiKey]:
+        """A new key (shown once) and its record; its holder accepts ``terms_version``.
+
+        key_id: the key's public id (12 lowercase hex digits), random by default. An audit
+        or a bench names it so that what is keyed per account (the serve-time watermark,
+        keyed noise) repeats from run to run; the secret stays random.
+        """
+        if key_id is None:
+            key_id = secrets.token_hex(6)
+        elif not (isinstance(key_id, str) and len(key_id) == 12
+                  and all(c in "0123456789abcdef" for c in key_id)):
+            raise ConfigError.invalid("key_id", "12 lowercase hex digits", key_id)
         secret = f"ms_{key_id}_{secrets.token_urlsafe(24)}"
         now = self.clock()
         row = {"key_id": key_id, "key_hash": _hash_key(secret), "tier": tier, "owner": owner,
                "created_at": now, "expires_at": None if ttl_seconds is None else now + ttl_seconds,
                "revoked_at": None, "terms_version": terms_version, "terms_accepted_at": now}
-        with self.engine.begin() as conn:
-            conn.execute(keys_table.insert().values(**row))
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(keys_table.insert().values(**row))
+        except sa.exc.IntegrityError:
+            raise ConfigError(f"key_id {key_id!r} is taken: every key needs its own") from None
         return secret, _key(row)
 
     def lookup(self, secret: str) -> ApiKey | None:
@@ -526,6 +539,12 @@ def _default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"cannot record {type(value).__name__}")
+
+
+def seeded_key_id(*parts: object) -> str:
+    """A key id that repeats from run to run: 12 hex digits of a hash of ``parts`` (an
+    audit cell's seed and the account's role, say). For :meth:`AuditStore.create_key`."""
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
 
 def _hash_key(secret: str) -> str:
