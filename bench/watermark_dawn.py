@@ -20,8 +20,10 @@ and tests the clone (``modelshield.audit.ownership``; p <= 1e-3 names the key). 
   jittered by 1% of each range, and trains on the majority (a fifth of the points);
 * ``prune``: fits, drops the answers its clone disagrees with, fits again.
 
-A seed is the thief's: its attack's random state (and a fresh key); the victims are the
-built-in ones of seed 0, so every seed attacks the same models.
+A seed is the thief's: its attack's random state and its key's id (``seeded_key_id`` of
+the cell, so a rerun draws the same watermarked inputs; the runs committed before
+2026-12-01 drew a fresh random id each); the victims are the built-in ones of seed 0, so
+every seed attacks the same models.
 
 No false claims: per victim, models built without our answers (9 architectures x 2 seeds,
 trained on the victim's own training rows with its labels, and a knockoff clone made from
@@ -120,6 +122,7 @@ def cell(job: tuple[str, str, int, int, float]) -> dict[str, Any]:
     from modelshield.audit.ownership import logged_queries
     from modelshield.defenses.watermark import watermark_set
     from modelshield.oracle import ShieldOracle
+    from modelshield.store import seeded_key_id
     from modelshield.victims import load_victim
     from modelshield.victims.zoo import ZOO, builtin_trigger_set
 
@@ -127,7 +130,8 @@ def cell(job: tuple[str, str, int, int, float]) -> dict[str, Any]:
     k = v.spec.n_classes
     with tempfile.TemporaryDirectory() as tmp:
         shield = shield_for(name, tmp, rate)
-        key, rec = shield.store.create_key("pro", owner="thief")
+        key, rec = shield.store.create_key("pro", owner="thief", key_id=seeded_key_id(
+            "thief", name, attacker, budget, seed, rate))
         spend = min(budget, len(v.pool)) if ATTACKERS[attacker]["source"] == "pool" else budget
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -169,12 +173,14 @@ def other_account_clone(name: str, seed: int, rate: float, budget: int) -> dict[
     from modelshield.audit.ownership import logged_queries
     from modelshield.defenses.watermark import watermark_set
     from modelshield.oracle import ShieldOracle
+    from modelshield.store import seeded_key_id
     from modelshield.victims import load_victim
 
     v = load_victim(name)
     with tempfile.TemporaryDirectory() as tmp:
         shield = shield_for(name, tmp, rate)
-        keys = [shield.store.create_key("pro", owner=o) for o in ("a", "b")]
+        keys = [shield.store.create_key("pro", owner=o, key_id=seeded_key_id(
+            o, name, budget, seed, rate)) for o in ("a", "b")]
         clones = []
         for i, (key, _) in enumerate(keys):
             with warnings.catch_warnings():
@@ -198,14 +204,15 @@ def other_account_clone(name: str, seed: int, rate: float, budget: int) -> dict[
 def honest_cost(name: str, rate: float) -> dict[str, Any]:
     """What the watermark costs a customer who scores the test set: answers changed."""
     from modelshield.oracle import ShieldOracle
+    from modelshield.store import seeded_key_id
     from modelshield.victims import load_victim
 
     v = load_victim(name)
     changed, acc = [], []
     with tempfile.TemporaryDirectory() as tmp:
         shield = shield_for(name, tmp, rate)
-        for _ in range(20):
-            key, _ = shield.store.create_key("pro")
+        for i in range(20):
+            key, _ = shield.store.create_key("pro", key_id=seeded_key_id("honest", name, rate, i))
             got = ShieldOracle(shield, key).query(v.X_test).labels
             changed.append(float(np.mean(got != v.predict_labels(v.X_test))))
             acc.append(float(np.mean(got == v.y_test)))

@@ -151,6 +151,7 @@ def cell(job: tuple[str, str, int]) -> dict[str, Any]:
     from modelshield.defenses.watermark import control_test, label_test, watermark_set
     from modelshield.oracle import ShieldOracle
     from modelshield.serve.factory import build_shield
+    from modelshield.store import seeded_key_id
     from modelshield.victims import load_victim
     from modelshield.victims.zoo import train_mark
 
@@ -162,7 +163,8 @@ def cell(job: tuple[str, str, int]) -> dict[str, Any]:
                                "watermark_secret": SECRET,
                                "tiers": {"pro": {"watermark": {"rate": 0.005},
                                                  "max_batch": 1000}}})
-        key, rec = shield.store.create_key("pro", owner="thief")
+        key, rec = shield.store.create_key("pro", owner="thief",
+                                           key_id=seeded_key_id("thief", name, attacker, seed))
         e = _attack(attacker, ShieldOracle(shield, key), v.pool, seed)
         x, given = logged_queries(shield.store, rec.key_id, shield.spec.name)
         ws = watermark_set(shield.watermarks["pro"], rec.key_id, x, v.model, answered=given)
