@@ -9,7 +9,9 @@ cross-entropy from ``CROSS_ENTROPY_FROM`` answers on, or the labels when no scor
 back; the forest when at most half the score vectors are distinct, as a tree's leaves
 answer) is kept unless the best of the others agrees with the
 held-out answers more often beyond chance (one-sided McNemar test at 5%); the one kept is
-trained again on all the answers. Given a few hundred answers, piecewise-constant victims
+trained again on all the answers. From ``RATE_CHOICE_FROM`` answers on, the cross-entropy
+MLP's learning rate (annealed or constant) is chosen first, by cross-entropy on the same
+held-out fifth. Given a few hundred answers, piecewise-constant victims
 (trees) pick a forest or boosting; smooth ones keep the MLP.
 """
 
