@@ -36,8 +36,9 @@ Methods:
 
 Tuning: the first student defaults (loss, clip 1e-6, epochs) were set on the digits MLP,
 seeds 0-2; the later ones (the spread floor, cross-entropy from 2,000 answers, the forest on
-scores) on seeds 5-7 with bench/knockoff_ablation.py, and active's ranking floor on seeds
-5-7 with bench/active_tune.py, not on the seeds reported here. The student choice has no
+scores) on seeds 5-7 with bench/knockoff_ablation.py, active's ranking floor on seeds 5-7
+with bench/active_tune.py, and the cross-entropy student's rate choice on seeds 5-7 with
+bench/rate_tune.py, not on the seeds reported here. The student choice has no
 tuned constant but the hold-out fifth and its 5% test.
 
 Prints, per family and budget, the mean test fidelity over seeds and data sets with the
