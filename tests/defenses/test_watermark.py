@@ -13,7 +13,9 @@ from modelshield.answer import ApiSpec, Prediction
 from modelshield.audit.ownership import logged_queries
 from modelshield.defenses.watermark import (
     ServeWatermark,
+    WatermarkSet,
     control_test,
+    joint_set,
     label_test,
     watermark_set,
 )
@@ -94,6 +96,44 @@ def test_the_test_is_exact_for_models_built_without_the_answers(k: int) -> None:
     res = label_test(ws.labels, ws, k) if k > 2 else \
         control_test(ws.labels, ws.control_model_labels, ws)
     assert res.p_value < 1e-10
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_accounts_tested_together_name_a_copy_made_over_many_keys(k: int) -> None:
+    """An attacker who spreads its queries over 10 keys leaves a tenth of its marks on each:
+    the union of their sets names the copy where no key alone does, and stays exact for
+    suspects blind to the keys."""
+    wm = ServeWatermark(SECRET, spec(k), rate=0.01)
+
+    class Model:
+        def predict(self, x: np.ndarray) -> Prediction:
+            return Prediction(np.eye(k)[(x[:, 0] > 5).astype(int) % k])
+
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0, 10, (1500, 6))
+    sets = [watermark_set(wm, f"ring-{i}", part, Model())
+            for i, part in enumerate(np.array_split(x, 10))]
+    together = joint_set(sets)
+    assert together.account == "+".join(f"ring-{i}" for i in range(10))
+    assert len(together.x) == sum(len(s.x) for s in sets) and together.queries == 1500
+
+    def test(labels: np.ndarray, control: np.ndarray, ws: WatermarkSet) -> float:
+        return (label_test(labels, ws, k) if k > 2 else control_test(labels, control, ws)
+                ).p_value
+
+    # The copy answers every input as it was answered (marks included).
+    copy = [test(s.labels, s.control_model_labels, s) for s in sets]
+    joint = test(together.labels, together.control_model_labels, together)
+    assert min(copy) * 11 > 1e-6 and joint * 11 <= 1e-6
+    # Suspects blind to the keys: the joint p-value is no smaller than uniform.
+    small = 0
+    for _ in range(200):
+        def blind(rows: np.ndarray) -> np.ndarray:
+            y = Model().predict(rows).labels
+            return np.where(rng.random(len(rows)) < 0.3, rng.integers(0, k, len(rows)), y)
+
+        small += test(blind(together.x), blind(together.control_x), together) <= 0.05
+    assert small / 200 <= 0.09
 
 
 def config(tmp: Path, **tier: object) -> dict[str, object]:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -267,19 +268,26 @@ def _trace(shield: Any, victim: Victim, target: Target, result: Any) -> list[lis
     attacker learnt from:
 
     - the tier's serve-time watermark: every attacker key's watermark set rebuilt from the
-      cell's audit log and the secret, as ``modelshield verify`` does (the smallest
-      p-value, times the number of keys);
+      cell's audit log and the secret, as ``modelshield verify`` does, and with several
+      keys also their sets together (an attacker who spread its queries leaves a share of
+      its marks on each key); the smallest p-value, times the number of tests;
     - a built-in victim's train-time watermark (trigger set or entangled), when it has one.
 
     With both, the smaller p-value times 2. None: nothing marks this target's answers.
     """
     from modelshield.audit.analysis import CLONE
     from modelshield.audit.ownership import account_sets, test_sets
+    from modelshield.defenses.watermark import joint_set
     from modelshield.victims.zoo import ZOO, train_mark
 
     wm = shield.watermarks.get(TIER)
     sets = [] if wm is None else account_sets(wm, shield.store, victim.model, shield.spec.name,
                                               shield.store.list_keys())
+    marked = [(key, ws) for key, ws in sets if len(ws.x)]
+    if len(marked) > 1:
+        every = SimpleNamespace(key_id="+".join(k.key_id for k, _ in marked), owner="",
+                                tier=TIER)
+        sets = [*sets, (every, joint_set([ws for _, ws in marked]))]
     mark = train_mark(target.victim, target.seed) \
         if target.victim is not None and ZOO[target.victim].watermark else None
     if not sets and mark is None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -187,6 +188,19 @@ class TestResult:
                     f"{self.chance:.3g} each)")
         return (f"the watermark's label on {self.matches} of {self.watermarks} watermarked "
                 f"inputs, against {self.control_matches} of {self.control} other inputs")
+
+
+def joint_set(sets: Sequence[WatermarkSet]) -> WatermarkSet:
+    """Several accounts' watermark sets as one: for an attacker who spread its queries over
+    those accounts, so that each holds a share of the marks. Each account's cells and labels
+    are keyed apart, so a model built without any of their answers still matches at chance
+    on the union, and :func:`label_test` and :func:`control_test` stay exact on it."""
+    def cat(name: str) -> Any:
+        return np.concatenate([getattr(s, name) for s in sets])
+
+    return WatermarkSet("+".join(s.account for s in sets), cat("x"), cat("model_labels"),
+                        cat("labels"), cat("control_x"), cat("control_model_labels"),
+                        cat("control_labels"), sum(s.queries for s in sets))
 
 
 def label_test(suspect_labels: IntArray, ws: WatermarkSet, k: int) -> TestResult:
