@@ -13,6 +13,7 @@ customer of that tier would get, limits, detectors and all.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -356,14 +357,18 @@ def _privacy_cell(cell: dict[str, Any], target: Target, defense: Defense) -> dic
         from modelshield.oracle.shielded import SpreadOracle
 
         with shield_for(defense, victim) as shield:
+            attacks_run = itertools.count()
+
             def oracle_for(need: int) -> Any:
+                # Each attack its own keys (ids seeded by the cell and the attack's place).
+                n = next(attacks_run)
                 if privacy.keys == 1:
-                    key = shield.store.create_key(TIER, key_id=seeded_key_id(seed, "member", 0))
+                    key = shield.store.create_key(TIER, key_id=seeded_key_id(seed, "member", n))
                     return ShieldOracle(shield, key[0], price_per_1k=price)
                 # An attacker who knows the detectors: its queries spread over keys of
                 # other owners and networks, as the adaptive extraction attackers do.
                 keys = [(shield.store.create_key(TIER, owner=f"member-{i}",
-                                                 key_id=seeded_key_id(seed, "member", i))[0],
+                                                 key_id=seeded_key_id(seed, "member", n, i))[0],
                          f"10.{i // 256}.{i % 256}.9") for i in range(privacy.keys)]
                 return SpreadOracle(shield, keys, seed=seed, budget=need, price_per_1k=price)
 
