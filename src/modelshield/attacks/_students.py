@@ -51,7 +51,7 @@ SCALE_FLOOR = 0.01
 # threshold lies between the two budgets and was not tuned finer.
 CROSS_ENTROPY_FROM = 2000
 # From this many answers on (scores returned), the MLP trained by cross-entropy is trained
-# twice on the held-out split, Adam's rate annealed to 0 (cosine) and held constant (as
+# twice on the four fifths not held out, Adam's rate annealed to 0 (cosine) and held constant (as
 # ART's PyTorchClassifier trains), and keeps the rate whose student has the lower
 # cross-entropy to the held-out scores: a continuous score, so a fifth of a few thousand
 # answers tells a 0.3-point difference apart where agreement cannot. On the tuning cells

@@ -105,11 +105,11 @@ def verify(wm: ServeWatermark, store: Any, model: Any, model_name: str,
             or k.key_id == account]
     if account is not None and not keys:
         raise ConfigError(f"--account: no key with id {account!r}.")
-    return test_sets(wm, account_sets(wm, store, model, model_name, keys), suspect,
+    return verify_sets(wm, account_sets(wm, store, model, model_name, keys), suspect,
                      suspect_name, alpha)
 
 
-def test_sets(wm: ServeWatermark, sets: Sequence[tuple[Any, WatermarkSet]],
+def verify_sets(wm: ServeWatermark, sets: Sequence[tuple[Any, WatermarkSet]],
               suspect: Callable[[FloatArray], IntArray], suspect_name: str,
               alpha: float = DEFAULT_ALPHA) -> OwnershipReport:
     """Test ``suspect`` against accounts' watermark sets (from :func:`account_sets`, built
