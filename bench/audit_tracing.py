@@ -14,7 +14,7 @@ the ones the issue names, at 300 and 1,000 queries:
 - breast-cancer-lr (2 classes): knockoff on synthetic queries, on the scores and on the
   labels, and label-only retraining (``method=adaptive``).
 
-Each plain attacker's adaptive counterpart (10 keys, natural rows mixed in, paced) is played
+Each plain attacker's adaptive counterpart (its budget over 10 keys, paced) is played
 as the audit plays it by default. Per defense and attacker the table gives the queries to
 90%, whether every clone at 90% or more was traced (p <= 1e-6), the p-value of the cheapest,
 and the rating. The accounts' key ids are seeded by the cell, so a rerun repeats the
