@@ -177,7 +177,7 @@ def test_a_clone_made_over_http_is_traced_to_the_account_that_made_it(
     assert found["matched"] == [thief_rec.key_id], r.output
     assert "match" in r.output and "thief inc" in r.output
     thief_row = next(a for a in found["accounts"] if a["key_id"] == thief_rec.key_id)
-    assert thief_row["p_adjusted"] <= 1e-3 and thief_row["test"] == "label"
+    assert thief_row["p_adjusted"] <= 1e-3 and thief_row["test"] == "score"  # a file: scores
 
     # The evidence about the thief's key: holder, terms, activity, the watermark, the proof.
     folder = tmp_path / "evidence"

@@ -1100,7 +1100,8 @@ def verify(
     for a in sorted(report.accounts, key=lambda a: a.p_adjusted):
         r = a.result
         matches = f"{r.matches} of {r.disagreements} disagreeing" if r.test == "label" else \
-            f"{r.matches}/{r.watermarks} vs {r.control_matches}/{r.control}"
+            f"{r.matches}/{r.watermarks} vs {r.control_matches}/{r.control}" + (
+                " in its top" if r.test == "score" else "")
         style = "bold red" if a.matched else ""
         table.add_row(a.key_id, a.owner or "-", a.tier, str(a.queries), str(r.watermarks),
                       r.test, matches, f"{r.p_value:.2g}", f"[{style}]{a.p_adjusted:.2g}[/]"
@@ -1129,9 +1130,9 @@ def _trigger_verdict(which: str, suspect: str, protocol: str, key: str | None,
     spec = _trigger_spec(marks)
     predict, close = _suspect(suspect, protocol, key, name, spec)
     try:
-        labels = predict(marks.x)
-        decoys = predict(marks.decoy_inputs) if isinstance(marks, EntangledWatermark) and len(
-            marks.decoy_x) else None
+        labels = predict(marks.x).labels
+        decoys = predict(marks.decoy_inputs).labels if isinstance(
+            marks, EntangledWatermark) and len(marks.decoy_x) else None
     finally:
         close()
     result = marks.test(labels, decoys) if isinstance(marks, EntangledWatermark) else \
@@ -1326,7 +1327,8 @@ def _ownership(config: Path, model: str | None, suspect: str, protocol: str,
 
 def _suspect(where: str, protocol: str, key: str | None, name: str | None, spec: Any
              ) -> tuple[Any, Any]:
-    """(rows -> labels, close) for a suspect file or API."""
+    """(rows -> its answer: labels, and every class's score where it gives them; close)
+    for a suspect file or API."""
     if where.startswith(("http://", "https://")):
         from modelshield.oracle import HttpOracle
 
@@ -1339,11 +1341,11 @@ def _suspect(where: str, protocol: str, key: str | None, name: str | None, spec:
             raise ConfigError(f"--suspect: it takes {oracle.spec.n_features} features; our "
                               f"model takes {spec.n_features}.")
 
-        return (lambda x: oracle.query(x).labels), oracle.close
+        return oracle.query, oracle.close
     from modelshield.victims import load_model_file
 
     adapter = load_model_file(where)
-    return (lambda x: adapter.predict(x).labels), (lambda: None)
+    return adapter.predict, (lambda: None)
 
 
 @keys_app.command("create")

@@ -17,6 +17,8 @@ from modelshield.defenses.watermark import (
     control_test,
     joint_set,
     label_test,
+    score_test,
+    strata_tail,
     watermark_set,
 )
 from modelshield.errors import ConfigError
@@ -134,6 +136,78 @@ def test_accounts_tested_together_name_a_copy_made_over_many_keys(k: int) -> Non
 
         small += test(blind(together.x), blind(together.control_x), together) <= 0.05
     assert small / 200 <= 0.09
+
+
+def test_the_tail_over_accounts_is_the_exact_sum_of_their_draws() -> None:
+    """strata_tail against counting every way the marks could have fallen: two accounts of
+    4+3 and 2+5 cells (watermarked + control), T holding some cells of each."""
+    from itertools import combinations
+
+    parts = ((4, 3), (2, 5))
+    in_w, in_c = np.array([1, 1, 0, 1, 1, 0]) == 1, np.array([1, 0, 0, 0, 1, 0, 1, 1]) == 1
+    t = [np.r_[in_w[:4], in_c[:3]], np.r_[in_w[4:], in_c[3:]]]  # each account's cells in T
+    for hits in range(7):
+        count = total = 0
+        for a in combinations(range(7), 4):
+            for b in combinations(range(7), 2):
+                total += 1
+                count += t[0][list(a)].sum() + t[1][list(b)].sum() >= hits
+        assert strata_tail(parts, in_w, in_c, hits) == pytest.approx(count / total)
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_the_score_test_names_a_smooth_copy_and_no_blind_model(k: int) -> None:
+    """A copy whose scores lean toward the watermark's label on the marked cells without
+    changing its answer there is named on its scores, not on its labels; suspects blind to
+    the keys are named no more often than chance, over one key and over ten keys whose
+    cells differ (the accounts are tested apart: :func:`strata_tail`)."""
+    wm = ServeWatermark(SECRET, spec(k), rate=0.02)
+
+    class Model:
+        def predict(self, x: np.ndarray) -> Prediction:
+            z = np.stack([np.sin(x[:, j % 6] + j) for j in range(k)], 1) * 3
+            return Prediction(np.exp(z) / np.exp(z).sum(1, keepdims=True))
+
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, 10, (1000, 6))
+    ws = watermark_set(wm, "thief", x, Model())
+    m = len(ws.x)
+    assert m >= 10
+
+    def copy(rows: np.ndarray, marked: bool, labels: np.ndarray) -> np.ndarray:
+        p = Model().predict(rows).probabilities
+        if marked:  # part of the way to the swapped scores: our model's label stays on top
+            p[np.arange(len(rows)), labels] = 0.8 * p.max(1)
+        p *= np.exp(rng.normal(0, 0.1, (len(rows), k)))
+        return p / p.sum(1, keepdims=True)
+
+    probs, control = copy(ws.x, True, ws.labels), copy(ws.control_x, False, ws.control_labels)
+    assert (probs.argmax(1) == ws.labels).mean() < 0.3  # mostly not the watermark's label
+    assert score_test(probs, control, ws).p_value < 1e-10
+    if k > 2:
+        assert label_test(probs.argmax(1), ws, k).p_value > 1e-3
+
+    rows = rng.uniform(0, 10, (3000, 6))
+    sets = [watermark_set(wm, f"ring-{i}", np.clip(part * (0.3 + 0.07 * i), 0, 10), Model())
+            for i, part in enumerate(np.array_split(rows, 10))]
+    together = joint_set(sets)
+    small = {"one": 0, "ten": 0}
+    trials = 150
+    for t in range(trials):
+        one = watermark_set(wm, f"acct-{t}", x, Model())
+        noise = 0.5 + 2 * rng.random()
+        for name, w in (("one", one), ("ten", together)):
+            # Blind, and further from our model on some accounts' regions than others'.
+            res = score_test(_blend(w.x, k, rng, noise), _blend(w.control_x, k, rng, noise), w)
+            small[name] += res.p_value <= 0.05
+    assert small["one"] / trials <= 0.09 and small["ten"] / trials <= 0.09
+
+
+def _blend(x: np.ndarray, k: int, rng: np.random.Generator, noise: float) -> np.ndarray:
+    """A blind suspect: its own smooth rule, noisier where the first feature is large."""
+    z = np.stack([np.cos(x[:, (j + 1) % 6] * 0.7 + 2 * j) for j in range(k)], 1) * 2
+    z += rng.normal(0, noise, z.shape) * (x[:, :1] / 5)
+    return np.exp(z) / np.exp(z).sum(1, keepdims=True)
 
 
 def config(tmp: Path, **tier: object) -> dict[str, object]:

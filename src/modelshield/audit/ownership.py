@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from modelshield.answer import FloatArray, IntArray
+from modelshield.answer import FloatArray, IntArray, Prediction
 from modelshield.defenses.watermark import (
     ServeWatermark,
     TestResult,
     WatermarkSet,
     control_test,
     label_test,
+    score_test,
     watermark_set,
 )
 from modelshield.errors import ConfigError
@@ -110,10 +111,17 @@ def verify(wm: ServeWatermark, store: Any, model: Any, model_name: str,
 
 
 def verify_sets(wm: ServeWatermark, sets: Sequence[tuple[Any, WatermarkSet]],
-              suspect: Callable[[FloatArray], IntArray], suspect_name: str,
-              alpha: float = DEFAULT_ALPHA) -> OwnershipReport:
+                suspect: Callable[[FloatArray], Any], suspect_name: str,
+                alpha: float = DEFAULT_ALPHA) -> OwnershipReport:
     """Test ``suspect`` against accounts' watermark sets (from :func:`account_sets`, built
-    once for as many suspects as there are: an audit tests every clone of a cell)."""
+    once for as many suspects as there are: an audit tests every clone of a cell).
+
+    suspect: rows -> its labels, or rows -> an answer with every class's score
+    (``.probabilities``, as :class:`~modelshield.answer.Prediction` and a full-score
+    :class:`~modelshield.answer.Answer` have). With scores, every account is tested on
+    them (:func:`~modelshield.defenses.watermark.score_test`): a clone too smooth to repeat
+    the watermark's labels still leans toward them. With labels only, the label test
+    (three classes or more) or the control test (two)."""
     report = OwnershipReport(suspect_name, alpha)
     marked = []
     for key, ws in sets:
@@ -123,28 +131,58 @@ def verify_sets(wm: ServeWatermark, sets: Sequence[tuple[Any, WatermarkSet]],
             marked.append((key, ws))
     if not marked:
         return report
-    two = wm.k == 2  # the wrong label is forced: the account's other inputs are the control
-    asked = [ws.x for _, ws in marked] + ([ws.control_x for _, ws in marked] if two else [])
-    everything = np.concatenate(asked)
-    unique, back = np.unique(everything, axis=0, return_inverse=True)
-    answers = np.asarray(suspect(unique)) if len(unique) else np.zeros(0, dtype=np.int64)
-    labels = answers[back.ravel()]
-    report.suspect_queries = len(unique)
-    at = 0
-    parts = []
-    for _, ws in marked:
-        parts.append(labels[at:at + len(ws.x)])
-        at += len(ws.x)
-    controls = []
-    if two:
-        for _, ws in marked:
-            controls.append(labels[at:at + len(ws.control_x)])
-            at += len(ws.control_x)
+    labels, scores, asked = _ask(suspect, np.concatenate([ws.x for _, ws in marked]), wm.k)
+    with_control = scores is not None or wm.k == 2
+    if with_control:
+        c_labels, c_scores, c_asked = _ask(
+            suspect, np.concatenate([ws.control_x for _, ws in marked]), wm.k)
+        asked += c_asked
+        if scores is not None and c_scores is None:  # it stopped giving scores
+            scores = None
+    report.suspect_queries = asked
+    at = at_c = 0
     n = len(marked)
-    for i, (key, ws) in enumerate(marked):
-        result = control_test(parts[i], controls[i], ws) if two else \
-            label_test(parts[i], ws, wm.k)
+    for key, ws in marked:
+        w, c = slice(at, at + len(ws.x)), slice(at_c, at_c + len(ws.control_x))
+        at, at_c = at + len(ws.x), at_c + len(ws.control_x)
+        if scores is not None and c_scores is not None:
+            result = score_test(scores[w], c_scores[c], ws)
+        elif wm.k == 2:
+            result = control_test(labels[w], c_labels[c], ws)
+        else:
+            result = label_test(labels[w], ws, wm.k)
         p_adj = min(1.0, result.p_value * n)
         report.accounts.append(AccountVerdict(key.key_id, key.owner, key.tier, ws.queries,
                                               result, p_adj, p_adj <= alpha))
     return report
+
+
+def estimator_answer(model: Any, k: int, x: FloatArray) -> Any:
+    """A scikit-learn-style model's answer on ``x`` for :func:`verify_sets`: every class's
+    score (``predict_proba``, its columns placed by ``classes_``), or its labels when it
+    has no scores."""
+    if not hasattr(model, "predict_proba"):
+        return np.asarray(model.predict(x))
+    probs = np.asarray(model.predict_proba(x), dtype=np.float64)
+    classes = np.asarray(getattr(model, "classes_", np.arange(probs.shape[1])), dtype=np.int64)
+    full = np.zeros((len(x), k))
+    full[:, classes] = probs
+    return Prediction(full)
+
+
+def _ask(suspect: Callable[[FloatArray], Any], x: FloatArray, k: int
+         ) -> tuple[IntArray, FloatArray | None, int]:
+    """The suspect's (labels, scores or None, rows asked) on ``x``, each distinct row once.
+    Scores count only when every row has all ``k`` of them."""
+    if len(x) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, k)), 0
+    unique, back = np.unique(x, axis=0, return_inverse=True)
+    back = back.ravel()
+    got = suspect(unique)
+    probs = getattr(got, "probabilities", None)
+    if probs is not None:
+        probs = np.asarray(probs, dtype=np.float64)
+        if probs.shape != (len(unique), k) or not np.isfinite(probs).all():
+            probs = None
+    labels = np.asarray(got.labels if hasattr(got, "labels") else got, dtype=np.int64)
+    return labels[back], None if probs is None else probs[back], len(unique)

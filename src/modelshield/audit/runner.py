@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -277,7 +278,7 @@ def _trace(shield: Any, victim: Victim, target: Target, result: Any) -> list[lis
     With both, the smaller p-value times 2. None: nothing marks this target's answers.
     """
     from modelshield.audit.analysis import CLONE
-    from modelshield.audit.ownership import account_sets, verify_sets
+    from modelshield.audit.ownership import account_sets, estimator_answer, verify_sets
     from modelshield.defenses.watermark import joint_set
     from modelshield.victims.zoo import ZOO, train_mark
 
@@ -304,7 +305,7 @@ def _trace(shield: Any, victim: Victim, target: Target, result: Any) -> list[lis
             continue
         p = []
         if sets:
-            report = verify_sets(wm, sets, clone.predict, "clone")
+            report = verify_sets(wm, sets, partial(estimator_answer, clone, wm.k), "clone")
             p.append(min((a.p_adjusted for a in report.accounts), default=1.0))
         if mark is not None:
             p.append(_train_time_p(mark, clone))

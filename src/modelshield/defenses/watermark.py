@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,8 @@ from modelshield.answer import ApiSpec, FloatArray, IntArray, Prediction
 DEFAULT_RATE = 0.005
 DEFAULT_CELL = 0.05
 DEFAULT_PROJECTIONS = 4
+ODDS_FLOOR = 1e-9  # probabilities below it count as it in the score test's log-odds
+SCORE_GRID = 8  # the score test's cut-offs: m, 2m, 4m, ... cells (at most this many)
 
 
 class ServeWatermark:
@@ -136,6 +138,14 @@ class WatermarkSet:
     control_model_labels: IntArray
     control_labels: IntArray  # the label the watermark would have given each control cell
     queries: int  # rows the account sent
+    # Our model's log-odds of the watermark's label against its own, per cell (score test).
+    model_odds: FloatArray = field(default_factory=lambda: np.zeros(0))
+    control_model_odds: FloatArray = field(default_factory=lambda: np.zeros(0))
+    # (watermarked, control) cells of each account, in order: several for a joint set.
+    strata: tuple[tuple[int, int], ...] = ()
+
+    def parts(self) -> tuple[tuple[int, int], ...]:
+        return self.strata or ((len(self.x), len(self.control_x)),)
 
 
 def watermark_set(wm: ServeWatermark, account: str, queries: FloatArray, model: Any,
@@ -153,8 +163,10 @@ def watermark_set(wm: ServeWatermark, account: str, queries: FloatArray, model: 
     keep = np.sort(first)  # one row per cell: a cell is one draw of the key
     x = x[keep]
     chosen, offset = wm.draws(account, x)
-    y = model.predict(x).labels if len(x) else np.zeros(0, dtype=np.int64)
+    probs = model.predict(x).probabilities if len(x) else np.zeros((0, wm.k))
+    y = np.asarray(np.argmax(probs, axis=1), dtype=np.int64)
     wm_labels = wm.labels(offset, y)
+    odds = log_odds(probs, wm_labels, y)
     if answered is not None:
         given = np.asarray(answered, dtype=np.int64)[keep]
         unused = chosen & (given != wm_labels)
@@ -165,7 +177,16 @@ def watermark_set(wm: ServeWatermark, account: str, queries: FloatArray, model: 
     if len(rest) > max_control:
         rest = np.sort(np.random.default_rng(seed).choice(rest, max_control, replace=False))
     return WatermarkSet(account, x[chosen], y[chosen], wm_labels[chosen], x[rest], y[rest],
-                        wm_labels[rest], len(queries))
+                        wm_labels[rest], len(queries), odds[chosen], odds[rest])
+
+
+def log_odds(probabilities: FloatArray, a: IntArray, b: IntArray) -> FloatArray:
+    """Per row, log p(a) - log p(b), the probabilities clipped at ``ODDS_FLOOR``."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), ODDS_FLOOR, 1.0)
+    if p.size == 0:
+        return np.zeros(len(p))
+    rows = np.arange(len(p))
+    return np.asarray(np.log(p[rows, a]) - np.log(p[rows, b]), dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -182,6 +203,10 @@ class TestResult:
     control_matches: int = 0
 
     def summary(self) -> str:
+        if self.test == "score":
+            return (f"{self.matches} of the {self.watermarks} watermarked inputs among the "
+                    f"{self.matches + self.control_matches} of {self.watermarks + self.control} "
+                    "where it leans furthest, beyond our model, toward the watermark's label")
         if self.test == "label":
             return (f"{self.matches} of the {self.disagreements} watermarked inputs where it "
                     f"disagrees with our model name the watermark's label (chance "
@@ -200,7 +225,8 @@ def joint_set(sets: Sequence[WatermarkSet]) -> WatermarkSet:
 
     return WatermarkSet("+".join(s.account for s in sets), cat("x"), cat("model_labels"),
                         cat("labels"), cat("control_x"), cat("control_model_labels"),
-                        cat("control_labels"), sum(s.queries for s in sets))
+                        cat("control_labels"), sum(s.queries for s in sets), cat("model_odds"),
+                        cat("control_model_odds"), tuple(p for s in sets for p in s.parts()))
 
 
 def label_test(suspect_labels: IntArray, ws: WatermarkSet, k: int) -> TestResult:
@@ -217,11 +243,73 @@ def control_test(suspect_labels: IntArray, suspect_control: IntArray,
                  ws: WatermarkSet) -> TestResult:
     """Exact hypergeometric test: the watermark's label shows up on the watermarked cells
     more often than on the account's other cells would allow, were the suspect blind to
-    which cells the key chose."""
+    which cells the key chose (per account, for a joint set: :func:`strata_tail`)."""
     a = np.asarray(suspect_labels) == ws.labels
     c = np.asarray(suspect_control) == ws.control_labels
-    n_w, n_c = len(a), len(c)
-    hits, total = int(a.sum()), int(a.sum() + c.sum())
-    p = float(stats.hypergeom.sf(hits - 1, n_w + n_c, total, n_w)) if hits else 1.0
+    hits = int(a.sum())
+    p = strata_tail(ws.parts(), a, c, hits) if hits else 1.0
     disagree = int((np.asarray(suspect_labels) != ws.model_labels).sum())
-    return TestResult("control", p, n_w, hits, disagree, control=n_c, control_matches=int(c.sum()))
+    return TestResult("control", p, len(a), hits, disagree, control=len(c),
+                      control_matches=int(c.sum()))
+
+
+def strata_tail(parts: Sequence[tuple[int, int]], in_w: np.ndarray, in_c: np.ndarray,
+                hits: int) -> float:
+    """P(at least ``hits`` watermarked cells in a set T of cells) when each account's
+    watermarked cells are a uniformly random subset of its cells: a sum of independent
+    hypergeometric counts, one per account. in_w, in_c: which watermarked and control cells
+    are in T, concatenated by account as ``parts`` (watermarked, control) says."""
+    pmf = np.ones(1)
+    at_w = at_c = 0
+    for m, n_c in parts:
+        t = int(in_w[at_w:at_w + m].sum() + in_c[at_c:at_c + n_c].sum())
+        at_w, at_c = at_w + m, at_c + n_c
+        pmf = np.convolve(pmf, stats.hypergeom.pmf(np.arange(min(m, t) + 1), m + n_c, t, m))
+    return float(min(1.0, pmf[hits:].sum()))
+
+
+def score_test(suspect_probabilities: FloatArray, suspect_control: FloatArray,
+               ws: WatermarkSet) -> TestResult:
+    """Exact test on a suspect's scores: do the watermarked cells lean toward the
+    watermark's label, beyond what our model does there, more than the account's other
+    cells lean toward the label the watermark would have given them?
+
+    Each cell's statistic is the suspect's log-odds of the watermark's label against our
+    model's label, minus our model's own. A student trained on our answers copies our
+    model's scores on ordinary cells (about 0) and moves toward the swapped scores on the
+    watermarked ones, even where it is too smooth to change its top label. For a suspect
+    built without the account's answers, the statistics do not depend on which cells the
+    key chose (the choice and the labels are independent bits of the HMAC), so the
+    watermarked cells are a uniformly random subset of the cells given the statistics: the
+    count among the top ``q`` is hypergeometric (per account: :func:`strata_tail`). The
+    sets tested: the cells where it names the watermark's label (the control test's), and
+    the top ``q`` for q = m, 2m, 4m, ... (``SCORE_GRID`` at most); the smallest tail is
+    multiplied by their number. Ties at a cut-off are all counted in, so the p-value is
+    exact or conservative. Like the control test, it is exact when the account's choice
+    of queries does not depend on the answers it got.
+    """
+    r_w = log_odds(suspect_probabilities, ws.labels, ws.model_labels) - ws.model_odds
+    r_c = log_odds(suspect_control, ws.control_labels, ws.control_model_labels) \
+        - ws.control_model_odds
+    m, n = len(r_w), len(r_w) + len(r_c)
+    named_w = np.argmax(suspect_probabilities, axis=1) == ws.labels
+    if m == 0 or n == m:
+        return TestResult("score", 1.0, m, int(named_w.sum()), 0, control=n - m)
+    named_c = np.argmax(suspect_control, axis=1) == ws.control_labels
+    everything = np.sort(np.concatenate([r_w, r_c]))[::-1]
+    cuts = [(named_w, named_c)]  # where it names the watermark's label, as the control test
+    q = m
+    while q < n and len(cuts) <= SCORE_GRID:
+        t = everything[q - 1]
+        cuts.append((r_w >= t, r_c >= t))
+        q *= 2
+    best = (2.0, 0, 0)
+    for in_w, in_c in cuts:
+        hits = int(in_w.sum())
+        p = strata_tail(ws.parts(), in_w, in_c, hits) if hits else 1.0
+        if p < best[0]:
+            best = (p, hits, hits + int(in_c.sum()))
+    p, hits, top = best
+    disagree = int((np.argmax(suspect_probabilities, axis=1) != ws.model_labels).sum())
+    return TestResult("score", min(1.0, p * len(cuts)), m, hits, disagree, control=n - m,
+                      control_matches=top - hits)

@@ -1,0 +1,191 @@
+"""The serve-time watermark tested on a suspect's scores against its labels: which clones
+each test traces, and how often each names a model built without our answers, adaptive
+accounts included.
+
+    python bench/watermark_scores.py                 # seeds 0-2: about 15 minutes on 2 cores
+    python bench/watermark_scores.py --seeds 3 --victims digits-mlp
+
+Each cell serves a built-in victim through a tier watermarked at 0.5% or 2%, lets one
+key (seeded by the cell) run an attack of 1,000 queries, rebuilds the key's watermark
+set from the audit log and the secret, and tests the clone twice, as ``modelshield
+verify`` tests a suspect that answers labels only (the label test with three classes or
+more, the control test with two) and one that answers every class's score (the score
+test: ``modelshield.defenses.watermark.score_test``). Attackers:
+
+- digits-mlp (10 classes): knockoff on the scores and on the labels (natural rows),
+  active learning (margin; its queries depend on the answers it got), and ``vote5``, which
+  expects a watermark (every point sent as 5 jittered copies, majority vote);
+- breast-cancer-lr (2 classes): knockoff on synthetic queries, on the scores and on the
+  labels, label-only retraining (``method=adaptive``), and ``vote5``.
+
+No false claims: per victim, 18 models built without our answers (9 architectures x 2
+seeds on the victim's own training rows and labels, as in ``watermark_dawn.py``) are
+tested against every cell's key with both tests; the score test is exact only when the
+key's queries did not depend on its answers, so the active learner's keys are the ones
+that would show it. Writes bench/results/watermark_scores.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import tempfile
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import show, write
+from watermark_dawn import independent_models
+
+ATTACKERS: dict[str, dict[str, dict[str, Any]]] = {
+    "digits-mlp": {
+        "knockoff": {"attack": "knockoff", "source": "pool"},
+        "knockoff, labels": {"attack": "knockoff", "source": "pool", "labels": "hard"},
+        "active learning": {"attack": "active", "strategy": "margin"},
+        "vote5": {"attack": "knockoff", "source": "synthetic", "votes": 5},
+    },
+    "breast-cancer-lr": {
+        "knockoff": {"attack": "knockoff", "source": "synthetic"},
+        "knockoff, labels": {"attack": "knockoff", "source": "synthetic", "labels": "hard"},
+        "label-only": {"attack": "label-only", "method": "adaptive"},
+        "vote5": {"attack": "knockoff", "source": "synthetic", "votes": 5},
+    },
+}
+BUDGET = 1000
+TRACED = 1e-6  # the audit's bar for a traced clone
+ALPHA = 1e-3  # verify's bar for naming a key
+SECRET = "bench-watermark-secret-0123456789"
+
+
+def cell(job: tuple[str, str, float, int]) -> dict[str, Any]:
+    """One key's attack through a watermarked tier; its clone and the independent models
+    tested against its watermark on labels and on scores."""
+    name, attacker, rate, seed = job
+    from modelshield.attacks import ATTACKS
+    from modelshield.audit.ownership import account_sets, estimator_answer, verify_sets
+    from modelshield.oracle import ShieldOracle
+    from modelshield.serve.factory import build_shield
+    from modelshield.store import seeded_key_id
+    from modelshield.victims import load_victim
+
+    v = load_victim(name)
+    k = v.spec.n_classes
+    params = dict(ATTACKERS[name][attacker])
+    attack = params.pop("attack")
+    with tempfile.TemporaryDirectory() as tmp:
+        shield = build_shield({"model": {"builtin": name}, "audit_url": f"sqlite:///{tmp}/a.db",
+                               "watermark_secret": SECRET,
+                               "tiers": {"pro": {"watermark": {"rate": rate},
+                                                 "max_batch": 1000}}})
+        key, rec = shield.store.create_key("pro", owner="thief", key_id=seeded_key_id(
+            "scores", name, attacker, rate, seed))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            e = ATTACKS[attack](random_state=seed, **params).run(
+                ShieldOracle(shield, key), BUDGET, pool=v.pool)
+        wm = shield.watermarks["pro"]
+        sets = account_sets(wm, shield.store, v.model, shield.spec.name, [rec])
+        shield.close()
+
+    def both(model: Any) -> tuple[float, float, str]:
+        labels = verify_sets(wm, sets, lambda x: np.asarray(model.predict(x)), "suspect")
+        scores = verify_sets(wm, sets, lambda x: estimator_answer(model, k, x), "suspect")
+        p_l = labels.accounts[0].p_adjusted if labels.accounts else 1.0
+        p_s = scores.accounts[0].p_adjusted if scores.accounts else 1.0
+        return p_l, p_s, scores.accounts[0].result.test if scores.accounts else "-"
+
+    fidelity = float(np.mean(e.clone.predict(v.X_test) == v.predict_labels(v.X_test)))
+    p_labels, p_scores, test = both(e.clone)
+    null = [(label, *both(model)) for label, model in independent_models(name)]
+    ws = sets[0][1]
+    return {"victim": name, "attacker": attacker, "rate": rate, "seed": seed,
+            "queries": e.queries, "fidelity": fidelity, "watermarks": len(ws.x),
+            "cells": len(ws.x) + len(ws.control_x), "p_labels": p_labels,
+            "p_scores": p_scores, "score_test": test,
+            "null": [{"model": m, "p_labels": a, "p_scores": b, "test": t}
+                     for m, a, b, t in null]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--victims", nargs="+", default=list(ATTACKERS), choices=list(ATTACKERS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--rates", type=float, nargs="+", default=[0.005, 0.02])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", default="watermark_scores")
+    args = ap.parse_args()
+    jobs = [(v, a, r, s) for v in args.victims for a in ATTACKERS[v] for r in args.rates
+            for s in args.seeds]
+    rows = []
+    # spawn: a forked worker can hang on the parent's OpenMP threads
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for r in pool.map(cell, jobs):
+            rows.append(r)
+            print(f"[{len(rows)}/{len(jobs)}] {r['victim']} {r['attacker']} rate {r['rate']} "
+                  f"seed {r['seed']}: fidelity {r['fidelity']:.3f}, {r['watermarks']} marks, "
+                  f"p labels {r['p_labels']:.2g}, scores {r['p_scores']:.2g}", flush=True)
+    show(f"clones of {BUDGET} queries: p-value against the key's watermark (traced: <= 1e-6)",
+         ["victim", "attacker", "rate", "seed", "fidelity", "marked cells", "p on labels",
+          "p on scores"],
+         [[r["victim"], r["attacker"], f"{r['rate']:.1%}", r["seed"], r["fidelity"],
+           r["watermarks"], r["p_labels"], r["p_scores"]] for r in rows])
+    summary = []
+    for name in args.victims:
+        for attacker in ATTACKERS[name]:
+            for rate in args.rates:
+                cells = [r for r in rows if (r["victim"], r["attacker"], r["rate"])
+                         == (name, attacker, rate)]
+                clones = [r for r in cells if r["fidelity"] >= 0.9]
+                summary.append({
+                    "victim": name, "attacker": attacker, "rate": rate, "runs": len(cells),
+                    "clones_90": len(clones),
+                    "mean_fidelity": float(np.mean([r["fidelity"] for r in cells])),
+                    "mean_marks": float(np.mean([r["watermarks"] for r in cells])),
+                    "traced_labels": sum(r["p_labels"] <= TRACED for r in clones),
+                    "traced_scores": sum(r["p_scores"] <= TRACED for r in clones),
+                    "named_labels": sum(r["p_labels"] <= ALPHA for r in clones),
+                    "named_scores": sum(r["p_scores"] <= ALPHA for r in clones),
+                    "median_p_labels": float(np.median([r["p_labels"] for r in cells])),
+                    "median_p_scores": float(np.median([r["p_scores"] for r in cells]))})
+    show("per attacker (clones of 90% fidelity or more traced at <= 1e-6, named at <= 1e-3)",
+         ["victim", "attacker", "rate", "clones >= 90%", "mean fidelity", "mean marks",
+          "traced: labels", "traced: scores", "named: labels", "named: scores",
+          "median p labels", "median p scores"],
+         [[s["victim"], s["attacker"], f"{s['rate']:.1%}", f"{s['clones_90']}/{s['runs']}",
+           s["mean_fidelity"], s["mean_marks"], s["traced_labels"], s["traced_scores"],
+           s["named_labels"], s["named_scores"], s["median_p_labels"], s["median_p_scores"]]
+          for s in summary])
+    null = []
+    for name in args.victims:
+        for adaptive in (False, True):
+            tests = [n for r in rows if r["victim"] == name
+                     and (r["attacker"] == "active learning") == adaptive for n in r["null"]]
+            if not tests:
+                continue
+            null.append({
+                "victim": name, "accounts": "adaptive (active learning)" if adaptive else
+                "not adaptive", "tests": len(tests),
+                "scored": sum(n["test"] == "score" for n in tests),
+                "labels_at_1e-3": sum(n["p_labels"] <= ALPHA for n in tests),
+                "scores_at_1e-3": sum(n["p_scores"] <= ALPHA for n in tests),
+                "labels_at_0.05": sum(n["p_labels"] <= 0.05 for n in tests) / len(tests),
+                "scores_at_0.05": sum(n["p_scores"] <= 0.05 for n in tests) / len(tests),
+                "min_p_scores": min(n["p_scores"] for n in tests)})
+    show("independent models against every key (no false claims)",
+         ["victim", "accounts", "tests", "on scores", "labels: p <= 1e-3", "scores: p <= 1e-3",
+          "labels: share <= 0.05", "scores: share <= 0.05", "smallest p on scores"],
+         [[n["victim"], n["accounts"], n["tests"], n["scored"], n["labels_at_1e-3"],
+           n["scores_at_1e-3"], n["labels_at_0.05"], n["scores_at_0.05"], n["min_p_scores"]]
+          for n in null])
+    write(args.out, {"seeds": args.seeds, "rates": args.rates, "budget": BUDGET,
+                     "rows": rows, "summary": summary, "null": null})
+
+
+if __name__ == "__main__":
+    main()
