@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelshield.answer import ApiSpec, Prediction
+from modelshield.answer import Answer, ApiSpec, Prediction
 from modelshield.audit.ownership import logged_queries
 from modelshield.defenses.watermark import (
     ServeWatermark,
@@ -252,3 +252,39 @@ def test_config_refuses_what_would_not_work(tmp_path: Path) -> None:
     lm["model"] = {"lm": "lm-tiny"}
     with pytest.raises(ConfigError, match="no classes to label"):
         build_shield(lm)
+
+
+def test_verify_tests_scores_where_the_suspect_gives_them_and_labels_otherwise() -> None:
+    """verify_sets: a suspect answering every class's score gets the score test (and is
+    asked the key's other cells too); labels, or scores with some withheld (top-k), get
+    the label test on the watermarked inputs alone."""
+    from types import SimpleNamespace
+
+    from modelshield.audit.ownership import verify_sets
+
+    k = 5
+    wm = ServeWatermark(SECRET, spec(k), rate=0.02)
+
+    class Model:
+        def predict(self, x: np.ndarray) -> Prediction:
+            z = np.stack([np.sin(x[:, j % 6] + j) for j in range(k)], 1) * 3
+            return Prediction(np.exp(z) / np.exp(z).sum(1, keepdims=True))
+
+    x = np.random.default_rng(6).uniform(0, 10, (800, 6))
+    ws = watermark_set(wm, "acct", x, Model())
+    key = SimpleNamespace(key_id="acct", owner="", tier="pro")
+    copy = Model()  # answers as we do, marks not learnt: named by neither test
+    scored = verify_sets(wm, [(key, ws)], copy.predict, "copy")
+    assert scored.accounts[0].result.test == "score"
+    assert scored.suspect_queries == len(ws.x) + len(ws.control_x)
+    labels = verify_sets(wm, [(key, ws)], lambda r: copy.predict(r).labels, "copy")
+    assert labels.accounts[0].result.test == "label" and labels.suspect_queries == len(ws.x)
+
+    def top1(rows: np.ndarray) -> Answer:
+        got = copy.predict(rows)
+        p = got.probabilities.copy()
+        p[p < p.max(1, keepdims=True)] = np.nan
+        return Answer(got.labels, p, policy="top-k:1")
+
+    assert verify_sets(wm, [(key, ws)], top1, "copy").accounts[0].result.test == "label"
+    assert not scored.matched and not labels.matched
