@@ -2,7 +2,7 @@
 each test traces, and how often each names a model built without our answers, adaptive
 accounts included.
 
-    python bench/watermark_scores.py                 # seeds 0-2: about 15 minutes on 2 cores
+    python bench/watermark_scores.py                 # seeds 0-2: about 25 minutes on 2 cores
     python bench/watermark_scores.py --seeds 3 --victims digits-mlp
     python bench/watermark_scores.py --rerun vote5   # those cells again, the rest reused
     python bench/watermark_scores.py --rerun         # the tables again from the JSON

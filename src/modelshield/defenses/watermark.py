@@ -25,6 +25,11 @@ watermarked cells are a keyed random subset of all its cells, so under the null 
 suspect's disagreements fall on them no more often than on the rest (a hypergeometric
 tail). Either way, the p-value is exact; ``bench/watermark_dawn.py`` counts false claims
 over independently trained models all the same.
+
+**On scores** (:func:`score_test`), for a suspect that gives every class's score: how far
+it leans toward the watermark's label beyond our model, on the watermarked cells against
+the account's other cells. A smooth student that keeps our label on the marked inputs
+still leans there (``bench/watermark_scores.py``).
 """
 
 from __future__ import annotations
