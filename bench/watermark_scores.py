@@ -33,6 +33,7 @@ too). Writes bench/results/watermark_scores.json.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import sys
 import tempfile
@@ -45,7 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import show, write
+from _common import RESULTS, show, write
 from watermark_dawn import independent_models
 
 ATTACKERS: dict[str, dict[str, dict[str, Any]]] = {
@@ -133,10 +134,6 @@ def main() -> None:
             for s in args.seeds if args.rerun is None or a in args.rerun]
     rows = []
     if args.rerun is not None:
-        import json
-
-        from _common import RESULTS
-
         kept = json.loads((RESULTS / f"{args.out}.json").read_text())["rows"]
         rows = [r for r in kept if r["attacker"] not in args.rerun
                 and r["victim"] in args.victims]

@@ -3,6 +3,7 @@ scores, rebuilt from the audit log; and its test never names a model built witho
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -138,6 +139,17 @@ def test_accounts_tested_together_name_a_copy_made_over_many_keys(k: int) -> Non
     assert small / 200 <= 0.09
 
 
+class Smooth:
+    """Our model for the score tests: smooth scores over ``k`` classes."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def predict(self, x: np.ndarray) -> Prediction:
+        z = np.stack([np.sin(x[:, j % 6] + j) for j in range(self.k)], 1) * 3
+        return Prediction(np.exp(z) / np.exp(z).sum(1, keepdims=True))
+
+
 def test_the_tail_over_accounts_is_the_exact_sum_of_their_draws() -> None:
     """strata_tail against counting every way the marks could have fallen: two accounts of
     4+3 and 2+5 cells (watermarked + control), T holding some cells of each."""
@@ -163,10 +175,7 @@ def test_the_score_test_names_a_smooth_copy_and_no_blind_model(k: int) -> None:
     cells differ (the accounts are tested apart: :func:`strata_tail`)."""
     wm = ServeWatermark(SECRET, spec(k), rate=0.02)
 
-    class Model:
-        def predict(self, x: np.ndarray) -> Prediction:
-            z = np.stack([np.sin(x[:, j % 6] + j) for j in range(k)], 1) * 3
-            return Prediction(np.exp(z) / np.exp(z).sum(1, keepdims=True))
+    Model = functools.partial(Smooth, k)
 
     rng = np.random.default_rng(5)
     x = rng.uniform(0, 10, (1000, 6))
@@ -265,10 +274,7 @@ def test_verify_tests_scores_where_the_suspect_gives_them_and_labels_otherwise()
     k = 5
     wm = ServeWatermark(SECRET, spec(k), rate=0.02)
 
-    class Model:
-        def predict(self, x: np.ndarray) -> Prediction:
-            z = np.stack([np.sin(x[:, j % 6] + j) for j in range(k)], 1) * 3
-            return Prediction(np.exp(z) / np.exp(z).sum(1, keepdims=True))
+    Model = functools.partial(Smooth, k)
 
     x = np.random.default_rng(6).uniform(0, 10, (800, 6))
     ws = watermark_set(wm, "acct", x, Model())

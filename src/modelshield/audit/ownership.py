@@ -137,15 +137,13 @@ def verify_sets(wm: ServeWatermark, sets: Sequence[tuple[Any, WatermarkSet]],
         c_labels, c_scores, c_asked = _ask(
             suspect, np.concatenate([ws.control_x for _, ws in marked]), wm.k)
         asked += c_asked
-        if scores is not None and c_scores is None:  # it stopped giving scores
-            scores = None
     report.suspect_queries = asked
     at = at_c = 0
     n = len(marked)
     for key, ws in marked:
         w, c = slice(at, at + len(ws.x)), slice(at_c, at_c + len(ws.control_x))
         at, at_c = at + len(ws.x), at_c + len(ws.control_x)
-        if scores is not None and c_scores is not None:
+        if scores is not None and c_scores is not None:  # scores on both, or labels
             result = score_test(scores[w], c_scores[c], ws)
         elif wm.k == 2:
             result = control_test(labels[w], c_labels[c], ws)

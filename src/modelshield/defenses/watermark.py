@@ -297,7 +297,8 @@ def score_test(suspect_probabilities: FloatArray, suspect_control: FloatArray,
     r_c = log_odds(suspect_control, ws.control_labels, ws.control_model_labels) \
         - ws.control_model_odds
     m, n = len(r_w), len(r_w) + len(r_c)
-    named_w = np.argmax(suspect_probabilities, axis=1) == ws.labels
+    top_w = np.argmax(suspect_probabilities, axis=1)
+    named_w = top_w == ws.labels
     if m == 0 or n == m:
         return TestResult("score", 1.0, m, int(named_w.sum()), 0, control=n - m)
     named_c = np.argmax(suspect_control, axis=1) == ws.control_labels
@@ -315,6 +316,6 @@ def score_test(suspect_probabilities: FloatArray, suspect_control: FloatArray,
         if p < best[0]:
             best = (p, hits, hits + int(in_c.sum()))
     p, hits, top = best
-    disagree = int((np.argmax(suspect_probabilities, axis=1) != ws.model_labels).sum())
+    disagree = int((top_w != ws.model_labels).sum())
     return TestResult("score", min(1.0, p * len(cuts)), m, hits, disagree, control=n - m,
                       control_matches=top - hits)
