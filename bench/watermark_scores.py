@@ -12,7 +12,11 @@ key (seeded by the cell) run an attack of 1,000 queries, rebuilds the key's wate
 set from the audit log and the secret, and tests the clone twice, as ``modelshield
 verify`` tests a suspect that answers labels only (the label test with three classes or
 more, the control test with two) and one that answers every class's score (the score
-test: ``modelshield.defenses.watermark.score_test``). Attackers:
+test: ``modelshield.defenses.watermark.score_test``). The score test is repeated with
+the control cut to 25, 50, 100, 200 and 400 of the key's unmarked cells (``verify
+--controls``, a random draw fixed before the suspect is asked), for the fewest suspect
+queries that reach p <= 1e-6 and DAWN's 2^-64, and the independent models are tested at
+each of those sizes too. Attackers:
 
 - digits-mlp (10 classes): knockoff on the scores and on the labels (natural rows),
   active learning (margin; its queries depend on the answers it got), and ``vote5``, which
@@ -66,6 +70,8 @@ ATTACKERS: dict[str, dict[str, dict[str, Any]]] = {
 BUDGET = 1000
 ADAPTIVE = ("active learning", "label-only")  # their queries depend on the answers they got
 TRACED = 1e-6  # the audit's bar for a traced clone
+DAWN_BAR = 2.0 ** -64  # DAWN's proof of ownership: confidence above 1 - 2^-64
+CONTROLS = (25, 50, 100, 200, 400)  # unmarked cells asked (verify --controls), all last
 ALPHA = 1e-3  # verify's bar for naming a key
 SECRET = "bench-watermark-secret-0123456789"
 
@@ -98,6 +104,8 @@ def cell(job: tuple[str, str, float, int]) -> dict[str, Any]:
                 ShieldOracle(shield, key), BUDGET, pool=v.pool)
         wm = shield.watermarks["pro"]
         sets = account_sets(wm, shield.store, v.model, shield.spec.name, [rec])
+        fewer = {n: account_sets(wm, shield.store, v.model, shield.spec.name, [rec], n)
+                 for n in CONTROLS}
         shield.close()
 
     def both(model: Any) -> tuple[float, float, str]:
@@ -107,16 +115,29 @@ def cell(job: tuple[str, str, float, int]) -> dict[str, Any]:
         p_s = scores.accounts[0].p_adjusted if scores.accounts else 1.0
         return p_l, p_s, scores.accounts[0].result.test if scores.accounts else "-"
 
+    def sweep(model: Any) -> list[tuple[int, int, float]]:
+        """(controls, suspect queries, p on scores) with each control size."""
+        out = []
+        for n, few in fewer.items():
+            r = verify_sets(wm, few, lambda x: estimator_answer(model, k, x), "suspect")
+            if r.accounts and len(few[0][1].control_x) == n:  # the key has n cells to spare
+                out.append((n, r.suspect_queries, r.accounts[0].p_adjusted))
+        return out
+
     fidelity = float(np.mean(e.clone.predict(v.X_test) == v.predict_labels(v.X_test)))
     p_labels, p_scores, test = both(e.clone)
-    null = [(label, *both(model)) for label, model in independent_models(name)]
+    null = [(label, *both(model), sweep(model)) for label, model in independent_models(name)]
     ws = sets[0][1]
+    everything = verify_sets(wm, sets, lambda x: estimator_answer(e.clone, k, x), "clone")
     return {"victim": name, "attacker": attacker, "rate": rate, "seed": seed,
             "queries": e.queries, "fidelity": fidelity, "watermarks": len(ws.x),
             "cells": len(ws.x) + len(ws.control_x), "p_labels": p_labels,
             "p_scores": p_scores, "score_test": test,
-            "null": [{"model": m, "p_labels": a, "p_scores": b, "test": t}
-                     for m, a, b, t in null]}
+            "label_queries": len(ws.x),
+            "controls": [*sweep(e.clone), (len(ws.control_x), everything.suspect_queries,
+                                            p_scores)],
+            "null": [{"model": m, "p_labels": a, "p_scores": b, "test": t, "controls": c}
+                     for m, a, b, t, c in null]}
 
 
 def main() -> None:
@@ -178,6 +199,45 @@ def main() -> None:
            s["mean_fidelity"], s["mean_marks"], s["traced_labels"], s["traced_scores"],
            s["named_labels"], s["named_scores"], s["median_p_labels"], s["median_p_scores"]]
           for s in summary])
+    def fewest(r: dict[str, Any], level: float) -> int | None:
+        """The fewest suspect queries that reach ``level`` on scores, over the control
+        sizes (each fixed in advance)."""
+        got = [q for _, q, p in r["controls"] if p <= level]
+        return min(got) if got else None
+
+    queries = []
+    for s in summary:
+        clones = [r for r in rows if (r["victim"], r["attacker"], r["rate"]) ==
+                  (s["victim"], s["attacker"], s["rate"]) and r["fidelity"] >= 0.9]
+        if not clones:
+            continue
+        row: dict[str, Any] = {k: s[k] for k in ("victim", "attacker", "rate")}
+        row["clones_90"] = len(clones)
+        row["all_cells"] = float(np.median([r["controls"][-1][1] for r in clones]))
+        for level, tag in ((TRACED, "1e-6"), (DAWN_BAR, "2^-64")):
+            got = [q for q in (fewest(r, level) for r in clones) if q is not None]
+            row[f"reached_{tag}"] = len(got)
+            row[f"queries_{tag}"] = [int(q) for q in sorted(got)]
+        queries.append(row)
+    show("suspect queries on scores to reach 1e-6 and 2^-64 (the fewest over controls of "
+         f"{', '.join(map(str, CONTROLS))} or all; clones >= 90%)",
+         ["victim", "attacker", "rate", "clones", "all cells (median)", "reach 1e-6",
+          "queries (each clone)", "reach 2^-64", "queries (each clone)"],
+         [[q["victim"], q["attacker"], f"{q['rate']:.1%}", q["clones_90"], q["all_cells"],
+           q["reached_1e-6"], " ".join(map(str, q["queries_1e-6"])) or "-",
+           q["reached_2^-64"], " ".join(map(str, q["queries_2^-64"])) or "-"]
+          for q in queries])
+    by_size = []
+    for n in CONTROLS:
+        tests = [p for r in rows for m in r["null"] for c, _, p in m["controls"] if c == n]
+        by_size.append({"controls": n, "tests": len(tests),
+                        "at_1e-3": sum(p <= ALPHA for p in tests),
+                        "at_0.05": sum(p <= 0.05 for p in tests) / max(len(tests), 1),
+                        "min_p": min(tests, default=1.0)})
+    show("independent models against every key, by control size (no false claims)",
+         ["controls", "tests", "p <= 1e-3", "share <= 0.05", "smallest p"],
+         [[b["controls"], b["tests"], b["at_1e-3"], b["at_0.05"], b["min_p"]]
+          for b in by_size])
     null = []
     for name in args.victims:
         for adaptive in (False, True):
@@ -201,7 +261,8 @@ def main() -> None:
            n["scores_at_1e-3"], n["labels_at_0.05"], n["scores_at_0.05"], n["min_p_scores"]]
           for n in null])
     write(args.out, {"seeds": args.seeds, "rates": args.rates, "budget": BUDGET,
-                     "rows": rows, "summary": summary, "null": null})
+                     "rows": rows, "summary": summary, "null": null,
+                     "suspect_queries": queries, "null_by_controls": by_size})
 
 
 if __name__ == "__main__":

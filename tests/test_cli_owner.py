@@ -203,18 +203,25 @@ def test_a_clone_made_over_http_is_traced_to_the_account_that_made_it(
                                 "--config", str(cfg)])
     assert check.exit_code == 1 and f"positions {forged['seq']}" in check.output
 
-    # The same clone behind another API, queried over HTTP.
+    # The same clone behind another API, queried over HTTP, with 100 control cells a key.
     served = build_gateway({"model": {"file": str(clone), "name": "copy", "classes":
                                       ["0", "1", "2"], "low": low, "high": high},
                             "audit_url": f"sqlite:///{tmp_path}/b.db", "tiers": {"t": {}}})
     key = served[0].store.create_key("t")[0]
     with live_app(create_app(served)) as client:
         r = runner.invoke(app, ["verify", "--suspect", str(client.base_url), "--suspect-key",
-                                key, "--config", str(cfg), "--json", str(out)])
+                                key, "--config", str(cfg), "--controls", "100", "--json",
+                                str(out)])
     for s in served:
         s.close()
     assert r.exit_code == 0, r.output
-    assert json.loads(out.read_text())["matched"] == [thief_rec.key_id]
+    fewer = json.loads(out.read_text())
+    assert fewer["matched"] == [thief_rec.key_id]
+    assert all(a["control"] == 100 for a in fewer["accounts"] if a["test"] == "score")
+    assert fewer["suspect_queries"] < found["suspect_queries"] / 2
+    r = runner.invoke(app, ["verify", "--suspect", str(clone), "--config", str(cfg),
+                            "--controls", "0"])
+    assert r.exit_code == 2 and "--controls" in r.output
 
     # The owner's own architecture trained again on other rows: no one is named.
     again = make_pipeline(StandardScaler(), MLPClassifier((32,), max_iter=2000, random_state=7))

@@ -25,6 +25,7 @@ from modelshield.attacks.params import parse_params
 from modelshield.attacks.prompt_extraction import DEFAULT_PROBES, PROBES, PromptExtraction
 from modelshield.audit.evaluate import Result, run_cell
 from modelshield.defenses.policies import POLICIES, parse_policy
+from modelshield.defenses.watermark import MAX_CONTROL
 from modelshield.errors import ConfigError, ModelShieldError
 from modelshield.victims.zoo import ZOO, load_victim
 
@@ -1065,6 +1066,12 @@ def verify(
     alpha: Annotated[float, typer.Option(
         min=1e-12, max=0.5, help="Name an account only at this p-value or below, after "
              "multiplying by the number of accounts tested.")] = 1e-3,
+    controls: Annotated[int, typer.Option(
+        min=1, max=100_000, help="Ask the suspect at most this many of each account's "
+             "unmarked cells, drawn at random, as the control the score test (and the "
+             "two-class test) compares the watermarked cells with. Fewer cost fewer "
+             "queries and give less power: docs/benchmarks.md gives the queries that reached "
+             "p <= 1e-6 and 2^-64.")] = MAX_CONTROL,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")]
     = None,
 ) -> None:
@@ -1094,7 +1101,7 @@ def verify(
             json_out.write_text(json.dumps(out, indent=2))
         return
     report = _ownership(config, model, suspect, protocol, suspect_key, suspect_model,
-                        account, alpha)
+                        account, alpha, controls)
     table = Table("key id", "owner", "tier", "queries", "watermark inputs", "test", "matches",
                   "p-value", "adjusted", title=f"watermarks in {suspect}")
     for a in sorted(report.accounts, key=lambda a: a.p_adjusted):
@@ -1209,6 +1216,12 @@ def evidence(
     = None,
     alpha: Annotated[float, typer.Option(min=1e-12, max=0.5,
                                          help="The watermark test's threshold.")] = 1e-3,
+    controls: Annotated[int, typer.Option(
+        min=1, max=100_000, help="Ask the suspect at most this many of each account's "
+             "unmarked cells, drawn at random, as the control the score test (and the "
+             "two-class test) compares the watermarked cells with. Fewer cost fewer "
+             "queries and give less power: docs/benchmarks.md gives the queries that reached "
+             "p <= 1e-6 and 2^-64.")] = MAX_CONTROL,
 ) -> None:
     """Write the evidence about one key: who holds it and which terms it accepted, its
     queries, flags and refusals, the watermark test against a suspect, and the proof that
@@ -1222,7 +1235,7 @@ def evidence(
     ownership = None
     if suspect is not None:
         ownership = _ownership(config, model, suspect, protocol, suspect_key, suspect_model,
-                               None, alpha)
+                               None, alpha, controls)
     doc, records = gather(store, key, {cfg.terms_version: cfg.terms}, verdict, ownership,
                           saved)
     paths = write_evidence(doc, records, out)
@@ -1292,7 +1305,7 @@ def _read_text(path: Path) -> str:
 
 def _ownership(config: Path, model: str | None, suspect: str, protocol: str,
                suspect_key: str | None, suspect_model: str | None, account: str | None,
-               alpha: float) -> Any:
+               alpha: float, controls: int) -> Any:
     """The watermark test of ``suspect`` against the config's watermarked accounts."""
     from modelshield.audit.ownership import verify as run_verify
     from modelshield.defenses.watermark import ServeWatermark
@@ -1320,7 +1333,7 @@ def _ownership(config: Path, model: str | None, suspect: str, protocol: str,
     predict, close = _suspect(suspect, protocol, suspect_key, suspect_model, spec)
     try:
         return run_verify(wm, open_store(cfg), own, spec.name, predict, suspect, list(tiers),
-                          account=account, alpha=alpha)
+                          account=account, alpha=alpha, controls=controls)
     finally:
         close()
 

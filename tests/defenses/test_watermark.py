@@ -282,9 +282,11 @@ def test_verify_tests_scores_where_the_suspect_gives_them_and_labels_otherwise()
     copy = Model()  # answers as we do, marks not learnt: named by neither test
     scored = verify_sets(wm, [(key, ws)], copy.predict, "copy")
     assert scored.accounts[0].result.test == "score"
-    assert scored.suspect_queries == len(ws.x) + len(ws.control_x)
+    # One unmarked row first, to learn whether it gives scores; then every cell.
+    assert scored.suspect_queries == 1 + len(ws.x) + len(ws.control_x)
     labels = verify_sets(wm, [(key, ws)], lambda r: copy.predict(r).labels, "copy")
-    assert labels.accounts[0].result.test == "label" and labels.suspect_queries == len(ws.x)
+    assert labels.accounts[0].result.test == "label"
+    assert labels.suspect_queries == 1 + len(ws.x)
 
     def top1(rows: np.ndarray) -> Answer:
         got = copy.predict(rows)
@@ -294,3 +296,46 @@ def test_verify_tests_scores_where_the_suspect_gives_them_and_labels_otherwise()
 
     assert verify_sets(wm, [(key, ws)], top1, "copy").accounts[0].result.test == "label"
     assert not scored.matched and not labels.matched
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_verify_hides_the_marked_cells_among_as_many_controls_as_it_is_told(k: int) -> None:
+    """The suspect never gets a request of watermarked inputs alone (it could answer those
+    differently): they come mixed with the control, in a sorted order. The control is a
+    nested random draw of the key's other cells, and with 100 of them a copy whose scores
+    lean toward the watermark is still named, for about a tenth of the queries."""
+    from types import SimpleNamespace
+
+    from modelshield.audit.ownership import verify_sets
+
+    wm = ServeWatermark(SECRET, spec(k), rate=0.02)
+    model = Smooth(k)
+    x = np.random.default_rng(7).uniform(0, 10, (1000, 6))
+    full = watermark_set(wm, "acct", x, model)
+    few, fewer = (watermark_set(wm, "acct", x, model, max_control=n) for n in (100, 40))
+    assert len(few.control_x) == 100 and len(fewer.control_x) == 40
+    assert len(full.control_x) > 900 and (few.x == full.x).all()
+    in_few = {r.tobytes() for r in few.control_x}
+    assert all(r.tobytes() in in_few for r in fewer.control_x)  # nested draws
+
+    marked = {r.tobytes() for r in few.x}
+    calls: list[np.ndarray] = []
+
+    def leaning(rows: np.ndarray) -> Prediction:
+        calls.append(rows)
+        p = model.predict(rows).probabilities
+        for i, r in enumerate(rows):
+            if r.tobytes() in marked:  # leans toward the watermark's label, keeps ours on top
+                j = int(few.labels[[m.tobytes() for m in few.x].index(r.tobytes())])
+                p[i, j] = 0.8 * p[i].max()
+        return Prediction(p / p.sum(1, keepdims=True))
+
+    key = SimpleNamespace(key_id="acct", owner="", tier="pro")
+    report = verify_sets(wm, [(key, few)], leaning, "copy")
+    assert report.matched and report.accounts[0].result.test == "score"
+    assert report.suspect_queries == len(few.x) + 100 + (k > 2)
+    for rows in calls:
+        has = [r.tobytes() in marked for r in rows]
+        assert not any(has) or not all(has)
+        assert (np.lexsort(rows.T[::-1]) == np.arange(len(rows))).all()  # sorted rows
+    assert report.suspect_queries < 0.15 * (len(full.x) + len(full.control_x))

@@ -19,6 +19,7 @@ import numpy as np
 
 from modelshield.answer import FloatArray, IntArray, Prediction
 from modelshield.defenses.watermark import (
+    MAX_CONTROL,
     ServeWatermark,
     TestResult,
     WatermarkSet,
@@ -85,29 +86,33 @@ def logged_queries(store: Any, key_id: str, model: str) -> tuple[FloatArray, Int
 
 
 def account_sets(wm: ServeWatermark, store: Any, model: Any, model_name: str,
-                 keys: Sequence[Any]) -> list[tuple[Any, WatermarkSet]]:
-    """Each key's watermark set, rebuilt from the audit log and the secret."""
+                 keys: Sequence[Any], controls: int = MAX_CONTROL
+                 ) -> list[tuple[Any, WatermarkSet]]:
+    """Each key's watermark set, rebuilt from the audit log and the secret, with at most
+    ``controls`` of its unmarked cells as the control (drawn at random)."""
     out = []
     for key in keys:
         x, answered = logged_queries(store, key.key_id, model_name)
         if len(x) == 0:
             continue
-        out.append((key, watermark_set(wm, key.key_id, x, model, answered=answered)))
+        out.append((key, watermark_set(wm, key.key_id, x, model, answered=answered,
+                                       max_control=controls)))
     return out
 
 
 def verify(wm: ServeWatermark, store: Any, model: Any, model_name: str,
            suspect: Callable[[FloatArray], IntArray], suspect_name: str,
            tiers: Sequence[str], account: str | None = None,
-           alpha: float = DEFAULT_ALPHA) -> OwnershipReport:
-    """Test ``suspect`` (rows -> labels) against the watermark of every account of a
-    watermarked tier (or of ``account`` alone)."""
+           alpha: float = DEFAULT_ALPHA, controls: int = MAX_CONTROL) -> OwnershipReport:
+    """Test ``suspect`` (rows -> labels, or an answer with scores) against the watermark of
+    every account of a watermarked tier (or of ``account`` alone), each with at most
+    ``controls`` unmarked cells as its control."""
     keys = [k for k in store.list_keys() if (account is None and k.tier in tiers)
             or k.key_id == account]
     if account is not None and not keys:
         raise ConfigError(f"--account: no key with id {account!r}.")
-    return verify_sets(wm, account_sets(wm, store, model, model_name, keys), suspect,
-                     suspect_name, alpha)
+    return verify_sets(wm, account_sets(wm, store, model, model_name, keys, controls),
+                       suspect, suspect_name, alpha)
 
 
 def verify_sets(wm: ServeWatermark, sets: Sequence[tuple[Any, WatermarkSet]],
@@ -131,12 +136,25 @@ def verify_sets(wm: ServeWatermark, sets: Sequence[tuple[Any, WatermarkSet]],
             marked.append((key, ws))
     if not marked:
         return report
-    labels, scores, asked = _ask(suspect, np.concatenate([ws.x for _, ws in marked]), wm.k)
-    with_control = scores is not None or wm.k == 2
+    x = np.concatenate([ws.x for _, ws in marked])
+    control_x = np.concatenate([ws.control_x for _, ws in marked])
+    asked = 0
+    c_labels, c_scores = np.zeros(0, dtype=np.int64), None
+    with_control = wm.k == 2
+    if not with_control and len(control_x):
+        # Does it give scores? One unmarked row tells, without showing it a marked one.
+        _, probe, asked = _ask(suspect, control_x[:1], wm.k)
+        with_control = probe is not None
     if with_control:
-        c_labels, c_scores, c_asked = _ask(
-            suspect, np.concatenate([ws.control_x for _, ws in marked]), wm.k)
-        asked += c_asked
+        # The marked and the control cells in one request, in an order that does not tell
+        # them apart: a suspect cannot answer the watermark's inputs differently.
+        labels, scores, n_asked = _ask(suspect, np.concatenate([x, control_x]), wm.k)
+        asked += n_asked
+        c_labels, c_scores = labels[len(x):], None if scores is None else scores[len(x):]
+        labels, scores = labels[:len(x)], None if scores is None else scores[:len(x)]
+    else:
+        labels, scores, n_asked = _ask(suspect, x, wm.k)
+        asked += n_asked
     report.suspect_queries = asked
     at = at_c = 0
     n = len(marked)

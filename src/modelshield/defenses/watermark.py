@@ -50,6 +50,7 @@ DEFAULT_CELL = 0.05
 DEFAULT_PROJECTIONS = 4
 ODDS_FLOOR = 1e-9  # probabilities below it count as it in the score test's log-odds
 SCORE_GRID = 8  # the score test's cut-offs: m, 2m, 4m, ... cells (at most this many)
+MAX_CONTROL = 2000  # an account's unmarked cells kept as the control, at most
 
 
 class ServeWatermark:
@@ -154,7 +155,7 @@ class WatermarkSet:
 
 
 def watermark_set(wm: ServeWatermark, account: str, queries: FloatArray, model: Any,
-                  answered: IntArray | None = None, max_control: int = 2000,
+                  answered: IntArray | None = None, max_control: int = MAX_CONTROL,
                   seed: int = 0) -> WatermarkSet:
     """The account's watermark set from the rows it sent (the audit log) and the secret.
 
@@ -162,6 +163,10 @@ def watermark_set(wm: ServeWatermark, account: str, queries: FloatArray, model: 
     answered: the labels the account was given (the log's answers). A cell the key chooses
     now but whose logged answer is not the watermark's label (sent before the tier had a
     watermark, or under another rate) is left out of both sets.
+    max_control: keep at most this many of the other cells as the control, drawn at random
+    (``seed``) without looking at the suspect, so the tests stay exact; a smaller control
+    asks the suspect less and gives the tests less to compare with. The draws are nested:
+    the control kept with ``n`` holds the one kept with any smaller number.
     """
     x = np.asarray(queries, dtype=np.float64).reshape(-1, wm.spec.n_features)
     _, first = np.unique(np.array(wm.fingerprints(x), dtype=object), return_index=True)
@@ -180,7 +185,7 @@ def watermark_set(wm: ServeWatermark, account: str, queries: FloatArray, model: 
         unused = np.zeros(len(x), dtype=bool)
     rest = np.flatnonzero(~chosen & ~unused)
     if len(rest) > max_control:
-        rest = np.sort(np.random.default_rng(seed).choice(rest, max_control, replace=False))
+        rest = np.sort(np.random.default_rng(seed).permutation(rest)[:max_control])
     return WatermarkSet(account, x[chosen], y[chosen], wm_labels[chosen], x[rest], y[rest],
                         wm_labels[rest], len(queries), odds[chosen], odds[rest])
 
