@@ -1039,6 +1039,14 @@ def serve(config: ConfigOpt = None,
     run("modelshield.serve.main:app", host=host, port=port, workers=workers)
 
 
+# verify's and evidence's --controls
+Controls = Annotated[int, typer.Option(
+    min=1, max=100_000, help="Ask the suspect at most this many of each account's unmarked "
+    "cells, drawn at random, as the control the score test (and the two-class test) "
+    "compares the watermarked cells with. Fewer cost fewer queries and give less power: "
+    "docs/benchmarks.md gives the queries that reached p <= 1e-6 and 2^-64.")]
+
+
 @app.command()
 def verify(
     suspect: Annotated[str, typer.Option(
@@ -1066,12 +1074,7 @@ def verify(
     alpha: Annotated[float, typer.Option(
         min=1e-12, max=0.5, help="Name an account only at this p-value or below, after "
              "multiplying by the number of accounts tested.")] = 1e-3,
-    controls: Annotated[int, typer.Option(
-        min=1, max=100_000, help="Ask the suspect at most this many of each account's "
-             "unmarked cells, drawn at random, as the control the score test (and the "
-             "two-class test) compares the watermarked cells with. Fewer cost fewer "
-             "queries and give less power: docs/benchmarks.md gives the queries that reached "
-             "p <= 1e-6 and 2^-64.")] = MAX_CONTROL,
+    controls: Controls = MAX_CONTROL,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")]
     = None,
 ) -> None:
@@ -1216,12 +1219,7 @@ def evidence(
     = None,
     alpha: Annotated[float, typer.Option(min=1e-12, max=0.5,
                                          help="The watermark test's threshold.")] = 1e-3,
-    controls: Annotated[int, typer.Option(
-        min=1, max=100_000, help="Ask the suspect at most this many of each account's "
-             "unmarked cells, drawn at random, as the control the score test (and the "
-             "two-class test) compares the watermarked cells with. Fewer cost fewer "
-             "queries and give less power: docs/benchmarks.md gives the queries that reached "
-             "p <= 1e-6 and 2^-64.")] = MAX_CONTROL,
+    controls: Controls = MAX_CONTROL,
 ) -> None:
     """Write the evidence about one key: who holds it and which terms it accepted, its
     queries, flags and refusals, the watermark test against a suspect, and the proof that
