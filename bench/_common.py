@@ -15,6 +15,17 @@ RESULTS = Path(__file__).parent / "results"
 console = Console(width=160)
 
 
+def one_thread() -> None:
+    """A pool worker's initializer: one thread for torch, BLAS and OpenMP. With a worker
+    per core, more only contend (scikit-learn's histogram boosting, for one, slows down
+    when its OpenMP threads spin against another worker's)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)
+
+
 def write(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(exist_ok=True)
     payload = {"benchmark": name, "when": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -11,7 +11,10 @@ name the right account, and does it ever name a model built without our answers?
 Each cell serves a built-in victim through a Shield whose tier watermarks its answers
 (rate 0.5% by default, the other settings at their defaults), lets a thief's key run an
 attack through it, rebuilds that key's watermark set from the audit log and the secret,
-and tests the clone (``modelshield.audit.ownership``; p <= 1e-3 names the key). Attackers:
+and tests the clone (``modelshield.audit.ownership``; p <= 1e-3 names the key) on its
+labels (``p_value``: the label test with three classes or more, the control test with two)
+and, where it has scores, on its scores (``p_scores``: the score test, as ``verify`` tests
+a suspect that gives them; the independent models too). Attackers:
 
 * ``knockoff``: synthetic queries, the student chosen on held-out answers (the default);
 * ``knockoff-forest``: the same answers, a random forest student (it memorises);
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import multiprocessing
 import sys
 import tempfile
 import warnings
@@ -44,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import show, write
+from _common import one_thread, show, write
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
@@ -59,6 +63,7 @@ ATTACKERS: dict[str, dict[str, Any]] = {
     "prune": {"source": "synthetic", "prune": True},
 }
 ALPHA = 1e-3
+TRACED = 1e-6  # the audit's bar for a traced clone
 SECRET = "bench-watermark-secret-0123456789"
 
 
@@ -114,6 +119,19 @@ def test(clone_labels: Any, control_labels: Any, ws: Any, k: int) -> Any:
         control_test(clone_labels, control_labels, ws)
 
 
+def scores(model: Any, ws: Any, k: int) -> float | None:
+    """The score test of ``model`` against ``ws`` (as ``verify`` tests a suspect that gives
+    every class's score), or None for a model without scores."""
+    from modelshield.audit.ownership import estimator_answer
+    from modelshield.defenses.watermark import score_test
+
+    if not hasattr(model, "predict_proba") or not len(ws.x):
+        return None
+    return score_test(estimator_answer(model, k, ws.x).probabilities,
+                      estimator_answer(model, k, ws.control_x).probabilities
+                      if len(ws.control_x) else np.zeros((0, k)), ws).p_value
+
+
 def cell(job: tuple[str, str, int, int, float]) -> dict[str, Any]:
     """One thief's attack through a watermarked tier, and the tests of its clone and of
     the independent models against its watermark."""
@@ -143,11 +161,13 @@ def cell(job: tuple[str, str, int, int, float]) -> dict[str, Any]:
     fidelity = float(np.mean(e.clone.predict(v.X_test) == v.predict_labels(v.X_test)))
     res = test(e.clone.predict(ws.x) if len(ws.x) else ws.labels[:0],
                e.clone.predict(ws.control_x) if len(ws.control_x) else ws.labels[:0], ws, k)
-    null = []
+    p_scores = scores(e.clone, ws, k)
+    null, null_scores = [], []
     for label, model in independent_models(name):
         r = test(model.predict(ws.x) if len(ws.x) else ws.labels[:0],
                  model.predict(ws.control_x) if len(ws.control_x) else ws.labels[:0], ws, k)
         null.append((label, r.p_value))
+        null_scores.append((label, scores(model, ws, k)))
     trig: dict[str, Any] = {}
     if ZOO[name].watermark:  # the train-time trigger set, in the same clone
         from modelshield.victims.trainmark import trigger_test
@@ -164,7 +184,9 @@ def cell(job: tuple[str, str, int, int, float]) -> dict[str, Any]:
             "watermarks": res.watermarks, "disagreements": res.disagreements,
             "matches": res.matches, "test": res.test, "p_value": res.p_value,
             "named": res.p_value <= ALPHA, "null_p": null,
-            "null_named": sum(p <= ALPHA for _, p in null)}
+            "null_named": sum(p <= ALPHA for _, p in null),
+            "p_scores": p_scores, "null_p_scores": null_scores,
+            "null_named_scores": sum(p is not None and p <= ALPHA for _, p in null_scores)}
 
 
 def other_account_clone(name: str, seed: int, rate: float, budget: int) -> dict[str, Any]:
@@ -240,13 +262,15 @@ def main() -> None:
             for s in seeds]
     jobs += [(v, "knockoff", 1000, s, 0.02) for v in args.victims for s in seeds]
     jobs += [(v, "knockoff-forest", 1000, s, 0.02) for v in args.victims for s in seeds]
-    with ProcessPoolExecutor(args.workers) as pool:
+    # spawn: a forked worker can hang on the parent's OpenMP threads
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=one_thread) as pool:
         rows = []
         for r in pool.map(cell, jobs):
             rows.append(r)
             print(f"[{len(rows)}/{len(jobs)}] {r['victim']} {r['attacker']} {r['budget']} "
                   f"seed {r['seed']} rate {r['rate']}: fidelity {r['fidelity']:.3f}, "
-                  f"p {r['p_value']:.2g}", flush=True)
+                  f"p {r['p_value']:.2g}, on scores {r['p_scores'] or 1:.2g}", flush=True)
         others = list(pool.map(other_account_clone, args.victims,
                                [seeds[0]] * len(args.victims),
                                [0.005] * len(args.victims), [budgets[-1]] * len(args.victims)))
@@ -257,10 +281,14 @@ def main() -> None:
                       r["student"], r["fidelity"], r["watermarks"],
                       f"{r['matches']}/{r['disagreements']}" if r["test"] == "label"
                       else f"{r['matches']}/{r['watermarks']}", r["p_value"],
-                      "yes" if r["named"] else "no", r.get("trigger_p")])
+                      "yes" if r["named"] else "no", r["p_scores"], r.get("trigger_p")])
     show("DAWN watermark in the thief's clone (p <= 1e-3 names the key); trigger set's p",
          ["victim", "attacker", "rate", "budget", "seed", "student", "fidelity", "wm inputs",
-          "matches", "p", "named", "trigger p"], table)
+          "matches", "p", "named", "p on scores", "trigger p"], table)
+    def on_scores(r: dict[str, Any]) -> float:
+        """The score test's p, or the label test's for a clone without scores."""
+        return r["p_value"] if r["p_scores"] is None else r["p_scores"]
+
     summary = []
     for v in args.victims:
         for a in ATTACKERS:
@@ -272,15 +300,24 @@ def main() -> None:
                         trig = [r["trigger_named"] for r in sel if "trigger_named" in r]
                         summary.append({"victim": v, "attacker": a, "budget": b, "rate": rate,
                                         "named": sum(r["named"] for r in sel), "runs": len(sel),
+                                        "named_scores": sum(on_scores(r) <= ALPHA for r in sel),
+                                        "traced": sum(r["p_value"] <= TRACED for r in sel),
+                                        "traced_scores": sum(on_scores(r) <= TRACED
+                                                             for r in sel),
+                                        "median_p_scores": float(np.median(
+                                            [on_scores(r) for r in sel])),
                                         "trigger_named": sum(trig) if trig else None,
                                         "fidelity": float(np.mean([r["fidelity"] for r in sel])),
                                         "median_p": float(np.median([r["p_value"]
                                                                      for r in sel]))})
-    show("named / runs, mean fidelity (serve-time DAWN; train-time trigger set)",
-         ["victim", "attacker", "budget", "rate", "DAWN named", "fidelity", "median p",
-          "trigger set named"],
+    show("named / runs, mean fidelity (serve-time DAWN on labels and on scores, named at "
+         "1e-3 and traced at 1e-6; train-time trigger set)",
+         ["victim", "attacker", "budget", "rate", "DAWN named", "on scores", "traced",
+          "on scores", "fidelity", "median p", "on scores", "trigger set named"],
          [[s["victim"], s["attacker"], s["budget"], s["rate"], f"{s['named']}/{s['runs']}",
-           s["fidelity"], s["median_p"], "-" if s["trigger_named"] is None else
+           f"{s['named_scores']}/{s['runs']}", f"{s['traced']}/{s['runs']}",
+           f"{s['traced_scores']}/{s['runs']}",
+           s["fidelity"], s["median_p"], s["median_p_scores"], "-" if s["trigger_named"] is None else
            f"{s['trigger_named']}/{s['runs']}"] for s in summary])
     # No false claims: each independent model against the thief's watermark of the
     # largest budget, first seed; and every cell's watermark against every model.
@@ -291,15 +328,20 @@ def main() -> None:
                 if k.startswith("other")]
     named_models = sum(p <= ALPHA for *_, p in per_model + others_p)
     all_tests = sum(len(r["null_p"]) for r in rows)
+    scored = [p for r in rows for _, p in r["null_p_scores"] if p is not None]
+    scored_named = sum(p <= ALPHA for p in scored)
     all_named = sum(r["null_named"] for r in rows)
     small = sum(p <= 0.05 for r in rows for _, p in r["null_p"])
     trigger_false = sum(r.get("trigger_null_named", 0) for r in rows if r["seed"] == seeds[0]
                         and r["attacker"] == "knockoff" and r["budget"] == budgets[-1]
                         and r["rate"] == 0.005)
     show("models built without our answers", ["models", "named at 1e-3", "tests (all cells)",
-                                              "named", "p <= 0.05", "named by a trigger set"],
+                                              "named", "p <= 0.05", "tests on scores",
+                                              "named on scores", "p <= 0.05 on scores",
+                                              "named by a trigger set"],
          [[len(per_model) + len(others_p), named_models, all_tests, all_named,
-           f"{small / max(all_tests, 1):.3f}", trigger_false]])
+           f"{small / max(all_tests, 1):.3f}", len(scored), scored_named,
+           f"{sum(p <= 0.05 for p in scored) / max(len(scored), 1):.3f}", trigger_false]])
     show("another key's clone against a key's watermark (forest students)",
          ["victim", "own p (a)", "other p (a)", "own p (b)", "other p (b)"],
          [[o["victim"], o["own-0"], o["other-0"], o["own-1"], o["other-1"]] for o in others])
@@ -308,7 +350,8 @@ def main() -> None:
          [[c["victim"], c["rate"], c["answers_changed"], c["accuracy"], c["accuracy_unmarked"]]
           for c in costs])
     write(args.out, {"alpha": ALPHA, "seeds": seeds, "budgets": budgets,
-                             "rows": [{k: v for k, v in r.items() if k != "null_p"}
+                             "rows": [{k: v for k, v in r.items()
+                                       if k not in ("null_p", "null_p_scores")}
                                       for r in rows],
                              "summary": summary, "independent_models": {
                                  "models": len(per_model) + len(others_p),
@@ -316,6 +359,9 @@ def main() -> None:
                                  "other_account_clones": others_p,
                                  "all_tests": all_tests, "all_named": all_named,
                                  "share_p_le_0.05": small / max(all_tests, 1),
+                                 "tests_on_scores": len(scored),
+                                 "named_on_scores": scored_named,
+                                 "min_p_on_scores": min(scored, default=1.0),
                                  "trigger_set_named": trigger_false},
                              "other_accounts": others, "honest_cost": costs})
 

@@ -115,13 +115,14 @@ def cell(job: tuple[str, str, float, int]) -> dict[str, Any]:
         p_s = scores.accounts[0].p_adjusted if scores.accounts else 1.0
         return p_l, p_s, scores.accounts[0].result.test if scores.accounts else "-"
 
-    def sweep(model: Any) -> list[tuple[int, int, float]]:
-        """(controls, suspect queries, p on scores) with each control size."""
-        out = []
+    def sweep(model: Any) -> list[tuple[int, int, float | None]]:
+        """(controls, suspect queries, p on scores) with each control size (p None where
+        the key has fewer other cells)."""
+        out: list[tuple[int, int, float | None]] = []
         for n, few in fewer.items():
             r = verify_sets(wm, few, lambda x: estimator_answer(model, k, x), "suspect")
-            if r.accounts and len(few[0][1].control_x) == n:  # the key has n cells to spare
-                out.append((n, r.suspect_queries, r.accounts[0].p_adjusted))
+            full = r.accounts and len(few[0][1].control_x) == n
+            out.append((n, r.suspect_queries, r.accounts[0].p_adjusted if full else None))
         return out
 
     fidelity = float(np.mean(e.clone.predict(v.X_test) == v.predict_labels(v.X_test)))
@@ -136,8 +137,8 @@ def cell(job: tuple[str, str, float, int]) -> dict[str, Any]:
             "label_queries": len(ws.x),
             "controls": [*sweep(e.clone), (len(ws.control_x), everything.suspect_queries,
                                             p_scores)],
-            "null": [{"model": m, "p_labels": a, "p_scores": b, "test": t, "controls": c}
-                     for m, a, b, t, c in null]}
+            "null": [{"model": m, "p_labels": a, "p_scores": b, "test": t,
+                      "p_controls": [p for _, _, p in c]} for m, a, b, t, c in null]}
 
 
 def main() -> None:
@@ -202,7 +203,7 @@ def main() -> None:
     def fewest(r: dict[str, Any], level: float) -> int | None:
         """The fewest suspect queries that reach ``level`` on scores, over the control
         sizes (each fixed in advance)."""
-        got = [q for _, q, p in r["controls"] if p <= level]
+        got = [q for _, q, p in r["controls"] if p is not None and p <= level]
         return min(got) if got else None
 
     queries = []
@@ -228,8 +229,9 @@ def main() -> None:
            q["reached_2^-64"], " ".join(map(str, q["queries_2^-64"])) or "-"]
           for q in queries])
     by_size = []
-    for n in CONTROLS:
-        tests = [p for r in rows for m in r["null"] for c, _, p in m["controls"] if c == n]
+    for i, n in enumerate(CONTROLS):
+        tests = [m["p_controls"][i] for r in rows for m in r["null"]
+                 if m["p_controls"][i] is not None]
         by_size.append({"controls": n, "tests": len(tests),
                         "at_1e-3": sum(p <= ALPHA for p in tests),
                         "at_0.05": sum(p <= 0.05 for p in tests) / max(len(tests), 1),
