@@ -285,6 +285,7 @@ def main() -> None:
     show("DAWN watermark in the thief's clone (p <= 1e-3 names the key); trigger set's p",
          ["victim", "attacker", "rate", "budget", "seed", "student", "fidelity", "wm inputs",
           "matches", "p", "named", "p on scores", "trigger p"], table)
+
     def on_scores(r: dict[str, Any]) -> float:
         """The score test's p, or the label test's for a clone without scores."""
         return r["p_value"] if r["p_scores"] is None else r["p_scores"]

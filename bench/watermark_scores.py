@@ -2,7 +2,7 @@
 each test traces, and how often each names a model built without our answers, adaptive
 accounts included.
 
-    python bench/watermark_scores.py                 # seeds 0-2: about 25 minutes on 2 cores
+    python bench/watermark_scores.py                 # seeds 0-2: about 100 minutes on 2 cores
     python bench/watermark_scores.py --seeds 3 --victims digits-mlp
     python bench/watermark_scores.py --rerun vote5   # those cells again, the rest reused
     python bench/watermark_scores.py --rerun         # the tables again from the JSON
@@ -200,6 +200,7 @@ def main() -> None:
            s["mean_fidelity"], s["mean_marks"], s["traced_labels"], s["traced_scores"],
            s["named_labels"], s["named_scores"], s["median_p_labels"], s["median_p_scores"]]
           for s in summary])
+
     def fewest(r: dict[str, Any], level: float) -> int | None:
         """The fewest suspect queries that reach ``level`` on scores, over the control
         sizes (each fixed in advance)."""
