@@ -108,12 +108,14 @@ def cell(job: tuple[str, str, float, int]) -> dict[str, Any]:
                  for n in CONTROLS}
         shield.close()
 
-    def both(model: Any) -> tuple[float, float, str]:
+    def both(model: Any) -> tuple[float, float, str, int]:
+        """p on labels, p on scores, the test scores got, and the queries it asked."""
         labels = verify_sets(wm, sets, lambda x: np.asarray(model.predict(x)), "suspect")
         scores = verify_sets(wm, sets, lambda x: estimator_answer(model, k, x), "suspect")
         p_l = labels.accounts[0].p_adjusted if labels.accounts else 1.0
         p_s = scores.accounts[0].p_adjusted if scores.accounts else 1.0
-        return p_l, p_s, scores.accounts[0].result.test if scores.accounts else "-"
+        return (p_l, p_s, scores.accounts[0].result.test if scores.accounts else "-",
+                scores.suspect_queries)
 
     def sweep(model: Any) -> list[tuple[int, int, float | None]]:
         """(controls, suspect queries, p on scores) with each control size (p None where
@@ -126,17 +128,14 @@ def cell(job: tuple[str, str, float, int]) -> dict[str, Any]:
         return out
 
     fidelity = float(np.mean(e.clone.predict(v.X_test) == v.predict_labels(v.X_test)))
-    p_labels, p_scores, test = both(e.clone)
-    null = [(label, *both(model), sweep(model)) for label, model in independent_models(name)]
+    p_labels, p_scores, test, asked = both(e.clone)
+    null = [(label, *both(model)[:3], sweep(model)) for label, model in independent_models(name)]
     ws = sets[0][1]
-    everything = verify_sets(wm, sets, lambda x: estimator_answer(e.clone, k, x), "clone")
     return {"victim": name, "attacker": attacker, "rate": rate, "seed": seed,
             "queries": e.queries, "fidelity": fidelity, "watermarks": len(ws.x),
             "cells": len(ws.x) + len(ws.control_x), "p_labels": p_labels,
             "p_scores": p_scores, "score_test": test,
-            "label_queries": len(ws.x),
-            "controls": [*sweep(e.clone), (len(ws.control_x), everything.suspect_queries,
-                                            p_scores)],
+            "controls": [*sweep(e.clone), (len(ws.control_x), asked, p_scores)],
             "null": [{"model": m, "p_labels": a, "p_scores": b, "test": t,
                       "p_controls": [p for _, _, p in c]} for m, a, b, t, c in null]}
 

@@ -101,7 +101,7 @@ def account_sets(wm: ServeWatermark, store: Any, model: Any, model_name: str,
 
 
 def verify(wm: ServeWatermark, store: Any, model: Any, model_name: str,
-           suspect: Callable[[FloatArray], IntArray], suspect_name: str,
+           suspect: Callable[[FloatArray], Any], suspect_name: str,
            tiers: Sequence[str], account: str | None = None,
            alpha: float = DEFAULT_ALPHA, controls: int = MAX_CONTROL) -> OwnershipReport:
     """Test ``suspect`` (rows -> labels, or an answer with scores) against the watermark of
