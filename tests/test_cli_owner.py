@@ -225,6 +225,15 @@ def test_a_clone_made_over_http_is_traced_to_the_account_that_made_it(
     r = runner.invoke(app, ["verify", "--suspect", str(clone), "--config", str(cfg),
                             "--controls", "0"])
     assert r.exit_code == 2 and "--controls" in r.output
+    # Asked copies of the thief's rows moved in their cells, none of the rows it sent.
+    r = runner.invoke(app, ["verify", "--suspect", str(clone), "--config", str(cfg),
+                            "--jitter", "0.005", "--json", str(out)])
+    assert r.exit_code == 0 and "copies moved by about 0.005" in r.output, r.output
+    moved = json.loads(out.read_text())
+    assert moved["matched"] == [thief_rec.key_id] and moved["jitter"] == 0.005
+    r = runner.invoke(app, ["verify", "--suspect", str(clone), "--config", str(cfg),
+                            "--jitter", "0.5"])
+    assert r.exit_code == 2 and "--jitter" in r.output
 
     # The owner's own architecture trained again on other rows: no one is named.
     again = make_pipeline(StandardScaler(), MLPClassifier((32,), max_iter=2000, random_state=7))

@@ -1046,6 +1046,13 @@ Controls = Annotated[int, typer.Option(
     "compares the watermarked cells with. Fewer cost fewer queries and give less power: "
     "docs/benchmarks.md gives the queries that reached p <= 1e-6 and 2^-64.")]
 
+# verify's and evidence's --jitter
+Jitter = Annotated[float, typer.Option(
+    min=0.0, max=0.2, help="Ask, instead of each row the account sent, a copy moved by about "
+    "this share of each feature's range that stays in the row's watermark cell, so a "
+    "suspect that recognises the rows it was trained on finds none of them (0: the rows as "
+    "sent). The tests stay exact; docs/ownership.md gives what it costs and what it stops.")]
+
 
 @app.command()
 def verify(
@@ -1075,6 +1082,7 @@ def verify(
         min=1e-12, max=0.5, help="Name an account only at this p-value or below, after "
              "multiplying by the number of accounts tested.")] = 1e-3,
     controls: Controls = MAX_CONTROL,
+    jitter: Jitter = 0.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")]
     = None,
 ) -> None:
@@ -1104,7 +1112,7 @@ def verify(
             json_out.write_text(json.dumps(out, indent=2))
         return
     report = _ownership(config, model, suspect, protocol, suspect_key, suspect_model,
-                        account, alpha, controls)
+                        account, alpha, controls, jitter)
     table = Table("key id", "owner", "tier", "queries", "watermark inputs", "test", "matches",
                   "p-value", "adjusted", title=f"watermarks in {suspect}")
     for a in sorted(report.accounts, key=lambda a: a.p_adjusted):
@@ -1119,6 +1127,9 @@ def verify(
     console.print(table)
     console.print(f"{report.suspect_queries} queries to the suspect; "
                   f"{len(report.skipped)} account(s) had no watermarked answers")
+    if jitter > 0:
+        console.print(f"rows asked as copies moved by about {jitter:g} of each range, in "
+                      f"their cells ({report.unmoved} found no copy and were asked as sent)")
     for a in report.matched:
         console.print(f"[bold red]match[/]: key {a.key_id} ({a.owner or 'no owner'}): "
                       f"{a.result.summary()}; p = {a.p_adjusted:.2g} after {len(report.accounts)}"
@@ -1220,6 +1231,7 @@ def evidence(
     alpha: Annotated[float, typer.Option(min=1e-12, max=0.5,
                                          help="The watermark test's threshold.")] = 1e-3,
     controls: Controls = MAX_CONTROL,
+    jitter: Jitter = 0.0,
 ) -> None:
     """Write the evidence about one key: who holds it and which terms it accepted, its
     queries, flags and refusals, the watermark test against a suspect, and the proof that
@@ -1233,7 +1245,7 @@ def evidence(
     ownership = None
     if suspect is not None:
         ownership = _ownership(config, model, suspect, protocol, suspect_key, suspect_model,
-                               None, alpha, controls)
+                               None, alpha, controls, jitter)
     doc, records = gather(store, key, {cfg.terms_version: cfg.terms}, verdict, ownership,
                           saved)
     paths = write_evidence(doc, records, out)
@@ -1303,7 +1315,7 @@ def _read_text(path: Path) -> str:
 
 def _ownership(config: Path, model: str | None, suspect: str, protocol: str,
                suspect_key: str | None, suspect_model: str | None, account: str | None,
-               alpha: float, controls: int) -> Any:
+               alpha: float, controls: int, jitter: float = 0.0) -> Any:
     """The watermark test of ``suspect`` against the config's watermarked accounts."""
     from modelshield.audit.ownership import verify as run_verify
     from modelshield.defenses.watermark import ServeWatermark
@@ -1331,7 +1343,7 @@ def _ownership(config: Path, model: str | None, suspect: str, protocol: str,
     predict, close = _suspect(suspect, protocol, suspect_key, suspect_model, spec)
     try:
         return run_verify(wm, open_store(cfg), own, spec.name, predict, suspect, list(tiers),
-                          account=account, alpha=alpha, controls=controls)
+                          account=account, alpha=alpha, controls=controls, jitter=jitter)
     finally:
         close()
 

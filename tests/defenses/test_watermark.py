@@ -339,3 +339,58 @@ def test_verify_hides_the_marked_cells_among_as_many_controls_as_it_is_told(k: i
         assert not any(has) or not all(has)
         assert (np.lexsort(rows.T[::-1]) == np.arange(len(rows))).all()  # sorted rows
     assert report.suspect_queries < 0.15 * (len(full.x) + len(full.control_x))
+
+
+def test_same_cell_copies_move_every_row_and_keep_its_cell() -> None:
+    wm = ServeWatermark(SECRET, spec(3, 8), rate=0.02)
+    x = np.random.default_rng(8).uniform(0, 10, (500, 8))
+    moved, unmoved = wm.same_cell_copies(x, 0.01, np.random.default_rng(0))
+    assert unmoved == 0 and not (moved == x).all(axis=1).any()
+    assert wm.fingerprints(moved) == wm.fingerprints(x)
+    assert (moved >= 0).all() and (moved <= 10).all()  # inside the domain
+    assert np.median(np.abs(moved - x)) > 0.01  # about 1% of the range of 10, each feature
+    # Too large a move with a single round: the rows that found no copy are asked as sent.
+    far, left = wm.same_cell_copies(x, 0.5, np.random.default_rng(0), rounds=1)
+    kept = (far == x).all(axis=1)
+    assert left == kept.sum() > 0 and wm.fingerprints(far) == wm.fingerprints(x)
+    again, _ = wm.same_cell_copies(x, 0.01, np.random.default_rng(0))
+    assert (again == moved).all()  # the seed fixes the copies
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_verify_on_moved_copies_traces_a_suspect_that_answers_its_old_rows_apart(k: int) -> None:
+    """A clone whose scores lean toward the watermark in the marked cells, served by a thief
+    who answers every row it was trained on from a model built without our answers: asked
+    the rows as sent, it shows nothing; asked moved copies in the same cells, it is named,
+    and none of the rows it is asked is one the key sent."""
+    from types import SimpleNamespace
+
+    from modelshield.audit.ownership import verify_sets
+
+    wm = ServeWatermark(SECRET, spec(k), rate=0.02)
+    model = Smooth(k)
+    x = np.random.default_rng(9).uniform(0, 10, (1000, 6))
+    ws = watermark_set(wm, "acct", x, model)
+    label_of = dict(zip(wm.fingerprints(ws.x), ws.labels.tolist(), strict=True))
+    sent = {r.tobytes() for r in x}
+    asked: list[np.ndarray] = []
+
+    def thief(rows: np.ndarray) -> Prediction:
+        asked.append(rows)
+        p = model.predict(rows).probabilities
+        for i, (r, f) in enumerate(zip(rows, wm.fingerprints(rows), strict=True)):
+            if r.tobytes() in sent:  # one of its own rows: answered as we would
+                continue
+            if f in label_of:  # the clone learnt the watermark in the cell
+                p[i, label_of[f]] = 0.8 * p[i].max()
+        return Prediction(p / p.sum(1, keepdims=True))
+
+    key = SimpleNamespace(key_id="acct", owner="", tier="pro")
+    plain = verify_sets(wm, [(key, ws)], thief, "thief")
+    assert not plain.matched and plain.accounts[0].p_adjusted > 0.01
+    asked.clear()
+    moved = verify_sets(wm, [(key, ws)], thief, "thief", jitter=0.005, seed=1)
+    assert moved.matched and moved.accounts[0].result.test == "score"
+    assert moved.jitter == 0.005 and moved.unmoved == 0
+    assert not any(r.tobytes() in sent for rows in asked for r in rows)
+    assert moved.to_json()["jitter"] == 0.005

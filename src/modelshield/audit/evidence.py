@@ -87,7 +87,7 @@ def gather(store: Any, key_id: str, terms: Mapping[str, str], verdict: Verdict,
         doc["watermark"] = {
             "suspect": ownership.suspect, "alpha": ownership.alpha,
             "accounts_tested": len(ownership.accounts),
-            "suspect_queries": ownership.suspect_queries,
+            "suspect_queries": ownership.suspect_queries, "jitter": ownership.jitter,
             "matched": mine is not None and mine.matched,
             "named_accounts": [a.key_id for a in ownership.matched],
             "result": None if mine is None else {

@@ -56,6 +56,8 @@ class OwnershipReport:
     accounts: list[AccountVerdict] = field(default_factory=list)
     suspect_queries: int = 0
     skipped: list[str] = field(default_factory=list)  # accounts with no watermark inputs
+    jitter: float = 0.0  # rows asked as moved copies in their cells (a share of each range)
+    unmoved: int = 0  # rows asked as they were: no copy found in their cell
 
     @property
     def matched(self) -> list[AccountVerdict]:
@@ -64,6 +66,7 @@ class OwnershipReport:
     def to_json(self) -> dict[str, Any]:
         return {"suspect": self.suspect, "alpha": self.alpha,
                 "suspect_queries": self.suspect_queries, "skipped": self.skipped,
+                "jitter": self.jitter, "unmoved": self.unmoved,
                 "matched": [a.key_id for a in self.matched],
                 "accounts": [{**{k: v for k, v in asdict(a).items() if k != "result"},
                               **asdict(a.result)} for a in self.accounts]}
@@ -103,21 +106,24 @@ def account_sets(wm: ServeWatermark, store: Any, model: Any, model_name: str,
 def verify(wm: ServeWatermark, store: Any, model: Any, model_name: str,
            suspect: Callable[[FloatArray], Any], suspect_name: str,
            tiers: Sequence[str], account: str | None = None,
-           alpha: float = DEFAULT_ALPHA, controls: int = MAX_CONTROL) -> OwnershipReport:
+           alpha: float = DEFAULT_ALPHA, controls: int = MAX_CONTROL, jitter: float = 0.0
+           ) -> OwnershipReport:
     """Test ``suspect`` (rows -> labels, or an answer with scores) against the watermark of
     every account of a watermarked tier (or of ``account`` alone), each with at most
-    ``controls`` unmarked cells as its control."""
+    ``controls`` unmarked cells as its control, on moved copies of the rows with ``jitter``
+    (:func:`verify_sets`)."""
     keys = [k for k in store.list_keys() if (account is None and k.tier in tiers)
             or k.key_id == account]
     if account is not None and not keys:
         raise ConfigError(f"--account: no key with id {account!r}.")
     return verify_sets(wm, account_sets(wm, store, model, model_name, keys, controls),
-                       suspect, suspect_name, alpha)
+                       suspect, suspect_name, alpha, jitter)
 
 
 def verify_sets(wm: ServeWatermark, sets: Sequence[tuple[Any, WatermarkSet]],
                 suspect: Callable[[FloatArray], Any], suspect_name: str,
-                alpha: float = DEFAULT_ALPHA) -> OwnershipReport:
+                alpha: float = DEFAULT_ALPHA, jitter: float = 0.0, seed: int = 0
+                ) -> OwnershipReport:
     """Test ``suspect`` against accounts' watermark sets (from :func:`account_sets`, built
     once for as many suspects as there are: an audit tests every clone of a cell).
 
@@ -126,8 +132,15 @@ def verify_sets(wm: ServeWatermark, sets: Sequence[tuple[Any, WatermarkSet]],
     :class:`~modelshield.answer.Answer` have). With scores, every account is tested on
     them (:func:`~modelshield.defenses.watermark.score_test`): a clone too smooth to repeat
     the watermark's labels still leans toward them. With labels only, the label test
-    (three classes or more) or the control test (two)."""
-    report = OwnershipReport(suspect_name, alpha)
+    (three classes or more) or the control test (two).
+
+    jitter: ask, instead of each row the account sent, a copy moved by about this share of
+    each feature's range that stays in the row's cell
+    (:meth:`~modelshield.defenses.watermark.ServeWatermark.same_cell_copies`, drawn with
+    ``seed``): a suspect that recognises the rows it was trained on, and answers them from
+    another model, is asked none of them. The tests stay exact: marked and control rows
+    are moved alike, by noise that does not depend on the key."""
+    report = OwnershipReport(suspect_name, alpha, jitter=jitter)
     marked = []
     for key, ws in sets:
         if len(ws.x) == 0:
@@ -138,6 +151,10 @@ def verify_sets(wm: ServeWatermark, sets: Sequence[tuple[Any, WatermarkSet]],
         return report
     x = np.concatenate([ws.x for _, ws in marked])
     control_x = np.concatenate([ws.control_x for _, ws in marked])
+    if jitter > 0:
+        moved, report.unmoved = wm.same_cell_copies(np.concatenate([x, control_x]), jitter,
+                                                    np.random.default_rng(seed))
+        x, control_x = moved[:len(x)], moved[len(x):]
     asked = 0
     c_labels, c_scores = np.zeros(0, dtype=np.int64), None
     with_control = wm.k == 2

@@ -91,6 +91,33 @@ class ServeWatermark:
         cells = np.floor((z @ self.directions.T + self.offsets) / self.cell).astype(np.int64)
         return [row.tobytes() for row in cells]
 
+    def same_cell_copies(self, x: FloatArray, scale: float, rng: np.random.Generator,
+                         rounds: int = 8) -> tuple[FloatArray, int]:
+        """A moved copy of each row that stays in its cell, and how many rows found none.
+
+        Each feature moves by Gaussian noise of ``scale`` times its range (clipped to the
+        domain); a copy that leaves the cell is drawn again, at half the scale each round,
+        and after ``rounds`` the row itself is kept. The noise does not depend on the key,
+        so a test on the copies stays exact; and a suspect that looks its own training
+        rows up does not find them."""
+        x = np.asarray(x, dtype=np.float64)
+        if scale <= 0 or len(x) == 0:
+            return x.copy(), 0
+        want = self.fingerprints(x)
+        out = x.copy()
+        todo = np.arange(len(x))
+        high = self._low + self._span
+        for r in range(rounds):
+            moved = np.clip(x[todo] + rng.standard_normal((len(todo), x.shape[1]))
+                            * self._span * scale / 2**r, self._low, high)
+            same = np.array([f == want[i] for i, f in zip(todo, self.fingerprints(moved),
+                                                          strict=True)], dtype=bool)
+            out[todo[same]] = moved[same]
+            todo = todo[~same]
+            if len(todo) == 0:
+                break
+        return out, len(todo)
+
     def draws(self, account: str, x: FloatArray) -> tuple[np.ndarray, IntArray]:
         """(watermarked?, label offset in 1..k-1) for every row of ``x`` as ``account``."""
         key = self.account_key(account)
