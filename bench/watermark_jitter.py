@@ -71,7 +71,7 @@ class Evader:
 
     def diverted(self, x: np.ndarray) -> np.ndarray:
         d, _ = self.index.kneighbors((np.asarray(x) - self.low) / self.span)
-        return np.asarray(d[:, 0] <= self.radius)
+        return np.asarray(d[:, 0] <= self.radius + 1e-6)  # a row of its own: about 0
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Every class's score, in class order."""

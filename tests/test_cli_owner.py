@@ -178,6 +178,7 @@ def test_a_clone_made_over_http_is_traced_to_the_account_that_made_it(
     assert "match" in r.output and "thief inc" in r.output
     thief_row = next(a for a in found["accounts"] if a["key_id"] == thief_rec.key_id)
     assert thief_row["p_adjusted"] <= 1e-3 and thief_row["test"] == "score"  # a file: scores
+    assert thief_row["p_sequential"] <= 1e-3  # every cell asked: the sequential test too
 
     # The evidence about the thief's key: holder, terms, activity, the watermark, the proof.
     folder = tmp_path / "evidence"
@@ -189,6 +190,7 @@ def test_a_clone_made_over_http_is_traced_to_the_account_that_made_it(
     assert "extract" in doc["key"]["terms_text"]
     assert doc["activity"]["rows_answered"] == 1500
     assert doc["watermark"]["matched"] and doc["watermark"]["result"]["p_adjusted"] <= 1e-3
+    assert doc["watermark"]["result"]["p_sequential"] <= 1e-3
     assert doc["integrity"]["intact"] and doc["integrity"]["keyed"]
     assert "<svg" in (folder / "evidence.html").read_text()
     check = runner.invoke(app, ["audit-log", "check-records", str(folder / "records.jsonl"),
@@ -221,6 +223,9 @@ def test_a_clone_made_over_http_is_traced_to_the_account_that_made_it(
     assert [a["control"] for a in fewer["accounts"]] == [
         min(100, every[a["key_id"]]) for a in fewer["accounts"]]
     assert every[thief_rec.key_id] > 100  # the honest table has 44 rows: fewer than 100
+    # A cut control: no sequential test (it needs every cell the key sent).
+    assert all((a["p_sequential"] is None) == (every[a["key_id"]] > 100)
+               for a in fewer["accounts"])
     assert fewer["suspect_queries"] < found["suspect_queries"] / 2
     r = runner.invoke(app, ["verify", "--suspect", str(clone), "--config", str(cfg),
                             "--controls", "0"])

@@ -1114,7 +1114,7 @@ def verify(
     report = _ownership(config, model, suspect, protocol, suspect_key, suspect_model,
                         account, alpha, controls, jitter)
     table = Table("key id", "owner", "tier", "queries", "watermark inputs", "test", "matches",
-                  "p-value", "adjusted", title=f"watermarks in {suspect}")
+                  "p-value", "adjusted", "sequential p", title=f"watermarks in {suspect}")
     for a in sorted(report.accounts, key=lambda a: a.p_adjusted):
         r = a.result
         matches = f"{r.matches} of {r.disagreements} disagreeing" if r.test == "label" else \
@@ -1123,7 +1123,8 @@ def verify(
         style = "bold red" if a.matched else ""
         table.add_row(a.key_id, a.owner or "-", a.tier, str(a.queries), str(r.watermarks),
                       r.test, matches, f"{r.p_value:.2g}", f"[{style}]{a.p_adjusted:.2g}[/]"
-                      if style else f"{a.p_adjusted:.2g}")
+                      if style else f"{a.p_adjusted:.2g}",
+                      "-" if r.p_sequential is None else f"{r.p_sequential:.2g}")
     console.print(table)
     console.print(f"{report.suspect_queries} queries to the suspect; "
                   f"{len(report.skipped)} account(s) had no watermarked answers")

@@ -287,6 +287,9 @@ def test_verify_tests_scores_where_the_suspect_gives_them_and_labels_otherwise()
     labels = verify_sets(wm, [(key, ws)], lambda r: copy.predict(r).labels, "copy")
     assert labels.accounts[0].result.test == "label"
     assert labels.suspect_queries == 1 + len(ws.x)
+    # Every cell asked: the sequential test too; the marked cells alone: not.
+    assert scored.accounts[0].result.p_sequential is not None
+    assert labels.accounts[0].result.p_sequential is None
 
     def top1(rows: np.ndarray) -> Answer:
         got = copy.predict(rows)
@@ -334,6 +337,7 @@ def test_verify_hides_the_marked_cells_among_as_many_controls_as_it_is_told(k: i
     report = verify_sets(wm, [(key, few)], leaning, "copy")
     assert report.matched and report.accounts[0].result.test == "score"
     assert report.suspect_queries == len(few.x) + 100 + (k > 2)
+    assert report.accounts[0].result.p_sequential is None  # a cut control: it would not hold
     for rows in calls:
         has = [r.tobytes() in marked for r in rows]
         assert not any(has) or not all(has)
@@ -394,3 +398,73 @@ def test_verify_on_moved_copies_traces_a_suspect_that_answers_its_old_rows_apart
     assert moved.jitter == 0.005 and moved.unmoved == 0
     assert not any(r.tobytes() in sent for rows in asked for r in rows)
     assert moved.to_json()["jitter"] == 0.005
+
+
+@pytest.mark.parametrize("rate", [0.005, 0.02, 0.2])
+def test_the_sequential_e_value_has_mean_one_and_its_p_value_holds(rate: float) -> None:
+    """Marks drawn with chance ``rate`` in n cells a suspect picked blind to them: the
+    e-value's mean over every count of marks is exactly 1, so P(p <= a) <= a."""
+    from scipy import stats
+
+    from modelshield.defenses.watermark import sequential_log_e, sequential_p
+
+    n = 60
+    pmf = stats.binom.pmf(np.arange(n + 1), n, rate)
+
+    def cut(h: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(np.ones(h, dtype=bool), np.ones(n - h, dtype=bool))]
+
+    e = np.exp([sequential_log_e(cut(h), rate) for h in range(n + 1)])
+    assert float(pmf @ e) == pytest.approx(1.0, rel=1e-9)
+    p = np.array([sequential_p(cut(h), rate) for h in range(n + 1)])
+    for a in (0.2, 0.05, 1e-3, 1e-6):
+        assert pmf[p <= a].sum() <= a
+    assert p[0] == 1.0 and p[-1] < 1e-6  # every cell marked: the bets pay
+
+
+def test_the_sequential_test_holds_for_an_account_that_follows_its_answers() -> None:
+    """An account that, after each answer, sends its next row beside the rows whose
+    answers were changed (as an active learner seeks the boundary a mark draws), and
+    suspects built without its answers: the sequential p-value stays at or above chance;
+    a suspect that leans toward the marks is named by it."""
+    from types import SimpleNamespace
+
+    from modelshield.audit.ownership import verify_sets
+
+    k, rate = 3, 0.05
+    wm = ServeWatermark(SECRET, spec(k), rate=rate)
+    model = Smooth(k)
+    rng = np.random.default_rng(10)
+    low = np.zeros(6)
+    p_null, p_clone = [], []
+    for account in range(40):
+        rows = [rng.uniform(0, 10, 6)]
+        for _ in range(199):
+            chosen, _ = wm.draws(f"acct{account}", np.array(rows[-1:]))
+            step = 0.4 if chosen[0] else 3.0  # near a changed answer, or elsewhere
+            rows.append(np.clip(rows[-1] + rng.normal(0, step, 6), low, 10))
+        ws = watermark_set(wm, f"acct{account}", np.array(rows), model)
+        key = SimpleNamespace(key_id=f"acct{account}", owner="", tier="pro")
+        phase = rng.uniform(0, 6)
+
+        def independent(x: np.ndarray, phase: float = phase) -> Prediction:
+            z = np.stack([np.sin(x[:, j % 6] + j + phase) for j in range(k)], 1) * 3
+            return Prediction(np.exp(z) / np.exp(z).sum(1, keepdims=True))
+
+        got = verify_sets(wm, [(key, ws)], independent, "independent").accounts[0].result
+        assert got.p_sequential is not None
+        p_null.append(got.p_sequential)
+        if account < 5:
+            marked = dict(zip(wm.fingerprints(ws.x), ws.labels.tolist(), strict=True))
+
+            def leaning(x: np.ndarray, marked: dict[bytes, int] = marked) -> Prediction:
+                p = model.predict(x).probabilities
+                for i, f in enumerate(wm.fingerprints(x)):
+                    if f in marked:
+                        p[i, marked[f]] = 0.8 * p[i].max()
+                return Prediction(p / p.sum(1, keepdims=True))
+
+            p_clone.append(verify_sets(wm, [(key, ws)], leaning, "clone")
+                           .accounts[0].result.p_sequential)
+    assert np.mean(np.array(p_null) <= 0.1) <= 0.1 + 3 * (0.1 * 0.9 / 40) ** 0.5
+    assert min(p_null) > 1e-3 and max(p_clone) <= 1e-3

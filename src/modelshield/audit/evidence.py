@@ -92,7 +92,8 @@ def gather(store: Any, key_id: str, terms: Mapping[str, str], verdict: Verdict,
             "named_accounts": [a.key_id for a in ownership.matched],
             "result": None if mine is None else {
                 "test": mine.result.test, "p_value": mine.result.p_value,
-                "p_adjusted": mine.p_adjusted, "watermarks": mine.result.watermarks,
+                "p_adjusted": mine.p_adjusted, "p_sequential": mine.result.p_sequential,
+                "watermarks": mine.result.watermarks,
                 "matches": mine.result.matches, "disagreements": mine.result.disagreements,
                 "summary": mine.result.summary()}}
     doc["figure"] = _activity_svg(times) if times else ""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,8 @@ from modelshield.defenses.watermark import (
     control_test,
     label_test,
     score_test,
+    sequential_cuts,
+    sequential_p,
     watermark_set,
 )
 from modelshield.errors import ConfigError
@@ -180,10 +182,15 @@ def verify_sets(wm: ServeWatermark, sets: Sequence[tuple[Any, WatermarkSet]],
         at, at_c = at + len(ws.x), at_c + len(ws.control_x)
         if scores is not None and c_scores is not None:  # scores on both, or labels
             result = score_test(scores[w], c_scores[c], ws)
+            cuts = sequential_cuts(scores[w], c_scores[c], ws, True)
         elif wm.k == 2:
             result = control_test(labels[w], c_labels[c], ws)
+            cuts = sequential_cuts(labels[w], c_labels[c], ws, False)
         else:
             result = label_test(labels[w], ws, wm.k)
+            cuts = sequential_cuts(labels[w], c_labels[c], ws, False) if with_control else []
+        if with_control and ws.complete:  # every cell asked: the sequential test holds too
+            result = replace(result, p_sequential=sequential_p(cuts, ws.rate))
         p_adj = min(1.0, result.p_value * n)
         report.accounts.append(AccountVerdict(key.key_id, key.owner, key.tier, ws.queries,
                                               result, p_adj, p_adj <= alpha))

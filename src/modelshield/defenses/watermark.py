@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 from modelshield.answer import ApiSpec, FloatArray, IntArray, Prediction
 
@@ -176,6 +176,10 @@ class WatermarkSet:
     control_model_odds: FloatArray = field(default_factory=lambda: np.zeros(0))
     # (watermarked, control) cells of each account, in order: several for a joint set.
     strata: tuple[tuple[int, int], ...] = ()
+    # The control holds every other cell the account sent (none cut by ``max_control``),
+    # and each cell was marked with chance ``rate``: what :func:`sequential_p` needs.
+    complete: bool = False
+    rate: float = 0.0
 
     def parts(self) -> tuple[tuple[int, int], ...]:
         return self.strata or ((len(self.x), len(self.control_x)),)
@@ -211,10 +215,12 @@ def watermark_set(wm: ServeWatermark, account: str, queries: FloatArray, model: 
     else:
         unused = np.zeros(len(x), dtype=bool)
     rest = np.flatnonzero(~chosen & ~unused)
-    if len(rest) > max_control:
+    complete = len(rest) <= max_control
+    if not complete:
         rest = np.sort(np.random.default_rng(seed).permutation(rest)[:max_control])
     return WatermarkSet(account, x[chosen], y[chosen], wm_labels[chosen], x[rest], y[rest],
-                        wm_labels[rest], len(queries), odds[chosen], odds[rest])
+                        wm_labels[rest], len(queries), odds[chosen], odds[rest],
+                        complete=complete, rate=wm.rate)
 
 
 def log_odds(probabilities: FloatArray, a: IntArray, b: IntArray) -> FloatArray:
@@ -238,6 +244,9 @@ class TestResult:
     chance: float = 0.0  # the null rate of a match per disagreement (label test)
     control: int = 0  # control inputs asked (control test)
     control_matches: int = 0
+    # The sequential test (:func:`sequential_p`), valid when the account's queries depend
+    # on the answers it got; None where the suspect was not asked every cell.
+    p_sequential: float | None = None
 
     def summary(self) -> str:
         if self.test == "score":
@@ -263,7 +272,9 @@ def joint_set(sets: Sequence[WatermarkSet]) -> WatermarkSet:
     return WatermarkSet("+".join(s.account for s in sets), cat("x"), cat("model_labels"),
                         cat("labels"), cat("control_x"), cat("control_model_labels"),
                         cat("control_labels"), sum(s.queries for s in sets), cat("model_odds"),
-                        cat("control_model_odds"), tuple(p for s in sets for p in s.parts()))
+                        cat("control_model_odds"), tuple(p for s in sets for p in s.parts()),
+                        complete=all(s.complete for s in sets),
+                        rate=sets[0].rate if len({s.rate for s in sets}) == 1 else 0.0)
 
 
 def label_test(suspect_labels: IntArray, ws: WatermarkSet, k: int) -> TestResult:
@@ -303,6 +314,59 @@ def strata_tail(parts: Sequence[tuple[int, int]], in_w: np.ndarray, in_c: np.nda
         at_w, at_c = at_w + m, at_c + n_c
         pmf = np.convolve(pmf, stats.hypergeom.pmf(np.arange(min(m, t) + 1), m + n_c, t, m))
     return float(min(1.0, pmf[hits:].sum()))
+
+
+SEQ_SHIFTS = (0.25, 0.5, 1.0, 2.0, 4.0)  # sequential_p's cells: leaning this far, or more
+SEQ_BETS = (0.05, 0.1, 0.2, 0.4, 0.8)  # and its bets on a mark in each of them
+
+
+def sequential_p(cuts: Sequence[tuple[np.ndarray, np.ndarray]], rate: float) -> float:
+    """A p-value that holds whatever the account's queries depended on: 1 / the e-value
+    of :func:`sequential_log_e`, at most 1 (Ville's inequality)."""
+    return float(min(1.0, np.exp(-sequential_log_e(cuts, rate))))
+
+
+def sequential_log_e(cuts: Sequence[tuple[np.ndarray, np.ndarray]], rate: float) -> float:
+    """The log of an e-value against the null that the suspect is blind to the marks.
+
+    Each cell's mark is a fresh keyed draw, made with chance ``rate`` when the account first
+    sends an input in it. Its answer comes after, so nothing the account knew when it chose
+    that input, and nothing a suspect built without its answers says there, depends on it.
+    For a set of cells picked by the suspect's answer in each (``cuts``: the watermarked
+    cells in it, the other cells in it), betting a share ``nu`` of the wealth on a mark in
+    each multiplies it by ``1 + nu (1 - rate) / rate`` at a mark and by ``1 - nu`` at any
+    other cell: a nonnegative martingale of mean 1 under the null, in the order the cells
+    were first sent, so their product at the end is an e-value whatever that order was.
+    The mean over the cuts and the bets (``SEQ_BETS``) is one too. It needs every cell the
+    account sent, marked or not (a control cut to fewer would over-weight the marks), and
+    the marks' chance: with neither, 0 (e = 1).
+    """
+    if not 0 < rate < 1 or not cuts:
+        return 0.0
+    logs = []
+    for in_w, in_c in cuts:
+        h = int(np.sum(in_w))
+        n = h + int(np.sum(in_c))
+        for nu in SEQ_BETS:
+            logs.append(h * np.log1p(nu * (1 - rate) / rate) + (n - h) * np.log1p(-nu))
+    return float(special.logsumexp(logs) - np.log(len(logs)))
+
+
+def sequential_cuts(suspect_w: Any, suspect_c: Any, ws: WatermarkSet, scores: bool
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The cells :func:`sequential_p` bets on, each picked by the suspect's answer there
+    alone: where it names the watermark's label, and (with scores) where it leans at least
+    each of ``SEQ_SHIFTS`` beyond our model toward it. suspect_w, suspect_c: its labels,
+    or (``scores``) every class's score, on the watermarked cells and on the others."""
+    if not scores:
+        return [(np.asarray(suspect_w) == ws.labels, np.asarray(suspect_c) == ws.control_labels)]
+    r_w = log_odds(np.asarray(suspect_w, dtype=np.float64), ws.labels, ws.model_labels) \
+        - ws.model_odds
+    r_c = log_odds(np.asarray(suspect_c, dtype=np.float64), ws.control_labels,
+                   ws.control_model_labels) - ws.control_model_odds
+    cuts = [(np.argmax(suspect_w, axis=1) == ws.labels,
+             np.argmax(suspect_c, axis=1) == ws.control_labels)]
+    return cuts + [(r_w >= c, r_c >= c) for c in SEQ_SHIFTS]
 
 
 def score_test(suspect_probabilities: FloatArray, suspect_control: FloatArray,

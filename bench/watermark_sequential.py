@@ -1,0 +1,160 @@
+"""The sequential test (an e-value) beside the score test: what it costs in power, and
+whether it names a model built without our answers, adaptive accounts included.
+
+    python bench/watermark_sequential.py             # seeds 0-2: about 25 minutes on 2 cores
+    python bench/watermark_sequential.py --seeds 0 --victims breast-cancer-lr
+
+The score test and the two-class control test compare the watermarked cells with the
+account's other cells as if the key's marks were a uniformly random subset of them. That
+is exact when the account chose its queries without looking at the answers; an active
+learner or label-only retraining looks. ``modelshield.defenses.watermark.sequential_p``
+holds whatever the account did: a cell's mark is a fresh keyed draw with chance ``rate``,
+made after the account chose the input, so betting on marks in the cells the suspect leans
+toward gives a test martingale (Ville's inequality). It needs every cell the account sent,
+so ``verify`` reports it (``p_sequential``) only when the control was not cut.
+
+The cells are ``watermark_scores.py``'s: the same victims, attackers, rates (0.5%, 2%),
+budget (1,000 queries) and key ids, so its clones are the same and the score test's p
+reproduces that benchmark's. Each clone is tested on its scores and on its labels; the 18
+independent models of ``watermark_dawn.py`` are tested against every cell's key on their
+scores. Writes bench/results/watermark_sequential.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import tempfile
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import one_thread, show, write
+from watermark_dawn import independent_models
+from watermark_scores import ADAPTIVE, ATTACKERS, BUDGET, SECRET
+
+TRACED = 1e-6
+ALPHA = 1e-3
+
+
+def cell(job: tuple[str, str, float, int]) -> dict[str, Any]:
+    """One key's attack through a watermarked tier; its clone and the independent models
+    tested with the score test and the sequential one."""
+    name, attacker, rate, seed = job
+    from modelshield.attacks import ATTACKS
+    from modelshield.audit.ownership import account_sets, estimator_answer, verify_sets
+    from modelshield.oracle import ShieldOracle
+    from modelshield.serve.factory import build_shield
+    from modelshield.store import seeded_key_id
+    from modelshield.victims import load_victim
+
+    v = load_victim(name)
+    k = v.spec.n_classes
+    params = dict(ATTACKERS[name][attacker])
+    attack = params.pop("attack")
+    with tempfile.TemporaryDirectory() as tmp:
+        shield = build_shield({"model": {"builtin": name}, "audit_url": f"sqlite:///{tmp}/a.db",
+                               "watermark_secret": SECRET,
+                               "tiers": {"pro": {"watermark": {"rate": rate},
+                                                 "max_batch": 1000}}})
+        key, rec = shield.store.create_key("pro", owner="thief", key_id=seeded_key_id(
+            "scores", name, attacker, rate, seed))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            e = ATTACKS[attack](random_state=seed, **params).run(
+                ShieldOracle(shield, key), BUDGET, pool=v.pool)
+        wm = shield.watermarks["pro"]
+        sets = account_sets(wm, shield.store, v.model, shield.spec.name, [rec])
+        shield.close()
+
+    def tests(answer: Any) -> tuple[float, float | None]:
+        r = verify_sets(wm, sets, answer, "suspect")
+        if not r.accounts:
+            return 1.0, 1.0
+        return r.accounts[0].result.p_value, r.accounts[0].result.p_sequential
+
+    ws = sets[0][1]
+    fidelity = float(np.mean(e.clone.predict(v.X_test) == v.predict_labels(v.X_test)))
+    p_scores, seq_scores = tests(lambda x: estimator_answer(e.clone, k, x))
+    p_labels, seq_labels = tests(lambda x: np.asarray(e.clone.predict(x)))
+    null = []
+    for label, model in independent_models(name):
+        p, seq = tests(lambda x, m=model: estimator_answer(m, k, x))
+        null.append({"model": label, "p_scores": p, "p_sequential": seq})
+    return {"victim": name, "attacker": attacker, "rate": rate, "seed": seed,
+            "queries": e.queries, "fidelity": fidelity, "watermarks": len(ws.x),
+            "cells": len(ws.x) + len(ws.control_x), "complete": ws.complete,
+            "p_scores": p_scores, "p_sequential_scores": seq_scores,
+            "p_labels": p_labels, "p_sequential_labels": seq_labels, "null": null}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--victims", nargs="+", default=list(ATTACKERS), choices=list(ATTACKERS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--rates", type=float, nargs="+", default=[0.005, 0.02])
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    jobs = [(v, a, r, s) for v in args.victims for a in ATTACKERS[v] for r in args.rates
+            for s in args.seeds]
+    rows = []
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=one_thread) as pool:
+        for i, r in enumerate(pool.map(cell, jobs), 1):
+            rows.append(r)
+            print(f"[{i}/{len(jobs)}] {r['victim']} {r['attacker']} rate {r['rate']} seed "
+                  f"{r['seed']}: {r['watermarks']} marks, p scores {r['p_scores']:.2g} "
+                  f"(sequential {r['p_sequential_scores'] or 1:.2g})", flush=True)
+    fmt = [[r["victim"], r["attacker"], f"{r['rate']:.1%}", r["seed"], r["fidelity"],
+            r["watermarks"], r["p_scores"], r["p_sequential_scores"], r["p_labels"],
+            r["p_sequential_labels"]] for r in rows]
+    show(f"clones of {BUDGET} queries: the score test and the sequential test",
+         ["victim", "attacker", "rate", "seed", "fidelity", "marks", "p scores",
+          "sequential", "p labels", "sequential"], fmt)
+    summary = []
+    for victim in args.victims:
+        for attacker in ATTACKERS[victim]:
+            for rate in args.rates:
+                at = [r for r in rows if (r["victim"], r["attacker"], r["rate"])
+                      == (victim, attacker, rate)]
+                null = [n for r in at for n in r["null"]]
+                summary.append({
+                    "victim": victim, "attacker": attacker, "rate": rate, "runs": len(at),
+                    "adaptive": attacker in ADAPTIVE,
+                    "traced_scores": sum(r["p_scores"] <= TRACED for r in at),
+                    "traced_sequential": sum((r["p_sequential_scores"] or 1) <= TRACED
+                                             for r in at),
+                    "named_scores": sum(r["p_scores"] <= ALPHA for r in at),
+                    "named_sequential": sum((r["p_sequential_scores"] or 1) <= ALPHA
+                                            for r in at),
+                    "null_tests": len(null),
+                    "null_named_scores": sum(n["p_scores"] <= ALPHA for n in null),
+                    "null_named_sequential": sum((n["p_sequential"] or 1) <= ALPHA
+                                                 for n in null),
+                    "null_min_scores": min(n["p_scores"] for n in null),
+                    "null_min_sequential": min(n["p_sequential"] or 1 for n in null),
+                    "null_005_scores": float(np.mean([n["p_scores"] <= 0.05 for n in null])),
+                    "null_005_sequential": float(np.mean([(n["p_sequential"] or 1) <= 0.05
+                                                          for n in null]))})
+    show("per attacker: clones traced (1e-6) and named (1e-3) by each test, of the runs; "
+         "independent models named (1e-3)",
+         ["victim", "attacker", "rate", "runs", "traced: score", "sequential",
+          "named: score", "sequential", "null tests", "null named: score", "sequential",
+          "null <= 0.05: score", "sequential", "smallest null p: score", "sequential"],
+         [[s["victim"], s["attacker"] + (" (adaptive)" if s["adaptive"] else ""),
+           f"{s['rate']:.1%}", s["runs"], s["traced_scores"], s["traced_sequential"],
+           s["named_scores"], s["named_sequential"], s["null_tests"], s["null_named_scores"],
+           s["null_named_sequential"], s["null_005_scores"], s["null_005_sequential"],
+           s["null_min_scores"], s["null_min_sequential"]] for s in summary])
+    write("watermark_sequential", {"seeds": args.seeds, "rates": args.rates,
+                                   "budget": BUDGET, "rows": rows, "summary": summary})
+
+
+if __name__ == "__main__":
+    main()
