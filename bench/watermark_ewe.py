@@ -19,7 +19,9 @@ attack through it (1,000 queries), and tests the one clone against both watermar
   the queries to the stolen copy that bring it to 95% confidence (EWE's anchor: fewer than
   100), to 1e-6 and to 2^-64 are reported;
 * the serve-time one (DAWN): the key's watermark set is rebuilt from the audit log and the
-  secret (``modelshield.audit.ownership``), p <= 1e-3 names it.
+  secret (``modelshield.audit.ownership``), p <= 1e-3 names it; tested on the clone's
+  labels (``dawn_p``) and, where it has scores, on them (``dawn_p_scores``, the score test
+  ``verify`` uses for such a suspect).
 
 Attacks: knockoff (synthetic queries, student and labels chosen on held-out answers),
 knockoff-pool (natural rows), knockoff-hard (natural rows, labels only), active learning,
@@ -147,8 +149,13 @@ def _scored(marks: Any, raw: dict[str, Any]) -> dict[str, Any]:
 def cell(job: tuple[str, str, int]) -> dict[str, Any]:
     """One thief's clone, tested against the victim's train-time and serve-time marks."""
     name, attacker, seed = job
-    from modelshield.audit.ownership import logged_queries
-    from modelshield.defenses.watermark import control_test, label_test, watermark_set
+    from modelshield.audit.ownership import estimator_answer, logged_queries
+    from modelshield.defenses.watermark import (
+        control_test,
+        label_test,
+        score_test,
+        watermark_set,
+    )
     from modelshield.oracle import ShieldOracle
     from modelshield.serve.factory import build_shield
     from modelshield.store import seeded_key_id
@@ -177,9 +184,17 @@ def cell(job: tuple[str, str, int]) -> dict[str, Any]:
         dawn_p = label_test(clone.predict(ws.x), ws, k).p_value
     else:
         dawn_p = control_test(clone.predict(ws.x), clone.predict(ws.control_x), ws).p_value
+    dawn_scores = None  # the score test, as verify tests a suspect that gives scores
+    if len(ws.x) and hasattr(clone, "predict_proba"):
+        dawn_scores = score_test(
+            estimator_answer(clone, k, ws.x).probabilities,
+            estimator_answer(clone, k, ws.control_x).probabilities if len(ws.control_x)
+            else np.zeros((0, k)), ws).p_value
     marks = train_mark(name, seed)
     return {"victim": name, "attacker": attacker, "seed": seed, "queries": e.queries,
             "fidelity": fidelity, "dawn_p": dawn_p, "dawn_named": dawn_p <= ALPHA,
+            "dawn_p_scores": dawn_scores,
+            "dawn_named_scores": dawn_scores is not None and dawn_scores <= ALPHA,
             "watermark": "entangled" if name.endswith("-ewe") else "trigger set",
             **_mark_row(marks, clone.predict)}
 
@@ -298,7 +313,8 @@ def _run(args: Any) -> tuple[list[Any], list[Any], list[Any], list[int], list[st
             rows.append(r)
             print(f"[{len(rows)}/{len(jobs)}] {r['victim']} {r['attacker']} seed {r['seed']}: "
                   f"fidelity {r['fidelity']:.3f}, train-time p {r['mark_p']:.2g}, "
-                  f"DAWN p {r['dawn_p']:.2g}", flush=True)
+                  f"DAWN p {r['dawn_p']:.2g} (scores {r['dawn_p_scores'] or 1:.2g})",
+                  flush=True)
         nulls = []
         for n in pool.map(independent, [(v, s) for v in ewe for s in seeds]):
             nulls.append(n)
@@ -384,11 +400,11 @@ def main() -> None:
         rows, nulls, abl, seeds, attacks = _run(args)
     show("each clone against the train-time and the serve-time watermark (p <= 1e-3 names)",
          ["victim", "attack", "seed", "fidelity", "train-time", "success", "p",
-          "queries to 95%", "to 1e-6", "to 2^-64", "DAWN p"],
+          "queries to 95%", "to 1e-6", "to 2^-64", "DAWN p", "on scores"],
          [[r["victim"], r["attacker"], r["seed"], r["fidelity"], r["watermark"],
            r.get("mark_success", r["mark_matches"] / r["mark_inputs"]), r["mark_p"],
-           r.get("queries_95%"), r.get("queries_1e-6"), r.get("queries_2^-64"), r["dawn_p"]]
-          for r in rows])
+           r.get("queries_95%"), r.get("queries_1e-6"), r.get("queries_2^-64"), r["dawn_p"],
+           r.get("dawn_p_scores")] for r in rows])
     summary = []
     for v in args.victims:
         for a in attacks:
@@ -403,16 +419,21 @@ def main() -> None:
                 "family_null_named": sum(r.get("family_named", False) for r in sel),
                 "max_p": max(r["mark_p"] for r in sel),
                 "dawn_named": sum(r["dawn_named"] for r in sel),
+                "dawn_named_scores": sum(r.get("dawn_named_scores", False) for r in sel),
+                "dawn_traced_scores": sum((r.get("dawn_p_scores") or 1) <= 1e-6 for r in sel),
                 "success": float(np.mean([r.get("mark_success", r["mark_matches"]
                                                  / r["mark_inputs"]) for r in sel])),
                 "max_queries_95": None if None in q95 or not q95 else max(
                     q for q in q95 if q is not None)})
     show("side by side: runs in which each watermark names the clone (p <= 1e-3)",
          ["victim", "attack", "fidelity", "train-time named", "(family null alone)",
-          "largest p", "watermark success", "most queries to 95%", "DAWN named"],
+          "largest p", "watermark success", "most queries to 95%", "DAWN named",
+          "on scores", "traced on scores"],
          [[s["victim"], s["attacker"], s["fidelity"], f"{s['train_time_named']}/{s['runs']}",
            f"{s['family_null_named']}/{s['runs']}", s["max_p"], s["success"],
-           s["max_queries_95"], f"{s['dawn_named']}/{s['runs']}"] for s in summary])
+           s["max_queries_95"], f"{s['dawn_named']}/{s['runs']}",
+           f"{s['dawn_named_scores']}/{s['runs']}", f"{s['dawn_traced_scores']}/{s['runs']}"]
+          for s in summary])
     tested = [m for n in nulls for m in n["models"]]
     show("models built without the entangled watermark",
          ["victim", "seed", "accuracy", "unmarked twin", "null rate", "victim's success",

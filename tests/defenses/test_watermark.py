@@ -359,6 +359,13 @@ def test_same_cell_copies_move_every_row_and_keep_its_cell() -> None:
     assert left == kept.sum() > 0 and wm.fingerprints(far) == wm.fingerprints(x)
     again, _ = wm.same_cell_copies(x, 0.01, np.random.default_rng(0))
     assert (again == moved).all()  # the seed fixes the copies
+    flat = ApiSpec(n_features=3, classes=("a", "b"), low=np.zeros(3),
+                   high=np.array([10.0, 0.0, 10.0]))  # a constant feature stays put
+    rows = np.random.default_rng(9).uniform(0, 10, (50, 3))
+    rows[:, 1] = 0.0
+    copies, _ = ServeWatermark(SECRET, flat).same_cell_copies(rows, 0.01,
+                                                               np.random.default_rng(0))
+    assert (copies[:, 1] == 0).all() and (copies[:, 0] != rows[:, 0]).all()
 
 
 @pytest.mark.parametrize("k", [2, 5])

@@ -106,10 +106,11 @@ class ServeWatermark:
         want = self.fingerprints(x)
         out = x.copy()
         todo = np.arange(len(x))
-        high = self._low + self._span
+        high = np.asarray(self.spec.high, dtype=np.float64)
+        span = high - self._low  # a constant feature (no range) does not move
         for r in range(rounds):
             moved = np.clip(x[todo] + rng.standard_normal((len(todo), x.shape[1]))
-                            * self._span * scale / 2**r, self._low, high)
+                            * span * scale / 2**r, self._low, high)
             same = np.array([f == want[i] for i, f in zip(todo, self.fingerprints(moved),
                                                           strict=True)], dtype=bool)
             out[todo[same]] = moved[same]
