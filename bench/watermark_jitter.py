@@ -34,8 +34,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import sys
-import tempfile
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import one_thread, show, write
+from _common import one_thread, show, watermarked_theft, write
 from watermark_dawn import independent_models
 
 ATTACKERS: dict[str, dict[str, Any]] = {
@@ -90,35 +88,15 @@ class Evader:
 def cell(job: tuple[str, float, int]) -> dict[str, Any]:
     """One key's knockoff clone, and every suspect tested at every jitter."""
     name, rate, seed = job
-    from modelshield.attacks import ATTACKS
-    from modelshield.audit.ownership import (
-        account_sets,
-        estimator_answer,
-        logged_queries,
-        verify_sets,
-    )
-    from modelshield.oracle import ShieldOracle
-    from modelshield.serve.factory import build_shield
+    from modelshield.audit.ownership import estimator_answer, verify_sets
+    from modelshield.defenses.watermark import watermark_set
     from modelshield.store import seeded_key_id
-    from modelshield.victims import load_victim
 
-    v = load_victim(name)
+    v, wm, rec, seen, given, e = watermarked_theft(
+        name, "knockoff", ATTACKERS[name], rate, seeded_key_id("jitter", name, rate, seed), seed,
+        SECRET, BUDGET)
     k = v.spec.n_classes
-    with tempfile.TemporaryDirectory() as tmp:
-        shield = build_shield({"model": {"builtin": name}, "audit_url": f"sqlite:///{tmp}/a.db",
-                               "watermark_secret": SECRET,
-                               "tiers": {"pro": {"watermark": {"rate": rate},
-                                                 "max_batch": 1000}}})
-        key, rec = shield.store.create_key("pro", owner="thief", key_id=seeded_key_id(
-            "jitter", name, rate, seed))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            e = ATTACKS["knockoff"](random_state=seed, **ATTACKERS[name]).run(
-                ShieldOracle(shield, key), BUDGET, pool=v.pool)
-        wm = shield.watermarks["pro"]
-        sets = account_sets(wm, shield.store, v.model, shield.spec.name, [rec])
-        seen, _ = logged_queries(shield.store, rec.key_id, shield.spec.name)
-        shield.close()
+    sets = [(rec, watermark_set(wm, rec.key_id, seen, v.model, answered=given))]
     ws = sets[0][1]
     low = np.asarray(v.spec.low, dtype=np.float64)
     span = np.asarray(v.spec.high, dtype=np.float64) - low

@@ -40,8 +40,6 @@ import argparse
 import json
 import multiprocessing
 import sys
-import tempfile
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,7 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import RESULTS, show, write
+from _common import RESULTS, show, watermarked_theft, write
 from watermark_dawn import independent_models
 
 ATTACKERS: dict[str, dict[str, dict[str, Any]]] = {
@@ -80,33 +78,19 @@ def cell(job: tuple[str, str, float, int]) -> dict[str, Any]:
     """One key's attack through a watermarked tier; its clone and the independent models
     tested against its watermark on labels and on scores."""
     name, attacker, rate, seed = job
-    from modelshield.attacks import ATTACKS
-    from modelshield.audit.ownership import account_sets, estimator_answer, verify_sets
-    from modelshield.oracle import ShieldOracle
-    from modelshield.serve.factory import build_shield
+    from modelshield.audit.ownership import estimator_answer, verify_sets
+    from modelshield.defenses.watermark import watermark_set
     from modelshield.store import seeded_key_id
-    from modelshield.victims import load_victim
 
-    v = load_victim(name)
-    k = v.spec.n_classes
     params = dict(ATTACKERS[name][attacker])
     attack = params.pop("attack")
-    with tempfile.TemporaryDirectory() as tmp:
-        shield = build_shield({"model": {"builtin": name}, "audit_url": f"sqlite:///{tmp}/a.db",
-                               "watermark_secret": SECRET,
-                               "tiers": {"pro": {"watermark": {"rate": rate},
-                                                 "max_batch": 1000}}})
-        key, rec = shield.store.create_key("pro", owner="thief", key_id=seeded_key_id(
-            "scores", name, attacker, rate, seed))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            e = ATTACKS[attack](random_state=seed, **params).run(
-                ShieldOracle(shield, key), BUDGET, pool=v.pool)
-        wm = shield.watermarks["pro"]
-        sets = account_sets(wm, shield.store, v.model, shield.spec.name, [rec])
-        fewer = {n: account_sets(wm, shield.store, v.model, shield.spec.name, [rec], n)
-                 for n in CONTROLS}
-        shield.close()
+    v, wm, rec, rows, given, e = watermarked_theft(
+        name, attack, params, rate, seeded_key_id("scores", name, attacker, rate, seed), seed,
+        SECRET, BUDGET)
+    k = v.spec.n_classes
+    sets = [(rec, watermark_set(wm, rec.key_id, rows, v.model, answered=given))]
+    fewer = {n: [(rec, watermark_set(wm, rec.key_id, rows, v.model, answered=given,
+                                     max_control=n))] for n in CONTROLS}
 
     def both(model: Any) -> tuple[float, float, str, int]:
         """p on labels, p on scores, the test scores got, and the queries it asked."""

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import sys
-import tempfile
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import one_thread, show, write
+from _common import one_thread, show, watermarked_theft, write
 from watermark_dawn import independent_models
 from watermark_scores import ADAPTIVE, ATTACKERS, BUDGET, SECRET
 
@@ -47,31 +45,17 @@ def cell(job: tuple[str, str, float, int]) -> dict[str, Any]:
     """One key's attack through a watermarked tier; its clone and the independent models
     tested with the score test and the sequential one."""
     name, attacker, rate, seed = job
-    from modelshield.attacks import ATTACKS
-    from modelshield.audit.ownership import account_sets, estimator_answer, verify_sets
-    from modelshield.oracle import ShieldOracle
-    from modelshield.serve.factory import build_shield
+    from modelshield.audit.ownership import estimator_answer, verify_sets
+    from modelshield.defenses.watermark import watermark_set
     from modelshield.store import seeded_key_id
-    from modelshield.victims import load_victim
 
-    v = load_victim(name)
-    k = v.spec.n_classes
     params = dict(ATTACKERS[name][attacker])
     attack = params.pop("attack")
-    with tempfile.TemporaryDirectory() as tmp:
-        shield = build_shield({"model": {"builtin": name}, "audit_url": f"sqlite:///{tmp}/a.db",
-                               "watermark_secret": SECRET,
-                               "tiers": {"pro": {"watermark": {"rate": rate},
-                                                 "max_batch": 1000}}})
-        key, rec = shield.store.create_key("pro", owner="thief", key_id=seeded_key_id(
-            "scores", name, attacker, rate, seed))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            e = ATTACKS[attack](random_state=seed, **params).run(
-                ShieldOracle(shield, key), BUDGET, pool=v.pool)
-        wm = shield.watermarks["pro"]
-        sets = account_sets(wm, shield.store, v.model, shield.spec.name, [rec])
-        shield.close()
+    v, wm, rec, rows, given, e = watermarked_theft(
+        name, attack, params, rate, seeded_key_id("scores", name, attacker, rate, seed), seed,
+        SECRET, BUDGET)
+    k = v.spec.n_classes
+    sets = [(rec, watermark_set(wm, rec.key_id, rows, v.model, answered=given))]
 
     def tests(answer: Any) -> tuple[float, float | None]:
         r = verify_sets(wm, sets, answer, "suspect")
