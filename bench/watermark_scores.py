@@ -74,19 +74,27 @@ ALPHA = 1e-3  # verify's bar for naming a key
 SECRET = "bench-watermark-secret-0123456789"
 
 
+def theft(job: tuple[str, str, float, int]) -> tuple[Any, ...]:
+    """The cell's key (seeded by the cell) and its attack through the watermarked tier:
+    ``_common.watermarked_theft``'s (victim, watermark, record, rows, labels, result)."""
+    from modelshield.store import seeded_key_id
+
+    name, attacker, rate, seed = job
+    params = dict(ATTACKERS[name][attacker])
+    attack = params.pop("attack")
+    return watermarked_theft(name, attack, params, rate,
+                             seeded_key_id("scores", name, attacker, rate, seed), seed,
+                             SECRET, BUDGET)
+
+
 def cell(job: tuple[str, str, float, int]) -> dict[str, Any]:
     """One key's attack through a watermarked tier; its clone and the independent models
     tested against its watermark on labels and on scores."""
     name, attacker, rate, seed = job
     from modelshield.audit.ownership import estimator_answer, verify_sets
     from modelshield.defenses.watermark import watermark_set
-    from modelshield.store import seeded_key_id
 
-    params = dict(ATTACKERS[name][attacker])
-    attack = params.pop("attack")
-    v, wm, rec, rows, given, e = watermarked_theft(
-        name, attack, params, rate, seeded_key_id("scores", name, attacker, rate, seed), seed,
-        SECRET, BUDGET)
+    v, wm, rec, rows, given, e = theft(job)
     k = v.spec.n_classes
     sets = [(rec, watermark_set(wm, rec.key_id, rows, v.model, answered=given))]
     fewer = {n: [(rec, watermark_set(wm, rec.key_id, rows, v.model, answered=given,

@@ -33,9 +33,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import one_thread, show, watermarked_theft, write
+from _common import one_thread, show, write
 from watermark_dawn import independent_models
-from watermark_scores import ADAPTIVE, ATTACKERS, BUDGET, SECRET
+from watermark_scores import ADAPTIVE, ATTACKERS, BUDGET, theft
 
 TRACED = 1e-6
 ALPHA = 1e-3
@@ -47,13 +47,8 @@ def cell(job: tuple[str, str, float, int]) -> dict[str, Any]:
     name, attacker, rate, seed = job
     from modelshield.audit.ownership import estimator_answer, verify_sets
     from modelshield.defenses.watermark import watermark_set
-    from modelshield.store import seeded_key_id
 
-    params = dict(ATTACKERS[name][attacker])
-    attack = params.pop("attack")
-    v, wm, rec, rows, given, e = watermarked_theft(
-        name, attack, params, rate, seeded_key_id("scores", name, attacker, rate, seed), seed,
-        SECRET, BUDGET)
+    v, wm, rec, rows, given, e = theft(job)  # watermark_scores.py's clone of the cell
     k = v.spec.n_classes
     sets = [(rec, watermark_set(wm, rec.key_id, rows, v.model, answered=given))]
 
