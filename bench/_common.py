@@ -83,3 +83,16 @@ def watermarked_theft(name: str, attack: str, params: dict[str, Any], rate: floa
         wm = shield.watermarks["pro"]
         shield.close()
     return v, wm, rec, rows, labels, e
+
+
+def seeds_and_rates(description: str, victims: list[str]) -> Any:
+    """An argument parser with the watermark benchmarks' shared options: --victims, --seeds
+    (0-2), --rates (0.5% and 2%) and --workers (2)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--victims", nargs="+", default=list(victims), choices=list(victims))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--rates", type=float, nargs="+", default=[0.005, 0.02])
+    ap.add_argument("--workers", type=int, default=2)
+    return ap

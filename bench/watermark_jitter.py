@@ -31,7 +31,6 @@ every cell's key at every jitter. Writes bench/results/watermark_jitter.json.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -42,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import one_thread, show, watermarked_theft, write
+from _common import one_thread, seeds_and_rates, show, watermarked_theft, write
 from watermark_dawn import independent_models
 
 ATTACKERS: dict[str, dict[str, Any]] = {
@@ -134,11 +133,7 @@ def cell(job: tuple[str, float, int]) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--victims", nargs="+", default=list(ATTACKERS), choices=list(ATTACKERS))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--rates", type=float, nargs="+", default=[0.005, 0.02])
-    ap.add_argument("--workers", type=int, default=2)
+    ap = seeds_and_rates(__doc__.split("\n")[0], list(ATTACKERS))
     args = ap.parse_args()
     jobs = [(v, r, s) for v in args.victims for r in args.rates for s in args.seeds]
     cells = []

@@ -36,7 +36,6 @@ too). Writes bench/results/watermark_scores.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import sys
@@ -48,7 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import RESULTS, show, watermarked_theft, write
+from _common import RESULTS, seeds_and_rates, show, watermarked_theft, write
 from watermark_dawn import independent_models
 
 ATTACKERS: dict[str, dict[str, dict[str, Any]]] = {
@@ -133,11 +132,7 @@ def cell(job: tuple[str, str, float, int]) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--victims", nargs="+", default=list(ATTACKERS), choices=list(ATTACKERS))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--rates", type=float, nargs="+", default=[0.005, 0.02])
-    ap.add_argument("--workers", type=int, default=2)
+    ap = seeds_and_rates(__doc__.split("\n")[0], list(ATTACKERS))
     ap.add_argument("--out", default="watermark_scores")
     ap.add_argument("--rerun", nargs="*", metavar="ATTACKER",
                     help="run only these attackers' cells again (none: only the tables); the "

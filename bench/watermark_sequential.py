@@ -22,7 +22,6 @@ scores. Writes bench/results/watermark_sequential.json.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -33,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import one_thread, show, write
+from _common import one_thread, seeds_and_rates, show, write
 from watermark_dawn import independent_models
 from watermark_scores import ADAPTIVE, ATTACKERS, BUDGET, theft
 
@@ -74,11 +73,7 @@ def cell(job: tuple[str, str, float, int]) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--victims", nargs="+", default=list(ATTACKERS), choices=list(ATTACKERS))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--rates", type=float, nargs="+", default=[0.005, 0.02])
-    ap.add_argument("--workers", type=int, default=2)
+    ap = seeds_and_rates(__doc__.split("\n")[0], list(ATTACKERS))
     args = ap.parse_args()
     jobs = [(v, a, r, s) for v in args.victims for a in ATTACKERS[v] for r in args.rates
             for s in args.seeds]
