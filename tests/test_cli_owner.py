@@ -210,13 +210,20 @@ def test_a_clone_made_over_http_is_traced_to_the_account_that_made_it(
                                       ["0", "1", "2"], "low": low, "high": high},
                             "audit_url": f"sqlite:///{tmp_path}/b.db", "tiers": {"t": {}}})
     key = served[0].store.create_key("t")[0]
+    moved_out = tmp_path / "moved.json"
     with live_app(create_app(served)) as client:
         r = runner.invoke(app, ["verify", "--suspect", str(client.base_url), "--suspect-key",
                                 key, "--config", str(cfg), "--controls", "100", "--json",
                                 str(out)])
+        # Moved copies over HTTP: they stay in the domain the suspect's gateway checks.
+        m = runner.invoke(app, ["verify", "--suspect", str(client.base_url), "--suspect-key",
+                                key, "--config", str(cfg), "--controls", "100", "--jitter",
+                                "0.005", "--json", str(moved_out)])
     for s in served:
         s.close()
     assert r.exit_code == 0, r.output
+    assert m.exit_code == 0, m.output
+    assert json.loads(moved_out.read_text())["matched"] == [thief_rec.key_id]
     fewer = json.loads(out.read_text())
     assert fewer["matched"] == [thief_rec.key_id]
     every = {a["key_id"]: a["control"] for a in found["accounts"]}  # every unmarked cell
