@@ -71,7 +71,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import show, write
+from _common import one_thread, show, write
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
@@ -307,7 +307,7 @@ def _run(args: Any) -> tuple[list[Any], list[Any], list[Any], list[int], list[st
     # Spawned workers: the victims were trained with PyTorch here, and a forked child of a
     # process whose intra-op thread pool has started can wait on it for ever.
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=one_thread) as pool:
         rows = []
         for r in pool.map(cell, jobs):
             rows.append(r)

@@ -7,6 +7,8 @@ arguments, ``fit`` validates and learns, learned state ends in ``_``, and ``pred
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,22 @@ from sklearn.utils.validation import check_array, check_is_fitted
 
 from modelshield.answer import FloatArray, IntArray
 from modelshield.errors import ConfigError
+
+
+@contextmanager
+def torch_threads(n: int = 1) -> Iterator[None]:
+    """Run the block with PyTorch's intra-op pool at ``n`` threads, then restore it.
+
+    A network's trained weights depend on how many threads summed its gradients (float
+    sums are not associative), so a model trained on a 2-core laptop and on a 64-core
+    server differ. Whatever must come out the same everywhere (the built-in victims, whose
+    figures docs quote) is trained under this; small networks lose nothing by it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class LinearClone(ClassifierMixin, BaseEstimator):  # type: ignore[misc]

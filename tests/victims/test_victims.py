@@ -70,6 +70,42 @@ def test_a_victim_whose_build_changed_is_built_again_not_loaded_from_the_cache(
     assert len(list(tmp_path.glob("victim-x-seed0*.joblib"))) == 2
 
 
+def test_a_network_victim_comes_out_the_same_whatever_the_threads_of_the_process_training_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A victim's weights must not depend on the machine's cores: the figures in docs are
+    measured on them. With two threads, digits-sized matrix products sum in another
+    order; the zoo trains on one, cached or not, and gives the process its threads back."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    from modelshield.models import TorchMLPClassifier
+    from modelshield.victims.zoo import ZooEntry, _cached_fit, _train
+
+    monkeypatch.setenv("MODELSHIELD_CACHE", str(tmp_path))
+    X, y = load_digits(return_X_y=True)
+    seen: list[int] = []
+
+    def train(split: object, seed: int) -> TorchMLPClassifier:
+        seen.append(torch.get_num_threads())
+        return TorchMLPClassifier((64, 64), n_classes=10, epochs=3, random_state=seed).fit(X, y)
+
+    entry = ZooEntry("a test entry", "digits", "mlp", train)
+    before = torch.get_num_threads()
+    try:
+        probs = []
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            probs.append(_train(entry, None, 0).predict_proba(X))  # type: ignore[arg-type]
+            assert torch.get_num_threads() == threads
+        torch.set_num_threads(2)
+        probs.append(_cached_fit("x", 0, entry, None).predict_proba(X))  # type: ignore[arg-type]
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 1, 1]
+    np.testing.assert_array_equal(probs[0], probs[1])
+    np.testing.assert_array_equal(probs[0], probs[2])
+
+
 def test_tree_node_ids_match_scikit_learn(victims: dict[str, Victim]) -> None:
     v = victims["digits-tree"]
     pred = v.predict(v.X_test)

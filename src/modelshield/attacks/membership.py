@@ -38,7 +38,7 @@ from scipy.stats import norm
 from modelshield.answer import Answer, FloatArray, IntArray
 from modelshield.attacks.base import Parametrized, Session
 from modelshield.errors import ConfigError
-from modelshield.models import make_estimator
+from modelshield.models import make_estimator, torch_threads
 from modelshield.oracle.base import Oracle
 from modelshield.registry import Registry
 
@@ -173,15 +173,9 @@ class ShadowSet:
 
 def _fit_shadow(recipe: str, X: FloatArray, y: IntArray, n_classes: int, seed: int,
                 targets: FloatArray, refs: FloatArray) -> tuple[FloatArray, FloatArray]:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small networks train faster on one thread per worker
-    try:
+    with torch_threads(1):  # small networks train faster on one thread per worker
         est = make_estimator(recipe, n_classes=n_classes, random_state=seed).fit(X, y)
         return _full_proba(est, targets, n_classes), _full_proba(est, refs, n_classes)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _full_proba(est: Any, X: FloatArray, n_classes: int) -> FloatArray:

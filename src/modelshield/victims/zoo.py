@@ -24,7 +24,7 @@ from sklearn.tree import DecisionTreeClassifier
 from modelshield.answer import ApiSpec, FloatArray
 from modelshield.data.datasets import Split, load_split
 from modelshield.errors import ConfigError
-from modelshield.models import make_estimator
+from modelshield.models import make_estimator, torch_threads
 from modelshield.registry import Registry
 from modelshield.victims.base import MembershipTask, SklearnAdapter, Victim
 from modelshield.victims.entangled import EntangledWatermark, embed_entangled
@@ -54,7 +54,7 @@ def load_victim(name: str, seed: int = 0, cache: bool = True) -> Victim:
     """Build (or load from the cache) the built-in victim ``name``."""
     entry = ZOO[name]
     split = _split(entry, seed)
-    estimator = _cached_fit(name, seed, entry, split) if cache else entry.train(split, seed)
+    estimator = _cached_fit(name, seed, entry, split) if cache else _train(entry, split, seed)
     spec = _spec(split, name, entry.kind)
     return Victim(
         name=name,
@@ -149,12 +149,17 @@ def _cached_fit(name: str, seed: int, entry: ZooEntry, split: Split) -> Any:
             return joblib.load(path)
         except Exception:  # a torn or stale file: rebuild it
             path.unlink(missing_ok=True)
-    estimator = entry.train(split, seed)
+    estimator = _train(entry, split, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     joblib.dump(estimator, tmp)
     tmp.replace(path)
     return estimator
+
+
+def _train(entry: ZooEntry, split: Split, seed: int) -> Any:
+    with torch_threads(1):  # the same weights on every machine (models.torch_threads)
+        return entry.train(split, seed)
 
 
 def _parameters(estimator: Pipeline) -> dict[str, FloatArray]:
@@ -306,23 +311,25 @@ for _name, _entry in {
         "ReLU MLP 64-64, digits, trained with an entangled watermark (EWE, Jia et al. 2021)",
         "digits", "mlp", _mlp_entangled("digits-mlp-ewe", (64, 64)), watermark="entangled",
         recipe="mlp:hidden=64-64,epochs=60",
-        revision=1),  # 1: decoys on any pair of classes
+        revision=2),  # 1: decoys on any pair of classes; 2: trained on one thread
     "synth-mlp-d20-ewe": ZooEntry(
         "ReLU MLP 64-64, synthetic d=20, 4 classes, trained with an entangled watermark (EWE)",
         "synthetic", "mlp", _mlp_entangled("synth-mlp-d20-ewe", (64, 64)),
         (("n_features", 20), ("n_classes", 4)), watermark="entangled",
         recipe="mlp:hidden=64-64,epochs=60",
-        revision=1),  # 1: decoys on any pair of classes
+        revision=2),  # 1: decoys on any pair of classes; 2: trained on one thread
     "tabular-mlp": ZooEntry(
         "ReLU MLP 256-256, no regularization, 1,000 rows of a 10-class tabular population: "
         "memorizes (membership inference)", "tabular", "mlp", _recipe(_OVERFIT),
-        fractions=_MI, recipe=_OVERFIT),
+        fractions=_MI, recipe=_OVERFIT, revision=1),  # 1: trained on one thread
     **{f"tabular-mlp-dp{eps}": ZooEntry(
         f"tabular-mlp's network trained by DP-SGD (Opacus), epsilon = {eps}, delta = 1e-5",
-        "tabular", "mlp", _recipe(_DP.format(eps)), fractions=_MI, recipe=_DP.format(eps))
+        "tabular", "mlp", _recipe(_DP.format(eps)), fractions=_MI, recipe=_DP.format(eps),
+        revision=1)
        for eps in (1, 4, 8)},
     "digits-mlp-overfit": ZooEntry(
         "ReLU MLP 256-256, no regularization, a quarter of digits: memorizes (membership "
-        "inference)", "digits", "mlp", _recipe(_OVERFIT), fractions=_MI, recipe=_OVERFIT),
+        "inference)", "digits", "mlp", _recipe(_OVERFIT), fractions=_MI, recipe=_OVERFIT,
+        revision=1),
 }.items():
     ZOO.add(_name, _entry)
