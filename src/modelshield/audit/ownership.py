@@ -180,16 +180,17 @@ def verify_sets(wm: ServeWatermark, sets: Sequence[tuple[Any, WatermarkSet]],
     for key, ws in marked:
         w, c = slice(at, at + len(ws.x)), slice(at_c, at_c + len(ws.control_x))
         at, at_c = at + len(ws.x), at_c + len(ws.control_x)
-        if scores is not None and c_scores is not None:  # scores on both, or labels
-            result = score_test(scores[w], c_scores[c], ws)
-            cuts = sequential_cuts(scores[w], c_scores[c], ws, True)
+        given: tuple[Any, Any] = (labels[w], c_labels[c])
+        has_scores = scores is not None and c_scores is not None  # on both, or labels
+        if scores is not None and c_scores is not None:
+            given = (scores[w], c_scores[c])
+            result = score_test(*given, ws)
         elif wm.k == 2:
-            result = control_test(labels[w], c_labels[c], ws)
-            cuts = sequential_cuts(labels[w], c_labels[c], ws, False)
+            result = control_test(*given, ws)
         else:
             result = label_test(labels[w], ws, wm.k)
-            cuts = sequential_cuts(labels[w], c_labels[c], ws, False) if with_control else []
         if with_control and ws.complete:  # every cell asked: the sequential test holds too
+            cuts = sequential_cuts(*given, ws, has_scores)
             result = replace(result, p_sequential=sequential_p(cuts, ws.rate))
         p_adj = min(1.0, result.p_value * n)
         report.accounts.append(AccountVerdict(key.key_id, key.owner, key.tier, ws.queries,

@@ -361,13 +361,22 @@ def sequential_cuts(suspect_w: Any, suspect_c: Any, ws: WatermarkSet, scores: bo
     or (``scores``) every class's score, on the watermarked cells and on the others."""
     if not scores:
         return [(np.asarray(suspect_w) == ws.labels, np.asarray(suspect_c) == ws.control_labels)]
+    r_w, r_c = leans(suspect_w, suspect_c, ws)
+    cuts = [(np.argmax(suspect_w, axis=1) == ws.labels,
+             np.argmax(suspect_c, axis=1) == ws.control_labels)]
+    return cuts + [(r_w >= c, r_c >= c) for c in SEQ_SHIFTS]
+
+
+def leans(suspect_w: FloatArray, suspect_c: FloatArray, ws: WatermarkSet
+          ) -> tuple[FloatArray, FloatArray]:
+    """How far a suspect's scores lean toward the watermark's label beyond our model, on
+    the watermarked cells and on the others: its log-odds of that label against our
+    model's, minus our model's own (what both score tests read)."""
     r_w = log_odds(np.asarray(suspect_w, dtype=np.float64), ws.labels, ws.model_labels) \
         - ws.model_odds
     r_c = log_odds(np.asarray(suspect_c, dtype=np.float64), ws.control_labels,
                    ws.control_model_labels) - ws.control_model_odds
-    cuts = [(np.argmax(suspect_w, axis=1) == ws.labels,
-             np.argmax(suspect_c, axis=1) == ws.control_labels)]
-    return cuts + [(r_w >= c, r_c >= c) for c in SEQ_SHIFTS]
+    return r_w, r_c
 
 
 def score_test(suspect_probabilities: FloatArray, suspect_control: FloatArray,
@@ -390,9 +399,7 @@ def score_test(suspect_probabilities: FloatArray, suspect_control: FloatArray,
     exact or conservative. Like the control test, it is exact when the account's choice
     of queries does not depend on the answers it got.
     """
-    r_w = log_odds(suspect_probabilities, ws.labels, ws.model_labels) - ws.model_odds
-    r_c = log_odds(suspect_control, ws.control_labels, ws.control_model_labels) \
-        - ws.control_model_odds
+    r_w, r_c = leans(suspect_probabilities, suspect_control, ws)
     m, n = len(r_w), len(r_w) + len(r_c)
     top_w = np.argmax(suspect_probabilities, axis=1)
     named_w = top_w == ws.labels
