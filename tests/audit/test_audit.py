@@ -339,3 +339,44 @@ def test_a_tier_from_a_gateway_config_is_audited_as_deployed(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="tier 'gold' is not in"):
         load_scenario({**SMALL, "defenses": [{"name": "x", "config": str(gateway),
                                               "tier": "gold"}]})
+
+
+def test_a_steered_attack_is_traced_by_the_sequential_test() -> None:
+    """An active learner picks its next rows by the answers it got, marked ones included,
+    so the score test's null (the marked cells a blind draw from the key's cells) does not
+    hold for it. Its clones are traced by the sequential test, on every cell the key sent;
+    a knockoff's, whose rows are drawn before it asks, keep the exact score test."""
+    from functools import partial
+
+    from modelshield.attacks import ATTACKS
+    from modelshield.audit.evaluate import run_cell
+    from modelshield.audit.ownership import account_sets, estimator_answer, verify_sets
+    from modelshield.audit.runner import TIER, _trace, shield_for
+    from modelshield.audit.scenario import Defense, Target
+    from modelshield.oracle import ShieldOracle
+    from modelshield.victims import load_victim
+
+    assert ATTACKS["active"]().steered and ATTACKS["jacobian"]().steered
+    assert ATTACKS["label-only"](method="adaptive").steered
+    assert not ATTACKS["label-only"](method="retraining").steered
+    assert not ATTACKS["knockoff"](votes=3).steered
+    victim = load_victim("breast-cancer-lr")
+    defense = Defense.model_validate({"name": "marked", "watermark": {"rate": 0.05}})
+    with shield_for(defense, victim) as shield:
+        key = shield.store.create_key(TIER, key_id="5eed0000abcd")[0]
+        result = run_cell(victim, "active", "marked", 400, 0, 0.0, {},
+                          oracle=ShieldOracle(shield, key, budget=400))
+        assert result.status == "ok" and (result.fidelity_test or 0.0) >= 0.9
+        target = Target.model_validate({"victim": "breast-cancer-lr"})
+        plain = _trace(shield, victim, target, result, steered=False)
+        steered = _trace(shield, victim, target, result, steered=True)
+        wm = shield.watermarks[TIER]
+        sets = account_sets(wm, shield.store, victim.model, shield.spec.name,
+                            shield.store.list_keys(), controls=sys.maxsize)
+        assert len(sets) == 1 and sets[0][1].complete and len(sets[0][1].x) > 0
+        [verdict] = verify_sets(wm, sets, partial(estimator_answer, result.clone, wm.k),
+                                "clone").accounts
+    assert verdict.result.p_sequential is not None
+    assert plain is not None and steered is not None
+    assert plain[-1] == [result.queries, verdict.p_adjusted]
+    assert steered[-1] == [result.queries, min(1.0, verdict.result.p_sequential)]

@@ -153,6 +153,16 @@ class Attack(Parametrized, ABC):
             parameters=params, checkpoints=session.checkpoints, info=info,
         )
 
+    @property
+    def steered(self) -> bool:
+        """Whether the rows it sends depend on the answers it got (an active learner's do).
+        Against such an account a serve-time watermark's score and control tests are not
+        exact (they assume the marked cells are a blind draw from the account's cells);
+        the audit traces its clones with the sequential test instead
+        (:func:`modelshield.defenses.watermark.sequential_p`). True unless an attack
+        that draws its rows before asking says otherwise."""
+        return True
+
     @abstractmethod
     def extract(
         self, session: Session, pool: FloatArray | None, rng: np.random.Generator

@@ -77,6 +77,10 @@ class Knockoff(Attack):
         check_labels(self.labels)
         check_student(self.student, self.labels)
 
+    @property
+    def steered(self) -> bool:
+        return False  # every row is drawn before the first answer (votes repeat them)
+
     def extract(self, session: Session, pool: FloatArray | None,
                 rng: np.random.Generator) -> tuple[Any, None, dict[str, Any]]:
         spec = session.spec

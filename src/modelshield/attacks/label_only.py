@@ -52,6 +52,10 @@ class LabelOnly(Attack):
         if self.rounds < 1:
             raise ConfigError.invalid("rounds", "an integer >= 1", self.rounds)
 
+    @property
+    def steered(self) -> bool:
+        return self.method != "retraining"  # the baseline draws every row at once
+
     def extract(self, session: Session, pool: FloatArray | None,
                 rng: np.random.Generator) -> tuple[Any, dict[str, FloatArray] | None, dict[str, Any]]:
         if self.method == "lowd-meek":

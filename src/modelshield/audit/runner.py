@@ -17,6 +17,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ import numpy as np
 
 import modelshield
 from modelshield.answer import Answer, FloatArray
+from modelshield.attacks import ATTACKS
 from modelshield.audit.evaluate import run_cell
 from modelshield.audit.scenario import Benign, Defense, Scenario, Target
 from modelshield.defenses.config import load_config
@@ -134,8 +136,9 @@ def shield_for(defense: Defense, victim: Victim, clock: Any = None) -> Iterator[
 
 # -- cells ---------------------------------------------------------------------------------
 # What a cell's result holds; raised when it gains a field (2: each clone's watermark trace,
-# and accounts with key ids seeded by the cell), so cached cells of before are run again.
-CELL_FORMAT = 2
+# and accounts with key ids seeded by the cell; 3: steered attacks traced by the sequential
+# test), so cached cells of before are run again.
+CELL_FORMAT = 3
 
 
 def plan(scenario: Scenario) -> list[dict[str, Any]]:
@@ -237,7 +240,9 @@ def _attack_cell(cell: dict[str, Any], target: Target, defense: Defense,
                               attacker.kwargs, oracle=oracle, label=defense.name)
             first_flag = oracle.first_flag
             waited = None if pacer is None else pacer.waited
-            trace = _trace(shield, victim, target, result) if result.status == "ok" else None
+            steered = ATTACKS[attacker.attack](random_state=seed, **attacker.kwargs).steered
+            trace = _trace(shield, victim, target, result, steered) \
+                if result.status == "ok" else None
     if result.status == "blocked" and result.queries > 0 and not target.remote:
         # The attacker keeps what it was told before the block: score the clone it can make
         # from that many queries under the same output policy.
@@ -264,7 +269,8 @@ def _attack_cell(cell: dict[str, Any], target: Target, defense: Defense,
     return out
 
 
-def _trace(shield: Any, victim: Victim, target: Target, result: Any) -> list[list[float]] | None:
+def _trace(shield: Any, victim: Victim, target: Target, result: Any, steered: bool = False
+           ) -> list[list[float]] | None:
     """[queries, p] for each clone of the cell that reached 90% fidelity (the attack's
     checkpoints and its final clone), tested against the watermarks that mark what the
     attacker learnt from:
@@ -272,7 +278,11 @@ def _trace(shield: Any, victim: Victim, target: Target, result: Any) -> list[lis
     - the tier's serve-time watermark: every attacker key's watermark set rebuilt from the
       cell's audit log and the secret, as ``modelshield verify`` does, and with several
       keys also their sets together (an attacker who spread its queries leaves a share of
-      its marks on each key); the smallest p-value, times the number of tests;
+      its marks on each key); the smallest p-value, times the number of tests. Against an
+      attack whose rows follow its answers (``Attack.steered``: an active learner, a
+      boundary search) the score and control tests are not exact, so its clones are traced
+      by the sequential test instead, which holds whatever the rows depended on; it needs
+      every cell the key sent, so no control is cut;
     - a built-in victim's train-time watermark (trigger set or entangled), when it has one.
 
     With both, the smaller p-value times 2. None: nothing marks this target's answers.
@@ -283,8 +293,9 @@ def _trace(shield: Any, victim: Victim, target: Target, result: Any) -> list[lis
     from modelshield.victims.zoo import ZOO, train_mark
 
     wm = shield.watermarks.get(TIER)
+    every_cell = {"controls": sys.maxsize} if steered else {}
     sets = [] if wm is None else account_sets(wm, shield.store, victim.model, shield.spec.name,
-                                              shield.store.list_keys())
+                                              shield.store.list_keys(), **every_cell)
     marked = [(key, ws) for key, ws in sets if len(ws.x)]
     if len(marked) > 1:
         every = SimpleNamespace(key_id="+".join(k.key_id for k, _ in marked), owner="",
@@ -306,11 +317,23 @@ def _trace(shield: Any, victim: Victim, target: Target, result: Any) -> list[lis
         p = []
         if sets:
             report = verify_sets(wm, sets, partial(estimator_answer, clone, wm.k), "clone")
-            p.append(min((a.p_adjusted for a in report.accounts), default=1.0))
+            p.append(min((_account_p(a, len(report.accounts), steered)
+                          for a in report.accounts), default=1.0))
         if mark is not None:
             p.append(_train_time_p(mark, clone))
         out.append([queries, min(1.0, min(p) * len(p))])
     return out
+
+
+def _account_p(verdict: Any, accounts: int, steered: bool) -> float:
+    """One account's p-value in a trace, adjusted for the accounts tested: the sequential
+    test's for a steered attack (where the clone gave no scores and has three classes or
+    more there is none, and the label test, whose watermark label is a fresh draw at each
+    cell, stands), the exact test's otherwise."""
+    seq = verdict.result.p_sequential
+    if steered and seq is not None:
+        return min(1.0, float(seq) * accounts)
+    return float(verdict.p_adjusted)
 
 
 def _train_time_p(mark: Any, clone: Any) -> float:
