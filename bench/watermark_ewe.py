@@ -3,7 +3,7 @@
     python bench/watermark_ewe.py                 # 4 victims x 6 attacks x seeds 0-2:
                                                   # about 45 minutes on 2 cores
     python bench/watermark_ewe.py --victims digits-mlp-ewe synth-mlp-d20-ewe
-                                                  # the committed run (seeds 0-2): 40 min
+                                                  # the committed run (seeds 0-2): 20 min
     python bench/watermark_ewe.py --ablation      # also: what the entangling buys
     python bench/watermark_ewe.py --quick         # seed 0, three attacks
 
@@ -21,7 +21,11 @@ attack through it (1,000 queries), and tests the one clone against both watermar
 * the serve-time one (DAWN): the key's watermark set is rebuilt from the audit log and the
   secret (``modelshield.audit.ownership``), p <= 1e-3 names it; tested on the clone's
   labels (``dawn_p``) and, where it has scores, on them (``dawn_p_scores``, the score test
-  ``verify`` uses for such a suspect).
+  ``verify`` uses for such a suspect; ``dawn_p_sequential``, the sequential test, which
+  holds whatever the attack's rows depended on). ``dawn_p_audit`` is the one the audit's
+  "traced" column reads: the sequential test's for an attack whose rows follow its
+  answers (``steered``: active learning, label-only line search, Jacobian), the score
+  test's otherwise.
 
 Attacks: knockoff (synthetic queries, student and labels chosen on held-out answers),
 knockoff-pool (natural rows), knockoff-hard (natural rows, labels only), active learning,
@@ -91,6 +95,14 @@ LEVELS = {"95%": 0.05, "1e-6": 1e-6, "2^-64": 2.0 ** -64}
 SECRET = "bench-watermark-secret-0123456789"
 
 
+def _steered(name: str) -> bool:
+    """Whether the attack's rows follow its answers (``Attack.steered``)."""
+    from modelshield.attacks import ATTACKS
+
+    attack, kw = ATTACKS_RUN[name]
+    return bool(ATTACKS[attack](**kw).steered)
+
+
 def _attack(name: str, oracle: Any, pool: Any, seed: int) -> Any:
     from modelshield.attacks import ATTACKS
 
@@ -154,6 +166,8 @@ def cell(job: tuple[str, str, int]) -> dict[str, Any]:
         control_test,
         label_test,
         score_test,
+        sequential_cuts,
+        sequential_p,
         watermark_set,
     )
     from modelshield.oracle import ShieldOracle
@@ -184,17 +198,24 @@ def cell(job: tuple[str, str, int]) -> dict[str, Any]:
         dawn_p = label_test(clone.predict(ws.x), ws, k).p_value
     else:
         dawn_p = control_test(clone.predict(ws.x), clone.predict(ws.control_x), ws).p_value
-    dawn_scores = None  # the score test, as verify tests a suspect that gives scores
-    if len(ws.x) and hasattr(clone, "predict_proba"):
-        dawn_scores = score_test(
-            estimator_answer(clone, k, ws.x).probabilities,
-            estimator_answer(clone, k, ws.control_x).probabilities if len(ws.control_x)
-            else np.zeros((0, k)), ws).p_value
+    dawn_scores = dawn_seq = None  # the score test, as verify tests a suspect with scores,
+    if len(ws.x) and hasattr(clone, "predict_proba"):  # and the sequential test beside it
+        on_w = estimator_answer(clone, k, ws.x).probabilities
+        on_c = estimator_answer(clone, k, ws.control_x).probabilities if len(ws.control_x) \
+            else np.zeros((0, k))
+        dawn_scores = score_test(on_w, on_c, ws).p_value
+        if ws.complete:
+            dawn_seq = sequential_p(sequential_cuts(on_w, on_c, ws, True), ws.rate)
+    steered = _steered(attacker)
     marks = train_mark(name, seed)
     return {"victim": name, "attacker": attacker, "seed": seed, "queries": e.queries,
             "fidelity": fidelity, "dawn_p": dawn_p, "dawn_named": dawn_p <= ALPHA,
             "dawn_p_scores": dawn_scores,
             "dawn_named_scores": dawn_scores is not None and dawn_scores <= ALPHA,
+            "dawn_p_sequential": dawn_seq, "steered": steered,
+            # what the audit reads: the sequential test for an attack whose rows follow
+            # its answers, the exact score test for one whose rows were drawn blind
+            "dawn_p_audit": dawn_seq if steered else dawn_scores,
             "watermark": "entangled" if name.endswith("-ewe") else "trigger set",
             **_mark_row(marks, clone.predict)}
 
@@ -313,7 +334,8 @@ def _run(args: Any) -> tuple[list[Any], list[Any], list[Any], list[int], list[st
             rows.append(r)
             print(f"[{len(rows)}/{len(jobs)}] {r['victim']} {r['attacker']} seed {r['seed']}: "
                   f"fidelity {r['fidelity']:.3f}, train-time p {r['mark_p']:.2g}, "
-                  f"DAWN p {r['dawn_p']:.2g} (scores {r['dawn_p_scores'] or 1:.2g})",
+                  f"DAWN p {r['dawn_p']:.2g} (scores {r['dawn_p_scores'] or 1:.2g}, "
+                  f"sequential {r['dawn_p_sequential'] or 1:.2g})",
                   flush=True)
         nulls = []
         for n in pool.map(independent, [(v, s) for v in ewe for s in seeds]):
@@ -400,11 +422,11 @@ def main() -> None:
         rows, nulls, abl, seeds, attacks = _run(args)
     show("each clone against the train-time and the serve-time watermark (p <= 1e-3 names)",
          ["victim", "attack", "seed", "fidelity", "train-time", "success", "p",
-          "queries to 95%", "to 1e-6", "to 2^-64", "DAWN p", "on scores"],
+          "queries to 95%", "to 1e-6", "to 2^-64", "DAWN p", "on scores", "sequential"],
          [[r["victim"], r["attacker"], r["seed"], r["fidelity"], r["watermark"],
            r.get("mark_success", r["mark_matches"] / r["mark_inputs"]), r["mark_p"],
            r.get("queries_95%"), r.get("queries_1e-6"), r.get("queries_2^-64"), r["dawn_p"],
-           r.get("dawn_p_scores")] for r in rows])
+           r.get("dawn_p_scores"), r.get("dawn_p_sequential")] for r in rows])
     summary = []
     for v in args.victims:
         for a in attacks:
@@ -421,6 +443,7 @@ def main() -> None:
                 "dawn_named": sum(r["dawn_named"] for r in sel),
                 "dawn_named_scores": sum(r.get("dawn_named_scores", False) for r in sel),
                 "dawn_traced_scores": sum((r.get("dawn_p_scores") or 1) <= 1e-6 for r in sel),
+                "dawn_traced_audit": sum((r.get("dawn_p_audit") or 1) <= 1e-6 for r in sel),
                 "success": float(np.mean([r.get("mark_success", r["mark_matches"]
                                                  / r["mark_inputs"]) for r in sel])),
                 "max_queries_95": None if None in q95 or not q95 else max(
@@ -428,11 +451,12 @@ def main() -> None:
     show("side by side: runs in which each watermark names the clone (p <= 1e-3)",
          ["victim", "attack", "fidelity", "train-time named", "(family null alone)",
           "largest p", "watermark success", "most queries to 95%", "DAWN named",
-          "on scores", "traced on scores"],
+          "on scores", "traced on scores", "traced as the audit traces"],
          [[s["victim"], s["attacker"], s["fidelity"], f"{s['train_time_named']}/{s['runs']}",
            f"{s['family_null_named']}/{s['runs']}", s["max_p"], s["success"],
            s["max_queries_95"], f"{s['dawn_named']}/{s['runs']}",
-           f"{s['dawn_named_scores']}/{s['runs']}", f"{s['dawn_traced_scores']}/{s['runs']}"]
+           f"{s['dawn_named_scores']}/{s['runs']}", f"{s['dawn_traced_scores']}/{s['runs']}",
+           f"{s['dawn_traced_audit']}/{s['runs']}"]
           for s in summary])
     tested = [m for n in nulls for m in n["models"]]
     show("models built without the entangled watermark",
