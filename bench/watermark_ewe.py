@@ -24,7 +24,7 @@ attack through it (1,000 queries), and tests the one clone against both watermar
   ``verify`` uses for such a suspect; ``dawn_p_sequential``, the sequential test, which
   holds whatever the attack's rows depended on). ``dawn_p_audit`` is the one the audit's
   "traced" column reads: the sequential test's for an attack whose rows follow its
-  answers (``steered``: active learning, label-only line search, Jacobian), the score
+  answers (``steered``: active learning, label-only adaptive retraining, Jacobian), the score
   test's otherwise.
 
 Attacks: knockoff (synthetic queries, student and labels chosen on held-out answers),
