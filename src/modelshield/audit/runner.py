@@ -326,10 +326,9 @@ def _trace(shield: Any, victim: Victim, target: Target, result: Any, steered: bo
 
 
 def _account_p(verdict: Any, accounts: int, steered: bool) -> float:
-    """One account's p-value in a trace, adjusted for the accounts tested: the sequential
-    test's for a steered attack (where the clone gave no scores and has three classes or
-    more there is none, and the label test, whose watermark label is a fresh draw at each
-    cell, stands), the exact test's otherwise."""
+    """One account's p-value in a trace, adjusted for the accounts tested. For a steered
+    attack, the sequential test's. Otherwise, and where the sequential test did not run (a
+    clone that gives labels only, with three classes or more), the exact test's."""
     seq = verdict.result.p_sequential
     if steered and seq is not None:
         return min(1.0, float(seq) * accounts)
