@@ -317,17 +317,24 @@ def strata_tail(parts: Sequence[tuple[int, int]], in_w: np.ndarray, in_c: np.nda
     return float(min(1.0, pmf[hits:].sum()))
 
 
-SEQ_SHIFTS = (0.25, 0.5, 1.0, 2.0, 4.0)  # sequential_p's cells: leaning this far, or more
-SEQ_BETS = (0.05, 0.1, 0.2, 0.4, 0.8)  # and its bets on a mark in each of them
+# sequential_p's cells: leaning this far (log-odds), or more, beyond our model; and its bets
+# on a mark in each of them. A student less sure than our model leans several units on
+# every cell (the digits MLP's clones: a median of 1.2 and a 99th percentile of 9 on the
+# unmarked cells), its marks 8 to 30, so the cuts reach 16. Chosen on the thieves' seeds
+# 3-5 and the grid before it (shifts to 4, bets to 0.8) by bench/watermark_sequential_tune.py.
+SEQ_SHIFTS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 12.0, 16.0)
+SEQ_BETS = (0.05, 0.1, 0.2, 0.4, 0.8, 0.95)
 
 
-def sequential_p(cuts: Sequence[tuple[np.ndarray, np.ndarray]], rate: float) -> float:
+def sequential_p(cuts: Sequence[tuple[np.ndarray, np.ndarray]], rate: float,
+                 bets: Sequence[float] = SEQ_BETS) -> float:
     """A p-value that holds whatever the account's queries depended on: 1 / the e-value
     of :func:`sequential_log_e`, at most 1 (Ville's inequality)."""
-    return float(min(1.0, np.exp(-sequential_log_e(cuts, rate))))
+    return float(min(1.0, np.exp(-sequential_log_e(cuts, rate, bets))))
 
 
-def sequential_log_e(cuts: Sequence[tuple[np.ndarray, np.ndarray]], rate: float) -> float:
+def sequential_log_e(cuts: Sequence[tuple[np.ndarray, np.ndarray]], rate: float,
+                     bets: Sequence[float] = SEQ_BETS) -> float:
     """The log of an e-value against the null that the suspect is blind to the marks.
 
     Each cell's mark is a fresh keyed draw, made with chance ``rate`` when the account first
@@ -338,7 +345,7 @@ def sequential_log_e(cuts: Sequence[tuple[np.ndarray, np.ndarray]], rate: float)
     each multiplies it by ``1 + nu (1 - rate) / rate`` at a mark and by ``1 - nu`` at any
     other cell: a nonnegative martingale of mean 1 under the null, in the order the cells
     were first sent, so their product at the end is an e-value whatever that order was.
-    The mean over the cuts and the bets (``SEQ_BETS``) is one too. It needs every cell the
+    The mean over the cuts and the bets (each in [0, 1)) is one too. It needs every cell the
     account sent, marked or not (a control cut to fewer would over-weight the marks), and
     the marks' chance: with neither, 0 (e = 1).
     """
@@ -348,23 +355,23 @@ def sequential_log_e(cuts: Sequence[tuple[np.ndarray, np.ndarray]], rate: float)
     for in_w, in_c in cuts:
         h = int(np.sum(in_w))
         n = h + int(np.sum(in_c))
-        for nu in SEQ_BETS:
+        for nu in bets:
             logs.append(h * np.log1p(nu * (1 - rate) / rate) + (n - h) * np.log1p(-nu))
     return float(special.logsumexp(logs) - np.log(len(logs)))
 
 
-def sequential_cuts(suspect_w: Any, suspect_c: Any, ws: WatermarkSet, scores: bool
-                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+def sequential_cuts(suspect_w: Any, suspect_c: Any, ws: WatermarkSet, scores: bool,
+                    shifts: Sequence[float] = SEQ_SHIFTS) -> list[tuple[np.ndarray, np.ndarray]]:
     """The cells :func:`sequential_p` bets on, each picked by the suspect's answer there
     alone: where it names the watermark's label, and (with scores) where it leans at least
-    each of ``SEQ_SHIFTS`` beyond our model toward it. suspect_w, suspect_c: its labels,
+    each of ``shifts`` beyond our model toward it. suspect_w, suspect_c: its labels,
     or (``scores``) every class's score, on the watermarked cells and on the others."""
     if not scores:
         return [(np.asarray(suspect_w) == ws.labels, np.asarray(suspect_c) == ws.control_labels)]
     r_w, r_c = leans(suspect_w, suspect_c, ws)
     cuts = [(np.argmax(suspect_w, axis=1) == ws.labels,
              np.argmax(suspect_c, axis=1) == ws.control_labels)]
-    return cuts + [(r_w >= c, r_c >= c) for c in SEQ_SHIFTS]
+    return cuts + [(r_w >= c, r_c >= c) for c in shifts]
 
 
 def leans(suspect_w: FloatArray, suspect_c: FloatArray, ws: WatermarkSet
