@@ -137,8 +137,8 @@ def shield_for(defense: Defense, victim: Victim, clock: Any = None) -> Iterator[
 # -- cells ---------------------------------------------------------------------------------
 # What a cell's result holds; raised when it gains a field (2: each clone's watermark trace,
 # and accounts with key ids seeded by the cell; 3: steered attacks traced by the sequential
-# test), so cached cells of before are run again.
-CELL_FORMAT = 3
+# test; 4: its grid reaching 16 log-odds), so cached cells of before are run again.
+CELL_FORMAT = 4
 
 
 def plan(scenario: Scenario) -> list[dict[str, Any]]:
@@ -289,13 +289,13 @@ def _trace(shield: Any, victim: Victim, target: Target, result: Any, steered: bo
     """
     from modelshield.audit.analysis import CLONE
     from modelshield.audit.ownership import account_sets, estimator_answer, verify_sets
-    from modelshield.defenses.watermark import joint_set
+    from modelshield.defenses.watermark import MAX_CONTROL, joint_set
     from modelshield.victims.zoo import ZOO, train_mark
 
     wm = shield.watermarks.get(TIER)
-    every_cell = {"controls": sys.maxsize} if steered else {}
+    controls = sys.maxsize if steered else MAX_CONTROL
     sets = [] if wm is None else account_sets(wm, shield.store, victim.model, shield.spec.name,
-                                              shield.store.list_keys(), **every_cell)
+                                              shield.store.list_keys(), controls)
     marked = [(key, ws) for key, ws in sets if len(ws.x)]
     if len(marked) > 1:
         every = SimpleNamespace(key_id="+".join(k.key_id for k, _ in marked), owner="",
