@@ -35,7 +35,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
-from _common import show, write
+from _common import one_thread, show, write
 from knockoff_vs_art import build, candidates, ours
 
 VARIANTS = ("knockoff", "active", "active, ranking floor 0.01", "active, random")
@@ -87,7 +87,7 @@ def main() -> None:
     variants = ["knockoff", *[v for v in args.variants if v != "knockoff"]]
     jobs = [(f, d, s, args.budgets, variants)
             for f in args.families for d in args.data for s in args.seeds]
-    with ProcessPoolExecutor(args.workers) as pool:
+    with ProcessPoolExecutor(args.workers, initializer=one_thread) as pool:
         rows = [r for rs in pool.map(cell, jobs) for r in rs]
     summary = []
     for family in args.families:

@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import show, write
+from _common import one_thread, show, write
 
 from modelshield.data.honest import ARCHETYPES, honest_accounts
 from modelshield.defenses.detectors import without_uncalibrated
@@ -133,7 +133,7 @@ def main() -> None:
     args = parser.parse_args()
     jobs = [(m, s, args.accounts) for s in args.seeds for m in args.models]
     results = []
-    with ProcessPoolExecutor(args.workers) as pool:
+    with ProcessPoolExecutor(args.workers, initializer=one_thread) as pool:
         for r in pool.map(run, jobs):
             worst = max(v["suspended"] for v in r["by_archetype"].values())
             print(f"{r['model']:>16} seed {r['seed']}: worst archetype {worst}/{args.accounts} "

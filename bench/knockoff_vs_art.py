@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import show, write
+from _common import one_thread, show, write
 
 FAMILIES = ("logistic", "mlp", "deep-mlp", "tree", "boosting")
 DATA = ("breast-cancer", "digits", "synthetic")
@@ -285,7 +285,7 @@ def main() -> None:
     jobs = [(f, d, s, args.budgets, s in ablate, earlier.get((f, d, s), {}),
              mine.get((f, d, s), {}), whole.get((f, d, s), {}))
             for f in args.families for d in args.data for s in args.seeds]
-    with ProcessPoolExecutor(args.workers) as pool:
+    with ProcessPoolExecutor(args.workers, initializer=one_thread) as pool:
         runs = [r for rows in pool.map(cell, jobs) for r in rows]
     families = list(args.families)
     if args.keep_from is not None:

@@ -30,7 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
-from _common import show, write
+from _common import one_thread, show, write
 from knockoff_vs_art import build, candidates, ours
 
 VARIANTS = {"annealed": ("cosine",), "constant": ("constant",),
@@ -74,7 +74,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     jobs = [(f, d, s, args.budgets) for f in args.families for d in args.data for s in args.seeds]
-    with ProcessPoolExecutor(args.workers) as pool:
+    with ProcessPoolExecutor(args.workers, initializer=one_thread) as pool:
         runs = [r for rows in pool.map(cell, jobs) for r in rows]
     summary = []
     for f in args.families:

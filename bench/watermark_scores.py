@@ -47,7 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import RESULTS, seeds_and_rates, show, watermarked_theft, write
+from _common import RESULTS, one_thread, seeds_and_rates, show, watermarked_theft, write
 from watermark_dawn import independent_models
 
 ATTACKERS: dict[str, dict[str, dict[str, Any]]] = {
@@ -146,7 +146,8 @@ def main() -> None:
         rows = [r for r in kept if r["attacker"] not in args.rerun
                 and r["victim"] in args.victims]
     # spawn: a forked worker can hang on the parent's OpenMP threads
-    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=one_thread) as pool:
         for i, r in enumerate(pool.map(cell, jobs), 1):
             rows.append(r)
             print(f"[{i}/{len(jobs)}] {r['victim']} {r['attacker']} rate {r['rate']} "
