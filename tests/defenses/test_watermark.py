@@ -427,6 +427,9 @@ def test_the_sequential_e_value_has_mean_one_and_its_p_value_holds(rate: float) 
     for a in (0.2, 0.05, 1e-3, 1e-6):
         assert pmf[p <= a].sum() <= a
     assert p[0] == 1.0 and p[-1] < 1e-6  # every cell marked: the bets pay
+    for bets in ([0.5, 1.0], [-0.1], []):  # all in: one unmarked cell would lose everything
+        with pytest.raises(ValueError, match="bets"):
+            sequential_log_e(cut(1), rate, bets)
 
 
 def test_the_sequential_test_holds_for_an_account_that_follows_its_answers() -> None:

@@ -350,6 +350,8 @@ def sequential_log_e(cuts: Sequence[tuple[np.ndarray, np.ndarray]], rate: float,
     account sent, marked or not (a control cut to fewer would over-weight the marks), and
     the marks' chance: with neither, 0 (e = 1).
     """
+    if not all(0 <= nu < 1 for nu in bets) or not bets:
+        raise ValueError(f"bets: each a share of the wealth in [0, 1), got {list(bets)}")
     if not 0 < rate < 1 or not cuts:
         return 0.0
     logs = []
