@@ -2,7 +2,7 @@
 be bet on, and how much is bet), chosen on the thieves' seeds that the reported tables do
 not use.
 
-    python bench/watermark_sequential_tune.py               # seeds 3-5: about 8 minutes
+    python bench/watermark_sequential_tune.py               # seeds 3-5: about 5 minutes
     python bench/watermark_sequential_tune.py --seeds 3 --victims breast-cancer-lr
 
 The cells are ``watermark_scores.py``'s (victims, attackers, rates 0.5% and 2%, 1,000
