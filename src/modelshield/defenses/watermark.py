@@ -319,9 +319,9 @@ def strata_tail(parts: Sequence[tuple[int, int]], in_w: np.ndarray, in_c: np.nda
 
 # sequential_p's cells: leaning this far (log-odds), or more, beyond our model; and its bets
 # on a mark in each of them. A student less sure than our model leans by several units on
-# every cell (the digits MLP's knockoff clones: a median of 1.2 and a 99th percentile of 9 on the
-# unmarked cells, most marks 8 to 30), so the cuts reach 16. Chosen among six grids, the
-# one before (shifts to 4, bets to 0.8) included, on the thieves' seeds 3-5:
+# every cell (the digits MLP's knockoff clones: a median of 1.2 and a 99th percentile of 9
+# on the unmarked cells, most marks 8 to 30), so the cuts reach 16. Chosen among six
+# grids, the one before (shifts to 4, bets to 0.8) included, on the thieves' seeds 3-5:
 # bench/watermark_sequential_tune.py.
 SEQ_SHIFTS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 12.0, 16.0)
 SEQ_BETS = (0.05, 0.1, 0.2, 0.4, 0.8, 0.95)
