@@ -4,13 +4,10 @@ import pytest
 
 from modelshield.victims import Victim, load_victim
 
-
-@pytest.fixture(scope="session", autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Build the zoo once per session, in a temporary cache (never the user's)."""
-    import os
-
-    os.environ["MODELSHIELD_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+# Built models come from the build cache (victims/cache.py): ``$MODELSHIELD_CACHE``, else
+# ``~/.cache/modelshield``, shared with the CLI and CI. Each artifact is named by the code
+# that builds it and the library versions, so a stale model is never loaded, and the second
+# run of the suite builds nothing. Tests that check building itself use a folder of their own.
 
 
 @pytest.fixture(scope="session")

@@ -67,7 +67,7 @@ def test_a_victim_whose_build_changed_is_built_again_not_loaded_from_the_cache(
     newer = replace(entry, revision=1)
     assert _cached_fit("x", 0, newer, None) == {"build": 2}  # type: ignore[arg-type]
     assert _cached_fit("x", 0, newer, None) == {"build": 2}  # type: ignore[arg-type]
-    assert len(list(tmp_path.glob("victim-x-seed0*.joblib"))) == 2
+    assert len(list(tmp_path.glob("victims/x-seed0*.joblib"))) == 2
 
 
 def test_a_network_victim_comes_out_the_same_whatever_the_threads_of_the_process_training_it(

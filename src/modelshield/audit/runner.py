@@ -347,6 +347,11 @@ def _train_time_p(mark: Any, clone: Any) -> float:
     return float(mark.test(labels).p_value)
 
 
+SHADOW_BUILDER = ("modelshield.models", "modelshield.attacks.membership",
+                  "modelshield.audit.privacy")
+"""The modules whose code trains shadow models: a change to one trains them again."""
+
+
 def _privacy_cell(cell: dict[str, Any], target: Target, defense: Defense) -> dict[str, Any]:
     """Membership inference through one defense: each attack with a fresh key of the tier.
 
@@ -357,14 +362,15 @@ def _privacy_cell(cell: dict[str, Any], target: Target, defense: Defense) -> dic
     from modelshield.audit.scenario import Privacy
     from modelshield.oracle import ShieldOracle
     from modelshield.store import seeded_key_id
-    from modelshield.victims.zoo import cache_dir
+    from modelshield.victims.cache import build_tag, cache_dir
 
     privacy = Privacy.model_validate(cell["privacy"])
     victim, task = privacy_task(target, privacy)
     seed, price = cell["seed"], cell["price_per_1k"]
     shadow_key = hashlib.sha256(json.dumps(
         [cell["target"], cell["target_files"], cell.get("privacy_file"), seed, privacy.recipe,
-         task.recipe, privacy.shadows, privacy.train_size, cell["version"]],
+         task.recipe, privacy.shadows, privacy.train_size, cell["version"],
+         build_tag(*SHADOW_BUILDER)],
         sort_keys=True, default=str).encode()).hexdigest()[:20]
     specs = privacy.parsed()
     common: dict[str, Any] = {

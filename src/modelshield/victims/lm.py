@@ -4,7 +4,8 @@ The text is the Python standard library's own sources, which ship with every int
 nothing is downloaded. A byte-level BPE tokenizer (``tokenizers``) is trained on it once. Each
 victim is a ``transformers`` GPT-2 model with tied input and output embeddings; the output
 projection W (vocabulary x hidden) is what logit-stealing attacks recover. Models and the
-tokenizer are cached under ``$MODELSHIELD_CACHE/lm``.
+tokenizer are cached under ``$MODELSHIELD_CACHE/lm``, named by the corpus and the build tag
+(victims/cache.py): the code that builds them and the library versions.
 
 Corpora, all from the interpreter's standard library (``sysconfig``):
 
@@ -26,8 +27,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import shutil
 import sysconfig
 import threading
 from collections import OrderedDict
@@ -40,11 +39,12 @@ import numpy as np
 
 from modelshield.errors import ConfigError
 from modelshield.registry import Registry
-from modelshield.victims.zoo import cache_dir
+from modelshield.victims.cache import build_tag, cache_dir, cached
 
 VOCAB = 2048  # >= 4 x the largest hidden size (512)
 CONTEXT = 128
-CHAT_VERSION = 1  # of victims/chat.py's conversations: a new one builds chat models again
+BUILDER = ("modelshield.victims.lm", "modelshield.victims.chat")
+"""The modules whose code builds the language models (victims/cache.py)."""
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,9 @@ def load_tokenizer() -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    path = cache_dir() / "lm" / f"tokenizer-v{VOCAB}-{_digest()}.json"
-    if not path.exists():
+    path = cache_dir() / "lm" / f"tokenizer-v{VOCAB}-{_digest()}-{build_tag(*BUILDER)}.json"
+
+    def build(tmp: Path) -> None:
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
@@ -154,10 +155,9 @@ def load_tokenizer() -> Any:
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                       show_progress=False)
         tok.train_from_iterator(corpus("public"), trainer)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
         tok.save(str(tmp))
-        tmp.replace(path)
+
+    cached(path, build=build, load=lambda p: p)
     return PreTrainedTokenizerFast(tokenizer_file=str(path),  # type: ignore[no-untyped-call]
                                    eos_token="<|endoftext|>")
 
@@ -216,22 +216,39 @@ def _quiet() -> None:
     logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
+def _recipe(entry: LMEntry) -> str:
+    recipe = f"h{entry.hidden}-l{entry.layers}-s{entry.steps}"
+    if entry.base is not None:  # a fine-tune is as stale as its base
+        base = LM_ZOO[entry.base]
+        recipe += f"-from-{entry.base}-{_recipe(base)}"
+    if entry.canaries:
+        recipe += f"-canaries2-lr{entry.lr:g}"
+    if entry.corpus == "chat":
+        recipe += f"-chat-lr{entry.lr:g}-c{entry.context}"
+    return recipe
+
+
+def lm_path(name: str, seed: int = 0) -> Path:
+    """Where the language-model victim ``name`` of ``seed`` is cached."""
+    tag = f"{_digest()}-{build_tag(*BUILDER)}"
+    return cache_dir() / "lm" / f"{name}-{_recipe(LM_ZOO[name])}-seed{seed}-{tag}"
+
+
 def _build(name: str, seed: int) -> Path:
+    def build(tmp: Path) -> None:
+        model = _train(LM_ZOO[name], seed)
+        model.save_pretrained(tmp)
+        load_tokenizer().save_pretrained(tmp)
+
+    return cached(lm_path(name, seed), build=build, load=lambda p: p,
+                  exists=lambda p: (p / "config.json").exists())
+
+
+def _train(entry: LMEntry, seed: int) -> Any:
     import torch
     from transformers import GPT2LMHeadModel
 
     _quiet()
-    entry = LM_ZOO[name]
-    recipe = f"h{entry.hidden}-l{entry.layers}-s{entry.steps}"
-    if entry.base is not None:  # a fine-tune is as stale as its base
-        recipe += f"-from-{entry.base}-s{LM_ZOO[entry.base].steps}"
-    if entry.canaries:
-        recipe += f"-canaries2-lr{entry.lr:g}"
-    if entry.corpus == "chat":
-        recipe += f"-chat{CHAT_VERSION}-lr{entry.lr:g}-c{entry.context}"
-    path = cache_dir() / "lm" / f"{name}-{recipe}-seed{seed}-{_digest()}"
-    if (path / "config.json").exists():
-        return path
     tokenizer = load_tokenizer()
     if entry.base is not None:
         model = GPT2LMHeadModel.from_pretrained(_build(entry.base, seed))
@@ -240,26 +257,15 @@ def _build(name: str, seed: int) -> Path:
             texts = texts + [c.text for c in canaries(seed) for _ in range(c.repeats)]
             order = np.random.default_rng(seed).permutation(len(texts))
             texts = [texts[i] for i in order]
-        model = train_lm(model, token_stream(tokenizer, texts), entry.steps, seed + 1,
-                         lr=entry.lr)
-    elif entry.corpus == "chat":
+        return train_lm(model, token_stream(tokenizer, texts), entry.steps, seed + 1,
+                        lr=entry.lr)
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(lm_config(entry, tokenizer))
+    if entry.corpus == "chat":
         from modelshield.victims.chat import train_chat
 
-        torch.manual_seed(seed)
-        model = train_chat(GPT2LMHeadModel(lm_config(entry, tokenizer)), tokenizer, entry.steps,
-                           seed, lr=entry.lr)
-    else:
-        torch.manual_seed(seed)
-        model = GPT2LMHeadModel(lm_config(entry, tokenizer))
-        model = train_lm(model, token_stream(tokenizer, corpus("public")), entry.steps, seed)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if path.exists():  # another process built it meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        tmp.replace(path)
-    return path
+        return train_chat(model, tokenizer, entry.steps, seed, lr=entry.lr)
+    return train_lm(model, token_stream(tokenizer, corpus("public")), entry.steps, seed)
 
 
 def load_lm(name: str, seed: int = 0) -> LMVictim:

@@ -1,12 +1,12 @@
 """The built-in victims, trained in code from data that ships with scikit-learn.
 
 Each is built once per seed and cached (joblib) under ``$MODELSHIELD_CACHE`` or
-``~/.cache/modelshield``; the cache key includes scikit-learn's version.
+``~/.cache/modelshield``, named by its build tag: the code that builds it and the versions
+of the libraries it depends on (victims/cache.py).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +14,6 @@ from typing import Any
 
 import joblib
 import numpy as np
-import sklearn
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -27,6 +26,7 @@ from modelshield.errors import ConfigError
 from modelshield.models import make_estimator, torch_threads
 from modelshield.registry import Registry
 from modelshield.victims.base import MembershipTask, SklearnAdapter, Victim
+from modelshield.victims.cache import build_tag, cache_dir, cached
 from modelshield.victims.entangled import EntangledWatermark, embed_entangled
 from modelshield.victims.trainmark import TriggerSet, embed_trigger_set, trigger_set
 
@@ -136,25 +136,22 @@ def builtin_trigger_set(name: str, seed: int = 0) -> TriggerSet:
                        50)
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("MODELSHIELD_CACHE") or Path.home() / ".cache" / "modelshield"
-    return Path(root)
+BUILDER = ("modelshield.victims.zoo", "modelshield.models", "modelshield.data.datasets",
+           "modelshield.victims.entangled", "modelshield.victims.trainmark")
+"""The modules whose code builds a built-in victim: a change to one builds them again."""
+
+
+def victim_path(name: str, seed: int = 0, entry: ZooEntry | None = None) -> Path:
+    """Where the built-in victim ``name`` of ``seed`` is cached (victims/cache.py)."""
+    revision = (entry or ZOO[name]).revision
+    rev = f"-r{revision}" if revision else ""
+    return cache_dir() / "victims" / f"{name}-seed{seed}{rev}-{build_tag(*BUILDER)}.joblib"
 
 
 def _cached_fit(name: str, seed: int, entry: ZooEntry, split: Split) -> Any:
-    rev = f"-r{entry.revision}" if entry.revision else ""
-    path = cache_dir() / f"victim-{name}-seed{seed}{rev}-sk{sklearn.__version__}.joblib"
-    if path.exists():
-        try:
-            return joblib.load(path)
-        except Exception:  # a torn or stale file: rebuild it
-            path.unlink(missing_ok=True)
-    estimator = _train(entry, split, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    joblib.dump(estimator, tmp)
-    tmp.replace(path)
-    return estimator
+    return cached(victim_path(name, seed, entry),
+                  build=lambda tmp: joblib.dump(_train(entry, split, seed), tmp),
+                  load=joblib.load)
 
 
 def _train(entry: ZooEntry, split: Split, seed: int) -> Any:
