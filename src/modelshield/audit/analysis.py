@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import yaml
 
@@ -55,57 +55,124 @@ HIGH_SHARE = 0.01  # an uncaught clone under 1% of the model's value: HIGH
 COST_FLOOR = 0.01  # keeps protection per unit of cost finite for free defenses
 
 
+class FirstFlag(TypedDict):
+    """The first query the Shield flagged in a cell, and the detector that flagged it."""
+
+    query: int
+    detector: str
+
+
+class AttackerRow(TypedDict):
+    """One attacker under one defense, as ``analyse`` writes it in each defense's
+    ``attackers``. ``curve``: [queries, fidelity, accuracy or None] by queries; ``trace``:
+    [queries, watermark p-value]; ``protection`` is added once every defense is summed up."""
+
+    attacker: str
+    attack: str
+    status: str
+    reason: str
+    budgets: list[int]
+    curve: list[list[Any]]
+    best_fidelity: float | None
+    best_accuracy: float | None
+    q90: int | None
+    q99: int | None
+    q90_range: list[int | None] | None
+    test_rows: int
+    usd90: float | None
+    usd99: float | None
+    first_flag: FirstFlag | None
+    caught_before_90: bool
+    waited_s: float | None
+    went_on: bool
+    blocked_at: int | None
+    uncaught_clone: bool
+    trace: list[list[float]]
+    traced_p: float | None
+    traced: bool
+    q90_untraced: int | None
+    usd90_untraced: float | None
+    protection: NotRequired[float]
+
+
 def analyse(scenario: Scenario, cells: list[dict[str, Any]]) -> dict[str, Any]:
-    price = scenario.price_per_1k
-    watched = scenario.deployment.monitoring
-    defenses: list[dict[str, Any]] = []
-    for profile in scenario.defenses:
-        tier = profile.as_tier()
-        acts = tier.on_flag != "alert" or watched
-        rows = [_attacker_summary(a.label, [c for c in cells if c["kind"] == "attack"
-                                            and c["defense"] == profile.name
-                                            and c["attacker"] == a.label], price, acts,
-                                  spread=a.keys > 1)
-                for a in scenario.attackers]
-        benign = next((c for c in cells
-                       if c["kind"] == "benign" and c["defense"] == profile.name), None)
-        benign_error = None
-        if benign is not None and benign.get("status") == "error":
-            benign_error = str(benign["reason"])
-            benign = None
-        privacy = _privacy(next((c for c in cells if c["kind"] == "privacy"
-                                 and c["defense"] == profile.name), None))
-        defenses.append({"name": profile.name, "tier": _tier_fields(profile),
-                         "on_flag": tier.on_flag,
-                         "flags_count": acts, "attackers": rows, "benign": benign,
-                         "benign_error": benign_error,
-                         "honest_cost": _honest_cost(benign), "privacy": privacy})
-    for a_index in range(len(scenario.attackers)):
-        ref = min((d["attackers"][a_index]["q90"] for d in defenses
-                   if d["attackers"][a_index]["q90"] is not None), default=None)
-        for d in defenses:
-            row = d["attackers"][a_index]
-            row["protection"] = _protection(row, ref)
+    """The analysis of a scenario's cells: each defense summed up and rated, the rating as
+    deployed, the recommendations and the best defense against each attacker."""
+    defenses = [_defense_summary(scenario, profile, cells) for profile in scenario.defenses]
+    _score_protection(len(scenario.attackers), defenses)
     for d in defenses:
-        d["broken_by"] = _adaptations_that_won(scenario, d["attackers"])
-        d["protection"] = sum(r["protection"] for r in d["attackers"]) / len(d["attackers"])
-        d["cheapest_clone"] = _cheapest(d["attackers"])
-        d["cheapest_untraced_clone"] = _cheapest(d["attackers"], untraced=True)
-        d["rating"], d["facts"] = _rate(scenario, d)
+        _conclude(scenario, d)
     deployed = next(d for d in defenses if d["name"] == scenario.deployed_defense)
-    inference = deployed["privacy"]["level"] if deployed["privacy"] else None
-    level = max(deployed["rating"], inference or "LOWER", key=LEVELS.index)
     return {
-        "price_per_1k": price, "model_value": scenario.model_value,
+        "price_per_1k": scenario.price_per_1k, "model_value": scenario.model_value,
         "deployed": deployed["name"],
-        "rating": {"level": level, "defense": deployed["name"],
-                   "extraction": deployed["rating"], "inference": inference,
-                   "facts": deployed["facts"] + (deployed["privacy"] or {}).get("facts", [])
-                   + _deployment_facts(scenario)},
+        "rating": _rating_as_deployed(scenario, deployed),
         "defenses": defenses,
         "recommendations": _recommend(scenario, defenses, deployed),
         "best_defenses": _best_defenses(scenario, defenses),
     }
+
+
+def _defense_summary(scenario: Scenario, profile: Defense, cells: list[dict[str, Any]]
+                     ) -> dict[str, Any]:
+    """One defense before it is compared with the others: each attacker's summary, what
+    honest users paid and the membership exposure."""
+    tier = profile.as_tier()
+    acts = tier.on_flag != "alert" or scenario.deployment.monitoring
+    attacks = _cells(cells, "attack", profile.name)
+    rows = [_attacker_summary(a.label, [c for c in attacks if c["attacker"] == a.label],
+                              scenario.price_per_1k, acts, spread=a.keys > 1)
+            for a in scenario.attackers]
+    benign, benign_error = _benign(_first(cells, "benign", profile.name))
+    privacy = _privacy(_first(cells, "privacy", profile.name))
+    return {"name": profile.name, "tier": _tier_fields(profile), "on_flag": tier.on_flag,
+            "flags_count": acts, "attackers": rows, "benign": benign,
+            "benign_error": benign_error, "honest_cost": _honest_cost(benign),
+            "privacy": privacy}
+
+
+def _cells(cells: list[dict[str, Any]], kind: str, defense: str) -> list[dict[str, Any]]:
+    return [c for c in cells if c["kind"] == kind and c["defense"] == defense]
+
+
+def _first(cells: list[dict[str, Any]], kind: str, defense: str) -> dict[str, Any] | None:
+    return next(iter(_cells(cells, kind, defense)), None)
+
+
+def _benign(cell: dict[str, Any] | None) -> tuple[dict[str, Any] | None, str | None]:
+    """The honest-user cell, or None and why when it failed."""
+    if cell is not None and cell.get("status") == "error":
+        return None, str(cell["reason"])
+    return cell, None
+
+
+def _score_protection(attackers: int, defenses: list[dict[str, Any]]) -> None:
+    """Each attacker's protection under each defense, measured against the defense where it
+    cloned with the fewest queries."""
+    for i in range(attackers):
+        rows = [d["attackers"][i] for d in defenses]
+        ref = min((r["q90"] for r in rows if r["q90"] is not None), default=None)
+        for row in rows:
+            row["protection"] = _protection(row, ref)
+
+
+def _conclude(scenario: Scenario, d: dict[str, Any]) -> None:
+    """What the attackers did against defense ``d`` as a whole, and its rating."""
+    d["broken_by"] = _adaptations_that_won(scenario, d["attackers"])
+    d["protection"] = sum(r["protection"] for r in d["attackers"]) / len(d["attackers"])
+    d["cheapest_clone"] = _cheapest(d["attackers"])
+    d["cheapest_untraced_clone"] = _cheapest(d["attackers"], untraced=True)
+    d["rating"], d["facts"] = _rate(scenario, d)
+
+
+def _rating_as_deployed(scenario: Scenario, deployed: dict[str, Any]) -> dict[str, Any]:
+    """The worse of the deployed defense's extraction rating and its membership exposure."""
+    inference = deployed["privacy"]["level"] if deployed["privacy"] else None
+    level = max(deployed["rating"], inference or "LOWER", key=LEVELS.index)
+    return {"level": level, "defense": deployed["name"],
+            "extraction": deployed["rating"], "inference": inference,
+            "facts": deployed["facts"] + (deployed["privacy"] or {}).get("facts", [])
+            + _deployment_facts(scenario)}
 
 
 LEVELS = ["LOWER", "MEDIUM", "HIGH"]
@@ -148,9 +215,39 @@ def _privacy(cell: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _attacker_summary(label: str, cells: list[dict[str, Any]], price: float,
-                      acts: bool, spread: bool = False) -> dict[str, Any]:
+                      acts: bool, spread: bool = False) -> AttackerRow:
     """One attacker under one defense. ``spread``: its queries went over several keys, so
     a flag stops one key, not the attacker: a clone it completed anyway was not caught."""
+    curve = _curve(cells)
+    q90, q99 = _first_reaching(curve, CLONE), _first_reaching(curve, EXACT)
+    test_rows = max((int(c.get("test_rows") or 0) for c in cells), default=0)
+    status, reason, blocked_at = _outcome(cells, bool(curve))
+    flag = _first_flag(cells)
+    caught, went_on = _caught(flag, q90, spread)
+    traces = _traces(cells)
+    untraced = min((q for q, f, _ in curve if f >= CLONE and traces.get(q, 1.0) > TRACED),
+                   default=None)
+    return {
+        "attacker": label, "attack": cells[0]["attack"] if cells else "",
+        "status": status, "reason": reason,
+        "budgets": [c["budget"] for c in cells], "curve": curve,
+        "best_fidelity": max((f for _, f, _ in curve), default=None),
+        "best_accuracy": max((a for _, _, a in curve if a is not None), default=None),
+        "q90": q90, "q99": q99, "q90_range": _q90_range(curve, test_rows),
+        "test_rows": test_rows, "usd90": _usd_at(q90, price), "usd99": _usd_at(q99, price),
+        "first_flag": flag, "caught_before_90": caught, "waited_s": _waited(cells),
+        "went_on": went_on, "blocked_at": blocked_at,
+        "uncaught_clone": q90 is not None and not (caught and acts),
+        "trace": [[q, traces[q]] for q in sorted(traces)],
+        "traced_p": None if q90 is None else traces.get(q90),
+        "traced": q90 is not None and untraced is None,
+        "q90_untraced": untraced, "usd90_untraced": _usd_at(untraced, price),
+    }
+
+
+def _curve(cells: list[dict[str, Any]]) -> list[list[Any]]:
+    """[queries, fidelity, accuracy or None] over every cell's checkpoints and final clone,
+    by queries; where two cells read the same query count, the larger budget's reading."""
     points: dict[int, tuple[float, float | None]] = {}
     for c in sorted(cells, key=lambda c: c["budget"]):
         acc = dict((q, a) for q, a in c.get("accuracy_curve") or [])
@@ -158,62 +255,73 @@ def _attacker_summary(label: str, cells: list[dict[str, Any]], price: float,
             points[int(q)] = (float(f), acc.get(q))
         if c.get("fidelity_test") is not None and c["queries"] not in points:
             points[int(c["queries"])] = (c["fidelity_test"], c.get("accuracy"))
-    curve: list[list[Any]] = [[q, f, a] for q, (f, a) in sorted(points.items())]
-    q90 = next((q for q, f, _ in curve if f >= CLONE), None)
-    q99 = next((q for q, f, _ in curve if f >= EXACT), None)
-    # A small test set reads fidelity coarsely (45 rows: about +-0.09 at 0.9). The range runs
-    # from the first budget whose 95% interval reaches 90% to the first whose interval lies
-    # wholly above it (None: not within the budgets).
-    rows = max((int(c.get("test_rows") or 0) for c in cells), default=0)
-    q90_range = None
-    if rows and curve:
-        bounds = [(q, wilson(f, rows)) for q, f, _ in curve]
-        q90_range = [next((q for q, (_, hi) in bounds if hi >= CLONE), None),
-                     next((q for q, (lo, _) in bounds if lo >= CLONE), None)]
+    return [[q, f, a] for q, (f, a) in sorted(points.items())]
+
+
+def _first_reaching(curve: list[list[Any]], fidelity: float) -> int | None:
+    return next((q for q, f, _ in curve if f >= fidelity), None)
+
+
+def _q90_range(curve: list[list[Any]], rows: int) -> list[int | None] | None:
+    """A small test set reads fidelity coarsely (45 rows: about +-0.09 at 0.9). The range runs
+    from the first budget whose 95% interval reaches 90% to the first whose interval lies
+    wholly above it (None: not within the budgets)."""
+    if not rows or not curve:
+        return None
+    bounds = [(q, wilson(f, rows)) for q, f, _ in curve]
+    return [next((q for q, (_, hi) in bounds if hi >= CLONE), None),
+            next((q for q, (lo, _) in bounds if lo >= CLONE), None)]
+
+
+def _first_flag(cells: list[dict[str, Any]]) -> FirstFlag | None:
     flags = [c["first_flag"] for c in cells if c.get("first_flag")]
-    flag = min(flags, key=lambda f: f["query"]) if flags else None
-    # A paced attacker: the time it waited out rate limits, to its first clone (or in all).
+    return min(flags, key=lambda f: f["query"]) if flags else None
+
+
+def _caught(flag: FirstFlag | None, q90: int | None, spread: bool) -> tuple[bool, bool]:
+    """Whether the flag came before the clone reached 90% (or there was no clone) and stopped
+    the attacker, and whether a ``spread`` attacker went on with its other keys instead."""
+    flagged_first = flag is not None and q90 is not None and flag["query"] <= q90
+    caught = flag is not None and (q90 is None or (flagged_first and not spread))
+    return caught, spread and flagged_first
+
+
+def _waited(cells: list[dict[str, Any]]) -> float | None:
+    """A paced attacker: the time it waited out rate limits, to its first clone (or in all)."""
     paced = sorted((c for c in cells if c.get("waited_s") is not None),
                    key=lambda c: c["budget"])
+    if not paced:
+        return None
     cloned = [c for c in paced if (c.get("fidelity_test") or 0) >= CLONE]
-    waited = (cloned[0] if cloned else max(paced, key=lambda c: c["waited_s"]))["waited_s"] \
-        if paced else None
-    # Each clone at 90% or more, tested against the watermarks (the larger p where two cells
-    # hold a clone at the same query count); a clone never tested is not traced.
+    waited: float = (cloned[0] if cloned else max(paced, key=lambda c: c["waited_s"]))["waited_s"]
+    return waited
+
+
+def _traces(cells: list[dict[str, Any]]) -> dict[int, float]:
+    """Each clone at 90% or more, tested against the watermarks (the larger p where two cells
+    hold a clone at the same query count); a clone never tested is not traced."""
     traces: dict[int, float] = {}
     for c in cells:
         for q, p in c.get("trace") or []:
             traces[int(q)] = max(float(p), traces.get(int(q), 0.0))
-    untraced = [q for q, f, _ in curve if f >= CLONE and traces.get(q, 1.0) > TRACED]
+    return traces
+
+
+def _outcome(cells: list[dict[str, Any]], read: bool) -> tuple[str, str, int | None]:
+    """The status (a failure's where the attacker got no reading at all: ``read``), the
+    reason of the first failed or blocked cell, and the fewest queries a block came at."""
     blocked = [c for c in cells if c["status"] == "blocked"]
     failed = [c for c in cells if c["status"] not in ("ok", "blocked")]
-    caught = flag is not None and (q90 is None or (flag["query"] <= q90 and not spread))
-    if not curve and failed:
-        status = failed[0]["status"]
-    elif blocked:
-        status = "blocked"
+    if not read and failed:
+        status = str(failed[0]["status"])
     else:
-        status = "ok"
-    return {
-        "attacker": label, "attack": cells[0]["attack"] if cells else "",
-        "status": status,
-        "reason": (failed or blocked or [{}])[0].get("reason", ""),
-        "budgets": [c["budget"] for c in cells], "curve": curve,
-        "best_fidelity": max((f for _, f, _ in curve), default=None),
-        "best_accuracy": max((a for _, _, a in curve if a is not None), default=None),
-        "q90": q90, "q99": q99, "q90_range": q90_range, "test_rows": rows,
-        "usd90": None if q90 is None else q90 * price / 1000,
-        "usd99": None if q99 is None else q99 * price / 1000,
-        "first_flag": flag, "caught_before_90": caught, "waited_s": waited,
-        "went_on": spread and flag is not None and q90 is not None and flag["query"] <= q90,
-        "blocked_at": min((c["queries"] for c in blocked), default=None),
-        "uncaught_clone": q90 is not None and not (caught and acts),
-        "trace": [[q, traces[q]] for q in sorted(traces)],
-        "traced_p": None if q90 is None else traces.get(q90),
-        "traced": q90 is not None and not untraced,
-        "q90_untraced": min(untraced, default=None),
-        "usd90_untraced": None if not untraced else min(untraced) * price / 1000,
-    }
+        status = "blocked" if blocked else "ok"
+    reason: str = (failed or blocked or [{}])[0].get("reason", "")
+    return status, reason, min((c["queries"] for c in blocked), default=None)
+
+
+def _usd_at(queries: int | None, price: float) -> float | None:
+    return None if queries is None else queries * price / 1000
 
 
 # Attack parameters by which an attacker adapts to a defense, and the values that do.
@@ -350,76 +458,101 @@ def _honest_cost(benign: dict[str, Any] | None) -> float | None:
 
 
 def _rate(scenario: Scenario, d: dict[str, Any]) -> tuple[str, list[str]]:
-    price, value = scenario.price_per_1k, scenario.model_value
-    facts = []
-    clone = d["cheapest_clone"]
-    caught = [r for r in d["attackers"] if r["q90"] is not None and not r["uncaught_clone"]]
-    if clone is not None:
-        share = clone["usd"] / value
-        facts.append(
-            f"A {clone['fidelity']:.0%}-fidelity clone ({clone['attacker']}) costs "
-            f"${clone['usd']:,.2f} ({clone['queries']:,} queries at ${price:,.2f} per 1,000); "
-            f"the model cost ${value:,.0f} to build ({_share(share)} of that).")
-        row = next(r for r in d["attackers"] if r["attacker"] == clone["attacker"])
-        flag = row["first_flag"]
-        if row.get("waited_s"):
-            facts.append(f"It waited out the rate limits: {duration(row['waited_s'])} of "
-                         "waiting (low and slow), which the limits cost it and nothing more.")
-        if flag is None:
-            facts.append("The Shield never flagged that attacker.")
-        elif row.get("went_on"):
-            facts.append(f"The Shield flagged one of its keys at query {flag['query']:,} "
-                         f"({flag['detector']}), but it went on with its other keys: a flag "
-                         "stops a key, not an attacker with several.")
-        elif not row["caught_before_90"]:
-            facts.append(f"The Shield flagged it at query {flag['query']:,} ({flag['detector']}), "
-                         f"after the clone reached 90% at {row['q90']:,}.")
-        else:
-            facts.append(f"The Shield flagged it at query {flag['query']:,} ({flag['detector']}), "
-                         "but the tier only alerts and nobody watches the alerts.")
-        # A clone the watermark traces to its account (p <= 1e-6) is proof, not prevention:
-        # the rating follows the cheapest clone that is not traced, and with none, it is at
-        # most MEDIUM.
-        basis = d["cheapest_untraced_clone"]
-        if basis is None:
-            facts.append(f"Every clone of 90% fidelity or more that the audit made is traced to "
-                         f"the account that made it (watermark p <= {TRACED:g}): a copy can "
-                         "be proven, not prevented.")
-        elif basis["queries"] != clone["queries"] or basis["attacker"] != clone["attacker"]:
-            facts.append(f"The watermark traces the cheaper clones; the cheapest it does not "
-                         f"trace ({basis['attacker']}) costs ${basis['usd']:,.2f} "
-                         f"({basis['queries']:,} queries).")
-        share = (basis or clone)["usd"] / value
-        if share < HIGH_SHARE and scenario.deployment.public_api and basis is not None:
-            level = "HIGH"
-        elif share < 1.0:
-            level = "MEDIUM"
-        else:
-            level = "LOWER"
-            facts.append("Cloning costs more than building the model.")
+    """Defense ``d``'s extraction rating and the facts behind it (the module's docstring
+    gives the rules)."""
+    rows = d["attackers"]
+    caught = [r for r in rows if r["q90"] is not None and not r["uncaught_clone"]]
+    if d["cheapest_clone"] is not None:
+        level, facts = _rate_clone(scenario, d)
     elif caught:
-        level = "MEDIUM"
-        for r in caught:
-            flag = r["first_flag"]
-            facts.append(f"{r['attacker']} could reach 90% fidelity in {r['q90']:,} queries "
-                         f"(${r['usd90']:,.2f}), but the Shield caught it at query "
-                         f"{flag['query']:,} ({flag['detector']}).")
+        level, facts = "MEDIUM", [_caught_fact(r, r["first_flag"]) for r in caught]
     else:
-        level = "LOWER"
-        best = max((r for r in d["attackers"] if r["best_fidelity"] is not None),
-                   key=lambda r: r["best_fidelity"], default=None)
-        if best is None:
-            facts.append("No attacker got a usable answer: every attack was refused or blocked.")
-        else:
-            facts.append(f"No attacker reached 90% fidelity within its budget; the best was "
-                         f"{best['attacker']} at {best['best_fidelity']:.1%} "
-                         f"({best['curve'][-1][0]:,} queries).")
-    for r in d["attackers"]:
-        if r["status"] in ("refused", "failed", "error", "out of budget"):
-            facts.append(f"{r['attacker']}: {r['status']} ({r['reason']}).")
-        elif r["status"] == "blocked" and r["blocked_at"] is not None:
-            facts.append(f"{r['attacker']}: blocked after {r['blocked_at']:,} queries.")
-    return level, facts
+        level, facts = "LOWER", [_best_attempt_fact(rows)]
+    return level, facts + [f for r in rows for f in _status_fact(r)]
+
+
+def _rate_clone(scenario: Scenario, d: dict[str, Any]) -> tuple[str, list[str]]:
+    """The rating where some attacker got an uncaught clone: by the cheapest one the
+    watermark does not trace; at most MEDIUM where the watermark traces them all."""
+    clone, basis = d["cheapest_clone"], d["cheapest_untraced_clone"]
+    row = next(r for r in d["attackers"] if r["attacker"] == clone["attacker"])
+    facts = [_clone_fact(scenario, clone), *_waiting_fact(row), _flag_fact(row),
+             *_trace_fact(clone, basis)]
+    share = (basis or clone)["usd"] / scenario.model_value
+    if share < HIGH_SHARE and scenario.deployment.public_api and basis is not None:
+        return "HIGH", facts
+    if share < 1.0:
+        return "MEDIUM", facts
+    return "LOWER", [*facts, "Cloning costs more than building the model."]
+
+
+def _clone_fact(scenario: Scenario, clone: dict[str, Any]) -> str:
+    price, value = scenario.price_per_1k, scenario.model_value
+    return (f"A {clone['fidelity']:.0%}-fidelity clone ({clone['attacker']}) costs "
+            f"${clone['usd']:,.2f} ({clone['queries']:,} queries at ${price:,.2f} per 1,000); "
+            f"the model cost ${value:,.0f} to build ({_share(clone['usd'] / value)} of that).")
+
+
+def _waiting_fact(row: AttackerRow) -> list[str]:
+    waited = row["waited_s"]
+    if not waited:
+        return []
+    return [f"It waited out the rate limits: {duration(waited)} of "
+            "waiting (low and slow), which the limits cost it and nothing more."]
+
+
+def _flag_fact(row: AttackerRow) -> str:
+    """Why the Shield did not stop the attacker that made the cheapest clone."""
+    flag = row["first_flag"]
+    if flag is None:
+        return "The Shield never flagged that attacker."
+    if row["went_on"]:
+        return (f"The Shield flagged one of its keys at query {flag['query']:,} "
+                f"({flag['detector']}), but it went on with its other keys: a flag "
+                "stops a key, not an attacker with several.")
+    if not row["caught_before_90"]:
+        return (f"The Shield flagged it at query {flag['query']:,} ({flag['detector']}), "
+                f"after the clone reached 90% at {row['q90']:,}.")
+    return (f"The Shield flagged it at query {flag['query']:,} ({flag['detector']}), "
+            "but the tier only alerts and nobody watches the alerts.")
+
+
+def _trace_fact(clone: dict[str, Any], basis: dict[str, Any] | None) -> list[str]:
+    """A clone the watermark traces to its account (p <= 1e-6) is proof, not prevention:
+    the rating follows the cheapest clone that is not traced."""
+    if basis is None:
+        return [f"Every clone of 90% fidelity or more that the audit made is traced to "
+                f"the account that made it (watermark p <= {TRACED:g}): a copy can "
+                "be proven, not prevented."]
+    if basis["queries"] != clone["queries"] or basis["attacker"] != clone["attacker"]:
+        return [f"The watermark traces the cheaper clones; the cheapest it does not "
+                f"trace ({basis['attacker']}) costs ${basis['usd']:,.2f} "
+                f"({basis['queries']:,} queries)."]
+    return []
+
+
+def _caught_fact(r: AttackerRow, flag: FirstFlag) -> str:
+    return (f"{r['attacker']} could reach 90% fidelity in {r['q90']:,} queries "
+            f"(${r['usd90']:,.2f}), but the Shield caught it at query "
+            f"{flag['query']:,} ({flag['detector']}).")
+
+
+def _best_attempt_fact(rows: list[AttackerRow]) -> str:
+    best = max((r for r in rows if r["best_fidelity"] is not None),
+               key=lambda r: r["best_fidelity"] or 0.0, default=None)
+    if best is None:
+        return "No attacker got a usable answer: every attack was refused or blocked."
+    return (f"No attacker reached 90% fidelity within its budget; the best was "
+            f"{best['attacker']} at {best['best_fidelity']:.1%} "
+            f"({best['curve'][-1][0]:,} queries).")
+
+
+def _status_fact(r: AttackerRow) -> list[str]:
+    if r["status"] in ("refused", "failed", "error", "out of budget"):
+        return [f"{r['attacker']}: {r['status']} ({r['reason']})."]
+    if r["status"] == "blocked" and r["blocked_at"] is not None:
+        return [f"{r['attacker']}: blocked after {r['blocked_at']:,} queries."]
+    return []
 
 
 def _deployment_facts(scenario: Scenario) -> list[str]:
