@@ -27,15 +27,13 @@ with each variant's difference to knockoff; writes bench/results/active_tune.jso
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
-from _common import one_thread, show, write
+from harness import arguments, report, run_cells
 from knockoff_vs_art import build, candidates, ours
 
 VARIANTS = ("knockoff", "active", "active, ranking floor 0.01", "active, random")
@@ -71,9 +69,7 @@ def cell(job: tuple[str, str, int, list[int], list[str]]) -> list[dict[str, Any]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[5, 6, 7])
+    ap = arguments(__doc__, seeds=[5, 6, 7], workers=min(2, os.cpu_count() or 1))
     ap.add_argument("--budgets", type=int, nargs="+", default=[1000, 3000])
     ap.add_argument("--families", nargs="+", default=["mlp", "deep-mlp", "logistic", "boosting"])
     ap.add_argument("--data", nargs="+", default=["digits", "synthetic"],
@@ -81,26 +77,24 @@ def main() -> None:
                          "rows: active has nothing to choose from there)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS[:3]), choices=VARIANTS,
                     help="the committed run is the default; 'active, random' adds the baseline")
-    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     variants = ["knockoff", *[v for v in args.variants if v != "knockoff"]]
     jobs = [(f, d, s, args.budgets, variants)
             for f in args.families for d in args.data for s in args.seeds]
-    with ProcessPoolExecutor(args.workers, initializer=one_thread) as pool:
-        rows = [r for rs in pool.map(cell, jobs) for r in rs]
+    rows = run_cells(cell, jobs, args.workers, flat=True)
     summary = []
     for family in args.families:
         for budget in args.budgets:
             sel = [r for r in rows if r["family"] == family and r["budget"] == budget]
             summary.append({"family": family, "budget": budget,
                             **{v: float(np.mean([r[v] for r in sel])) for v in variants}})
-    show("active learning beside knockoff (mean test fidelity; knockoff, then the difference)",
-         ["family", "queries", *variants],
-         [[s["family"], s["budget"], s["knockoff"],
-           *[f"{s[v] - s['knockoff']:+.4f}" for v in variants[1:]]] for s in summary])
-    write("active_tune", {"seeds": args.seeds, "data": args.data, "variants": variants,
-                          "rows": rows, "summary": summary})
+    report("active_tune", {"seeds": args.seeds, "data": args.data, "variants": variants,
+                           "rows": rows, "summary": summary},
+           [("active learning beside knockoff (mean test fidelity; knockoff, then the "
+             "difference)", ["family", "queries", *variants],
+             [[s["family"], s["budget"], s["knockoff"],
+               *[f"{s[v] - s['knockoff']:+.4f}" for v in variants[1:]]] for s in summary])])
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ worst attacker and lists the adaptations that beat it. Writes bench/results/adap
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import show, write
+from harness import arguments, show, write
 
 from modelshield.audit.analysis import duration
 from modelshield.audit.report import write_report
@@ -62,12 +61,9 @@ PAIRS = [  # (plain, adaptive): name, attack, params, extra fields
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, seed=0, workers=2)
     parser.add_argument("--victim", default="digits-mlp")
     parser.add_argument("--budget", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pairs", nargs="+", metavar="PLAIN",
                         help="only these pairs, by the plain attacker's name (all by default)")
     parser.add_argument("--defenses", nargs="+", metavar="NAME",

@@ -24,7 +24,6 @@ OUT/<victim>/report.html.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import console, show, write
+from harness import arguments, console, show, write
 
 from modelshield.audit.report import write_report
 from modelshield.audit.runner import run_audit
@@ -67,13 +66,9 @@ def scenario(victim: str, seed: int, rates: list[float]) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = arguments(__doc__, seed=0, workers=0, out=Path("results/audit-tracing"))
     parser.add_argument("--rates", type=float, nargs="+", default=[0.005, 0.02])
-    parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--victims", nargs="+", default=list(ATTACKERS), choices=list(ATTACKERS))
-    parser.add_argument("--out", type=Path, default=Path("results/audit-tracing"))
     args = parser.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     rows, ratings = [], []

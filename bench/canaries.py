@@ -29,7 +29,6 @@ Writes bench/results/canaries.json (seed 0; another seed: canaries_seed{N}.json)
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import show, write
+from harness import arguments, show, write
 
 from modelshield.attacks.lm_privacy import (
     canary_exposure,
@@ -78,9 +77,7 @@ def windows(texts: list[str], lm: Any, n: int, length: int, seed: int) -> list[l
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = arguments(__doc__, seed=0)
     parser.add_argument("--references", type=int, default=1000)
     parser.add_argument("--texts", type=int, default=100)
     parser.add_argument("--tiers", nargs="+", default=list(TIERS))

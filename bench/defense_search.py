@@ -24,14 +24,13 @@ bench/results/defense_search_VICTIM_seedS.json.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import show, write
+from harness import arguments, show, write
 
 from modelshield.audit.report import write_report
 from modelshield.audit.runner import run_audit
@@ -48,12 +47,9 @@ ATTACKERS = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, seed=1, workers=2)
     parser.add_argument("--victim", default="synth-mlp-d20")
-    parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--budgets", type=int, nargs="+", default=[1000])
-    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     scenario = load_scenario({
         "name": f"best-defense search: {args.victim}", "seed": args.seed,

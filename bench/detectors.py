@@ -18,7 +18,6 @@ bench/honest.py measures every kind of customer. Writes bench/results/detectors.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -30,7 +29,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import show, write
+from harness import arguments, show, write
 
 from modelshield.attacks import ATTACKS
 from modelshield.audit.evaluate import agreement
@@ -134,8 +133,7 @@ def _why(a: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser = arguments(__doc__, seeds=[0, 1, 2, 3, 4])
     parser.add_argument("--benign-accounts", type=int, default=200)
     args = parser.parse_args()
     attacks, benign_rows = [], []

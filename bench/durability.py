@@ -30,8 +30,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import show, write
 from _load import free_port, server
+from harness import show, write
 
 from modelshield.store import AuditStore
 

@@ -18,7 +18,6 @@ the domain. Writes bench/results/fee_vs_relu_exact.json.
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import show, write
+from harness import arguments, show, write
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
@@ -102,9 +101,7 @@ def run_fee(victim: Any, seed: int, timeout: int, x: np.ndarray,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = arguments(__doc__, seeds=[0, 1, 2])
     parser.add_argument("--timeout", type=int, default=300)
     args = parser.parse_args()
     rows = []

@@ -11,7 +11,6 @@ second within seconds. Writes bench/results/full_audit.json.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import console, show, write
+from harness import arguments, console, show, write
 
 from modelshield.audit.report import write_report
 from modelshield.audit.runner import run_audit
@@ -80,10 +79,7 @@ def run(victims: list[str], seed: int, out: Path, workers: int) -> tuple[float, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("results/full-audit"))
+    parser = arguments(__doc__, seed=0, workers=0, out=Path("results/full-audit"))
     parser.add_argument("--victims", nargs="*", default=[n for n in ZOO if not ZOO[n].watermark])
     args = parser.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)  # the first run starts cold

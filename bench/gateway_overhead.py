@@ -32,8 +32,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import show, write
 from _load import free_port, run_alternating, run_load, server
+from harness import show, write
 
 from modelshield.serve.factory import build_shield
 from modelshield.store import AuditStore

@@ -18,12 +18,10 @@ from the file with the contract in the config. Writes bench/results/honest.json.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import one_thread, show, write
+from harness import arguments, report, run_cells
 
 from modelshield.data.honest import ARCHETYPES, honest_accounts
 from modelshield.defenses.detectors import without_uncalibrated
@@ -124,21 +122,15 @@ def run(job: tuple[str, int, int]) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser = arguments(__doc__, seeds=[0, 1, 2, 3, 4], workers=2)
     parser.add_argument("--accounts", type=int, default=30, help="accounts per archetype")
     parser.add_argument("--models", nargs="+", default=BUILTIN + OWNED)
-    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     jobs = [(m, s, args.accounts) for s in args.seeds for m in args.models]
-    results = []
-    with ProcessPoolExecutor(args.workers, initializer=one_thread) as pool:
-        for r in pool.map(run, jobs):
-            worst = max(v["suspended"] for v in r["by_archetype"].values())
-            print(f"{r['model']:>16} seed {r['seed']}: worst archetype {worst}/{args.accounts} "
-                  f"suspended ({r['seconds']:.0f} s)", flush=True)
-            results.append(r)
+    results = run_cells(run, jobs, args.workers, progress=lambda r: (
+        f"{r['model']:>16} seed {r['seed']}: worst archetype "
+        f"{max(v['suspended'] for v in r['by_archetype'].values())}/{args.accounts} "
+        f"suspended ({r['seconds']:.0f} s)"))
     rows = []
     for m in args.models:
         mine = [r for r in results if r["model"] == m]
@@ -152,11 +144,12 @@ def main() -> None:
     total = {a: (sum(r["by_archetype"][a]["suspended"] for r in results),
                  sum(r["by_archetype"][a]["accounts"] for r in results)) for a in ARCHETYPES}
     rows.append(["all", *[f"{s}/{n} ({s / n:.2%})" for s, n in total.values()], ""])
-    show(f"honest accounts suspended (deny tier, fpr {FPR}, seeds {args.seeds})",
-         ["model", *ARCHETYPES, "left out"], rows)
-    write("honest", {"seeds": args.seeds, "accounts_per_archetype": args.accounts,
-                     "fpr": FPR, "detectors": DETECTORS, "results": results,
-                     "totals": {a: {"suspended": s, "accounts": n} for a, (s, n) in total.items()}})
+    report("honest", {"seeds": args.seeds, "accounts_per_archetype": args.accounts,
+                      "fpr": FPR, "detectors": DETECTORS, "results": results,
+                      "totals": {a: {"suspended": s, "accounts": n}
+                                 for a, (s, n) in total.items()}},
+           [(f"honest accounts suspended (deny tier, fpr {FPR}, seeds {args.seeds})",
+             ["model", *ARCHETYPES, "left out"], rows)])
 
 
 if __name__ == "__main__":

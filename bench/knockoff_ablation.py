@@ -47,11 +47,10 @@ bench/results/knockoff_ablation.json.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import numpy as np
-from _common import show, write
+from harness import arguments, show, write
 from knockoff_vs_art import DATA, HIDDEN, build, candidates
 
 VARIANTS = ("shipped", "queried rows", "raw inputs", "200 epochs", "50 epochs")
@@ -128,8 +127,7 @@ def student(variant: str, x: np.ndarray, pool: np.ndarray, n_classes: int, seed:
 def main() -> None:
     from modelshield.audit.evaluate import agreement
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap = arguments(__doc__.split("\n")[0], seeds=[0, 1, 2])
     ap.add_argument("--budgets", type=int, nargs="+", default=[100, 300, 1000, 3000])
     ap.add_argument("--families", nargs="+", default=["logistic", "mlp", "deep-mlp",
                                                       "boosting"])

@@ -47,16 +47,14 @@ ratio ours best / ART best; writes bench/results/knockoff_vs_art.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import one_thread, show, write
+from harness import arguments, run_cells, show, write
 
 FAMILIES = ("logistic", "mlp", "deep-mlp", "tree", "boosting")
 DATA = ("breast-cancer", "digits", "synthetic")
@@ -241,16 +239,13 @@ def cell(job: tuple[str, str, int, list[int], bool, dict[int, dict[str, Any]],
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+def _parser() -> Any:
+    parser = arguments(__doc__, seeds=[0, 1, 2, 3, 4], workers=min(2, os.cpu_count() or 1))
     parser.add_argument("--budgets", type=int, nargs="+", default=[100, 300, 1000, 3000])
     parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
     parser.add_argument("--data", nargs="+", choices=DATA, default=list(DATA))
     parser.add_argument("--ablation-seeds", type=int, nargs="+", default=None,
                         help="seeds that also run the ablation (default: all)")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--keep-from", type=Path, default=None,
                         help="take the runs of the families not in --families from an earlier "
                              "run's JSON (their code unchanged), so the table covers them all")
@@ -266,6 +261,11 @@ def main() -> None:
                              "cross-entropy ablation and active learning again (the other "
                              "methods of ours are kept); the runs at the other budgets are "
                              "taken whole from that file")
+    return parser
+
+
+def main() -> None:
+    parser = _parser()
     args = parser.parse_args()
     if args.rerun_budgets is not None and args.knockoff_from is None:
         parser.error("--rerun-budgets needs --knockoff-from (the file the other budgets "
@@ -285,8 +285,7 @@ def main() -> None:
     jobs = [(f, d, s, args.budgets, s in ablate, earlier.get((f, d, s), {}),
              mine.get((f, d, s), {}), whole.get((f, d, s), {}))
             for f in args.families for d in args.data for s in args.seeds]
-    with ProcessPoolExecutor(args.workers, initializer=one_thread) as pool:
-        runs = [r for rows in pool.map(cell, jobs) for r in rows]
+    runs = run_cells(cell, jobs, args.workers, flat=True)
     families = list(args.families)
     if args.keep_from is not None:
         kept = [r for r in json.loads(args.keep_from.read_text())["runs"]
@@ -294,25 +293,7 @@ def main() -> None:
                 and r["seed"] in args.seeds and r["data"] in args.data]
         runs += kept
         families = [f for f in FAMILIES if f in families or any(r["family"] == f for r in kept)]
-    methods = ["ours_best", "art_best", "ours_knockoff", "ours_active", "ours_path_finding",
-               "ours_equation_solving",
-               "ablation_mlp_soft", "ablation_mlp_soft-kl", "ablation_mlp_hard", "art_copycat",
-               "art_knockoff-random", "art_knockoff-adaptive"]
-    rows = []
-    for family in families:
-        for budget in args.budgets:
-            sel = [r for r in runs if r["family"] == family and r["budget"] == budget]
-            row: dict[str, Any] = {"family": family, "budget": budget}
-            for m in methods:
-                vals = [r[m] for r in sel if r.get(m) is not None]
-                row[m] = float(np.mean(vals)) if vals else None
-            row["ratio"] = row["ours_best"] / row["art_best"]
-            row["knockoff_ratio"] = row["ours_knockoff"] / row["art_best"]
-            row["active_ratio"] = row["ours_active"] / row["art_best"]
-            row["students"] = sorted({r["student"] for r in sel})
-            row["art_failures"] = sum(r.get(f"art_{m}") is None for r in sel
-                                      for m in ART_METHODS)
-            rows.append(row)
+    rows = summarize(runs, families, args.budgets)
     show(f"test fidelity, mean over data sets {args.data} and seeds {args.seeds}, full "
          "probabilities (ratio = ours best / ART best)",
          ["family", "budget", "ours best", "ART best", "ratio", "knockoff alone",
@@ -340,6 +321,31 @@ def main() -> None:
                               "budgets": args.budgets,
                               "families": families, "data": args.data,
                               "runs": runs, "rows": rows, "behind": behind})
+
+
+def summarize(runs: list[dict[str, Any]], families: list[str],
+              budgets: list[int]) -> list[dict[str, Any]]:
+    """Each family and budget: every method's mean test fidelity, and the ratios to ART."""
+    methods = ["ours_best", "art_best", "ours_knockoff", "ours_active", "ours_path_finding",
+               "ours_equation_solving",
+               "ablation_mlp_soft", "ablation_mlp_soft-kl", "ablation_mlp_hard", "art_copycat",
+               "art_knockoff-random", "art_knockoff-adaptive"]
+    rows = []
+    for family in families:
+        for budget in budgets:
+            sel = [r for r in runs if r["family"] == family and r["budget"] == budget]
+            row: dict[str, Any] = {"family": family, "budget": budget}
+            for m in methods:
+                vals = [r[m] for r in sel if r.get(m) is not None]
+                row[m] = float(np.mean(vals)) if vals else None
+            row["ratio"] = row["ours_best"] / row["art_best"]
+            row["knockoff_ratio"] = row["ours_knockoff"] / row["art_best"]
+            row["active_ratio"] = row["ours_active"] / row["art_best"]
+            row["students"] = sorted({r["student"] for r in sel})
+            row["art_failures"] = sum(r.get(f"art_{m}") is None for r in sel
+                                      for m in ART_METHODS)
+            rows.append(row)
+    return rows
 
 
 def _by_cell(path: Path | None) -> dict[tuple[str, str, int], dict[int, dict[str, Any]]]:

@@ -17,7 +17,7 @@ import tempfile
 
 import numpy as np
 import torch
-from _common import show, write
+from harness import show, write
 
 from modelshield.attacks.logit_stealing import HiddenSize, singular_values
 from modelshield.oracle.lm import ShieldLMOracle

@@ -16,7 +16,6 @@ Writes bench/results/llm_cloning.json.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import console, show, write
+from harness import arguments, console, show, write
 
 from modelshield.attacks.lm_cloning import clone_lm, fidelity
 from modelshield.oracle.lm import ShieldLMOracle
@@ -42,8 +41,7 @@ def windows(stream: np.ndarray, n: int, length: int, seed: int) -> list[list[int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = arguments(__doc__, seed=0)
     parser.add_argument("--budgets", type=int, nargs="*", default=[4000, 16000, 64000])
     args = parser.parse_args()
     from transformers import GPT2LMHeadModel

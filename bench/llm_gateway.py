@@ -20,7 +20,6 @@ bench/results/llm_gateway.json.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 import tempfile
@@ -33,8 +32,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import show, write
 from _load import free_port, run_alternating, run_load, server
+from harness import arguments, show, write
 
 from modelshield.store import AuditStore
 from modelshield.victims.lm import load_lm
@@ -42,15 +41,34 @@ from modelshield.victims.lm import load_lm
 TOKENS = 16
 
 
+def gateway(stack: contextlib.ExitStack, label: str, model: dict[str, Any], tmp: str,
+            concurrency: int) -> tuple[str, str, list[dict[str, str]]]:
+    """The gateway serving ``model`` on a loopback port for the rest of ``stack``, with a
+    key for each client: (its label, its completions URL, the clients' headers)."""
+    cfg = {"model": model, "audit_url": f"sqlite:///{tmp}/{len(label)}.db",
+           "tiers": {"bench": {"limits": {"requests": "1000000/minute",
+                                          "tokens": "100000000/minute"},
+                               "llm": {"detect_probing": True}, "on_flag": "alert"}}}
+    path = Path(tmp) / f"{len(label)}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    store = AuditStore(cfg["audit_url"])
+    keys = [{"Authorization": f"Bearer {store.create_key('bench')[0]}"}
+            for _ in range(concurrency)]
+    store.close()
+    port = free_port()
+    stack.enter_context(server("modelshield.serve.main:app", port,
+                               env={"MODELSHIELD_CONFIG": str(path)}))
+    return label, f"http://127.0.0.1:{port}/v1/completions", keys
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = arguments(__doc__, seed=0)
     parser.add_argument("--model", default="lm-h64")
     parser.add_argument("--requests", type=int, default=400,
                         help="completions per server under load, split over the rounds")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--moderate", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-upstream", dest="upstream", action="store_false",
                         help="skip the gateway fronting the bare server as an upstream")
     args = parser.parse_args()
@@ -68,23 +86,6 @@ def main() -> None:
     warm_bodies = bodies[args.requests + args.moderate:]
     bench_env = {"PYTHONPATH": str(Path(__file__).parent), "BENCH_LM": args.model}
 
-    def gateway(stack: contextlib.ExitStack, label: str, model: dict[str, Any],
-                tmp: str) -> tuple[str, str, list[dict[str, str]]]:
-        cfg = {"model": model, "audit_url": f"sqlite:///{tmp}/{len(label)}.db",
-               "tiers": {"bench": {"limits": {"requests": "1000000/minute",
-                                              "tokens": "100000000/minute"},
-                                   "llm": {"detect_probing": True}, "on_flag": "alert"}}}
-        path = Path(tmp) / f"{len(label)}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        store = AuditStore(cfg["audit_url"])
-        keys = [{"Authorization": f"Bearer {store.create_key('bench')[0]}"}
-                for _ in range(args.concurrency)]
-        store.close()
-        port = free_port()
-        stack.enter_context(server("modelshield.serve.main:app", port,
-                                   env={"MODELSHIELD_CONFIG": str(path)}))
-        return label, f"http://127.0.0.1:{port}/v1/completions", keys
-
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         port = free_port()
         stack.enter_context(server("bare_lm_app:app", port, env=bench_env))
@@ -94,8 +95,9 @@ def main() -> None:
             stack.enter_context(server("bare_lm_app:app", up, env=bench_env))
             servers.append(gateway(stack, "modelshield fronting it", {
                 "lm_upstream": f"http://127.0.0.1:{up}", "upstream_model": args.model,
-                "upstream_vocab": lm.vocab}, tmp))
-        servers.append(gateway(stack, "modelshield", {"lm": args.model}, tmp))
+                "upstream_vocab": lm.vocab}, tmp, args.concurrency))
+        servers.append(gateway(stack, "modelshield", {"lm": args.model}, tmp,
+                               args.concurrency))
         for _, url, headers in servers:
             run_load(url, warm_bodies, headers, concurrency=args.concurrency, requests=50)
         per_round = max(1, args.requests // args.rounds)

@@ -21,7 +21,6 @@ Writes bench/results/llm_stealing.json.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import console, show, write
+from harness import arguments, console, show, write
 
 from modelshield.attacks.logit_stealing import (
     HiddenSize,
@@ -184,9 +183,8 @@ def bias_search_rows(shield: Shield, seed: int) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = arguments(__doc__, seed=0)
     parser.add_argument("--sizes", type=int, nargs="*", default=[64, 128, 256, 512])
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vectors", type=int, default=512,
                         help="full-logprob vectors stacked to recover W")
     parser.add_argument("--skip-bias-search", action="store_true")

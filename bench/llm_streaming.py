@@ -16,7 +16,6 @@ Writes bench/results/llm_streaming.json.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -30,8 +29,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import show, write
 from _load import free_port, server
+from harness import arguments, show, write
 
 from modelshield.answer import LMRequest
 from modelshield.defenses.llm import LLMPolicy, decode
@@ -106,11 +105,10 @@ def streaming(lm: Any, prompts: list[list[int]], tokens: int) -> dict[str, float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = arguments(__doc__, seed=0)
     parser.add_argument("--model", default="lm-h128")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     lm = load_lm(args.model)
     rng = np.random.default_rng(args.seed)

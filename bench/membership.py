@@ -34,7 +34,6 @@ Writes bench/results/membership.json.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -45,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import show, write
+from harness import arguments, show, write
 
 from modelshield.attacks.membership import MEMBERSHIP, ShadowSet
 from modelshield.audit.privacy import membership_metrics
@@ -183,17 +182,13 @@ def dp_curve(seed: int, n_shadows: int, workers: int) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, seeds=[1, 2], workers=2, out="membership")
     parser.add_argument("--victims", nargs="+", default=VICTIMS)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--shadows", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-art", action="store_true")
     parser.add_argument("--no-dp", action="store_true")
     parser.add_argument("--hsj-iter", type=int, default=5)
     parser.add_argument("--hsj-eval", type=int, default=200)
-    parser.add_argument("--out", default="membership")
     args = parser.parse_args()
     start = time.perf_counter()
     cells: list[dict[str, Any]] = []
@@ -236,9 +231,15 @@ def _mean(xs: list[float]) -> float:
 
 def summarize(cells: list[dict[str, Any]], art: list[dict[str, Any]],
               dp: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
-    out: dict[str, Any] = {"attacks": [], "art": [], "dp": []}
-    rows = []
+    """The means over seeds, with a table for each part shown."""
     victims = list(dict.fromkeys(c["victim"] for c in cells))
+    return {"attacks": _attacks(cells, victims, seeds), "art": _beside_art(cells, art, victims),
+            "dp": _dp(dp)}
+
+
+def _attacks(cells: list[dict[str, Any]], victims: list[str],
+             seeds: list[int]) -> list[dict[str, Any]]:
+    out, rows = [], []
     for name in victims:
         for policy in POLICIES:
             for label, _, _ in ATTACKS:
@@ -248,8 +249,8 @@ def summarize(cells: list[dict[str, Any]], art: list[dict[str, Any]],
                     continue
                 if any("refused" in c for c in sel):
                     rows.append([name, policy, label, "refused", None, None, None])
-                    out["attacks"].append({"victim": name, "policy": policy, "attack": label,
-                                           "refused": True})
+                    out.append({"victim": name, "policy": policy, "attack": label,
+                                "refused": True})
                     continue
                 t1 = _mean([c["tpr"][T01] for c in sel])
                 t5 = _mean([c["tpr"]["0.001%"] for c in sel])
@@ -259,13 +260,18 @@ def summarize(cells: list[dict[str, Any]], art: list[dict[str, Any]],
                 ratio = t1 / _mean([c["tpr"][T01] for c in base]) if base and _mean(
                     [c["tpr"][T01] for c in base]) > 0 else None
                 rows.append([name, policy, label, t1, t5, auc, ratio])
-                out["attacks"].append({"victim": name, "policy": policy, "attack": label,
-                                       "tpr_0.1%": t1, "tpr_0.001%": t5, "auc": auc,
-                                       "vs_loss": ratio, "queries": sel[0]["queries"]})
+                out.append({"victim": name, "policy": policy, "attack": label,
+                            "tpr_0.1%": t1, "tpr_0.001%": t5, "auc": auc,
+                            "vs_loss": ratio, "queries": sel[0]["queries"]})
     show(f"Membership inference, mean over seeds {seeds} (TPR at 0.1% and 0.001% FPR)",
          ["victim", "policy", "attack", "TPR@0.1%", "TPR@0.001%", "AUC", "x loss baseline"],
          rows)
-    arows = []
+    return out
+
+
+def _beside_art(cells: list[dict[str, Any]], art: list[dict[str, Any]],
+                victims: list[str]) -> list[dict[str, Any]]:
+    out, arows = [], []
     for name in victims:
         sel = [a for a in art if a["victim"] == name]
         if not sel:
@@ -290,7 +296,7 @@ def summarize(cells: list[dict[str, Any]], art: list[dict[str, Any]],
                  "ours_label_only_auc": _mean([c["auc"] for c in cells if c["victim"] == name
                                                and c["policy"] == "label"
                                                and c["attack"] == "label-only (noise)"])}
-        out["art"].append(entry)
+        out.append(entry)
         ratio = (f"{entry['lira_vs_art_black_box']:.1f}" if bb > 0
                  else f">= {entry['lira_vs_art_black_box_at_least']:.0f}")
         arows.append([name, lira, bb, ratio, entry["art_black_box_auc"],
@@ -299,7 +305,11 @@ def summarize(cells: list[dict[str, Any]], art: list[dict[str, Any]],
         show("Beside IBM ART 1.20.1 (TPR at 0.1% FPR; AUC)",
              ["victim", "LiRA", "ART black-box", "ratio", "ART bb AUC", "ours label-only",
               "AUC", "ART label-only", "AUC"], arows)
-    drows = []
+    return out
+
+
+def _dp(dp: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out, drows = [], []
     for eps in sorted({d["epsilon"] for d in dp}):
         sel = [d for d in dp if d["epsilon"] == eps]
         entry = {"epsilon": eps, "test_accuracy": _mean([d["test_accuracy"] for d in sel]),
@@ -308,7 +318,7 @@ def summarize(cells: list[dict[str, Any]], art: list[dict[str, Any]],
                  "rmia_tpr_0.1%": _mean([d["rmia"]["tpr"][T01] for d in sel]),
                  "loss_tpr_0.1%": _mean([d["loss"]["tpr"][T01] for d in sel]),
                  "lira_auc": _mean([d["lira"]["auc"] for d in sel])}
-        out["dp"].append(entry)
+        out.append(entry)
         drows.append([eps, entry["test_accuracy"], entry["train_accuracy"],
                       entry["lira_tpr_0.1%"], entry["rmia_tpr_0.1%"], entry["loss_tpr_0.1%"],
                       entry["lira_auc"]])
@@ -316,7 +326,6 @@ def summarize(cells: list[dict[str, Any]], art: list[dict[str, Any]],
         show("DP-SGD (tabular-mlp): epsilon against accuracy and TPR at 0.1% FPR",
              ["epsilon", "test acc", "train acc", "LiRA", "RMIA", "loss", "LiRA AUC"], drows)
     return out
-
 
 if __name__ == "__main__":
     main()

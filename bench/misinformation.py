@@ -23,7 +23,6 @@ Writes bench/results/misinformation.json (``--out NAME`` for another name).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import show, write
+from harness import arguments, show, write
 
 from modelshield.audit.evaluate import run_cell
 from modelshield.audit.runner import ece
@@ -65,12 +64,9 @@ def honest_cost(victim: Any, spec: str) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser = arguments(__doc__, seeds=[0], out="misinformation")
     parser.add_argument("--budgets", type=int, nargs="+", default=[1000])
     parser.add_argument("--victims", nargs="+", default=VICTIMS)
-    parser.add_argument("--out", default="misinformation")
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     for name in args.victims:

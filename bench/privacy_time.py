@@ -18,7 +18,6 @@ Writes bench/results/privacy_time.json.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import shutil
@@ -31,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import show, write
+from harness import arguments, show, write
 
 from modelshield.audit.runner import run_audit
 from modelshield.audit.scenario import DEMO, load_scenario
@@ -66,9 +65,7 @@ def fresh_shadows() -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=2)
+    parser = arguments(__doc__, workers=2)
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="ms-privacy-time-"))
     cache = fresh_shadows()

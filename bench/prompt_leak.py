@@ -33,7 +33,6 @@ chosen on seed 1's prompts (thresholds 0.15, 0.3 and 0.5 were run); docs report 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import show, write
+from harness import arguments, show, write
 
 from modelshield.attacks.prompt_extraction import PROBES, PromptExtraction
 from modelshield.defenses.leakfilter import LeakFinder
@@ -75,9 +74,7 @@ def tiers(secret: str, threshold: float) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = arguments(__doc__, seed=0)
     parser.add_argument("--prompts", type=int, default=12)
     parser.add_argument("--keys", type=int, default=6)
     parser.add_argument("--threshold", type=float, default=0.15)

@@ -22,15 +22,13 @@ chosen; writes bench/results/rate_tune.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
-from _common import one_thread, show, write
+from harness import arguments, report, run_cells
 from knockoff_vs_art import build, candidates, ours
 
 VARIANTS = {"annealed": ("cosine",), "constant": ("constant",),
@@ -64,18 +62,14 @@ def cell(job: tuple[str, str, int, list[int]]) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[5, 6, 7])
+    ap = arguments(__doc__, seeds=[5, 6, 7], workers=min(2, os.cpu_count() or 1))
     ap.add_argument("--budgets", type=int, nargs="+", default=[3000])
     ap.add_argument("--families", nargs="+", default=["mlp", "deep-mlp", "logistic", "boosting"])
     ap.add_argument("--data", nargs="+", default=["digits", "synthetic"])
-    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     jobs = [(f, d, s, args.budgets) for f in args.families for d in args.data for s in args.seeds]
-    with ProcessPoolExecutor(args.workers, initializer=one_thread) as pool:
-        runs = [r for rows in pool.map(cell, jobs) for r in rows]
+    runs = run_cells(cell, jobs, args.workers, flat=True)
     summary = []
     for f in args.families:
         for b in args.budgets:
@@ -84,14 +78,15 @@ def main() -> None:
                             **{v: float(np.mean([r[v] for r in sel])) for v in VARIANTS},
                             "constant chosen": sum(r["rate"] == "constant" for r in sel),
                             "runs": len(sel)})
-    show("knockoff's test fidelity by the cross-entropy student's rate (mean over data sets "
-         f"{args.data} and seeds {args.seeds}; difference to annealed)",
-         ["family", "queries", "annealed", "constant", "shipped (chosen)", "constant chosen"],
-         [[s["family"], s["budget"], s["annealed"], f"{s['constant'] - s['annealed']:+.4f}",
-           f"{s['shipped'] - s['annealed']:+.4f}", f"{s['constant chosen']} of {s['runs']}"]
-          for s in summary])
-    write("rate_tune", {"seeds": args.seeds, "data": args.data, "budgets": args.budgets,
-                        "variants": list(VARIANTS), "runs": runs, "summary": summary})
+    report("rate_tune", {"seeds": args.seeds, "data": args.data, "budgets": args.budgets,
+                         "variants": list(VARIANTS), "runs": runs, "summary": summary},
+           [("knockoff's test fidelity by the cross-entropy student's rate (mean over data "
+             f"sets {args.data} and seeds {args.seeds}; difference to annealed)",
+             ["family", "queries", "annealed", "constant", "shipped (chosen)",
+              "constant chosen"],
+             [[s["family"], s["budget"], s["annealed"],
+               f"{s['constant'] - s['annealed']:+.4f}", f"{s['shipped'] - s['annealed']:+.4f}",
+               f"{s['constant chosen']} of {s['runs']}"] for s in summary])])
 
 
 if __name__ == "__main__":

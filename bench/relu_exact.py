@@ -1,6 +1,6 @@
 """Exact extraction of one-hidden-layer ReLU networks (critical points), seeds 0-4.
 
-    python bench/relu_exact.py
+    python bench/relu_exact.py [--seeds 0 1 2 3 4] [--out relu_exact]
 
 Victims: the built-in synth-mlp-d20 (20-32-4) and one-hidden-layer scikit-learn pipelines
 (scaling, then ReLU units) of 16 to 64 units, built here as an owner would, all answering
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import show, write
+from harness import arguments, report
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
@@ -52,8 +52,9 @@ def owner_mlp(hidden: int, classes: int, d: int, seed: int) -> Any:
 
 
 def main() -> None:
+    args = arguments(__doc__, seeds=range(5), out="relu_exact").parse_args()
     rows = []
-    for seed in range(5):
+    for seed in args.seeds:
         victims = [(load_victim("synth-mlp-d20", seed), 32)]
         victims += [(owner_mlp(h, c, d, seed), h) for h, c, d in OWNER]
         for v, hidden in victims:
@@ -69,13 +70,15 @@ def main() -> None:
                          "below_2_pow_25": err is not None and err <= 2.0 ** -25,
                          "lines": r.info.get("lines")})
             print(rows[-1], flush=True)
-    show("relu-exact: one-hidden-layer ReLU networks from full probabilities, seeds 0-4",
-         ["victim", "seed", "units", "found", "queries", "fid test", "fid unif",
-          "max log-ratio error", "<= 2^-25"],
-         [[r["victim"], r["seed"], r["hidden"], r["found"], r["queries"], r["fidelity_test"],
-           r["fidelity_uniform"], r["max_log_ratio_error"], r["below_2_pow_25"]] for r in rows])
-    write("relu_exact", {"rows": rows, "all_below_2_pow_25": all(r["below_2_pow_25"]
-                                                                  for r in rows)})
+    report(args.out, {"rows": rows, "all_below_2_pow_25": all(r["below_2_pow_25"]
+                                                               for r in rows)},
+           [(f"relu-exact: one-hidden-layer ReLU networks from full probabilities, seeds "
+             f"{args.seeds}",
+             ["victim", "seed", "units", "found", "queries", "fid test", "fid unif",
+              "max log-ratio error", "<= 2^-25"],
+             [[r["victim"], r["seed"], r["hidden"], r["found"], r["queries"],
+               r["fidelity_test"], r["fidelity_uniform"], r["max_log_ratio_error"],
+               r["below_2_pow_25"]] for r in rows])])
 
 
 if __name__ == "__main__":

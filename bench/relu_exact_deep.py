@@ -26,7 +26,6 @@ scikit-learn's own binary head answers in the box, to relu_exact_deep_victims.js
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import warnings
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import show, write
+from harness import arguments, show, write
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
@@ -95,8 +94,7 @@ def owner_victim(seed: int, d: int = 10, hidden: tuple[int, ...] = (15, 15)) -> 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap = arguments(__doc__.split("\n")[0], seeds=[0, 1, 2, 3, 4])
     ap.add_argument("--shape", type=int, nargs="+", default=[10, 15, 15],
                     help="inputs, then the widths of the two hidden layers")
     ap.add_argument("--zoo", action="store_true",

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import httpx
 import yaml
-from _common import show, write
 from _load import free_port, server
+from harness import show, write
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 

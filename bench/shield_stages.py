@@ -12,7 +12,6 @@ percentile, and its mean over the slowest 1% of requests
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -24,8 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import show, write
 from gateway_overhead import ALL_ON
+from harness import arguments, show, write
 
 from modelshield.defenses.shield import Decision
 from modelshield.defenses.stages import Call
@@ -34,9 +33,8 @@ from modelshield.victims import load_victim
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = arguments(__doc__, seed=0)
     parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     x = load_victim("digits-mlp").X_test
     rng = np.random.default_rng(args.seed)

@@ -25,7 +25,6 @@ Writes bench/results/text_watermark.json.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import console, show, write
+from harness import arguments, console, show, write
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
@@ -117,8 +116,7 @@ def reading_pairs(student: Any, texts: list[list[int]]) -> set[tuple[int, int]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seed", type=int, default=0)
+    ap = arguments(__doc__.split("\n")[0], seed=0)
     ap.add_argument("--texts", type=int, default=64, help="texts per tier and temperature")
     ap.add_argument("--clone-tokens", type=int, default=64000)
     ap.add_argument("--radioactivity-only", action="store_true",
@@ -128,98 +126,119 @@ def main() -> None:
     base = load_lm("lm-h128", args.seed)
     tok = base.tokenizer
     public = token_stream(tok, corpus("public"))
-    held = token_stream(tok, corpus("held-out"))
     prompts = windows(public, args.texts, 16, args.seed + 1)
     out: dict[str, Any] = {"seed": args.seed, "gamma": GAMMA, "delta": DELTA}
+    temperatures = () if args.radioactivity_only else (1.0, 0.7)
     with tempfile.TemporaryDirectory() as tmp:
         shield = build_shield({"model": {"lm": "lm-tuned", "seed": args.seed},
                                "audit_url": f"sqlite:///{tmp}/a.db", "watermark_secret": SECRET,
                                "tiers": {"marked": {"llm": {"watermark_delta": DELTA,
                                                             "watermark_gamma": GAMMA}},
                                          "plain": {}}})
-        lm = shield.lm
-        mark = TextWatermark(SECRET, lm.vocab, GAMMA, DELTA)
+        mark = TextWatermark(SECRET, shield.lm.vocab, GAMMA, DELTA)
         keys = {t: shield.store.create_key(t)[0] for t in ("marked", "plain")}
-        # -- detection, and the plain tier's texts as negatives -------------------------------
-        detection, texts = [], {}
-        for temperature in (() if args.radioactivity_only else (1.0, 0.7)):
-            for tier in ("marked", "plain"):
-                gens = complete(shield, keys[tier], prompts, 100, 2, temperature, args.seed)
-                texts[(tier, temperature)] = gens
-                for length in (50, 100, 200):
-                    scores = []
-                    for p, (a, b) in zip(prompts, gens, strict=True):
-                        toks = (a + b)[:length] if length > 100 else a[:length]
-                        scores.append(mark.score(toks, p[-1:]))
-                    z = np.array([s.z for s in scores])
-                    detection.append({
-                        "tier": tier, "temperature": temperature, "tokens": length,
-                        "median_z": float(np.median(z)), "min_z": float(z.min()),
-                        "share_z_ge_4": float(np.mean(z >= 4)),
-                        "share_p_le_1e-4": float(np.mean([s.p_value <= 1e-4 for s in scores])),
-                        "median_pairs": float(np.median([s.scored for s in scores]))})
-        show("detection (two completions of 100 tokens per text; gamma 0.25, delta 2)",
-             ["tier", "temperature", "tokens", "median z", "min z", "z >= 4", "p <= 1e-4",
-              "pairs scored"],
-             [[d["tier"], d["temperature"], d["tokens"], d["median_z"], d["min_z"],
-               d["share_z_ge_4"], d["share_p_le_1e-4"], d["median_pairs"]] for d in detection])
-        out["detection"] = detection
-        # -- false positives on text nobody generated -------------------------------------
-        fp = {"windows": 0, "p_le_1e-4": 0, "z_ge_4": 0}
-        for name in (() if args.radioactivity_only else ("public", "held-out", "private")):
-            stream = token_stream(tok, corpus(name))
-            for s in range(0, len(stream) - 200, 200):
-                score = mark.score(stream[s:s + 200].tolist())
-                fp["windows"] += 1
-                fp["p_le_1e-4"] += score.p_value <= 1e-4
-                fp["z_ge_4"] += score.z >= 4
-        out["false_positives"] = fp
-        show("text written without the key: 200-token windows of the three corpora",
-             ["windows", "p <= 1e-4", "z >= 4"], [[fp["windows"], fp["p_le_1e-4"],
-                                                 fp["z_ge_4"]]])
-        # -- what honest users pay ---------------------------------------------------------
-        cost = []
-        for temperature in (() if args.radioactivity_only else (1.0, 0.7)):
-            ppl = {tier: perplexity(lm, prompts, [g[0] for g in texts[(tier, temperature)]])
-                   for tier in ("marked", "plain")}
-            cost.append({"temperature": temperature, "ppl_marked": ppl["marked"],
-                         "ppl_plain": ppl["plain"], "ratio": ppl["marked"] / ppl["plain"]})
-        show("perplexity of the completions under the unwatermarked model",
-             ["temperature", "watermarked", "plain", "ratio"],
-             [[c["temperature"], c["ppl_marked"], c["ppl_plain"], c["ratio"]] for c in cost])
-        out["perplexity"] = cost
-        # -- radioactivity -------------------------------------------------------------------
-        clone_prompts = windows(public, args.clone_tokens // 32 + 1, 16, args.seed + 3)
-        probe = windows(held, 400, 16, args.seed + 4)
-        radio = []
-        students: dict[str, Any] = {"public base, untouched": base.model}
-        for tier in ("marked", "plain"):
-            oracle = ShieldLMOracle(shield, shield.store.create_key(tier)[0])
-            console.print(f"cloning through the {tier} tier ({args.clone_tokens} tokens)...")
-            clone = clone_lm(oracle, base.model, clone_prompts, [args.clone_tokens], 32,
-                             lambda s: (0.0, 0.0), seed=args.seed)
-            students[f"clone of the {tier} tier"] = clone.student
-        reading = windows(held, 1000, 64, args.seed + 5)
-        for label, student in students.items():
-            for mode, pairs in (("writing", student_pairs(student, probe, 64, args.seed)),
-                                ("reading", reading_pairs(student, reading))):
-                score = mark.score_pairs(pairs)
-                radio.append({"model": label, "mode": mode, "pairs": score.scored,
-                              "green": score.green,
-                              "share_green": score.green / max(score.scored, 1), "z": score.z,
-                              "p_value": score.p_value})
-        show("radioactivity: distinct token pairs of each model (writing: 64 tokens after each "
-             "of 400 held-out prompts; reading: its top next token at every position of 1,000 "
-             "held-out windows of 64 tokens)",
-             ["model", "mode", "pairs", "green", "share green (chance 0.25)", "z", "p"],
-             [[r["model"], r["mode"], r["pairs"], r["green"], r["share_green"], r["z"],
-               r["p_value"]] for r in radio])
-        out["radioactivity"] = radio
+        out["detection"], texts = detection(shield, keys, mark, prompts, temperatures,
+                                            args.seed)
+        out["false_positives"] = false_positives(
+            tok, mark, () if args.radioactivity_only else ("public", "held-out", "private"))
+        out["perplexity"] = honest_cost(shield.lm, prompts, texts, temperatures)
+        out["radioactivity"] = radioactivity(shield, base, mark, public,
+                                             token_stream(tok, corpus("held-out")), args)
         out["clone_tokens"] = args.clone_tokens
         shield.close()
     write(f"text_watermark_radioactivity_{args.clone_tokens}" if args.radioactivity_only
           else "text_watermark", out)
 
+
+def detection(shield: Any, keys: dict[str, str], mark: Any, prompts: list[list[int]],
+              temperatures: tuple[float, ...],
+              seed: int) -> tuple[list[dict[str, Any]], dict[Any, Any]]:
+    """Each tier's completions scored at 50, 100 and 200 tokens (the plain tier's are the
+    negatives); returns the rows and the completions."""
+    rows, texts = [], {}
+    for temperature in temperatures:
+        for tier in ("marked", "plain"):
+            gens = complete(shield, keys[tier], prompts, 100, 2, temperature, seed)
+            texts[(tier, temperature)] = gens
+            for length in (50, 100, 200):
+                scores = []
+                for p, (a, b) in zip(prompts, gens, strict=True):
+                    toks = (a + b)[:length] if length > 100 else a[:length]
+                    scores.append(mark.score(toks, p[-1:]))
+                z = np.array([s.z for s in scores])
+                rows.append({
+                    "tier": tier, "temperature": temperature, "tokens": length,
+                    "median_z": float(np.median(z)), "min_z": float(z.min()),
+                    "share_z_ge_4": float(np.mean(z >= 4)),
+                    "share_p_le_1e-4": float(np.mean([s.p_value <= 1e-4 for s in scores])),
+                    "median_pairs": float(np.median([s.scored for s in scores]))})
+    show("detection (two completions of 100 tokens per text; gamma 0.25, delta 2)",
+         ["tier", "temperature", "tokens", "median z", "min z", "z >= 4", "p <= 1e-4",
+          "pairs scored"],
+         [[d["tier"], d["temperature"], d["tokens"], d["median_z"], d["min_z"],
+           d["share_z_ge_4"], d["share_p_le_1e-4"], d["median_pairs"]] for d in rows])
+    return rows, texts
+
+
+def false_positives(tok: Any, mark: Any, corpora: tuple[str, ...]) -> dict[str, int]:
+    """200-token windows of text nobody generated, scored against the key."""
+    fp = {"windows": 0, "p_le_1e-4": 0, "z_ge_4": 0}
+    for name in corpora:
+        stream = token_stream(tok, corpus(name))
+        for s in range(0, len(stream) - 200, 200):
+            score = mark.score(stream[s:s + 200].tolist())
+            fp["windows"] += 1
+            fp["p_le_1e-4"] += score.p_value <= 1e-4
+            fp["z_ge_4"] += score.z >= 4
+    show("text written without the key: 200-token windows of the three corpora",
+         ["windows", "p <= 1e-4", "z >= 4"], [[fp["windows"], fp["p_le_1e-4"], fp["z_ge_4"]]])
+    return fp
+
+
+def honest_cost(lm: Any, prompts: list[list[int]], texts: dict[Any, Any],
+                temperatures: tuple[float, ...]) -> list[dict[str, Any]]:
+    """What honest users pay: the completions' perplexity under the unwatermarked model."""
+    cost = []
+    for temperature in temperatures:
+        ppl = {tier: perplexity(lm, prompts, [g[0] for g in texts[(tier, temperature)]])
+               for tier in ("marked", "plain")}
+        cost.append({"temperature": temperature, "ppl_marked": ppl["marked"],
+                     "ppl_plain": ppl["plain"], "ratio": ppl["marked"] / ppl["plain"]})
+    show("perplexity of the completions under the unwatermarked model",
+         ["temperature", "watermarked", "plain", "ratio"],
+         [[c["temperature"], c["ppl_marked"], c["ppl_plain"], c["ratio"]] for c in cost])
+    return cost
+
+
+def radioactivity(shield: Any, base: Any, mark: Any, public: Any, held: Any,
+                  args: Any) -> list[dict[str, Any]]:
+    """A clone through each tier, and the untouched base: the green share of their pairs."""
+    clone_prompts = windows(public, args.clone_tokens // 32 + 1, 16, args.seed + 3)
+    probe = windows(held, 400, 16, args.seed + 4)
+    radio = []
+    students: dict[str, Any] = {"public base, untouched": base.model}
+    for tier in ("marked", "plain"):
+        oracle = ShieldLMOracle(shield, shield.store.create_key(tier)[0])
+        console.print(f"cloning through the {tier} tier ({args.clone_tokens} tokens)...")
+        clone = clone_lm(oracle, base.model, clone_prompts, [args.clone_tokens], 32,
+                         lambda s: (0.0, 0.0), seed=args.seed)
+        students[f"clone of the {tier} tier"] = clone.student
+    reading = windows(held, 1000, 64, args.seed + 5)
+    for label, student in students.items():
+        for mode, pairs in (("writing", student_pairs(student, probe, 64, args.seed)),
+                            ("reading", reading_pairs(student, reading))):
+            score = mark.score_pairs(pairs)
+            radio.append({"model": label, "mode": mode, "pairs": score.scored,
+                          "green": score.green,
+                          "share_green": score.green / max(score.scored, 1), "z": score.z,
+                          "p_value": score.p_value})
+    show("radioactivity: distinct token pairs of each model (writing: 64 tokens after each "
+         "of 400 held-out prompts; reading: its top next token at every position of 1,000 "
+         "held-out windows of 64 tokens)",
+         ["model", "mode", "pairs", "green", "share green (chance 0.25)", "z", "p"],
+         [[r["model"], r["mode"], r["pairs"], r["green"], r["share_green"], r["z"],
+           r["p_value"]] for r in radio])
+    return radio
 
 if __name__ == "__main__":
     main()

@@ -28,7 +28,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _common import show, write
+from harness import show, write
 
 from modelshield.defenses.textmark import TextWatermark
 from modelshield.victims.lm import corpus, load_lm, token_stream

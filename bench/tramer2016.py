@@ -8,12 +8,11 @@ Prints one table per experiment and writes bench/results/tramer2016.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
 import numpy as np
-from _common import RESULTS, show, write
+from harness import RESULTS, arguments, show, write
 
 from modelshield.audit import run_cell
 from modelshield.victims import load_victim
@@ -158,8 +157,7 @@ SECTIONS = {"logistic": logistic, "rounding_2": rounding_curve, "label_only": la
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = arguments(__doc__, seed=0)
     parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS),
                         help="run only these experiments (the JSON keeps the others)")
     args = parser.parse_args()

@@ -37,18 +37,15 @@ watermark is tested against every one of them, for the share of p-values at or b
 
 from __future__ import annotations
 
-import argparse
 import functools
-import multiprocessing
 import sys
 import tempfile
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import one_thread, show, write
+from harness import arguments, pool, report, run_cells
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
@@ -245,16 +242,11 @@ def honest_cost(name: str, rate: float) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = arguments(__doc__.split("\n")[0], seeds=[0, 1, 2], workers=2, out="watermark_dawn")
     ap.add_argument("--quick", action="store_true", help="one seed, 1,000 queries")
     ap.add_argument("--victims", nargs="+", default=VICTIMS)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--budgets", type=int, nargs="+", default=None,
                     help="query budgets (default 1,000 and 10,000; 1,000 with --quick)")
-    ap.add_argument("--out", default="watermark_dawn",
-                    help="the result's name under bench/results (a run on other victims "
-                         "keeps the committed one)")
     args = ap.parse_args()
     seeds = [0] if args.quick else args.seeds
     budgets = args.budgets or ([1000] if args.quick else [1000, 10_000])
@@ -262,36 +254,65 @@ def main() -> None:
             for s in seeds]
     jobs += [(v, "knockoff", 1000, s, 0.02) for v in args.victims for s in seeds]
     jobs += [(v, "knockoff-forest", 1000, s, 0.02) for v in args.victims for s in seeds]
-    # spawn: a forked worker can hang on the parent's OpenMP threads
-    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=one_thread) as pool:
-        rows = []
-        for r in pool.map(cell, jobs):
-            rows.append(r)
-            print(f"[{len(rows)}/{len(jobs)}] {r['victim']} {r['attacker']} {r['budget']} "
-                  f"seed {r['seed']} rate {r['rate']}: fidelity {r['fidelity']:.3f}, "
-                  f"p {r['p_value']:.2g}, on scores {r['p_scores'] or 1:.2g}", flush=True)
-        others = list(pool.map(other_account_clone, args.victims,
-                               [seeds[0]] * len(args.victims),
-                               [0.005] * len(args.victims), [budgets[-1]] * len(args.victims)))
-        costs = list(pool.map(honest_cost, args.victims, [0.005] * len(args.victims)))
-    table = []
-    for r in rows:
-        table.append([r["victim"], r["attacker"], f"{r['rate']:.3f}", r["budget"], r["seed"],
-                      r["student"], r["fidelity"], r["watermarks"],
-                      f"{r['matches']}/{r['disagreements']}" if r["test"] == "label"
-                      else f"{r['matches']}/{r['watermarks']}", r["p_value"],
-                      "yes" if r["named"] else "no", r["p_scores"], r.get("trigger_p")])
-    show("DAWN watermark in the thief's clone (p <= 1e-3 names the key); trigger set's p",
-         ["victim", "attacker", "rate", "budget", "seed", "student", "fidelity", "wm inputs",
-          "matches", "p", "named", "p on scores", "trigger p"], table)
+    n = len(args.victims)
+    with pool(args.workers, spawn=True) as ex:
+        rows = run_cells(cell, jobs, args.workers, executor=ex, progress=lambda r: (
+            f"{r['victim']} {r['attacker']} {r['budget']} seed {r['seed']} rate {r['rate']}: "
+            f"fidelity {r['fidelity']:.3f}, p {r['p_value']:.2g}, on scores "
+            f"{r['p_scores'] or 1:.2g}"))
+        others = list(ex.map(other_account_clone, args.victims, [seeds[0]] * n,
+                             [0.005] * n, [budgets[-1]] * n))
+        costs = list(ex.map(honest_cost, args.victims, [0.005] * n))
+    summary = summarize(rows, args.victims, budgets)
+    independent, null_row = no_false_claims(rows, others, seeds, budgets)
+    report(args.out, {"alpha": ALPHA, "seeds": seeds, "budgets": budgets,
+                      "rows": [{k: v for k, v in r.items()
+                                if k not in ("null_p", "null_p_scores")} for r in rows],
+                      "summary": summary, "independent_models": independent,
+                      "other_accounts": others, "honest_cost": costs},
+           [("DAWN watermark in the thief's clone (p <= 1e-3 names the key); trigger set's p",
+             ["victim", "attacker", "rate", "budget", "seed", "student", "fidelity",
+              "wm inputs", "matches", "p", "named", "p on scores", "trigger p"],
+             [[r["victim"], r["attacker"], f"{r['rate']:.3f}", r["budget"], r["seed"],
+               r["student"], r["fidelity"], r["watermarks"],
+               f"{r['matches']}/{r['disagreements']}" if r["test"] == "label"
+               else f"{r['matches']}/{r['watermarks']}", r["p_value"],
+               "yes" if r["named"] else "no", r["p_scores"], r.get("trigger_p")]
+              for r in rows]),
+            ("named / runs, mean fidelity (serve-time DAWN on labels and on scores, named at "
+             "1e-3 and traced at 1e-6; train-time trigger set)",
+             ["victim", "attacker", "budget", "rate", "DAWN named", "on scores", "traced",
+              "on scores", "fidelity", "median p", "on scores", "trigger set named"],
+             [[s["victim"], s["attacker"], s["budget"], s["rate"], f"{s['named']}/{s['runs']}",
+               f"{s['named_scores']}/{s['runs']}", f"{s['traced']}/{s['runs']}",
+               f"{s['traced_scores']}/{s['runs']}", s["fidelity"], s["median_p"],
+               s["median_p_scores"],
+               "-" if s["trigger_named"] is None else f"{s['trigger_named']}/{s['runs']}"]
+              for s in summary]),
+            ("models built without our answers",
+             ["models", "named at 1e-3", "tests (all cells)", "named", "p <= 0.05",
+              "tests on scores", "named on scores", "p <= 0.05 on scores",
+              "named by a trigger set"], [null_row]),
+            ("another key's clone against a key's watermark (forest students)",
+             ["victim", "own p (a)", "other p (a)", "own p (b)", "other p (b)"],
+             [[o["victim"], o["own-0"], o["other-0"], o["own-1"], o["other-1"]]
+              for o in others]),
+            ("what it costs a customer scoring the test set (20 keys)",
+             ["victim", "rate", "answers changed", "accuracy", "unmarked accuracy"],
+             [[c["victim"], c["rate"], c["answers_changed"], c["accuracy"],
+               c["accuracy_unmarked"]] for c in costs])])
 
-    def on_scores(r: dict[str, Any]) -> float:
-        """The score test's p, or the label test's for a clone without scores."""
-        return r["p_value"] if r["p_scores"] is None else r["p_scores"]
 
+def on_scores(r: dict[str, Any]) -> float:
+    """The score test's p, or the label test's for a clone without scores."""
+    return r["p_value"] if r["p_scores"] is None else r["p_scores"]
+
+
+def summarize(rows: list[dict[str, Any]], victims: list[str],
+              budgets: list[int]) -> list[dict[str, Any]]:
+    """Each victim, attacker, budget and rate: the runs named and traced."""
     summary = []
-    for v in args.victims:
+    for v in victims:
         for a in ATTACKERS:
             for b in budgets:
                 for rate in (0.005, 0.02):
@@ -311,17 +332,14 @@ def main() -> None:
                                         "fidelity": float(np.mean([r["fidelity"] for r in sel])),
                                         "median_p": float(np.median([r["p_value"]
                                                                      for r in sel]))})
-    show("named / runs, mean fidelity (serve-time DAWN on labels and on scores, named at "
-         "1e-3 and traced at 1e-6; train-time trigger set)",
-         ["victim", "attacker", "budget", "rate", "DAWN named", "on scores", "traced",
-          "on scores", "fidelity", "median p", "on scores", "trigger set named"],
-         [[s["victim"], s["attacker"], s["budget"], s["rate"], f"{s['named']}/{s['runs']}",
-           f"{s['named_scores']}/{s['runs']}", f"{s['traced']}/{s['runs']}",
-           f"{s['traced_scores']}/{s['runs']}",
-           s["fidelity"], s["median_p"], s["median_p_scores"], "-" if s["trigger_named"] is None else
-           f"{s['trigger_named']}/{s['runs']}"] for s in summary])
-    # No false claims: each independent model against the thief's watermark of the
-    # largest budget, first seed; and every cell's watermark against every model.
+    return summary
+
+
+def no_false_claims(rows: list[dict[str, Any]], others: list[dict[str, Any]],
+                    seeds: list[int], budgets: list[int]) -> tuple[dict[str, Any], list[Any]]:
+    """Each independent model against the thief's watermark of the largest budget, first
+    seed; and every cell's watermark against every model. Returns the result and its
+    table row."""
     first = [r for r in rows if r["attacker"] == "knockoff" and r["seed"] == seeds[0]
              and r["budget"] == budgets[-1] and r["rate"] == 0.005]
     per_model = [(r["victim"], label, p) for r in first for label, p in r["null_p"]]
@@ -336,35 +354,16 @@ def main() -> None:
     trigger_false = sum(r.get("trigger_null_named", 0) for r in rows if r["seed"] == seeds[0]
                         and r["attacker"] == "knockoff" and r["budget"] == budgets[-1]
                         and r["rate"] == 0.005)
-    show("models built without our answers", ["models", "named at 1e-3", "tests (all cells)",
-                                              "named", "p <= 0.05", "tests on scores",
-                                              "named on scores", "p <= 0.05 on scores",
-                                              "named by a trigger set"],
-         [[len(per_model) + len(others_p), named_models, all_tests, all_named,
+    result = {"models": len(per_model) + len(others_p), "named": named_models,
+              "per_model": per_model, "other_account_clones": others_p,
+              "all_tests": all_tests, "all_named": all_named,
+              "share_p_le_0.05": small / max(all_tests, 1), "tests_on_scores": len(scored),
+              "named_on_scores": scored_named, "min_p_on_scores": min(scored, default=1.0),
+              "trigger_set_named": trigger_false}
+    row = [len(per_model) + len(others_p), named_models, all_tests, all_named,
            f"{small / max(all_tests, 1):.3f}", len(scored), scored_named,
-           f"{sum(p <= 0.05 for p in scored) / max(len(scored), 1):.3f}", trigger_false]])
-    show("another key's clone against a key's watermark (forest students)",
-         ["victim", "own p (a)", "other p (a)", "own p (b)", "other p (b)"],
-         [[o["victim"], o["own-0"], o["other-0"], o["own-1"], o["other-1"]] for o in others])
-    show("what it costs a customer scoring the test set (20 keys)",
-         ["victim", "rate", "answers changed", "accuracy", "unmarked accuracy"],
-         [[c["victim"], c["rate"], c["answers_changed"], c["accuracy"], c["accuracy_unmarked"]]
-          for c in costs])
-    write(args.out, {"alpha": ALPHA, "seeds": seeds, "budgets": budgets,
-                             "rows": [{k: v for k, v in r.items()
-                                       if k not in ("null_p", "null_p_scores")}
-                                      for r in rows],
-                             "summary": summary, "independent_models": {
-                                 "models": len(per_model) + len(others_p),
-                                 "named": named_models, "per_model": per_model,
-                                 "other_account_clones": others_p,
-                                 "all_tests": all_tests, "all_named": all_named,
-                                 "share_p_le_0.05": small / max(all_tests, 1),
-                                 "tests_on_scores": len(scored),
-                                 "named_on_scores": scored_named,
-                                 "min_p_on_scores": min(scored, default=1.0),
-                                 "trigger_set_named": trigger_false},
-                             "other_accounts": others, "honest_cost": costs})
+           f"{sum(p <= 0.05 for p in scored) / max(len(scored), 1):.3f}", trigger_false]
+    return result, row
 
 
 if __name__ == "__main__":

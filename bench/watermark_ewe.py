@@ -65,17 +65,14 @@ Writes bench/results/watermark_ewe.json (``--out`` names another).
 
 from __future__ import annotations
 
-import argparse
-import multiprocessing
 import sys
 import tempfile
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import one_thread, show, write
+from harness import TableSpec, arguments, pool, report, run_cells, show, write
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
@@ -327,24 +324,18 @@ def _run(args: Any) -> tuple[list[Any], list[Any], list[Any], list[int], list[st
     ewe = [v for v in args.victims if v.endswith("-ewe")]
     # Spawned workers: the victims were trained with PyTorch here, and a forked child of a
     # process whose intra-op thread pool has started can wait on it for ever.
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=one_thread) as pool:
-        rows = []
-        for r in pool.map(cell, jobs):
-            rows.append(r)
-            print(f"[{len(rows)}/{len(jobs)}] {r['victim']} {r['attacker']} seed {r['seed']}: "
-                  f"fidelity {r['fidelity']:.3f}, train-time p {r['mark_p']:.2g}, "
-                  f"DAWN p {r['dawn_p']:.2g} (scores {r['dawn_p_scores'] or 1:.2g}, "
-                  f"sequential {r['dawn_p_sequential'] or 1:.2g})",
-                  flush=True)
-        nulls = []
-        for n in pool.map(independent, [(v, s) for v in ewe for s in seeds]):
-            nulls.append(n)
-            print(f"independent models of {n['victim']} seed {n['seed']}: "
-                  f"{sum(m['mark_named'] for m in n['models'])} of {len(n['models'])} named",
-                  flush=True)
-        abl = list(pool.map(ablation, [(d, 1, c, f) for d in ("digits", "synthetic")
-                                       for c in ("snnl", "random") for f in (32.0, 0.0)])) \
+    with pool(args.workers, spawn=True) as ex:
+        rows = run_cells(cell, jobs, args.workers, executor=ex, progress=lambda r: (
+            f"{r['victim']} {r['attacker']} seed {r['seed']}: fidelity {r['fidelity']:.3f}, "
+            f"train-time p {r['mark_p']:.2g}, DAWN p {r['dawn_p']:.2g} (scores "
+            f"{r['dawn_p_scores'] or 1:.2g}, sequential {r['dawn_p_sequential'] or 1:.2g})"))
+        nulls = run_cells(independent, [(v, s) for v in ewe for s in seeds], args.workers,
+                          executor=ex, progress=lambda n: (
+                              f"independent models of {n['victim']} seed {n['seed']}: "
+                              f"{sum(m['mark_named'] for m in n['models'])} of "
+                              f"{len(n['models'])} named"))
+        abl = list(ex.map(ablation, [(d, 1, c, f) for d in ("digits", "synthetic")
+                                     for c in ("snnl", "random") for f in (32.0, 0.0)])) \
             if args.ablation else []
     return rows, nulls, abl, seeds, attacks
 
@@ -390,15 +381,13 @@ def _compare_floors(path: Path, rhos: list[float], out: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = arguments(__doc__.split("\n")[0], seeds=[0, 1, 2], workers=2, out="watermark_ewe")
     ap.add_argument("--quick", action="store_true", help="seed 0, three attacks")
     ap.add_argument("--victims", nargs="+", default=VICTIMS)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--attacks", nargs="+", default=list(ATTACKS_RUN), choices=ATTACKS_RUN)
     ap.add_argument("--ablation", action="store_true",
                     help="also train digits and synthetic networks with the trigger chosen "
                          "at random and without the SNNL term (seed 1)")
-    ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--retest", type=Path, metavar="JSON",
                     help="score the suspects' stored answers in a result file this bench wrote "
                          "(since it stores them) with the library's current tests, instead "
@@ -407,7 +396,6 @@ def main() -> None:
                     help="the decoy test's floor on the spread between keys (default: the "
                          "library's DECOY_MIN_RHO); with --retest and several floors, only "
                          "a table comparing them is written")
-    ap.add_argument("--out", default="watermark_ewe", help="result name in bench/results/")
     args = ap.parse_args()
     import modelshield.victims.entangled as entangled
 
@@ -420,15 +408,24 @@ def main() -> None:
         args.victims = list(dict.fromkeys(r["victim"] for r in rows))
     else:
         rows, nulls, abl, seeds, attacks = _run(args)
-    show("each clone against the train-time and the serve-time watermark (p <= 1e-3 names)",
-         ["victim", "attack", "seed", "fidelity", "train-time", "success", "p",
-          "queries to 95%", "to 1e-6", "to 2^-64", "DAWN p", "on scores", "sequential"],
-         [[r["victim"], r["attacker"], r["seed"], r["fidelity"], r["watermark"],
-           r.get("mark_success", r["mark_matches"] / r["mark_inputs"]), r["mark_p"],
-           r.get("queries_95%"), r.get("queries_1e-6"), r.get("queries_2^-64"), r["dawn_p"],
-           r.get("dawn_p_scores"), r.get("dawn_p_sequential")] for r in rows])
+    summary = summarize(rows, args.victims, attacks)
+    tested = [m for n in nulls for m in n["models"]]
+    report(args.out, {"alpha": ALPHA, "budget": BUDGET, "seeds": seeds, "rows": rows,
+                      "summary": summary, "independent": nulls,
+                      "independent_named": sum(m["mark_named"] for m in tested),
+                      "independent_named_family_null": sum(m.get("family_named", False)
+                                                           for m in tested),
+                      "independent_named_decoys": sum((m.get("mark_p_decoy") or 1.0) <= ALPHA
+                                                      for m in tested),
+                      "independent_models": len(tested), "ablation": abl},
+           tables(rows, summary, nulls, abl))
+
+
+def summarize(rows: list[dict[str, Any]], victims: list[str],
+              attacks: list[str]) -> list[dict[str, Any]]:
+    """Each victim and attack: the runs each watermark names."""
     summary = []
-    for v in args.victims:
+    for v in victims:
         for a in attacks:
             sel = [r for r in rows if (r["victim"], r["attacker"]) == (v, a)]
             if not sel:
@@ -448,7 +445,20 @@ def main() -> None:
                                                  / r["mark_inputs"]) for r in sel])),
                 "max_queries_95": None if None in q95 or not q95 else max(
                     q for q in q95 if q is not None)})
-    show("side by side: runs in which each watermark names the clone (p <= 1e-3)",
+    return summary
+
+
+def tables(rows: list[dict[str, Any]], summary: list[dict[str, Any]],
+           nulls: list[dict[str, Any]], abl: list[dict[str, Any]]) -> list[TableSpec]:
+    out: list[TableSpec] = [
+        ("each clone against the train-time and the serve-time watermark (p <= 1e-3 names)",
+         ["victim", "attack", "seed", "fidelity", "train-time", "success", "p",
+          "queries to 95%", "to 1e-6", "to 2^-64", "DAWN p", "on scores", "sequential"],
+         [[r["victim"], r["attacker"], r["seed"], r["fidelity"], r["watermark"],
+           r.get("mark_success", r["mark_matches"] / r["mark_inputs"]), r["mark_p"],
+           r.get("queries_95%"), r.get("queries_1e-6"), r.get("queries_2^-64"), r["dawn_p"],
+           r.get("dawn_p_scores"), r.get("dawn_p_sequential")] for r in rows]),
+        ("side by side: runs in which each watermark names the clone (p <= 1e-3)",
          ["victim", "attack", "fidelity", "train-time named", "(family null alone)",
           "largest p", "watermark success", "most queries to 95%", "DAWN named",
           "on scores", "traced on scores", "traced as the audit traces"],
@@ -457,9 +467,8 @@ def main() -> None:
            s["max_queries_95"], f"{s['dawn_named']}/{s['runs']}",
            f"{s['dawn_named_scores']}/{s['runs']}", f"{s['dawn_traced_scores']}/{s['runs']}",
            f"{s['dawn_traced_audit']}/{s['runs']}"]
-          for s in summary])
-    tested = [m for n in nulls for m in n["models"]]
-    show("models built without the entangled watermark",
+          for s in summary]),
+        ("models built without the entangled watermark",
          ["victim", "seed", "accuracy", "unmarked twin", "null rate", "victim's success",
           "models", "named at 1e-3", "by the family null alone", "by the decoys alone",
           "smallest p"],
@@ -468,21 +477,15 @@ def main() -> None:
            sum(m["mark_named"] for m in n["models"]),
            sum(m.get("family_named", False) for m in n["models"]),
            sum((m.get("mark_p_decoy") or 1.0) <= ALPHA for m in n["models"]),
-           min(m["mark_p"] for m in n["models"])] for n in nulls])
+           min(m["mark_p"] for m in n["models"])] for n in nulls])]
     if abl:
-        show("ablation (seed 1): trigger choice and the SNNL term",
-             ["data", "trigger", "SNNL factor", "accuracy", "null rate",
-              "pool clone success", "hard-label clone success"],
-             [[a["data"], a["choice"], a["factor"], a["accuracy"], a["null_rate"],
-               a["knockoff-pool"]["success"], a["knockoff-hard"]["success"]] for a in abl])
-    write(args.out, {"alpha": ALPHA, "budget": BUDGET, "seeds": seeds, "rows": rows,
-                     "summary": summary, "independent": nulls,
-                     "independent_named": sum(m["mark_named"] for m in tested),
-                     "independent_named_family_null": sum(m.get("family_named", False)
-                                                          for m in tested),
-                     "independent_named_decoys": sum((m.get("mark_p_decoy") or 1.0) <= ALPHA
-                                                     for m in tested),
-                     "independent_models": len(tested), "ablation": abl})
+        out.append(("ablation (seed 1): trigger choice and the SNNL term",
+                    ["data", "trigger", "SNNL factor", "accuracy", "null rate",
+                     "pool clone success", "hard-label clone success"],
+                    [[a["data"], a["choice"], a["factor"], a["accuracy"], a["null_rate"],
+                      a["knockoff-pool"]["success"], a["knockoff-hard"]["success"]]
+                     for a in abl]))
+    return out
 
 
 if __name__ == "__main__":

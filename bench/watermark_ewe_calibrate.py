@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import show, write
+from harness import show, write
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 

@@ -11,7 +11,7 @@ premise: a model built without our answers cannot tell our key from another key 
 the same procedure, so its rate on our watermark is one more draw from its rates on the
 decoys. The decoys are drawn on any pair of classes, the real key's included; a decoy
 that draws the real key itself draws again. (They used to avoid the real key's pair; this
-script showed why that was wrong: docs/benchmarks.md.)
+script showed why that was wrong: docs/bench/watermarks.md.)
 
 This script asks whether the premise holds. It embeds a built-in EWE victim again (the same
 secret and seed as the zoo, so the same network and watermark), and, on the network before
@@ -28,14 +28,13 @@ bench/results/watermark_ewe_keys.json (``--out`` names another).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import show, write
+from harness import arguments, show, write
 from watermark_ewe import independent_models
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
@@ -120,11 +119,9 @@ def one(name: str, seed: int, n_keys: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = arguments(__doc__.split("\n")[0], seeds=[0, 1, 2], out="watermark_ewe_keys")
     ap.add_argument("--victims", nargs="+", default=["synth-mlp-d20-ewe"])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--keys", type=int, default=240, help="keys drawn besides the real one")
-    ap.add_argument("--out", default="watermark_ewe_keys")
     args = ap.parse_args()
     runs = []
     for name in args.victims:

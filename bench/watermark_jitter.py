@@ -31,9 +31,7 @@ every cell's key at every jitter. Writes bench/results/watermark_jitter.json.
 
 from __future__ import annotations
 
-import multiprocessing
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +39,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import one_thread, seeds_and_rates, show, watermarked_theft, write
+from _common import seeds_and_rates, watermarked_theft
+from harness import report, run_cells, show
 from watermark_dawn import independent_models
 
 ATTACKERS: dict[str, dict[str, Any]] = {
@@ -136,15 +135,10 @@ def main() -> None:
     ap = seeds_and_rates(__doc__.split("\n")[0], list(ATTACKERS))
     args = ap.parse_args()
     jobs = [(v, r, s) for v in args.victims for r in args.rates for s in args.seeds]
-    cells = []
-    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=one_thread) as pool:
-        for i, c in enumerate(pool.map(cell, jobs), 1):
-            cells.append(c)
-            print(f"[{i}/{len(jobs)}] {c['victim']} rate {c['rate']} seed {c['seed']}: "
-                  f"fidelity {c['fidelity']:.3f}, {c['watermarks']} marks, p "
-                  + ", ".join(f"{j['jitter']}: {j['p_clone']:.2g}/{j['p_lookup']:.2g}"
-                              for j in c["jitters"]), flush=True)
+    cells = run_cells(cell, jobs, args.workers, spawn=True, progress=lambda c: (
+        f"{c['victim']} rate {c['rate']} seed {c['seed']}: fidelity {c['fidelity']:.3f}, "
+        f"{c['watermarks']} marks, p " + ", ".join(
+            f"{j['jitter']}: {j['p_clone']:.2g}/{j['p_lookup']:.2g}" for j in c["jitters"])))
     show(f"knockoff clones of {BUDGET} queries, p on scores (traced: <= {TRACED:g}); "
          "'nearest' diverts rows within the median or the largest move",
          ["victim", "rate", "seed", "marks", "jitter", "unmoved", "median move", "clone",
@@ -174,8 +168,8 @@ def main() -> None:
          [[s["jitter"], s["clone_traced"], s["lookup_traced"], s["nearest_median_traced"],
            s["nearest_max_traced"], s["clones"], s["null_named"], s["null_tests"],
            s["null_min_p"]] for s in summary])
-    write("watermark_jitter", {"seeds": args.seeds, "rates": args.rates, "budget": BUDGET,
-                               "cells": cells, "summary": summary})
+    report("watermark_jitter", {"seeds": args.seeds, "rates": args.rates, "budget": BUDGET,
+                                "cells": cells, "summary": summary})
 
 
 if __name__ == "__main__":

@@ -37,9 +37,7 @@ too). Writes bench/results/watermark_scores.json.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +45,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import RESULTS, one_thread, seeds_and_rates, show, watermarked_theft, write
+from _common import seeds_and_rates, watermarked_theft
+from harness import RESULTS, report, run_cells
 from watermark_dawn import independent_models
 
 ATTACKERS: dict[str, dict[str, dict[str, Any]]] = {
@@ -145,26 +144,62 @@ def main() -> None:
         kept = json.loads((RESULTS / f"{args.out}.json").read_text())["rows"]
         rows = [r for r in kept if r["attacker"] not in args.rerun
                 and r["victim"] in args.victims]
-    # spawn: a forked worker can hang on the parent's OpenMP threads
-    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=one_thread) as pool:
-        for i, r in enumerate(pool.map(cell, jobs), 1):
-            rows.append(r)
-            print(f"[{i}/{len(jobs)}] {r['victim']} {r['attacker']} rate {r['rate']} "
-                  f"seed {r['seed']}: fidelity {r['fidelity']:.3f}, {r['watermarks']} marks, "
-                  f"p labels {r['p_labels']:.2g}, scores {r['p_scores']:.2g}", flush=True)
+    rows += run_cells(cell, jobs, args.workers, spawn=True, progress=lambda r: (
+        f"{r['victim']} {r['attacker']} rate {r['rate']} seed {r['seed']}: fidelity "
+        f"{r['fidelity']:.3f}, {r['watermarks']} marks, p labels {r['p_labels']:.2g}, "
+        f"scores {r['p_scores']:.2g}"))
     order = {(v, a): i for i, (v, a) in enumerate(
         (v, a) for v in args.victims for a in ATTACKERS[v])}
     rows.sort(key=lambda r: (order[(r["victim"], r["attacker"])], r["rate"], r["seed"]))
-    show(f"clones of {BUDGET} queries: p-value against the key's watermark (traced: <= 1e-6)",
-         ["victim", "attacker", "rate", "seed", "fidelity", "marked cells", "p on labels",
-          "p on scores"],
-         [[r["victim"], r["attacker"], f"{r['rate']:.1%}", r["seed"], r["fidelity"],
-           r["watermarks"], r["p_labels"], r["p_scores"]] for r in rows])
+    summary = per_attacker(rows, args.victims, args.rates)
+    queries = suspect_queries(rows, summary)
+    by_size = null_by_controls(rows)
+    null = null_by_victim(rows, args.victims)
+    report(args.out, {"seeds": args.seeds, "rates": args.rates, "budget": BUDGET,
+                      "rows": rows, "summary": summary, "null": null,
+                      "suspect_queries": queries, "null_by_controls": by_size},
+           [(f"clones of {BUDGET} queries: p-value against the key's watermark (traced: "
+             "<= 1e-6)", ["victim", "attacker", "rate", "seed", "fidelity", "marked cells",
+                          "p on labels", "p on scores"],
+             [[r["victim"], r["attacker"], f"{r['rate']:.1%}", r["seed"], r["fidelity"],
+               r["watermarks"], r["p_labels"], r["p_scores"]] for r in rows]),
+            ("per attacker (clones of 90% fidelity or more traced at <= 1e-6, named at "
+             "<= 1e-3)",
+             ["victim", "attacker", "rate", "clones >= 90%", "mean fidelity", "mean marks",
+              "traced: labels", "traced: scores", "named: labels", "named: scores",
+              "median p labels", "median p scores"],
+             [[s["victim"], s["attacker"], f"{s['rate']:.1%}", f"{s['clones_90']}/{s['runs']}",
+               s["mean_fidelity"], s["mean_marks"], s["traced_labels"], s["traced_scores"],
+               s["named_labels"], s["named_scores"], s["median_p_labels"],
+               s["median_p_scores"]] for s in summary]),
+            ("suspect queries on scores to reach 1e-6 and 2^-64 (the fewest over controls of "
+             f"{', '.join(map(str, CONTROLS))} or all; clones >= 90%)",
+             ["victim", "attacker", "rate", "clones", "all cells (median)", "reach 1e-6",
+              "queries (each clone)", "reach 2^-64", "queries (each clone)"],
+             [[q["victim"], q["attacker"], f"{q['rate']:.1%}", q["clones_90"], q["all_cells"],
+               q["reached_1e-6"], " ".join(map(str, q["queries_1e-6"])) or "-",
+               q["reached_2^-64"], " ".join(map(str, q["queries_2^-64"])) or "-"]
+              for q in queries]),
+            ("independent models against every key, by control size (no false claims)",
+             ["controls", "tests", "p <= 1e-3", "share <= 0.05", "smallest p"],
+             [[b["controls"], b["tests"], b["at_1e-3"], b["at_0.05"], b["min_p"]]
+              for b in by_size]),
+            ("independent models against every key (no false claims)",
+             ["victim", "accounts", "tests", "on scores", "labels: p <= 1e-3",
+              "scores: p <= 1e-3", "labels: share <= 0.05", "scores: share <= 0.05",
+              "smallest p on scores"],
+             [[n["victim"], n["accounts"], n["tests"], n["scored"], n["labels_at_1e-3"],
+               n["scores_at_1e-3"], n["labels_at_0.05"], n["scores_at_0.05"],
+               n["min_p_scores"]] for n in null])])
+
+
+def per_attacker(rows: list[dict[str, Any]], victims: list[str],
+                 rates: list[float]) -> list[dict[str, Any]]:
+    """Each victim, attacker and rate: its clones of 90% or more, traced and named."""
     summary = []
-    for name in args.victims:
+    for name in victims:
         for attacker in ATTACKERS[name]:
-            for rate in args.rates:
+            for rate in rates:
                 cells = [r for r in rows if (r["victim"], r["attacker"], r["rate"])
                          == (name, attacker, rate)]
                 clones = [r for r in cells if r["fidelity"] >= 0.9]
@@ -179,14 +214,12 @@ def main() -> None:
                     "named_scores": sum(r["p_scores"] <= ALPHA for r in clones),
                     "median_p_labels": float(np.median([r["p_labels"] for r in cells])),
                     "median_p_scores": float(np.median([r["p_scores"] for r in cells]))})
-    show("per attacker (clones of 90% fidelity or more traced at <= 1e-6, named at <= 1e-3)",
-         ["victim", "attacker", "rate", "clones >= 90%", "mean fidelity", "mean marks",
-          "traced: labels", "traced: scores", "named: labels", "named: scores",
-          "median p labels", "median p scores"],
-         [[s["victim"], s["attacker"], f"{s['rate']:.1%}", f"{s['clones_90']}/{s['runs']}",
-           s["mean_fidelity"], s["mean_marks"], s["traced_labels"], s["traced_scores"],
-           s["named_labels"], s["named_scores"], s["median_p_labels"], s["median_p_scores"]]
-          for s in summary])
+    return summary
+
+
+def suspect_queries(rows: list[dict[str, Any]],
+                    summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The suspect queries each clone of 90% or more needs to reach 1e-6 and 2^-64."""
 
     def fewest(r: dict[str, Any], level: float) -> int | None:
         """The fewest suspect queries that reach ``level`` on scores, over the control
@@ -208,14 +241,11 @@ def main() -> None:
             row[f"reached_{tag}"] = len(got)
             row[f"queries_{tag}"] = [int(q) for q in sorted(got)]
         queries.append(row)
-    show("suspect queries on scores to reach 1e-6 and 2^-64 (the fewest over controls of "
-         f"{', '.join(map(str, CONTROLS))} or all; clones >= 90%)",
-         ["victim", "attacker", "rate", "clones", "all cells (median)", "reach 1e-6",
-          "queries (each clone)", "reach 2^-64", "queries (each clone)"],
-         [[q["victim"], q["attacker"], f"{q['rate']:.1%}", q["clones_90"], q["all_cells"],
-           q["reached_1e-6"], " ".join(map(str, q["queries_1e-6"])) or "-",
-           q["reached_2^-64"], " ".join(map(str, q["queries_2^-64"])) or "-"]
-          for q in queries])
+    return queries
+
+
+def null_by_controls(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Independent models against every key, by the control size."""
     by_size = []
     for i, n in enumerate(CONTROLS):
         tests = [m["p_controls"][i] for r in rows for m in r["null"]
@@ -224,12 +254,13 @@ def main() -> None:
                         "at_1e-3": sum(p <= ALPHA for p in tests),
                         "at_0.05": sum(p <= 0.05 for p in tests) / max(len(tests), 1),
                         "min_p": min(tests, default=1.0)})
-    show("independent models against every key, by control size (no false claims)",
-         ["controls", "tests", "p <= 1e-3", "share <= 0.05", "smallest p"],
-         [[b["controls"], b["tests"], b["at_1e-3"], b["at_0.05"], b["min_p"]]
-          for b in by_size])
+    return by_size
+
+
+def null_by_victim(rows: list[dict[str, Any]], victims: list[str]) -> list[dict[str, Any]]:
+    """Independent models against every key, by victim and by whether the key was adaptive."""
     null = []
-    for name in args.victims:
+    for name in victims:
         for adaptive in (False, True):
             tests = [n for r in rows if r["victim"] == name
                      and (r["attacker"] in ADAPTIVE) == adaptive for n in r["null"]]
@@ -244,15 +275,7 @@ def main() -> None:
                 "labels_at_0.05": sum(n["p_labels"] <= 0.05 for n in tests) / len(tests),
                 "scores_at_0.05": sum(n["p_scores"] <= 0.05 for n in tests) / len(tests),
                 "min_p_scores": min(n["p_scores"] for n in tests)})
-    show("independent models against every key (no false claims)",
-         ["victim", "accounts", "tests", "on scores", "labels: p <= 1e-3", "scores: p <= 1e-3",
-          "labels: share <= 0.05", "scores: share <= 0.05", "smallest p on scores"],
-         [[n["victim"], n["accounts"], n["tests"], n["scored"], n["labels_at_1e-3"],
-           n["scores_at_1e-3"], n["labels_at_0.05"], n["scores_at_0.05"], n["min_p_scores"]]
-          for n in null])
-    write(args.out, {"seeds": args.seeds, "rates": args.rates, "budget": BUDGET,
-                     "rows": rows, "summary": summary, "null": null,
-                     "suspect_queries": queries, "null_by_controls": by_size})
+    return null
 
 
 if __name__ == "__main__":

@@ -22,9 +22,7 @@ scores. Writes bench/results/watermark_sequential.json.
 
 from __future__ import annotations
 
-import multiprocessing
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import one_thread, seeds_and_rates, show, write
+from _common import seeds_and_rates
+from harness import report, run_cells, show
 from watermark_dawn import independent_models
 from watermark_scores import ADAPTIVE, ATTACKERS, BUDGET, theft
 
@@ -77,14 +76,10 @@ def main() -> None:
     args = ap.parse_args()
     jobs = [(v, a, r, s) for v in args.victims for a in ATTACKERS[v] for r in args.rates
             for s in args.seeds]
-    rows = []
-    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=one_thread) as pool:
-        for i, r in enumerate(pool.map(cell, jobs), 1):
-            rows.append(r)
-            print(f"[{i}/{len(jobs)}] {r['victim']} {r['attacker']} rate {r['rate']} seed "
-                  f"{r['seed']}: {r['watermarks']} marks, p scores {r['p_scores']:.2g} "
-                  f"(sequential {r['p_sequential_scores'] or 1:.2g})", flush=True)
+    rows = run_cells(cell, jobs, args.workers, spawn=True, progress=lambda r: (
+        f"{r['victim']} {r['attacker']} rate {r['rate']} seed {r['seed']}: "
+        f"{r['watermarks']} marks, p scores {r['p_scores']:.2g} "
+        f"(sequential {r['p_sequential_scores'] or 1:.2g})"))
     fmt = [[r["victim"], r["attacker"], f"{r['rate']:.1%}", r["seed"], r["fidelity"],
             r["watermarks"], r["p_scores"], r["p_sequential_scores"], r["p_labels"],
             r["p_sequential_labels"]] for r in rows]
@@ -126,8 +121,8 @@ def main() -> None:
            s["named_scores"], s["named_sequential"], s["null_tests"], s["null_named_scores"],
            s["null_named_sequential"], s["null_005_scores"], s["null_005_sequential"],
            s["null_min_scores"], s["null_min_sequential"]] for s in summary])
-    write("watermark_sequential", {"seeds": args.seeds, "rates": args.rates,
-                                   "budget": BUDGET, "rows": rows, "summary": summary})
+    report("watermark_sequential", {"seeds": args.seeds, "rates": args.rates,
+                                    "budget": BUDGET, "rows": rows, "summary": summary})
 
 
 if __name__ == "__main__":

@@ -18,9 +18,7 @@ watermark. Writes bench/results/watermark_sequential_tune.json.
 
 from __future__ import annotations
 
-import multiprocessing
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import one_thread, seeds_and_rates, show, write
+from _common import seeds_and_rates
+from harness import report, run_cells, show
 from watermark_dawn import independent_models
 from watermark_scores import ATTACKERS, theft
 
@@ -76,13 +75,9 @@ def main() -> None:
     args = ap.parse_args()
     jobs = [(v, a, r, s) for v in args.victims for a in ATTACKERS[v] for r in args.rates
             for s in args.seeds]
-    rows = []
-    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=one_thread) as pool:
-        for i, r in enumerate(pool.map(cell, jobs), 1):
-            rows.append(r)
-            print(f"[{i}/{len(jobs)}] {r['victim']} {r['attacker']} rate {r['rate']} seed "
-                  f"{r['seed']}: {r['watermarks']} marks", flush=True)
+    rows = run_cells(cell, jobs, args.workers, spawn=True, progress=lambda r: (
+        f"{r['victim']} {r['attacker']} rate {r['rate']} seed {r['seed']}: "
+        f"{r['watermarks']} marks"))
     show("sequential p of each clone, per grid", ["victim", "attacker", "rate", "seed", "marks",
                                                    *GRIDS],
          [[r["victim"], r["attacker"], f"{r['rate']:.1%}", r["seed"], r["watermarks"],
@@ -105,8 +100,8 @@ def main() -> None:
           "null <= 0.05", "smallest null p"],
          [[s["grid"], s["clones"], s["traced"], s["named"], s["sum_log10_p"], s["null_tests"],
            s["null_named"], s["null_005"], s["null_min"]] for s in summary])
-    write("watermark_sequential_tune", {"seeds": args.seeds, "rates": args.rates,
-                                        "rows": rows, "summary": summary})
+    report("watermark_sequential_tune", {"seeds": args.seeds, "rates": args.rates,
+                                         "rows": rows, "summary": summary})
 
 
 if __name__ == "__main__":
