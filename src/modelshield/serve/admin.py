@@ -1,0 +1,96 @@
+"""What an operator asks of a gateway's config and state without serving it: how each
+tier's detectors are calibrated, the models honest customers are played against, the
+names the gateway gives its models, and the state of a key."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from modelshield.answer import ApiSpec, FloatArray
+from modelshield.defenses.config import Model, ShieldConfig
+from modelshield.serve.factory import build_gateway, load_model
+from modelshield.store.sql import ApiKey, AuditStore
+
+
+def detector_calibration(cfg: ShieldConfig, model: str | None = None
+                         ) -> list[dict[str, Any]]:
+    """One row per detector of each tier of each model (or of ``model``): the model, the
+    tier, the detector, what it sees, the tier's fpr and the detector's calibration."""
+    shields = build_gateway(cfg)
+    rows: list[dict[str, Any]] = []
+    try:
+        for sh in shields:
+            if model is not None and sh.spec.name != model:
+                continue
+            for tier, dets in sh.detectors.items():
+                rows.extend({"model": sh.spec.name, "tier": tier, "detector": d.name,
+                             "sees": d.sees, "fpr": cfg.all_tiers()[tier].fpr,
+                             **d.calibration()} for d in dets)
+    finally:
+        for sh in shields:
+            sh.close()
+    return rows
+
+
+def calibration_models(cfg: ShieldConfig, only: str | None = None
+                       ) -> Iterator[tuple[ShieldConfig, Any, ApiSpec, FloatArray]]:
+    """(the config it is served with, the model, its contract, its calibration rows) of
+    each model (or ``only``) that has calibration rows and classes: what an honest check
+    (:func:`modelshield.audit.calibration.honest_check`) plays customers against."""
+    for one in ([cfg.for_model(e) for e in cfg.models] if cfg.models else [cfg]):
+        model, spec, rows = load_model(one)
+        if only is not None and spec.name != only:
+            continue
+        if rows is None or spec.n_classes < 1:
+            continue
+        yield one, model, spec, rows
+
+
+def gateway_model_names(cfg: ShieldConfig) -> list[str]:
+    """Each served model's name as the gateway gives it, without loading the model."""
+    return [m.name or (Path(m.file).stem if m.file else None) or
+            (None if m.upstream else m.builtin) or "model" for m in served_models(cfg)]
+
+
+def served_models(cfg: ShieldConfig) -> list[Model]:
+    """The config's models: ``models:``, or the one ``model``."""
+    return [*cfg.models] or [cfg.model]
+
+
+def model_labels(cfg: ShieldConfig) -> list[str]:
+    """What each served model is, in a word, for the operator: its name, else what it
+    is loaded from."""
+    return [m.name or m.lm or m.upstream_model or m.file or m.upstream or m.builtin or "model"
+            for m in served_models(cfg)]
+
+
+def key_state(key: ApiKey, cfg: ShieldConfig, now: float | None = None) -> str:
+    """active, revoked or expired; a flagged active key, by what its tier does on a flag:
+    suspended, throttled, degraded or flagged, with the detector that flagged it."""
+    if key.revoked_at:
+        return "revoked"
+    if not key.usable(time.time() if now is None else now):
+        return "expired"
+    if key.flag is None:
+        return "active"
+    tier = cfg.all_tiers().get(key.tier)
+    action = tier.on_flag if tier is not None else "alert"
+    return {"deny": "suspended", "throttle": "throttled", "degrade": "degraded"}.get(
+        action, "flagged") + f" ({key.flag['detector']})"
+
+
+def reinstate_key(cfg: ShieldConfig, store: AuditStore, key_id: str) -> bool:
+    """Lift ``key_id``'s flag in the store and, unless the limits live in memory, in the
+    shared state (the gateway's scope and each model's). False: the key had no flag."""
+    if not store.clear_flag(key_id):
+        return False
+    if not cfg.storage.limits.startswith("memory://"):
+        from modelshield.defenses.state import state_from_url
+
+        scopes = [""] + [m.name or m.lm or m.builtin or "" for m in cfg.models]
+        for scope in dict.fromkeys(scopes):
+            state_from_url(cfg.storage.limits, scope).delete(f"flag:{key_id}")
+    return True
