@@ -1,0 +1,5 @@
+"""``python -m modelshield.cli``."""
+
+from modelshield.cli import main
+
+main()
