@@ -7,14 +7,26 @@ the status, so the official ``openai`` client raises its matching exception.
 
 Under ``/v2/`` (the KServe v2 protocol, whose clients read ``error`` as a string) the same
 four fields come flat: ``{"error": message, "type", "param", "code"}``.
+
+Every fault a route meets becomes its response here, counted in ``/metrics`` under the
+route's label (:func:`add_handlers`): a refusal (:class:`~modelshield.errors.Denied`,
+raised by the Shield or by a route), a body that does not validate, an unknown route or
+method. The middleware answers the rest (:mod:`modelshield.serve.middleware`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from modelshield.errors import Denied
+from modelshield.serve.metrics import Metrics
+from modelshield.serve.routing import Needs, needs_at
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error",
           403: "permission_error", 404: "not_found_error", 405: "invalid_request_error",
@@ -67,3 +79,55 @@ def error_response(status: int, code: str, message: str, param: str | None = Non
     else:
         body = {"error": detail}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def add_handlers(app: FastAPI) -> None:
+    """Answer refusals, invalid bodies and unknown routes with the error shape."""
+    app.add_exception_handler(Denied, refused)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, invalid)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+
+
+async def refused(request: Request, exc: Denied) -> JSONResponse:
+    """A refusal, by the Shield or by the route."""
+    return _counted(request, exc.status, exc.code, str(exc), exc.headers)
+
+
+async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A body (or parameter) that does not validate: 422 ``invalid_request``, or on an
+    OpenAI route 400 ``invalid_value``; a body that is not JSON 400 ``malformed_json``."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+    if first["type"] == "json_invalid":
+        return _counted(request, 400, "malformed_json", f"The body is not valid JSON: "
+                        f"{first['msg']} at character {where}.")
+    param = next((str(p) for p in first["loc"][1:2]), None) if first["loc"] else None
+    openai = _needs(request).openai
+    return _counted(request, 400 if openai else 422,
+                    "invalid_value" if openai else "invalid_request",
+                    f"{where}: {first['msg']}", param=param)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "malformed_body"}
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """An unknown route or method, or a body that cannot be read as JSON."""
+    message = {404: f"No route {request.url.path}; see /docs for the routes.",
+               405: f"{request.method} is not allowed on {request.url.path}.",
+               400: "The body could not be read as JSON (invalid UTF-8, or nested too "
+                    "deeply)."}.get(exc.status_code, str(exc.detail))
+    return _counted(request, exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"),
+                    message, dict(exc.headers or {}))
+
+
+def _needs(request: Request) -> Needs:
+    return needs_at(request.app.router.routes, request.scope)
+
+
+def _counted(request: Request, status: int, code: str, message: str,
+             headers: dict[str, str] | None = None, param: str | None = None) -> JSONResponse:
+    """The error response, counted under the route's label."""
+    metrics: Metrics = request.app.state.gateway.metrics
+    metrics.count(_needs(request).metric, status)
+    return error_response(status, code, message, param, headers, request.url.path)

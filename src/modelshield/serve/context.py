@@ -1,0 +1,101 @@
+"""What every route of one gateway app shares: the Shields by model name and the metrics.
+
+``create_app`` puts one :class:`Gateway` on ``app.state``; a route asks for it by
+declaring a parameter of type :data:`GatewayDep`. A refusal is raised as
+:class:`~modelshield.errors.Denied` (a field at fault named by its ``X-Error-Param``
+header) and answered, and counted, in one place (:mod:`modelshield.serve.errors`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from modelshield.answer import Answer
+from modelshield.defenses.shield import Shield
+from modelshield.errors import Denied
+from modelshield.serve.metrics import Metrics
+from modelshield.serve.routing import needs_at
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """The served models (``shields`` by name, in the config's order) and the metrics."""
+
+    shields: Mapping[str, Shield]
+    metrics: Metrics
+
+    @property
+    def first(self) -> Shield:
+        """The first model's Shield, which holds the gateway-wide settings: keys, proxies,
+        terms."""
+        return next(iter(self.shields.values()))
+
+    def shield(self, model: str) -> Shield:
+        """The Shield of ``model``, or a 404 ``unknown_model``."""
+        found = self.shields.get(model)
+        if found is None:
+            raise refusal(404, "unknown_model", f"Unknown model {model!r}; this gateway "
+                          f"serves {', '.join(map(repr, self.shields))}.", "model")
+        return found
+
+    def count(self, request: Request, status: int) -> None:
+        """Count ``request`` as answered with ``status``, under its route's label."""
+        self.metrics.count(metric(request), status)
+
+    async def classify(self, request: Request, model: str, inputs: Any) -> tuple[Answer, Any]:
+        """Rows through ``model``'s Shield, off the event loop: (answer, decision)."""
+        target = self.shield(model)
+        start = time.perf_counter()
+        try:
+            answer, decision = await run_in_threadpool(target.handle, api_key(request), inputs,
+                                                       client_ip(request))
+        except OverflowError:
+            raise refusal(422, "invalid_inputs", "inputs must be numbers that fit a 64-bit "
+                          "float", "inputs") from None
+        self.metrics.answered(metric(request), len(answer), (f.detector for f in decision.flags),
+                              time.perf_counter() - start)
+        return answer, decision
+
+
+async def gateway(request: Request) -> Gateway:
+    """The app's :class:`Gateway` (a dependency: ``async``, so no thread is taken)."""
+    found: Gateway = request.app.state.gateway
+    return found
+
+
+GatewayDep = Annotated[Gateway, Depends(gateway)]
+
+
+def refusal(status: int, code: str, message: str, param: str | None = None,
+            headers: Mapping[str, str] | None = None) -> Denied:
+    """A refusal to raise from a route; ``param`` names the request field at fault."""
+    extra = {} if param is None else {"X-Error-Param": param}
+    return Denied(status, code, message, {**extra, **(headers or {})})
+
+
+def metric(request: Request) -> str:
+    """The ``/metrics`` label of ``request``'s route."""
+    return needs_at(request.app.router.routes, request.scope).metric
+
+
+def api_key(request: Request) -> str | None:
+    """The request's API key: ``Authorization: Bearer KEY`` or ``X-API-Key``."""
+    return key_from(request.headers.get("authorization", ""), request.headers.get("x-api-key"))
+
+
+def key_from(authorization: str, x_api_key: str | None) -> str | None:
+    """The API key of these two header values, or None."""
+    if authorization.lower().startswith("bearer "):
+        return authorization[7:].strip() or None
+    return x_api_key or None
+
+
+def client_ip(request: Request) -> str:
+    """The client's address (behind a trusted proxy: the forwarded one)."""
+    return request.client.host if request.client else "unknown"

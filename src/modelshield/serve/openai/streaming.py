@@ -1,0 +1,123 @@
+"""``stream: true``: the answer as server-sent events.
+
+From a local model a token at a time: the request's admission is recorded before the
+first token leaves, the whole completion when it ends. From an upstream server a chunk per
+choice, after its record is committed. Each route words its chunks (:class:`StreamForm`);
+the events are the same for every route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from modelshield.answer import LMChoice, LMRequest
+from modelshield.defenses.llm import Delta
+from modelshield.defenses.shield import Decision, Shield
+from modelshield.errors import Denied
+from modelshield.serve.context import api_key, client_ip
+from modelshield.serve.openai.protocol import StreamOptions
+from modelshield.serve.openai.serving import LMServing, usage
+
+Item = tuple[str, Any, Any]
+"""What the Shield's thread reports: ("step", decision, deltas), ("end", decision,
+choices), ("error", Denied, None) or ("bug", exception, None)."""
+
+
+class StreamForm(Protocol):
+    """How one route words a stream: its opening chunks, a token's chunk, the chunks of
+    whole choices (from an upstream server), and the closing usage chunk (or None)."""
+
+    def opening(self) -> list[dict[str, Any]]: ...
+
+    def token(self, d: Delta, as_ids: bool) -> dict[str, Any]: ...
+
+    def whole(self, choices: list[LMChoice], as_ids: bool) -> list[dict[str, Any]]: ...
+
+    def closing(self, choices: list[LMChoice], decision: Decision) -> dict[str, Any] | None: ...
+
+
+async def stream(served: LMServing, request: Request, req: LMRequest, model: str,
+                 as_ids: bool, form: StreamForm) -> StreamingResponse:
+    """The request through the Shield as server-sent events; a refusal before the first
+    event is an error response."""
+    served.precheck(req, model)
+    queue, task = _start(served.shield, api_key(request), req, client_ip(request))
+    first = await queue.get()
+    kind, value, _ = first
+    if kind in ("error", "bug"):  # a bug is raised in the route (CatchBugs answers it)
+        await task
+        raise value
+    served.gw.count(request, 200)
+    return StreamingResponse(_events(served, queue, task, first, form, as_ids),
+                             media_type="text/event-stream", headers=value.headers)
+
+
+def _start(shield: Shield, key: str | None, req: LMRequest, ip: str
+           ) -> tuple[asyncio.Queue[Item], asyncio.Future[None]]:
+    """Run the completion in a thread that reports each step on the queue."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Item] = asyncio.Queue()
+
+    def put(item: Item) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def work() -> None:
+        try:
+            choices, decision = shield.handle_completion(
+                key, req, ip, on_step=lambda d, deltas: put(("step", d, deltas)))
+            put(("end", decision, choices))
+        except Denied as exc:
+            put(("error", exc, None))
+        except Exception as exc:  # a bug: raised in the route
+            put(("bug", exc, None))
+
+    return queue, asyncio.ensure_future(run_in_threadpool(work))
+
+
+async def _events(served: LMServing, queue: asyncio.Queue[Item], task: asyncio.Future[None],
+                  item: Item, form: StreamForm, as_ids: bool) -> AsyncIterator[str]:
+    streamed = False
+    for chunk in form.opening():
+        yield _event(chunk)
+    while item[0] in ("step", "end"):
+        if item[0] == "end":
+            async for event in _ending(served, form, item[2], item[1], streamed, as_ids):
+                yield event
+            break
+        streamed = True
+        for d in item[2]:
+            yield _event(form.token(d, as_ids))
+        item = await queue.get()
+    yield "data: [DONE]\n\n"
+    await task
+
+
+async def _ending(served: LMServing, form: StreamForm, choices: list[LMChoice],
+                  decision: Decision, streamed: bool, as_ids: bool) -> AsyncIterator[str]:
+    """The whole choices (unless they came token by token), then the usage chunk."""
+    if not streamed:
+        names_ok = as_ids or not await served.name_tokens(choices, as_ids)
+        for chunk in form.whole(choices, names_ok):
+            yield _event(chunk)
+    last = form.closing(choices, decision)
+    if last is not None:
+        yield _event(last)
+
+
+def _event(chunk: dict[str, Any]) -> str:
+    return f"data: {json.dumps(chunk)}\n\n"
+
+
+def usage_chunk(head: dict[str, Any], options: StreamOptions | None, choices: list[LMChoice],
+                decision: Decision) -> dict[str, Any] | None:
+    """The closing chunk with the usage, if the request's ``stream_options`` ask for it."""
+    if options and options.include_usage:
+        return {**head, "choices": [], "usage": usage(decision, choices)}
+    return None
