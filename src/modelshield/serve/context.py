@@ -17,7 +17,7 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from modelshield.answer import Answer
-from modelshield.defenses.shield import Shield
+from modelshield.defenses.shield import Decision, Shield
 from modelshield.errors import Denied
 from modelshield.serve.metrics import Metrics
 from modelshield.serve.routing import needs_at
@@ -48,7 +48,8 @@ class Gateway:
         """Count ``request`` as answered with ``status``, under its route's label."""
         self.metrics.count(metric(request), status)
 
-    async def classify(self, request: Request, model: str, inputs: Any) -> tuple[Answer, Any]:
+    async def classify(self, request: Request, model: str, inputs: Any
+                       ) -> tuple[Answer, Decision]:
         """Rows through ``model``'s Shield, off the event loop: (answer, decision)."""
         target = self.shield(model)
         start = time.perf_counter()

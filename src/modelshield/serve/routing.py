@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
@@ -93,12 +93,23 @@ def declared(routes: Sequence[BaseRoute], scope: Scope) -> tuple[Needs, bool]:
     route with the path speaks for a 405; a path no route has declares nothing."""
     partial: BaseRoute | None = None
     for route in routes:
-        match, _ = route.matches(scope)
+        match = _match(route, scope)
         if match is Match.FULL:
             return needs_of(route), True
         if match is Match.PARTIAL and partial is None:
             partial = route
     return needs_of(partial), False
+
+
+def _match(route: BaseRoute, scope: Scope) -> Match:
+    """``route.matches(scope)``; for a plain route outside a mount, by the path's pattern
+    and the methods alone (a tenth of the cost: this runs on every request, before the
+    router matches it)."""
+    if not isinstance(route, Route) or scope.get("root_path"):
+        return route.matches(scope)[0]
+    if route.path_regex.match(scope["path"]) is None:
+        return Match.NONE
+    return Match.PARTIAL if route.methods and scope["method"] not in route.methods else Match.FULL
 
 
 def needs_at(routes: Sequence[BaseRoute], scope: Scope) -> Needs:
