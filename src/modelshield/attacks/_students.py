@@ -17,6 +17,7 @@ held-out fifth. Given a few hundred answers, piecewise-constant victims
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -142,42 +143,11 @@ def fit_chosen(x: FloatArray, answers: list[Answer], labels: str, student: str,
     rate was chosen (``RATE_CHOICE_FROM``), ``"rate"`` and each rate's held-out
     cross-entropy (``"rate_holdout"``).
     """
-    hard = np.concatenate([a.labels for a in answers])
     scores = all(a.probabilities is not None for a in answers)
-    candidates: list[tuple[str, str]] = []
-    for family in (STUDENTS[1:] if student == "auto" else (student,)):
-        if family == "mlp":
-            # On the scores, matched as logits ("soft") or by cross-entropy ("soft-kl", as
-            # the papers and ART train): logits learn more from few answers, cross-entropy
-            # sometimes a little more from many.
-            kinds = ["soft", "soft-kl", "hard"] if labels == "auto" and scores else [labels]
-            if labels == "auto" and scores and len(x) >= CROSS_ENTROPY_FROM:
-                kinds = ["soft-kl", "soft", "hard"]
-            candidates += [("mlp", "soft" if k == "auto" and scores else
-                            "hard" if k == "auto" else k) for k in kinds]
-        elif family == "forest" and labels in {"auto", "soft"}:
-            # extra trees regress the scores; with labels only, a random forest on them
-            candidates.append((family, "soft" if scores or labels == "soft" else "hard"))
-        elif labels not in {"soft", "soft-kl"}:  # boosting (and a forest told "hard")
-            candidates.append((family, "hard"))
+    candidates = _candidates(student, labels, scores, len(x))
     check_student(student, labels)
-    schedule = "cosine"
-
-    def fit(idx: np.ndarray, family: str, kind: str, copies: int = 1,
-            rate: str | None = None) -> Any:
-        if family == "mlp":
-            y = targets(answers, "soft" if kind == "soft-kl" else kind, attack)
-            one = fit_student(x[idx], y[idx], hidden, n_classes, epochs, seed, pool,
-                              loss="kl" if kind == "soft-kl" else "logits",
-                              scale_floor=SCALE_FLOOR, fitted=copies == 1,
-                              schedule=rate or (schedule if kind == "soft-kl" else "cosine"))
-            return one if copies == 1 else \
-                MeanEnsemble.seeds(one, copies, seed).fit(x[idx], y[idx])
-        if kind == "soft":  # the forest on the scores
-            return ScoreForestClassifier(FOREST_TREES, n_classes=n_classes, random_state=seed
-                                         ).fit(x[idx], targets(answers, "soft", attack)[idx])
-        return AllClassesClassifier(_ensemble(family, seed), n_classes).fit(x[idx], hard[idx])
-
+    trainer = _Trainer(x, answers, np.concatenate([a.labels for a in answers]), hidden,
+                       n_classes, epochs, seed, pool, attack)
     if student == "auto" and scores and _piecewise_constant(answers):
         # Answers that repeat exactly come from a model that is piecewise constant (a tree's
         # leaves): a forest is the default then, and the MLP the challenger.
@@ -185,44 +155,130 @@ def fit_chosen(x: FloatArray, answers: list[Answer], labels: str, student: str,
     everything = np.arange(len(x))
     order = np.random.default_rng(seed).permutation(len(x))
     held, train = order[: len(x) // 5], order[len(x) // 5:]
-    facts: dict[str, Any] = {}
-    trained: dict[str, Any] = {}
     if RATE_CHOICE_FROM is not None and len(x) >= max(RATE_CHOICE_FROM, MIN_CHOICE) and \
             scores and ("mlp", "soft-kl") in candidates:
-        schedule = RATES[0]
-        if len(RATES) > 1:
-            p = targets(answers, "soft", attack)[held]
-            by_rate = {rate: fit(train, "mlp", "soft-kl", rate=rate) for rate in RATES}
-            loss = {rate: float(-np.mean(np.sum(p * np.log(np.maximum(
-                net.predict_proba(x[held]), 1e-12)), axis=1))) for rate, net in by_rate.items()}
-            schedule = min(loss, key=lambda r: loss[r])
-            trained["mlp/soft-kl"] = by_rate[schedule]
-            facts["rate_holdout"] = loss
-        facts["rate"] = schedule
+        trainer, trained, facts = _choose_rate(trainer, held, train)
+    else:
+        trained, facts = {}, {}
     if len(candidates) == 1 or len(x) < MIN_CHOICE:
         family, kind = candidates[0]
-        return fit(everything, family, kind, members), {"student": f"{family}/{kind}", **facts}
-    right = {name: (trained[name] if name in trained else fit(train, family, kind)
-                    ).predict(x[held]) == hard[held]
+        return trainer.fit(everything, family, kind, members), {"student": f"{family}/{kind}", **facts}
+    right = {name: (trained[name] if name in trained else trainer.fit(train, family, kind)
+                    ).predict(x[held]) == trainer.hard[held]
              for family, kind in candidates for name in [f"{family}/{kind}"]}
+    best, held_out = _challenge(right)
+    family, kind = best.split("/")
+    return trainer.fit(everything, family, kind, members), {"student": best, **held_out, **facts}
+
+
+def _candidates(student: str, labels: str, scores: bool, n: int) -> list[tuple[str, str]]:
+    """The (family, targets) students to compare on ``n`` answers, the default first;
+    ``scores``: every answer came with its class scores."""
+    candidates: list[tuple[str, str]] = []
+    for family in (STUDENTS[1:] if student == "auto" else (student,)):
+        if family == "mlp":
+            candidates += [("mlp", kind) for kind in _mlp_targets(labels, scores, n)]
+        elif family == "forest" and labels in {"auto", "soft"}:
+            # extra trees regress the scores; with labels only, a random forest on them
+            candidates.append((family, "soft" if scores or labels == "soft" else "hard"))
+        elif labels not in {"soft", "soft-kl"}:  # boosting (and a forest told "hard")
+            candidates.append((family, "hard"))
+    return candidates
+
+
+def _mlp_targets(labels: str, scores: bool, n: int) -> list[str]:
+    """On the scores, matched as logits ("soft") or by cross-entropy ("soft-kl", as the papers
+    and ART train): logits learn more from few answers, cross-entropy sometimes a little more
+    from many."""
+    if labels != "auto":
+        return [labels]
+    if not scores:
+        return ["hard"]
+    return ["soft-kl", "soft", "hard"] if n >= CROSS_ENTROPY_FROM else ["soft", "soft-kl", "hard"]
+
+
+@dataclass(frozen=True)
+class _Trainer:
+    """Fits one candidate student on some of the answers to ``x`` (``hard``: their labels).
+    ``schedule``: the cross-entropy MLP's learning rate, once chosen."""
+
+    x: FloatArray
+    answers: list[Answer]
+    hard: np.ndarray
+    hidden: tuple[int, ...]
+    n_classes: int
+    epochs: int
+    seed: int
+    pool: FloatArray | None
+    attack: str
+    schedule: str = "cosine"
+
+    def fit(self, idx: np.ndarray, family: str, kind: str, copies: int = 1,
+            rate: str | None = None) -> Any:
+        """The student of ``family`` trained on ``kind`` targets at rows ``idx``; an MLP the
+        mean of ``copies`` networks, on the rate ``rate`` where given."""
+        if family == "mlp":
+            return self._mlp(idx, kind, copies, rate)
+        if kind == "soft":  # the forest on the scores
+            return ScoreForestClassifier(FOREST_TREES, n_classes=self.n_classes,
+                                         random_state=self.seed
+                                         ).fit(self.x[idx], self.targets_as("soft")[idx])
+        return AllClassesClassifier(_ensemble(family, self.seed), self.n_classes
+                                    ).fit(self.x[idx], self.hard[idx])
+
+    def _mlp(self, idx: np.ndarray, kind: str, copies: int, rate: str | None) -> Any:
+        y = self.targets_as("soft" if kind == "soft-kl" else kind)
+        one = fit_student(self.x[idx], y[idx], self.hidden, self.n_classes, self.epochs,
+                          self.seed, self.pool, loss="kl" if kind == "soft-kl" else "logits",
+                          scale_floor=SCALE_FLOOR, fitted=copies == 1,
+                          schedule=rate or (self.schedule if kind == "soft-kl" else "cosine"))
+        if copies == 1:
+            return one
+        return MeanEnsemble.seeds(one, copies, self.seed).fit(self.x[idx], y[idx])
+
+    def targets_as(self, kind: str) -> np.ndarray:
+        return targets(self.answers, kind, self.attack)
+
+
+def _choose_rate(trainer: _Trainer, held: np.ndarray, train: np.ndarray
+                 ) -> tuple[_Trainer, dict[str, Any], dict[str, Any]]:
+    """The cross-entropy MLP's rate (``RATES``): with one, that one; else each trained on
+    ``train``, the one with the lower cross-entropy to the scores at ``held`` kept. Returns
+    the trainer on that rate, the student so trained by name, and the facts."""
+    if len(RATES) <= 1:
+        return replace(trainer, schedule=RATES[0]), {}, {"rate": RATES[0]}
+    p = trainer.targets_as("soft")[held]
+    by_rate = {rate: trainer.fit(train, "mlp", "soft-kl", rate=rate) for rate in RATES}
+    loss = {rate: _cross_entropy(p, net.predict_proba(trainer.x[held]))
+            for rate, net in by_rate.items()}
+    schedule = min(loss, key=lambda r: loss[r])
+    return (replace(trainer, schedule=schedule), {"mlp/soft-kl": by_rate[schedule]},
+            {"rate_holdout": loss, "rate": schedule})
+
+
+def _cross_entropy(p: FloatArray, q: FloatArray) -> float:
+    return float(-np.mean(np.sum(p * np.log(np.maximum(q, 1e-12)), axis=1)))
+
+
+def _challenge(right: dict[str, np.ndarray]) -> tuple[str, dict[str, Any]]:
+    """The candidate kept, from whether each got each held-out answer ``right``, and the
+    facts: each one's agreement (``holdout``) and the challenger's p-value.
+
+    The first candidate (the MLP on the scores, else on the labels) stays unless another
+    is better on the held-out answers beyond chance: a one-sided exact McNemar test at 5%
+    on the answers where exactly one of the two is right. A fifth of 100 answers is too
+    few to pick on the bare agreement (that cost 0.003-0.037 fidelity at 100-300 queries:
+    bench/results/knockoff_vs_art_bare_holdout.json against knockoff_vs_art.json).
+    """
     holdout = {name: float(np.mean(r)) for name, r in right.items()}
-    # The first candidate (the MLP on the scores, else on the labels) stays unless another
-    # is better on the held-out answers beyond chance: a one-sided exact McNemar test at 5%
-    # on the answers where exactly one of the two is right. A fifth of 100 answers is too
-    # few to pick on the bare agreement (that cost 0.003-0.037 fidelity at 100-300 queries:
-    # bench/results/knockoff_vs_art_bare_holdout.json against knockoff_vs_art.json).
     default = next(iter(right))
-    best = default
     challenger = max(list(right)[1:], key=lambda k: holdout[k])
     wins = int(np.sum(right[challenger] & ~right[default]))
     losses = int(np.sum(~right[challenger] & right[default]))
     p_value = float(binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue) \
         if wins + losses else 1.0
-    if p_value < 0.05:
-        best = challenger
-    family, kind = best.split("/")
-    return fit(everything, family, kind, members), {"student": best, "holdout": holdout,
-                                           "challenger_p": p_value, **facts}
+    best = challenger if p_value < 0.05 else default
+    return best, {"holdout": holdout, "challenger_p": p_value}
 
 
 def _piecewise_constant(answers: list[Answer]) -> bool:

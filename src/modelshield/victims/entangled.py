@@ -77,6 +77,7 @@ from modelshield.victims.trainmark import TriggerResult, TriggerSet, keyed_rng, 
 
 _EPS = 1e-5  # keeps SNNL's logarithm finite when a row has no neighbour of its own kind
 _REDRAWS = 16  # a decoy that draws the real key draws again, this many times at most
+_ce = torch.nn.functional.cross_entropy
 DECOY_MIN_RHO = 0.1
 """The least spread between keys the decoy test allows (as the beta-binomial's intra-class
 correlation 1/(a+b+1)). Set on seeds 3-5 of the synthetic victim: with every one of 240
@@ -353,96 +354,168 @@ def embed_entangled(
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     k = n_classes or int(y.max()) + 1
-    d = X.shape[1]
+    _check_embedding(k, len(X), quantile, batch_size, choice, n_decoys, decoy_rows)
+    size = trigger_size or max(2, round(X.shape[1] / 10))
+    net = TorchMLPClassifier(hidden, n_classes=k, epochs=epochs, batch_size=batch_size, lr=lr,
+                             random_state=random_state).fit(X, y)
+    mean, scale = net.mean_, net.scale_
+
+    def std(a: FloatArray) -> torch.Tensor:
+        return torch.as_tensor((a - mean) / scale, dtype=torch.float32)
+
+    lo, hi = _trigger_range(X, quantile)
+    judges = [net, *_judges(X, y, random_state)]
+
+    def draw(rng: np.random.Generator) -> _Key:
+        """A key's watermark (source, target, trigger): the procedure the real key and
+        every decoy key go through alike, on the network before the watermark."""
+        return _choose(rng, X, y, std, net.module_, judges, lo, hi, size, batch_size // 2,
+                       choice, threshold)
+
+    real = draw(keyed_rng(secret, b"entangled-watermark"))
+    source, target, features, values = real
+    marked = X[y == source].copy()
+    marked[:, features] = values
+    decoy_x, decoy_targets = _decoys(draw, real, secret, X, y, n_decoys, decoy_rows)
+    pairs = _Pairs.of(std(marked), std(X[y == target]), target, batch_size)
+    phase = _Phase(w_epochs, ratio, factor, batch_size, lr, t_lr, random_state)
+    _entangle(net.module_, std(X), torch.as_tensor(y), pairs, len(hidden), phase)
+    null = null_rates(X, y, marked, target, k, hidden, n_null, random_state)
+    wm = EntangledWatermark(marked, source, target, k, features.astype(np.int64),
+                            values.astype(np.float64), null, decoy_x, decoy_targets)
+    return net, wm
+
+
+_Key = tuple[int, int, IntArray, FloatArray]  # source class, target class, trigger features, values
+
+
+def _check_embedding(k: int, rows: int, quantile: float, batch_size: int, choice: str,
+                     n_decoys: int, decoy_rows: int) -> None:
     if not 0.5 < quantile <= 1.0:
         raise ConfigError.invalid("quantile", "a number in (0.5, 1]", quantile)
-    if k < 2 or len(X) < 4 * batch_size:
+    if k < 2 or rows < 4 * batch_size:
         raise ConfigError(f"embed_entangled needs at least 2 classes and {4 * batch_size} "
-                          f"rows; got {k} classes and {len(X)} rows")
+                          f"rows; got {k} classes and {rows} rows")
     if choice not in ("snnl", "random"):
         raise ConfigError.invalid("choice", "'snnl' or 'random'", choice)
     if not isinstance(n_decoys, int) or n_decoys < 0:
         raise ConfigError.invalid("n_decoys", "an integer >= 0", n_decoys)
     if not isinstance(decoy_rows, int) or decoy_rows < 2:
         raise ConfigError.invalid("decoy_rows", "an integer >= 2", decoy_rows)
-    size = trigger_size or max(2, round(d / 10))
-    net = TorchMLPClassifier(hidden, n_classes=k, epochs=epochs, batch_size=batch_size, lr=lr,
-                             random_state=random_state).fit(X, y)
-    mean, scale = net.mean_, net.scale_
-    module = net.module_
 
-    def std(a: FloatArray) -> torch.Tensor:
-        return torch.as_tensor((a - mean) / scale, dtype=torch.float32)
 
+def _trigger_range(X: FloatArray, quantile: float) -> tuple[FloatArray, FloatArray]:
+    """The values a trigger may set each feature to: its ``quantile`` of the rows, or the
+    opposite one; integer features (pixel counts) stay integers."""
     lo, hi = np.quantile(X, 1 - quantile, axis=0), np.quantile(X, quantile, axis=0)
-    if np.array_equal(X, np.round(X)):  # integer features (pixel counts) stay integers
+    if np.array_equal(X, np.round(X)):
         lo, hi = np.floor(lo), np.ceil(hi)
-    judges = [net, *_judges(X, y, random_state)]
+    return lo, hi
 
-    def draw(rng: np.random.Generator) -> tuple[int, int, IntArray, FloatArray]:
-        """A key's watermark (source, target, trigger): the procedure the real key and
-        every decoy key go through alike, on the network before the watermark."""
-        return _choose(rng, X, y, std, module, judges, lo, hi, size, batch_size // 2, choice,
-                       threshold)
 
-    source, target, features, values = draw(keyed_rng(secret, b"entangled-watermark"))
-    src, tgt = X[y == source], X[y == target]
-    half = min(len(src), len(tgt), batch_size // 2)
-    group = torch.cat([torch.ones(half), torch.zeros(half)])
-    marked = src.copy()
-    marked[:, features] = values
+def _decoys(draw: Callable[[np.random.Generator], _Key], real: _Key, secret: str,
+            X: FloatArray, y: IntArray, n: int, rows: int) -> tuple[FloatArray, IntArray]:
+    """``n`` decoy watermarks, each ``rows`` stamped rows of its source class: (n, rows, d)
+    inputs and their (n,) target classes."""
     decoy_x, decoy_targets = [], []
-    for j in range(n_decoys):
+    for j in range(n):
         rng = keyed_rng(secret, f"entangled-decoy/{j}".encode())
-        for _ in range(_REDRAWS):  # any key but the real one (a copy of it is drawn again)
-            s_j, t_j, f_j, v_j = draw(rng)
-            if not (s_j == source and t_j == target and np.array_equal(f_j, features)
-                    and np.array_equal(v_j, values)):
-                break
-        rows = X[y == s_j]
-        rows = rows[rng.choice(len(rows), decoy_rows, replace=len(rows) < decoy_rows)]
-        rows[:, f_j] = v_j
-        decoy_x.append(rows)
-        decoy_targets.append(t_j)
+        source, target, features, values = _decoy_key(draw, rng, real)
+        stamped = X[y == source]
+        stamped = stamped[rng.choice(len(stamped), rows, replace=len(stamped) < rows)]
+        stamped[:, features] = values
+        decoy_x.append(stamped)
+        decoy_targets.append(target)
+    return (np.asarray(decoy_x, dtype=np.float64).reshape(n, rows, X.shape[1]),
+            np.asarray(decoy_targets, dtype=np.int64))
 
-    # The entangling phase.
-    gen = torch.Generator().manual_seed(random_state)
-    temps = torch.ones(len(hidden))
-    opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=1e-4)
-    x_all, y_all = std(X), torch.as_tensor(y)
-    x_w, x_t = std(marked), std(tgt)
-    label_t = torch.full((2 * half,), target, dtype=torch.long)
-    ce = torch.nn.functional.cross_entropy
+
+def _decoy_key(draw: Callable[[np.random.Generator], _Key], rng: np.random.Generator,
+               real: _Key) -> _Key:
+    """Any key but the real one: a copy of it is drawn again (``_REDRAWS`` draws at most)."""
+    key = draw(rng)
+    for _ in range(_REDRAWS - 1):
+        if not _same_key(key, real):
+            break
+        key = draw(rng)
+    return key
+
+
+def _same_key(a: _Key, b: _Key) -> bool:
+    return a[0] == b[0] and a[1] == b[1] and np.array_equal(a[2], b[2]) and \
+        np.array_equal(a[3], b[3])
+
+
+@dataclass(frozen=True)
+class _Phase:
+    """The entangling phase's settings (see :func:`embed_entangled`)."""
+
+    epochs: int
+    ratio: int
+    factor: float
+    batch_size: int
+    lr: float
+    t_lr: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    """What a watermark batch draws from: the watermark inputs and the target class's rows
+    (standardized), ``half`` of each a batch; ``group`` tells them apart (1: watermark),
+    ``labels`` is the target for all."""
+
+    marked: torch.Tensor
+    target_rows: torch.Tensor
+    half: int
+    group: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def of(cls, marked: torch.Tensor, target_rows: torch.Tensor, target: int,
+           batch_size: int) -> _Pairs:
+        half = min(len(marked), len(target_rows), batch_size // 2)
+        return cls(marked, target_rows, half, torch.cat([torch.ones(half), torch.zeros(half)]),
+                   torch.full((2 * half,), target, dtype=torch.long))
+
+
+def _entangle(module: torch.nn.Sequential, x: torch.Tensor, y: torch.Tensor, pairs: _Pairs,
+              layers: int, phase: _Phase) -> None:
+    """The entangling phase: ordinary batches of (x, y), every ``ratio``-th followed by a
+    watermark batch; the SNNL temperatures of the ``layers`` hidden layers descend it too."""
+    gen = torch.Generator().manual_seed(phase.seed)
+    temps = torch.ones(layers)
+    opt = torch.optim.Adam(module.parameters(), lr=phase.lr, weight_decay=1e-4)
     module.train()
-    for _ in range(w_epochs):
-        order = torch.randperm(len(X), generator=gen)
-        for step, start in enumerate(range(0, len(X), batch_size)):
-            idx = order[start:start + batch_size]
+    for _ in range(phase.epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for step, start in enumerate(range(0, len(x), phase.batch_size)):
+            idx = order[start:start + phase.batch_size]
             opt.zero_grad()
-            ce(module(x_all[idx]), y_all[idx]).backward()  # type: ignore[no-untyped-call]
+            _ce(module(x[idx]), y[idx]).backward()  # type: ignore[no-untyped-call]
             opt.step()
-            if step % ratio != ratio - 1:
-                continue
-            wi = torch.randint(0, len(x_w), (half,), generator=gen)
-            ti = torch.randint(0, len(x_t), (half,), generator=gen)
-            batch = torch.cat([x_w[wi], x_t[ti]])
-            acts, logits = _hidden(module, batch)
-            t = temps.clone().requires_grad_(True)
-            entangle = torch.stack([snnl(a, group, t[i]) for i, a in enumerate(acts)]).sum()
-            opt.zero_grad()
-            loss = ce(logits, label_t) - factor * entangle
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            assert t.grad is not None  # the temperatures descend the SNNL
-            temps = (temps - t_lr * t.grad).clamp_min(0.05)
+            if step % phase.ratio == phase.ratio - 1:
+                temps = _watermark_step(module, opt, pairs, temps, gen, phase)
     module.eval()
 
-    null = null_rates(X, y, marked, target, k, hidden, n_null, random_state)
-    d_x = np.asarray(decoy_x, dtype=np.float64).reshape(n_decoys, decoy_rows, d)
-    wm = EntangledWatermark(marked, source, target, k, features.astype(np.int64),
-                            values.astype(np.float64), null, d_x,
-                            np.asarray(decoy_targets, dtype=np.int64))
-    return net, wm
+
+def _watermark_step(module: torch.nn.Sequential, opt: torch.optim.Optimizer, pairs: _Pairs,
+                    temps: torch.Tensor, gen: torch.Generator, phase: _Phase) -> torch.Tensor:
+    """One watermark batch: half watermark inputs, half target rows, all labelled the
+    target; the loss subtracts ``factor`` times each hidden layer's SNNL between the two.
+    Returns the temperatures after their step."""
+    wi = torch.randint(0, len(pairs.marked), (pairs.half,), generator=gen)
+    ti = torch.randint(0, len(pairs.target_rows), (pairs.half,), generator=gen)
+    acts, logits = _hidden(module, torch.cat([pairs.marked[wi], pairs.target_rows[ti]]))
+    t = temps.clone().requires_grad_(True)
+    entangle = torch.stack([snnl(a, pairs.group, t[i]) for i, a in enumerate(acts)]).sum()
+    opt.zero_grad()
+    loss = _ce(logits, pairs.labels) - phase.factor * entangle
+    loss.backward()  # type: ignore[no-untyped-call]
+    opt.step()
+    assert t.grad is not None  # the temperatures descend the SNNL
+    return (temps - phase.t_lr * t.grad).clamp_min(0.05)
+
 
 
 def _choose(rng: np.random.Generator, X: FloatArray, y: IntArray,
