@@ -60,6 +60,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -358,11 +359,7 @@ def embed_entangled(
     size = trigger_size or max(2, round(X.shape[1] / 10))
     net = TorchMLPClassifier(hidden, n_classes=k, epochs=epochs, batch_size=batch_size, lr=lr,
                              random_state=random_state).fit(X, y)
-    mean, scale = net.mean_, net.scale_
-
-    def std(a: FloatArray) -> torch.Tensor:
-        return torch.as_tensor((a - mean) / scale, dtype=torch.float32)
-
+    std = partial(_standardized, mean=net.mean_, scale=net.scale_)
     lo, hi = _trigger_range(X, quantile)
     judges = [net, *_judges(X, y, random_state)]
 
@@ -374,19 +371,28 @@ def embed_entangled(
 
     real = draw(keyed_rng(secret, b"entangled-watermark"))
     source, target, features, values = real
-    marked = X[y == source].copy()
-    marked[:, features] = values
+    marked = _stamped(X[y == source], features, values)
     decoy_x, decoy_targets = _decoys(draw, real, secret, X, y, n_decoys, decoy_rows)
     pairs = _Pairs.of(std(marked), std(X[y == target]), target, batch_size)
     phase = _Phase(w_epochs, ratio, factor, batch_size, lr, t_lr, random_state)
     _entangle(net.module_, std(X), torch.as_tensor(y), pairs, len(hidden), phase)
     null = null_rates(X, y, marked, target, k, hidden, n_null, random_state)
-    wm = EntangledWatermark(marked, source, target, k, features.astype(np.int64),
-                            values.astype(np.float64), null, decoy_x, decoy_targets)
-    return net, wm
+    return net, EntangledWatermark(marked, source, target, k, features.astype(np.int64),
+                                   values.astype(np.float64), null, decoy_x, decoy_targets)
 
 
 _Key = tuple[int, int, IntArray, FloatArray]  # source class, target class, trigger features, values
+
+
+def _standardized(a: FloatArray, mean: FloatArray, scale: FloatArray) -> torch.Tensor:
+    return torch.as_tensor((a - mean) / scale, dtype=torch.float32)
+
+
+def _stamped(rows: FloatArray, features: IntArray, values: FloatArray) -> FloatArray:
+    """A copy of ``rows`` with the trigger stamped on."""
+    out = rows.copy()
+    out[:, features] = values
+    return out
 
 
 def _check_embedding(k: int, rows: int, quantile: float, batch_size: int, choice: str,
@@ -421,10 +427,9 @@ def _decoys(draw: Callable[[np.random.Generator], _Key], real: _Key, secret: str
     for j in range(n):
         rng = keyed_rng(secret, f"entangled-decoy/{j}".encode())
         source, target, features, values = _decoy_key(draw, rng, real)
-        stamped = X[y == source]
-        stamped = stamped[rng.choice(len(stamped), rows, replace=len(stamped) < rows)]
-        stamped[:, features] = values
-        decoy_x.append(stamped)
+        pick = X[y == source]
+        pick = pick[rng.choice(len(pick), rows, replace=len(pick) < rows)]
+        decoy_x.append(_stamped(pick, features, values))
         decoy_targets.append(target)
     return (np.asarray(decoy_x, dtype=np.float64).reshape(n, rows, X.shape[1]),
             np.asarray(decoy_targets, dtype=np.int64))
