@@ -143,12 +143,8 @@ def verify_sets(wm: ServeWatermark, sets: Sequence[tuple[Any, WatermarkSet]],
     another model, is asked none of them. The tests stay exact: marked and control rows
     are moved alike, by noise that does not depend on the key."""
     report = OwnershipReport(suspect_name, alpha, jitter=jitter)
-    marked = []
-    for key, ws in sets:
-        if len(ws.x) == 0:
-            report.skipped.append(key.key_id)
-        else:
-            marked.append((key, ws))
+    marked = [(key, ws) for key, ws in sets if len(ws.x)]
+    report.skipped.extend(key.key_id for key, ws in sets if len(ws.x) == 0)
     if not marked:
         return report
     x = np.concatenate([ws.x for _, ws in marked])
@@ -157,45 +153,71 @@ def verify_sets(wm: ServeWatermark, sets: Sequence[tuple[Any, WatermarkSet]],
         moved, report.unmoved = wm.same_cell_copies(np.concatenate([x, control_x]), jitter,
                                                     np.random.default_rng(seed))
         x, control_x = moved[:len(x)], moved[len(x):]
-    asked = 0
-    c_labels, c_scores = np.zeros(0, dtype=np.int64), None
-    with_control = wm.k == 2
-    if not with_control and len(control_x):
-        # Does it give scores? One unmarked row tells, without showing it a marked one.
-        _, probe, asked = _ask(suspect, control_x[:1], wm.k)
-        with_control = probe is not None
-    if with_control:
-        # The marked and the control cells in one request, in an order that does not tell
-        # them apart: a suspect cannot answer the watermark's inputs differently.
-        labels, scores, n_asked = _ask(suspect, np.concatenate([x, control_x]), wm.k)
-        asked += n_asked
-        c_labels, c_scores = labels[len(x):], None if scores is None else scores[len(x):]
-        labels, scores = labels[:len(x)], None if scores is None else scores[:len(x)]
-    else:
-        labels, scores, n_asked = _ask(suspect, x, wm.k)
-        asked += n_asked
-    report.suspect_queries = asked
+    got = _Answers.ask(suspect, x, control_x, wm.k)
+    report.suspect_queries = got.asked
     at = at_c = 0
-    n = len(marked)
     for key, ws in marked:
         w, c = slice(at, at + len(ws.x)), slice(at_c, at_c + len(ws.control_x))
         at, at_c = at + len(ws.x), at_c + len(ws.control_x)
-        given: tuple[Any, Any] = (labels[w], c_labels[c])
-        has_scores = scores is not None and c_scores is not None  # on both, or labels
-        if scores is not None and c_scores is not None:
-            given = (scores[w], c_scores[c])
-            result = score_test(*given, ws)
-        elif wm.k == 2:
-            result = control_test(*given, ws)
-        else:
-            result = label_test(labels[w], ws, wm.k)
-        if with_control and ws.complete:  # every cell asked: the sequential test holds too
-            cuts = sequential_cuts(*given, ws, has_scores)
-            result = replace(result, p_sequential=sequential_p(cuts, ws.rate))
-        p_adj = min(1.0, result.p_value * n)
+        result = _account_test(wm, ws, got, w, c)
+        p_adj = min(1.0, result.p_value * len(marked))
         report.accounts.append(AccountVerdict(key.key_id, key.owner, key.tier, ws.queries,
                                               result, p_adj, p_adj <= alpha))
     return report
+
+
+@dataclass(frozen=True)
+class _Answers:
+    """The suspect's answers on the marked rows (``labels``, ``scores``) and on the control
+    rows (``c_``; none unless ``with_control``), and how many rows it was asked."""
+
+    labels: IntArray
+    scores: FloatArray | None
+    c_labels: IntArray
+    c_scores: FloatArray | None
+    with_control: bool
+    asked: int
+
+    @classmethod
+    def ask(cls, suspect: Callable[[FloatArray], Any], x: FloatArray, control_x: FloatArray,
+            k: int) -> _Answers:
+        """Ask the marked rows ``x``, with the control rows where they can be tested: with
+        two classes, or where the suspect gives scores."""
+        asked = 0
+        with_control = k == 2
+        if not with_control and len(control_x):
+            # Does it give scores? One unmarked row tells, without showing it a marked one.
+            _, probe, asked = _ask(suspect, control_x[:1], k)
+            with_control = probe is not None
+        if not with_control:
+            labels, scores, n_asked = _ask(suspect, x, k)
+            return cls(labels, scores, np.zeros(0, dtype=np.int64), None, False, asked + n_asked)
+        # The marked and the control cells in one request, in an order that does not tell
+        # them apart: a suspect cannot answer the watermark's inputs differently.
+        labels, scores, n_asked = _ask(suspect, np.concatenate([x, control_x]), k)
+        m = len(x)
+        return cls(labels[:m], None if scores is None else scores[:m], labels[m:],
+                   None if scores is None else scores[m:], True, asked + n_asked)
+
+
+def _account_test(wm: ServeWatermark, ws: WatermarkSet, got: _Answers, w: slice, c: slice
+                  ) -> TestResult:
+    """One account's test on its marked rows ``w`` and control rows ``c`` of the answers:
+    the score test where the suspect gave scores on both, else the control test (two
+    classes) or the label test; with the sequential p-value where every cell was asked."""
+    given: tuple[Any, Any] = (got.labels[w], got.c_labels[c])
+    has_scores = got.scores is not None and got.c_scores is not None  # on both, or labels
+    if got.scores is not None and got.c_scores is not None:
+        given = (got.scores[w], got.c_scores[c])
+        result = score_test(*given, ws)
+    elif wm.k == 2:
+        result = control_test(*given, ws)
+    else:
+        result = label_test(got.labels[w], ws, wm.k)
+    if got.with_control and ws.complete:  # every cell asked: the sequential test holds too
+        cuts = sequential_cuts(*given, ws, has_scores)
+        result = replace(result, p_sequential=sequential_p(cuts, ws.rate))
+    return result
 
 
 def estimator_answer(model: Any, k: int, x: FloatArray) -> Any:
