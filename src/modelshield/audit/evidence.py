@@ -49,6 +49,33 @@ def gather(store: Any, key_id: str, terms: Mapping[str, str], verdict: Verdict,
         raise ConfigError(f"--key: no key with id {key_id!r}.")
     records = store.records(key_id=key_id)
     flags = [f for f in store.flags() if f["ident"] == key_id]
+    activity, times = _activity(records)
+    head = store.head()
+    doc: dict[str, Any] = {
+        "generated_at": _when(dt.datetime.now(dt.UTC).timestamp()),
+        "key": _key_fields(key, terms),
+        "activity": activity,
+        "flags": [{**f, "ts": _when(f["ts"])} for f in flags],
+        "integrity": _integrity(verdict, head, anchor, records),
+        "watermark": None if ownership is None else _watermark(ownership, key_id),
+    }
+    doc["figure"] = _activity_svg(times) if times else ""
+    return doc, records
+
+
+def _key_fields(key: Any, terms: Mapping[str, str]) -> dict[str, Any]:
+    """Who holds the key, and the terms it accepted and when."""
+    return {"key_id": key.key_id, "owner": key.owner, "tier": key.tier,
+            "created_at": _when(key.created_at), "expires_at": _when(key.expires_at),
+            "revoked_at": _when(key.revoked_at), "terms_version": key.terms_version,
+            "terms_accepted_at": _when(key.terms_accepted_at),
+            "terms_text": terms.get(key.terms_version)}
+
+
+def _activity(records: list[dict[str, Any]]
+              ) -> tuple[dict[str, Any], list[tuple[float, int]]]:
+    """The key's requests, answers and refusals (by status and code), and (time, rows)
+    of each answered request."""
     refusals: Counter[str] = Counter()
     answered = rows = 0
     times = []
@@ -60,44 +87,39 @@ def gather(store: Any, key_id: str, terms: Mapping[str, str], verdict: Verdict,
             answered += 1
             rows += int(rec["rows"])
             times.append((float(rec["ts"]), int(rec["rows"])))
-    head = store.head()
-    doc: dict[str, Any] = {
-        "generated_at": _when(dt.datetime.now(dt.UTC).timestamp()),
-        "key": {"key_id": key.key_id, "owner": key.owner, "tier": key.tier,
-                "created_at": _when(key.created_at), "expires_at": _when(key.expires_at),
-                "revoked_at": _when(key.revoked_at), "terms_version": key.terms_version,
-                "terms_accepted_at": _when(key.terms_accepted_at),
-                "terms_text": terms.get(key.terms_version)},
-        "activity": {"requests": len(records), "answered": answered, "rows_answered": rows,
-                     "refused": dict(refusals), "first": _when(records[0]["ts"]) if records
-                     else None, "last": _when(records[-1]["ts"]) if records else None},
-        "flags": [{**f, "ts": _when(f["ts"])} for f in flags],
-        "integrity": {
-            "intact": verdict.ok, "records_checked": verdict.checked,
-            "keyed": verdict.keyed, "key_versions": verdict.versions,
-            "breaks": [{"kind": b.kind, "first": b.first, "last": b.last, "detail": b.detail}
-                       for b in verdict.breaks],
-            "head": head, "anchor": dict(anchor) if anchor else None,
-            "positions": [int(r["seq"]) for r in records],
-            "seals": {str(r["seq"]): r["hash"] for r in records}},
-        "watermark": None,
-    }
-    if ownership is not None:
-        mine = next((a for a in ownership.accounts if a.key_id == key_id), None)
-        doc["watermark"] = {
-            "suspect": ownership.suspect, "alpha": ownership.alpha,
-            "accounts_tested": len(ownership.accounts),
-            "suspect_queries": ownership.suspect_queries, "jitter": ownership.jitter,
-            "matched": mine is not None and mine.matched,
-            "named_accounts": [a.key_id for a in ownership.matched],
-            "result": None if mine is None else {
-                "test": mine.result.test, "p_value": mine.result.p_value,
-                "p_adjusted": mine.p_adjusted, "p_sequential": mine.result.p_sequential,
-                "watermarks": mine.result.watermarks,
-                "matches": mine.result.matches, "disagreements": mine.result.disagreements,
-                "summary": mine.result.summary()}}
-    doc["figure"] = _activity_svg(times) if times else ""
-    return doc, records
+    return {"requests": len(records), "answered": answered, "rows_answered": rows,
+            "refused": dict(refusals), "first": _when(records[0]["ts"]) if records
+            else None, "last": _when(records[-1]["ts"]) if records else None}, times
+
+
+def _integrity(verdict: Verdict, head: Any, anchor: Mapping[str, Any] | None,
+               records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The audit log's check, and where each shown record sits in it and its seal."""
+    return {
+        "intact": verdict.ok, "records_checked": verdict.checked,
+        "keyed": verdict.keyed, "key_versions": verdict.versions,
+        "breaks": [{"kind": b.kind, "first": b.first, "last": b.last, "detail": b.detail}
+                   for b in verdict.breaks],
+        "head": head, "anchor": dict(anchor) if anchor else None,
+        "positions": [int(r["seq"]) for r in records],
+        "seals": {str(r["seq"]): r["hash"] for r in records}}
+
+
+def _watermark(ownership: OwnershipReport, key_id: str) -> dict[str, Any]:
+    """The watermark test against the suspect, as it bears on this key."""
+    mine = next((a for a in ownership.accounts if a.key_id == key_id), None)
+    return {
+        "suspect": ownership.suspect, "alpha": ownership.alpha,
+        "accounts_tested": len(ownership.accounts),
+        "suspect_queries": ownership.suspect_queries, "jitter": ownership.jitter,
+        "matched": mine is not None and mine.matched,
+        "named_accounts": [a.key_id for a in ownership.matched],
+        "result": None if mine is None else {
+            "test": mine.result.test, "p_value": mine.result.p_value,
+            "p_adjusted": mine.p_adjusted, "p_sequential": mine.result.p_sequential,
+            "watermarks": mine.result.watermarks,
+            "matches": mine.result.matches, "disagreements": mine.result.disagreements,
+            "summary": mine.result.summary()}}
 
 
 def _activity_svg(times: list[tuple[float, int]]) -> str:
