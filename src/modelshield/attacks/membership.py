@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -119,48 +119,21 @@ class ShadowSet:
         processes here) or ``ray`` (one task per shadow on the Ray cluster this process has
         joined).
         """
-        from joblib import Parallel, delayed
-
         if n_shadows < 2:
             raise ConfigError.invalid("shadows", "an integer >= 2", n_shadows)
         make_estimator(recipe)  # a bad recipe fails here, before any training
         rng = np.random.default_rng(random_state)
-        n, m = len(X), len(population)
-        size = train_size or max(n // 2, 1)
-        keep = np.zeros((n_shadows, n), dtype=bool)
-        if online:
-            keep = np.argsort(rng.uniform(size=(n_shadows, n)), axis=0) < n_shadows // 2
-        pop_keep = np.zeros((n_shadows, m), dtype=bool)
-        if not online and size > m:
-            raise ConfigError(
-                f"each offline shadow model trains on {size} population records; the "
-                f"population holds {m}. Give more population data or a smaller train_size.")
-        for s in range(n_shadows):
-            # Online, a shadow short of population rows trains on what there is.
-            fill = min(size - int(keep[s].sum()), m)
-            if fill > 0:
-                pop_keep[s, rng.choice(m, size=fill, replace=False)] = True
-        rows = np.arange(m) if ref_rows is None else np.asarray(ref_rows, dtype=np.int64)
+        keep, pop_keep = _splits(rng, len(X), len(population), n_shadows, online,
+                                 train_size or max(len(X) // 2, 1))
+        rows = np.arange(len(population)) if ref_rows is None else \
+            np.asarray(ref_rows, dtype=np.int64)
         seeds = rng.integers(0, 2**31 - 1, size=n_shadows)
         start = time.perf_counter()
         args = [(recipe, np.concatenate([X[keep[s]], population[pop_keep[s]]]),
                  np.concatenate([y[keep[s]], population_labels[pop_keep[s]]]), n_classes,
                  int(seeds[s]), X, population[rows]) for s in range(n_shadows)]
-        results: Any
-        if backend == "ray":
-            import ray
-
-            fit = ray.remote(num_cpus=1)(_fit_shadow)
-            results = (ray.get(ref) for ref in [fit.remote(*a) for a in args])
-        elif backend != "local":
-            raise ConfigError.invalid("backend", "'local' or 'ray'", backend)
-        elif workers > 1:
-            results = Parallel(n_jobs=workers, return_as="generator")(
-                delayed(_fit_shadow)(*a) for a in args)
-        else:
-            results = (_fit_shadow(*a) for a in args)
         outs = []
-        for out in results:
+        for out in _fit_shadows(args, backend, workers):
             outs.append(out)
             if progress is not None:
                 progress(len(outs))
@@ -169,6 +142,47 @@ class ShadowSet:
         return cls(probs=probs, keep=keep, ref_rows=rows, ref_probs=ref,
                    ref_keep=pop_keep[:, rows], recipe=recipe,
                    seconds=time.perf_counter() - start)
+
+
+def _splits(rng: np.random.Generator, n: int, m: int, n_shadows: int, online: bool,
+            size: int) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Which of the ``n`` candidates and of the ``m`` population rows each shadow trains
+    on: online, each candidate in exactly half the shadows, topped up with population rows
+    to ``size``; offline, ``size`` population rows alone."""
+    keep = np.zeros((n_shadows, n), dtype=bool)
+    if online:
+        keep = np.argsort(rng.uniform(size=(n_shadows, n)), axis=0) < n_shadows // 2
+    pop_keep = np.zeros((n_shadows, m), dtype=bool)
+    if not online and size > m:
+        raise ConfigError(
+            f"each offline shadow model trains on {size} population records; the "
+            f"population holds {m}. Give more population data or a smaller train_size.")
+    for s in range(n_shadows):
+        # Online, a shadow short of population rows trains on what there is.
+        fill = min(size - int(keep[s].sum()), m)
+        if fill > 0:
+            pop_keep[s, rng.choice(m, size=fill, replace=False)] = True
+    return keep, pop_keep
+
+
+def _fit_shadows(args: list[tuple[Any, ...]], backend: str, workers: int
+                 ) -> Iterator[tuple[FloatArray, FloatArray]]:
+    """Each shadow's :func:`_fit_shadow` on ``args``, in order, as it is done: in
+    ``workers`` processes here (``local``) or as Ray tasks (``ray``)."""
+    from joblib import Parallel, delayed
+
+    if backend == "ray":
+        import ray
+
+        fit = ray.remote(num_cpus=1)(_fit_shadow)
+        return (ray.get(ref) for ref in [fit.remote(*a) for a in args])
+    if backend != "local":
+        raise ConfigError.invalid("backend", "'local' or 'ray'", backend)
+    if workers > 1:
+        results: Iterator[tuple[FloatArray, FloatArray]] = Parallel(
+            n_jobs=workers, return_as="generator")(delayed(_fit_shadow)(*a) for a in args)
+        return results
+    return (_fit_shadow(*a) for a in args)
 
 
 def _fit_shadow(recipe: str, X: FloatArray, y: IntArray, n_classes: int, seed: int,
