@@ -72,51 +72,55 @@ class ReluExact(Attack):
         spec = session.spec
         require_exact_scores(session, self.name)
         probe = _Probe(session, spec.high - spec.low, self.step)
-        # A kink read off a line can be two kinks too close to tell apart, and its
-        # "hyperplane" then a blend; a unit's true hyperplane is met again on other lines.
-        # Only hyperplanes found on two lines or more are kept.
-        seen: list[tuple[FloatArray, float, int]] = []
-        quiet = lines = 0
-        d = spec.n_features
-        note = None
-        while lines < self.lines and quiet < self.patience:
-            # Keep what the final fit needs (3 queries an unknown), and a line's worth more.
-            kept = sum(count >= 2 for *_, count in seen)
-            if session.remaining < 3 * (kept + d + 1) + 40 * (d + 1):
-                note = (f"the budget ended the search after {lines} lines, with {kept} hidden "
-                        "units confirmed; units not met are missing from the clone")
-                break
-            lines += 1
-            confirmed = 0
-            try:
-                kinks = probe.kinks(rng, self.tolerance)
-            except BudgetExhausted:
-                break
-            for t, x0, u in kinks:
-                x = x0 + t * u
-                # A kink on a hyperplane already seen confirms it at no cost.
-                i = _on_plane(seen, x, probe.scale)
-                if i is None:
-                    if session.remaining < 3 * (len(seen) + d + 1) + 4 * (d + 1):
-                        break
-                    n, beta = probe.hyperplane(x)
-                    if n is None:
-                        continue
-                    i = _match(seen, n, beta)
-                    if i is None:
-                        seen.append((n, beta, 1))
-                        continue
-                normal, offset, count = seen[i]
-                seen[i] = (normal, offset, count + 1)
-                confirmed += count == 1
-            quiet = 0 if confirmed else quiet + 1
+        seen, lines, note = self._search(session, probe, rng)
         planes = [(n, b) for n, b, count in seen if count >= 2]
         if not planes:
             raise AttackFailed(f"{self.name}: no kink in {lines} lines: the model is linear "
                                "on this domain, or not a ReLU network")
         N = np.array([n for n, _ in planes])
         offsets = np.array([b for _, b in planes])
-        h = len(N)
+        clone, params, residual = self._fit(session, probe, rng, N, offsets)
+        info: dict[str, Any] = {"hidden_units_found": len(N),
+                                "hyperplanes_seen_once": len(seen) - len(N),
+                                "lines": lines, "fit_max_residual": residual,
+                                "scale_free": True}
+        if note:
+            info["budget_note"] = note
+        return clone, params, info
+
+    def _search(self, session: Session, probe: _Probe, rng: np.random.Generator
+                ) -> tuple[list[tuple[FloatArray, float, int]], int, str | None]:
+        """The hyperplanes met on random lines (normal, offset, lines met on), until
+        ``lines`` lines, ``patience`` lines in a row that confirm none, or the budget the
+        final fit needs; the lines drawn, and why the budget stopped the search (or None).
+
+        A kink read off a line can be two kinks too close to tell apart, and its
+        "hyperplane" then a blend; a unit's true hyperplane is met again on other lines.
+        Only hyperplanes found on two lines or more are kept."""
+        seen: list[tuple[FloatArray, float, int]] = []
+        quiet = lines = 0
+        d = session.spec.n_features
+        while lines < self.lines and quiet < self.patience:
+            # Keep what the final fit needs (3 queries an unknown), and a line's worth more.
+            kept = sum(count >= 2 for *_, count in seen)
+            if session.remaining < 3 * (kept + d + 1) + 40 * (d + 1):
+                return seen, lines, (f"the budget ended the search after {lines} lines, with "
+                                     f"{kept} hidden units confirmed; units not met are "
+                                     "missing from the clone")
+            lines += 1
+            try:
+                kinks = probe.kinks(rng, self.tolerance)
+            except BudgetExhausted:
+                break
+            quiet = 0 if _confirm(seen, kinks, probe, session) else quiet + 1
+        return seen, lines, None
+
+    def _fit(self, session: Session, probe: _Probe, rng: np.random.Generator, N: FloatArray,
+             offsets: FloatArray) -> tuple[Any, dict[str, FloatArray], float]:
+        """The output layer by least squares on fresh uniform queries, given the hidden
+        units' hyperplanes: the clone, its parameters and the largest residual."""
+        spec = session.spec
+        h, d = len(N), spec.n_features
         n_fit = min(3 * (h + d + 1), session.remaining)
         if n_fit < h + d + 1:
             raise AttackFailed(f"{self.name}: the final fit needs {h + d + 1} queries; "
@@ -129,12 +133,34 @@ class ReluExact(Attack):
         A, G, e = coef[:h].T, coef[h:h + d].T, coef[-1]
         clone = ReluNetClone(N, offsets, A, G, e).fit()
         session.checkpoint(clone)
-        info: dict[str, Any] = {"hidden_units_found": h, "hyperplanes_seen_once": len(seen) - h,
-                                "lines": lines, "fit_max_residual": residual,
-                                "scale_free": True}
-        if note:
-            info["budget_note"] = note
-        return clone, {"W": N, "b": offsets, "A": A, "G": G, "e": e}, info
+        return clone, {"W": N, "b": offsets, "A": A, "G": G, "e": e}, residual
+
+
+def _confirm(seen: list[tuple[FloatArray, float, int]],
+             kinks: list[tuple[float, FloatArray, FloatArray]], probe: _Probe,
+             session: Session) -> int:
+    """Match each kink of a line with the hyperplanes ``seen`` (a new one is added to them;
+    one met again counts once more); how many this line confirmed (met a second time)."""
+    d = session.spec.n_features
+    confirmed = 0
+    for t, x0, u in kinks:
+        x = x0 + t * u
+        # A kink on a hyperplane already seen confirms it at no cost.
+        i = _on_plane(seen, x, probe.scale)
+        if i is None:
+            if session.remaining < 3 * (len(seen) + d + 1) + 4 * (d + 1):
+                break
+            n, beta = probe.hyperplane(x)
+            if n is None:
+                continue
+            i = _match(seen, n, beta)
+            if i is None:
+                seen.append((n, beta, 1))
+                continue
+        normal, offset, count = seen[i]
+        seen[i] = (normal, offset, count + 1)
+        confirmed += count == 1
+    return confirmed
 
 
 class _Probe:
