@@ -86,14 +86,22 @@ class HttpOracle(BaseOracle):
                        integer_features=bool(p["integer_features"]), name=self.model)
 
     def _answer(self, inputs: FloatArray) -> Answer:
+        path, payload = self._request(inputs)
+        body = self._body(self._post(path, payload))
+        return _to_answer(_from_v2(body) if self.protocol == "v2" else body)
+
+    def _request(self, inputs: FloatArray) -> tuple[str, dict[str, Any]]:
+        """The route and JSON body that ask ``inputs`` (missing values as null)."""
         rows = [[None if np.isnan(v) else float(v) for v in row] for row in inputs]
         if self.protocol == "v2":
-            path = f"/v2/models/{self.model}/infer"
-            payload: dict[str, Any] = {"inputs": [{
+            return f"/v2/models/{self.model}/infer", {"inputs": [{
                 "name": "input-0", "shape": list(inputs.shape), "datatype": "FP64",
                 "data": [v for row in rows for v in row]}]}
-        else:
-            path, payload = f"/v1/models/{self.model}/predict", {"inputs": rows}
+        return f"/v1/models/{self.model}/predict", {"inputs": rows}
+
+    def _post(self, path: str, payload: dict[str, Any]) -> httpx.Response:
+        """Send the request; with ``pace``, wait out a rate limit's 429 and send again (at
+        most ``PACED_TRIES`` times)."""
         for tries in range(PACED_TRIES + 1):
             try:
                 resp = self.client.post(path, json=payload, headers=self.headers)
@@ -104,6 +112,10 @@ class HttpOracle(BaseOracle):
                 break
             time.sleep(wait)
             self.waited += wait
+        return resp
+
+    def _body(self, resp: httpx.Response) -> Any:
+        """The answer's JSON; a refusal raises :class:`Blocked` with the target's code."""
         try:
             body = resp.json()
         except ValueError:
@@ -115,17 +127,7 @@ class HttpOracle(BaseOracle):
                 err = {"message": str(err), "code": body.get("code", "error")}
             raise Blocked(Denied(resp.status_code, err.get("code", "error"),
                                  err.get("message", resp.text[:200])), self.used)
-        if self.protocol == "v2":
-            body = _from_v2(body)
-        probs = body.get("probabilities")
-        return Answer(
-            labels=np.asarray(body["labels"], dtype=np.int64),
-            probabilities=None if probs is None else np.array(
-                [[np.nan if v is None else v for v in row] for row in probs], dtype=np.float64),
-            confidence=None if "confidence" not in body else np.asarray(body["confidence"]),
-            leaf_ids=None if "leaf_ids" not in body else np.asarray(body["leaf_ids"]),
-            policy=body.get("policy", ""),
-        )
+        return body
 
     def _wait(self, resp: httpx.Response) -> float | None:
         """Seconds to wait before sending again: a rate limit's 429 with a Retry-After
@@ -137,6 +139,19 @@ class HttpOracle(BaseOracle):
         except ValueError:
             return None
         return max(retry, 0.05) if retry <= self.pace else None
+
+
+def _to_answer(body: dict[str, Any]) -> Answer:
+    """The REST route's fields as an :class:`Answer` (null scores: withheld, NaN)."""
+    probs = body.get("probabilities")
+    return Answer(
+        labels=np.asarray(body["labels"], dtype=np.int64),
+        probabilities=None if probs is None else np.array(
+            [[np.nan if v is None else v for v in row] for row in probs], dtype=np.float64),
+        confidence=None if "confidence" not in body else np.asarray(body["confidence"]),
+        leaf_ids=None if "leaf_ids" not in body else np.asarray(body["leaf_ids"]),
+        policy=body.get("policy", ""),
+    )
 
 
 def _from_v2(body: dict[str, Any]) -> dict[str, Any]:
