@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import joblib
 import numpy as np
 
-from modelshield.answer import ApiSpec
+from modelshield.answer import ApiSpec, FloatArray, IntArray
 from modelshield.errors import ConfigError
 from modelshield.victims.base import (
     MembershipTask,
@@ -198,34 +199,16 @@ def membership_from_files(model: str | Path, data: str | Path, name: str | None 
     """An owner's model file and an .npz of its members and non-members (and optionally an
     attacker's population), as a Victim to query and the truth to score attacks against."""
     p = Path(data)
-    if not p.is_file() or p.suffix.lower() != ".npz":
-        raise ConfigError(f"--data {str(p)!r}: needs an existing .npz holding "
-                          + "; ".join(f"{k} ({v})" for k, v in MEMBERSHIP_KEYS.items()))
-    with np.load(p) as npz:
-        arrays = {k: np.asarray(npz[k]) for k in npz.files}
-    unknown = sorted(set(arrays) - set(MEMBERSHIP_KEYS))
-    missing = [k for k in list(MEMBERSHIP_KEYS)[:4] if k not in arrays]
-    if unknown or missing:
-        what = f"unknown array {unknown[0]!r}" if unknown else f"lacks {', '.join(missing)}"
-        raise ConfigError(f"{p}: {what}; a membership file holds "
-                          + "; ".join(f"{k} ({v})" for k, v in MEMBERSHIP_KEYS.items()))
-    if ("population" in arrays) != ("population_labels" in arrays):
-        raise ConfigError(f"{p}: population and population_labels go together")
+    arrays = _membership_arrays(p)
     adapter = load_model_file(model)
     rows = {k: np.atleast_2d(np.asarray(arrays[k], dtype=np.float64))
             for k in ("members", "non_members", "population") if k in arrays}
     d = rows["members"].shape[1]
-    for k, x in rows.items():
-        if x.shape[1] != d:
-            raise ConfigError(f"{p}: {k} has {x.shape[1]} features, members {d}")
-        if len(arrays[_LABELS[k]]) != len(x):
-            raise ConfigError(f"{p}: {_LABELS[k]} must give one label per row of {k}")
+    _check_rows(p, arrays, rows)
     every = np.concatenate(list(rows.values()))
     n_classes = adapter.predict(every[:1]).probabilities.shape[1]
     labels = {k: np.asarray(arrays[_LABELS[k]], dtype=np.int64) for k in rows}
-    for k, y in labels.items():
-        if len(y) and (y.min() < 0 or y.max() >= n_classes):
-            raise ConfigError(f"{p}: {_LABELS[k]} must be class indices 0..{n_classes - 1}")
+    _check_labels(p, labels, n_classes)
     spec = ApiSpec(n_features=d, classes=tuple(str(c) for c in range(n_classes)),
                    low=np.asarray(arrays.get("low", every.min(axis=0)), dtype=np.float64),
                    high=np.asarray(arrays.get("high", every.max(axis=0)), dtype=np.float64),
@@ -245,3 +228,38 @@ def membership_from_files(model: str | Path, data: str | Path, name: str | None 
 
 _LABELS = {"members": "member_labels", "non_members": "non_member_labels",
            "population": "population_labels"}
+
+
+def _membership_arrays(p: Path) -> dict[str, np.ndarray]:
+    """The arrays of the membership file ``p``, checked by name."""
+    if not p.is_file() or p.suffix.lower() != ".npz":
+        raise ConfigError(f"--data {str(p)!r}: needs an existing .npz holding "
+                          + "; ".join(f"{k} ({v})" for k, v in MEMBERSHIP_KEYS.items()))
+    with np.load(p) as npz:
+        arrays = {k: np.asarray(npz[k]) for k in npz.files}
+    unknown = sorted(set(arrays) - set(MEMBERSHIP_KEYS))
+    missing = [k for k in list(MEMBERSHIP_KEYS)[:4] if k not in arrays]
+    if unknown or missing:
+        what = f"unknown array {unknown[0]!r}" if unknown else f"lacks {', '.join(missing)}"
+        raise ConfigError(f"{p}: {what}; a membership file holds "
+                          + "; ".join(f"{k} ({v})" for k, v in MEMBERSHIP_KEYS.items()))
+    if ("population" in arrays) != ("population_labels" in arrays):
+        raise ConfigError(f"{p}: population and population_labels go together")
+    return arrays
+
+
+def _check_rows(p: Path, arrays: dict[str, np.ndarray], rows: Mapping[str, FloatArray]
+                ) -> None:
+    """Every row set has the members' features, and one label a row."""
+    d = rows["members"].shape[1]
+    for k, x in rows.items():
+        if x.shape[1] != d:
+            raise ConfigError(f"{p}: {k} has {x.shape[1]} features, members {d}")
+        if len(arrays[_LABELS[k]]) != len(x):
+            raise ConfigError(f"{p}: {_LABELS[k]} must give one label per row of {k}")
+
+
+def _check_labels(p: Path, labels: Mapping[str, IntArray], n_classes: int) -> None:
+    for k, y in labels.items():
+        if len(y) and (y.min() < 0 or y.max() >= n_classes):
+            raise ConfigError(f"{p}: {_LABELS[k]} must be class indices 0..{n_classes - 1}")
