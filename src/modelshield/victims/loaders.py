@@ -201,13 +201,15 @@ def membership_from_files(model: str | Path, data: str | Path, name: str | None 
     p = Path(data)
     arrays = _membership_arrays(p)
     adapter = load_model_file(model)
-    rows = {k: np.atleast_2d(np.asarray(arrays[k], dtype=np.float64))
-            for k in ("members", "non_members", "population") if k in arrays}
+    rows: dict[str, FloatArray] = {
+        k: np.atleast_2d(np.asarray(arrays[k], dtype=np.float64))
+        for k in ("members", "non_members", "population") if k in arrays}
     d = rows["members"].shape[1]
     _check_rows(p, arrays, rows)
     every = np.concatenate(list(rows.values()))
     n_classes = adapter.predict(every[:1]).probabilities.shape[1]
-    labels = {k: np.asarray(arrays[_LABELS[k]], dtype=np.int64) for k in rows}
+    labels: dict[str, IntArray] = {k: np.asarray(arrays[_LABELS[k]], dtype=np.int64)
+                                   for k in rows}
     _check_labels(p, labels, n_classes)
     spec = ApiSpec(n_features=d, classes=tuple(str(c) for c in range(n_classes)),
                    low=np.asarray(arrays.get("low", every.min(axis=0)), dtype=np.float64),
