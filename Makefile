@@ -24,11 +24,16 @@ $(MLSERVER):
 	$(MLSERVER_VENV)/bin/pip install -q "mlserver==1.7.1" "mlserver-sklearn==1.7.1"
 	touch $(MLSERVER)
 
-test: $(BIN)/modelshield $(MLSERVER)
-	MLSERVER_BIN=$(abspath $(MLSERVER)) $(BIN)/python -m pytest -q
+# Two workers, a test file each at a time (module fixtures are built once). Built models come
+# from the build cache (~/.cache/modelshield, or $$MODELSHIELD_CACHE): a second run builds none.
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
-test-fast: $(BIN)/modelshield
-	MLSERVER_BIN=$(abspath $(MLSERVER)) $(BIN)/python -m pytest -q -m "not slow"
+test: $(BIN)/modelshield $(MLSERVER)
+	MLSERVER_BIN=$(abspath $(MLSERVER)) $(PYTEST)
+
+# The inner loop: everything but the tests marked slow (which `make test` and CI run).
+test-fast: $(BIN)/modelshield $(MLSERVER)
+	MLSERVER_BIN=$(abspath $(MLSERVER)) $(PYTEST) -m "not slow"
 
 bench: $(BIN)/modelshield
 	$(BIN)/pip install -q -e '.[bench]'
