@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -72,52 +72,66 @@ def check_request(req: LMRequest, policy: LLMPolicy, vocab: int,
                   max_batch: int | None = None) -> None:
     """Refuse (Denied 400, OpenAI-style ``param``) what the tier does not allow;
     ``max_batch``: the tier's most sequences (prompts times ``n``) in one request."""
-    def bad(param: str, message: str, code: str = "invalid_value") -> Denied:
-        return Denied(400, code, message, {"X-Error-Param": param})
+    _check_prompts(req, vocab, max_batch)
+    _check_sampling(req, policy)
+    if req.logprobs is not None:
+        if not policy.logprobs:
+            raise _bad("logprobs", "logprobs are not available on this tier.",
+                       "logprobs_not_allowed")
+        if not 0 <= req.logprobs <= policy.max_top_logprobs:
+            raise _bad("logprobs", f"logprobs must be between 0 and {policy.max_top_logprobs} "
+                       f"on this tier; got {req.logprobs}.")
+    if req.logit_bias:
+        _check_logit_bias(req.logit_bias, policy, vocab)
 
+
+def _bad(param: str, message: str, code: str = "invalid_value") -> Denied:
+    return Denied(400, code, message, {"X-Error-Param": param})
+
+
+def _check_prompts(req: LMRequest, vocab: int, max_batch: int | None) -> None:
+    """The prompts, their count, the stop sequences and the seed."""
     if not req.prompts or any(len(p) == 0 for p in req.prompts):
-        raise bad("prompt", "prompt must not be empty.")
+        raise _bad("prompt", "prompt must not be empty.")
     if max_batch is not None and len(req.prompts) * max(req.n, 1) > max_batch:
         raise Denied(413, "batch_too_large", f"at most {max_batch} sequences (prompts times "
                      f"n) per request on this tier; got {len(req.prompts)} prompts times n = "
                      f"{req.n}.", {"X-Error-Param": "prompt"})
     if len(req.stop) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in req.stop):
-        raise bad("stop", f"at most {MAX_STOP} stop sequences of at most {MAX_STOP_CHARS} "
-                  f"characters; got {len(req.stop)}.")
+        raise _bad("stop", f"at most {MAX_STOP} stop sequences of at most {MAX_STOP_CHARS} "
+                   f"characters; got {len(req.stop)}.")
     if req.seed is not None and not 0 <= req.seed < 2**63:
-        raise bad("seed", f"seed must be an integer in [0, 2**63); got {req.seed}.")
+        raise _bad("seed", f"seed must be an integer in [0, 2**63); got {req.seed}.")
     if any(t < 0 or t >= vocab for p in req.prompts for t in p):
-        raise bad("prompt", f"prompt token ids must be in [0, {vocab}).")
+        raise _bad("prompt", f"prompt token ids must be in [0, {vocab}).")
+
+
+def _check_sampling(req: LMRequest, policy: LLMPolicy) -> None:
     if req.max_tokens < 0 or req.max_tokens > policy.max_tokens:
-        raise bad("max_tokens", f"max_tokens must be between 0 and {policy.max_tokens}; "
-                  f"got {req.max_tokens}.")
+        raise _bad("max_tokens", f"max_tokens must be between 0 and {policy.max_tokens}; "
+                   f"got {req.max_tokens}.")
     if not 0 <= req.temperature <= 2:
-        raise bad("temperature", f"temperature must be in [0, 2]; got {req.temperature}.")
+        raise _bad("temperature", f"temperature must be in [0, 2]; got {req.temperature}.")
     if not 0 < req.top_p <= 1:
-        raise bad("top_p", f"top_p must be in (0, 1]; got {req.top_p}.")
+        raise _bad("top_p", f"top_p must be in (0, 1]; got {req.top_p}.")
     if not 1 <= req.n <= policy.max_n:
-        raise bad("n", f"n must be between 1 and {policy.max_n}; got {req.n}.")
-    if req.logprobs is not None:
-        if not policy.logprobs:
-            raise bad("logprobs", "logprobs are not available on this tier.",
-                      "logprobs_not_allowed")
-        if not 0 <= req.logprobs <= policy.max_top_logprobs:
-            raise bad("logprobs", f"logprobs must be between 0 and {policy.max_top_logprobs} "
-                      f"on this tier; got {req.logprobs}.")
-    if req.logit_bias:
-        if policy.logit_bias == "refuse":
-            raise bad("logit_bias", "logit_bias is not available on this tier.",
-                      "logit_bias_not_allowed")
-        if len(req.logit_bias) > policy.max_logit_bias_entries:
-            raise bad("logit_bias", f"at most {policy.max_logit_bias_entries} logit_bias "
-                      f"entries on this tier; got {len(req.logit_bias)}.")
-        for token, value in req.logit_bias.items():
-            if not 0 <= token < vocab:
-                raise bad("logit_bias", f"logit_bias token {token} is outside the vocabulary "
-                          f"[0, {vocab}).")
-            if not -100 <= value <= 100:
-                raise bad("logit_bias", f"logit_bias values must be in [-100, 100]; token "
-                          f"{token} has {value}.")
+        raise _bad("n", f"n must be between 1 and {policy.max_n}; got {req.n}.")
+
+
+def _check_logit_bias(bias: Mapping[int, float], policy: LLMPolicy, vocab: int) -> None:
+    if policy.logit_bias == "refuse":
+        raise _bad("logit_bias", "logit_bias is not available on this tier.",
+                   "logit_bias_not_allowed")
+    if len(bias) > policy.max_logit_bias_entries:
+        raise _bad("logit_bias", f"at most {policy.max_logit_bias_entries} logit_bias "
+                   f"entries on this tier; got {len(bias)}.")
+    for token, value in bias.items():
+        if not 0 <= token < vocab:
+            raise _bad("logit_bias", f"logit_bias token {token} is outside the vocabulary "
+                       f"[0, {vocab}).")
+        if not -100 <= value <= 100:
+            raise _bad("logit_bias", f"logit_bias values must be in [-100, 100]; token "
+                       f"{token} has {value}.")
 
 
 def log_softmax(z: np.ndarray) -> np.ndarray:
