@@ -354,6 +354,15 @@ def _keyed(policy: str) -> bool:
 
 def load_config(source: str | Path | dict[str, Any] | None = None) -> ShieldConfig:
     """Validate a YAML file (or a dict) into a ShieldConfig; ``None`` gives the defaults."""
+    data = _with_env_secrets(_config_data(source))
+    try:
+        return ShieldConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+
+
+def _config_data(source: str | Path | dict[str, Any] | None) -> dict[str, Any]:
+    """The config's fields, from a dict or a YAML file."""
     if source is None:
         data: Any = {}
     elif isinstance(source, dict):
@@ -368,6 +377,13 @@ def load_config(source: str | Path | dict[str, Any] | None = None) -> ShieldConf
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError("The config must be a mapping of fields (model, tiers, ...).")
+    return data
+
+
+def _with_env_secrets(data: dict[str, Any]) -> dict[str, Any]:
+    """The secrets the environment gives where the config leaves them out:
+    MODELSHIELD_NOISE_SECRET, MODELSHIELD_WATERMARK_SECRET and MODELSHIELD_AUDIT_KEYS
+    ('version:secret;...')."""
     env_secret = os.environ.get("MODELSHIELD_NOISE_SECRET")
     if env_secret and not data.get("noise_secret"):
         data = {**data, "noise_secret": env_secret}
@@ -381,18 +397,20 @@ def load_config(source: str | Path | dict[str, Any] | None = None) -> ShieldConf
             raise ConfigError("MODELSHIELD_AUDIT_KEYS: write it as 'version:secret', several "
                               "separated by ';' (e.g. '2026-11:...;2027-01:...')")
         data = {**data, "audit_keys": {v.strip(): k.strip() for v, _, k in pairs}}
-    try:
-        return ShieldConfig.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or (
-            "noise_secret" if "noise_secret" in first["msg"] else
-            "watermark_secret" if "watermark_secret" in first["msg"] else
-            "audit_key_version" if "audit_key_version" in first["msg"] else "config")
-        msg = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            msg = "unknown field"
-        raise ConfigError(f"{where}: {msg}") from None
+    return data
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    """The first validation error, named by its field."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or (
+        "noise_secret" if "noise_secret" in first["msg"] else
+        "watermark_secret" if "watermark_secret" in first["msg"] else
+        "audit_key_version" if "audit_key_version" in first["msg"] else "config")
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field"
+    return ConfigError(f"{where}: {msg}")
 
 
 def example_config() -> str:
