@@ -33,6 +33,7 @@ import numpy as np
 import modelshield
 from modelshield.answer import Answer, FloatArray
 from modelshield.attacks import ATTACKS
+from modelshield.audit.cells import Cell, CellResult
 from modelshield.audit.evaluate import run_cell
 from modelshield.audit.scenario import Benign, Defense, Scenario, Target
 from modelshield.defenses.config import load_config
@@ -141,40 +142,43 @@ def shield_for(defense: Defense, victim: Victim, clock: Any = None) -> Iterator[
 CELL_FORMAT = 4
 
 
-def plan(scenario: Scenario) -> list[dict[str, Any]]:
+def plan(scenario: Scenario) -> list[Cell]:
     """The cells of ``scenario``: one per attacker x defense x budget, one benign cell per
     defense (local targets only)."""
-    common = {"target": scenario.target.model_dump(), "seed": scenario.seed,
-              "target_files": _file_digests(scenario.target), "version": modelshield.__version__,
-              "cell_format": CELL_FORMAT}
-    cells: list[dict[str, Any]] = []
+    cells: list[Cell] = []
     for d in scenario.defenses:
-        # A tier taken from a gateway config: its file's content is part of the cell.
-        tier_file = ({"defense_file": hashlib.sha256(Path(d.config).read_bytes()).hexdigest()}
-                     if d.config else {})
+        base = _base_cell(scenario, d)
         for a in scenario.attackers:
             for b in a.budgets:
-                cells.append({"kind": "attack", "defense": d.model_dump(),
-                              "attacker": a.model_dump(), "label": a.label, "budget": b,
-                              "price_per_1k": scenario.price_per_1k, **tier_file, **common})
+                cells.append({**base, "kind": "attack", "attacker": a.model_dump(),
+                              "label": a.label, "budget": b,
+                              "price_per_1k": scenario.price_per_1k})
         if not scenario.target.remote:
-            cells.append({"kind": "benign", "defense": d.model_dump(),
-                          "benign": scenario.benign.model_dump(), **tier_file, **common})
+            cells.append({**base, "kind": "benign", "benign": scenario.benign.model_dump()})
         if scenario.privacy is not None:
             data = scenario.privacy.data
-            cells.append({"kind": "privacy", "defense": d.model_dump(),
-                          "privacy": scenario.privacy.model_dump(),
+            cells.append({**base, "kind": "privacy", "privacy": scenario.privacy.model_dump(),
                           "privacy_file": hashlib.sha256(Path(data).read_bytes()).hexdigest()
                           if data else None,
-                          "price_per_1k": scenario.price_per_1k, **tier_file, **common})
+                          "price_per_1k": scenario.price_per_1k})
     return cells
 
 
-def cell_key(cell: dict[str, Any]) -> str:
+def _base_cell(scenario: Scenario, d: Defense) -> Cell:
+    cell: Cell = {"kind": "attack", "defense": d.model_dump(),
+                  "target": scenario.target.model_dump(), "seed": scenario.seed,
+                  "target_files": _file_digests(scenario.target),
+                  "version": modelshield.__version__, "cell_format": CELL_FORMAT}
+    if d.config:  # a tier taken from a gateway config: its file's content is part of the cell
+        cell["defense_file"] = hashlib.sha256(Path(d.config).read_bytes()).hexdigest()
+    return cell
+
+
+def cell_key(cell: Cell) -> str:
     return hashlib.sha256(json.dumps(cell, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def run_one(cell: dict[str, Any]) -> dict[str, Any]:
+def run_one(cell: Cell) -> CellResult:
     """Run one cell (in this process) and return its JSON-able result."""
     start = time.perf_counter()
     target = Target.model_validate(cell["target"])
@@ -196,8 +200,8 @@ def run_one(cell: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _attack_cell(cell: dict[str, Any], target: Target, defense: Defense,
-                 victim: Victim) -> dict[str, Any]:
+def _attack_cell(cell: Cell, target: Target, defense: Defense,
+                 victim: Victim) -> CellResult:
     from modelshield.audit.scenario import Attacker
     from modelshield.oracle import ShieldOracle
     from modelshield.store import seeded_key_id
@@ -352,7 +356,7 @@ SHADOW_BUILDER = ("modelshield.models", "modelshield.attacks.membership",
 """The modules whose code trains shadow models: a change to one trains them again."""
 
 
-def _privacy_cell(cell: dict[str, Any], target: Target, defense: Defense) -> dict[str, Any]:
+def _privacy_cell(cell: Cell, target: Target, defense: Defense) -> CellResult:
     """Membership inference through one defense: each attack with a fresh key of the tier.
 
     The shadow models depend on the model and its data, not on the defense: they are
@@ -425,7 +429,7 @@ def privacy_task(target: Target, privacy: Any) -> tuple[Victim, Any]:
         raise ConfigError(f"privacy.data: {exc}") from None
 
 
-def _benign_cell(cell: dict[str, Any], defense: Defense, victim: Victim) -> dict[str, Any]:
+def _benign_cell(cell: Cell, defense: Defense, victim: Victim) -> CellResult:
     """Honest customers of every archetype (modelshield.data.honest: i.i.d., narrow,
     what-if, batch, repeat, burst) send the victim's honest rows, which the detectors were
     not calibrated on; what they get back is scored. Accuracy counts the rows whose true
@@ -541,10 +545,10 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def run_cells(cells: list[dict[str, Any]], cache: Path, workers: int = 0,
-              on_done: Callable[[dict[str, Any], bool], None] | None = None,
+def run_cells(cells: list[Cell], cache: Path, workers: int = 0,
+              on_done: Callable[[CellResult, bool], None] | None = None,
               executor: str = "process", address: str | None = None,
-              ) -> list[dict[str, Any]]:
+              ) -> list[CellResult]:
     """Results for ``cells`` in order: from ``cache`` where a cell ran before, else run,
     ``workers`` at a time (0: one per core). ``on_done(result, cached)`` follows each.
 
@@ -552,7 +556,7 @@ def run_cells(cells: list[dict[str, Any]], cache: Path, workers: int = 0,
     the Ray cluster at ``address``, and the privacy cells' shadow models tasks too; the
     cache and the results stay here). Cells are seeded, so both give the same results."""
     cache.mkdir(parents=True, exist_ok=True)
-    results: dict[int, dict[str, Any]] = {}
+    results: dict[int, CellResult] = {}
     todo = []
     for i, cell in enumerate(cells):
         path = cache / f"{cell_key(cell)}.json"
@@ -567,7 +571,7 @@ def run_cells(cells: list[dict[str, Any]], cache: Path, workers: int = 0,
                 continue
         todo.append(i)
 
-    def keep(i: int, result: dict[str, Any]) -> None:
+    def keep(i: int, result: CellResult) -> None:
         path = cache / f"{cell_key(cells[i])}.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result))
@@ -592,7 +596,7 @@ def run_cells(cells: list[dict[str, Any]], cache: Path, workers: int = 0,
     else:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
-            running: dict[Future[dict[str, Any]], int] = {
+            running: dict[Future[CellResult], int] = {
                 pool.submit(run_one, cells[i]): i for i in todo}
             while running:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -601,14 +605,14 @@ def run_cells(cells: list[dict[str, Any]], cache: Path, workers: int = 0,
     return [results[i] for i in range(len(cells))]
 
 
-def _ray_cell(cell: dict[str, Any]) -> dict[str, Any]:
+def _ray_cell(cell: Cell) -> CellResult:
     """One cell on a Ray worker: one torch thread, as in the process pool."""
     _init_worker()
     return run_one(cell)
 
 
-def _run_on_ray(cells: list[dict[str, Any]], todo: list[int],
-                keep: Callable[[int, dict[str, Any]], None], address: str | None) -> None:
+def _run_on_ray(cells: list[Cell], todo: list[int],
+                keep: Callable[[int, CellResult], None], address: str | None) -> None:
     try:
         import ray
     except ImportError:
@@ -639,7 +643,7 @@ SHADOWS_ON = "MODELSHIELD_SHADOWS_ON"
 
 def run_audit(scenario: Scenario, out: Path, workers: int = 0,
               on_start: Callable[[int, int], None] | None = None,
-              on_done: Callable[[dict[str, Any], bool], None] | None = None,
+              on_done: Callable[[CellResult, bool], None] | None = None,
               executor: str = "process", address: str | None = None) -> dict[str, Any]:
     """Run ``scenario`` (cells cached in ``out/cells``) and return the results document:
     the scenario, every cell, and the analysis (summaries, ratings, recommendations)."""
