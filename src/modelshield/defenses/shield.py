@@ -38,7 +38,7 @@ from modelshield.defenses.leakfilter import LeakFinder
 from modelshield.defenses.limits_batch import RedisMovingWindowBatch
 from modelshield.defenses.limits_memory import SweptMemoryStorage
 from modelshield.defenses.llm import Delta
-from modelshield.defenses.policies import parse_policy
+from modelshield.defenses.policies import OutputPolicy, parse_policy
 from modelshield.defenses.stages import (
     CLASSIFIER_STAGES,
     LM_STAGES,
@@ -85,6 +85,32 @@ class Decision:
         return out
 
 
+def _output_policies(config: ShieldConfig
+                     ) -> tuple[dict[str, OutputPolicy], dict[str, OutputPolicy]]:
+    """Each tier's output policy, and its degrade policy."""
+    secret = config.noise_secret
+    policies = {name: parse_policy(t.policy, secret=secret) for name, t in config.tiers.items()}
+    degraded = {name: parse_policy(t.degrade_policy, secret=secret)
+                for name, t in config.tiers.items()}
+    return policies, degraded
+
+
+def _leak_finders(config: ShieldConfig, system_prompts: dict[str, str | None]
+                  ) -> dict[str, LeakFinder]:
+    """The leak filter of each tier that has one, over the tier's system prompt."""
+    out: dict[str, LeakFinder] = {}
+    for name, t in config.tiers.items():
+        if t.llm.leak_filter is None:
+            continue
+        secret = system_prompts[name]
+        if secret is None:
+            raise ConfigError(f"tiers.{name}.llm.leak_filter: there is no system prompt "
+                              "to guard; set model.system_prompt (or system_prompt_file) "
+                              f"or tiers.{name}.llm.system_prompt")
+        out[name] = LeakFinder(secret, t.llm.leak_filter.ngram, t.llm.leak_filter.public)
+    return out
+
+
 class Shield:
     """Authenticate, limit, watch, shape and record every query to one model."""
 
@@ -104,28 +130,15 @@ class Shield:
         self.batch_limits = RedisMovingWindowBatch(self.limiter.storage) \
             if isinstance(self.limiter.storage, RedisStorage) and \
             config.storage.strategy == "moving-window" else None
-        secret = config.noise_secret
-        self.policies = {name: parse_policy(t.policy, secret=secret)
-                         for name, t in config.tiers.items()}
-        self.degraded = {name: parse_policy(t.degrade_policy, secret=secret)
-                         for name, t in config.tiers.items()}
+        self.policies, self.degraded = _output_policies(config)
         self.llm_policies = {name: t.llm.model_copy(update={
-            "noise_key": secret or "", "watermark_key": config.watermark_secret or ""})
+            "noise_key": config.noise_secret or "",
+            "watermark_key": config.watermark_secret or ""})
             for name, t in config.tiers.items()}
         model_prompt = config.model.read_system_prompt()
         self.system_prompts = {name: t.llm.system_prompt or model_prompt
                                for name, t in config.tiers.items()}
-        self.leak_finders: dict[str, LeakFinder] = {}
-        for name, t in config.tiers.items():
-            if t.llm.leak_filter is None:
-                continue
-            secret = self.system_prompts[name]
-            if secret is None:
-                raise ConfigError(f"tiers.{name}.llm.leak_filter: there is no system prompt "
-                                  "to guard; set model.system_prompt (or system_prompt_file) "
-                                  f"or tiers.{name}.llm.system_prompt")
-            self.leak_finders[name] = LeakFinder(secret, t.llm.leak_filter.ngram,
-                                                 t.llm.leak_filter.public)
+        self.leak_finders = _leak_finders(config, self.system_prompts)
         self.watermarks = {
             name: ServeWatermark(config.watermark_secret or "", spec, t.watermark.rate,
                                  t.watermark.cell, t.watermark.projections)

@@ -357,33 +357,49 @@ class Detect(_Stage):
         # The rate tests and PRADA see only the rows each watched account has not sent
         # before; volume sees them all.
         wanted = set() if lm else {d.sees for d in detectors}
-        reads: list[Read] = []
-        if s.state.batches:  # only a shared store fetches ahead
-            reads = [("value", f"flag:{ident}") for ident in watched]
-            if "records" in wanted:
-                reads += [("rows", f"recent:{ident}") for ident in watched]
-            for det in detectors:  # (the whole batch's classes: a superset of a view's)
-                for ident in watched:
-                    reads += det.request_reads(ident) if lm else det.reads(ident,
-                                                                            call.prediction)
+        reads = self._reads(call, watched, detectors, wanted) if s.state.batches else []
         with s.state.batch(reads):
-            views: dict[tuple[str, str], tuple[Any, Any]] = {}
-            if not lm and call.x is not None:
-                for ident in watched:
-                    views[ident, "all"] = (call.x, call.prediction)
-                    if wanted & {"fresh", "records"}:
-                        mask = fresh_rows(s.state, ident, call.x)
-                        x, p = call.x[mask], _subset(call.prediction, mask)
-                        views[ident, "fresh"] = (x, p)
-                        if "records" in wanted:
-                            keep = record_rows(s.state, ident, x)
-                            views[ident, "records"] = (x[keep], _subset(p, keep))
+            views = {} if lm or call.x is None else \
+                self._views(call.x, call.prediction, watched, wanted)
             for det in detectors:
                 for ident in watched:
                     flag = self._observe(det, ident, call, views.get((ident, det.sees)))
                     if flag is not None:
                         s.record_flag(ident, flag, call.decision)
             s.act_on_flag(key, tier, call.client_ip, call.decision)
+
+    @staticmethod
+    def _reads(call: Call, watched: list[str], detectors: list[Detector], wanted: set[str]
+               ) -> list[Read]:
+        """What a shared store fetches ahead for the watched accounts: their flags, their
+        recent rows where a detector sees only new records, and each detector's state (for
+        the whole batch's classes: a superset of a view's)."""
+        reads: list[Read] = [("value", f"flag:{ident}") for ident in watched]
+        if "records" in wanted:
+            reads += [("rows", f"recent:{ident}") for ident in watched]
+        for det in detectors:
+            for ident in watched:
+                reads += det.request_reads(ident) if call.req is not None else \
+                    det.reads(ident, call.prediction)
+        return reads
+
+    def _views(self, x_all: FloatArray, prediction: Prediction | None, watched: list[str],
+               wanted: set[str]) -> dict[tuple[str, str], tuple[Any, Any]]:
+        """The rows and answers each watched account's detectors see, by (account, what the
+        detector sees): all of them, the rows it has not sent before, and of those the
+        ones not yet in its records."""
+        state = self.shield.state
+        views: dict[tuple[str, str], tuple[Any, Any]] = {}
+        for ident in watched:
+            views[ident, "all"] = (x_all, prediction)
+            if wanted & {"fresh", "records"}:
+                mask = fresh_rows(state, ident, x_all)
+                x, p = x_all[mask], _subset(prediction, mask)
+                views[ident, "fresh"] = (x, p)
+                if "records" in wanted:
+                    keep = record_rows(state, ident, x)
+                    views[ident, "records"] = (x[keep], _subset(p, keep))
+        return views
 
     @staticmethod
     def _observe(det: Detector, ident: str, call: Call, view: Any) -> Any:
