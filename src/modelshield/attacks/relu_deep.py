@@ -333,27 +333,9 @@ class _Run:
         self.exact = np.zeros(h)
         start = self.session.used
         for j in range(h):
-            w = P[:, j] / float(N[j] @ P[:, j])
-            tries = 0
-            while self.counts[j] < self.attack.wiggles and tries < 4 * self.attack.wiggles:
-                tries += 1
-                x = self._on_hyperplane(N[j], float(beta[j]))
-                if x is None:
-                    break
-                read = self._wiggle(j, x, w, N, beta)
-                if read is None:
-                    continue
-                vote, still = read
-                self.votes[j] += vote
-                self.counts[j] += 1
-                if still:
-                    self.exact[j] = vote
-        if not self.counts.all():
-            missing = [int(j) for j in np.flatnonzero(self.counts == 0)]
-            why = ("the budget ended the wiggles" if "the budget ended the sign wiggles"
-                   in self.notes else "no wiggle moved the output")
-            raise AttackFailed(f"{self.attack.name}: {why} at first-layer units {missing}; "
-                               "their signs are unknown")
+            self.votes[j], self.counts[j], self.exact[j] = self._wiggle_unit(
+                j, P[:, j] / float(N[j] @ P[:, j]), N, beta)
+        self._require_every_vote(self.counts)
         margin = np.abs(self.votes) / self.counts
         for _ in range(4):
             certified = 0
@@ -366,6 +348,37 @@ class _Run:
         decided = np.where(self.exact != 0, self.exact, self.votes)
         self.sign = np.where(decided >= 0, 1.0, -1.0)
         self.voters = int(self.counts.min())
+
+    def _wiggle_unit(self, j: int, w: FloatArray, N: FloatArray, beta: FloatArray
+                     ) -> tuple[float, int, float]:
+        """Wiggle unit j by w at up to ``wiggles`` points of its hyperplane (in at most four
+        times as many tries): the sum of their votes, how many voted, and the sign the last
+        still side certified (0: none)."""
+        votes, count, exact = 0.0, 0, 0.0
+        for _ in range(4 * self.attack.wiggles):
+            if count >= self.attack.wiggles:
+                break
+            x = self._on_hyperplane(N[j], float(beta[j]))
+            if x is None:
+                break
+            read = self._wiggle(j, x, w, N, beta)
+            if read is None:
+                continue
+            vote, still = read
+            votes += vote
+            count += 1
+            if still:
+                exact = vote
+        return votes, count, exact
+
+    def _require_every_vote(self, counts: npt.NDArray[np.int_]) -> None:
+        if counts.all():
+            return
+        missing = [int(j) for j in np.flatnonzero(counts == 0)]
+        why = ("the budget ended the wiggles" if "the budget ended the sign wiggles"
+               in self.notes else "no wiggle moved the output")
+        raise AttackFailed(f"{self.attack.name}: {why} at first-layer units {missing}; "
+                           "their signs are unknown")
 
     def _wiggle(self, j: int, x: FloatArray, w: FloatArray, N: FloatArray,
                 beta: FloatArray) -> tuple[float, bool] | None:
@@ -689,89 +702,121 @@ class _Run:
         nearest well-fitted ones cross it; its kinks are added and the fit redone, while
         that lowers the largest residual."""
         W1, b1 = self._layer1()
-        h1 = len(W1)
+        x, y = self._fit_sample(len(W1))
+        size = np.maximum(1.0, np.abs(y).max(axis=1))
+        (params, res, unknown), rounds = self._fit_rounds(W1, b1, x, y, size)
+        params, res = _prune(params, x, y, res)
+        residual = float(res.max())
+        params, polished = self._polished(params, x, y, res, size, residual)
+        clone = Relu2NetClone(*params).fit()
+        self.session.checkpoint(clone)
+        info = {**self._fit_info(len(W1), params, unknown),
+                "residual_rounds": rounds, "fit_queries": len(x),
+                "fit_max_residual": residual, "polished_max_residual": polished,
+                "scale_free": True, **self._wiggle_info()}
+        if self.notes:
+            info["budget_note"] = "; ".join(self.notes)
+        names = ("W1", "b1", "W2", "b2", "A", "G", "e")
+        return clone, dict(zip(names, params, strict=True)), info
+
+    def _fit_sample(self, h1: int) -> tuple[FloatArray, FloatArray]:
+        """Fresh uniform points for the final fit, and their log-ratios."""
         session = self.session
         n_fit = min(max(6 * h1 + 3, self.attack.fit_queries), session.remaining)
         if n_fit < 2 * h1 + 1:
             raise AttackFailed(f"{self.attack.name}: the final fit needs {2 * h1 + 1} "
                                f"queries or more; {session.remaining} are left")
         x = session.spec.uniform(n_fit, self.rng)
-        y = self.probe.log_ratios(x)
-        size = np.maximum(1.0, np.abs(y).max(axis=1))
+        return x, self.probe.log_ratios(x)
+
+    def _fit_rounds(self, W1: FloatArray, b1: FloatArray, x: FloatArray, y: FloatArray,
+                    size: FloatArray) -> tuple[tuple[Params, FloatArray, int], int]:
+        """Fit the output layer; while points stay badly fitted and each round lowers the
+        largest residual (up to ``rounds``), chase the missing units and fit again. The best
+        fit (parameters, residuals, second-layer weights unseen) and the rounds run."""
         rounds, last = 0, np.inf
         best: tuple[Params, FloatArray, int] | None = None
         while True:
-            units = [u for u in self.neurons if u.hits >= 2]
-            if not units:
-                raise AttackFailed(f"{self.attack.name}: no second-layer unit met twice in "
-                                   f"{self.lines} lines")
-            W2 = np.array([u.row for u in units])
-            unknown = int(np.isnan(W2).sum())
-            b2 = np.array([u.offset for u in units])
-            params, res = _unseen(W1, b1, W2, b2, x, y)
-            if best is None or res.max() < best[1].max():
-                best = (params, res, unknown)
+            fitted = self._fit_output(W1, b1, x, y)
+            best = fitted if best is None or fitted[1].max() < best[1].max() else best
+            res = fitted[1]
             bad = res > self.attack.fit_tolerance * size
             if (not bad.any() or rounds >= self.attack.rounds or len(x) - bad.sum() < 1
                     or res.max() >= last):
-                break
+                return best, rounds
             last = float(res.max())
             rounds += 1
-            good = np.flatnonzero(~bad)
-            worst = np.argsort(-np.where(bad, res, -1.0))[: min(8, int(bad.sum()))]
-            chords = [(b, g) for b in worst
-                      for g in good[np.argsort(np.linalg.norm(x[good] - x[b], axis=1))[:3]]]
-            for b, g in chords:  # each worst point to its three nearest well-fitted ones
-                if session.remaining < self._reserve() or not self._cross(W1, b1,
-                                                                           (x[b], x[g])):
-                    break
-            self._merge()
-            self._follow(W1, b1)
-            self._merge()
-            for unit in self.neurons:
-                _refine(unit, W1, b1)
-        assert best is not None
-        params, res, unknown = best
-        params, res = _prune(params, x, y, res)
-        residual = float(res.max())
-        polished = residual
-        # Polish on the points the structure explains: a unit still missing leaves a few
-        # points it cannot fit, and bending every weight towards them would spoil the rest.
+            self._chase(W1, b1, x, res, bad)
+
+    def _fit_output(self, W1: FloatArray, b1: FloatArray, x: FloatArray, y: FloatArray
+                    ) -> tuple[Params, FloatArray, int]:
+        """The network from the second-layer units met twice, its residuals at x, and how
+        many of their weights were never seen."""
+        units = [u for u in self.neurons if u.hits >= 2]
+        if not units:
+            raise AttackFailed(f"{self.attack.name}: no second-layer unit met twice in "
+                               f"{self.lines} lines")
+        W2 = np.array([u.row for u in units])
+        unknown = int(np.isnan(W2).sum())
+        b2 = np.array([u.offset for u in units])
+        params, res = _unseen(W1, b1, W2, b2, x, y)
+        return params, res, unknown
+
+    def _chase(self, W1: FloatArray, b1: FloatArray, x: FloatArray, res: FloatArray,
+               bad: npt.NDArray[np.bool_]) -> None:
+        """Cross chords from the worst-fitted points to their three nearest well-fitted ones,
+        add the kinks found, and re-estimate the units."""
+        good = np.flatnonzero(~bad)
+        worst = np.argsort(-np.where(bad, res, -1.0))[: min(8, int(bad.sum()))]
+        chords = [(b, g) for b in worst
+                  for g in good[np.argsort(np.linalg.norm(x[good] - x[b], axis=1))[:3]]]
+        for b, g in chords:
+            if self.session.remaining < self._reserve() or not self._cross(W1, b1,
+                                                                        (x[b], x[g])):
+                break
+        self._merge()
+        self._follow(W1, b1)
+        self._merge()
+        for unit in self.neurons:
+            _refine(unit, W1, b1)
+
+    def _polished(self, params: Params, x: FloatArray, y: FloatArray, res: FloatArray,
+                  size: FloatArray, residual: float) -> tuple[Params, float]:
+        """Polish on the points the structure explains: a unit still missing leaves a few
+        points it cannot fit, and bending every weight towards them would spoil the rest.
+        The parameters kept and their largest residual (``residual`` unpolished)."""
         explained = res <= 1e-4 * size
-        if self.attack.polish and explained.sum() > sum(np.size(a) for a in params):
-            better = _polish(params, x[explained], y[explained])
-            after = np.abs(_forward(better, x) - y).max(axis=1)
-            if after[explained].max() < res[explained].max():
-                params, res = better, after
-                polished = float(after.max())
-        W1, b1, W2, b2, A, G, e = params
-        clone = Relu2NetClone(W1, b1, W2, b2, A, G, e).fit()
-        session.checkpoint(clone)
+        if not self.attack.polish or explained.sum() <= sum(np.size(a) for a in params):
+            return params, residual
+        better = _polish(params, x[explained], y[explained])
+        after = np.abs(_forward(better, x) - y).max(axis=1)
+        if after[explained].max() < res[explained].max():
+            return better, float(after.max())
+        return params, residual
+
+    def _fit_info(self, h1: int, params: Params, unknown: int) -> dict[str, Any]:
+        """What the structure search found, and how surely the signs were read."""
         assert self.votes is not None
         margin = np.abs(self.votes) / (np.maximum(self.counts, 1) if self.counts is not None
                                        else max(self.voters, 1))
-        info: dict[str, Any] = {
+        return {
             "first_layer_units": len(params[0]), "second_layer_units": len(params[2]),
             "first_layer_hyperplanes_dropped": h1 - len(params[0]),
             "second_layer_seen_once": sum(u.hits == 1 for u in self.neurons),
             "second_layer_weights_unseen": unknown,
             "hyperplanes_rejected": self.rejected, "blends_dropped": self.blends,
             "sign_method": self.sign_method, "sign_voters": self.voters,
-            "weakest_sign_margin": float(margin.min()), "lines": self.lines,
-            "residual_rounds": rounds, "fit_queries": n_fit,
-            "fit_max_residual": residual, "polished_max_residual": polished,
-            "scale_free": True}
-        if self.exact is not None:
-            info["wiggle_queries"] = self.wiggle_queries
-            info["signs_by_exact_wiggle"] = int(np.count_nonzero(self.exact))
-            # Majority votes a certificate overturned: what the votes alone would have got
-            # wrong.
-            info["wiggle_votes_overturned"] = int(np.sum(
-                (self.exact != 0) & (np.where(self.votes >= 0, 1.0, -1.0) != self.exact)))
-        if self.notes:
-            info["budget_note"] = "; ".join(self.notes)
-        names = ("W1", "b1", "W2", "b2", "A", "G", "e")
-        return clone, dict(zip(names, params, strict=True)), info
+            "weakest_sign_margin": float(margin.min()), "lines": self.lines}
+
+    def _wiggle_info(self) -> dict[str, Any]:
+        """The neuron wiggle's queries and certificates, where it set the signs."""
+        if self.exact is None or self.votes is None:
+            return {}
+        # Majority votes a certificate overturned: what the votes alone would have got wrong.
+        overturned = (self.exact != 0) & (np.where(self.votes >= 0, 1.0, -1.0) != self.exact)
+        return {"wiggle_queries": self.wiggle_queries,
+                "signs_by_exact_wiggle": int(np.count_nonzero(self.exact)),
+                "wiggle_votes_overturned": int(np.sum(overturned))}
 
 
 def _refine(unit: _Neuron, W1: FloatArray, b1: FloatArray) -> None:
