@@ -81,12 +81,7 @@ def run_privacy(
     chosen = [(MEMBERSHIP[name], params) for name, params in attacks]
     shadow_set = None
     if any(cls.uses_shadows for cls, _ in chosen):
-        how = recipe or task.recipe
-        if not how:
-            raise ConfigError("Shadow models need the victim's training recipe (--recipe), "
-                              "e.g. mlp:hidden=256-256,epochs=100; recipes: "
-                              + "; ".join(f"{k}: {v}" for k, v in RECIPES.items()))
-        make_estimator(how)
+        how = _recipe(recipe or task.recipe)
 
         def train() -> ShadowSet:
             return ShadowSet.train(
@@ -104,31 +99,46 @@ def run_privacy(
         attack = cls(random_state=seed, **params)
         oracle = oracle_for(attack.queries_needed(len(task.candidates)))
         row: dict[str, Any] = {"attack": name, "params": params, "needs": cls.needs}
-        try:
-            r = attack.run(oracle, task.candidates, task.labels,
-                           population=task.population if len(task.population) else None,
-                           population_labels=task.population_labels
-                           if len(task.population) else None,
-                           shadows=shadow_set if cls.uses_shadows else None)
-        except AttackRefused as exc:  # after one query: the scores are withheld
-            rows.append({**row, "status": "refused", "reason": str(exc),
-                         "queries": getattr(oracle, "used", 0)})
-            continue
-        except ConfigError as exc:  # the data cannot serve it (no population, say)
-            rows.append({**row, "status": "not run", "reason": str(exc), "queries": 0})
-            continue
-        except OracleError as exc:  # the Shield blocked the key
-            rows.append({**row, "status": "blocked", "reason": str(exc),
-                         "queries": getattr(oracle, "used", 0)})
-            continue
-        finally:
-            close = getattr(oracle, "close", None)
-            if close is not None:
-                close()
-        rows.append({**row, "status": "ok", **membership_metrics(r.scores, task.is_member),
-                     "queries": r.queries, "cost": r.queries * price / 1000.0,
-                     "seconds": round(r.seconds, 2), "info": r.info})
+        rows.append({**row, **_attack_outcome(attack, oracle, task,
+                                              shadow_set if cls.uses_shadows else None,
+                                              price)})
     return rows
+
+
+def _recipe(how: str | None) -> str:
+    """The victim's training recipe the shadows need, checked."""
+    if not how:
+        raise ConfigError("Shadow models need the victim's training recipe (--recipe), "
+                          "e.g. mlp:hidden=256-256,epochs=100; recipes: "
+                          + "; ".join(f"{k}: {v}" for k, v in RECIPES.items()))
+    make_estimator(how)
+    return how
+
+
+def _attack_outcome(attack: Any, oracle: Oracle, task: MembershipTask,
+                    shadow_set: ShadowSet | None, price: float) -> dict[str, Any]:
+    """Run one membership attack through ``oracle`` (closed after): its status, and its
+    metrics and cost when it ran; the reason when the policy refused it, the data could
+    not serve it or the Shield blocked the key."""
+    has_population = bool(len(task.population))
+    try:
+        r = attack.run(oracle, task.candidates, task.labels,
+                       population=task.population if has_population else None,
+                       population_labels=task.population_labels if has_population else None,
+                       shadows=shadow_set)
+    except AttackRefused as exc:  # after one query: the scores are withheld
+        return {"status": "refused", "reason": str(exc), "queries": getattr(oracle, "used", 0)}
+    except ConfigError as exc:  # the data cannot serve it (no population, say)
+        return {"status": "not run", "reason": str(exc), "queries": 0}
+    except OracleError as exc:  # the Shield blocked the key
+        return {"status": "blocked", "reason": str(exc), "queries": getattr(oracle, "used", 0)}
+    finally:
+        close = getattr(oracle, "close", None)
+        if close is not None:
+            close()
+    return {"status": "ok", **membership_metrics(r.scores, task.is_member),
+            "queries": r.queries, "cost": r.queries * price / 1000.0,
+            "seconds": round(r.seconds, 2), "info": r.info}
 
 
 def _cached(path: Path, train: Callable[[], ShadowSet]) -> ShadowSet:
