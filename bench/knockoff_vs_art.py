@@ -176,6 +176,10 @@ OURS_KEYS = ("ours_knockoff", "student", "rate", "ablation_mlp_soft", "ablation_
              "equation_solving_queries")
 
 
+#: An earlier run's rows by (family, data, seed), then budget.
+Reuse = dict[tuple[str, str, int], dict[int, dict[str, Any]]]
+
+
 def cell(job: tuple[str, str, int, list[int], bool, dict[int, dict[str, Any]],
                     dict[int, dict[str, Any]], dict[int, dict[str, Any]]]
          ) -> list[dict[str, Any]]:
@@ -193,50 +197,68 @@ def cell(job: tuple[str, str, int, list[int], bool, dict[int, dict[str, Any]],
         if budget in whole:
             out.append(whole[budget])
             continue
-        x = candidates(victim, budget, seed)
         run: dict[str, Any] = {"family": family, "data": data, "seed": seed, "budget": budget}
-        reuse = {k: mine[budget][k] for k in OURS_KEYS if k in mine.get(budget, {})}
-        run.update(reuse)
-        if "ours_knockoff" not in reuse:
-            run["ours_knockoff"], facts = ours(victim, x, "knockoff", budget, seed)
-            run["student"] = facts["student"]
-            if facts["rate"] is not None:
-                run["rate"] = facts["rate"]
-        for kind in ("soft", "soft-kl", "hard") if ablation else ():
-            if f"ablation_mlp_{kind}" not in reuse:
-                run[f"ablation_mlp_{kind}"], _ = ours(victim, x, "knockoff", budget, seed,
-                                                      student="mlp", labels=kind)
-        if family == "tree" and "ours_path_finding" not in reuse:
-            run["ours_path_finding"], _ = ours(victim, x, "path-finding", budget, seed,
-                                               incomplete=True)
-        if family == "logistic" and "ours_equation_solving" not in reuse:
-            run["ours_equation_solving"], facts = ours(victim, x, "equation-solving",
-                                                       budget, seed)
-            run["equation_solving_queries"] = facts["queries"]
-        run["ours_active"], facts = ours(victim, x, "active", budget, seed, hidden=HIDDEN,
-                                         epochs=EPOCHS)
-        run["active_student"] = facts["student"]
-        for method in ART_METHODS:
-            if budget in earlier:
-                for k in (f"art_{method}", f"art_{method}_error"):
-                    if k in earlier[budget]:
-                        run[k] = earlier[budget][k]
-                continue
-            try:
-                run[f"art_{method}"] = art(victim, x, method, budget, seed)
-            except ValueError as exc:
-                # ART 1.20.1's adaptive bandit divides its rewards by their running standard
-                # deviation; when the rewards have not varied yet it is 0 and the arm
-                # probabilities turn NaN ("probabilities contain NaN"). Kept as a failure.
-                run[f"art_{method}"] = None
-                run[f"art_{method}_error"] = str(exc)
-        run["ours_best"] = max(run["ours_knockoff"], run["ours_active"],
-                               run.get("ours_path_finding", 0.0),
-                               run.get("ours_equation_solving", 0.0))
-        run["art_best"] = max(run[f"art_{m}"] or 0.0 for m in ART_METHODS)
+        _run_budget(run, victim, ablation, earlier.get(budget), mine.get(budget, {}))
         out.append(run)
         print(json.dumps(run), flush=True)
     return out
+
+
+def _run_budget(run: dict[str, Any], victim: Any, ablation: bool,
+                earlier: dict[str, Any] | None, mine: dict[str, Any]) -> None:
+    """Every method at ``run``'s budget, into ``run``: ours (those in ``mine`` reused), then
+    ART's (from ``earlier`` where an earlier run has this budget), then the best of each."""
+    x = candidates(victim, run["budget"], run["seed"])
+    reuse = {k: mine[k] for k in OURS_KEYS if k in mine}
+    run.update(reuse)
+    _ours_shipped(run, victim, x, ablation, reuse)
+    run["ours_active"], facts = ours(victim, x, "active", run["budget"], run["seed"],
+                                     hidden=HIDDEN, epochs=EPOCHS)
+    run["active_student"] = facts["student"]
+    for method in ART_METHODS:
+        if earlier is not None:
+            run.update({k: earlier[k] for k in (f"art_{method}", f"art_{method}_error")
+                        if k in earlier})
+        else:
+            _art_method(run, victim, x, method)
+    run["ours_best"] = max(run["ours_knockoff"], run["ours_active"],
+                           run.get("ours_path_finding", 0.0),
+                           run.get("ours_equation_solving", 0.0))
+    run["art_best"] = max(run[f"art_{m}"] or 0.0 for m in ART_METHODS)
+
+
+def _ours_shipped(run: dict[str, Any], victim: Any, x: np.ndarray, ablation: bool,
+                  reuse: dict[str, Any]) -> None:
+    """Knockoff, its ablation (when ``ablation``), path finding (trees) and equation solving
+    (logistic regression), each unless ``reuse`` has it."""
+    family, budget, seed = run["family"], run["budget"], run["seed"]
+    if "ours_knockoff" not in reuse:
+        run["ours_knockoff"], facts = ours(victim, x, "knockoff", budget, seed)
+        run["student"] = facts["student"]
+        if facts["rate"] is not None:
+            run["rate"] = facts["rate"]
+    for kind in ("soft", "soft-kl", "hard") if ablation else ():
+        if f"ablation_mlp_{kind}" not in reuse:
+            run[f"ablation_mlp_{kind}"], _ = ours(victim, x, "knockoff", budget, seed,
+                                                  student="mlp", labels=kind)
+    if family == "tree" and "ours_path_finding" not in reuse:
+        run["ours_path_finding"], _ = ours(victim, x, "path-finding", budget, seed,
+                                           incomplete=True)
+    if family == "logistic" and "ours_equation_solving" not in reuse:
+        run["ours_equation_solving"], facts = ours(victim, x, "equation-solving", budget, seed)
+        run["equation_solving_queries"] = facts["queries"]
+
+
+def _art_method(run: dict[str, Any], victim: Any, x: np.ndarray, method: str) -> None:
+    """ART's ``method`` at ``run``'s budget, into ``run`` (None and the error if it fails)."""
+    try:
+        run[f"art_{method}"] = art(victim, x, method, run["budget"], run["seed"])
+    except ValueError as exc:
+        # ART 1.20.1's adaptive bandit divides its rewards by their running standard
+        # deviation; when the rewards have not varied yet it is 0 and the arm
+        # probabilities turn NaN ("probabilities contain NaN"). Kept as a failure.
+        run[f"art_{method}"] = None
+        run[f"art_{method}_error"] = str(exc)
 
 
 def _parser() -> Any:
@@ -271,29 +293,59 @@ def main() -> None:
         parser.error("--rerun-budgets needs --knockoff-from (the file the other budgets "
                      "come from)")
     earlier = _by_cell(args.art_from)
-    mine = _by_cell(args.knockoff_from)
-    whole: dict[tuple[str, str, int], dict[int, dict[str, Any]]] = {}
-    if args.rerun_budgets is not None:
-        whole = {key: {b: r for b, r in runs.items() if b not in args.rerun_budgets}
-                 for key, runs in mine.items()}
-        # At the budgets run again, the methods the student's learning rate cannot touch
-        # are kept: the MLP on logits and on labels, path finding, equation solving.
-        mine = {key: {b: {k: r[k] for k in UNTOUCHED if k in r} for b, r in runs.items()
-                      if b in args.rerun_budgets} for key, runs in mine.items()}
+    mine, whole = _split_rerun(_by_cell(args.knockoff_from), args.rerun_budgets)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core a worker (boosting, k-means)
     ablate = set(args.seeds if args.ablation_seeds is None else args.ablation_seeds)
     jobs = [(f, d, s, args.budgets, s in ablate, earlier.get((f, d, s), {}),
              mine.get((f, d, s), {}), whole.get((f, d, s), {}))
             for f in args.families for d in args.data for s in args.seeds]
     runs = run_cells(cell, jobs, args.workers, flat=True)
-    families = list(args.families)
-    if args.keep_from is not None:
-        kept = [r for r in json.loads(args.keep_from.read_text())["runs"]
-                if r["family"] not in families and r["budget"] in args.budgets
-                and r["seed"] in args.seeds and r["data"] in args.data]
-        runs += kept
-        families = [f for f in FAMILIES if f in families or any(r["family"] == f for r in kept)]
+    runs, families = _with_kept(runs, args)
     rows = summarize(runs, families, args.budgets)
+    _show_table(rows, args)
+    behind = _shortfalls(rows)
+    write("knockoff_vs_art", {"seeds": args.seeds, "ablation_seeds": sorted(ablate),
+                              "art_reused_from_an_earlier_run": args.art_from is not None,
+                              "knockoff_reused_from_an_earlier_run":
+                                  args.knockoff_from is not None,
+                              "budgets_rerun": args.rerun_budgets or args.budgets,
+                              "families_rerun": args.families,
+                              "runs_kept_from": str(args.keep_from) if args.keep_from else None,
+                              "budgets": args.budgets,
+                              "families": families, "data": args.data,
+                              "runs": runs, "rows": rows, "behind": behind})
+
+
+def _split_rerun(mine: Reuse, rerun: list[int] | None) -> tuple[Reuse, Reuse]:
+    """``mine`` (an earlier run's rows of ours) as (what to reuse at each budget, the runs
+    taken whole): with ``rerun`` budgets, the runs at the other budgets are taken whole."""
+    if rerun is None:
+        return mine, {}
+    whole = {key: {b: r for b, r in runs.items() if b not in rerun}
+             for key, runs in mine.items()}
+    # At the budgets run again, the methods the student's learning rate cannot touch
+    # are kept: the MLP on logits and on labels, path finding, equation solving.
+    kept = {key: {b: {k: r[k] for k in UNTOUCHED if k in r} for b, r in runs.items()
+                  if b in rerun} for key, runs in mine.items()}
+    return kept, whole
+
+
+def _with_kept(runs: list[dict[str, Any]],
+               args: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """``runs`` and the families they cover, with --keep-from's runs of the other families
+    (at the budgets, seeds and data sets of this run) added."""
+    families = list(args.families)
+    if args.keep_from is None:
+        return runs, families
+    kept = [r for r in json.loads(args.keep_from.read_text())["runs"]
+            if r["family"] not in families and r["budget"] in args.budgets
+            and r["seed"] in args.seeds and r["data"] in args.data]
+    families = [f for f in FAMILIES if f in families or any(r["family"] == f for r in kept)]
+    return runs + kept, families
+
+
+def _show_table(rows: list[dict[str, Any]], args: Any) -> None:
+    """The table of each family and budget's mean fidelities."""
     show(f"test fidelity, mean over data sets {args.data} and seeds {args.seeds}, full "
          "probabilities (ratio = ours best / ART best)",
          ["family", "budget", "ours best", "ART best", "ratio", "knockoff alone",
@@ -305,22 +357,18 @@ def main() -> None:
            r["ours_equation_solving"], r["ablation_mlp_soft"], r["ablation_mlp_soft-kl"],
            r["ablation_mlp_hard"], r["art_copycat"], r["art_knockoff-random"],
            r["art_knockoff-adaptive"]] for r in rows])
+
+
+def _shortfalls(rows: list[dict[str, Any]]) -> list[tuple[str, int, float]]:
+    """ART's failed runs and where ours best is below ART best, printed; the latter
+    returned as (family, budget, ratio)."""
     failures = sum(r["art_failures"] for r in rows)
     if failures:
         print(f"ART runs that failed (counted as 0 in ART best): {failures}; see the JSON's "
               "art_*_error")
     behind = [(r["family"], r["budget"], round(r["ratio"], 3)) for r in rows if r["ratio"] < 1]
     print("ours best below ART best at:", behind or "nowhere")
-    write("knockoff_vs_art", {"seeds": args.seeds, "ablation_seeds": sorted(ablate),
-                              "art_reused_from_an_earlier_run": args.art_from is not None,
-                              "knockoff_reused_from_an_earlier_run":
-                                  args.knockoff_from is not None,
-                              "budgets_rerun": args.rerun_budgets or args.budgets,
-                              "families_rerun": args.families,
-                              "runs_kept_from": str(args.keep_from) if args.keep_from else None,
-                              "budgets": args.budgets,
-                              "families": families, "data": args.data,
-                              "runs": runs, "rows": rows, "behind": behind})
+    return behind
 
 
 def summarize(runs: list[dict[str, Any]], families: list[str],
@@ -348,9 +396,9 @@ def summarize(runs: list[dict[str, Any]], families: list[str],
     return rows
 
 
-def _by_cell(path: Path | None) -> dict[tuple[str, str, int], dict[int, dict[str, Any]]]:
+def _by_cell(path: Path | None) -> Reuse:
     """An earlier run's rows by (family, data, seed), then budget."""
-    out: dict[tuple[str, str, int], dict[int, dict[str, Any]]] = {}
+    out: Reuse = {}
     if path is not None:
         for r in json.loads(path.read_text())["runs"]:
             out.setdefault((r["family"], r["data"], r["seed"]), {})[r["budget"]] = r

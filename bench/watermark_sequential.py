@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import seeds_and_rates
-from harness import report, run_cells, show
+from harness import TableSpec, report, run_cells
 from watermark_dawn import independent_models
 from watermark_scores import ADAPTIVE, ATTACKERS, BUDGET, theft
 
@@ -76,53 +76,67 @@ def main() -> None:
     args = ap.parse_args()
     jobs = [(v, a, r, s) for v in args.victims for a in ATTACKERS[v] for r in args.rates
             for s in args.seeds]
-    rows = run_cells(cell, jobs, args.workers, spawn=True, progress=lambda r: (
-        f"{r['victim']} {r['attacker']} rate {r['rate']} seed {r['seed']}: "
-        f"{r['watermarks']} marks, p scores {r['p_scores']:.2g} "
-        f"(sequential {r['p_sequential_scores'] or 1:.2g})"))
-    fmt = [[r["victim"], r["attacker"], f"{r['rate']:.1%}", r["seed"], r["fidelity"],
-            r["watermarks"], r["p_scores"], r["p_sequential_scores"], r["p_labels"],
-            r["p_sequential_labels"]] for r in rows]
-    show(f"clones of {BUDGET} queries: the score test and the sequential test",
-         ["victim", "attacker", "rate", "seed", "fidelity", "marks", "p scores",
-          "sequential", "p labels", "sequential"], fmt)
-    summary = []
-    for victim in args.victims:
-        for attacker in ATTACKERS[victim]:
-            for rate in args.rates:
-                at = [r for r in rows if (r["victim"], r["attacker"], r["rate"])
-                      == (victim, attacker, rate)]
-                null = [n for r in at for n in r["null"]]
-                summary.append({
-                    "victim": victim, "attacker": attacker, "rate": rate, "runs": len(at),
-                    "adaptive": attacker in ADAPTIVE,
-                    "traced_scores": sum(r["p_scores"] <= TRACED for r in at),
-                    "traced_sequential": sum((r["p_sequential_scores"] or 1) <= TRACED
-                                             for r in at),
-                    "named_scores": sum(r["p_scores"] <= ALPHA for r in at),
-                    "named_sequential": sum((r["p_sequential_scores"] or 1) <= ALPHA
-                                            for r in at),
-                    "null_tests": len(null),
-                    "null_named_scores": sum(n["p_scores"] <= ALPHA for n in null),
-                    "null_named_sequential": sum((n["p_sequential"] or 1) <= ALPHA
-                                                 for n in null),
-                    "null_min_scores": min(n["p_scores"] for n in null),
-                    "null_min_sequential": min(n["p_sequential"] or 1 for n in null),
-                    "null_005_scores": float(np.mean([n["p_scores"] <= 0.05 for n in null])),
-                    "null_005_sequential": float(np.mean([(n["p_sequential"] or 1) <= 0.05
-                                                          for n in null]))})
-    show("per attacker: clones traced (1e-6) and named (1e-3) by each test, of the runs; "
-         "independent models named (1e-3)",
-         ["victim", "attacker", "rate", "runs", "traced: score", "sequential",
-          "named: score", "sequential", "null tests", "null named: score", "sequential",
-          "null <= 0.05: score", "sequential", "smallest null p: score", "sequential"],
-         [[s["victim"], s["attacker"] + (" (adaptive)" if s["adaptive"] else ""),
-           f"{s['rate']:.1%}", s["runs"], s["traced_scores"], s["traced_sequential"],
-           s["named_scores"], s["named_sequential"], s["null_tests"], s["null_named_scores"],
-           s["null_named_sequential"], s["null_005_scores"], s["null_005_sequential"],
-           s["null_min_scores"], s["null_min_sequential"]] for s in summary])
+    rows = run_cells(cell, jobs, args.workers, spawn=True, progress=_progress)
+    summary = [_summarize(victim, attacker, rate, rows) for victim in args.victims
+               for attacker in ATTACKERS[victim] for rate in args.rates]
     report("watermark_sequential", {"seeds": args.seeds, "rates": args.rates,
-                                    "budget": BUDGET, "rows": rows, "summary": summary})
+                                    "budget": BUDGET, "rows": rows, "summary": summary},
+           [_clones_table(rows), _summary_table(summary)])
+
+
+def _progress(r: dict[str, Any]) -> str:
+    """One cell's line as it comes."""
+    return (f"{r['victim']} {r['attacker']} rate {r['rate']} seed {r['seed']}: "
+            f"{r['watermarks']} marks, p scores {r['p_scores']:.2g} "
+            f"(sequential {r['p_sequential_scores'] or 1:.2g})")
+
+
+def _summarize(victim: str, attacker: str, rate: float,
+               rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One attacker's runs at one rate: the clones traced (p <= 1e-6) and named (1e-3) by
+    each test, and the independent models named by each (a missing sequential p is 1)."""
+    at = [r for r in rows if (r["victim"], r["attacker"], r["rate"]) == (victim, attacker, rate)]
+    null = [n for r in at for n in r["null"]]
+    seq = [r["p_sequential_scores"] or 1 for r in at]
+    null_seq = [n["p_sequential"] or 1 for n in null]
+    return {"victim": victim, "attacker": attacker, "rate": rate, "runs": len(at),
+            "adaptive": attacker in ADAPTIVE,
+            "traced_scores": sum(r["p_scores"] <= TRACED for r in at),
+            "traced_sequential": sum(p <= TRACED for p in seq),
+            "named_scores": sum(r["p_scores"] <= ALPHA for r in at),
+            "named_sequential": sum(p <= ALPHA for p in seq),
+            "null_tests": len(null),
+            "null_named_scores": sum(n["p_scores"] <= ALPHA for n in null),
+            "null_named_sequential": sum(p <= ALPHA for p in null_seq),
+            "null_min_scores": min(n["p_scores"] for n in null),
+            "null_min_sequential": min(null_seq),
+            "null_005_scores": float(np.mean([n["p_scores"] <= 0.05 for n in null])),
+            "null_005_sequential": float(np.mean([p <= 0.05 for p in null_seq]))}
+
+
+def _clones_table(rows: list[dict[str, Any]]) -> TableSpec:
+    """Each clone's fidelity, marks and p values."""
+    return (f"clones of {BUDGET} queries: the score test and the sequential test",
+            ["victim", "attacker", "rate", "seed", "fidelity", "marks", "p scores",
+             "sequential", "p labels", "sequential"],
+            [[r["victim"], r["attacker"], f"{r['rate']:.1%}", r["seed"], r["fidelity"],
+              r["watermarks"], r["p_scores"], r["p_sequential_scores"], r["p_labels"],
+              r["p_sequential_labels"]] for r in rows])
+
+
+def _summary_table(summary: list[dict[str, Any]]) -> TableSpec:
+    """Per attacker and rate: the clones traced and named, the independent models named."""
+    return ("per attacker: clones traced (1e-6) and named (1e-3) by each test, of the runs; "
+            "independent models named (1e-3)",
+            ["victim", "attacker", "rate", "runs", "traced: score", "sequential",
+             "named: score", "sequential", "null tests", "null named: score", "sequential",
+             "null <= 0.05: score", "sequential", "smallest null p: score", "sequential"],
+            [[s["victim"], s["attacker"] + (" (adaptive)" if s["adaptive"] else ""),
+              f"{s['rate']:.1%}", s["runs"], s["traced_scores"], s["traced_sequential"],
+              s["named_scores"], s["named_sequential"], s["null_tests"],
+              s["null_named_scores"], s["null_named_sequential"], s["null_005_scores"],
+              s["null_005_sequential"], s["null_min_scores"], s["null_min_sequential"]]
+             for s in summary])
 
 
 if __name__ == "__main__":
