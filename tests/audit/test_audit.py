@@ -24,6 +24,7 @@ from modelshield.cli import app
 from modelshield.errors import ConfigError
 from modelshield.serve.app import create_app
 from modelshield.serve.factory import build_shield
+from tests.cli import Run, run_cli
 from tests.servers import free_port, live_app
 
 SMALL: dict[str, Any] = {
@@ -107,9 +108,8 @@ def test_bad_scenario_at_the_cli_exits_2_with_the_message(tmp_path: Path) -> Non
     assert result.returncode == 2 and "does not exist" in result.stderr
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "modelshield.cli", *args],
-                          capture_output=True, text=True, timeout=120)
+def _cli(*args: str) -> Run:
+    return run_cli(*args)
 
 
 def test_a_tree_policy_on_a_model_that_is_not_a_tree_stops_at_once(tmp_path: Path) -> None:
