@@ -4,8 +4,6 @@ errors, the LLM output policies and probing detector, and logit stealing through
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from modelshield.errors import AttackFailed
 from modelshield.oracle.lm import OpenAIOracle, Refused, ShieldLMOracle
 from modelshield.serve.app import create_app
 from modelshield.serve.factory import build_shield
+from tests.cli import run_cli
 from tests.servers import live_app
 
 TIERS: dict[str, Any] = {
@@ -262,10 +261,8 @@ def test_probing_detector_denies_a_bias_sweep_not_a_writer(shield: Shield) -> No
 def test_cli_attacks_the_running_gateway(shield: Shield, gateway: HttpClient,
                                          tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    r = subprocess.run([sys.executable, "-m", "modelshield.cli", "attack", "--target",
-                        str(gateway.base_url), "--api-key", key(shield, "top5"), "--attack",
-                        "llm-hidden-size", "--budget", "50000", "--json", str(out)],
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli("attack", "--target", str(gateway.base_url), "--api-key", key(shield, "top5"),
+                "--attack", "llm-hidden-size", "--budget", "50000", "--json", str(out))
     assert r.returncode == 0, r.stderr
     assert json.loads(out.read_text())["hidden_size"] == 32
 
@@ -301,11 +298,9 @@ def test_output_cloning_raises_agreement_with_the_tokens_spent(shield: Shield) -
 def test_cli_projection_over_http_saves_W_and_checks_it_against_the_reference(
         shield: Shield, gateway: HttpClient, tmp_path: Path) -> None:
     out, w_file = tmp_path / "r.json", tmp_path / "W.npy"
-    r = subprocess.run([sys.executable, "-m", "modelshield.cli", "attack", "--target",
-                        str(gateway.base_url), "--api-key", key(shield, "open"), "--attack",
-                        "llm-projection", "--victim", "lm-tiny", "--budget", "512",
-                        "--save-clone", str(w_file), "--json", str(out)],
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli("attack", "--target", str(gateway.base_url), "--api-key", key(shield, "open"),
+                "--attack", "llm-projection", "--victim", "lm-tiny", "--budget", "512",
+                "--save-clone", str(w_file), "--json", str(out))
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
     assert result["true_hidden_size"] == result["hidden_size"] == 32
