@@ -63,7 +63,8 @@ def owner_net(d: int, hidden: tuple[int, int], seed: int) -> tuple[Victim, TwoLo
 
 
 @pytest.mark.parametrize(("d", "hidden", "seed", "signs"), [
-    (6, (8, 8), 0, "auto"), (6, (8, 8), 3, "auto"), (10, (15, 15), 4, "auto"),
+    (6, (8, 8), 0, "auto"), (6, (8, 8), 3, "auto"),
+    pytest.param(10, (15, 15), 4, "auto", marks=pytest.mark.slow),  # Carlini et al.'s shape
     (6, (8, 8), 0, "wiggle")])
 def test_both_layers_are_recovered_and_the_logit_matches_to_2_pow_minus_25(
         d: int, hidden: tuple[int, int], seed: int, signs: str) -> None:
