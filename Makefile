@@ -24,9 +24,10 @@ $(MLSERVER):
 	$(MLSERVER_VENV)/bin/pip install -q "mlserver==1.7.1" "mlserver-sklearn==1.7.1"
 	touch $(MLSERVER)
 
-# Two workers, a test file each at a time (module fixtures are built once). Built models come
-# from the build cache (~/.cache/modelshield, or $$MODELSHIELD_CACHE): a second run builds none.
-PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile
+# Two workers, one thread each (tests/conftest.py), an idle one taking tests from the busy one
+# (worksteal). Built models come from the build cache (~/.cache/modelshield, or
+# $$MODELSHIELD_CACHE): a second run builds none.
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 test: $(BIN)/modelshield $(MLSERVER)
 	MLSERVER_BIN=$(abspath $(MLSERVER)) $(PYTEST)

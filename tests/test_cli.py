@@ -1,4 +1,5 @@
-"""The CLI in-process: listings, one attack with JSON out, and errors without tracebacks."""
+"""The CLI in-process: listings, one attack with JSON out, and errors without tracebacks;
+one smoke run of the command in a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from modelshield.cli import app
+from tests.cli import Run, run_cli
 
 runner = CliRunner()
 
@@ -32,9 +34,19 @@ def test_attack_writes_json(tmp_path: Path) -> None:
     assert data["queries"] == 31 and data["fidelity_test"] == 1.0
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "modelshield.cli", *args],
-                          capture_output=True, text=True, timeout=120)
+def _run(*args: str) -> Run:
+    return run_cli(*args)
+
+
+def test_the_installed_command_runs_in_a_fresh_interpreter() -> None:
+    """The one smoke run in a subprocess: the entry point, its exit code and its one-line
+    error (the other CLI tests run it in-process, tests/cli.py)."""
+    proc = subprocess.run([sys.executable, "-m", "modelshield.cli", "attack", "--victim",
+                           "mnist", "--attack", "knockoff"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "Unknown victim 'mnist'" in " ".join((proc.stderr + proc.stdout).split())
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,27 +137,42 @@ def test_a_data_file_with_other_names_is_refused(owner: Any, tmp_path: Path) -> 
     assert "--model-file and --data go together" in str(r.exception)
 
 
-def test_a_clone_made_over_http_is_traced_to_the_account_that_made_it(
-        owner: Any, tmp_path: Path) -> None:
-    """The owner's model served with a watermarked tier: a thief's clone, saved by the CLI,
-    is traced to the thief's key, also when served behind another API; a model the owner
-    trains again without our answers is traced to no one."""
+@dataclass(frozen=True)
+class Theft:
+    """The owner's model served with a watermarked tier, a thief's clone saved by the CLI
+    over HTTP, an honest customer beside it, and ``verify``'s JSON on the clone's file."""
+
+    cfg: Path
+    clone: Path
+    thief: str  # the thief's key id
+    found: dict[str, Any]
+    verify_output: str
+    low: list[float]
+    high: list[float]
+    pool: np.ndarray
+    X: np.ndarray
+    model: Any
+
+
+@pytest.fixture(scope="module")
+def theft(owner: Any, tmp_path_factory: pytest.TempPathFactory) -> Theft:
     import yaml
 
     model_file, data, model, X = owner
+    tmp = tmp_path_factory.mktemp("theft")
     with np.load(data) as d:
         low, high, pool = d["low"].tolist(), d["high"].tolist(), d["pool"]
-    cfg = tmp_path / "gw.yaml"
+    cfg = tmp / "gw.yaml"
     cfg.write_text(yaml.safe_dump({
         "model": {"file": str(model_file), "name": "vineyard", "classes": ["0", "1", "2"],
                   "low": low, "high": high},
-        "audit_url": f"sqlite:///{tmp_path}/a.db", "watermark_secret": "s" * 32,
+        "audit_url": f"sqlite:///{tmp}/a.db", "watermark_secret": "s" * 32,
         "audit_keys": {"v1": "k" * 32},
         "tiers": {"pro": {"watermark": {"rate": 0.02}, "max_batch": 500}}}))
     shields = build_gateway(str(cfg))
     thief, thief_rec = shields[0].store.create_key("pro", owner="thief inc")
     honest, _ = shields[0].store.create_key("pro", owner="honest llc")
-    clone = tmp_path / "clone.joblib"
+    clone = tmp / "clone.joblib"
     with live_app(create_app(shields)) as client:
         r = runner.invoke(app, ["attack", "--target", str(client.base_url), "--api-key", thief,
                                 "--model-file", str(model_file), "--data", str(data),
@@ -169,21 +185,29 @@ def test_a_clone_made_over_http_is_traced_to_the_account_that_made_it(
                         headers={"Authorization": f"Bearer {honest}"}).raise_for_status()
     for s in shields:
         s.close()
-    out = tmp_path / "v.json"
+    out = tmp / "v.json"
     r = runner.invoke(app, ["verify", "--suspect", str(clone), "--config", str(cfg),
                             "--json", str(out)])
     assert r.exit_code == 0, r.output
-    found = json.loads(out.read_text())
-    assert found["matched"] == [thief_rec.key_id], r.output
-    assert "match" in r.output and "thief inc" in r.output
-    thief_row = next(a for a in found["accounts"] if a["key_id"] == thief_rec.key_id)
+    return Theft(cfg, clone, thief_rec.key_id, json.loads(out.read_text()), r.output, low, high,
+                 pool, X, model)
+
+
+def test_a_clone_made_over_http_is_traced_to_the_account_that_made_it(theft: Theft) -> None:
+    """A thief's clone, saved by the CLI, is traced to the thief's key on its scores."""
+    assert theft.found["matched"] == [theft.thief], theft.verify_output
+    assert "match" in theft.verify_output and "thief inc" in theft.verify_output
+    thief_row = next(a for a in theft.found["accounts"] if a["key_id"] == theft.thief)
     assert thief_row["p_adjusted"] <= 1e-3 and thief_row["test"] == "score"  # a file: scores
     assert thief_row["p_sequential"] <= 1e-3  # every cell asked: the sequential test too
 
-    # The evidence about the thief's key: holder, terms, activity, the watermark, the proof.
+
+def test_the_evidence_names_the_holder_and_its_records_resist_forgery(theft: Theft,
+                                                                      tmp_path: Path) -> None:
+    """The evidence about the thief's key: holder, terms, activity, the watermark, the proof."""
     folder = tmp_path / "evidence"
-    r = runner.invoke(app, ["evidence", "--key", thief_rec.key_id, "--config", str(cfg),
-                            "--suspect", str(clone), "--out", str(folder)])
+    r = runner.invoke(app, ["evidence", "--key", theft.thief, "--config", str(theft.cfg),
+                            "--suspect", str(theft.clone), "--out", str(folder)])
     assert r.exit_code == 0, r.output
     doc = json.loads((folder / "evidence.json").read_text())
     assert doc["key"]["owner"] == "thief inc" and doc["key"]["terms_version"] == "1"
@@ -193,66 +217,78 @@ def test_a_clone_made_over_http_is_traced_to_the_account_that_made_it(
     assert doc["watermark"]["result"]["p_sequential"] <= 1e-3
     assert doc["integrity"]["intact"] and doc["integrity"]["keyed"]
     assert "<svg" in (folder / "evidence.html").read_text()
-    check = runner.invoke(app, ["audit-log", "check-records", str(folder / "records.jsonl"),
-                                "--config", str(cfg)])
+    records = folder / "records.jsonl"
+    check = runner.invoke(app, ["audit-log", "check-records", str(records),
+                                "--config", str(theft.cfg)])
     assert check.exit_code == 0 and "match their seals" in check.output
-    lines = (folder / "records.jsonl").read_text().splitlines()
+    lines = records.read_text().splitlines()
     forged = json.loads(lines[1])
     forged["ts"] += 3600.0  # the request moved an hour
     lines[1] = json.dumps(forged)
-    (folder / "records.jsonl").write_text("\n".join(lines) + "\n")
-    check = runner.invoke(app, ["audit-log", "check-records", str(folder / "records.jsonl"),
-                                "--config", str(cfg)])
+    records.write_text("\n".join(lines) + "\n")
+    check = runner.invoke(app, ["audit-log", "check-records", str(records),
+                                "--config", str(theft.cfg)])
     assert check.exit_code == 1 and f"positions {forged['seq']}" in check.output
 
-    # The same clone behind another API, queried over HTTP, with 100 control cells a key.
-    served = build_gateway({"model": {"file": str(clone), "name": "copy", "classes":
-                                      ["0", "1", "2"], "low": low, "high": high},
+
+def _verify_served(theft: Theft, tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``verify`` of the clone served behind another API, with 100 control cells a key, and
+    with moved copies of the rows (they stay in the domain the suspect's gateway checks)."""
+    served = build_gateway({"model": {"file": str(theft.clone), "name": "copy", "classes":
+                                      ["0", "1", "2"], "low": theft.low, "high": theft.high},
                             "audit_url": f"sqlite:///{tmp_path}/b.db", "tiers": {"t": {}}})
     key = served[0].store.create_key("t")[0]
-    moved_out = tmp_path / "moved.json"
+    out, moved_out = tmp_path / "v.json", tmp_path / "moved.json"
     with live_app(create_app(served)) as client:
-        r = runner.invoke(app, ["verify", "--suspect", str(client.base_url), "--suspect-key",
-                                key, "--config", str(cfg), "--controls", "100", "--json",
-                                str(out)])
-        # Moved copies over HTTP: they stay in the domain the suspect's gateway checks.
-        m = runner.invoke(app, ["verify", "--suspect", str(client.base_url), "--suspect-key",
-                                key, "--config", str(cfg), "--controls", "100", "--jitter",
-                                "0.005", "--json", str(moved_out)])
+        common = ["verify", "--suspect", str(client.base_url), "--suspect-key", key,
+                  "--config", str(theft.cfg), "--controls", "100"]
+        r = runner.invoke(app, [*common, "--json", str(out)])
+        m = runner.invoke(app, [*common, "--jitter", "0.005", "--json", str(moved_out)])
     for s in served:
         s.close()
     assert r.exit_code == 0, r.output
     assert m.exit_code == 0, m.output
-    assert json.loads(moved_out.read_text())["matched"] == [thief_rec.key_id]
-    fewer = json.loads(out.read_text())
-    assert fewer["matched"] == [thief_rec.key_id]
-    every = {a["key_id"]: a["control"] for a in found["accounts"]}  # every unmarked cell
+    return json.loads(out.read_text()), json.loads(moved_out.read_text())
+
+
+def test_the_clone_behind_another_api_is_traced_with_fewer_questions(theft: Theft,
+                                                                     tmp_path: Path) -> None:
+    fewer, moved = _verify_served(theft, tmp_path)
+    assert moved["matched"] == [theft.thief]
+    assert fewer["matched"] == [theft.thief]
+    every = {a["key_id"]: a["control"] for a in theft.found["accounts"]}  # every unmarked cell
     assert [a["control"] for a in fewer["accounts"]] == [
         min(100, every[a["key_id"]]) for a in fewer["accounts"]]
-    assert every[thief_rec.key_id] > 100  # the honest table has 44 rows: fewer than 100
+    assert every[theft.thief] > 100  # the honest table has 44 rows: fewer than 100
     # A cut control: no sequential test (it needs every cell the key sent).
     assert all((a["p_sequential"] is None) == (every[a["key_id"]] > 100)
                for a in fewer["accounts"])
-    assert fewer["suspect_queries"] < found["suspect_queries"] / 2
-    r = runner.invoke(app, ["verify", "--suspect", str(clone), "--config", str(cfg),
-                            "--controls", "0"])
+    assert fewer["suspect_queries"] < theft.found["suspect_queries"] / 2
+
+
+def test_verify_asks_moved_copies_and_names_bad_options(theft: Theft, tmp_path: Path) -> None:
+    cfg, clone, out = str(theft.cfg), str(theft.clone), tmp_path / "v.json"
+    r = runner.invoke(app, ["verify", "--suspect", clone, "--config", cfg, "--controls", "0"])
     assert r.exit_code == 2 and "--controls" in r.output
     # Asked copies of the thief's rows moved in their cells, none of the rows it sent.
-    r = runner.invoke(app, ["verify", "--suspect", str(clone), "--config", str(cfg),
+    r = runner.invoke(app, ["verify", "--suspect", clone, "--config", cfg,
                             "--jitter", "0.005", "--json", str(out)])
     assert r.exit_code == 0 and "copies moved by about 0.005" in r.output, r.output
     moved = json.loads(out.read_text())
-    assert moved["matched"] == [thief_rec.key_id] and moved["jitter"] == 0.005
-    r = runner.invoke(app, ["verify", "--suspect", str(clone), "--config", str(cfg),
-                            "--jitter", "0.5"])
+    assert moved["matched"] == [theft.thief] and moved["jitter"] == 0.005
+    r = runner.invoke(app, ["verify", "--suspect", clone, "--config", cfg, "--jitter", "0.5"])
     assert r.exit_code == 2 and "--jitter" in r.output
 
-    # The owner's own architecture trained again on other rows: no one is named.
+
+def test_a_model_trained_again_without_our_answers_is_traced_to_no_one(
+        theft: Theft, tmp_path: Path) -> None:
+    """The owner's own architecture trained again on other rows: no one is named."""
+    rows = np.vstack([theft.pool, theft.X])
     again = make_pipeline(StandardScaler(), MLPClassifier((32,), max_iter=2000, random_state=7))
-    joblib.dump(again.fit(np.vstack([pool, X]), model.predict(np.vstack([pool, X]))),
-                tmp_path / "again.joblib")
+    joblib.dump(again.fit(rows, theft.model.predict(rows)), tmp_path / "again.joblib")
+    out = tmp_path / "v.json"
     r = runner.invoke(app, ["verify", "--suspect", str(tmp_path / "again.joblib"), "--config",
-                            str(cfg), "--json", str(out)])
+                            str(theft.cfg), "--json", str(out)])
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["matched"] == [] and "no evidence" in r.output
 
