@@ -268,6 +268,7 @@ def test_top_down_cut_short_returns_its_tree_so_far() -> None:
     assert fids[-1] > fids[0] and fids[-1] > 0.6
 
 
+@pytest.mark.slow
 def test_knockoff_chooses_its_student_from_held_out_answers() -> None:
     tree = load_victim("synth-tree-d12", 0)
     auto = run_cell(tree, "knockoff", "label", 1000, params={"epochs": 50},
@@ -321,6 +322,7 @@ def test_answers_that_repeat_make_a_forest_the_default_student() -> None:
     assert smooth.info["student"].startswith("mlp/")
 
 
+@pytest.mark.slow
 def test_active_learning_chooses_its_clone_as_knockoff_does() -> None:
     """The rounds rank candidates with an MLP; the clone is chosen on held-out answers, so a
     tree's answers give a forest clone, and a fixed student is kept."""

@@ -317,6 +317,7 @@ def test_report_renders_in_headless_chromium(small: tuple[dict[str, Any], Path],
     assert shot.stat().st_size > 50_000  # a page with plots, not a blank one
 
 
+@pytest.mark.slow
 def test_a_tier_from_a_gateway_config_is_audited_as_deployed(tmp_path: Path) -> None:
     from modelshield.defenses.config import example_config
 
@@ -341,6 +342,7 @@ def test_a_tier_from_a_gateway_config_is_audited_as_deployed(tmp_path: Path) -> 
                                               "tier": "gold"}]})
 
 
+@pytest.mark.slow
 def test_a_steered_attack_is_traced_by_the_sequential_test() -> None:
     """An active learner picks its next rows by the answers it got, marked ones included,
     so the score test's null (the marked cells a blind draw from the key's cells) does not

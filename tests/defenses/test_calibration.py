@@ -189,6 +189,7 @@ def test_attacks_are_still_caught_on_the_owners_model(owned: dict[str, Any],
         shield.close()
 
 
+@pytest.mark.slow
 def test_natural_rows_one_at_a_time_over_http_are_answered(owned: dict[str, Any],
                                                            tmp_path: Path) -> None:
     """The report that started this: a fresh key sending the model's own test rows, one

@@ -46,6 +46,7 @@ def test_snnl_is_high_when_the_groups_are_entangled_and_low_when_apart() -> None
     assert abs(float(snnl(mixed, group.double(), t)) - np.log(31 / 15)) < 0.5
 
 
+@pytest.mark.slow
 def test_the_watermark_is_learned_inherited_by_a_student_and_absent_without_it() -> None:
     X, y, natural = _owner_data()
     net, wm = embed_entangled(X, y, "owner-secret", hidden=(32, 32), epochs=40, w_epochs=40,
