@@ -102,18 +102,19 @@ def test_a_downgrade_to_unkeyed_seals_is_found(db: tuple[AuditStore, Path]) -> N
         conn.row_factory = sqlite3.Row
         rows = [dict(r) for r in conn.execute("SELECT * FROM audit_log ORDER BY seq")]
         rows[3]["answer"] = '{"labels":[2]}'
+        log, since = conn.execute("SELECT log_id, log_since FROM audit_chain_head").fetchone()
         prev = "0" * 64
         for row in rows:
             content = {k: row[k] for k in ("key_id", "client_ip", "model", "rows", "input_hash",
                                            "inputs", "answer", "decision")}
             content["ts"] = repr(row["ts"])
-            digest = seal({}, UNKEYED, prev, row["seq"], content)
+            digest = seal({}, UNKEYED, prev, row["seq"], content, log)
             conn.execute("UPDATE audit_log SET answer = ?, prev_hash = ?, hash = ?, "
                          "key_version = ? WHERE seq = ?",
                          (row["answer"], prev, digest, UNKEYED, row["seq"]))
             prev = digest
         conn.execute("UPDATE audit_chain_head SET hash = ?, key_version = ?, mac = ?",
-                     (prev, UNKEYED, seal_head({}, UNKEYED, N, prev)))
+                     (prev, UNKEYED, seal_head({}, UNKEYED, N, prev, log, since)))
     found = kinds(store)
     assert ("head-unkeyed", -1, -1) in found
     # A log sealed without a key throughout, checked by an owner who holds none, is whole:
@@ -310,3 +311,55 @@ def test_an_audit_log_in_a_missing_folder_is_named(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"audit_url: the folder .* does not exist"):
         AuditStore(f"sqlite:///{tmp_path}/nowhere/audit.db")
+
+
+def _rows(path: Path) -> list[dict[str, object]]:
+    with sqlite3.connect(path) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM audit_log ORDER BY seq")]
+
+
+def test_a_record_spliced_in_from_another_log_under_the_same_key_is_named(
+        db: tuple[AuditStore, Path], tmp_path: Path) -> None:
+    """Another log sealed with the same audit key: its record 7 put in place of this log's
+    record 7 has a seal that checks at position 7, but it belongs to another chain."""
+    store, path = db
+    other_path = tmp_path / "other.db"
+    other = AuditStore(f"sqlite:///{other_path}", keys=KEYS)
+    other.append(records(100, N))
+    other.close()
+    spliced = _rows(other_path)[6]
+    columns = [c for c in spliced if c != "seq"]
+    tamper(path, "DELETE FROM audit_log WHERE seq = 7",
+           (f"INSERT INTO audit_log (seq, {', '.join(columns)}) VALUES "
+            f"(7, {', '.join('?' * len(columns))})", tuple(spliced[c] for c in columns)))
+    assert kinds(store) == [("edited", 7, 7)]
+    assert "another log" in store.verify().breaks[0].detail
+
+
+def test_each_log_has_its_own_id_in_its_head(tmp_path: Path) -> None:
+    a = AuditStore(f"sqlite:///{tmp_path / 'a.db'}", keys=KEYS)
+    b = AuditStore(f"sqlite:///{tmp_path / 'b.db'}", keys=KEYS)
+    assert a.head()["log_id"] and a.head()["log_id"] != b.head()["log_id"]
+    a.close()
+    b.close()
+
+
+def test_a_whole_log_swapped_for_another_is_caught_by_the_anchor(
+        db: tuple[AuditStore, Path], tmp_path: Path) -> None:
+    store, path = db
+    anchor = store.head()
+    other_path = tmp_path / "other.db"
+    other = AuditStore(f"sqlite:///{other_path}", keys=KEYS)
+    other.append(records(100, N + 3))
+    other.close()
+    path.unlink()
+    for extra in ("-wal", "-shm"):
+        Path(f"{path}{extra}").unlink(missing_ok=True)
+    other_path.rename(path)
+    store.close()
+    swapped = AuditStore(f"sqlite:///{path}", keys=KEYS)
+    assert swapped.verify().ok  # a whole log, well sealed
+    breaks = swapped.verify(anchor=anchor).breaks
+    assert [b.kind for b in breaks] == ["anchor-missing"] and "another log" in breaks[0].detail
+    swapped.close()

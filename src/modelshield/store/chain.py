@@ -13,6 +13,11 @@ old head that was valid then. Against that, copy the head (``modelshield audit-l
 head``) somewhere the database's writers cannot reach, and check against it later
 (``audit-log verify --anchor``).
 
+Each log has an id of its own, drawn when it is made and kept in its head; every record
+(from the head's ``log_since`` on: a log made by an older release gets its id at its next
+write) is sealed over it, so a record copied in from another log sealed with the same key
+does not check, and each record's stored link must be the seal of the record before it.
+
 Records written without a key (``key_version`` "sha256") are chained with plain SHA-256:
 they show accidents, not tampering. Records of older versions of modelshield have no key
 version and no position in the hash ("legacy"); they are checked the old way.
@@ -40,23 +45,26 @@ CONTENT_FIELDS = ("ts", "key_id", "client_ip", "model", "rows", "input_hash", "i
 
 
 def seal(keys: Mapping[str, bytes], version: str, prev: str, seq: int,
-         content: Mapping[str, Any]) -> str:
+         content: Mapping[str, Any], log: str = "") -> str:
     """The record's seal: HMAC-SHA256 (or SHA-256 when unkeyed) over the previous seal,
-    the record's position, its key version and its content."""
+    the record's position, its key version, its log's id (when it has one) and its
+    content."""
     if version == LEGACY:
         body = json.dumps(dict(content), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256((prev + body).encode()).hexdigest()
-    body = json.dumps({**content, "seq": seq, "key_version": version}, sort_keys=True,
-                      separators=(",", ":"))
+    bound = {**content, "seq": seq, "key_version": version, **({"log": log} if log else {})}
+    body = json.dumps(bound, sort_keys=True, separators=(",", ":"))
     message = (prev + body).encode()
     if version == UNKEYED:
         return hashlib.sha256(message).hexdigest()
     return hmac.new(keys[version], message, hashlib.sha256).hexdigest()
 
 
-def seal_head(keys: Mapping[str, bytes], version: str, seq: int, last: str) -> str:
-    """The head's seal over the last position and the last record's seal."""
-    message = f"head|{seq}|{last}".encode()
+def seal_head(keys: Mapping[str, bytes], version: str, seq: int, last: str, log: str = "",
+              since: int = 0) -> str:
+    """The head's seal over the last position and the last record's seal (and the log's
+    id and the first position sealed with it, when it has one)."""
+    message = (f"head|{log}|{since}|{seq}|{last}" if log else f"head|{seq}|{last}").encode()
     if version in (UNKEYED, LEGACY):
         return hashlib.sha256(message).hexdigest()
     return hmac.new(keys[version], message, hashlib.sha256).hexdigest()
@@ -73,8 +81,8 @@ def row_content(row: Mapping[str, Any]) -> dict[str, Any]:
 class Break:
     """One break in the log: its kind, the positions it covers, and what was found."""
 
-    kind: str  # edited | moved | removed | removed-at-end | added-after-head | head-altered
-    #            | unknown-key | downgraded | head-unkeyed | anchor-missing
+    kind: str  # edited | moved | unlinked | removed | removed-at-end | added-after-head
+    #            | head-altered | unknown-key | downgraded | head-unkeyed | anchor-missing
     first: int
     last: int
     detail: str
@@ -120,57 +128,70 @@ class Verdict:
 
 def check(rows: Iterable[Mapping[str, Any]], head: Mapping[str, Any],
           keys: Mapping[str, bytes], require_keyed: bool = False) -> Verdict:
-    """Check the records (in position order) against their seals and the head.
+    """Check the records (in position order) against their seals, their links and the head.
 
     require_keyed: the owner holds audit keys, so an unkeyed record after a keyed one, or
     an unkeyed head over a keyed log, is a downgrade by someone without the key.
     """
     v = Verdict()
-    prev_seq, prev_seal = 0, GENESIS
+    log, since = head.get("log_id") or "", int(head.get("log_since") or 0)
+    prev_seq, prev_seal, prev_good = 0, GENESIS, True
     seen_keyed = False
     for row in rows:
         seq = int(row["seq"])
         version = row.get("key_version") or LEGACY
         v.checked += 1
         v.versions[version] = v.versions.get(version, 0) + 1
-        if seq > prev_seq + 1:
+        gap = seq > prev_seq + 1
+        if gap:
             v.add(Break("removed", prev_seq + 1, seq - 1,
                         f"{seq - prev_seq - 1} record(s) missing from the chain"))
         if version not in (UNKEYED, LEGACY) and version not in keys:
             v.add(Break("unknown-key", seq, seq, f"sealed with key version {version!r}, which "
                         "is not in audit_keys: add it to check this record"))
-            prev_seq, prev_seal = seq, row["hash"]
+            prev_seq, prev_seal, prev_good = seq, row["hash"], False
             continue
         if version in (UNKEYED, LEGACY) and require_keyed and seen_keyed:
             v.add(Break("downgraded", seq, seq, "unkeyed record after keyed ones: rewritten "
                         "by someone without the key"))
         seen_keyed = seen_keyed or version not in (UNKEYED, LEGACY)
-        content = row_content(row)
-        good = seal(keys, version, row["prev_hash"], seq, content) == row["hash"]
-        if good and version == LEGACY and row["prev_hash"] != prev_seal:
-            good = False  # a legacy seal does not hold its position; its link does
-        if not good:
-            # Past MAX_BREAKS nothing more is listed: skip the search (up to 128 seals).
-            origin = None if version == LEGACY or v.truncated else \
-                _origin(keys, version, row, seq, content)
-            if origin is not None:
-                v.add(Break("moved", seq, seq, f"sealed {abs(origin - seq)} position(s) "
-                            f"{'later' if origin > seq else 'earlier'} than where it is "
-                            "(reordered, or records inserted or removed before it)"))
-            else:
-                v.add(Break("edited", seq, seq, "its seal does not match its content (edited, "
-                            "or inserted, by someone without the key)"))
-        prev_seq, prev_seal = seq, row["hash"]
+        good = _check_row(v, keys, row, log if since and seq >= since else "", v.truncated)
+        if good and prev_good and not gap and row["prev_hash"] != prev_seal:
+            v.add(Break("unlinked", seq, seq, "its seal checks but it does not follow the "
+                        "record before it: spliced in from another log sealed with the same "
+                        "key, or the record before it was replaced"))
+        prev_seq, prev_seal, prev_good = seq, row["hash"], good
     _check_head(v, head, keys, prev_seq, prev_seal, require_keyed)
     return v
 
 
+def _check_row(v: Verdict, keys: Mapping[str, bytes], row: Mapping[str, Any], log: str,
+               quick: bool) -> bool:
+    """Whether one record's seal checks where it is; if not, the break is added (moved,
+    when its seal checks nearby, unless ``quick``: past MAX_BREAKS nothing is listed)."""
+    seq, version = int(row["seq"]), row.get("key_version") or LEGACY
+    content = row_content(row)
+    if seal(keys, version, row["prev_hash"], seq, content, log) == row["hash"]:
+        return True
+    origin = None if version == LEGACY or quick else \
+        _origin(keys, version, row, seq, content, log)
+    if origin is not None:
+        v.add(Break("moved", seq, seq, f"sealed {abs(origin - seq)} position(s) "
+                    f"{'later' if origin > seq else 'earlier'} than where it is "
+                    "(reordered, or records inserted or removed before it)"))
+    else:
+        v.add(Break("edited", seq, seq, "its seal does not match its content (edited or "
+                    "inserted by someone without the key, or copied from another log)"))
+    return False
+
+
 def _origin(keys: Mapping[str, bytes], version: str, row: Mapping[str, Any], seq: int,
-            content: Mapping[str, Any]) -> int | None:
+            content: Mapping[str, Any], log: str = "") -> int | None:
     """The position a record was sealed at, when its seal checks at another one nearby."""
     for shift in range(1, MOVE_WINDOW + 1):
         for cand in (seq - shift, seq + shift):
-            if cand > 0 and seal(keys, version, row["prev_hash"], cand, content) == row["hash"]:
+            if cand > 0 and seal(keys, version, row["prev_hash"], cand, content,
+                                 log) == row["hash"]:
                 return cand
     return None
 
@@ -185,7 +206,8 @@ def _check_head(v: Verdict, head: Mapping[str, Any], keys: Mapping[str, bytes], 
     elif version not in (UNKEYED, LEGACY) and version not in keys:
         v.add(Break("unknown-key", -1, -1, f"the head is sealed with key version {version!r}, "
                     "which is not in audit_keys"))
-    elif seal_head(keys, version, head_seq, head_hash) != head.get("mac"):
+    elif seal_head(keys, version, head_seq, head_hash, head.get("log_id") or "",
+                   int(head.get("log_since") or 0)) != head.get("mac"):
         v.add(Break("head-altered", -1, -1, f"its seal does not match (it says position "
                     f"{head_seq}); rewritten by someone without the key, perhaps to hide "
                     "records removed at the end"))
@@ -206,9 +228,14 @@ def _check_head(v: Verdict, head: Mapping[str, Any], keys: Mapping[str, bytes], 
         v.add(Break("head-altered", -1, -1, "the head's last seal is not the last record's"))
 
 
-def check_anchor(anchor: Mapping[str, Any], row: Mapping[str, Any] | None) -> Break | None:
-    """A head copied out earlier (``audit-log head``) must still be in the log."""
+def check_anchor(anchor: Mapping[str, Any], row: Mapping[str, Any] | None,
+                 log_id: str | None = None) -> Break | None:
+    """A head copied out earlier (``audit-log head``) must still be in the log, and the
+    log must be the one it was copied from (its id, where the anchor has one)."""
     seq = int(anchor["seq"])
+    if anchor.get("log_id") and log_id and anchor["log_id"] != log_id:
+        return Break("anchor-missing", seq, seq, f"the log's id is {log_id!r}, the anchor's "
+                     f"{anchor['log_id']!r}: another log was put in this one's place")
     if seq == 0:
         return None
     if row is None:

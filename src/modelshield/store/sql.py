@@ -85,9 +85,16 @@ chain_head = sa.Table(
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("key_version", sa.String(32), nullable=True),
     sa.Column("mac", sa.String(64), nullable=True),  # the head's own seal
+    # The log's own id, sealed into each record from position log_since on (a log made by
+    # an older release gets one at its next write).
+    sa.Column("log_id", sa.String(32), nullable=True),
+    sa.Column("log_since", sa.BigInteger, nullable=True),
 )
-# Columns added since the first release, added to an existing database on start.
-_NEW_COLUMNS = {"audit_log": ("key_version",), "audit_chain_head": ("key_version", "mac")}
+# Columns added since the first release (and their SQL types), added to an existing
+# database on start.
+_NEW_COLUMNS = {"audit_log": {"key_version": "VARCHAR(32)"},
+                "audit_chain_head": {"key_version": "VARCHAR(32)", "mac": "VARCHAR(64)",
+                                     "log_id": "VARCHAR(32)", "log_since": "BIGINT"}}
 
 
 @dataclass(frozen=True)
@@ -214,9 +221,11 @@ class AuditStore:
                 self._add_new_columns()
                 with self.engine.begin() as conn:
                     if conn.execute(sa.select(chain_head.c.id)).first() is None:
+                        log = new_log_id()
                         conn.execute(chain_head.insert().values(
                             id=1, hash=GENESIS, seq=0, key_version=self.key_version,
-                            mac=seal_head(self.keys, self.key_version, 0, GENESIS)))
+                            log_id=log, log_since=1,
+                            mac=seal_head(self.keys, self.key_version, 0, GENESIS, log, 1)))
                 return
             except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
                 if attempt == 2:
@@ -228,11 +237,11 @@ class AuditStore:
         inspector = sa.inspect(self.engine)
         for table, columns in _NEW_COLUMNS.items():
             have = {c["name"] for c in inspector.get_columns(table)}
-            for name in columns:
+            for name, sql_type in columns.items():
                 if name not in have:
                     with self.engine.begin() as conn:
                         conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} "
-                                             f"VARCHAR({64 if name == 'mac' else 32})")
+                                             f"{sql_type}")
 
     # -- keys ----------------------------------------------------------------------------
     def create_key(self, tier: str, owner: str = "", terms_version: str = "1",
@@ -390,14 +399,16 @@ class AuditStore:
         try:
             if sqlite:
                 cur.execute("BEGIN IMMEDIATE")
-            cur.execute("SELECT hash, seq FROM audit_chain_head WHERE id = 1"
+            cur.execute("SELECT hash, seq, log_id, log_since FROM audit_chain_head WHERE id = 1"
                         + ("" if sqlite else " FOR UPDATE"))
-            prev, seq = cur.fetchone()
+            prev, seq, log, since = cur.fetchone()
+            if not log:  # a log made by an older release: bound to an id from here on
+                log, since = new_log_id(), seq + 1
             rows = []
             version = self.key_version
             for content in contents:
                 seq += 1
-                digest = seal(self.keys, version, prev, seq, content)
+                digest = seal(self.keys, version, prev, seq, content, log)
                 # The chain seals repr(ts); the column keeps the float (repr round-trips).
                 rows.append((seq, float(content["ts"]),
                              *(content[c] for c in _RECORD_COLUMNS[1:]), prev, digest, version))
@@ -406,8 +417,9 @@ class AuditStore:
                             f"prev_hash, hash, key_version) "
                             f"VALUES ({', '.join([ph] * (len(_RECORD_COLUMNS) + 4))})", rows)
             cur.execute(f"UPDATE audit_chain_head SET hash = {ph}, seq = {ph}, key_version = "
-                        f"{ph}, mac = {ph} WHERE id = 1",
-                        (prev, seq, version, seal_head(self.keys, version, seq, prev)))
+                        f"{ph}, mac = {ph}, log_id = {ph}, log_since = {ph} WHERE id = 1",
+                        (prev, seq, version, seal_head(self.keys, version, seq, prev, log, since),
+                         log, since))
             if sqlite:
                 cur.execute("COMMIT")
             else:
@@ -499,7 +511,8 @@ class AuditStore:
             row = conn.execute(sa.select(chain_head).where(chain_head.c.id == 1)
                                ).mappings().one()
         return {"seq": int(row["seq"]), "hash": row["hash"],
-                "key_version": row["key_version"], "mac": row["mac"]}
+                "key_version": row["key_version"], "mac": row["mac"], "log_id": row["log_id"],
+                "log_since": row["log_since"]}
 
     def verify(self, anchor: Mapping[str, Any] | None = None) -> Verdict:
         """Check every record's seal and the head, naming each break; with ``anchor`` (an
@@ -513,7 +526,8 @@ class AuditStore:
             if anchor is not None:
                 row = conn.execute(sa.select(audit_table.c.hash).where(
                     audit_table.c.seq == int(anchor["seq"]))).mappings().first()
-                brk = chain.check_anchor(anchor, None if row is None else dict(row))
+                brk = chain.check_anchor(anchor, None if row is None else dict(row),
+                                         head.get("log_id"))
                 if brk is not None:
                     verdict.add(brk)
         return verdict
@@ -539,6 +553,11 @@ def _default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"cannot record {type(value).__name__}")
+
+
+def new_log_id() -> str:
+    """A new log's id: 32 random hex digits."""
+    return secrets.token_hex(16)
 
 
 def seeded_key_id(*parts: object) -> str:
