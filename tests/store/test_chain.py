@@ -363,3 +363,33 @@ def test_a_whole_log_swapped_for_another_is_caught_by_the_anchor(
     breaks = swapped.verify(anchor=anchor).breaks
     assert [b.kind for b in breaks] == ["anchor-missing"] and "another log" in breaks[0].detail
     swapped.close()
+
+
+def test_verify_checks_the_configured_anchor_by_default(tmp_path: Path) -> None:
+    """A cut back to an earlier genuine head passes a check without an anchor; with
+    audit_anchor set, `head` saves it there and a plain `verify` checks it."""
+    db_path, saved = tmp_path / "audit.db", tmp_path / "anchor.json"
+    cfg = tmp_path / "gw.yaml"
+    base = f"audit_url: sqlite:///{db_path}\naudit_keys: {json.dumps(KEYS)}\n"
+    cfg.write_text(base + f"audit_anchor: {saved}\n")
+    store = AuditStore(f"sqlite:///{db_path}", keys=KEYS)
+    store.append(records(0, 10))
+    with sqlite3.connect(db_path) as conn:
+        old_head = conn.execute("SELECT hash, seq, key_version, mac FROM audit_chain_head"
+                                ).fetchone()
+    store.append(records(10, 5))
+    store.close()
+    runner = CliRunner()
+    head = runner.invoke(app, ["audit-log", "head", "--config", str(cfg)])
+    assert head.exit_code == 0 and json.loads(saved.read_text())["seq"] == 15
+    tamper(db_path, "DELETE FROM audit_log WHERE seq > 10",
+           ("UPDATE audit_chain_head SET hash = ?, seq = ?, key_version = ?, mac = ?", old_head))
+    bad = runner.invoke(app, ["audit-log", "verify", "--config", str(cfg)])
+    assert bad.exit_code == 1 and "anchor-missing" in bad.output
+    # `head` will not overwrite an anchor the log no longer holds.
+    again = runner.invoke(app, ["audit-log", "head", "--config", str(cfg)])
+    assert again.exit_code != 0 and json.loads(saved.read_text())["seq"] == 15
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(base)
+    unanchored = runner.invoke(app, ["audit-log", "verify", "--config", str(bare)])
+    assert unanchored.exit_code == 0 and "no anchor" in unanchored.output

@@ -26,30 +26,37 @@ KeyFilter = Annotated[str | None, typer.Option("--key", help="Only this key id's
 Limit = Annotated[int, typer.Option(min=1, help="The last N records.")]
 
 
-def read_anchor(anchor: Path | None) -> dict[str, Any] | None:
-    """A chain head saved by ``audit-log head`` (None: no file given)."""
-    if anchor is None:
-        return None
-    try:
-        saved: dict[str, Any] = json.loads(anchor.read_text())
-        int(saved["seq"]), str(saved["hash"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"--anchor {anchor}: not a head written by `modelshield "
-                          f"audit-log head` ({exc})") from None
-    return saved
+def configured_anchor(anchor: Path | None, configured: str | None
+                      ) -> tuple[dict[str, Any] | None, str]:
+    """(the anchor to check against, where it came from): ``--anchor``, else the config's
+    ``audit_anchor`` when it holds one."""
+    from modelshield.store.anchor import read_anchor
+
+    if anchor is not None:
+        return read_anchor(anchor), str(anchor)
+    if configured and Path(configured).exists():
+        return read_anchor(Path(configured), "audit_anchor"), f"audit_anchor {configured}"
+    return None, ""
 
 
 @audit_log_app.command("verify")
 def audit_log_verify(config: ConfigOpt = None, anchor: AnchorOpt = None) -> None:
-    """Check every record's seal and the chain head, and name each break: records edited,
-    inserted, removed, moved, or removed at the end."""
-    saved = read_anchor(anchor)
+    """Check every record's seal and link and the chain head, and name each break: records
+    edited, inserted, removed, moved, spliced in, or removed at the end; and that the log
+    still holds its anchor (``--anchor``, else the config's ``audit_anchor``)."""
+    cfg = load_config(config)
+    saved, source = configured_anchor(anchor, cfg.audit_anchor)
     verdict = open_config_store(config).verify(anchor=saved)
     versions = ", ".join(f"{n} with {v or 'no version (older modelshield)'}"
                          for v, n in verdict.versions.items()) or "no records"
     if verdict.ok:
         console.print(f"[green]chain intact[/]: {verdict.checked} records ({versions})"
-                      + (f"; anchor at record {saved['seq']} found" if saved else ""))
+                      + (f"; anchor at record {saved['seq']} found ({source})" if saved
+                         else ""))
+        if saved is None:
+            err.print("[yellow]no anchor[/]: a log cut back to an earlier genuine head would "
+                      "pass this check; save the head with `modelshield audit-log head` "
+                      "(audit_anchor in the config) and check against it")
         if verdict.checked and not verdict.keyed:
             err.print("[yellow]warning[/]: some records are not sealed with a key; they "
                       "show accidents, not tampering by whoever can write the database")
@@ -79,9 +86,19 @@ def audit_log_check_records(records: Records, config: ConfigOpt = None) -> None:
 
 @audit_log_app.command("head")
 def audit_log_head(config: ConfigOpt = None) -> None:
-    """Print the chain head as JSON. Keep a copy where the database's writers cannot reach
-    (a ticket, another system's log); `verify --anchor` checks it later."""
-    print(json.dumps({**open_config_store(config).head(), "taken_at": time.time()}))
+    """Print the chain head as JSON, and save it at the config's ``audit_anchor`` (unless
+    the anchor already there is no longer in the log). Keep it where the database's
+    writers cannot reach; `verify` checks it."""
+    from modelshield.store.anchor import save_anchor
+
+    cfg = load_config(config)
+    store = open_config_store(config)
+    if cfg.audit_anchor:
+        head = save_anchor(store, Path(cfg.audit_anchor))
+        err.print(f"saved at audit_anchor {cfg.audit_anchor}")
+    else:
+        head = {**store.head(), "taken_at": time.time()}
+    print(json.dumps(head))
 
 
 @audit_log_app.command("new-key")

@@ -196,10 +196,10 @@ def evidence(key: EvidenceKey, config: EvidenceConfig, out: EvidenceOut,
     the records shown are in the audit log, unaltered."""
     from modelshield.audit.evidence import gather, write_evidence
     from modelshield.audit.verify_suspect import SuspectAt
-    from modelshield.cli.audit_log import read_anchor
+    from modelshield.cli.audit_log import configured_anchor
 
     cfg = load_config(config)
-    saved = read_anchor(anchor)
+    saved, _ = configured_anchor(anchor, cfg.audit_anchor)
     store = open_config_store(config)
     verdict = store.verify(anchor=saved)
     ownership = None if suspect is None else _ownership(

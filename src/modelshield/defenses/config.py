@@ -224,6 +224,9 @@ class ShieldConfig(_Strict):
     # database can rewrite it unseen. `modelshield init` writes one.
     audit_keys: dict[str, str] = Field(default_factory=dict, repr=False)
     audit_key_version: str | None = None
+    # Where `modelshield audit-log head` saves the chain head (an anchor), out of reach of
+    # the database's writers; `audit-log verify` then checks the log still holds it.
+    audit_anchor: str | None = None
     key_cache_seconds: float = Field(default=1.0, ge=0)
     global_limits: Limits = Limits()
     ip_limits: Limits = Limits()
@@ -463,6 +466,8 @@ audit_url: sqlite:///modelshield-audit.db   # or postgresql+psycopg://user@host/
 # To rotate, add a version (modelshield audit-log new-key) and keep the old ones listed.
 audit_keys:
   "{audit_key_version}": "{audit_key}"
+# audit_anchor: /secure/elsewhere/audit-head.json  # `audit-log head` saves the chain head
+#                                                  # there; `audit-log verify` checks it
 # The key of keyed noise (the enterprise tier's noise:0.01). Random, written by init; keep
 # it secret (or set MODELSHIELD_NOISE_SECRET instead): whoever knows it can strip the noise.
 noise_secret: "{noise_secret}"

@@ -523,14 +523,21 @@ class AuditStore:
             rows = (dict(r) for r in conn.execute(
                 sa.select(audit_table).order_by(audit_table.c.seq)).mappings())
             verdict = chain.check(rows, head, self.keys, require_keyed=bool(self.keys))
-            if anchor is not None:
-                row = conn.execute(sa.select(audit_table.c.hash).where(
-                    audit_table.c.seq == int(anchor["seq"]))).mappings().first()
-                brk = chain.check_anchor(anchor, None if row is None else dict(row),
-                                         head.get("log_id"))
-                if brk is not None:
-                    verdict.add(brk)
+        if anchor is not None:
+            brk = self.check_anchor(anchor)
+            if brk is not None:
+                verdict.add(brk)
         return verdict
+
+    def check_anchor(self, anchor: Mapping[str, Any]) -> chain.Break | None:
+        """Whether the log still holds ``anchor`` (an earlier :meth:`head`): None, or the
+        break that says why not."""
+        with self.engine.connect() as conn:
+            log_id = conn.execute(sa.select(chain_head.c.log_id).where(
+                chain_head.c.id == 1)).scalar_one()
+            row = conn.execute(sa.select(audit_table.c.hash).where(
+                audit_table.c.seq == int(anchor["seq"]))).mappings().first()
+        return chain.check_anchor(anchor, None if row is None else dict(row), log_id)
 
     def close(self) -> None:
         self._closing.set()
