@@ -16,6 +16,7 @@ import datetime as dt
 import json
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from matplotlib.figure import Figure
 
 from modelshield.audit.ownership import OwnershipReport
 from modelshield.audit.report import inline_svg
-from modelshield.store.chain import LEGACY, UNKEYED, Verdict, row_content, seal
+from modelshield.store.chain import LEGACY, UNKEYED, Verdict, row_content, seal, seal_manifest
 
 
 def _when(ts: float | None) -> str | None:
@@ -56,7 +57,8 @@ def gather(store: Any, key_id: str, terms: Mapping[str, str], verdict: Verdict,
         "key": _key_fields(key, terms),
         "activity": activity,
         "flags": [{**f, "ts": _when(f["ts"])} for f in flags],
-        "integrity": _integrity(verdict, head, anchor, records),
+        "integrity": {**_integrity(verdict, head, anchor, records),
+                      "manifest": manifest(store, head, key_id, records)},
         "watermark": None if ownership is None else _watermark(ownership, key_id),
     }
     doc["figure"] = _activity_svg(times) if times else ""
@@ -103,6 +105,16 @@ def _integrity(verdict: Verdict, head: Any, anchor: Mapping[str, Any] | None,
         "head": head, "anchor": dict(anchor) if anchor else None,
         "positions": [int(r["seq"]) for r in records],
         "seals": {str(r["seq"]): r["hash"] for r in records}}
+
+
+def manifest(store: Any, head: Mapping[str, Any], key_id: str,
+             records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What an export holds, sealed with the store's audit key: the log's id, the key,
+    and each record's position and seal. :func:`check_records` holds the export to it."""
+    body = {"log_id": head.get("log_id"), "log_since": head.get("log_since"),
+            "key_id": key_id, "key_version": store.key_version,
+            "seals": {str(r["seq"]): r["hash"] for r in records}}
+    return {**body, "seal": seal_manifest(store.keys, store.key_version, body)}
 
 
 def _watermark(ownership: OwnershipReport, key_id: str) -> dict[str, Any]:
@@ -155,20 +167,61 @@ def write_evidence(doc: dict[str, Any], records: list[dict[str, Any]], out: Path
     with paths["records"].open("w") as fh:
         for rec in records:
             fh.write(json.dumps(rec, default=str) + "\n")
+        fh.write(json.dumps({"manifest": doc["integrity"]["manifest"]}) + "\n")
     return paths
 
 
-def check_records(path: Path, keys: Mapping[str, str]) -> tuple[int, list[int]]:
-    """Check each record of a ``records.jsonl`` against its seal with the audit keys:
-    (records checked, positions whose seal does not match or whose key is missing)."""
+@dataclass
+class RecordsCheck:
+    """What :func:`check_records` found in an export."""
+
+    checked: int = 0
+    bad: list[int] = field(default_factory=list)  # seal or manifest does not match
+    missing: list[int] = field(default_factory=list)  # in the manifest, not in the export
+    problem: str | None = None  # the export as a whole cannot be trusted
+
+    @property
+    def ok(self) -> bool:
+        return not (self.bad or self.missing or self.problem)
+
+
+def check_records(path: Path, keys: Mapping[str, str]) -> RecordsCheck:
+    """Check a ``records.jsonl`` with the audit keys: its manifest's seal (so a record
+    dropped, added or resealed is found), and each record's seal against its content and
+    against the seal the manifest lists for its position."""
     raw = {v: k.encode() for v, k in keys.items()}
-    bad, n = [], 0
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        n += 1
-        version = rec.get("key_version") or LEGACY
-        known = version in raw or version in (UNKEYED, LEGACY)
-        if not known or seal(raw, version, rec["prev_hash"], int(rec["seq"]),
-                             row_content(rec)) != rec["hash"]:
-            bad.append(int(rec["seq"]))
-    return n, bad
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    found = RecordsCheck()
+    sealed = [r["manifest"] for r in rows if "manifest" in r]
+    records = [r for r in rows if "manifest" not in r]
+    found.checked = len(records)
+    if len(sealed) != 1:
+        found.problem = ("no sealed manifest: the export cannot show that no record was "
+                         "dropped (write it again with `modelshield evidence`)")
+        return found
+    man = sealed[0]
+    body = {k: v for k, v in man.items() if k != "seal"}
+    if man.get("key_version") not in raw or seal_manifest(
+            raw, man["key_version"], body) != man.get("seal"):
+        found.problem = ("the manifest's seal does not match under audit_keys (it was "
+                         "rewritten, or sealed with a key version not listed)")
+        return found
+    listed: dict[str, str] = man["seals"]
+    for rec in records:
+        if not _record_checks(rec, raw, man) or listed.get(str(rec["seq"])) != rec["hash"]:
+            found.bad.append(int(rec["seq"]))
+    present = {str(r["seq"]) for r in records}
+    found.missing = sorted(int(seq) for seq in listed if seq not in present)
+    return found
+
+
+def _record_checks(rec: Mapping[str, Any], raw: Mapping[str, bytes],
+                   man: Mapping[str, Any]) -> bool:
+    """One record's seal over its content, under its key version and its log's id."""
+    version = rec.get("key_version") or LEGACY
+    if version not in raw and version not in (UNKEYED, LEGACY):
+        return False
+    seq, since = int(rec["seq"]), int(man.get("log_since") or 0)
+    log = man.get("log_id") or "" if since and seq >= since else ""
+    return bool(seal(raw, version, rec["prev_hash"], seq, row_content(rec), log)
+                == rec["hash"])

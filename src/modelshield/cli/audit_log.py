@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from modelshield.cli._common import ConfigOpt, console, err, load_config, open_config_store
 from modelshield.cli.render import breaks_table, flags_table, records_table
@@ -70,18 +71,31 @@ def audit_log_verify(config: ConfigOpt = None, anchor: AnchorOpt = None) -> None
 
 @audit_log_app.command("check-records")
 def audit_log_check_records(records: Records, config: ConfigOpt = None) -> None:
-    """Check each exported record's seal with the config's audit keys (a third party
-    given the key can check the evidence without the database)."""
+    """Check an export's records with the config's audit keys: each record's seal, and the
+    export's sealed manifest, so that a record dropped, added or resealed is named (a third
+    party given the key can check the evidence without the database)."""
     from modelshield.audit.evidence import check_records
 
     if not records.is_file():
         raise ConfigError(f"{records} does not exist.")
-    n, bad = check_records(records, load_config(config).audit_keys)
-    if bad:
-        err.print(f"[bold red]{len(bad)} of {n} records do not match their seals[/]: "
-                  f"positions {', '.join(map(str, bad[:20]))}")
+    keys = load_config(config).audit_keys
+    if not keys:
+        raise ConfigError("audit_keys: check-records needs the audit keys the records were "
+                          "sealed with; the config lists none.")
+    found = check_records(records, keys)
+    if found.problem:
+        err.print(f"[bold red]{escape(found.problem)}[/]")
         raise typer.Exit(1)
-    console.print(f"[green]all {n} records match their seals[/]")
+    if found.bad:
+        err.print(f"[bold red]{len(found.bad)} of {found.checked} records do not match their "
+                  f"seals[/]: positions {', '.join(map(str, found.bad[:20]))}")
+    if found.missing:
+        err.print(f"[bold red]{len(found.missing)} record(s) listed in the manifest are "
+                  f"missing[/]: positions {', '.join(map(str, found.missing[:20]))}")
+    if not found.ok:
+        raise typer.Exit(1)
+    console.print(f"[green]all {found.checked} records match their seals[/], and none is "
+                  "missing from the sealed manifest")
 
 
 @audit_log_app.command("head")

@@ -70,6 +70,16 @@ def seal_head(keys: Mapping[str, bytes], version: str, seq: int, last: str, log:
     return hmac.new(keys[version], message, hashlib.sha256).hexdigest()
 
 
+def seal_manifest(keys: Mapping[str, bytes], version: str, manifest: Mapping[str, Any]) -> str:
+    """The seal of an export's manifest (the log's id, the records' positions and seals),
+    so that a record dropped from, added to or resealed in the export is found."""
+    message = ("manifest|" + json.dumps(dict(manifest), sort_keys=True,
+                                        separators=(",", ":"))).encode()
+    if version in (UNKEYED, LEGACY):
+        return hashlib.sha256(message).hexdigest()
+    return hmac.new(keys[version], message, hashlib.sha256).hexdigest()
+
+
 def row_content(row: Mapping[str, Any]) -> dict[str, Any]:
     """What was sealed, from a stored row (the chain seals repr(ts); repr round-trips)."""
     content = {k: row[k] for k in CONTENT_FIELDS[1:]}
