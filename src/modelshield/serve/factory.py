@@ -1,8 +1,9 @@
 """From a gateway config to a running Shield: the served model, its API contract, the
 store, and the natural data the detectors are calibrated on.
 
-The model is one of: a built-in victim, a model file (joblib, TorchScript, ONNX) with the
-contract spelt out in the config, a KServe v2 server this gateway fronts, a language model
+The model is one of: a built-in victim, a model file (joblib, TorchScript, ONNX, an XGBoost
+or LightGBM booster) with the contract spelt out in the config and checked against the
+file's answers, a KServe v2 server this gateway fronts, a language model
 (built-in or a Hugging Face directory), or one behind an OpenAI-compatible server (vLLM).
 """
 
@@ -100,9 +101,11 @@ def load_model(config: ShieldConfig, spec: ApiSpec | None = None) -> tuple[Any, 
         rows = None if m.calibration is None else load_calibration(m.calibration,
                                                                     spec.n_features)
         if m.file:
-            from modelshield.victims import load_model_file
+            from modelshield.victims.loaders import check_contract, load_model_file
 
-            return load_model_file(m.file), spec, rows
+            model = load_model_file(m.file)
+            check_contract(model, spec)
+            return model, spec, rows
         from modelshield.victims.upstream import V2Upstream
 
         return V2Upstream(m.upstream or "", spec.name, output=m.upstream_output), spec, rows

@@ -19,12 +19,22 @@ from modelshield.victims.base import (
     Victim,
 )
 
+MODEL_FORMATS = {
+    ".joblib": "a fitted scikit-learn-API classifier (scikit-learn, XGBClassifier, "
+               "LGBMClassifier), also .pkl",
+    ".pt": "a TorchScript module giving logits, also .pth",
+    ".onnx": "an ONNX classifier",
+    ".json": "an XGBoost booster (save_model), also .ubj",
+    ".txt": "a LightGBM booster's text model file (save_model)",
+}
+"""The model files served, attacked and audited, by suffix."""
+
 
 def load_model_file(path: str | Path) -> ModelAdapter:
-    """An adapter for the model in ``path``, chosen by its suffix.
+    """An adapter for the model in ``path``, chosen by its suffix (:data:`MODEL_FORMATS`).
 
-    ``.joblib``/``.pkl``: a fitted scikit-learn classifier; ``.pt``/``.pth``: a TorchScript
-    module; ``.onnx``: an ONNX classifier. Only load files you trust: joblib and pickle run code.
+    Only load joblib or pickle files you trust: they run code. TorchScript, ONNX and the
+    boosters' own files hold none.
     """
     p = Path(path)
     if not p.is_file():
@@ -38,7 +48,48 @@ def load_model_file(path: str | Path) -> ModelAdapter:
         return TorchAdapter(torch.jit.load(str(p)))  # type: ignore[no-untyped-call]
     if suffix == ".onnx":
         return OnnxAdapter(str(p))
-    raise ConfigError.invalid("model file", "a .joblib, .pkl, .pt, .pth or .onnx file", str(p))
+    if suffix in {".json", ".ubj"}:
+        from modelshield.victims.boosters import XGBoostAdapter
+
+        return XGBoostAdapter(p)
+    if suffix == ".txt":
+        from modelshield.victims.boosters import LightGBMAdapter
+
+        return LightGBMAdapter(p)
+    raise ConfigError(f"Model file {p.name!r}: unknown format {suffix or '(no suffix)'!r}; "
+                      "give " + "; ".join(f"{k} ({v})" for k, v in MODEL_FORMATS.items()))
+
+
+def model_width(adapter: ModelAdapter) -> int | None:
+    """How many features the model takes, where its file says so."""
+    width = getattr(adapter, "n_features", None)
+    if width is None:
+        width = getattr(getattr(adapter, "estimator", None), "n_features_in_", None)
+    session = getattr(adapter, "session", None)
+    if width is None and session is not None:
+        width = session.get_inputs()[0].shape[-1]
+    return int(width) if isinstance(width, int | np.integer) else None
+
+
+def check_contract(adapter: ModelAdapter, spec: ApiSpec) -> None:
+    """The config's contract (``model.classes``, the width of ``low``/``high`` or
+    ``model.n_features``) against what the model file answers; a mismatch names the field."""
+    width = model_width(adapter)
+    if width is not None and width != spec.n_features:
+        raise ConfigError(f"model.n_features: the config gives rows of {spec.n_features} "
+                          f"features (low/high or n_features); the model file takes {width}")
+    mid = (spec.low + spec.high) / 2
+    row = np.where(np.isfinite(mid), mid, 0.0)[None, :]
+    try:
+        n = adapter.predict(row).probabilities.shape[1]
+    except Exception as exc:
+        reason = str(exc).strip().split("\n")[0][:200]
+        raise ConfigError(f"model.file: the model did not answer a row of {spec.n_features} "
+                          f"features, the width of low/high ({type(exc).__name__}: "
+                          f"{reason})") from None
+    if n != len(spec.classes):
+        raise ConfigError(f"model.classes: the config names {len(spec.classes)} classes; "
+                          f"the model file answers with {n} (name them in its order)")
 
 
 DATA_KEYS = {"X_test": "test rows", "y_test": "their true labels (class indices or names)",
