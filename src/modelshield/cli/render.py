@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -191,17 +192,18 @@ def flags_table(flags: Iterable[Mapping[str, Any]]) -> Table:
     table = Table("when (UTC)", "account or group", "detector", "score", "reason",
                   title="flags")
     for f in flags:
-        table.add_row(when(f["ts"]), f["ident"], f["detector"], f"{f['score']:.4g}",
-                      f["reason"])
+        table.add_row(when(f["ts"]), escape(f["ident"]), escape(f["detector"]),
+                      f"{f['score']:.4g}", escape(f["reason"]))
     return table
 
 
 def _outcome(decision: Mapping[str, Any]) -> tuple[str, str]:
     if decision.get("action") == "refuse":
-        return f"[red]{decision['status']} {decision['code']}[/]", decision.get("reason", "")
-    flags = ", ".join(f["detector"] for f in decision.get("flags", []))
-    return (decision.get("action", "allow"),
-            decision.get("policy", "") + (f"; flagged by {flags}" if flags else ""))
+        return (f"[red]{escape(str(decision['status']))} {escape(str(decision['code']))}[/]",
+                escape(str(decision.get("reason", ""))))
+    flags = ", ".join(str(f["detector"]) for f in decision.get("flags", []))
+    return (escape(str(decision.get("action", "allow"))),
+            escape(str(decision.get("policy", "")) + (f"; flagged by {flags}" if flags else "")))
 
 
 def records_table(records: Iterable[Mapping[str, Any]], key: str | None) -> Table:
@@ -212,8 +214,8 @@ def records_table(records: Iterable[Mapping[str, Any]], key: str | None) -> Tabl
                   title="audit log" + (f" of key {key}" if key else ""))
     for rec in records:
         outcome, why = _outcome(json.loads(rec["decision"]))
-        table.add_row(str(rec["seq"]), when(rec["ts"]), rec["key_id"] or "—",
-                      rec["client_ip"], str(rec["rows"]), outcome, why)
+        table.add_row(str(rec["seq"]), when(rec["ts"]), escape(rec["key_id"] or "—"),
+                      escape(rec["client_ip"]), str(rec["rows"]), outcome, why)
     return table
 
 

@@ -32,7 +32,7 @@ from modelshield.serve import openai, ops, routes_v1, routes_v2
 from modelshield.serve.context import Gateway
 from modelshield.serve.errors import ERROR_RESPONSES, add_handlers
 from modelshield.serve.metrics import Metrics
-from modelshield.serve.middleware import AuthGate, BodyLimit, CatchBugs
+from modelshield.serve.middleware import AuthGate, BodyLimit, CatchBugs, ForwardedAddress
 from modelshield.serve.routing import GatewayRouter
 
 ROUTERS: tuple[GatewayRouter, ...] = (routes_v1.router, routes_v2.router, *openai.ROUTERS,
@@ -62,6 +62,7 @@ def _add_middleware(app: FastAPI, gateway: Gateway, max_body_bytes: int) -> None
     app.add_middleware(AuthGate, shield=shield, metrics=metrics, routes=routes)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     if shield.config.trusted_proxies:
+        app.add_middleware(ForwardedAddress, metrics=metrics, routes=routes)
         app.add_middleware(ProxyHeadersMiddleware,
                            trusted_hosts=list(shield.config.trusted_proxies))
     app.add_middleware(CatchBugs, metrics=metrics, routes=routes)

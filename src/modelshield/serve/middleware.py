@@ -1,12 +1,15 @@
 """The gateway's ASGI middleware, outermost first: :class:`CatchBugs` (a bug is a counted
-JSON 500), uvicorn's ``ProxyHeadersMiddleware`` (only with ``trusted_proxies``),
+JSON 500), uvicorn's ``ProxyHeadersMiddleware`` and :class:`ForwardedAddress` (only with
+``trusted_proxies``),
 :class:`BodyLimit` (a 413 before a large body is read), :class:`AuthGate` (the key before
 the body)."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute
@@ -71,6 +74,37 @@ class BodyLimit:
         body = error_response(413, "body_too_large",
                               f"request bodies are limited to {self.max_bytes} bytes", path=path)
         await body({"type": "http"}, nothing, send)
+
+
+class ForwardedAddress:
+    """Behind a trusted proxy, the client's address comes from ``X-Forwarded-For``: one
+    that is not an IP address is refused (400) before it reaches a limit or the log."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not _is_ip(scope.get("client")):
+            self.metrics.count(needs_at(self.routes, scope).metric, 400)
+            response = error_response(400, "invalid_forwarded_address", "X-Forwarded-For: "
+                                      "the client's address must be an IPv4 or IPv6 address.",
+                                      "X-Forwarded-For", path=scope["path"])
+            await response(scope, nothing, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _is_ip(client: Any) -> bool:
+    """Whether the ASGI ``client`` (host, port) names an IP address (or is absent)."""
+    if not client:
+        return True
+    try:
+        ipaddress.ip_address(client[0])
+    except ValueError:
+        return False
+    return True
 
 
 class CatchBugs:
