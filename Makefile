@@ -5,7 +5,10 @@ BIN := $(VENV)/bin
 
 MLSERVER_VENV := .venv-mlserver
 # MLServer pins an older FastAPI than the gateway's, so it lives in a venv of its own;
-# tests/serve/test_clients.py starts it as the upstream the gateway fronts.
+# tests/serve/test_clients.py starts it as the upstream the gateway fronts, with its
+# scikit-learn, XGBoost and LightGBM runtimes. Those two runtimes ask for `xgboost`, whose
+# Linux wheel pulls 480 MB of CUDA libraries: they go in without dependencies, beside
+# xgboost-cpu (the same package without CUDA), lightgbm and the pandas MLServer brings.
 MLSERVER := $(MLSERVER_VENV)/bin/mlserver
 
 .PHONY: demo test test-fast bench lint
@@ -13,7 +16,7 @@ MLSERVER := $(MLSERVER_VENV)/bin/mlserver
 $(BIN)/modelshield: pyproject.toml
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,onnx]'
+	$(BIN)/pip install -q -e '.[dev,onnx,boost]'
 	touch $(BIN)/modelshield
 
 demo: $(BIN)/modelshield
@@ -21,7 +24,9 @@ demo: $(BIN)/modelshield
 
 $(MLSERVER):
 	$(PY) -m venv $(MLSERVER_VENV) || python3 -m venv $(MLSERVER_VENV)
-	$(MLSERVER_VENV)/bin/pip install -q "mlserver==1.7.1" "mlserver-sklearn==1.7.1"
+	$(MLSERVER_VENV)/bin/pip install -q "mlserver==1.7.1" "mlserver-sklearn==1.7.1" \
+		"xgboost-cpu>=3.0" "lightgbm>=4.5"
+	$(MLSERVER_VENV)/bin/pip install -q --no-deps "mlserver-xgboost==1.7.1" "mlserver-lightgbm==1.7.1"
 	touch $(MLSERVER)
 
 # Two workers, one thread each (tests/conftest.py), an idle one taking tests from the busy one
