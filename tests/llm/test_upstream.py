@@ -218,3 +218,34 @@ def test_a_system_prompt_reaches_the_upstream_and_stays_out_of_the_front_log(
     finally:
         s.close()
         mp.undo()
+
+
+def _events(client: HttpClient, key: str, body: dict[str, Any]) -> list[Any]:
+    import json
+
+    with client.stream("POST", "/v1/completions", json={**body, "stream": True},
+                       headers={"Authorization": f"Bearer {key}"}) as r:
+        assert r.status_code == 200
+        lines = [line.removeprefix("data: ") for line in r.iter_lines() if line]
+    assert lines[-1] == "[DONE]", lines[-3:]
+    return [json.loads(line) for line in lines[:-1]]
+
+
+def test_streamed_completions_from_an_upstream_end_whole(
+        front: tuple[Shield, HttpClient]) -> None:
+    """A stream from an upstream model (its choices whole, not token by token), with
+    logprobs, n and max_tokens 0, ends with [DONE] and says what the plain answer says."""
+    shield, client = front
+    key = shield.store.create_key("top5")[0]
+    body = {"model": "guarded", "prompt": "import os\n", "max_tokens": 4, "temperature": 0,
+            "logprobs": 2, "n": 2, "stream_options": {"include_usage": True}}
+    before = shield.store.count()
+    chunks = _events(client, key, body)
+    plain = post(client, "/v1/completions", key, body).json()
+    got = {c["index"]: c for chunk in chunks for c in chunk["choices"]}
+    assert [got[i]["text"] for i in (0, 1)] == [c["text"] for c in plain["choices"]]
+    assert got[0]["logprobs"] == plain["choices"][0]["logprobs"]
+    assert chunks[-1]["usage"] == plain["usage"]
+    empty = _events(client, key, {**body, "max_tokens": 0, "logprobs": None, "n": 1})
+    assert [c["text"] for chunk in empty for c in chunk["choices"]] == [""]
+    assert shield.store.count() == before + 3
