@@ -35,7 +35,7 @@ from modelshield.answer import Answer, ApiSpec, FloatArray, LMChoice, LMRequest
 from modelshield.defenses.config import ShieldConfig, Tier
 from modelshield.defenses.detectors import Detector, Flag, Probing, make_detector
 from modelshield.defenses.leakfilter import LeakFinder
-from modelshield.defenses.limits_batch import RedisMovingWindowBatch
+from modelshield.defenses.limits_batch import LockedCharge, RedisMovingWindowBatch
 from modelshield.defenses.limits_memory import SweptMemoryStorage
 from modelshield.defenses.llm import Delta
 from modelshield.defenses.policies import OutputPolicy, parse_policy
@@ -126,10 +126,12 @@ class Shield:
         self.config, self.model, self.spec, self.store, self.clock = \
             config, model, spec, store, clock
         self.limiter = limiter or make_limiter(config)
-        # Redis with the moving window: all of a request's limits in one round trip.
-        self.batch_limits = RedisMovingWindowBatch(self.limiter.storage) \
+        # A request's limits are charged all or none; on Redis with the moving window in
+        # one script call (one round trip).
+        self.charge: RedisMovingWindowBatch | LockedCharge = \
+            RedisMovingWindowBatch(self.limiter.storage) \
             if isinstance(self.limiter.storage, RedisStorage) and \
-            config.storage.strategy == "moving-window" else None
+            config.storage.strategy == "moving-window" else LockedCharge(self.limiter)
         self.policies, self.degraded = _output_policies(config)
         self.llm_policies = {name: t.llm.model_copy(update={
             "noise_key": config.noise_secret or "",

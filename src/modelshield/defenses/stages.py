@@ -30,6 +30,7 @@ from limits import RateLimitItem
 from modelshield.answer import Answer, FloatArray, LMChoice, LMRequest, Prediction
 from modelshield.defenses.config import Limits, Tier
 from modelshield.defenses.detectors import Detector, fresh_rows, record_rows
+from modelshield.defenses.limits_batch import Hit
 from modelshield.defenses.llm import Delta, Generation, check_request, shape_choices
 from modelshield.defenses.state import STORE_ERRORS, Read
 from modelshield.errors import Denied, OracleError
@@ -247,7 +248,7 @@ class Limit(_Stage):
         checks: list[tuple[Limits, str]] = [
             (s.config.global_limits, "global"), (s.config.ip_limits, f"ip:{ip}"),
             (limits, f"key:{key.key_id}:{s.spec.name}")]  # a key's limits are per model
-        hits: list[tuple[RateLimitItem, str, int, bool]] = []
+        hits: list[Hit] = []
         for lim, who in checks:  # every limit charges what it names: requests, rows, tokens
             for kind, cost in (("requests", 1), ("rows", rows), ("tokens", tokens)):
                 rate = getattr(lim, kind)
@@ -255,19 +256,14 @@ class Limit(_Stage):
                     # RateLimit-* headers describe the caller's own key limits.
                     hits += [(item, f"{who}:{kind}", cost, who.startswith("key"))
                              for item in s.rates(rate)]
-        if s.batch_limits is not None:
-            self._all_at_once(hits, call.decision)
-            return
-        for item, ident, cost, report in hits:
-            self._hit(item, ident, cost, call.decision, report)
+        self._charge(hits, call.decision)
 
-    def _all_at_once(self, hits: list[tuple[RateLimitItem, str, int, bool]],
-                     decision: Decision) -> None:
-        """Every limit of the request in one Redis round trip (moving window)."""
+    def _charge(self, hits: list[Hit], decision: Decision) -> None:
+        """Charge every limit of the request, or none of them if any refuses
+        (defenses/limits_batch.py): on Redis with the moving window, one script call."""
         s = self.shield
         try:
-            results = s.batch_limits.hit(  # type: ignore[union-attr]
-                [(item, ident, cost) for item, ident, cost, _ in hits])
+            results = s.charge.charge(hits)
         except STORE_ERRORS as exc:
             if s.config.storage.fail == "open":
                 return
@@ -275,31 +271,16 @@ class Limit(_Stage):
                          f"Rate-limit store unreachable ({type(exc).__name__}); refusing "
                          "(storage.fail = closed).") from None
         refused = None
-        for (item, ident, _, report), (ok, reset, remaining) in zip(hits, results, strict=True):
-            if report or not ok:
+        for (item, ident, _, _), result in zip(hits, results, strict=True):
+            if result is None:
+                continue
+            ok, reset, remaining = result
+            if ok:
                 self._report(item, ident, ok, reset, remaining, decision)
-            if not ok and refused is None:
+            elif refused is None:
                 refused = (item, ident, reset, remaining)
         if refused is not None:
             self._report(*refused[:2], False, refused[2], refused[3], decision, raise_=True)
-
-    def _hit(self, item: RateLimitItem, ident: str, cost: int, decision: Decision,
-             report: bool) -> None:
-        s = self.shield
-        try:
-            ok = s.limiter.hit(item, ident, cost=cost)
-            # Stats cost a second storage call: only for the caller's own limits, or a refusal.
-            stats = s.limiter.get_window_stats(item, ident) if report or not ok else None
-        except STORE_ERRORS as exc:  # the shared store is unreachable
-            if s.config.storage.fail == "open":
-                return
-            raise Denied(503, "limits_unavailable",
-                         f"Rate-limit store unreachable ({type(exc).__name__}); refusing "
-                         "(storage.fail = closed).") from None
-        if stats is None:
-            return
-        self._report(item, ident, ok, stats.reset_time, stats.remaining, decision,
-                     raise_=not ok)
 
     def _report(self, item: RateLimitItem, ident: str, ok: bool, reset: float,
                 remaining: int, decision: Decision, raise_: bool = False) -> None:
