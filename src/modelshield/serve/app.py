@@ -44,7 +44,8 @@ def create_app(shields: Shield | Sequence[Shield], max_body_bytes: int = 8 * 2**
     """The gateway app around one Shield per served model (``serve.factory.build_gateway``
     builds them from a config); bodies over ``max_body_bytes`` get a 413."""
     served = [shields] if isinstance(shields, Shield) else list(shields)
-    gateway = Gateway({s.spec.name: s for s in served}, Metrics())
+    gateway = Gateway({s.spec.name: s for s in served},
+                      Metrics(audit={id(s.store): s.store for s in served}.values()))
     # FastAPI's own documentation routes are left out: ops.docs declares them.
     app = FastAPI(title="modelshield gateway", version="0.1.0",
                   description="Models behind layered defenses against extraction.",
