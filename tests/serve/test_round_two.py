@@ -4,6 +4,7 @@ the server."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +69,75 @@ def test_show_and_flags_print_markup_in_the_log_as_text(tmp_path: Path) -> None:
     flags = run_cli("audit-log", "flags", "--config", str(path))
     assert show.returncode == 0 and "[bold red]x[/" in show.stdout, show.stderr
     assert flags.returncode == 0 and "ip:[/bold]" in flags.stdout, flags.stderr
+
+
+# -- N4/N5: suspensions that outlive a Redis flush, and a reinstatement that holds ----------
+def _group_flagged(tmp_path: Path, url: str) -> tuple[Any, str, Any]:
+    """A gateway on Redis whose tier watches keys by owner; the owner's group flagged."""
+    from modelshield.defenses.detectors import Flag
+    from modelshield.defenses.shield import Decision
+
+    cfg = config(tmp_path, storage={"limits": url},
+                 tiers={"pro": {"on_flag": "deny", "group_by": "owner", "max_batch": 50}})
+    shield = build_shield(cfg)
+    key, record = shield.store.create_key("pro", owner="acme")
+    shield.record_flag("owner:acme", Flag("volume", 9.0, "too many rows"), Decision())
+    return shield, key, record
+
+
+def test_a_group_suspension_outlives_a_redis_flush(tmp_path: Path) -> None:
+    import numpy as np
+    import pytest
+    import redis
+
+    from modelshield.errors import Denied
+    from tests.servers import redis_server
+
+    with redis_server() as url:
+        shield, key, _ = _group_flagged(tmp_path, url)
+        redis.Redis.from_url(url).flushall()
+        with pytest.raises(Denied) as info:
+            shield.handle(key, np.zeros((1, 64)))
+        assert info.value.status == 403 and info.value.code == "extraction_suspected"
+        shield.close()
+
+
+def test_reinstating_a_key_lifts_its_group_and_every_model_scope(tmp_path: Path) -> None:
+    import numpy as np
+
+    from modelshield.defenses.config import load_config
+    from modelshield.defenses.state import state_from_url
+    from modelshield.serve.admin import reinstate_key
+    from tests.servers import redis_server
+
+    with redis_server() as url:
+        shield, key, record = _group_flagged(tmp_path, url)
+        shield.store.record_flag(record.key_id, "sweep", 5.0, "a grid")
+        # A model served under a name the config does not spell out (an unnamed `lm:`
+        # directory, a file) keeps the key's flag under its own scope.
+        state_from_url(url, "some-dir-name").set(f"flag:{record.key_id}", {
+            "detector": "probing", "score": 1.0, "reason": "logit probing"})
+        cfg = load_config(config(tmp_path, storage={"limits": url}, tiers={
+            "pro": {"on_flag": "deny", "group_by": "owner"}}))
+        lifted = reinstate_key(cfg, shield.store, record.key_id)
+        assert set(lifted) == {record.key_id, "owner:acme"}
+        assert state_from_url(url, "some-dir-name").get(f"flag:{record.key_id}") is None
+        answer, _ = shield.handle(key, np.zeros((1, 64)))
+        assert len(answer) == 1
+        shield.close()
+
+
+# -- N12: admin actions in the sealed chain ------------------------------------------------
+def test_revocations_and_reinstatements_are_sealed_in_the_log(tmp_path: Path) -> None:
+    from modelshield.store import AuditStore
+
+    store = AuditStore(f"sqlite:///{tmp_path / 'a.db'}", keys={"v1": "k" * 32})
+    _, key = store.create_key("pro")
+    store.record_flag(key.key_id, "volume", 3.0, "too many rows")
+    assert store.clear_flag(key.key_id) and store.revoke(key.key_id)
+    ops = [json.loads(r["decision"]) for r in store.records(key_id=key.key_id)]
+    assert [(d["action"], d["op"]) for d in ops] == [("admin", "flag"), ("admin", "reinstate"),
+                                                      ("admin", "revoke")]
+    assert store.verify().ok and store.verify().checked == 3
+    assert store.count(answered=False) == 0  # an admin action is not a refused request
+    store.close()

@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from modelshield.audit.ownership import OwnershipReport
 from modelshield.audit.report import inline_svg
 from modelshield.store.chain import LEGACY, UNKEYED, Verdict, row_content, seal, seal_manifest
+from modelshield.store.sql import ADMIN_MODEL
 
 
 def _when(ts: float | None) -> str | None:
@@ -80,18 +81,23 @@ def _activity(records: list[dict[str, Any]]
     of each answered request."""
     refusals: Counter[str] = Counter()
     answered = rows = 0
-    times = []
+    times, admin = [], []
+    requests = [r for r in records if r["model"] != ADMIN_MODEL]
     for rec in records:
         decision = json.loads(rec["decision"])
-        if rec["answer"] == "null":
+        if rec["model"] == ADMIN_MODEL:  # an operator's action on the key: not a request
+            admin.append({"seq": int(rec["seq"]), "when": _when(rec["ts"]),
+                          "op": decision.get("op"), "target": decision.get("target")})
+        elif rec["answer"] == "null":
             refusals[f"{decision.get('status')} {decision.get('code')}"] += 1
         else:
             answered += 1
             rows += int(rec["rows"])
             times.append((float(rec["ts"]), int(rec["rows"])))
-    return {"requests": len(records), "answered": answered, "rows_answered": rows,
-            "refused": dict(refusals), "first": _when(records[0]["ts"]) if records
-            else None, "last": _when(records[-1]["ts"]) if records else None}, times
+    return {"requests": len(requests), "answered": answered, "rows_answered": rows,
+            "refused": dict(refusals), "first": _when(requests[0]["ts"]) if requests
+            else None, "last": _when(requests[-1]["ts"]) if requests else None,
+            "admin_actions": admin}, times
 
 
 def _integrity(verdict: Verdict, head: Any, anchor: Mapping[str, Any] | None,

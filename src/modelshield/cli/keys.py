@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from modelshield.cli._common import ConfigOpt, console, load_config, open_config_store
@@ -45,14 +46,19 @@ def keys_list(config: ConfigOpt = None) -> None:
 
 @keys_app.command("reinstate")
 def keys_reinstate(key_id: KeyId, config: ConfigOpt = None) -> None:
-    """Lift a key's flag (and so its suspension). A gateway with Redis state sees it at
-    once; one with memory:// state, at its next start."""
+    """Lift a key's flag and its groups' (its owner's, the /24s it was seen from), and so
+    its suspension; each lift is sealed in the audit log. A gateway with Redis state sees
+    it at once; one with memory:// state, at its next start."""
     from modelshield.serve.admin import reinstate_key
 
     cfg = load_config(config)
-    if not reinstate_key(cfg, open_config_store(config), key_id):
-        raise ConfigError(f"No flag on key {key_id!r}.")
-    console.print(f"reinstated {key_id}")
+    lifted = reinstate_key(cfg, open_config_store(config), key_id)
+    if not lifted:
+        raise ConfigError(f"No flag on key {key_id!r} or on its groups.")
+    groups = [g for g in lifted if g != key_id]
+    console.print(escape(f"reinstated {key_id}: lifted the flag on {', '.join(lifted)}"
+                         + (" (every key in a group lifted is reinstated with it)"
+                            if groups else "")))
 
 
 @keys_app.command("revoke")

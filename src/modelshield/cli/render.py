@@ -198,6 +198,8 @@ def flags_table(flags: Iterable[Mapping[str, Any]]) -> Table:
 
 
 def _outcome(decision: Mapping[str, Any]) -> tuple[str, str]:
+    if decision.get("action") == "admin":  # an operator's action, sealed like a request
+        return "admin", escape(f"{decision.get('op')} {decision.get('target')}")
     if decision.get("action") == "refuse":
         return (f"[red]{escape(str(decision['status']))} {escape(str(decision['code']))}[/]",
                 escape(str(decision.get("reason", ""))))

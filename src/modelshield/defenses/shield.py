@@ -334,15 +334,19 @@ class Shield:
 
     def flag_of(self, key: ApiKey, tier: Tier, ip: str) -> Flag | None:
         """The flag on this key or on its group, from the shared state (or the durable
-        store, when the state store has lost it)."""
-        for ident in (key.key_id, self.group_of(tier, key, ip)):
+        store, when the state store has lost it: a flush, a restart without persistence)."""
+        group = self.group_of(tier, key, ip)
+        for ident in (key.key_id, group):
             if ident is not None:
                 value = self.state.get(f"flag:{ident}")
                 if value is not None:
                     return Flag(**value)
-        if key.flag is not None:
-            flag = Flag(key.flag["detector"], key.flag["score"], key.flag["reason"])
-            self.state.set(f"flag:{key.key_id}", flag.__dict__)
+        durable = key.flag if key.flag is not None else \
+            None if group is None else self.store.flag(group)
+        if durable is not None:
+            flag = Flag(durable["detector"], durable["score"], durable["reason"])
+            self.state.set(f"flag:{key.key_id if key.flag is not None else group}",
+                           flag.__dict__)
             return flag
         return None
 

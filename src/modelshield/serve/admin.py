@@ -11,6 +11,8 @@ from typing import Any
 
 from modelshield.answer import ApiSpec, FloatArray
 from modelshield.defenses.config import Model, ShieldConfig
+from modelshield.defenses.shield import Shield
+from modelshield.errors import ConfigError
 from modelshield.serve.factory import build_gateway, load_model
 from modelshield.store.sql import ApiKey, AuditStore
 
@@ -82,15 +84,40 @@ def key_state(key: ApiKey, cfg: ShieldConfig, now: float | None = None) -> str:
         action, "flagged") + f" ({key.flag['detector']})"
 
 
-def reinstate_key(cfg: ShieldConfig, store: AuditStore, key_id: str) -> bool:
-    """Lift ``key_id``'s flag in the store and, unless the limits live in memory, in the
-    shared state (the gateway's scope and each model's). False: the key had no flag."""
-    if not store.clear_flag(key_id):
-        return False
+def reinstate_key(cfg: ShieldConfig, store: AuditStore, key_id: str) -> list[str]:
+    """Lift the flags that keep ``key_id`` suspended: its own and its groups' (its owner's,
+    the /24s it was seen from), in the store and, unless the limits live in memory, in the
+    shared state under every model's scope. The accounts and groups lifted (none: the key
+    had no flag)."""
+    key = next((k for k in store.list_keys() if k.key_id == key_id), None)
+    if key is None:
+        raise ConfigError(f"No key with id {key_id!r} (see `modelshield keys list`).")
+    idents = [key_id, *_groups(cfg, store, key)]
+    lifted = [ident for ident in idents if store.clear_flag(ident)]
     if not cfg.storage.limits.startswith("memory://"):
-        from modelshield.defenses.state import state_from_url
+        lifted += [ident for ident in idents
+                   if _clear_shared(cfg.storage.limits, ident) and ident not in lifted]
+    return lifted
 
-        scopes = [""] + [m.name or m.lm or m.builtin or "" for m in cfg.models]
-        for scope in dict.fromkeys(scopes):
-            state_from_url(cfg.storage.limits, scope).delete(f"flag:{key_id}")
-    return True
+
+def _groups(cfg: ShieldConfig, store: AuditStore, key: ApiKey) -> list[str]:
+    """The groups a tier's ``group_by`` watches the key in, on any model."""
+    ways = {t.group_by: t for t in cfg.all_tiers().values() if t.group_by != "none"}
+    ips = store.client_ips(key.key_id) if "ip" in ways else []
+    found = [Shield.group_of(ways["owner"], key, "")] if "owner" in ways else []
+    found += [Shield.group_of(ways["ip"], key, ip) for ip in ips]
+    return [g for g in dict.fromkeys(found) if g is not None]
+
+
+def _clear_shared(url: str, ident: str) -> bool:
+    """Delete ``ident``'s flag from the shared state under every scope (a model's name as
+    the gateway gave it, whatever the config spells). True: one was there."""
+    from modelshield.defenses.state import RedisState, state_from_url
+
+    state = state_from_url(url)
+    if not isinstance(state, RedisState):
+        return False
+    glob = "".join("\\" + c if c in "*?[]\\" else c for c in ident)
+    found = [k for pattern in (f"{state.prefix}flag:{glob}", f"{state.prefix}*:flag:{glob}")
+             for k in state.client.scan_iter(match=pattern)]
+    return bool(found) and bool(state.client.delete(*found))

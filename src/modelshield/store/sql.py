@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import secrets
 import threading
 import time
@@ -32,7 +33,11 @@ from modelshield.errors import ConfigError
 from modelshield.store import chain
 from modelshield.store.chain import GENESIS, UNKEYED, Verdict, seal, seal_head
 
+log = logging.getLogger("modelshield.store")
 KEY_CACHE_ENTRIES = 10_000
+# The model column of an operator's action (a flag set or lifted, a key revoked): such a
+# record is sealed in the chain like a request's, and is not a request.
+ADMIN_MODEL = "(admin)"
 metadata = sa.MetaData()
 
 keys_table = sa.Table(
@@ -203,6 +208,7 @@ class AuditStore:
         # and the cache holds at most KEY_CACHE_ENTRIES (least recently used first out).
         self._key_cache: OrderedDict[str, tuple[float, ApiKey | None]] = OrderedDict()
         self._key_cache_lock = threading.Lock()
+        self._flags_cache: tuple[float, dict[str, dict[str, Any]]] | None = None
         self.clock = clock
         self._queue_lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -312,17 +318,25 @@ class AuditStore:
             rows = conn.execute(_keys_with_flags().order_by(keys_table.c.created_at))
             return [_key(dict(r)) for r in rows.mappings()]
 
-    # -- flags -----------------------------------------------------------------------------
+    # -- flags ----------------------------------------------------------------------------
     def record_flag(self, ident: str, detector: str, score: float, reason: str) -> None:
-        """Keep the first flag of an account or group; later ones leave it as it is."""
+        """Keep the first flag of an account or group (sealed in the log too); later ones
+        leave it as it is."""
         row = {"ident": ident, "detector": detector, "score": float(score), "reason": reason,
                "ts": self.clock()}
+        added = False
         with contextlib.suppress(sa.exc.IntegrityError), self.engine.begin() as conn:
             if conn.execute(sa.select(flags_table.c.ident).where(
                     flags_table.c.ident == ident)).first() is None:
                 conn.execute(flags_table.insert().values(**row))
-        with self._key_cache_lock:
-            self._key_cache.clear()
+                added = True
+        self._forget()
+        if added:
+            try:
+                self.record_admin("flag", ident, detector=detector, score=float(score),
+                                  reason=reason)
+            except Exception:  # the flag holds; the request that raised it is logged too
+                log.warning("flag of %s not sealed in the audit log", ident, exc_info=True)
 
     def flags(self) -> list[dict[str, Any]]:
         """Every flag, oldest first."""
@@ -330,22 +344,57 @@ class AuditStore:
             return [dict(r) for r in conn.execute(
                 sa.select(flags_table).order_by(flags_table.c.ts)).mappings()]
 
+    def flag(self, ident: str) -> dict[str, Any] | None:
+        """The durable flag on an account or group, from every flag read at most
+        ``key_cache_seconds`` ago (a flag kept where a state store that lost it cannot)."""
+        now = time.monotonic()
+        cached = self._flags_cache
+        if cached is None or now - cached[0] >= self.key_cache_seconds:
+            try:
+                cached = (now, {f["ident"]: f for f in self.flags()})
+            except sa.exc.SQLAlchemyError:  # unreachable: what was read last, if anything
+                return None if cached is None else cached[1].get(ident)
+            self._flags_cache = cached
+        return cached[1].get(ident)
+
+    def client_ips(self, key_id: str) -> list[str]:
+        """Every address a key's requests came from, as the log has them."""
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(sa.select(audit_table.c.client_ip).where(
+                audit_table.c.key_id == key_id).distinct())]
+
     def clear_flag(self, ident: str) -> bool:
-        """Lift the flag on an account or group (a suspension ends)."""
+        """Lift the flag on an account or group (a suspension ends; sealed in the log)."""
         with self.engine.begin() as conn:
             done = conn.execute(flags_table.delete().where(flags_table.c.ident == ident))
-        with self._key_cache_lock:
-            self._key_cache.clear()
+        self._forget()
+        if done.rowcount:
+            self.record_admin("reinstate", ident)
         return bool(done.rowcount)
 
     def revoke(self, key_id: str) -> bool:
+        """Revoke a key at once (sealed in the log); False: no active key of that id."""
         with self.engine.begin() as conn:
             done = conn.execute(keys_table.update().where(
                 (keys_table.c.key_id == key_id) & keys_table.c.revoked_at.is_(None)
             ).values(revoked_at=self.clock()))
+        self._forget()
+        if done.rowcount:
+            self.record_admin("revoke", key_id)
+        return bool(done.rowcount)
+
+    def record_admin(self, op: str, target: str, **detail: Any) -> None:
+        """Seal an operator's action on an account or group in the log: a flag set or
+        lifted, a key revoked. The record names the key (a key's action) and the target."""
+        key_id = target if ":" not in target and len(target) <= 32 else None
+        self.commit([AuditRecord(self.clock(), key_id, "admin", ADMIN_MODEL, 0, None, None,
+                                 {"action": "admin", "op": op, "target": target, **detail})])
+
+    def _forget(self) -> None:
+        """Drop the cached keys and flags: a change made here shows at once."""
         with self._key_cache_lock:
             self._key_cache.clear()
-        return bool(done.rowcount)
+        self._flags_cache = None
 
     # -- the audit log ---------------------------------------------------------------------
     def append(self, records: list[AuditRecord]) -> None:
@@ -467,11 +516,13 @@ class AuditStore:
         self._checkpointer.start()
 
     def count(self, answered: bool | None = None) -> int:
-        """Records in the log: all, only answered requests (True) or only refusals (False)."""
+        """Records in the log: all (operators' actions included), only answered requests
+        (True) or only refusals (False)."""
         query = sa.select(sa.func.count()).select_from(audit_table)
-        if answered is not None:  # a refusal's record has a null answer
+        if answered is not None:  # a refusal's record has a null answer; an admin action too
             query = query.where((audit_table.c.answer != "null") if answered
-                                else (audit_table.c.answer == "null"))
+                                else ((audit_table.c.answer == "null")
+                                      & (audit_table.c.model != ADMIN_MODEL)))
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
