@@ -120,6 +120,16 @@ class LMRequest:
     # A chat request's messages, (role, text), as the customer sent them: the Shield puts
     # the deployment's system prompt before them and builds ``prompts`` again.
     messages: list[tuple[str, str]] | None = None
+    # A completion request's prompts as sent (text, or token ids), until the Shield
+    # tokenizes them into ``prompts``: only once the key's request limits admit it.
+    raw_prompts: list[str | list[int]] | None = None
+
+    @property
+    def count(self) -> int:
+        """How many prompts the request has, before or after they are tokenized."""
+        if self.raw_prompts is not None:
+            return len(self.raw_prompts)
+        return 1 if self.messages is not None and not self.prompts else len(self.prompts)
 
     @property
     def tokens(self) -> int:

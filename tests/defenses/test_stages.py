@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from modelshield.defenses.shield import Shield
-from modelshield.defenses.stages import CLASSIFIER_STAGES, LM_STAGES, Call, Limit
+from modelshield.defenses.lm_stages import LM_STAGES
+from modelshield.defenses.stages import CLASSIFIER_STAGES, Call, Limit
 from modelshield.errors import Denied
 from modelshield.serve.factory import build_shield
 
@@ -25,9 +26,10 @@ def test_the_default_order(tmp_path: Path) -> None:
     shield = build_shield(config(tmp_path))
     assert [s.name for s in shield.stages] == ["authenticate", "check inputs", "limit",
                                                "model", "detect", "watermark", "shape", "record"]
-    assert [s.name for s in shield.lm_stages] == ["authenticate", "system prompt",
-                                                  "check request", "limit", "detect",
-                                                  "generate", "leak filter", "record"]
+    assert [s.name for s in shield.lm_stages] == [
+        "authenticate", "check request", "limit requests", "size bound", "tokenize",
+        "system prompt", "check prompts", "limit tokens", "detect", "generate", "leak filter",
+        "record"]
 
 
 class BusinessHours:
@@ -58,7 +60,7 @@ def test_an_owner_stage_runs_in_its_place_and_its_refusals_are_recorded(tmp_path
     refusal = shield.store.records()[-1]
     assert json.loads(refusal["decision"])["code"] == "outside_hours"
     assert refusal["rows"] == 2  # the rows had passed the input check
-    assert len(LM_STAGES) == 8
+    assert len(LM_STAGES) == 12
 
 
 def test_a_stage_before_authenticate_fails_loudly(tmp_path: Path) -> None:

@@ -647,7 +647,11 @@ class Probing(Detector):
     bias entries naming a token it had not biased before: an application that sends one
     fixed ban list again and again has a share that falls towards 0; a sweep keeps it near
     1. Single-token probing is flagged at ``single_token_prompts`` one-token prompts with
-    logprobs, when they are 90% of the account's prompts.
+    logprobs, when they are 90% of the account's prompts. Logit harvesting is flagged once
+    the account has asked for as many logprobs as ``logit_vectors`` full logit vectors hold
+    (``logit_vectors`` times the vocabulary): it counts logit vectors, positions times their
+    width (the top logprobs and the sampled token's), however many tokens a request asks
+    for, so two-token requests count twice what one-token requests do.
     """
 
     name: ClassVar[str] = "probing"
@@ -658,6 +662,8 @@ class Probing(Detector):
     min_requests: int = 4
     bias_novelty: float = 0.5
     single_token_prompts: int = 200
+    logit_vectors: int = 128
+    vocab: int = field(default=0, init=False)  # the model's: the Shield sets it
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         return None  # it watches completion requests (observe_request)
@@ -668,8 +674,11 @@ class Probing(Detector):
     def observe_request(self, account: str, req: LMRequest) -> Flag | None:
         prompts = len(req.prompts) * req.n
         amounts = {"requests": 1, "prompts": prompts, "bias_entries": len(req.logit_bias)}
-        if req.max_tokens <= 1 and req.logprobs is not None:
-            amounts["single"] = prompts
+        if req.logprobs is not None:
+            width = req.logprobs + 1 if not self.vocab else min(req.logprobs + 1, self.vocab)
+            amounts["entries"] = prompts * req.max_tokens * width
+            if req.max_tokens <= 1:
+                amounts["single"] = prompts
         counts = self.state.incr_many(f"lmprobe:{account}", amounts)
         new = 0
         if req.logit_bias:
@@ -686,7 +695,16 @@ class Probing(Detector):
         if single >= self.single_token_prompts and single >= 0.9 * counts["prompts"]:
             return Flag(self.name, float(single), f"{single} of {counts['prompts']} prompts "
                         "ask one token's logprobs (single-token probing)")
-        return None
+        return self._harvest(counts.get("entries", 0), counts["requests"])
+
+    def _harvest(self, entries: int, requests: int) -> Flag | None:
+        """The logit-harvesting rule: logprob entries asked for, in full vectors."""
+        if not self.vocab or entries < self.logit_vectors * self.vocab:
+            return None
+        vectors = entries / self.vocab
+        return Flag(self.name, vectors, f"{entries} logprobs asked for over {requests} "
+                    f"requests: as many as {vectors:.0f} full logit vectors (logit vectors "
+                    "counted as positions times logprob width)")
 
 
 def without_uncalibrated(build: Callable[[list[DetectorSpec]], T],

@@ -44,6 +44,9 @@ class LLMPolicy(BaseModel):
     detect_probing: bool = False
     probe_distinct_bias_tokens: int = Field(default=64, ge=1)
     probe_single_token_requests: int = Field(default=200, ge=1)
+    # Logit harvesting: flagged once an account has asked for as many logprobs (positions
+    # times the top logprobs and the sampled token's) as this many full logit vectors hold.
+    probe_logit_vectors: int = Field(default=128, ge=1)
     # A sweep is flagged only over this many requests, with this share of bias entries
     # naming tokens the account had not biased before (a fixed ban list falls towards 0).
     probe_min_requests: int = Field(default=4, ge=1)
@@ -72,36 +75,50 @@ def check_request(req: LMRequest, policy: LLMPolicy, vocab: int,
                   max_batch: int | None = None) -> None:
     """Refuse (Denied 400, OpenAI-style ``param``) what the tier does not allow;
     ``max_batch``: the tier's most sequences (prompts times ``n``) in one request."""
-    _check_prompts(req, vocab, max_batch)
-    _check_sampling(req, policy)
-    if req.logprobs is not None:
-        if not policy.logprobs:
-            raise _bad("logprobs", "logprobs are not available on this tier.",
-                       "logprobs_not_allowed")
-        if not 0 <= req.logprobs <= policy.max_top_logprobs:
-            raise _bad("logprobs", f"logprobs must be between 0 and {policy.max_top_logprobs} "
-                       f"on this tier; got {req.logprobs}.")
-    if req.logit_bias:
-        _check_logit_bias(req.logit_bias, policy, vocab)
+    check_params(req, policy, vocab, max_batch)
+    check_prompts(req, vocab)
 
 
-def _bad(param: str, message: str, code: str = "invalid_value") -> Denied:
-    return Denied(400, code, message, {"X-Error-Param": param})
-
-
-def _check_prompts(req: LMRequest, vocab: int, max_batch: int | None) -> None:
-    """The prompts, their count, the stop sequences and the seed."""
-    if not req.prompts or any(len(p) == 0 for p in req.prompts):
-        raise _bad("prompt", "prompt must not be empty.")
-    if max_batch is not None and len(req.prompts) * max(req.n, 1) > max_batch:
+def check_params(req: LMRequest, policy: LLMPolicy, vocab: int,
+                 max_batch: int | None = None) -> None:
+    """Everything but the prompts' tokens, which need no tokenizer to check: the number of
+    sequences, stop sequences, seed, sampling, logprobs and logit bias."""
+    if max_batch is not None and req.count * max(req.n, 1) > max_batch:
         raise Denied(413, "batch_too_large", f"at most {max_batch} sequences (prompts times "
-                     f"n) per request on this tier; got {len(req.prompts)} prompts times n = "
+                     f"n) per request on this tier; got {req.count} prompts times n = "
                      f"{req.n}.", {"X-Error-Param": "prompt"})
     if len(req.stop) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in req.stop):
         raise _bad("stop", f"at most {MAX_STOP} stop sequences of at most {MAX_STOP_CHARS} "
                    f"characters; got {len(req.stop)}.")
     if req.seed is not None and not 0 <= req.seed < 2**63:
         raise _bad("seed", f"seed must be an integer in [0, 2**63); got {req.seed}.")
+    _check_sampling(req, policy)
+    if req.logprobs is not None:
+        _check_logprobs(req.logprobs, policy, "top_logprobs" if req.messages is not None
+                        else "logprobs")
+    if req.logit_bias:
+        _check_logit_bias(req.logit_bias, policy, vocab)
+
+
+def _check_logprobs(k: int, policy: LLMPolicy, param: str) -> None:
+    """``param``: what the request calls the number of top logprobs (a chat request's
+    ``top_logprobs``, a completion's ``logprobs``)."""
+    if not policy.logprobs:
+        raise _bad("logprobs", "logprobs are not available on this tier.",
+                   "logprobs_not_allowed")
+    if not 0 <= k <= policy.max_top_logprobs:
+        raise _bad(param, f"{param} must be between 0 and {policy.max_top_logprobs} on this "
+                   f"tier; got {k}.")
+
+
+def _bad(param: str, message: str, code: str = "invalid_value") -> Denied:
+    return Denied(400, code, message, {"X-Error-Param": param})
+
+
+def check_prompts(req: LMRequest, vocab: int) -> None:
+    """The tokenized prompts: none empty, every token id in the vocabulary."""
+    if not req.prompts or any(len(p) == 0 for p in req.prompts):
+        raise _bad("prompt", "prompt must not be empty.")
     if any(t < 0 or t >= vocab for p in req.prompts for t in p):
         raise _bad("prompt", f"prompt token ids must be in [0, {vocab}).")
 

@@ -4,8 +4,9 @@ Each request passes an ordered list of stages (:mod:`modelshield.defenses.stages
 
     classifier:      authenticate -> check inputs -> limit -> model -> detect -> watermark
                      -> shape -> record
-    language model:  authenticate -> system prompt -> check request -> limit -> detect
-                     -> generate -> leak filter -> record
+    language model:  authenticate -> check request -> limit requests -> size bound
+                     -> tokenize -> system prompt -> check prompts -> limit tokens
+                     -> detect -> generate -> leak filter -> record
 
 Admission stages refuse with :class:`~modelshield.errors.Denied` (401/403/413/422/429/503);
 a request refused for its inputs costs no rate-limit budget, and every refusal is recorded
@@ -39,9 +40,9 @@ from modelshield.defenses.limits_batch import LockedCharge, RedisMovingWindowBat
 from modelshield.defenses.limits_memory import SweptMemoryStorage
 from modelshield.defenses.llm import Delta
 from modelshield.defenses.policies import OutputPolicy, parse_policy
+from modelshield.defenses.lm_stages import LM_STAGES
 from modelshield.defenses.stages import (
     CLASSIFIER_STAGES,
-    LM_STAGES,
     MAX_KEY_CHARS,
     Authenticate,
     Call,
@@ -165,7 +166,11 @@ class Shield:
             out.append(Probing(state=self.state, distinct_bias_tokens=p.probe_distinct_bias_tokens,
                                min_requests=p.probe_min_requests,
                                bias_novelty=p.probe_bias_novelty,
-                               single_token_prompts=p.probe_single_token_requests))
+                               single_token_prompts=p.probe_single_token_requests,
+                               logit_vectors=p.probe_logit_vectors))
+        for det in out:
+            if isinstance(det, Probing):  # logit vectors are counted in the model's vocabulary
+                det.vocab = int(getattr(self.model, "vocab", 0) or 0)
         tested = [d for d in out if d.kind == "classifier" and d.needs_calibration]
         if tested and benign is None:
             raise ConfigError(

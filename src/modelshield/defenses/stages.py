@@ -6,8 +6,9 @@ stages before it left there, adds its own part, or refuses by raising
 
     classifier:      authenticate -> check inputs -> limit -> model -> detect -> watermark
                      -> shape -> record
-    language model:  authenticate -> system prompt -> check request -> limit -> detect
-                     -> generate -> leak filter -> record
+    language model:  authenticate -> check request -> limit requests -> size bound
+                     -> tokenize -> system prompt -> check prompts -> limit tokens
+                     -> detect -> generate -> leak filter -> record  (defenses/lm_stages.py)
 
 (A language model's detectors watch the request, so they run before the tokens are spent.)
 Every stage holds the Shield for its services: the key and audit store, the rate limiter,
@@ -31,7 +32,7 @@ from modelshield.answer import Answer, FloatArray, LMChoice, LMRequest, Predicti
 from modelshield.defenses.config import Limits, Tier
 from modelshield.defenses.detectors import Detector, fresh_rows, record_rows
 from modelshield.defenses.limits_batch import Hit
-from modelshield.defenses.llm import Delta, Generation, check_request, shape_choices
+from modelshield.defenses.llm import Delta, Generation, shape_choices
 from modelshield.defenses.state import STORE_ERRORS, Read
 from modelshield.errors import Denied, OracleError
 from modelshield.store import ApiKey, AuditRecord
@@ -123,7 +124,8 @@ class Authenticate(_Stage):
         decision.key_id = key.key_id
         if not key.usable(s.clock()):
             why = "revoked" if key.revoked_at is not None else "expired"
-            raise Denied(403, f"key_{why}", f"The API key was {why}.")
+            raise Denied(403, f"key_{why}", "The API key " + (
+                "was revoked." if why == "revoked" else "has expired."))
         if tier and key.tier not in s.config.tiers:
             raise Denied(403, "unknown_tier", f"The key's tier {key.tier!r} is not offered on "
                          f"{s.spec.name!r}.")
@@ -182,7 +184,7 @@ class CheckInputs(_Stage):
         if outside.any():
             row, col = (int(i) for i in np.argwhere(outside)[0])
             raise Denied(422, "out_of_domain",
-                         f"inputs[{row}][{col}] = {x[row, col]!r} is outside feature {col}'s "
+                         f"inputs[{row}][{col}] = {float(x[row, col])!r} is outside feature {col}'s "
                          f"domain [{spec.low[col]:g}, {spec.high[col]:g}] (GET /v2/models/"
                          f"{spec.name} lists every feature's).", {"X-Error-Param": "inputs"})
 
@@ -210,29 +212,14 @@ class SystemPrompt(_Stage):
         call.decision.prompt_tokens = sum(len(p) for p in req.prompts)
 
 
-class CheckRequest(_Stage):
-    """A completion request against the tier's language-model policy and ``max_batch``."""
-
-    name = "check request"
-
-    def __call__(self, call: Call) -> None:
-        policy = self.shield.llm_policies[call.key.tier]
-        req, lm = call.lm_request, self.shield.lm
-        check_request(req, policy, lm.vocab, call.tier.max_batch)
-        context = getattr(lm, "context", None)
-        longest = max((len(p) for p in req.prompts), default=0) + req.max_tokens
-        if context is not None and longest > context:  # the HTTP routes say it first
-            raise Denied(400, "context_length_exceeded",
-                         f"This model's maximum context length is {context} tokens; the "
-                         f"request asks for {longest} (prompt plus max_tokens).",
-                         {"X-Error-Param": "max_tokens"})
-
-
 class Limit(_Stage):
     """Rate limits per key, per address and global, on requests, rows and tokens; a key
     suspended in the durable store is refused here, before any limit is charged."""
 
     name = "limit"
+    kinds: ClassVar[tuple[str, ...]] = ("requests", "rows", "tokens")
+    """What this stage charges (a language model's request limits and its token limits
+    are charged apart: the tokens only once the prompt is tokenized)."""
 
     def __call__(self, call: Call) -> None:
         s, key, tier, ip = self.shield, call.key, call.tier, call.client_ip
@@ -243,7 +230,7 @@ class Limit(_Stage):
         throttled = tier.on_flag == "throttle" and \
             s.shared(s.flag_of, key, tier, ip) is not None
         limits = tier.throttled if throttled else tier.limits
-        rows = len(call.x) if call.x is not None else len(call.req.prompts) if call.req else 1
+        rows = len(call.x) if call.x is not None else call.req.count if call.req else 1
         tokens = call.req.tokens if call.req is not None else 0
         checks: list[tuple[Limits, str]] = [
             (s.config.global_limits, "global"), (s.config.ip_limits, f"ip:{ip}"),
@@ -252,7 +239,7 @@ class Limit(_Stage):
         for lim, who in checks:  # every limit charges what it names: requests, rows, tokens
             for kind, cost in (("requests", 1), ("rows", rows), ("tokens", tokens)):
                 rate = getattr(lim, kind)
-                if rate and cost:
+                if rate and cost and kind in self.kinds:
                     # RateLimit-* headers describe the caller's own key limits.
                     hits += [(item, f"{who}:{kind}", cost, who.startswith("key"))
                              for item in s.rates(rate)]
@@ -559,5 +546,4 @@ StageFactory = Callable[["Shield"], Stage]
 
 CLASSIFIER_STAGES: tuple[StageFactory, ...] = (Authenticate, CheckInputs, Limit, Model, Detect,
                                                Watermark, Shape, Record)
-LM_STAGES: tuple[StageFactory, ...] = (Authenticate, SystemPrompt, CheckRequest, Limit, Detect,
-                                       Generate, LeakFilter, Record)
+"""A language model's stages are in :mod:`modelshield.defenses.lm_stages` (``LM_STAGES``)."""

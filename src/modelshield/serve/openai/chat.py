@@ -55,7 +55,8 @@ def _request(served: LMServing, body: ChatRequest) -> LMRequest:
     if body.top_logprobs is not None and not body.logprobs:
         raise refusal(400, "invalid_value", "top_logprobs needs logprobs: true.",
                       "top_logprobs")
-    max_tokens = body.max_completion_tokens or body.max_tokens or 16
+    max_tokens = next((m for m in (body.max_completion_tokens, body.max_tokens)
+                       if m is not None), 16)  # 0 is 0 tokens, not the default
     messages: list[tuple[str, str]] = [(m.role, m.text) for m in body.messages]
     return LMRequest([], max_tokens, body.temperature, body.top_p, body.n, body.seed,
                      (body.top_logprobs or 0) if body.logprobs else None, logit_bias,

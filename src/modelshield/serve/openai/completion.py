@@ -32,7 +32,7 @@ router = openai_router()
 @router.post("/v1/completions", metric="completions", openai=True)
 async def completions(body: CompletionRequest, request: Request, gw: GatewayDep) -> Any:
     served = serving(gw, body.model)
-    req = await _request(served, body)
+    req = _request(served, body)
     form = CompletionForm(served, body, req, {
         "id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
         "created": int(time.time()), "model": served.name})
@@ -44,18 +44,17 @@ async def completions(body: CompletionRequest, request: Request, gw: GatewayDep)
     return JSONResponse(form.response(choices, decision, as_ids), headers=decision.headers)
 
 
-async def _request(served: LMServing, body: CompletionRequest) -> LMRequest:
-    """The request as the Shield takes it, its prompts tokenized; or a refusal."""
+def _request(served: LMServing, body: CompletionRequest) -> LMRequest:
+    """The request as the Shield takes it, its prompts as sent (the Shield tokenizes them
+    once the key's request limits admit it); or a refusal."""
     check_params(body)
     if body.echo and body.logprobs is not None:
         raise refusal(400, "unsupported_parameter", "echo with logprobs would return the "
                       "prompt's logprobs, which this gateway does not give out; send one or "
                       "the other.", "echo")
-    lm = served.lm
-    ids = await served.offload(lambda: prompts(body.prompt, lm.encode if lm else
-                                               (lambda s: [])))
-    return LMRequest(ids, body.max_tokens, body.temperature, body.top_p, body.n, body.seed,
-                     body.logprobs, bias(body.logit_bias), stops(body.stop))
+    return LMRequest([], body.max_tokens, body.temperature, body.top_p, body.n, body.seed,
+                     body.logprobs, bias(body.logit_bias), stops(body.stop),
+                     raw_prompts=prompts(body.prompt))
 
 
 @dataclass(frozen=True)
@@ -74,14 +73,17 @@ class CompletionForm:
                 "usage": usage(decision, choices)}
 
     def choice(self, i: int, c: LMChoice, as_ids: bool, echo: bool = True) -> dict[str, Any]:
-        lm = self.served.lm
-        prefix = (lm.decode(self.req.prompts[c.prompt_index])
-                  if echo and self.body.echo and lm else "")
+        prefix = self.prompt_text(c.prompt_index) if echo and self.body.echo else ""
         item = {"index": i, "text": prefix + self.served.text(c),
                 "logprobs": self._logprobs(c, as_ids), "finish_reason": c.finish_reason}
         if self.body.return_token_ids:
             item["token_ids"] = c.tokens
         return item
+
+    def prompt_text(self, i: int) -> str:
+        """Prompt ``i`` as text (``echo``): as sent, or its token ids decoded."""
+        lm, p = self.served.lm, (self.req.raw_prompts or [])[i]
+        return p if isinstance(p, str) else str(lm.decode(p)) if lm else ""
 
     def _logprobs(self, c: LMChoice, as_ids: bool) -> dict[str, Any] | None:
         if c.logprobs is None or c.top_logprobs is None:
@@ -97,12 +99,12 @@ class CompletionForm:
 
     def opening(self) -> list[dict[str, Any]]:
         """With ``echo``, each prompt before its choices' tokens."""
-        lm, req = self.served.lm, self.req
-        if not (self.body.echo and lm):
+        req = self.req
+        if not self.body.echo:
             return []
         return [{**self.head, "choices": [{
-            "index": i, "text": lm.decode(req.prompts[i // req.n]), "logprobs": None,
-            "finish_reason": None}]} for i in range(len(req.prompts) * req.n)]
+            "index": i, "text": self.prompt_text(i // req.n), "logprobs": None,
+            "finish_reason": None}]} for i in range(req.count * req.n)]
 
     def token(self, d: Delta, as_ids: bool) -> dict[str, Any]:
         token = self.served.token

@@ -96,7 +96,7 @@ class ChatRequest(_Request):
     n: int = 1
     seed: int | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)  # OpenAI's cap; the tier's too
     logit_bias: dict[str, float] | None = None
     stop: str | list[str] | None = None
     stream: bool = False

@@ -7,7 +7,7 @@ route's label (:mod:`modelshield.serve.errors`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from modelshield.answer import LMChoice, LMRequest
 from modelshield.defenses.shield import Decision, Shield
+from modelshield.defenses.stages import Call, StageFactory
 from modelshield.errors import OracleError
 from modelshield.serve.context import Gateway, api_key, client_ip, refusal
 from modelshield.serve.errors import ERROR_RESPONSES
@@ -78,28 +79,26 @@ class LMServing:
         return choices, decision, as_ids
 
     def precheck(self, req: LMRequest, model: str) -> None:
-        """Refuse what the Shield need not see: another model, or one past its context."""
+        """Refuse what the Shield need not see: another model, or not a language model.
+        The prompt's size and context are the Shield's to check, after the limits."""
         if model != self.name:
             raise refusal(404, "model_not_found", f"The model {model!r} does not exist; this "
                           f"gateway serves {self.name!r}.", "model")
-        lm = self.lm
-        if lm is None:
+        if self.lm is None:
             raise refusal(404, "model_not_found", f"{self.name!r} is not a language model.",
                           "model")
-        too_long = [len(p) + req.max_tokens for p in req.prompts
-                    if len(p) + req.max_tokens > lm.context]
-        if too_long:
-            raise refusal(400, "context_length_exceeded", f"This model's maximum context "
-                          f"length is {lm.context} tokens; the request asks for "
-                          f"{too_long[0]} (prompt plus max_tokens).", "max_tokens")
 
-    async def check(self, request: Request, model: str) -> None:
-        """The key checked without a query (the tokenizer routes), for this language
-        model."""
-        if model != self.name or self.lm is None:
-            raise refusal(404, "model_not_found", f"The model {model!r} does not exist; this "
-                          f"gateway serves {self.name!r}.", "model")
-        await run_in_threadpool(self.shield.account, api_key(request))
+    async def tokenizer(self, request: Request, req: LMRequest, model: str,
+                        stages: Sequence[StageFactory]) -> Call:
+        """A tokenizer route's request through ``stages`` (the key, its limits, the size
+        bound, the work, the record): the finished call, or a refusal."""
+        self.precheck(req, model)
+        shield = self.shield
+        call = await run_in_threadpool(shield.run, [make(shield) for make in stages],
+                                       Call(api_key(request), client_ip(request), Decision(),
+                                            req=req))
+        self.gw.count(request, 200)
+        return call
 
     async def name_tokens(self, choices: list[LMChoice], as_ids: bool) -> bool:
         """Fetch the token texts a response will name before it is built (an upstream
@@ -164,10 +163,11 @@ def check_params(body: BaseModel) -> None:
                       "gateway; leave it out.", param)
 
 
-def prompts(prompt: Prompt, encode: Callable[[str], list[int]]) -> list[list[int]]:
-    """A completion request's prompts as token ids."""
+def prompts(prompt: Prompt) -> list[str | list[int]]:
+    """A completion request's prompts, each a text or a list of token ids (tokenized by
+    the Shield once the key's request limits admit it)."""
     if isinstance(prompt, str):
-        return [encode(prompt)]
+        return [prompt]
     if prompt and all(isinstance(p, int) for p in prompt):
         return [list(prompt)]  # type: ignore[arg-type]
-    return [encode(p) if isinstance(p, str) else list(p) for p in prompt]  # type: ignore[arg-type]
+    return [p if isinstance(p, str) else list(p) for p in prompt]  # type: ignore[arg-type]
