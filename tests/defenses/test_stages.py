@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modelshield.defenses.shield import Shield
 from modelshield.defenses.lm_stages import LM_STAGES
+from modelshield.defenses.shield import Shield
 from modelshield.defenses.stages import CLASSIFIER_STAGES, Call, Limit
 from modelshield.errors import Denied
 from modelshield.serve.factory import build_shield

@@ -39,8 +39,8 @@ from modelshield.defenses.leakfilter import LeakFinder
 from modelshield.defenses.limits_batch import LockedCharge, RedisMovingWindowBatch
 from modelshield.defenses.limits_memory import SweptMemoryStorage
 from modelshield.defenses.llm import Delta
-from modelshield.defenses.policies import OutputPolicy, parse_policy
 from modelshield.defenses.lm_stages import LM_STAGES
+from modelshield.defenses.policies import OutputPolicy, parse_policy
 from modelshield.defenses.stages import (
     CLASSIFIER_STAGES,
     MAX_KEY_CHARS,
