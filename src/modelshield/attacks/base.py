@@ -21,6 +21,10 @@ from modelshield.registry import Registry
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
 
+ASSUMPTION_FAILED = "assumption_failed"
+"""The key under which ``extract`` states, in its info, the assumption the answers broke
+(a sentence); ``run`` turns it into the Extraction's status "failed" and its reason."""
+
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -43,6 +47,11 @@ class Extraction:
     parameters: dict[str, FloatArray] | None = None
     checkpoints: list[Checkpoint] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    # "ok", or "failed" with a reason when the answers broke the attack's assumption (the
+    # outputs do not identify leaves, the model family does not match): the clone is still
+    # returned and scored, but the audit never counts it as the attacker's copy.
+    status: str = "ok"
+    reason: str = ""
 
 
 class Session:
@@ -147,10 +156,12 @@ class Attack(Parametrized, ABC):
         clone, params, info = self.extract(session, data, rng)
         seconds = time.perf_counter() - start
         price = getattr(oracle, "price_per_1k", 0.0)
+        unmet = info.pop(ASSUMPTION_FAILED, None)
         return Extraction(
             attack=self.name, clone=clone, queries=session.used,
             cost=session.used * price / 1000.0, seconds=seconds, log=session.log,
             parameters=params, checkpoints=session.checkpoints, info=info,
+            status="ok" if unmet is None else "failed", reason=unmet or "",
         )
 
     @property

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modelshield.answer import Answer, FloatArray
-from modelshield.attacks.base import Attack, Session, draw_queries
+from modelshield.attacks.base import ASSUMPTION_FAILED, Attack, Session, draw_queries
 from modelshield.errors import AttackFailed, ConfigError
 from modelshield.models import LinearClone, TorchMLPClassifier
 
@@ -43,7 +43,7 @@ class EquationSolving(Attack):
     n_queries: int | None = None
     spread: float = 0.5
     source: str = "pool"
-    verify: int = 0
+    verify: int = 3
     restarts: int = 3
     max_iter: int = 3000
 
@@ -76,21 +76,52 @@ class EquationSolving(Attack):
         session.require(first, "probabilities")
         answer = first if n == 1 else _stack(first, session.query(x[1:]))
         xs, ps = [x], [_probs(answer)]
-        exact = self.n_queries is None and _looks_exact(ps) and _rank_ok(xs, ps)
-        if exact and self.verify and session.remaining >= self.verify:
-            coef, intercept = _solve_logistic(x, ps[0], True)
-            check = self._around(centre, self.spread, self.verify, spec, rng)
-            p = _probs(session.query(check))
-            xs.append(check)
-            ps.append(p)
-            exact = bool(np.allclose(LinearClone(coef, intercept).fit().predict_proba(check), p,
-                                     rtol=1e-7, atol=1e-12))
-        if not exact:
+        info: dict[str, Any] = {"exact": False}
+        if self.n_queries is None and _looks_exact(ps) and _rank_ok(xs, ps):
+            info.update(self._check_exact(session, centre, rng, xs, ps))
+        if not info["exact"] and ASSUMPTION_FAILED not in info:
             self._near_boundaries(session, pool, rng, xs, ps, target)
-        coef, intercept = _solve_logistic(np.concatenate(xs), np.concatenate(ps), exact)
+        coef, intercept = _solve_logistic(np.concatenate(xs), np.concatenate(ps), info["exact"])
         clone = LinearClone(coef, intercept).fit()
         session.checkpoint(clone)
-        return clone, {"coef": coef, "intercept": intercept}, {"exact": exact}
+        return clone, {"coef": coef, "intercept": intercept}, info
+
+    def _check_exact(self, session: Session, centre: FloatArray, rng: np.random.Generator,
+                     xs: list[FloatArray], ps: list[FloatArray]) -> dict[str, Any]:
+        """Whether the model solved from d+1 answers is exact: it must reproduce ``verify``
+        held-back answers to float precision (d+1 equations always have a solution, so the
+        solved answers alone prove nothing). Where it does not, one more query, a hair's
+        breadth from a held-back point, tells noise from a wrong model family: a logistic
+        model's answer barely moves there, keyed noise redraws. Smooth answers that the
+        solved model misses are not a logistic model's: the attack stops, failed."""
+        d = session.spec.n_features
+        if not self.verify or session.remaining < self.verify + 1:
+            return {"budget_note": "the solved model was not checked against held-back "
+                    "answers (verify=0 or no budget left for it): exactness unverified"}
+        coef, intercept = _solve_logistic(xs[0], ps[0], True)
+        check = self._around(centre, self.spread, self.verify, session.spec, rng)
+        p = _probs(session.query(check))
+        xs.append(check)
+        ps.append(p)
+        solved = LinearClone(coef, intercept).fit().predict_proba(check)
+        error = float(np.max(np.abs(solved - p)))
+        if np.allclose(solved, p, rtol=1e-7, atol=1e-12):
+            return {"exact": True, "held_back_error": error}
+        near = check[:1].copy()
+        step = 1e-9 * (session.spec.high - session.spec.low)
+        near[0] = np.where(near[0] + step <= session.spec.high, near[0] + step, near[0] - step)
+        p_near = _probs(session.query(near))
+        xs.append(near)
+        ps.append(p_near)
+        moved = float(np.max(np.abs(p_near - p[:1])))
+        out: dict[str, Any] = {"held_back_error": error, "hair_move": moved}
+        if moved < 0.01 * error:
+            out[ASSUMPTION_FAILED] = (
+                f"the model family does not match: the logistic model solved from {d + 1} "
+                f"answers misses {self.verify} held-back answers by up to {error:.2g} in "
+                "probability, though the answers are smooth and noise-free; the target is "
+                "not a logistic model of its inputs (try model=mlp, or knockoff)")
+        return out
 
     def _near_boundaries(self, session: Session, pool: FloatArray | None,
                          rng: np.random.Generator, xs: list[FloatArray], ps: list[FloatArray],

@@ -24,11 +24,12 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from modelshield.answer import FloatArray
-from modelshield.attacks.base import Attack, Session, synthesize
+from modelshield.attacks.base import ASSUMPTION_FAILED, Attack, Session, synthesize
 from modelshield.errors import AttackFailed, AttackRefused, ConfigError
 from modelshield.models import LinearClone
 
 METHODS = ("lowd-meek", "adaptive", "retraining")
+CROSSINGS = 8  # points on a recovered boundary checked from both sides
 
 
 @dataclass
@@ -92,7 +93,36 @@ class LabelOnly(Attack):
         b = -float(w @ x0)
         clone = LinearClone(w[None, :], np.array([b])).fit()
         session.checkpoint(clone)
-        return clone, {"coef": w[None, :], "intercept": np.array([b])}, {"scale_free": True}
+        info: dict[str, Any] = {"scale_free": True}
+        info.update(self._check_boundary(session, x0, w, rng))
+        return clone, {"coef": w[None, :], "intercept": np.array([b])}, info
+
+    def _check_boundary(self, session: Session, x0: FloatArray, w: FloatArray,
+                        rng: np.random.Generator) -> dict[str, Any]:
+        """Whether the target has the linear boundary that was recovered: points on it,
+        away from where it was found, stepped a little to either side along its normal,
+        must answer on those sides (``CROSSINGS`` pairs of queries, from what the budget
+        has left). A curved boundary, or none, fails: status failed with the count."""
+        spec = session.spec
+        n = min(CROSSINGS, session.remaining // 2)
+        if n < 1 or not np.any(w):
+            return {"budget_note": "no budget left to check the recovered boundary: "
+                    "Lowd-Meek's linear assumption is unverified"}
+        width = spec.high - spec.low
+        normal = w / np.linalg.norm(w)
+        on = x0 + 0.2 * width * rng.uniform(-1.0, 1.0, (n, len(x0)))
+        on -= np.outer(on @ w - x0 @ w, w) / float(w @ w)  # back onto the hyperplane
+        step = 0.002 * float(np.linalg.norm(width)) * normal
+        probes = np.clip(np.concatenate([on - step, on + step]), spec.low, spec.high)
+        labels = session.query(probes).labels
+        wrong = int(np.sum(labels[:n] != 0) + np.sum(labels[n:] != 1))
+        out: dict[str, Any] = {"boundary_check": f"{2 * n - wrong} of {2 * n} sides right"}
+        if wrong > 0:
+            out[ASSUMPTION_FAILED] = (
+                f"no usable linear boundary: {wrong} of {2 * n} points stepped off the "
+                "recovered boundary answer on the wrong side; the target is not a binary "
+                "linear model (try method=adaptive, or knockoff)")
+        return out
 
     def _opposite_pair(self, session: Session, pool: FloatArray | None,
                        rng: np.random.Generator) -> tuple[FloatArray, FloatArray]:

@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modelshield.answer import Answer, FloatArray
-from modelshield.attacks.base import Attack, Session
+from modelshield.attacks.base import ASSUMPTION_FAILED, Attack, Session
 from modelshield.errors import AttackFailed, AttackRefused, BudgetExhausted, ConfigError
 from modelshield.models import BoxClassifier
 
@@ -61,10 +61,20 @@ class PathFinding(Attack):
     precision: float = 1e-3
     incomplete: bool = False
     coverage_samples: int = 20_000
+    checks: int = 8
+    holdout: int = 300
+    holdout_rounds: int = 4
 
     def validate(self) -> None:
         if not 0 < self.precision < 1:
             raise ConfigError.invalid("precision", "a number in (0, 1)", self.precision)
+        if self.checks < 1:
+            raise ConfigError.invalid("checks", "an integer >= 1", self.checks)
+        if self.holdout < 1:
+            raise ConfigError.invalid("holdout", "an integer >= 1", self.holdout)
+        if self.holdout_rounds < 1:
+            raise ConfigError.invalid("holdout_rounds", "an integer >= 1",
+                                      self.holdout_rounds)
         if self.coverage_samples < 1:
             raise ConfigError.invalid("coverage_samples", "an integer >= 1",
                                       self.coverage_samples)
@@ -83,29 +93,88 @@ class PathFinding(Attack):
             probe = np.round(probe)
         if pool is not None and len(pool):
             probe = np.concatenate([pool, probe])
-        mapper = _BoxMapper(session, eps)
-        exhausted = False
-        while True:
-            left = probe[~mapper.covered(probe)]
-            if len(left) == 0:
-                break
-            if not mapper.affordable():
-                exhausted = True
-                break
-            try:
-                mapper.explore(left[rng.integers(len(left))])
-            except BudgetExhausted:  # the budget ran out inside a leaf: that leaf is dropped
-                exhausted = True
-                break
+        mapper = _BoxMapper(session, eps, rng, self.checks)
+        exhausted = self._map(mapper, probe, rng)
+        repeats = not all(isinstance(i, int) for i in mapper.ids)
+        check: dict[str, Any] = {}
+        if repeats and not exhausted:
+            exhausted = self._hold_out(session, mapper, probe, rng, check)
         clone = mapper.clone(spec.n_classes)
         session.checkpoint(clone)
         leaves = len(mapper.lows)
-        return clone, None, {
+        info: dict[str, Any] = {
             "leaves": leaves,
             "distinct_ids": len(set(mapper.ids)),
             "queries_per_leaf": session.used / max(leaves, 1),
             "budget_exhausted": exhausted,
         }
+        if repeats:
+            info.update(checked_cuts=mapper.cuts, unchecked_boxes=mapper.unchecked, **check)
+            _verdict(info)
+        return clone, None, info
+
+    @staticmethod
+    def _map(mapper: _BoxMapper, probe: FloatArray, rng: np.random.Generator) -> bool:
+        """Map leaves from probe points no box covers yet; True if the budget ran out."""
+        while True:
+            left = probe[~mapper.covered(probe)]
+            if len(left) == 0:
+                return False
+            if not mapper.affordable():
+                return True
+            try:
+                mapper.explore(left[rng.integers(len(left))])
+            except BudgetExhausted:  # the budget ran out inside a leaf: that leaf is dropped
+                return True
+
+    def _hold_out(self, session: Session, mapper: _BoxMapper, probe: FloatArray,
+                  rng: np.random.Generator, check: dict[str, Any]) -> bool:
+        """Answers that repeat across leaves: test the mapped tree on ``holdout`` answers it
+        was not built from (points drawn as the coverage sample was). Where more than 1%
+        disagree, each point that does is a box to cut (or a leaf no box covers) and the
+        tree is mapped on and tested again on fresh points, up to ``holdout_rounds`` times.
+        Fills ``check``; returns True if the budget ran out."""
+        order = rng.permutation(len(probe))
+        for r in range(self.holdout_rounds):
+            n = min(self.holdout, session.remaining, len(order))
+            if n < 1:
+                return True
+            x, order = probe[order[:n]], order[n:]
+            answer = session.query(x)
+            clone = mapper.clone(session.spec.n_classes)
+            agree = float(np.mean(clone.predict(x) == answer.labels))
+            check.update(holdout_agreement=agree, holdout_rounds=r + 1,
+                         holdout_queries=check.get("holdout_queries", 0) + n)
+            if agree >= HOLDOUT_AGREEMENT or r == self.holdout_rounds - 1:
+                return False
+            try:
+                for z, box, ident in zip(x, clone.apply(x), _ident(answer), strict=True):
+                    if mapper.ids[box] != ident:
+                        mapper.fix(int(box), z)
+            except BudgetExhausted:
+                return True
+            if self._map(mapper, probe, rng):
+                return True
+        return False
+
+
+def _verdict(info: dict[str, Any]) -> None:
+    """The status of a tree mapped from answers that repeat across leaves: failed where the
+    held-back answers disagree with it; a note where the budget left it unchecked."""
+    why = (f"the answers do not identify leaves ({info['distinct_ids']} distinct outputs "
+           f"for {info['leaves']} mapped boxes)")
+    agree = info.get("holdout_agreement")
+    if info["budget_exhausted"]:
+        last = "" if agree is None else f" (last held-back agreement {agree:.1%})"
+        info["budget_note"] = (f"{why}, and the budget ran out before the mapped tree was "
+                               f"checked against held-back answers{last}: its fidelity is "
+                               "unverified")
+    elif agree is not None and agree < HOLDOUT_AGREEMENT:
+        info[ASSUMPTION_FAILED] = (
+            f"{why}: the mapped tree agrees with only {agree:.1%} of the last "
+            f"{info['holdout_queries'] // info['holdout_rounds']} held-back answers, after "
+            f"{info['holdout_rounds']} rounds of checks; path-finding needs each leaf to "
+            "answer apart (a leaf-id output), or knockoff on these answers copies it better")
 
 
 @dataclass
@@ -121,6 +190,8 @@ class _Node:
 
 
 CHECKPOINTS = (100, 300, 1000, 3000, 10_000, 30_000)
+MAX_CUTS = 32  # rounds of checks a box gets before it is kept as it stands
+HOLDOUT_AGREEMENT = 0.99  # below it, a tree mapped from repeating answers is not a copy
 
 
 class _TopDown:
@@ -332,9 +403,15 @@ class _TopDown:
 class _BoxMapper:
     """Finds the box of the leaf containing a point, one feature at a time."""
 
-    def __init__(self, session: Session, eps: FloatArray) -> None:
+    def __init__(self, session: Session, eps: FloatArray, rng: np.random.Generator,
+                 checks: int) -> None:
         self.session = session
         self.spec = session.spec
+        self.rng = rng
+        self.checks = checks
+        self.seeds: list[FloatArray] = []
+        self.cuts = 0  # check points that answered otherwise, each a cut
+        self.unchecked = 0  # boxes the budget (or MAX_CUTS) left not fully checked
         self.integer = self.spec.integer_features
         self.eps = np.ones_like(eps) if self.integer else eps
         # Edges between integers are exact; continuous edges are known to within eps.
@@ -366,10 +443,75 @@ class _BoxMapper:
         for i in self._features_on_path(x, leaf):
             hi[i] = self._edge(x, i, leaf, "high")
             lo[i] = self._edge(x, i, leaf, "low")
+        if not isinstance(leaf, int):  # another leaf may answer alike: check the box
+            self._verify(x, leaf, lo, hi)
         self.lows.append(lo)
         self.highs.append(hi)
         self.labels.append(int(first.labels[0]))
         self.ids.append(leaf)
+        self.seeds.append(x)
+
+    def fix(self, box: int, z: FloatArray) -> None:
+        """A point that the tree puts in ``box`` but that answers otherwise: cut the box
+        where the walk from its seed to z changes answer (unless z lies outside every box
+        and only fell to the nearest), then map z's own leaf."""
+        lo, hi = self.lows[box], self.highs[box]
+        if np.all((z > lo - self.slack) & (z <= hi + self.slack)):
+            self.cuts += 1
+            self._cut(self.seeds[box], self.ids[box], z, lo, hi)
+        if not self.covered(z[None, :])[0]:
+            self.explore(z)
+
+    def _verify(self, x: FloatArray, leaf: object, lo: FloatArray, hi: FloatArray) -> None:
+        """Shrink the box (in place) until ``checks`` points drawn in it, most on its faces
+        and corners, answer as ``x`` does. The line searches from ``x`` run on through a
+        neighbour that answers alike, and the product of their spans then takes in points
+        of other leaves; each point that answers otherwise is walked to from ``x`` one
+        feature at a time, and the box is cut where that walk's answer changes."""
+        for _ in range(MAX_CUTS):
+            if self.session.remaining < self.checks:
+                self.unchecked += 1
+                return
+            points = self._inside(lo, hi, self.checks)
+            answers = _ident(self.session.query(points))
+            wrong = [p for p, a in zip(points, answers, strict=True) if a != leaf]
+            if not wrong:
+                return
+            self.cuts += 1
+            self._cut(x, leaf, wrong[0], lo, hi)
+        self.unchecked += 1
+
+    def _inside(self, lo: FloatArray, hi: FloatArray, n: int) -> FloatArray:
+        """``n`` points in the box: each feature at one of its ends (just inside) with
+        probability 1/2, else uniform between them."""
+        a = np.maximum(lo + self.slack, self.spec.low)
+        b = np.minimum(hi - self.slack, self.spec.high)
+        a, b = np.minimum(a, b), np.maximum(a, b)
+        u = self.rng.uniform(0.0, 1.0, (n, len(a)))
+        end = self.rng.integers(0, 3, (n, len(a)))  # 0: low end, 1: high end, 2: anywhere
+        u = np.where(end == 0, 0.0, np.where(end == 1, 1.0, u))
+        points = a + u * (b - a)
+        if self.integer:
+            points = np.clip(np.round(points), np.ceil(a), np.floor(b))
+        return np.asarray(points)
+
+    def _cut(self, x: FloatArray, leaf: object, z: FloatArray, lo: FloatArray,
+             hi: FloatArray) -> None:
+        """Walk from x to z one differing feature at a time; where the answer first changes,
+        bisect along that feature and cut the box there, on z's side."""
+        steps = np.flatnonzero(z != x)
+        path = np.repeat(x[None, :], len(steps), axis=0)
+        for k, g in enumerate(steps):
+            path[k:, g] = z[g]
+        answers = _ident(self.session.query(path[:-1])) if len(steps) > 1 else []
+        first = next((i for i, a in enumerate(answers) if a != leaf), len(steps) - 1)
+        f = int(steps[first])
+        base = x if first == 0 else path[first - 1]
+        edge = self._bisect(base, f, float(z[f]), leaf)
+        if z[f] > x[f]:
+            hi[f] = min(hi[f], edge)
+        else:
+            lo[f] = max(lo[f], edge)
 
     def _features_on_path(self, x: FloatArray, leaf: object) -> list[int]:
         """Features whose value can change the leaf, by one batch of probe queries."""
@@ -390,6 +532,11 @@ class _BoxMapper:
         end = float(self.spec.high[i] if side == "high" else self.spec.low[i])
         if self._edge_ids[(i, side)] == leaf:
             return np.inf if side == "high" else -np.inf
+        return self._bisect(x, i, end, leaf)
+
+    def _bisect(self, x: FloatArray, i: int, end: float, leaf: object) -> float:
+        """Where, between x (answering ``leaf``) and x moved to ``end`` along feature i (not
+        answering it), the answer changes, to within eps."""
         same, other = float(x[i]), float(end)
         probe = x.copy()
         while abs(other - same) > self.eps[i]:
@@ -397,6 +544,8 @@ class _BoxMapper:
             # Integer inputs: search the integers, so the edge falls exactly between two.
             if self.integer:
                 mid = np.ceil(mid) if other > same else np.floor(mid)
+                if mid in (same, other):
+                    break
             probe[i] = mid
             if _ident(self.session.query(probe))[0] == leaf:
                 same = probe[i]

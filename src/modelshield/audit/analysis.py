@@ -7,7 +7,10 @@ Everything here is a pure function of the scenario and the cell results, so
 The rules (docs/audit.md explains them):
 
 * A *clone* is a copy with at least 90% fidelity (top-1 agreement with the model on its test
-  set). Its cost is the queries it took times the price.
+  set), or a copy that does the model's job: test accuracy within ``JOB_MARGIN`` (2 points)
+  of the model's own and 90% agreement on the test rows the model gets right (a thief of a
+  model that is right 68% of the time wants its 68%, not its mistakes). Its cost is the
+  queries it took times the price.
 * An attacker is *caught* when the Shield flagged it before its clone reached 90%. A flag
   counts when the tier acts on it (throttle, degrade, deny), or when it only alerts and the
   deployment says someone watches the alerts (``monitoring: true``).
@@ -50,6 +53,7 @@ from modelshield.defenses.config import Tier
 
 CLONE = 0.90
 EXACT = 0.99
+JOB_MARGIN = 0.02  # a copy this close to the model's own test accuracy does its job
 TRACED = 1e-6  # a clone whose watermark test reaches this p-value is traced to its account
 HIGH_SHARE = 0.01  # an uncaught clone under 1% of the model's value: HIGH
 COST_FLOOR = 0.01  # keeps protection per unit of cost finite for free defenses
@@ -76,6 +80,8 @@ class AttackerRow(TypedDict):
     best_fidelity: float | None
     best_accuracy: float | None
     q90: int | None
+    clone_by: str | None
+    victim_accuracy: float | None
     q99: int | None
     q90_range: list[int | None] | None
     test_rows: int
@@ -93,6 +99,7 @@ class AttackerRow(TypedDict):
     q90_untraced: int | None
     usd90_untraced: float | None
     protection: NotRequired[float]
+    unseen: NotRequired[int | None]
 
 
 def analyse(scenario: Scenario, cells: list[dict[str, Any]]) -> dict[str, Any]:
@@ -126,6 +133,7 @@ def _defense_summary(scenario: Scenario, profile: Defense, cells: list[dict[str,
     benign, benign_error = _benign(_first(cells, "benign", profile.name))
     privacy = _privacy(_first(cells, "privacy", profile.name))
     return {"name": profile.name, "tier": _tier_fields(profile), "on_flag": tier.on_flag,
+            "detector_floor": _detector_floor(tier, benign),
             "flags_count": acts, "attackers": rows, "benign": benign,
             "benign_error": benign_error, "honest_cost": _honest_cost(benign),
             "privacy": privacy}
@@ -146,14 +154,36 @@ def _benign(cell: dict[str, Any] | None) -> tuple[dict[str, Any] | None, str | N
     return cell, None
 
 
+def _detector_floor(tier: Tier, benign: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The fewest distinct queries at which any of the tier's detectors (those the
+    calibration data let run, as the honest-user cell found) can flag an account: each
+    rate test's first look, PRADA's first test, the volume cap. None: no detector."""
+    from modelshield.defenses.detectors import detector_spec, make_detector
+
+    left = {x.get("detector") for x in (benign or {}).get("detectors_left_out") or []}
+    firsts = []
+    for spec in tier.detectors:
+        if detector_spec(spec)[0] in left:
+            continue
+        det = make_detector(spec)
+        firsts.append((det.name, int(getattr(det, "max_rows", det.min_queries))))
+    if not firsts:
+        return None
+    return {"queries": min(q for _, q in firsts), "detectors": [list(f) for f in firsts]}
+
+
 def _score_protection(attackers: int, defenses: list[dict[str, Any]]) -> None:
     """Each attacker's protection under each defense, measured against the defense where it
-    cloned with the fewest queries."""
+    cloned with the fewest queries; and whether that clone is smaller than the defense's
+    detectors can see (``unseen``: the queries it took, under the first look)."""
     for i in range(attackers):
         rows = [d["attackers"][i] for d in defenses]
         ref = min((r["q90"] for r in rows if r["q90"] is not None), default=None)
-        for row in rows:
+        for d, row in zip(defenses, rows, strict=True):
             row["protection"] = _protection(row, ref)
+            floor = d["detector_floor"]
+            row["unseen"] = ref if floor and ref is not None and ref < floor["queries"] \
+                else None
 
 
 def _conclude(scenario: Scenario, d: dict[str, Any]) -> None:
@@ -219,21 +249,27 @@ def _attacker_summary(label: str, cells: list[dict[str, Any]], price: float,
     """One attacker under one defense. ``spread``: its queries went over several keys, so
     a flag stops one key, not the attacker: a clone it completed anyway was not caught."""
     curve = _curve(cells)
-    q90, q99 = _first_reaching(curve, CLONE), _first_reaching(curve, EXACT)
+    job = _does_job(cells)
+    q90 = next((q for q, f, _ in curve if f >= CLONE or q in job), None)
+    q99 = _first_reaching(curve, EXACT)
+    by_job = q90 is not None and _first_reaching(curve, CLONE) != q90
     test_rows = max((int(c.get("test_rows") or 0) for c in cells), default=0)
     status, reason, blocked_at = _outcome(cells, bool(curve))
     flag = _first_flag(cells)
     caught, went_on = _caught(flag, q90, spread)
     traces = _traces(cells)
-    untraced = min((q for q, f, _ in curve if f >= CLONE and traces.get(q, 1.0) > TRACED),
-                   default=None)
+    untraced = min((q for q, f, _ in curve if (f >= CLONE or q in job)
+                    and traces.get(q, 1.0) > TRACED), default=None)
     return {
         "attacker": label, "attack": cells[0]["attack"] if cells else "",
         "status": status, "reason": reason,
         "budgets": [c["budget"] for c in cells], "curve": curve,
         "best_fidelity": max((f for _, f, _ in curve), default=None),
         "best_accuracy": max((a for _, _, a in curve if a is not None), default=None),
-        "q90": q90, "q99": q99, "q90_range": _q90_range(curve, test_rows),
+        "q90": q90, "clone_by": None if q90 is None else "job" if by_job else "fidelity",
+        "victim_accuracy": next((c["victim_accuracy"] for c in cells
+                                 if c.get("victim_accuracy") is not None), None),
+        "q99": q99, "q90_range": None if by_job else _q90_range(curve, test_rows),
         "test_rows": test_rows, "usd90": _usd_at(q90, price), "usd99": _usd_at(q99, price),
         "first_flag": flag, "caught_before_90": caught, "waited_s": _waited(cells),
         "went_on": went_on, "blocked_at": blocked_at,
@@ -249,13 +285,32 @@ def _curve(cells: list[dict[str, Any]]) -> list[list[Any]]:
     """[queries, fidelity, accuracy or None] over every cell's checkpoints and final clone,
     by queries; where two cells read the same query count, the larger budget's reading."""
     points: dict[int, tuple[float, float | None]] = {}
-    for c in sorted(cells, key=lambda c: c["budget"]):
+    # A failed cell's clone broke its attack's assumption: scored, never counted as a copy.
+    for c in sorted((c for c in cells if c["status"] != "failed"), key=lambda c: c["budget"]):
         acc = dict((q, a) for q, a in c.get("accuracy_curve") or [])
         for q, f in c.get("curve") or []:
             points[int(q)] = (float(f), acc.get(q))
         if c.get("fidelity_test") is not None and c["queries"] not in points:
             points[int(c["queries"])] = (c["fidelity_test"], c.get("accuracy"))
     return [[q, f, a] for q, (f, a) in sorted(points.items())]
+
+
+def _does_job(cells: list[dict[str, Any]]) -> set[int]:
+    """The query counts at which a cell's clone does the model's job: test accuracy within
+    ``JOB_MARGIN`` of the model's and 90% agreement on the rows the model gets right."""
+    out = set()
+    for c in cells:
+        model = c.get("victim_accuracy")
+        if model is None:
+            continue
+        acc = dict((int(q), a) for q, a in c.get("accuracy_curve") or [])
+        right = dict((int(q), r) for q, r in c.get("right_curve") or [])
+        if c.get("accuracy") is not None and c.get("fidelity_right") is not None:
+            acc.setdefault(int(c["queries"]), c["accuracy"])
+            right.setdefault(int(c["queries"]), c["fidelity_right"])
+        out |= {q for q, a in acc.items()
+                if a >= model - JOB_MARGIN and right.get(q, 0.0) >= CLONE}
+    return out
 
 
 def _first_reaching(curve: list[list[Any]], fidelity: float) -> int | None:
@@ -396,7 +451,13 @@ def _best_defenses(scenario: Scenario, defenses: list[dict[str, Any]]) -> list[d
     for i, a in enumerate(scenario.attackers):
         stops, over = [], []
         for d in defenses:
-            if d["attackers"][i]["uncaught_clone"]:
+            row = d["attackers"][i]
+            if row["uncaught_clone"]:
+                continue
+            if row.get("unseen") and row["first_flag"] is not None:
+                over.append({"defense": d["name"], "why": "its detectors first look at "
+                             f"{d['detector_floor']['queries']:,} queries; the attack "
+                             f"clones in {row['unseen']:,}"})
                 continue
             b = d["benign"]
             if b is None:
@@ -444,9 +505,11 @@ def _cheapest(rows: list[dict[str, Any]], untraced: bool = False) -> dict[str, A
     if not clones:
         return None
     r = min(clones, key=lambda r: r[field])
+    f, a = next((f, a) for q, f, a in r["curve"] if q == r[field])
     return {"attacker": r["attacker"], "queries": r[field],
             "usd": r["usd90_untraced" if untraced else "usd90"],
-            "fidelity": next(f for q, f, _ in r["curve"] if q == r[field])}
+            "fidelity": f, "accuracy": a, "victim_accuracy": r["victim_accuracy"],
+            "by": "fidelity" if f >= CLONE else "job"}
 
 
 def _honest_cost(benign: dict[str, Any] | None) -> float | None:
@@ -468,7 +531,20 @@ def _rate(scenario: Scenario, d: dict[str, Any]) -> tuple[str, list[str]]:
         level, facts = "MEDIUM", [_caught_fact(r, r["first_flag"]) for r in caught]
     else:
         level, facts = "LOWER", [_best_attempt_fact(rows)]
-    return level, facts + [f for r in rows for f in _status_fact(r)]
+    return level, facts + [f for r in rows for f in _status_fact(r)] + _unseen_facts(d)
+
+
+def _unseen_facts(d: dict[str, Any]) -> list[str]:
+    """The attackers whose clone takes fewer queries than the tier's detectors first look at."""
+    floor = d["detector_floor"]
+    return [f"{r['attacker']} clones in {r['unseen']:,} queries, fewer than this tier's "
+            f"detectors first look at ({_firsts(floor)}): they cannot see an attack that "
+            "small; the price per query, limits and watermark tracing are what is left."
+            for r in d["attackers"] if r.get("unseen")]
+
+
+def _firsts(floor: dict[str, Any]) -> str:
+    return ", ".join(f"{name} from {q:,}" for name, q in floor["detectors"])
 
 
 def _rate_clone(scenario: Scenario, d: dict[str, Any]) -> tuple[str, list[str]]:
@@ -488,7 +564,12 @@ def _rate_clone(scenario: Scenario, d: dict[str, Any]) -> tuple[str, list[str]]:
 
 def _clone_fact(scenario: Scenario, clone: dict[str, Any]) -> str:
     price, value = scenario.price_per_1k, scenario.model_value
-    return (f"A {clone['fidelity']:.0%}-fidelity clone ({clone['attacker']}) costs "
+    what = f"A {clone['fidelity']:.0%}-fidelity clone"
+    if clone.get("by") == "job":
+        what = (f"A clone that does the model's job (test accuracy {clone['accuracy']:.3f}, "
+                f"the model's {clone['victim_accuracy']:.3f}; {clone['fidelity']:.0%} "
+                "agreement overall)")
+    return (f"{what} ({clone['attacker']}) costs "
             f"${clone['usd']:,.2f} ({clone['queries']:,} queries at ${price:,.2f} per 1,000); "
             f"the model cost ${value:,.0f} to build ({_share(clone['usd'] / value)} of that).")
 

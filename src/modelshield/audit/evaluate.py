@@ -44,6 +44,12 @@ class Result:
     fidelity_test_ci: tuple[float, float] | None = None
     test_rows: int = 0
     fidelity_uniform: float | None = None
+    # The victim's own test accuracy, and the clone's agreement on the test rows the victim
+    # gets right (and at each checkpoint): a clone that does the victim's job on a task the
+    # victim does poorly is a theft whatever its raw agreement (audit/analysis.py).
+    victim_accuracy: float | None = None
+    fidelity_right: float | None = None
+    right_curve: list[tuple[int, float]] = field(default_factory=list)
     parameter_error: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
     curve: list[tuple[int, float]] = field(default_factory=list)
@@ -82,6 +88,17 @@ def accuracy_curve(checkpoints: list[Checkpoint], victim: Victim) -> list[tuple[
             for c in checkpoints]
 
 
+def right_curve(checkpoints: list[Checkpoint], victim: Victim) -> list[tuple[int, float]]:
+    """(queries, fidelity on the test rows the victim gets right) at each checkpoint."""
+    right = victim.predict_labels(victim.X_test) == victim.y_test
+    return [(c.queries, agreement(c.clone, victim, victim.X_test[right])) for c in checkpoints
+            ] if right.any() else []
+
+
+def victim_accuracy(victim: Victim) -> float:
+    return float(np.mean(victim.predict_labels(victim.X_test) == victim.y_test))
+
+
 def evaluate(extraction: Extraction, victim: Victim, result: Result,
              uniform_points: int = 10_000) -> Result:
     """Fill ``result`` with the clone's measured accuracy, fidelity and parameter error."""
@@ -102,22 +119,30 @@ def evaluate(extraction: Extraction, victim: Victim, result: Result,
     result.checkpoints = list(extraction.checkpoints)
     result.curve = fidelity_curve(extraction.checkpoints, victim)
     result.accuracy_curve = accuracy_curve(extraction.checkpoints, victim)
+    result.victim_accuracy = victim_accuracy(victim)
+    right = victim.predict_labels(victim.X_test) == victim.y_test
+    result.fidelity_right = agreement(clone, victim, victim.X_test[right]) if right.any() \
+        else None
+    result.right_curve = right_curve(extraction.checkpoints, victim)
     result.info = dict(extraction.info)
     if extraction.info.get("budget_note"):  # an attack that spent less says why
         result.reason = str(extraction.info["budget_note"])
+    if extraction.status != "ok":  # scored, but its assumption did not hold in the answers
+        result.status, result.reason = extraction.status, extraction.reason
     return result
 
 
 def run_cell(victim: Victim | None, attack: str, policy: str, budget: int, seed: int = 0,
              price_per_1k: float = 0.0, params: dict[str, Any] | None = None,
              uniform_points: int = 10_000, oracle: BaseOracle | None = None,
-             label: str | None = None) -> Result:
+             label: str | None = None, pool: FloatArray | None = None) -> Result:
     """Run one attack and evaluate it; a refusal or a block becomes a row too.
 
     By default the attack goes through a LocalOracle on ``victim`` behind ``policy``; pass
     ``oracle`` (a ShieldOracle, an HttpOracle) to attack through it instead. ``victim``,
-    when given, scores the clone and lends the attacker its pool. ``label`` names the
-    defense in the row (the policy, or "(target)" for a given oracle, by default).
+    when given, scores the clone and lends the attacker its pool (``pool``, when given,
+    instead: the rows the attacker chose). ``label`` names the defense in the row (the
+    policy, or "(target)" for a given oracle, by default).
     """
     params = dict(params or {})
     name = victim.name if victim else oracle.spec.name if oracle else "?"
@@ -131,7 +156,9 @@ def run_cell(victim: Victim | None, attack: str, policy: str, budget: int, seed:
         oracle = LocalOracle(victim, parse_policy(policy, secret=f"modelshield-seed-{seed}"),
                              budget=budget, price_per_1k=price_per_1k)
     try:
-        extraction = attack_obj.run(oracle, budget, pool=victim.pool if victim else None)
+        if pool is None and victim is not None:
+            pool = victim.pool
+        extraction = attack_obj.run(oracle, budget, pool=pool)
     except (AttackRefused, AttackFailed, BudgetExhausted, Blocked) as exc:
         result.status = {AttackRefused: "refused", AttackFailed: "failed",
                          Blocked: "blocked"}.get(type(exc), "out of budget")
@@ -141,11 +168,15 @@ def run_cell(victim: Victim | None, attack: str, policy: str, budget: int, seed:
             # The clones the attacker had built before it was stopped.
             result.curve = fidelity_curve(exc.checkpoints, victim)
             result.accuracy_curve = accuracy_curve(exc.checkpoints, victim)
+            result.right_curve = right_curve(exc.checkpoints, victim)
+            result.victim_accuracy = victim_accuracy(victim)
         return result
     if victim is None:
         result.queries, result.cost, result.seconds = (extraction.queries, extraction.cost,
                                                        extraction.seconds)
         result.info = dict(extraction.info)
+        if extraction.status != "ok":
+            result.status, result.reason = extraction.status, extraction.reason
         return result
     return evaluate(extraction, victim, result, uniform_points)
 
