@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,18 +82,14 @@ def _mlserver() -> str:
     return found
 
 
-@pytest.fixture(scope="module")
-def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any, Any]]:
-    """MLServer serving an owner's gradient-boosted trees (a joblib file) over KServe v2."""
+@contextmanager
+def _serve_mlserver(folder: Path, models: dict[str, dict[str, Any]]) -> Iterator[str]:
+    """MLServer serving ``models`` (name: its model-settings.json) from ``folder``, where
+    their files lie in a folder of each name; yields its URL once every model is ready."""
     binary = _mlserver()
-    X, y = load_wine(return_X_y=True)
-    model = GradientBoostingClassifier(random_state=0, n_estimators=30).fit(X[::2], y[::2])
-    folder = tmp_path_factory.mktemp("mlserver")
-    (folder / "wine").mkdir()
-    joblib.dump(model, folder / "wine" / "model.joblib")
-    (folder / "wine" / "model-settings.json").write_text(json.dumps({
-        "name": "wine", "implementation": "mlserver_sklearn.SKLearnModel",
-        "parameters": {"uri": "./model.joblib"}}))
+    for name, settings in models.items():
+        (folder / name / "model-settings.json").write_text(json.dumps({"name": name,
+                                                                       **settings}))
     port, grpc, metrics = free_port(), free_port(), free_port()
     (folder / "settings.json").write_text(json.dumps({
         "http_port": port, "grpc_port": grpc, "metrics_port": metrics, "host": "127.0.0.1",
@@ -102,19 +100,33 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, An
     try:
         deadline = time.time() + 120
         with HttpClient(base_url=url, timeout=5) as c:
-            while True:
+            waiting = set(models)
+            while waiting:
                 try:
-                    if c.get("/v2/models/wine/ready").status_code == 200:
-                        break
+                    waiting = {n for n in waiting
+                               if c.get(f"/v2/models/{n}/ready").status_code != 200}
                 except Exception:
                     pass
-                if time.time() > deadline or proc.poll() is not None:
-                    pytest.fail("MLServer did not start")
+                if waiting and (time.time() > deadline or proc.poll() is not None):
+                    pytest.fail(f"MLServer did not start (waiting for {sorted(waiting)})")
                 time.sleep(0.5)
-        yield url, model, X[1::2]
+        yield url
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+@pytest.fixture(scope="module")
+def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any, Any]]:
+    """MLServer serving an owner's gradient-boosted trees (a joblib file) over KServe v2."""
+    X, y = load_wine(return_X_y=True)
+    model = GradientBoostingClassifier(random_state=0, n_estimators=30).fit(X[::2], y[::2])
+    folder = tmp_path_factory.mktemp("mlserver")
+    (folder / "wine").mkdir()
+    joblib.dump(model, folder / "wine" / "model.joblib")
+    with _serve_mlserver(folder, {"wine": {"implementation": "mlserver_sklearn.SKLearnModel",
+                                           "parameters": {"uri": "./model.joblib"}}}) as url:
+        yield url, model, X[1::2]
 
 
 @pytest.mark.slow
@@ -158,3 +170,116 @@ def test_an_attack_over_v2_sees_a_refusal_as_blocked(gateway: Any) -> None:
     with pytest.raises(Blocked) as info:
         oracle.query(np.full((1, 64), 99.0))  # outside the digits' 0..16
     assert info.value.code == "out_of_domain" and "outside feature 0" in str(info.value)
+
+
+@dataclass(frozen=True)
+class Boosters:
+    """MLServer serving an owner's XGBoost and LightGBM boosters (its XGBoost and LightGBM
+    runtimes), the owner's files of them, and the owner's data files."""
+
+    url: str
+    files: dict[str, Path]
+    data: dict[str, Path]
+    X: dict[str, np.ndarray]
+    box: dict[str, tuple[list[float], list[float]]]  # each model's domain: low, high
+
+
+@pytest.fixture(scope="module")
+def boosters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Boosters]:
+    import lightgbm as lgb
+    import xgboost as xgb
+    from sklearn.datasets import make_classification
+
+    folder = tmp_path_factory.mktemp("mlserver-boosters")
+    tasks = {"xgb-three": 3, "lgb-three": 3, "lgb-two": 2}
+    files, data, rows, box = {}, {}, {}, {}
+    for name, classes in tasks.items():
+        X, y = make_classification(900, 6, n_informative=4, n_classes=classes,
+                                   n_clusters_per_class=1, class_sep=1.5, random_state=classes)
+        (folder / name).mkdir()
+        if name.startswith("xgb"):
+            files[name] = folder / name / "model.json"
+            xgb.XGBClassifier(n_estimators=30, max_depth=3, n_jobs=1).fit(
+                X[:500], y[:500]).save_model(files[name])
+        else:
+            files[name] = folder / name / "model.txt"
+            params = {"objective": "multiclass" if classes > 2 else "binary", "verbose": -1,
+                      "num_leaves": 7, "num_threads": 1, **({"num_class": classes}
+                                                            if classes > 2 else {})}
+            lgb.train(params, lgb.Dataset(X[:500], y[:500]), num_boost_round=30).save_model(
+                files[name])
+        data[name] = folder / f"{name}.npz"
+        np.savez(data[name], X_test=X[700:], y_test=y[700:], pool=X[500:700], low=X.min(0),
+                 high=X.max(0))
+        rows[name], box[name] = X[700:], (X.min(0).tolist(), X.max(0).tolist())
+    runtimes = {name: {"implementation": "mlserver_xgboost.XGBoostModel" if name.startswith(
+        "xgb") else "mlserver_lightgbm.LightGBMModel",
+        "parameters": {"uri": f"./{files[name].name}"}} for name in tasks}
+    with _serve_mlserver(folder, runtimes) as url:
+        yield Boosters(url, files, data, rows, box)
+
+
+@pytest.mark.slow
+def test_the_gateway_fronts_mlserver_xgboost_and_lightgbm_and_a_copy_is_scored(
+        boosters: Boosters, tmp_path: Path) -> None:
+    """MLServer's XGBoost runtime (predict_proba) and LightGBM runtime (predict: the
+    probabilities; for two classes, the second class's alone) behind the gateway: its answers
+    are the owner's files' answers, and a knockoff over HTTP from the CLI is scored against
+    the owner's file on the owner's data."""
+    from typer.testing import CliRunner
+
+    from modelshield.cli import app
+    from modelshield.serve.factory import build_gateway
+    from modelshield.victims import load_model_file
+
+    b = boosters
+    shields = build_gateway({"audit_url": f"sqlite:///{tmp_path}/a.db",
+                             "tiers": {"t": {"max_batch": 500}},
+                             "models": [{"upstream": b.url, "name": name,
+                                         "upstream_output": "predict_proba"
+                                         if name.startswith("xgb") else "predict",
+                                         "classes": [str(c) for c in range(3 if "three" in name
+                                                                           else 2)],
+                                         "low": b.box[name][0], "high": b.box[name][1]}
+                                        for name in b.files]})
+    key = shields[0].store.create_key("t")[0]
+    rows = {}
+    with live_app(create_app(shields)) as client:
+        for name, path in b.files.items():
+            x = b.X[name][:50]
+            r = client.post(f"/v1/models/{name}/predict", json={"inputs": x.tolist()},
+                            headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200, r.text
+            owner = load_model_file(path).predict(x)
+            assert r.json()["labels"] == owner.labels.tolist()
+            assert np.allclose(r.json()["probabilities"], owner.probabilities, atol=1e-6)
+            out = tmp_path / f"{name}.json"
+            res = CliRunner().invoke(app, [
+                "attack", "--target", str(client.base_url), "--api-key", key, "--model", name,
+                "--model-file", str(path), "--data", str(b.data[name]), "--attack", "knockoff",
+                "--budget", "200", "--param", "source=pool", "--param", "student=forest",
+                "--json", str(out)])
+            assert res.exit_code == 0, (name, res.output)
+            rows[name] = json.loads(out.read_text())
+    for s in shields:
+        s.close()
+    for name, row in rows.items():
+        assert row["status"] == "ok" and row["queries"] == 200, row
+        assert row["test_rows"] == 200 and row["fidelity_test"] >= 0.85, (name, row)
+
+
+@pytest.mark.slow
+def test_an_upstream_answering_labels_for_probabilities_is_a_502_naming_the_output(
+        boosters: Boosters, tmp_path: Path) -> None:
+    """MLServer's XGBoost runtime asked for ``predict`` answers class labels, one value a
+    row: the gateway says it is no probability, and names the setting, instead of serving
+    labels 0, 1, 2 as scores."""
+    low, high = boosters.box["xgb-three"]
+    shield = build_shield({"model": {"upstream": boosters.url, "name": "xgb-three",
+                                     "upstream_output": "predict", "classes": ["0", "1", "2"],
+                                     "low": low, "high": high},
+                           "audit_url": f"sqlite:///{tmp_path}/a.db", "tiers": {"t": {}}})
+    with pytest.raises(Denied) as info:
+        shield.handle(shield.store.create_key("t")[0], boosters.X["xgb-three"][:20])
+    assert info.value.status == 502 and "model.upstream_output" in str(info.value)
+    shield.close()
