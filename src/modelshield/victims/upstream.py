@@ -54,6 +54,13 @@ class V2Upstream:
                 f"{[o.get('name') for o in outputs]}); set model.upstream_output to the "
                 "output that holds them (MLServer's scikit-learn runtime: predict_proba).")
         probs = np.asarray(out["data"], dtype=np.float64).reshape(out["shape"])
+        if probs.ndim == 1 or probs.shape[1:] == (1,):  # a binary model's P(class 1) alone
+            p = probs.reshape(-1)  # (MLServer's LightGBM runtime answers so for two classes)
+            if ((p < 0) | (p > 1)).any():
+                raise OracleError(f"upstream output {out.get('name')!r} holds one value a row, "
+                                  "not in [0, 1]: not a probability of class 1; set "
+                                  "model.upstream_output to the output of probabilities.")
+            probs = np.column_stack([1.0 - p, p])
         return Prediction(probabilities=probs)
 
     def close(self) -> None:
