@@ -139,11 +139,12 @@ class Refused(OracleError):
 
 
 class UpstreamError(OracleError):
-    """The upstream answered with an error status (kept, so the gateway can pass it on)."""
+    """The upstream answered with an error status (kept, so the gateway can pass it on),
+    and the request parameter it named, if any."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.param = status, param
 
     @property
     def client_status(self) -> int:

@@ -54,13 +54,17 @@ Pace = Annotated[float | None, typer.Option(
     min=0.001, help="With --target: wait out each rate limit (HTTP 429) whose "
                     "Retry-After is at most this many seconds, and go on (low and "
                     "slow); without it the attack stops at the first refusal.")]
+Vocab = Annotated[int | None, typer.Option(
+    min=1, help="Language-model attacks with --target: the model's vocabulary size, for a "
+                "server that does not state it in /v1/models (vLLM does not).")]
 
 
 def attack(attack: AttackName, victim: VictimOpt = None, target: Target = None,
            api_key: ApiKeyOpt = None, policy: Policy = "full", budget: Budget = 1000,
            seed: Seed = 0, price: Price = 1.0, param: Params = None,
            json_out: JsonResult = None, model: Model = None, model_file: ModelFile = None,
-           data: Data = None, save_clone: SaveClone = None, pace: Pace = None) -> None:
+           data: Data = None, save_clone: SaveClone = None, pace: Pace = None,
+           vocab: Vocab = None) -> None:
     """Run one attack against a built-in victim behind an output policy, or a gateway.
 
     To score an attack on your own model served by a gateway, give the gateway (--target,
@@ -75,7 +79,7 @@ def attack(attack: AttackName, victim: VictimOpt = None, target: Target = None,
 
     if attack in LM_ATTACKS:
         lm_attack(attack, victim, target, api_key, budget, seed, price, param or [], json_out,
-                  model_file, save_clone)
+                  model_file, save_clone, vocab)
         return
     if attack not in ATTACKS:
         raise ConfigError(f"Unknown attack {attack!r}. Choose one of: "
@@ -163,14 +167,15 @@ def _report(result: Result, json_out: Path | None, save_clone: Path | None) -> N
 def lm_attack(attack: str, victim: str | None, target: str | None, api_key: str | None,
               budget: int, seed: int, price: float, param: list[str],
               json_out: Path | None, model_dir: Path | None = None,
-              save_w: Path | None = None) -> None:
+              save_w: Path | None = None, vocab: int | None = None) -> None:
     """A language-model attack. Over HTTP, --victim lm-NAME (or --model-file DIR, the owner's
     saved model) is the reference the recovered hidden size and W are checked against."""
     from modelshield.attacks.logit_stealing import LM_ATTACKS
 
     cls = LM_ATTACKS[attack]
     params = parse_params(cls, param)
-    with _lm_oracle(victim, target, api_key, seed, price, model_dir) as (oracle, reference):
+    with _lm_oracle(victim, target, api_key, seed, price, model_dir, vocab
+                    ) as (oracle, reference):
         try:
             with console.status(f"{attack} on {oracle.name} …"):
                 e = cls(random_state=seed, **params).run(oracle, budget)
@@ -188,13 +193,17 @@ def lm_attack(attack: str, victim: str | None, target: str | None, api_key: str 
 
 @contextlib.contextmanager
 def _lm_oracle(victim: str | None, target: str | None, api_key: str | None, seed: int,
-               price: float, model_dir: Path | None
+               price: float, model_dir: Path | None, vocab: int | None = None
                ) -> Iterator[tuple[LMOracle, LMVictim | None]]:
     """The oracle the attack queries, and the reference model to check it against."""
     if target is not None:
         if not api_key:
             raise ConfigError("--target needs --api-key.")
-        yield _openai_oracle(target, api_key, _lm_reference(victim, seed, model_dir), price)
+        yield _openai_oracle(target, api_key, _lm_reference(victim, seed, model_dir), price,
+                             vocab)
+    elif vocab is not None:
+        raise ConfigError("--vocab is for a --target that does not state its vocabulary; "
+                          "an in-process --victim states it.")
     elif victim is not None:
         from modelshield.oracle.lm import ShieldLMOracle
         from modelshield.serve.local import ALL_LOGPROBS, local_shield
@@ -217,10 +226,11 @@ def _lm_reference(victim: str | None, seed: int, model_dir: Path | None) -> LMVi
 
 
 def _openai_oracle(target: str, api_key: str, reference: LMVictim | None,
-                   price: float) -> tuple[LMOracle, LMVictim | None]:
+                   price: float, vocab: int | None = None
+                   ) -> tuple[LMOracle, LMVictim | None]:
     from modelshield.oracle.lm import OpenAIOracle
 
-    oracle = OpenAIOracle(target, api_key, price_per_1k_tokens=price)
+    oracle = OpenAIOracle(target, api_key, vocab=vocab, price_per_1k_tokens=price)
     if reference is not None and reference.vocab != oracle.vocab:
         oracle.close()
         raise ConfigError(f"The reference model has a vocabulary of {reference.vocab:,}; "

@@ -436,8 +436,9 @@ class Generate(_Stage):
             try:
                 call.choices = shape_choices(lm.complete(req), req, policy, lm.vocab)
             except OracleError as exc:
-                raise Denied(getattr(exc, "client_status", 502), "upstream_error",
-                             str(exc)) from None
+                param = getattr(exc, "param", None)
+                raise Denied(getattr(exc, "client_status", 502), "upstream_error", str(exc),
+                             {"X-Error-Param": param} if param else None) from None
             return
         # A tier with a leak filter checks each choice whole before any of it leaves: the
         # stream then sends whole choices.

@@ -158,7 +158,9 @@ class OpenAIOracle(LMOracle):
                 return int(m["vocab_size"])
         if self.vocabulary:
             return len(self.vocabulary)
-        raise ConfigError("The target does not state its vocabulary size; pass vocab=N.")
+        raise ConfigError(f"The target does not state {self.model!r}'s vocabulary size (its "
+                          "/v1/models entry has no vocab_size, as vLLM's has none); give it: "
+                          "--vocab N at the command line, vocab=N in Python.")
 
     def _token(self, text: str) -> int:
         if text.startswith("token_id:"):
@@ -177,7 +179,10 @@ class OpenAIOracle(LMOracle):
             body["logprobs"] = req.logprobs
         if req.logit_bias:
             body["logit_bias"] = {str(k): v for k, v in req.logit_bias.items()}
-        data = post_openai(self.client, "/v1/completions", body, self.headers, self.used)
+        try:
+            data = post_openai(self.client, "/v1/completions", body, self.headers, self.used)
+        except Refused as exc:
+            raise _plain_refusal(exc) from None
         out: list[Completion] = []
         for choice in sorted(data["choices"], key=lambda c: c["index"]):
             lp = choice.get("logprobs")
@@ -198,3 +203,15 @@ class OpenAIOracle(LMOracle):
             return [self.vocabulary[text]]
         raise OracleError("the answer carries no token ids (logprobs are off); pass the "
                           "model's vocabulary (token text -> id) to read them from the text")
+
+
+def _plain_refusal(exc: Refused) -> Refused:
+    """A 400 that names a sampling parameter, in the OpenAI dialect (``invalid_value``):
+    vLLM words its codes as numbers (``"code": 400``), and a gateway passing an upstream's
+    refusal on says ``upstream_error``; either way the API refused that parameter's value
+    (vLLM: logprobs past ``--max-logprobs``)."""
+    if exc.status == 400 and exc.param in ("logprobs", "logit_bias", "top_logprobs") \
+            and exc.code != "invalid_value":
+        message = str(exc).split(": ", 1)[-1]
+        return Refused(400, "invalid_value", message, exc.param, exc.used)
+    return exc

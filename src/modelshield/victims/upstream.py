@@ -111,11 +111,12 @@ class OpenAIUpstream:
             raise OracleError(f"upstream unreachable: {exc}") from None
         if resp.status_code >= 400:
             try:
-                message = resp.json()["error"]["message"]
+                error = resp.json()["error"]
+                message, param = error["message"], error.get("param")
             except (ValueError, KeyError, TypeError):
-                message = resp.text[:300]
+                message, param = resp.text[:300], None
             raise UpstreamError(resp.status_code, f"upstream refused ({resp.status_code}): "
-                                f"{message}")
+                                f"{message}", param if isinstance(param, str) else None)
         return resp.json()
 
     def encode(self, text: str) -> list[int]:
@@ -136,7 +137,13 @@ class OpenAIUpstream:
         return self._texts[token]
 
     def complete(self, req: LMRequest) -> list[LMChoice]:
-        """Every choice of ``req``, generated upstream, as the Shield's value type."""
+        """Every choice of ``req``, generated upstream, as the Shield's value type. With
+        ``max_tokens`` 0 the choices are empty, as a local model gives them (vLLM refuses
+        to generate nothing)."""
+        if req.max_tokens == 0:
+            empty: list[Any] | None = [] if req.logprobs is not None else None
+            return [LMChoice(i // req.n, [], empty, empty, "length", text="")
+                    for i in range(len(req.prompts) * req.n)]
         body: dict[str, Any] = {
             "model": self.name, "prompt": req.prompts, "max_tokens": req.max_tokens,
             "temperature": req.temperature, "top_p": req.top_p, "n": req.n,
@@ -154,25 +161,26 @@ class OpenAIUpstream:
         if len(choices) != len(req.prompts) * req.n:
             raise OracleError(f"upstream returned {len(choices)} choices for "
                               f"{len(req.prompts)} prompt(s) x n={req.n}.")
-        result = []
-        for i, c in enumerate(choices):
-            lp = c.get("logprobs")
-            tokens = c.get("token_ids")
-            if tokens is None and lp is not None:
-                tokens = [_token_id(t) for t in lp["tokens"]]
-            if tokens is None:
-                tokens = self.encode(c.get("text", ""))
-            logprobs = tops = None
-            if req.logprobs is not None:
-                if lp is None:
-                    raise OracleError("upstream returned no logprobs though they were asked.")
-                logprobs = [float(v) for v in lp["token_logprobs"]]
-                tops = [sorted(((_token_id(t), float(v)) for t, v in (top or {}).items()),
-                               key=lambda e: -e[1]) for top in lp["top_logprobs"]]
-            result.append(LMChoice(i // req.n, [int(t) for t in tokens], logprobs, tops,
-                                   str(c.get("finish_reason") or "length"),
-                                   text=c.get("text")))
-        return result
+        return [self._choice(c, i // req.n, req.logprobs is not None)
+                for i, c in enumerate(choices)]
+
+    def _choice(self, c: dict[str, Any], prompt: int, wants_logprobs: bool) -> LMChoice:
+        """One upstream choice; its logprobs and top logprobs by token id."""
+        lp = c.get("logprobs")
+        tokens = c.get("token_ids")
+        if tokens is None and lp is not None:
+            tokens = [_token_id(t) for t in lp["tokens"]]
+        if tokens is None:
+            tokens = self.encode(c.get("text", ""))
+        logprobs = tops = None
+        if wants_logprobs:
+            if lp is None:
+                raise OracleError("upstream returned no logprobs though they were asked.")
+            logprobs = [float(v) for v in lp["token_logprobs"]]
+            tops = [sorted(((_token_id(t), float(v)) for t, v in (top or {}).items()),
+                           key=lambda e: -e[1]) for top in lp["top_logprobs"]]
+        return LMChoice(prompt, [int(t) for t in tokens], logprobs, tops,
+                        str(c.get("finish_reason") or "length"), text=c.get("text"))
 
     def close(self) -> None:
         self.client.close()
