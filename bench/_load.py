@@ -116,3 +116,37 @@ async def _alternating(targets: list[tuple[str, dict[str, str]]], bodies: list[A
         out.append({"requests": len(ms), "p50_ms": float(np.percentile(ms, 50)),
                     "p99_ms": float(np.percentile(ms, 99))})
     return out
+
+
+def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
+    """User plus system CPU time of a server: its process and every process under it (the
+    uvicorn workers), from the OS."""
+    import psutil
+
+    root = psutil.Process(proc.pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def audit_commits(base_url: str, workers: int, tries: int = 60) -> dict[str, float]:
+    """The audit log's commits and records, summed over the gateway's worker processes:
+    ``/metrics`` is scraped on fresh connections until every worker has answered (each
+    reports its own, labelled by process id)."""
+    import re
+
+    seen: dict[str, tuple[float, float]] = {}
+    for _ in range(tries):
+        text = httpx.get(f"{base_url}/metrics", timeout=10).text
+        rows = re.findall(r'^modelshield_audit_(commits|records)_total\{pid="(\d+)"\} (\S+)$',
+                          text, re.M)
+        values = {(kind, pid): float(v) for kind, pid, v in rows}
+        for _, pid in values:
+            seen[pid] = (values["commits", pid], values["records", pid])
+        if len(seen) >= workers:
+            break
+    return {"commits": sum(c for c, _ in seen.values()),
+            "records": sum(r for _, r in seen.values()), "processes": len(seen)}

@@ -32,7 +32,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from _load import free_port, run_alternating, run_load, server
+from _load import audit_commits, cpu_seconds, free_port, run_alternating, run_load, server
 from harness import show, write
 
 from modelshield.serve.factory import build_shield
@@ -54,11 +54,13 @@ def gateway_config(tmp: Path, limits_url: str, audit_url: str) -> Path:
     return path
 
 
-def measure(args: argparse.Namespace, bare_url: str, bodies: list[Any], limits_url: str,
-            audit_url: str) -> dict[str, Any]:
-    """The Shield in one configuration against the bare server (already running), side by
-    side: throughput in alternating rounds (bare first in even rounds, the Shield first in
-    odd ones), then single requests alternating between the two."""
+def measure(args: argparse.Namespace, bare: tuple[str, Any], bodies: list[Any],
+            limits_url: str, audit_url: str) -> dict[str, Any]:
+    """The Shield in one configuration against the bare server (already running: its URL
+    and process), side by side: throughput in alternating rounds (bare first in even rounds,
+    the Shield first in odd ones), each server's CPU time over each round (from the OS),
+    the audit log's commits per answer, then single requests alternating between the two."""
+    bare_url, bare_proc = bare
     with tempfile.TemporaryDirectory() as tmp:
         cfg = gateway_config(Path(tmp), limits_url, audit_url.format(tmp=tmp))
         store = AuditStore(audit_url.format(tmp=tmp))
@@ -67,17 +69,14 @@ def measure(args: argparse.Namespace, bare_url: str, bodies: list[Any], limits_u
         store.close()
         port = free_port()
         with server("modelshield.serve.main:app", port, env={"MODELSHIELD_CONFIG": str(cfg)},
-                    workers=args.workers):
+                    workers=args.workers) as shield_proc:
             url = f"http://127.0.0.1:{port}/v1/models/digits-mlp/predict"
             run_load(url, bodies, keys, concurrency=args.concurrency, requests=200)  # warm-up
-            per_round = max(1, args.requests // args.rounds)
-            rounds = []
-            for r in range(args.rounds):
-                pair = [("bare", bare_url, [{}]), ("shield", url, keys)]
-                for name, u, headers in (pair if r % 2 == 0 else pair[::-1]):
-                    out = run_load(u, bodies, headers, concurrency=args.concurrency,
-                                   requests=per_round)
-                    rounds.append({"round": r, "server": name, **out})
+            base = f"http://127.0.0.1:{port}"
+            before = audit_commits(base, args.workers)
+            rounds = throughput_rounds(args, bodies, [("bare", bare_url, [{}], bare_proc),
+                                                      ("shield", url, keys, shield_proc)])
+            after = audit_commits(base, args.workers)
             bare_m, shield_m = run_alternating([(bare_url, {}), (url, keys[0])], bodies,
                                                args.moderate)
 
@@ -85,15 +84,44 @@ def measure(args: argparse.Namespace, bare_url: str, bodies: list[Any], limits_u
         done = [x for x in rounds if x["server"] == name]
         return sum(x["requests"] for x in done) / sum(x["seconds"] for x in done)
 
+    def cpu_us(name: str) -> list[float]:
+        """CPU time per answered request (µs), each round."""
+        return [1e6 * x["cpu_seconds"] / x["answered"] for x in rounds if x["server"] == name]
+
     ratios = [s["throughput"] / b["throughput"] for b, s in zip(
         [x for x in rounds if x["server"] == "bare"],
         [x for x in rounds if x["server"] == "shield"], strict=True)]
+    added = [s - b for b, s in zip(cpu_us("bare"), cpu_us("shield"), strict=True)]
+    records = after["records"] - before["records"]
     return {"bare_throughput": pooled("bare"), "shield_throughput": pooled("shield"),
             "throughput_ratio": pooled("shield") / pooled("bare"),
             "round_ratios": ratios, "rounds": rounds,
+            "cpu_us_per_answer": {"bare": cpu_us("bare"), "shield": cpu_us("shield"),
+                                  "added": added, "added_p50": float(np.median(added))},
+            "audit": {"records": records, "commits": after["commits"] - before["commits"],
+                      "commits_per_answer": (after["commits"] - before["commits"])
+                      / max(records, 1), "processes": after["processes"]},
             "moderate": {"bare": bare_m, "shield": shield_m},
             "moderate_p50_added_ms": shield_m["p50_ms"] - bare_m["p50_ms"],
             "moderate_p99_added_ms": shield_m["p99_ms"] - bare_m["p99_ms"]}
+
+
+def throughput_rounds(args: argparse.Namespace, bodies: list[Any],
+                      pair: list[tuple[str, str, list[dict[str, str]], Any]]
+                      ) -> list[dict[str, Any]]:
+    """``args.rounds`` rounds of closed-loop load on each server of ``pair`` in turn (the
+    order swapped every round), with each server's CPU time over its round."""
+    per_round = max(1, args.requests // args.rounds)
+    rounds = []
+    for r in range(args.rounds):
+        for name, u, headers, proc in (pair if r % 2 == 0 else pair[::-1]):
+            cpu = cpu_seconds(proc)
+            out = run_load(u, bodies, headers, concurrency=args.concurrency,
+                           requests=per_round)
+            answered = out["statuses"].get(200, 0)
+            rounds.append({"round": r, "server": name, **out, "answered": answered,
+                           "cpu_seconds": cpu_seconds(proc) - cpu})
+    return rounds
 
 
 def main() -> None:
@@ -118,17 +146,24 @@ def main() -> None:
                         "trips per answer (needs --all or --redis and --postgres)")
     parser.add_argument("--floor-redis-trips", type=int, default=3,
                         help="Redis round trips per answer in the --floor server")
+    parser.add_argument("--all-targets", action="store_true",
+                        help="measure the three targets side by side and write "
+                        "bench/results/gateway_targets.json: memory limits + SQLite (1 worker), "
+                        "production (2 workers, Redis, PostgreSQL; both started here), and the "
+                        "Shield's own CPU per request beyond the model")
     parser.add_argument("--only", choices=["memory", "redis", "postgres", "production"],
                         help="measure one configuration only (production: Redis limits "
                         "and state with the PostgreSQL audit)")
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
-        if args.all:
+        if args.all or args.all_targets:
             from tests.servers import postgres_server, redis_server
 
             args.redis = args.redis or stack.enter_context(redis_server())
             args.postgres = args.postgres or stack.enter_context(postgres_server())
-        if args.floor:
+        if args.all_targets:
+            all_targets(args)
+        elif args.floor:
             floor(args)
         else:
             run(args)
@@ -220,12 +255,12 @@ def run(args: argparse.Namespace) -> None:
     results = []
     port = free_port()
     with server("bare_app:app", port, env={"PYTHONPATH": str(Path(__file__).parent)},
-                workers=args.workers):
+                workers=args.workers) as bare_proc:
         bare_url = f"http://127.0.0.1:{port}/v1/models/digits-mlp/predict"
         run_load(bare_url, bodies, [{}], concurrency=args.concurrency, requests=200)  # warm-up
         for _, label, limits_url, audit_url in configs:
-            results.append({"config": label,
-                            **measure(args, bare_url, bodies, limits_url, audit_url)})
+            results.append({"config": label, **measure(args, (bare_url, bare_proc), bodies,
+                                                       limits_url, audit_url)})
     show(f"gateway overhead, {args.workers} worker(s) each: {args.requests} requests of "
          f"{args.rows} row(s) per server from "
          f"{args.concurrency} clients in {args.rounds} alternating rounds (throughput), "
@@ -247,6 +282,69 @@ def run(args: argparse.Namespace) -> None:
         ("" if args.only is None else f"_{args.only}")
     write(f"gateway_overhead{suffix}", {"args": vars(args), "results": results,
                                         "redis_round_trips_per_request": trips})
+
+
+TARGETS = {"memory": ("memory limits + SQLite, 1 worker", 1, 0.80, 2.0),
+           "production": ("production: Redis limits and state, PostgreSQL, 2 workers", 2,
+                          0.60, 3.0)}
+SHIELD_CPU_TARGET_US = 200.0
+
+
+def all_targets(args: argparse.Namespace) -> None:
+    """The issue's three targets, each against the bare server with as many workers, in
+    one run: throughput ratio and p99 added (memory, production), and the Shield's CPU per
+    single-row request beyond the model (all five detectors; in-process, thread CPU, p50;
+    and over HTTP, the gateway's CPU per answer minus the bare server's)."""
+    from shield_stages import stage_times, summary
+
+    x = load_victim("digits-mlp").X_test
+    bodies = [{"inputs": x[i:i + 1].tolist()} for i in range(len(x))]
+    urls = {"memory": ("memory://", "sqlite:///{tmp}/audit.db"),
+            "production": (args.redis, args.postgres)}
+    measured: dict[str, Any] = {}
+    for name, (_, workers, _, _) in TARGETS.items():
+        one = argparse.Namespace(**{**vars(args), "workers": workers})
+        port = free_port()
+        with server("bare_app:app", port, env={"PYTHONPATH": str(Path(__file__).parent)},
+                    workers=workers) as bare_proc:
+            bare_url = f"http://127.0.0.1:{port}/v1/models/digits-mlp/predict"
+            run_load(bare_url, bodies, [{}], concurrency=args.concurrency, requests=200)
+            measured[name] = measure(one, (bare_url, bare_proc), bodies, *urls[name])
+    cpu = summary(stage_times(args.requests, 0)["cpu"])
+    beyond = next(r for r in cpu if r["stage"] == "beyond the model")
+    rows = target_rows(measured, beyond)
+    show("gateway targets (bare and gateway side by side; see gateway_targets.json)",
+         ["target", "measured", "wanted", "met"], [[r["target"], r["measured"],
+                                                     r["wanted"], r["met"]] for r in rows])
+    for name, m in measured.items():
+        print(f"{name}: commits per answer {m['audit']['commits_per_answer']:.3f} "
+              f"({m['audit']['commits']:.0f} commits, {m['audit']['records']:.0f} records); "
+              f"CPU per answer bare {np.median(m['cpu_us_per_answer']['bare']):.0f} µs, "
+              f"gateway {np.median(m['cpu_us_per_answer']['shield']):.0f} µs")
+    write("gateway_targets", {"args": vars(args), "targets": rows, "measured": measured,
+                              "shield_stages_cpu_us": cpu})
+
+
+def target_rows(measured: dict[str, Any], beyond: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target: what was measured, what is wanted, and whether it is met."""
+    rows: list[dict[str, Any]] = []
+    for name, (label, _, ratio, p99) in TARGETS.items():
+        m = measured[name]
+        rows += [{"target": f"{label}: throughput ratio", "measured": m["throughput_ratio"],
+                  "wanted": f">= {ratio}", "met": m["throughput_ratio"] >= ratio},
+                 {"target": f"{label}: p99 added (ms)", "measured": m["moderate_p99_added_ms"],
+                  "wanted": f"<= {p99}", "met": m["moderate_p99_added_ms"] <= p99},
+                 {"target": f"{label}: audit commits per answer",
+                  "measured": m["audit"]["commits_per_answer"], "wanted": "< 1",
+                  "met": m["audit"]["commits_per_answer"] < 1}]
+    http = measured["memory"]["cpu_us_per_answer"]["added_p50"]
+    rows += [{"target": "Shield CPU beyond the model, in-process, p50 (µs)",
+              "measured": beyond["p50_us"], "wanted": f"<= {SHIELD_CPU_TARGET_US:g}",
+              "met": beyond["p50_us"] <= SHIELD_CPU_TARGET_US},
+             {"target": "gateway CPU per answer beyond bare, over HTTP, memory (µs, "
+                        "median of rounds)", "measured": http, "wanted": "(reported)",
+              "met": None}]
+    return rows
 
 
 if __name__ == "__main__":
