@@ -151,3 +151,15 @@ def test_the_gateway_refuses_a_config_the_model_file_does_not_answer(
     shield = build(classes=["red", "white", "rose"])  # names for the model's three classes
     assert shield.spec.classes == ("red", "white", "rose")
     shield.close()
+
+
+def test_an_audit_target_of_an_unknown_format_is_refused_when_the_scenario_loads(
+        tmp_path: Path) -> None:
+    from modelshield.audit.scenario import load_scenario
+
+    with pytest.raises(ConfigError) as info:
+        load_scenario({"target": {"file": str(tmp_path / "model.h5"),
+                                  "data": str(tmp_path / "d.npz")},
+                       "attackers": [{"attack": "knockoff", "budgets": [50]}]})
+    text = str(info.value)
+    assert "target.file" in text and ".txt" in text and ".ubj" in text, text

@@ -40,9 +40,11 @@ class Target(_Strict):
     """What is attacked: a built-in victim, a model file with its data, or a running endpoint.
 
     - ``victim``: a built-in victim (``modelshield victims``);
-    - ``file`` + ``data``: a fitted scikit-learn classifier (joblib) and an ``.npz`` holding
-      ``X_test``, ``y_test`` and optionally ``pool`` (the attacker's unlabelled data), ``low``
-      and ``high`` (the input domain; the test data's range otherwise);
+    - ``file`` + ``data``: a model file (a scikit-learn-API classifier in joblib, including
+      XGBClassifier and LGBMClassifier; an XGBoost booster .json/.ubj; a LightGBM booster
+      .txt; ONNX; TorchScript) and an ``.npz`` holding ``X_test``, ``y_test`` and optionally
+      ``pool`` (the attacker's unlabelled data), ``low`` and ``high`` (the input domain;
+      the test data's range otherwise);
     - ``url`` + ``api_key``: a running gateway (``protocol: rest`` or ``v2``). The endpoint
       applies its own defenses, so the scenario's ``defenses`` are not used; ``victim`` or
       ``file`` + ``data`` then names the model it serves, to score clones against.
@@ -68,6 +70,16 @@ class Target(_Strict):
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         return http_url(v)
+
+    @field_validator("file")
+    @classmethod
+    def _file(cls, v: str | None) -> str | None:
+        from modelshield.victims.loaders import MODEL_FORMATS, SUFFIXES
+
+        if v is not None and Path(v).suffix.lower() not in SUFFIXES:
+            raise ValueError(f"{Path(v).name!r} is not a model file this reads; give "
+                             + "; ".join(f"{k} ({d})" for k, d in MODEL_FORMATS.items()))
+        return v
 
     @model_validator(mode="after")
     def _one(self) -> Target:
@@ -535,7 +547,7 @@ deployment:                 # stated beside the rating
 
 target:
   victim: digits-mlp        # a built-in victim (`modelshield victims`)
-  # file: model.joblib      # or a scikit-learn model file ...
+  # file: model.joblib      # or your model file (.joblib, .onnx, .pt, XGBoost .json/.ubj, LightGBM .txt) ...
   # data: data.npz          # ... with X_test, y_test (and optionally pool, low, high)
   # url: http://127.0.0.1:8000   # or a running gateway, attacked with a customer's key;
   # api_key: ms_...               # victim/file then names the model it serves

@@ -29,6 +29,10 @@ MODEL_FORMATS = {
 }
 """The model files served, attacked and audited, by suffix."""
 
+SUFFIXES = frozenset({".joblib", ".pkl", ".pickle", ".pt", ".pth", ".onnx", ".json", ".ubj",
+                      ".txt"})
+"""Every suffix :func:`load_model_file` reads."""
+
 
 def load_model_file(path: str | Path) -> ModelAdapter:
     """An adapter for the model in ``path``, chosen by its suffix (:data:`MODEL_FORMATS`).
