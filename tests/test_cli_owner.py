@@ -337,3 +337,38 @@ def test_over_http_relu_exact_2_recovers_an_owner_two_layer_network_from_its_fil
     want = np.log(model.predict_proba(x))
     got = clone.log_ratios(x)
     assert np.abs(got - (want[:, 1:] - want[:, :1])).max() <= 2.0 ** -25
+
+
+def test_over_http_a_model_file_that_is_not_the_served_model_is_refused(
+        owner: Any, tmp_path: Path) -> None:
+    """Another model of the same width (here: its labels shifted by one class) would score
+    the clone against the wrong model; a handful of the target's answers tell, and the
+    attack never starts. The right file passes the check, which says what it spent."""
+    model_file, data, model, X = owner
+    with np.load(data) as d:
+        low, high = d["low"].tolist(), d["high"].tolist()
+    other = make_pipeline(StandardScaler(), MLPClassifier((16,), max_iter=2000, random_state=0))
+    other.fit(X, (model.predict(X) + 1) % 3)
+    joblib.dump(other, tmp_path / "other.joblib")
+    shields = build_gateway({"audit_url": f"sqlite:///{tmp_path}/a.db", "tiers": {"t": {}},
+                             "models": [{"file": str(model_file), "name": "vineyard",
+                                         "classes": ["0", "1", "2"], "low": low, "high": high}]})
+    key = shields[0].store.create_key("t")[0]
+    out = tmp_path / "r.json"
+    with live_app(create_app(shields)) as client:
+        base = ["attack", "--target", str(client.base_url), "--api-key", key, "--data",
+                str(data), "--attack", "label-only", "--param", "method=retraining",
+                "--budget", "30", "--json", str(out)]
+        r = runner.invoke(app, [*base, "--model-file", str(tmp_path / "other.joblib")])
+        assert isinstance(r.exception, ConfigError), r.output  # `modelshield` exits 2
+        assert "--model-file is not the model the target serves" in str(r.exception)
+        assert "16 queries spent on the check" in str(r.exception)
+        assert not out.exists()
+        r = runner.invoke(app, [*base, "--model-file", str(model_file)])
+        assert r.exit_code == 0, r.output
+        assert "answers as the target on 16 of 16" in r.output
+        row = json.loads(out.read_text())
+        assert row["info"]["model_file_check"] == {"queries": 16, "agreed": 16}
+        assert row["queries"] <= 30
+    for s in shields:
+        s.close()

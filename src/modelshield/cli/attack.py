@@ -142,7 +142,18 @@ def _over_http(v: Victim | None, victim: str | None, own_model: bool, target: st
             raise ConfigError(f"The scoring model takes {v.spec.n_features} features; "
                               f"the target's {oracle.model!r} takes "
                               f"{oracle.spec.n_features}.")
+        check = None
+        if v is not None and own_model:  # a file of another model would score the wrong one
+            from modelshield.oracle.match import check_model_file
+
+            with contextlib.closing(HttpOracle(target, api_key, model=model,
+                                               pace=pace)) as asked:
+                check = check_model_file(v, asked, seed=seed)
         result = run_cell(v, attack, policy, budget, seed, price, params, oracle=oracle)
+        if check is not None:
+            result.info["model_file_check"] = {"queries": check.queries,
+                                               "agreed": check.agreed}
+            console.print(check.describe())
         if oracle.waited:
             console.print(f"waited out rate limits for {oracle.waited:.1f} s")
     return result
