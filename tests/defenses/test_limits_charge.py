@@ -105,3 +105,37 @@ def test_a_refused_request_reports_the_limit_that_refused_it(
         assert exc.value.headers["RateLimit-Limit"] == "2"
         assert exc.value.headers["RateLimit-Remaining"] == "0"
         shield.close()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_memory_window_is_exact_and_charges_all_or_none() -> None:
+    from limits import parse
+
+    from modelshield.defenses.limits_batch import MemoryMovingWindow
+
+    clock = _Clock()
+    window = MemoryMovingWindow(clock, sweep_seconds=5)
+    five, ten = parse("5/second"), parse("10/minute")
+    both = [(five, "k", 1, True), (ten, "g", 1, False)]
+    outcomes = []
+    for _ in range(7):
+        outcomes.append(window.charge(both))
+        clock.now += 0.01
+    assert [o[0][0] for o in outcomes] == [True] * 5 + [False] * 2  # type: ignore[index]
+    assert outcomes[4][0][2] == 0 and outcomes[5][1] is None  # remaining; "g" admitted
+    # The two refused requests were charged nowhere: "g" holds five of its ten.
+    assert window.charge([(ten, "g", 5, True)])[0] == (True, 1060.0, 0)
+    assert window.charge([(ten, "g", 1, True)])[0][0] is False  # type: ignore[index]
+    clock.now = 1001.005  # the first entry of "k" has left its window (one second on)
+    assert window.charge([(five, "k", 1, True)])[0] == (True, 1001.01, 0)
+    assert window.charge([(five, "k", 6, True)])[0][0] is False  # type: ignore[index]
+    clock.now = 1100.0  # every window is empty; a sweep drops them
+    window.charge([(five, "other", 1, False)])
+    assert list(window._windows) == [("other", 5, 1)]

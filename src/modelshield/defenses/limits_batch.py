@@ -6,7 +6,9 @@ so one over-limit key cannot lock every other customer out.
 * Redis, moving window: one Lua script checks every limit, then charges all of them or
   none, and returns each window's state for the ``RateLimit-*`` headers: one round trip,
   atomic across every replica (:class:`RedisMovingWindowBatch`).
-* Anything else (memory, or Redis with the fixed or sliding window): :class:`LockedCharge`
+* Memory, moving window: :class:`MemoryMovingWindow`, exact queues of (time, cost) under
+  one lock, the same rule as the library's (and as the script's).
+* Anything else (the fixed or sliding window, an audit's clocked storage): :class:`LockedCharge`
   tests every limit, then hits every one, under one lock per limiter. In memory that is
   exact (the lock holds every thread of the process that owns the counters). With the fixed
   or sliding window on Redis, two replicas may race between the test and the hit: each hit
@@ -19,12 +21,15 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from limits import RateLimitItem
 from limits.storage import RedisStorage
 from limits.strategies import RateLimiter
+
+from modelshield.defenses.limits_memory import SweptMemoryStorage
 
 Hit = tuple[RateLimitItem, str, int, bool]
 """(limit, identifier, cost, whether the caller needs the window's state back)."""
@@ -98,8 +103,8 @@ class RedisMovingWindowBatch:
         if not hits:
             return []
         if self._script is None:  # EVALSHA, and SCRIPT LOAD only when Redis lacks it
-            self._script = self.storage.get_connection().register_script(  # type: ignore[attr-defined]
-                ALL_OR_NOTHING_LUA)
+            client: Any = self.storage.get_connection()
+            self._script = client.register_script(ALL_OR_NOTHING_LUA)
         st = self.storage
         now = self.clock()
         keys = [st.prefixed_key(item.key_for(ident)) for item, ident, _, _ in hits]
@@ -113,6 +118,105 @@ class RedisMovingWindowBatch:
             out.append((bool(int(ok)), float(oldest) + item.get_expiry(),
                         item.amount - int(count)))
         return out
+
+
+class MemoryMovingWindow:
+    """Exact moving windows in process memory, charged all or none under one lock.
+
+    The `limits` library's memory storage keeps one list entry per unit of cost, inserted at
+    the list's head (a copy of the whole list per hit) and found by bisection; a request
+    with five limits made ten library calls. Here each window is a queue of (time, cost)
+    with its running total: admit when the total still inside the window plus the cost is
+    within the limit (the library's rule), charge in O(1), and report the oldest entry
+    still inside (the reset time) and what remains. Queues of idle keys are dropped once
+    per ``sweep_seconds``."""
+
+    def __init__(self, clock: Callable[[], float] = time.time, sweep_seconds: float = 1.0
+                 ) -> None:
+        self.clock = clock
+        self.sweep_seconds = sweep_seconds
+        self._windows: dict[tuple[str, int, int], _Window] = {}
+        self._lock = threading.Lock()
+        self._swept = clock()
+
+    def charge(self, hits: Sequence[Hit]) -> list[Outcome]:
+        now = self.clock()
+        with self._lock:
+            windows = [self._window(ident, item.amount, item.get_expiry(), now)
+                       for item, ident, _, _ in hits]
+            admitted = [w.total + cost <= item.amount
+                        for w, (item, _, cost, _) in zip(windows, hits, strict=True)]
+            if all(admitted):
+                for w, (_, _, cost, _) in zip(windows, hits, strict=True):
+                    w.add(now, cost)
+            out: list[Outcome] = [
+                (ok, w.reset(now), max(0, item.amount - w.total)) if report or not ok
+                else None
+                for w, ok, (item, _, _, report) in zip(windows, admitted, hits, strict=True)]
+            if now - self._swept >= self.sweep_seconds:
+                self._sweep(now)
+        return out
+
+    def _window(self, ident: str, limit: int, expiry: int, now: float) -> _Window:
+        key = (ident, limit, expiry)
+        w = self._windows.get(key)
+        if w is None:
+            w = self._windows[key] = _Window(expiry)
+        w.expire(now)
+        return w
+
+    def _sweep(self, now: float) -> None:
+        """Drop the windows whose every entry has left them (lock held)."""
+        self._swept = now
+        for key in [k for k, w in self._windows.items() if w.expire(now) == 0]:
+            del self._windows[key]
+
+
+class _Window:
+    """One moving window: (time, cost) entries, oldest first, and their total."""
+
+    __slots__ = ("entries", "expiry", "total")
+
+    def __init__(self, expiry: int) -> None:
+        self.entries: deque[tuple[float, int]] = deque()
+        self.expiry = expiry
+        self.total = 0
+
+    def expire(self, now: float) -> int:
+        """Drop the entries older than the window; what is left inside."""
+        entries, start = self.entries, now - self.expiry
+        while entries and entries[0][0] < start:
+            self.total -= entries.popleft()[1]
+        return self.total
+
+    def add(self, now: float, cost: int) -> None:
+        self.entries.append((now, cost))
+        self.total += cost
+
+    def reset(self, now: float) -> float:
+        """When the window's oldest entry leaves it (now + expiry when it is empty)."""
+        return (self.entries[0][0] if self.entries else now) + self.expiry
+
+
+_SHARED: weakref.WeakKeyDictionary[RateLimiter, MemoryMovingWindow] = \
+    weakref.WeakKeyDictionary()
+
+
+def charger(limiter: RateLimiter, moving_window: bool
+            ) -> RedisMovingWindowBatch | MemoryMovingWindow | LockedCharge:
+    """How a Shield charges its requests' limits on ``limiter``: one Lua script (Redis,
+    moving window), exact queues in memory (the gateway's own memory storage, moving
+    window; shared by every Shield on that limiter), else test-then-hit under a lock."""
+    storage = limiter.storage
+    if isinstance(storage, RedisStorage) and moving_window:
+        return RedisMovingWindowBatch(storage)
+    if type(storage) is SweptMemoryStorage and moving_window:
+        with _LOCKS_LOCK:
+            shared = _SHARED.get(limiter)
+            if shared is None:
+                shared = _SHARED[limiter] = MemoryMovingWindow()
+            return shared
+    return LockedCharge(limiter)
 
 
 _LOCKS: weakref.WeakKeyDictionary[RateLimiter, threading.Lock] = weakref.WeakKeyDictionary()

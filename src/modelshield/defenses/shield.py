@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 from limits import RateLimitItem, parse_many, storage, strategies
-from limits.storage import RedisStorage
 from limits.strategies import RateLimiter
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -36,7 +35,7 @@ from modelshield.answer import Answer, ApiSpec, FloatArray, LMChoice, LMRequest
 from modelshield.defenses.config import ShieldConfig, Tier
 from modelshield.defenses.detectors import Detector, Flag, Probing, make_detector
 from modelshield.defenses.leakfilter import LeakFinder
-from modelshield.defenses.limits_batch import LockedCharge, RedisMovingWindowBatch
+from modelshield.defenses.limits_batch import charger
 from modelshield.defenses.limits_memory import SweptMemoryStorage
 from modelshield.defenses.llm import Delta
 from modelshield.defenses.lm_stages import LM_STAGES
@@ -129,10 +128,7 @@ class Shield:
         self.limiter = limiter or make_limiter(config)
         # A request's limits are charged all or none; on Redis with the moving window in
         # one script call (one round trip).
-        self.charge: RedisMovingWindowBatch | LockedCharge = \
-            RedisMovingWindowBatch(self.limiter.storage) \
-            if isinstance(self.limiter.storage, RedisStorage) and \
-            config.storage.strategy == "moving-window" else LockedCharge(self.limiter)
+        self.charge = charger(self.limiter, config.storage.strategy == "moving-window")
         self.policies, self.degraded = _output_policies(config)
         self.llm_policies = {name: t.llm.model_copy(update={
             "noise_key": config.noise_secret or "",
