@@ -64,7 +64,7 @@ def test_open_inference_protocol_v2(gateway: tuple[HttpClient, Shield, str],
     out = {o["name"]: o for o in r.json()["outputs"]}
     assert out["label"]["data"] == victims["digits-mlp"].predict_labels(x).tolist()
     assert out["probabilities"]["shape"] == [2, 10]
-    meta = client.get("/v2/models/digits-mlp").json()
+    meta = client.get("/v2/models/digits-mlp", headers={"X-API-Key": key}).json()
     assert meta["inputs"][0]["shape"] == [-1, 64]
     assert client.get("/v2/health/ready").json() == {"ready": True}
     assert "modelshield_requests_total" in client.get("/metrics").text
@@ -338,7 +338,7 @@ def test_a_model_file_is_served_with_its_declared_contract(
     shield = build_shield(cfg)
     key, _ = shield.store.create_key("pro")
     with live_app(create_app(shield)) as client:
-        meta = client.get("/v2/models/cancer").json()
+        meta = client.get("/v2/models/cancer", headers={"Authorization": f"Bearer {key}"}).json()
         assert meta["parameters"]["classes"] == ["malignant", "benign"]
         r = client.post("/v1/models/cancer/predict", json={"inputs": v.X_test[:4].tolist()},
                         headers={"Authorization": f"Bearer {key}"})

@@ -73,9 +73,10 @@ def test_each_model_has_its_routes_and_metadata(gateway: Any, owner_model: Any) 
     client, shields = gateway
     _, X, model = owner_model
     key = shields[0].store.create_key("gold")[0]
-    assert client.get("/v2").json()["models"] == ["credit", "digits"]
-    assert client.get("/v2/models/credit").json()["inputs"][0]["shape"] == [-1, 30]
-    assert client.get("/v2/models/digits").json()["inputs"][0]["shape"] == [-1, 64]
+    keyed = {"Authorization": f"Bearer {key}"}
+    assert client.get("/v2", headers=keyed).json()["models"] == ["credit", "digits"]
+    assert client.get("/v2/models/credit", headers=keyed).json()["inputs"][0]["shape"] == [-1, 30]
+    assert client.get("/v2/models/digits", headers=keyed).json()["inputs"][0]["shape"] == [-1, 64]
     r = post(client, "credit", key, X[:4])
     assert r.status_code == 200 and r.json()["labels"] == model.predict(X[:4]).tolist()
     r = client.post("/v2/models/credit/infer", headers={"X-API-Key": key}, json={

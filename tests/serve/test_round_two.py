@@ -141,3 +141,55 @@ def test_revocations_and_reinstatements_are_sealed_in_the_log(tmp_path: Path) ->
     assert store.verify().ok and store.verify().checked == 3
     assert store.count(answered=False) == 0  # an admin action is not a refused request
     store.close()
+
+
+# -- N14: a model's metadata only to keys that may use it ----------------------------------
+def test_model_metadata_is_shown_only_to_keys_whose_tier_the_model_offers(
+        tmp_path: Path) -> None:
+    from modelshield.serve.factory import build_gateway
+
+    shields = build_gateway({
+        "audit_url": f"sqlite:///{tmp_path / 'a.db'}",
+        "models": [{"builtin": "digits-mlp", "name": "a", "tiers": {"ta": {}}},
+                   {"builtin": "digits-lr", "name": "b", "tiers": {"tb": {}}}]})
+    key_a, _ = shields[0].store.create_key("ta")
+    with live_app(create_app(shields)) as client:
+        mine = client.get("/v2/models/a", headers=auth(key_a))
+        theirs = client.get("/v2/models/b", headers=auth(key_a))
+        keyless = client.get("/v2/models/a")
+        listed = client.get("/v2", headers=auth(key_a)).json()["models"]
+        listed_keyless = client.get("/v2").json()["models"]
+        account = client.get("/v1/account", params={"model": "b"}, headers=auth(key_a))
+    assert mine.status_code == 200 and mine.json()["inputs"][0]["shape"] == [-1, 64]
+    assert theirs.status_code == 403 and "shape" not in theirs.text
+    assert keyless.status_code == 401
+    assert listed == ["a"] and listed_keyless == []
+    assert account.status_code == 403
+    for s in shields:
+        s.close()
+
+
+# -- F9: what a refusal echoes -------------------------------------------------------------
+def test_an_unknown_model_name_is_not_echoed_in_full(tmp_path: Path) -> None:
+    shield = build_shield(config(tmp_path))
+    key, _ = shield.store.create_key("pro")
+    with live_app(create_app(shield)) as client:
+        r = client.post("/v1/models/" + "x" * 10_000 + "/predict", json=ROW, headers=auth(key))
+    assert r.status_code == 404 and len(r.text) < 600, len(r.text)
+    assert "10000 characters" in r.json()["error"]["message"]
+    shield.close()
+
+
+# -- N17: the refusal of an expired key ----------------------------------------------------
+def test_an_expired_key_is_told_so_in_plain_words(tmp_path: Path) -> None:
+    import numpy as np
+    import pytest
+
+    from modelshield.errors import Denied
+
+    shield = build_shield(config(tmp_path))
+    key, _ = shield.store.create_key("pro", ttl_seconds=-1)
+    with pytest.raises(Denied) as info:
+        shield.handle(key, np.zeros((1, 64)))
+    assert str(info.value) == "The API key has expired." and info.value.code == "key_expired"
+    shield.close()

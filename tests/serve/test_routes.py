@@ -25,8 +25,7 @@ MODEL = "digits-mlp"
 
 PUBLIC = {
     ("GET", "/v2/health/ready"), ("GET", "/v2/health/live"), ("GET", "/metrics"),
-    ("GET", "/terms"), ("GET", "/v2"), ("GET", "/v2/models/{model}"),
-    ("GET", "/v2/models/{model}/ready"),
+    ("GET", "/terms"), ("GET", "/v2"), ("GET", "/v2/models/{model}/ready"),
     *((method, path) for method in ("GET", "HEAD")
       for path in ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")),
 }

@@ -17,8 +17,9 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from modelshield.answer import Answer
-from modelshield.defenses.shield import Decision, Shield
+from modelshield.defenses.shield import MAX_KEY_CHARS, Decision, Shield
 from modelshield.errors import Denied
+from modelshield.serve.errors import shown
 from modelshield.serve.metrics import Metrics
 from modelshield.serve.routing import needs_at
 
@@ -40,9 +41,24 @@ class Gateway:
         """The Shield of ``model``, or a 404 ``unknown_model``."""
         found = self.shields.get(model)
         if found is None:
-            raise refusal(404, "unknown_model", f"Unknown model {model!r}; this gateway "
+            raise refusal(404, "unknown_model", f"Unknown model {shown(model)}; this gateway "
                           f"serves {', '.join(map(repr, self.shields))}.", "model")
         return found
+
+    async def usable(self, request: Request, model: str) -> Shield:
+        """The Shield of ``model``, if the request's key holds a tier it offers (else the
+        refusal: 401, 403 ``unknown_tier``, recorded)."""
+        target = self.shield(model)
+        await run_in_threadpool(target.authenticate, api_key(request), client_ip(request))
+        return target
+
+    def models_for(self, key: str | None) -> list[str]:
+        """The models whose tiers include ``key``'s (none without a usable key)."""
+        record = None if key is None or len(key) > MAX_KEY_CHARS else \
+            self.first.store.lookup(key)
+        if record is None or not record.usable(self.first.clock()):
+            return []
+        return [name for name, s in self.shields.items() if record.tier in s.config.tiers]
 
     def count(self, request: Request, status: int) -> None:
         """Count ``request`` as answered with ``status``, under its route's label."""

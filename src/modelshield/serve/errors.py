@@ -62,6 +62,14 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 """OpenAPI ``responses`` for the routes: every status they may send, with its body."""
 
 
+def shown(value: str, limit: int = 64) -> str:
+    """``value`` as a refusal may echo it: quoted, and cut at ``limit`` characters (saying
+    how long it was), so a 10,000-character name does not come back whole."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
 def error_type(status: int) -> str:
     return _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
 

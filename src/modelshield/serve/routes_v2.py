@@ -10,9 +10,10 @@ import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from modelshield.serve.answers import v2_body
-from modelshield.serve.context import GatewayDep, refusal
+from modelshield.serve.context import GatewayDep, api_key, refusal
 from modelshield.serve.errors import ERROR_RESPONSES
 from modelshield.serve.routing import GatewayRouter
 
@@ -48,9 +49,11 @@ async def model_ready(model: str, gw: GatewayDep) -> Any:
     return {"name": model, "ready": True}
 
 
-@router.get("/v2/models/{model}", public=True, metric="v2")
-async def metadata(model: str, gw: GatewayDep) -> Any:
-    spec = gw.shield(model).spec
+@router.get("/v2/models/{model}", metric="v2")
+async def metadata(model: str, request: Request, gw: GatewayDep) -> Any:
+    """KServe v2 model metadata: input width, classes, domain; to a key whose tier the
+    model offers."""
+    spec = (await gw.usable(request, model)).spec
     return {"name": model, "platform": "modelshield",
             "inputs": [{"name": "input-0", "datatype": "FP64",
                         "shape": [-1, spec.n_features]}],
@@ -65,9 +68,11 @@ async def metadata(model: str, gw: GatewayDep) -> Any:
 
 
 @router.get("/v2", public=True)
-async def server(gw: GatewayDep) -> dict[str, Any]:
-    return {"name": "modelshield", "version": "0.1.0", "extensions": [],
-            "models": list(gw.shields)}
+async def server(request: Request, gw: GatewayDep) -> dict[str, Any]:
+    """KServe v2 server metadata, and the models the caller's key may use (none without
+    one)."""
+    models = await run_in_threadpool(gw.models_for, api_key(request))
+    return {"name": "modelshield", "version": "0.1.0", "extensions": [], "models": models}
 
 
 def _parse(raw: bytes) -> V2Request:
