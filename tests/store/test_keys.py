@@ -30,3 +30,21 @@ def test_a_chosen_key_id_is_used_checked_and_unique(tmp_path: Path) -> None:
         assert len(store.list_keys()) == 4  # nothing half-made by the refusals
     finally:
         store.close()
+
+
+def test_an_unreachable_database_is_one_line_naming_audit_url(tmp_path: Path) -> None:
+    """Nothing listens on the port: a one-line error naming audit_url (the password
+    hidden), at the store and at the CLI, not a traceback."""
+    from tests.cli import run_cli
+    from tests.servers import free_port
+
+    url = f"postgresql+psycopg://ms:hunter2@127.0.0.1:{free_port()}/audit"
+    with pytest.raises(ConfigError, match=r"^audit_url: cannot reach") as info:
+        AuditStore(url)
+    assert "hunter2" not in str(info.value) and "\n" not in str(info.value)
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(f"audit_url: {url}\n")
+    for args in (("keys", "list"), ("serve", "--port", str(free_port()))):
+        run = run_cli(*args, "--config", str(cfg))
+        assert run.returncode != 0 and "audit_url: cannot reach" in run.stderr, run
+        assert len(run.stderr.strip().splitlines()) <= 2 and "Traceback" not in run.stderr

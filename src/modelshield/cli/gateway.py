@@ -177,15 +177,21 @@ def serve(config: ConfigOpt = None, host: Host = "127.0.0.1", port: Port = 8000,
     import os
 
     cfg = load_config(config)  # validate before starting anything
+    from modelshield.serve.factory import open_store
+
+    open_store(cfg).close()  # the audit database is reachable (else one line naming it)
     if config is not None:
         os.environ["MODELSHIELD_CONFIG"] = str(config.resolve())
     else:
         os.environ.pop("MODELSHIELD_CONFIG", None)
+    from sqlalchemy.engine import make_url
+
     from modelshield.serve.admin import model_labels
 
     served = ", ".join(model_labels(cfg))
     err.print(f"modelshield gateway: serving {served} on http://{host}:{port} "
-              f"({workers} worker{'s' if workers > 1 else ''}; audit log {cfg.audit_url}; "
+              f"({workers} worker{'s' if workers > 1 else ''}; audit log "
+              f"{make_url(cfg.audit_url).render_as_string(hide_password=True)}; "
               f"limits {cfg.storage.limits}; docs at /docs)", highlight=False)
     if not cfg.audit_keys:
         err.print("[yellow]warning[/]: no audit_keys set: the audit log is chained with plain "

@@ -237,9 +237,9 @@ class AuditStore:
                             log_id=log, log_since=1,
                             mac=seal_head(self.keys, self.key_version, 0, GENESIS, log, 1)))
                 return
-            except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
-                if attempt == 2:
-                    raise
+            except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError) as exc:
+                if attempt == 2 or _unreachable(exc):
+                    raise _named(self.url, exc) from None
                 time.sleep(0.2)  # another process created it first; check again
 
     def _add_new_columns(self) -> None:
@@ -618,6 +618,22 @@ def _default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"cannot record {type(value).__name__}")
+
+
+def _unreachable(exc: Exception) -> bool:
+    """The database could not be reached at all (no retry helps)."""
+    if isinstance(exc, sa.exc.OperationalError) and exc.connection_invalidated:
+        return True
+    return "connect" in str(exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc).lower()
+
+
+def _named(url: str, exc: Exception) -> ConfigError:
+    """A one-line error naming ``audit_url`` (its password hidden) and the database's
+    first line of complaint."""
+    shown = sa.engine.make_url(url).render_as_string(hide_password=True)
+    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    return ConfigError(f"audit_url: cannot reach the audit database at {shown!r} ({first}).")
 
 
 def new_log_id() -> str:
