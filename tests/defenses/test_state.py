@@ -111,3 +111,36 @@ def test_detectors_judge_the_same_batched_in_redis_as_in_memory(
             assert (want is None) == (got is None), (name, start)
             if want is not None and got is not None:
                 assert want.detector == got.detector and want.reason == got.reason
+
+
+def test_counting_new_fields_is_one_atomic_step(state: DetectorState) -> None:
+    """``count_new`` adds each field's amount and counts, in ``_n``, the fields seen for
+    the first time: what ``fresh_rows`` needs, in one round trip on Redis."""
+    counts, before = state.count_new("n-seen", {"a": 2, "b": 1})
+    assert (counts, before) == ({"a": 2, "b": 1}, 0)
+    counts, before = state.count_new("n-seen", {"b": 1, "c": 1})
+    assert (counts, before) == ({"b": 2, "c": 1}, 2)  # a, b were new before; c is new now
+    assert state.incr("n-seen", "_n", 0) == 3
+
+
+def test_fresh_rows_take_one_round_trip(redis_url: str, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    import redis.connection
+
+    from modelshield.defenses.detectors import fresh_rows
+
+    state = state_from_url(redis_url.replace("/0", "/6"))
+    rows = np.arange(12.0).reshape(4, 3)
+    rows[3] = rows[0]
+    state.get("warm")  # the connection is open
+    sent: list[bytes] = []
+    original = redis.connection.Connection.send_packed_command
+
+    def counted(self: object, command: object, *a: object, **k: object) -> object:
+        sent.append(b"".join(command) if isinstance(command, list) else command)  # type: ignore[arg-type]
+        return original(self, command, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
+    assert fresh_rows(state, "acct", rows).tolist() == [True, True, True, False]
+    assert fresh_rows(state, "acct", rows[1:3]).tolist() == [False, False]
+    assert len(sent) == 2  # one round trip each

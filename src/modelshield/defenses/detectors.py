@@ -607,12 +607,10 @@ def fresh_rows(state: DetectorState, ident: str, inputs: FloatArray,
     amounts: dict[str, int] = {}
     for dig in digests:
         amounts[dig] = amounts.get(dig, 0) + 1
-    counts = state.incr_many(f"seen:{ident}", {**amounts, "_n": 0})
-    if counts["_n"] >= max_seen:
+    counts, before = state.count_new(f"seen:{ident}", amounts)  # one step, one round trip
+    if before >= max_seen:
         return np.ones(len(x), dtype=bool)
     new = {dig for dig, n in amounts.items() if counts[dig] == n}
-    if new:
-        state.incr(f"seen:{ident}", "_n", len(new))
     fresh = np.zeros(len(x), dtype=bool)
     for i, dig in enumerate(digests):
         if dig in new:

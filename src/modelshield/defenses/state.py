@@ -39,6 +39,10 @@ Read = tuple[Literal["hash", "rows", "value"], str]
 class DetectorState(Protocol):
     def incr(self, key: str, field: str, n: int = 1) -> int: ...
     def incr_many(self, key: str, amounts: dict[str, int]) -> dict[str, int]: ...
+    def count_new(self, key: str, amounts: dict[str, int]) -> tuple[dict[str, int], int]:
+        """Add each field's amount, and count in the field ``_n`` the fields seen for the
+        first time; atomic. Returns the fields' counts and ``_n`` before this call."""
+        ...
     def push(self, key: str, rows: FloatArray, maxlen: int | None = None) -> None: ...
     def rows(self, key: str, d: int) -> FloatArray: ...
     def get(self, key: str) -> Any: ...
@@ -71,6 +75,15 @@ class MemoryState:
             for field, n in amounts.items():
                 counts[field] += n
             return {field: counts[field] for field in amounts}
+
+    def count_new(self, key: str, amounts: dict[str, int]) -> tuple[dict[str, int], int]:
+        with self._lock:
+            counts = self._counts[key]
+            before = counts["_n"]
+            for field, n in amounts.items():
+                counts[field] += n
+                counts["_n"] += counts[field] == n
+            return {field: counts[field] for field in amounts}, before
 
     def push(self, key: str, rows: FloatArray, maxlen: int | None = None) -> None:
         rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
@@ -111,6 +124,7 @@ class RedisState:
         self.client = redis.Redis.from_url(url)
         self.prefix = prefix
         self._local = threading.local()  # this thread's open batch, if any
+        self._count_new: Any = None
 
     @property
     def batches(self) -> bool:
@@ -173,6 +187,15 @@ class RedisState:
             pipe.hincrby(self.prefix + key, field, n)
         return {field: int(v) for field, v in zip(amounts, pipe.execute(), strict=True)}
 
+    def count_new(self, key: str, amounts: dict[str, int]) -> tuple[dict[str, int], int]:
+        """One script call (one round trip), after the writes this batch has queued."""
+        self._direct()
+        if self._count_new is None:
+            self._count_new = self.client.register_script(COUNT_NEW_LUA)
+        args: list[Any] = [v for field, n in amounts.items() for v in (field, n)]
+        raw = self._count_new(keys=[self.prefix + key], args=args)
+        return {field: int(v) for field, v in zip(amounts, raw, strict=False)}, int(raw[-1])
+
     def push(self, key: str, rows: FloatArray, maxlen: int | None = None) -> None:
         rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
         data = [np.ascontiguousarray(r).tobytes() for r in rows]
@@ -217,6 +240,19 @@ class RedisState:
     def delete(self, key: str) -> None:
         self._direct()
         self.client.delete(self.prefix + key)
+
+
+COUNT_NEW_LUA = """
+local out, new = {}, 0
+for i = 1, #ARGV, 2 do
+  local n = tonumber(ARGV[i + 1])
+  local c = redis.call('hincrby', KEYS[1], ARGV[i], n)
+  out[#out + 1] = c
+  if c == n then new = new + 1 end
+end
+out[#out + 1] = redis.call('hincrby', KEYS[1], '_n', new) - new
+return out
+"""
 
 
 class _Snapshot:
