@@ -209,3 +209,17 @@ def test_an_expired_key_is_told_so_in_plain_words(served: Any) -> None:
     r = post(client, "/v1/completions", k, completion())
     assert r.status_code == 403
     assert r.json()["error"]["message"] == "The API key has expired."
+
+
+def test_an_out_of_domain_value_is_quoted_as_a_number(tmp_path: Any) -> None:
+    from modelshield.errors import Denied
+
+    shield = build_shield({"model": {"builtin": "digits-lr", "enforce_domain": True},
+                           "audit_url": f"sqlite:///{tmp_path}/a.db", "tiers": {"t": {}}})
+    try:
+        with pytest.raises(Denied) as info:
+            shield.handle(shield.store.create_key("t")[0], [[0.0] * 63 + [17.5]])
+        assert "inputs[0][63] = 17.5 is outside" in str(info.value), str(info.value)
+        assert "np." not in str(info.value)
+    finally:
+        shield.close()

@@ -244,7 +244,9 @@ def test_a_stream_sends_each_token_and_records_admission_then_answer(served: Any
               if line.startswith("data: {")]
     assert "".join(c["text"] for c in chunks) == text[:text.index(stop)]
     assert chunks[-1]["finish_reason"] == "stop" and len(chunks) > 2
-    assert all(c["logprobs"]["token_logprobs"][0] <= 0 for c in chunks)
+    lps = [c["logprobs"] for c in chunks if c["logprobs"] is not None]
+    assert all(v <= 0 for lp in lps for v in lp["token_logprobs"])
+    assert "".join(t for lp in lps for t in lp["tokens"]) == text[:text.index(stop)]
     records = shield.store.records()[before:]
     assert [json.loads(r["answer"]) == {"stream": "started"} for r in records] == [True, False]
     chat = post(client, "/v1/chat/completions", k, {

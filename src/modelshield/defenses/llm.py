@@ -173,24 +173,30 @@ class Stepper(Protocol):
 
 @dataclass(frozen=True)
 class Delta:
-    """One generated token of one choice, as it is streamed."""
+    """What one step of one choice sends when streamed: the tokens whose text is now safe
+    to send (none while it could still become part of a stop sequence or an incomplete
+    character; several once it is), their logprobs, and that text."""
 
     choice: int
-    token: int
-    logprob: float | None
-    top: list[tuple[int, float]] | None
-    text: str  # the text this token adds (empty while a multi-byte character is incomplete)
-    finish_reason: str | None  # set on a choice's last token
+    tokens: list[int]
+    logprobs: list[float] | None
+    tops: list[list[tuple[int, float]]] | None
+    text: str
+    finish_reason: str | None  # set on a choice's last step
 
 
 class Generation:
     """Every choice of ``req``, all choices a step at a time, under the tier's ``policy``.
 
     ``steps()`` yields each step's :class:`Delta` list, so a stream can send tokens as they
-    come; ``choices()`` runs to the end and returns the choices. Sampling uses the biased
-    logits; the returned logprobs are those of the biased distribution, or of the unbiased
-    one when ``bias_affects_logprobs`` is off. A choice ends at ``eos``, at ``max_tokens``,
-    or before its first stop sequence (``req.stop``, checked on the decoded text).
+    come; ``choices()`` runs to the end and returns the choices; ``abort()`` ends every
+    choice still running (finish reason ``abort``: the reader is gone). Sampling uses the
+    biased logits; the returned logprobs are those of the biased distribution, or of the
+    unbiased one when ``bias_affects_logprobs`` is off. A choice ends at ``eos``, at
+    ``max_tokens``, or before its first stop sequence (``req.stop``, checked on the decoded
+    text). A stop sequence cuts the choice at a token's end: its text is the text of the
+    tokens wholly before the stop sequence, so the tokens and logprobs returned cover
+    exactly the text returned (a token the stop sequence begins inside goes with it).
 
     With ``stepper`` (a key/value cache) the prompts run once and each step costs one token
     per sequence; else ``logits_fn`` is called on the whole sequences every step. The text is
@@ -213,9 +219,12 @@ class Generation:
         self.out: list[list[int]] = [[] for _ in self.slots]
         self.lps: list[list[float]] = [[] for _ in self.slots]
         self.tops: list[list[list[tuple[int, float]]]] = [[] for _ in self.slots]
+        self.ends: list[list[int]] = [[] for _ in self.slots]  # each token's text's end
         self.finish = ["length"] * len(self.slots)
         self.texts = [""] * len(self.slots)
         self.sent = [0] * len(self.slots)  # characters of each text already streamed
+        self.released = [0] * len(self.slots)  # tokens of each choice already streamed
+        self.live = list(range(len(self.slots)))
         self._done = False
         self.mark: TextWatermark | None = None
 
@@ -224,27 +233,47 @@ class Generation:
                                count=len(self.req.logit_bias))
         bias_vals = np.fromiter(self.req.logit_bias.values(), dtype=np.float64,
                                 count=len(self.req.logit_bias))
-        live = list(range(len(self.slots)))
         cache = self.stepper([list(s) for s in self.seqs]) if self.stepper else None
         logits = cache.first() if cache is not None else None
         for step in range(self.req.max_tokens):
-            if not live:
+            if not self.live or self._done:
                 break
             if cache is None:
-                rows = dict(zip(live, np.asarray(self.logits_fn([self.seqs[i] for i in live])),
-                                strict=True))
+                rows = dict(zip(self.live, np.asarray(self.logits_fn(
+                    [self.seqs[i] for i in self.live])), strict=True))
             else:
-                rows = {i: logits[i] for i in live}  # type: ignore[index]
-            deltas = [self._next(i, rows[i], step, bias_ids, bias_vals) for i in live]
-            live = [d.choice for d in deltas if d.finish_reason is None]
-            yield deltas
-            if cache is not None and live and step + 1 < self.req.max_tokens:
+                rows = {i: logits[i] for i in self.live}  # type: ignore[index]
+            deltas = [self._next(i, rows[i], step, bias_ids, bias_vals) for i in self.live]
+            self.live = [d.choice for d in deltas if d.finish_reason is None]
+            yield [d for d in deltas if d.tokens or d.text or d.finish_reason]
+            if cache is not None and self.live and step + 1 < self.req.max_tokens:
                 # Finished choices ride along with their last token; their logits are unused.
                 logits = cache.step([s[-1] for s in self.seqs])
         self._done = True
 
+    def abort(self) -> None:
+        """End every choice still running, as it stands (finish reason ``abort``)."""
+        for i in self.live:
+            self.finish[i] = "abort"
+        self.live, self._done = [], True
+
     def _next(self, i: int, row: np.ndarray, step: int, bias_ids: np.ndarray,
               bias_vals: np.ndarray) -> Delta:
+        token = self._sample(i, row, step, bias_ids, bias_vals)
+        self.out[i].append(token)
+        self.seqs[i].append(token)
+        finish = "stop" if token == self.eos else None
+        if self.incremental and self.text_of is not None:
+            finish = self._decode_step(i, self.text_of) or finish
+        if finish is None and len(self.out[i]) >= self.req.max_tokens:
+            finish = "length"
+        if finish is not None:
+            self.finish[i] = finish
+        return self._release(i, finish)
+
+    def _sample(self, i: int, row: np.ndarray, step: int, bias_ids: np.ndarray,
+                bias_vals: np.ndarray) -> int:
+        """Choice ``i``'s next token, its logprobs kept when the request asks for them."""
         req, policy = self.req, self.policy
         z = row.astype(np.float64)
         if policy.watermark_delta > 0:  # the model as served leans green: logprobs too
@@ -256,48 +285,56 @@ class Generation:
         if len(bias_ids):
             zb[bias_ids] += bias_vals
         token = _sample(zb, req.temperature, req.top_p, self.rngs[i])
-        lp_token, top_list = None, None
         if req.logprobs is not None:
             lp = _shape(log_softmax(zb if policy.bias_affects_logprobs else z), policy,
                         self.seqs[i], step)
-            lp_token = float(lp[token])
             k = min(req.logprobs, len(lp))
             top_list = []
             if k > 0:
                 top = np.argpartition(-lp, k - 1)[:k]
                 top = top[np.argsort(-lp[top], kind="stable")]
                 top_list = list(zip(top.tolist(), lp[top].tolist(), strict=True))
-            self.lps[i].append(lp_token)
+            self.lps[i].append(float(lp[token]))
             self.tops[i].append(top_list)
-        self.out[i].append(token)
-        self.seqs[i].append(token)
-        finish = "stop" if token == self.eos else None
-        if self.incremental and self.text_of is not None:
-            full = self.text_of(self.out[i])
-            at = _stop_at(full, req.stop)
-            if at is not None:
-                full, finish = full[:at], "stop"
-            self.texts[i] = full
-        if finish is None and len(self.out[i]) >= req.max_tokens:
-            finish = "length"
-        if finish is not None:
-            self.finish[i] = finish
-        return Delta(i, token, lp_token, top_list, self._piece(i, finish is not None),
-                     finish)
+        return token
 
-    def _piece(self, i: int, final: bool) -> str:
-        """The text to send now: all that is new once the choice ends; until then, hold
-        back what could still become a stop sequence or an incomplete character."""
-        text = self.texts[i]
-        safe = len(text)
-        if not final:
+    def _decode_step(self, i: int, text_of: Callable[[Sequence[int]], str]) -> str | None:
+        """Choice ``i``'s text after its new token; at a stop sequence, the choice cut to
+        the tokens wholly before it, and ``"stop"``."""
+        full = text_of(self.out[i])
+        ends = self.ends[i]
+        ends.append(len(full))
+        at = _stop_at(full, self.req.stop)
+        if at is None:
+            self.texts[i] = full
+            return None
+        keep = self.released[i]  # what was streamed stays (it ended before the stop)
+        while keep < len(ends) and ends[keep] <= at:
+            keep += 1
+        for kept in (self.out[i], self.lps[i], self.tops[i], ends):
+            del kept[keep:]
+        self.texts[i] = full[:ends[-1]] if ends else ""
+        return "stop"
+
+    def _release(self, i: int, finish: str | None) -> Delta:
+        """What choice ``i`` sends now: once it ends, all that is left; until then, the
+        tokens whose text can no longer become part of a stop sequence or an incomplete
+        character."""
+        upto, end = len(self.out[i]), len(self.texts[i])
+        if finish is None and self.incremental:
+            text, ends = self.texts[i], self.ends[i]
             hold = max((len(s) for s in self.req.stop), default=1) - 1
-            safe -= hold
-            safe = min(safe, len(text.rstrip("\ufffd")))
-        if safe <= self.sent[i]:
-            return ""
-        piece, self.sent[i] = text[self.sent[i]:safe], safe
-        return piece
+            limit = min(len(text) - hold, len(text.rstrip("\ufffd")))
+            upto = self.released[i]
+            while upto < len(ends) and ends[upto] <= limit:
+                upto += 1
+            end = ends[upto - 1] if upto else 0
+        first, self.released[i] = self.released[i], upto
+        piece = self.texts[i][self.sent[i]:end] if end > self.sent[i] else ""
+        self.sent[i] = max(self.sent[i], end)
+        with_lp = self.req.logprobs is not None
+        return Delta(i, self.out[i][first:upto], self.lps[i][first:upto] if with_lp else None,
+                     self.tops[i][first:upto] if with_lp else None, piece, finish)
 
     def choices(self) -> list[LMChoice]:
         if not self._done:

@@ -72,6 +72,7 @@ class Decision:
     watermarked: int = 0  # rows answered with the watermark's label
     redacted: int = 0  # choices the leak filter redacted
     prompt_tokens: int = 0  # a language model's prompts as answered (system prompt included)
+    disconnected: bool = False  # a stream's reader hung up: generation stopped there
 
     def to_record(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -82,6 +83,8 @@ class Decision:
             out["watermarked"] = self.watermarked
         if self.redacted:
             out["redacted"] = self.redacted
+        if self.disconnected:
+            out["disconnected"] = True
         return out
 
 
@@ -219,12 +222,13 @@ class Shield:
 
     def handle_completion(self, api_key: str | None, req: LMRequest,
                           client_ip: str = "127.0.0.1",
-                          on_step: Callable[[Decision, list[Delta]], None] | None = None
+                          on_step: Callable[[Decision, list[Delta]], bool | None] | None = None
                           ) -> tuple[list[LMChoice], Decision]:
         """Answer one completion request for the holder of ``api_key``, or raise Denied:
         the same kinds of stage as ``handle``, with the tier's language-model policy in
         place of the output policy. ``on_step`` receives each step's tokens as they are
-        generated (streaming)."""
+        generated (streaming); if it returns False, generation stops there (the reader is
+        gone) and what was generated is recorded."""
         if self.lm is None:
             raise Denied(404, "not_a_language_model",
                          f"{self.spec.name!r} is not a language model; use /v1/models/"

@@ -53,7 +53,8 @@ class Call:
     decision: Decision
     inputs: Any = None  # a classifier's rows, as sent
     req: LMRequest | None = None  # a language model's request, tokenized
-    on_step: Callable[[Decision, list[Delta]], None] | None = None  # streaming
+    # Streaming: each step's tokens; returning False says the reader is gone.
+    on_step: Callable[[Decision, list[Delta]], bool | None] | None = None
     x: FloatArray | None = None  # the rows once checked
     prediction: Any = None
     answer: Answer | None = None
@@ -449,7 +450,10 @@ class Generate(_Stage):
         if streamed and call.on_step is not None:
             s.commit(lm_record(s, call, {"stream": "started"}))
             for deltas in gen.steps():
-                call.on_step(call.decision, deltas)
+                if call.on_step(call.decision, deltas) is False:  # the reader is gone
+                    gen.abort()
+                    call.decision.disconnected = True
+                    break
         call.choices = gen.choices()
 
 

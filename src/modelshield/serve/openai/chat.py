@@ -104,8 +104,9 @@ class ChatForm:
             "finish_reason": None}]} for i in range(self.req.n)]
 
     def token(self, d: Delta, as_ids: bool) -> dict[str, Any]:
-        logprobs = None if d.logprob is None else {
-            "content": [self._content(d.token, d.logprob, d.top or [], as_ids)]}
+        logprobs = None if d.logprobs is None or not d.tokens else {
+            "content": [self._content(t, v, top, as_ids) for t, v, top in
+                        zip(d.tokens, d.logprobs, d.tops or [], strict=True)]}
         return {**self.head, "choices": [{"index": d.choice, "delta": {"content": d.text},
                                           "logprobs": logprobs,
                                           "finish_reason": d.finish_reason}]}

@@ -108,9 +108,9 @@ class CompletionForm:
 
     def token(self, d: Delta, as_ids: bool) -> dict[str, Any]:
         token = self.served.token
-        logprobs = None if d.logprob is None else {
-            "tokens": [token(d.token, as_ids)], "token_logprobs": [d.logprob],
-            "top_logprobs": [{token(t, as_ids): v for t, v in d.top or []}]}
+        logprobs = None if d.logprobs is None or not d.tokens else {
+            "tokens": [token(t, as_ids) for t in d.tokens], "token_logprobs": d.logprobs,
+            "top_logprobs": [{token(t, as_ids): v for t, v in top} for top in d.tops or []]}
         return {**self.head, "choices": [{"index": d.choice, "text": d.text,
                                           "logprobs": logprobs,
                                           "finish_reason": d.finish_reason}]}

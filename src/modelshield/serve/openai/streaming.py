@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -48,54 +49,68 @@ async def stream(served: LMServing, request: Request, req: LMRequest, model: str
     """The request through the Shield as server-sent events; a refusal before the first
     event is an error response."""
     served.precheck(req, model)
-    queue, task = _start(served.shield, api_key(request), req, client_ip(request))
+    queue, task, gone = _start(served.shield, api_key(request), req, client_ip(request))
     first = await queue.get()
     kind, value, _ = first
     if kind in ("error", "bug"):  # a bug is raised in the route (CatchBugs answers it)
         await task
         raise value
     served.gw.count(request, 200)
-    return StreamingResponse(_events(served, queue, task, first, form, as_ids),
+    return StreamingResponse(_events(served, queue, task, first, form, as_ids, gone),
                              media_type="text/event-stream", headers=value.headers)
 
 
 def _start(shield: Shield, key: str | None, req: LMRequest, ip: str
-           ) -> tuple[asyncio.Queue[Item], asyncio.Future[None]]:
-    """Run the completion in a thread that reports each step on the queue."""
+           ) -> tuple[asyncio.Queue[Item], asyncio.Future[None], threading.Event]:
+    """Run the completion in a thread that reports each step on the queue, and stops
+    generating once ``gone`` (the third value) is set: the reader hung up."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Item] = asyncio.Queue()
+    gone = threading.Event()
 
     def put(item: Item) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, item)
 
+    def step(decision: Decision, deltas: list[Delta]) -> bool:
+        put(("step", decision, deltas))
+        return not gone.is_set()
+
     def work() -> None:
         try:
             choices, decision = shield.handle_completion(
-                key, req, ip, on_step=lambda d, deltas: put(("step", d, deltas)))
+                key, req, ip, on_step=step)
             put(("end", decision, choices))
         except Denied as exc:
             put(("error", exc, None))
         except Exception as exc:  # a bug: raised in the route
             put(("bug", exc, None))
 
-    return queue, asyncio.ensure_future(run_in_threadpool(work))
+    return queue, asyncio.ensure_future(run_in_threadpool(work)), gone
 
 
 async def _events(served: LMServing, queue: asyncio.Queue[Item], task: asyncio.Future[None],
-                  item: Item, form: StreamForm, as_ids: bool) -> AsyncIterator[str]:
-    streamed = False
-    for chunk in form.opening():
-        yield _event(chunk)
-    while item[0] in ("step", "end"):
-        if item[0] == "end":
-            async for event in _ending(served, form, item[2], item[1], streamed, as_ids):
-                yield event
-            break
-        streamed = True
-        for d in item[2]:
-            yield _event(form.token(d, as_ids))
-        item = await queue.get()
-    yield "data: [DONE]\n\n"
+                  item: Item, form: StreamForm, as_ids: bool, gone: threading.Event
+                  ) -> AsyncIterator[str]:
+    """The events; a reader that hangs up (the generator is closed or cancelled before
+    its end) sets ``gone``, and the Shield stops generating at its next step."""
+    streamed, ended = False, False
+    try:
+        for chunk in form.opening():
+            yield _event(chunk)
+        while item[0] in ("step", "end"):
+            if item[0] == "end":
+                async for event in _ending(served, form, item[2], item[1], streamed, as_ids):
+                    yield event
+                break
+            streamed = True
+            for d in item[2]:
+                yield _event(form.token(d, as_ids))
+            item = await queue.get()
+        yield "data: [DONE]\n\n"
+        ended = True
+    finally:
+        if not ended:
+            gone.set()
     await task
 
 
