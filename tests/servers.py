@@ -187,7 +187,8 @@ def start_vllm(model: Path, name: str, *, max_logprobs: int = 20, processed: boo
     cmd = [vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
            "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port),
            "--dtype", "float32", "--max-model-len", str(max_model_len),
-           "--max-logprobs", str(max_logprobs), "--seed", "0"]
+           "--max-logprobs", str(max_logprobs), "--seed", "0",
+           "-O0"]  # no torch.compile: minutes saved at start-up, nothing lost on a tiny model
     if processed:
         cmd += ["--logprobs-mode", "processed_logprobs"]
     with log.open("wb") as out:

@@ -240,9 +240,8 @@ def test_hidden_size_and_projection_exact_through_the_gateway_and_at_vllm(
         _exact(s, front, variant)
         with pytest.raises(ConfigError, match=r"--vocab N at the command line, vocab=N"):
             OpenAIOracle(s.url, "none")
-        direct = OpenAIOracle(s.url, "none", vocab=VOCAB)
-        _exact(s, direct, variant)
-        direct.close()
+        with contextlib.closing(OpenAIOracle(s.url, "none", vocab=VOCAB)) as direct:
+            _exact(s, direct, variant)
     s = vllm["qwen2"]
     out = tmp_path / "r.json"
     r = run_cli("attack", "--target", s.url, "--api-key", "none", "--attack",
@@ -266,8 +265,9 @@ def test_vllm_behaviours_that_change_an_attack(vllm: dict[str, Served]) -> None:
         c = s.direct(ask).json()["choices"][0]
         assert c["logprobs"]["tokens"] == [f"token_id:{t}"]
         assert (c["logprobs"]["token_logprobs"][0] > -0.01) is shows
-    with pytest.raises(VariantBlocked, match="ignore logit_bias"):
-        HiddenSize(variant="topk-bias").run(OpenAIOracle(qwen.url, "none", vocab=VOCAB), 5000)
+    with contextlib.closing(OpenAIOracle(qwen.url, "none", vocab=VOCAB)) as raw, \
+            pytest.raises(VariantBlocked, match="ignore logit_bias"):
+        HiddenSize(variant="topk-bias").run(raw, 5000)
     # max logprobs: 20 by default; past it a 400
     r = llama.direct({"prompt": "def", "max_tokens": 1, "logprobs": 21})
     assert r.status_code == 400 and "20" in r.text

@@ -138,9 +138,13 @@ class OpenAIOracle(LMOracle):
         self.client = client or httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
         self.headers = {"Authorization": f"Bearer {api_key}"}
         self.vocabulary = vocabulary
-        self.model = model or only_model(self.client, self.headers)
-        if vocab is None:
-            vocab = self._vocab()
+        try:
+            self.model = model or only_model(self.client, self.headers)
+            if vocab is None:
+                vocab = self._vocab()
+        except Exception:
+            self.close()
+            raise
         super().__init__(vocab, name=self.model, **kwargs)
 
     def close(self) -> None:
