@@ -193,3 +193,128 @@ def test_an_expired_key_is_told_so_in_plain_words(tmp_path: Path) -> None:
         shield.handle(key, np.zeros((1, 64)))
     assert str(info.value) == "The API key has expired." and info.value.code == "key_expired"
     shield.close()
+
+
+# -- F8: the error bodies keep the gateway's own OpenAPI -----------------------------------
+def _resolve(doc: dict[str, Any], ref: str) -> Any:
+    assert ref.startswith("#/"), ref
+    node: Any = doc
+    for part in ref[2:].split("/"):
+        node = node[part]
+    return node
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "$ref"] + \
+            [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+def test_every_reference_in_the_openapi_document_resolves(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    shield = build_shield(config(tmp_path))
+    with TestClient(create_app(shield)) as client:
+        doc = client.get("/openapi.json").json()
+    for ref in _refs(doc):
+        _resolve(doc, ref)  # KeyError: unresolvable
+    shield.close()
+
+
+def test_v2_error_bodies_match_the_schema_the_openapi_document_declares(
+        tmp_path: Path) -> None:
+    import jsonschema
+    from fastapi.testclient import TestClient
+
+    shield = build_shield(config(tmp_path))
+    key, _ = shield.store.create_key("pro")
+    with TestClient(create_app(shield)) as client:
+        doc = client.get("/openapi.json").json()
+        bad = client.post("/v2/models/digits-mlp/infer", content=b"{", headers=auth(key))
+        keyless = client.post("/v2/models/digits-mlp/infer", json={})
+    declared = doc["paths"]["/v2/models/{model}/infer"]["post"]["responses"]
+    for r in (bad, keyless):
+        schema = declared[str(r.status_code)]["content"]["application/json"]["schema"]
+        jsonschema.validate(r.json(), {**schema, "components": doc["components"]})
+    shield.close()
+
+
+# -- F8 and F11: the server's own refusals and deadlines -----------------------------------
+class _Served:
+    """The gateway under uvicorn with the gateway's own HTTP protocol (short deadlines)."""
+
+    def __init__(self, app: Any, header: float = 1.0, body: float = 1.5) -> None:
+        import threading
+
+        import uvicorn
+
+        from modelshield.serve.server import GatewayH11Protocol
+        from tests.servers import free_port
+
+        class Quick(GatewayH11Protocol):
+            header_timeout = header
+            body_timeout = body
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    http=Quick, log_level="warning",
+                                                    lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> int:
+        from tests.servers import _wait_port
+
+        self.thread.start()
+        _wait_port(self.port)
+        return self.port
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def _exchange(port: int, data: bytes, wait: float = 5.0) -> tuple[bytes, float]:
+    """Send ``data`` and read until the server closes: (what came back, seconds taken)."""
+    import socket
+    import time
+
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(wait)
+        sock.sendall(data)
+        got = b""
+        try:
+            while chunk := sock.recv(65536):
+                got += chunk
+        except TimeoutError:
+            pass
+    return got, time.monotonic() - start
+
+
+def test_a_malformed_request_line_gets_a_json_400(tmp_path: Path) -> None:
+    shield = build_shield(config(tmp_path))
+    with _Served(create_app(shield)) as port:
+        got, _ = _exchange(port, b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
+    assert json.loads(body)["error"]["code"] == "malformed_http"
+    shield.close()
+
+
+def test_headers_and_bodies_that_stall_are_cut_off(tmp_path: Path) -> None:
+    shield = build_shield(config(tmp_path))
+    key, _ = shield.store.create_key("pro")
+    with _Served(create_app(shield)) as port:
+        idle, idle_s = _exchange(port, b"")
+        partial, partial_s = _exchange(port, b"POST " + PREDICT.encode() + b" HTTP/1.1\r\n")
+        stalled, stalled_s = _exchange(port, (
+            f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"inputs\"").encode())
+    assert idle == b"" and idle_s < 4, idle_s
+    assert partial == b"" and partial_s < 4, partial_s
+    assert stalled_s < 4 and stalled.startswith(b"HTTP/1.1 408"), (stalled, stalled_s)
+    assert json.loads(stalled.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_timeout"
+    shield.close()

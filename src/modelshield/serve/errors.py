@@ -47,8 +47,17 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": what} for status, what in (
+class V2ErrorBody(BaseModel):
+    """What every refusal under ``/v2/`` carries: the KServe v2 shape (``error`` a
+    string), with the same three fields beside it."""
+
+    error: str
+    type: str
+    param: str | None = None
+    code: str
+
+
+_STATUSES = (
         (400, "Malformed body, or a value the route does not take"),
         (401, "Missing or invalid API key"),
         (403, "Key revoked or expired, or the account is suspended"),
@@ -58,8 +67,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (429, "Rate limit, or too many bad keys from this address"),
         (502, "The upstream model server failed"),
         (503, "A state store or the audit log is unavailable (fail closed)"),
-    )}
+)
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": what} for status, what in _STATUSES}
 """OpenAPI ``responses`` for the routes: every status they may send, with its body."""
+V2_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": V2ErrorBody, "description": what} for status, what in _STATUSES}
+"""The same for the ``/v2/`` routes, whose errors come flat."""
 
 
 def shown(value: str, limit: int = 64) -> str:

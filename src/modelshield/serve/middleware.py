@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -130,6 +131,8 @@ class CatchBugs:
 
         try:
             await self.app(scope, receive, tracked)
+        except ClientDisconnect:  # the client left, or its body missed its deadline
+            self.metrics.count(needs_at(self.routes, scope).metric, 408)
         except Exception as exc:
             log.exception("bug on %s %s", scope["method"], scope["path"])
             if started:

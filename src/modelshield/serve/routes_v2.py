@@ -14,10 +14,10 @@ from starlette.concurrency import run_in_threadpool
 
 from modelshield.serve.answers import v2_body
 from modelshield.serve.context import GatewayDep, api_key, refusal
-from modelshield.serve.errors import ERROR_RESPONSES
+from modelshield.serve.errors import V2_ERROR_RESPONSES
 from modelshield.serve.routing import GatewayRouter
 
-router = GatewayRouter(responses=ERROR_RESPONSES)
+router = GatewayRouter(responses=V2_ERROR_RESPONSES)
 
 
 class V2Tensor(BaseModel):
@@ -32,9 +32,28 @@ class V2Request(BaseModel):
     inputs: list[V2Tensor]
 
 
+def inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with its ``$defs`` put in place of each reference to them, so that it
+    stands alone wherever the OpenAPI document puts it."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    out: dict[str, Any] = walk(schema)
+    return out
+
+
 @router.post("/v2/models/{model}/infer", metric="infer",
              openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": V2Request.model_json_schema()}}}})
+                 "application/json": {"schema": inline(V2Request.model_json_schema())}}}})
 async def infer(model: str, request: Request, gw: GatewayDep) -> Any:
     # Parsed here, whatever the Content-Type: v2 clients (tritonclient) send none.
     body = _parse(await request.body())
