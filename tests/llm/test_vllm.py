@@ -285,6 +285,10 @@ def test_vllm_behaviours_that_change_an_attack(vllm: dict[str, Served]) -> None:
     assert big["choices"][0]["logprobs"] == same["choices"][0]["logprobs"]
     r = llama.direct({**ask, "logit_bias": {str(VOCAB): 10}})
     assert r.status_code == 400 and f"Vocabulary size: {VOCAB}" in r.text
+    # a --vocab past the model's: the attack stops and says so
+    with contextlib.closing(OpenAIOracle(llama.url, "none", vocab=VOCAB + 100)) as wrong, \
+            pytest.raises(ConfigError, match=r"--vocab \(vocab=\) is larger"):
+        HiddenSize().run(wrong, 5000)
     # /v1/models: the context length, no vocabulary size
     entry = httpx.get(f"{llama.url}/v1/models").json()["data"][0]
     assert entry["max_model_len"] == 256 and "vocab_size" not in entry

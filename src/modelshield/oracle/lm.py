@@ -186,6 +186,10 @@ class OpenAIOracle(LMOracle):
         try:
             data = post_openai(self.client, "/v1/completions", body, self.headers, self.used)
         except Refused as exc:
+            if exc.status == 400 and "out of vocab" in str(exc).lower():
+                raise ConfigError(f"The target refused a token id the attack took from a "
+                                  f"vocabulary of {self.vocab:,} ({exc}): --vocab (vocab=) "
+                                  "is larger than the model's vocabulary.") from None
             raise _plain_refusal(exc) from None
         out: list[Completion] = []
         for choice in sorted(data["choices"], key=lambda c: c["index"]):
