@@ -86,13 +86,13 @@ class PathFinding(Attack):
             raise AttackRefused(self.name, "incomplete (missing-feature) queries",
                                 "an API that rejects missing features")
         eps = self.precision * (spec.high - spec.low)
-        if self.incomplete:
-            return _TopDown(session, eps).run()
         probe = spec.uniform(self.coverage_samples, rng)
         if spec.integer_features:
             probe = np.round(probe)
         if pool is not None and len(pool):
             probe = np.concatenate([pool, probe])
+        if self.incomplete:
+            return self._top_down(session, eps, probe, rng)
         mapper = _BoxMapper(session, eps, rng, self.checks)
         exhausted = self._map(mapper, probe, rng)
         repeats = not all(isinstance(i, int) for i in mapper.ids)
@@ -111,6 +111,25 @@ class PathFinding(Attack):
         if repeats:
             info.update(checked_cuts=mapper.cuts, unchecked_boxes=mapper.unchecked, **check)
             _verdict(info)
+        return clone, None, info
+
+    def _top_down(self, session: Session, eps: FloatArray, probe: FloatArray,
+                  rng: np.random.Generator) -> tuple[Any, None, dict[str, Any]]:
+        """Top-down; where answers repeat across leaves, one round of ``holdout`` held-back
+        answers tests the tree it mapped (top-down keeps same-answering leaves apart by
+        construction, so there is nothing to cut: the round only checks)."""
+        explorer = _TopDown(session, eps)
+        clone, _, info = explorer.run()
+        if all(isinstance(n.ident, int) for n in explorer.leaves) or info["budget_exhausted"]:
+            return clone, None, info
+        n = min(self.holdout, session.remaining)
+        if n >= 1:
+            x = probe[rng.choice(len(probe), size=min(n, len(probe)), replace=False)]
+            agree = float(np.mean(clone.predict(x) == session.query(x).labels))
+            info.update(holdout_agreement=agree, holdout_rounds=1, holdout_queries=len(x))
+        else:
+            info["budget_exhausted"] = True
+        _verdict(info)
         return clone, None, info
 
     @staticmethod
@@ -162,7 +181,7 @@ def _verdict(info: dict[str, Any]) -> None:
     """The status of a tree mapped from answers that repeat across leaves: failed where the
     held-back answers disagree with it; a note where the budget left it unchecked."""
     why = (f"the answers do not identify leaves ({info['distinct_ids']} distinct outputs "
-           f"for {info['leaves']} mapped boxes)")
+           f"for {info.get('boxes', info['leaves'])} mapped boxes)")
     agree = info.get("holdout_agreement")
     if info["budget_exhausted"]:
         last = "" if agree is None else f" (last held-back agreement {agree:.1%})"
