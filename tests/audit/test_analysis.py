@@ -170,3 +170,51 @@ def test_a_clone_the_watermark_traces_is_proof_not_prevention() -> None:
     plain = analyse(scenario(), cells())
     assert plain["defenses"][0]["attackers"][0]["trace"] == []
     assert not plain["defenses"][0]["attackers"][0]["traced"]
+
+
+def job_cell(defense: str, fidelity: float, accuracy: float, right: float,
+             model: float = 0.683, queries: int = 1000) -> dict[str, Any]:
+    """A knockoff cell on a model that is right 68% of the time."""
+    return {**attack(defense, [(queries, fidelity)]), "accuracy": accuracy,
+            "accuracy_curve": [[queries, accuracy]], "victim_accuracy": model,
+            "fidelity_right": right, "right_curve": [[queries, right]]}
+
+
+def test_a_clone_as_accurate_as_a_weak_model_is_a_theft_whatever_its_agreement() -> None:
+    # Item 5 of the true-to-the-world issue: 0.771 fidelity, 0.684 accuracy against the
+    # model's 0.683, for $1: every defense was LOWER, "no clone reached 90%".
+    s = scenario(defenses=[{"name": "none"}])
+    a = analyse(s, [job_cell("none", 0.771, 0.684, 0.93), benign("none")])
+    row = a["defenses"][0]["attackers"][0]
+    assert row["q90"] == 1000 and row["clone_by"] == "job" and row["uncaught_clone"]
+    assert rating(a, "none") == "HIGH"
+    assert "does the model's job (test accuracy 0.684, the model's 0.683" in \
+        a["rating"]["facts"][0]
+    assert row["q90_range"] is None  # the fidelity interval does not time this clone
+
+
+@pytest.mark.parametrize(("accuracy", "right"), [(0.62, 0.93), (0.684, 0.80)])
+def test_a_weaker_copy_or_one_that_errs_where_the_model_is_right_is_no_clone(
+        accuracy: float, right: float) -> None:
+    s = scenario(defenses=[{"name": "none"}])
+    a = analyse(s, [job_cell("none", 0.771, accuracy, right), benign("none")])
+    assert a["defenses"][0]["attackers"][0]["q90"] is None
+    assert rating(a, "none") == "LOWER"
+
+
+def test_detectors_that_first_look_after_the_clone_cannot_see_it_and_are_not_offered(
+        ) -> None:
+    # Item 7: a clone at 40 queries; prada's first look is at 100 distinct queries. Where
+    # the attacker went on past the clone the flag came, but a thief stops at 40.
+    s = scenario(defenses=[{"name": "open"},
+                           {"name": "prada", "detectors": ["prada"], "on_flag": "deny"}])
+    open_cell = attack("open", [(40, 0.93), (300, 0.97)])
+    watched = attack("prada", [(300, 0.97)], flag=120)
+    a = analyse(s, [open_cell, benign("open"), watched, benign("prada")])
+    prada = next(d for d in a["defenses"] if d["name"] == "prada")
+    assert any("cannot see an attack that small" in f and "40 queries" in f
+               for f in prada["facts"])
+    best = a["best_defenses"][0]
+    assert best["best"] is None
+    assert any(o["defense"] == "prada" and "first look at 100 queries" in o["why"]
+               for o in best["over_budget"])

@@ -553,7 +553,7 @@ def _rate_clone(scenario: Scenario, d: dict[str, Any]) -> tuple[str, list[str]]:
     clone, basis = d["cheapest_clone"], d["cheapest_untraced_clone"]
     row = next(r for r in d["attackers"] if r["attacker"] == clone["attacker"])
     facts = [_clone_fact(scenario, clone), *_waiting_fact(row), _flag_fact(row),
-             *_trace_fact(clone, basis)]
+             *_unflagged_fact(scenario, d, row), *_trace_fact(clone, basis)]
     share = (basis or clone)["usd"] / scenario.model_value
     if share < HIGH_SHARE and scenario.deployment.public_api and basis is not None:
         return "HIGH", facts
@@ -596,6 +596,20 @@ def _flag_fact(row: AttackerRow) -> str:
                 f"after the clone reached 90% at {row['q90']:,}.")
     return (f"The Shield flagged it at query {flag['query']:,} ({flag['detector']}), "
             "but the tier only alerts and nobody watches the alerts.")
+
+
+def _unflagged_fact(scenario: Scenario, d: dict[str, Any], row: AttackerRow) -> list[str]:
+    """Detectors that let the cheapest clone through unflagged: say so, and what is left."""
+    floor = d["detector_floor"]
+    if floor is None or row["first_flag"] is not None:
+        return []
+    attacker = next(a for a in scenario.attackers if a.label == row["attacker"])
+    natural = attacker.natural_only
+    return [f"None of this tier's detectors ({', '.join(n for n, _ in floor['detectors'])}) "
+            f"flagged it{', which sends only natural rows, as customers do' if natural else ''}"
+            ": they do not stop this attacker. What raises its cost is the price per query "
+            "and the rate limits; a watermark on the tier traces the copy to its account "
+            "(modelshield verify)."]
 
 
 def _trace_fact(clone: dict[str, Any], basis: dict[str, Any] | None) -> list[str]:

@@ -138,8 +138,10 @@ def shield_for(defense: Defense, victim: Victim, clock: Any = None) -> Iterator[
 # -- cells ---------------------------------------------------------------------------------
 # What a cell's result holds; raised when it gains a field (2: each clone's watermark trace,
 # and accounts with key ids seeded by the cell; 3: steered attacks traced by the sequential
-# test; 4: its grid reaching 16 log-odds), so cached cells of before are run again.
-CELL_FORMAT = 4
+# test; 4: its grid reaching 16 log-odds; 5: the victim's accuracy and the clone's
+# fidelity on the rows it gets right, and natural pools), so cached cells of before are run
+# again.
+CELL_FORMAT = 5
 
 
 def plan(scenario: Scenario) -> list[Cell]:
@@ -212,14 +214,15 @@ def _attack_cell(cell: Cell, target: Target, defense: Defense,
     first_flag, waited = None, None
     trace: list[list[float]] | None = None
     oracle: Any
+    pool = attack_pool(victim, attacker.typical, budget)
     if target.remote:
-        if attacker.adaptive:
+        if attacker.keys > 1 or attacker.mix_natural > 0 or attacker.pace:
             raise ConfigError(f"attacker {attacker.label!r}: keys, mix_natural and pace need "
                               "a local target (the audit makes the keys and keeps the clock)")
         oracle = remote_oracle(target, budget, price)
         try:
             result = run_cell(victim, attacker.attack, defense.name, budget, seed, price,
-                              attacker.kwargs, oracle=oracle, label=defense.name)
+                              attacker.kwargs, oracle=oracle, label=defense.name, pool=pool)
         finally:
             oracle.close()
     else:
@@ -234,14 +237,14 @@ def _attack_cell(cell: Cell, target: Target, defense: Defense,
                                                  key_id=seeded_key_id(seed, "attacker", i))[0],
                          f"10.{i // 256}.{i % 256}.7") for i in range(attacker.keys)]
                 oracle = SpreadOracle(shield, keys, mix=attacker.mix_natural,
-                                      natural=victim.pool, seed=seed, budget=budget,
+                                      natural=pool, seed=seed, budget=budget,
                                       price_per_1k=price, pacer=pacer)
             else:
                 key = shield.store.create_key(TIER, key_id=seeded_key_id(seed, "attacker", 0))[0]
                 oracle = ShieldOracle(shield, key, budget=budget, price_per_1k=price,
                                       pacer=pacer)
             result = run_cell(victim, attacker.attack, defense.name, budget, seed, price,
-                              attacker.kwargs, oracle=oracle, label=defense.name)
+                              attacker.kwargs, oracle=oracle, label=defense.name, pool=pool)
             first_flag = oracle.first_flag
             waited = None if pacer is None else pacer.waited
             steered = ATTACKS[attacker.attack](random_state=seed, **attacker.kwargs).steered
@@ -255,15 +258,18 @@ def _attack_cell(cell: Cell, target: Target, defense: Defense,
                              victim, parse_policy(tier.policy,
                                                   secret="modelshield-audit-cell-noise-key"),
                              budget=result.queries,
-                             price_per_1k=price), label=defense.name)
+                             price_per_1k=price), label=defense.name, pool=pool)
         if after.status == "ok":
             # The curve it had built before the block, then the clone from all it was told.
-            for name in ("accuracy", "fidelity_test", "fidelity_uniform"):
+            for name in ("accuracy", "fidelity_test", "fidelity_uniform", "victim_accuracy",
+                         "fidelity_right"):
                 setattr(result, name, getattr(after, name))
             n = result.queries
             result.curve = [p for p in result.curve if p[0] < n] + [(n, after.fidelity_test or 0.0)]
             result.accuracy_curve = ([p for p in result.accuracy_curve if p[0] < n]
                                      + [(n, after.accuracy or 0.0)])
+            result.right_curve = ([p for p in result.right_curve if p[0] < n]
+                                  + [(n, after.fidelity_right or 0.0)])
     out = result.to_dict()
     out.update(attacker=cell["label"], first_flag=None if first_flag is None else
                {"query": first_flag[0], "detector": first_flag[1]})
@@ -271,6 +277,18 @@ def _attack_cell(cell: Cell, target: Target, defense: Defense,
         out["waited_s"] = waited
     out["trace"] = trace
     return out
+
+
+def attack_pool(victim: Victim, typical: float = 0.0, budget: int = 0) -> FloatArray:
+    """The rows an attacker with natural data draws from: the natural part of the target's
+    pool (data/pools.py: never the augmented rows no customer sends), and with
+    ``typical`` only that share its own density estimate finds most typical (at least
+    ``budget`` rows where it has them)."""
+    from modelshield.attacks.data_choice import typical_rows
+    from modelshield.data.pools import natural_rows
+
+    pool = natural_rows(victim.pool, victim.spec.integer_features)
+    return typical_rows(pool, typical, at_least=budget) if typical and len(pool) else pool
 
 
 def _trace(shield: Any, victim: Victim, target: Target, result: Any, steered: bool = False

@@ -118,20 +118,39 @@ class Attacker(_Strict):
     # stopping at the first 429. The wait is counted on the cell's clock, not slept; the
     # report gives the time the attack took. Rate limits count on an exact moving window.
     pace: bool = False
+    # An attacker who knows the out-of-distribution detector: it sends only the rows of its
+    # pool that its own density estimate finds most typical, this share of them (at least
+    # as many as its budget spends; 0: its whole natural pool). Local targets only.
+    typical: float = Field(default=0.0, ge=0, le=1)
     # Written by the audit (the scenario's ``adaptive``), not by the scenario's author.
     counterpart: bool = False
 
     @property
     def adaptive(self) -> bool:
-        return self.keys > 1 or self.mix_natural > 0 or self.pace
+        return self.keys > 1 or self.mix_natural > 0 or self.pace or self.typical > 0
 
     @property
     def adaptation(self) -> str:
         """What it does against the defense, in words ('' for a plain attacker)."""
         parts = ([f"{self.keys} keys"] if self.keys > 1 else []) + (
             [f"{self.mix_natural:.0%} natural rows mixed in"] if self.mix_natural else []) + (
-            ["paced to the rate limits"] if self.pace else [])
+            ["paced to the rate limits"] if self.pace else []) + (
+            [f"the {self.typical:.0%} most typical rows of its pool"] if self.typical else [])
         return ", ".join(parts)
+
+    @property
+    def natural_only(self) -> bool:
+        """Whether every query it sends is a natural row of its pool (none made up)."""
+        obj = ATTACKS[self.attack](**self.kwargs)
+        return any(getattr(obj, f, None) == "pool" for f in ("source", "candidates")) \
+            and self.attack in ("knockoff", "active") and getattr(obj, "votes", 1) == 1
+
+    @property
+    def draws_pool(self) -> bool:
+        """Whether its queries come from its pool (natural rows, or mixes of them)."""
+        obj = ATTACKS[self.attack](**self.kwargs)
+        return any(getattr(obj, f, None) in ("pool", "synthetic")
+                   for f in ("source", "candidates", "seed_source"))
 
     @field_validator("attack")
     @classmethod
@@ -388,12 +407,17 @@ def _searched(data: Any) -> Any:
 
 
 COUNTERPART_KEYS = 10
+# The share of its pool a counterpart that draws from a pool keeps, facing detectors: the
+# out-of-distribution detector's radius lets 1% of natural rows out, so a tenth is ample.
+COUNTERPART_TYPICAL = 0.9
 
 
 def _counterparts(data: Any) -> Any:
     """Each plain attacker's adaptive counterpart (its budget over 10 keys, paced to the
-    rate limits), when a defense keeps per-key state (detectors, limits, a watermark) and
-    the scenario has no adaptive version of the same attack and parameters already."""
+    rate limits; facing detectors, an attacker that draws from a pool also sends only its
+    most typical rows), when a defense keeps per-key state (detectors, limits, a
+    watermark) and the scenario has no adaptive version of the same attack and parameters
+    already."""
     if not isinstance(data, dict) or not data.get("adaptive", True):
         return data
     try:
@@ -412,17 +436,21 @@ def _counterparts(data: Any) -> Any:
                          or t.watermark is not None
                          for t in (d.as_tier() for d in defenses)):
         return data
+    detectors = any(d.as_tier().detectors for d in defenses)
     labels = {a.label for a in attackers}
     adaptive = {(a.attack, json.dumps(a.params, sort_keys=True, default=str))
                 for a in attackers if a.keys > 1 or a.pace}
     extra = []
     for a in attackers:
         same = (a.attack, json.dumps(a.params, sort_keys=True, default=str))
-        label = f"{a.label}, {COUNTERPART_KEYS} keys, paced"
+        typical = COUNTERPART_TYPICAL if detectors and a.draws_pool else 0.0
+        label = f"{a.label}, {COUNTERPART_KEYS} keys, paced" + (
+            ", typical rows" if typical else "")
         if a.adaptive or same in adaptive or label in labels:
             continue
         extra.append(a.model_copy(update={"name": label, "keys": COUNTERPART_KEYS,
-                                          "pace": True, "counterpart": True}))
+                                          "pace": True, "typical": typical,
+                                          "counterpart": True}))
     return {**data, "attackers": attackers + extra} if extra else data
 
 
