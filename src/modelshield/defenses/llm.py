@@ -71,14 +71,6 @@ MAX_STOP, MAX_STOP_CHARS = 4, 256
 text after every token."""
 
 
-def check_request(req: LMRequest, policy: LLMPolicy, vocab: int,
-                  max_batch: int | None = None) -> None:
-    """Refuse (Denied 400, OpenAI-style ``param``) what the tier does not allow;
-    ``max_batch``: the tier's most sequences (prompts times ``n``) in one request."""
-    check_params(req, policy, vocab, max_batch)
-    check_prompts(req, vocab)
-
-
 def check_params(req: LMRequest, policy: LLMPolicy, vocab: int,
                  max_batch: int | None = None) -> None:
     """Everything but the prompts' tokens, which need no tokenizer to check: the number of

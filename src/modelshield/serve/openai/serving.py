@@ -7,9 +7,9 @@ route's label (:mod:`modelshield.serve.errors`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import Request
 from pydantic import BaseModel
@@ -23,9 +23,6 @@ from modelshield.serve.context import Gateway, api_key, client_ip, refusal
 from modelshield.serve.errors import ERROR_RESPONSES
 from modelshield.serve.openai.protocol import Prompt, unsupported
 from modelshield.serve.routing import GatewayRouter
-
-T = TypeVar("T")
-
 
 
 def openai_router() -> GatewayRouter:
@@ -113,15 +110,6 @@ class LMServing:
             except OracleError:
                 return False
         return True
-
-    async def offload(self, fn: Callable[[], T], param: str = "prompt") -> T:
-        """Run ``fn`` off the event loop (an upstream model tokenizes over HTTP); an
-        upstream failure becomes a refusal."""
-        try:
-            return await run_in_threadpool(fn)
-        except OracleError as exc:
-            raise refusal(getattr(exc, "client_status", 502), "upstream_error", str(exc),
-                          param) from None
 
     def token(self, t: int, as_ids: bool) -> str:
         """How a response names token ``t``."""
