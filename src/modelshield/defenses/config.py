@@ -88,6 +88,10 @@ class Tier(_Strict):
     degrade_policy: str = "label"
     max_batch: int = Field(default=1000, ge=1)
     group_by: Literal["none", "ip", "owner"] = "none"
+    # When a classifier's detectors look: "inline", before the answer is shaped (a flag
+    # acts on the request that raised it); "after", off the request's path once it is
+    # answered (a flag acts from the account's next request on).
+    detect: Literal["inline", "after"] = "inline"
     # The share of honest accounts the tier's detectors may flag, all together: each
     # detector that tests the data (sweep, boundary, ood, prada) gets an equal part, and
     # sets its threshold from the model's calibration data to meet it.

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,6 +153,8 @@ class Shield:
         self._rates: dict[str, list[RateLimitItem]] = {}
         self.stages: list[Stage] = [make(self) for make in stages or CLASSIFIER_STAGES]
         self.lm_stages: list[Stage] = [make(self) for make in lm_stages or LM_STAGES]
+        self._after: ThreadPoolExecutor | None = None  # detection off the path, in order
+        self._pending: dict[str, Future[None]] = {}
         self._restore_flags()
 
     def _detectors(self, name: str, tier: Tier, benign: FloatArray | None) -> list[Detector]:
@@ -195,6 +198,8 @@ class Shield:
 
     def close(self) -> None:
         """Release the store's connections and the model's (an upstream client, say)."""
+        if self._after is not None:  # pending detection finishes first
+            self._after.shutdown(wait=True)
         self.store.close()
         close = getattr(self.model, "close", None)
         if callable(close):
@@ -245,7 +250,26 @@ class Shield:
         except Denied as exc:
             self._refused(exc, call.decision, call.client_ip, call.x)
             raise
+        for work in call.after:
+            self.defer(call.key.key_id, work)
         return call
+
+    def defer(self, key_id: str, work: Callable[[], None]) -> None:
+        """Run ``work`` off the request's path, after the account's earlier work (one
+        thread, in order); the account's next request waits for it (:meth:`settle`)."""
+        if self._after is None:
+            self._after = ThreadPoolExecutor(1, thread_name_prefix="detect-after")
+        future = self._after.submit(_logged, work)
+        self._pending[key_id] = future
+        future.add_done_callback(
+            lambda f: self._pending.pop(key_id, None) if self._pending.get(key_id) is f
+            else None)
+
+    def settle(self, key_id: str) -> None:
+        """Wait for the account's deferred work (a flag it raises acts from now on)."""
+        future = self._pending.get(key_id)
+        if future is not None:
+            future.result()
 
     def authenticate(self, api_key: str | None, client_ip: str = "127.0.0.1",
                      tier: bool = True) -> ApiKey:
@@ -364,6 +388,17 @@ class Shield:
             parts = ip.split(".")
             return "ip:" + (".".join(parts[:3]) if len(parts) == 4 else ip)  # IPv4 /24
         return None
+
+
+def _logged(work: Callable[[], None]) -> None:
+    """Deferred work: a refusal it raises (the state store gone, failing closed) or a bug
+    is logged; the request it watched was answered already."""
+    try:
+        work()
+    except Denied as exc:
+        log.warning("detection after the answer: %s", exc)
+    except Exception:
+        log.exception("detection after the answer failed")
 
 
 def make_limiter(config: ShieldConfig) -> RateLimiter:

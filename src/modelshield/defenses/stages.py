@@ -59,6 +59,7 @@ class Call:
     prediction: Any = None
     answer: Answer | None = None
     choices: list[LMChoice] = field(default_factory=list)
+    after: list[Callable[[], None]] = field(default_factory=list)  # once it is answered
     _key: ApiKey | None = field(default=None, repr=False)
     _tier: Tier | None = field(default=None, repr=False)
 
@@ -315,9 +316,17 @@ class Detect(_Stage):
 
     def __call__(self, call: Call) -> None:
         s = self.shield
+        if call.tier.detect == "after" and call.req is None:
+            # Off the path: the account's previous detection first (its flag acts now),
+            # then this request's once it is answered, on its own copy of the decision.
+            s.settle(call.key.key_id)
+            s.shared(s.act_on_flag, call.key, call.tier, call.client_ip, call.decision)
+            seen = dataclasses.replace(call, decision=type(call.decision)(), after=[])
+            call.after.append(lambda: s.shared(self._watch, seen, False))
+            return
         s.shared(self._watch, call)
 
-    def _watch(self, call: Call) -> None:
+    def _watch(self, call: Call, act: bool = True) -> None:
         s, key, tier = self.shield, call.key, call.tier
         watched = [key.key_id] + [g for g in [s.group_of(tier, key, call.client_ip)] if g]
         lm = call.req is not None
@@ -335,7 +344,8 @@ class Detect(_Stage):
                     flag = self._observe(det, ident, call, views.get((ident, det.sees)))
                     if flag is not None:
                         s.record_flag(ident, flag, call.decision)
-            s.act_on_flag(key, tier, call.client_ip, call.decision)
+            if act:
+                s.act_on_flag(key, tier, call.client_ip, call.decision)
 
     @staticmethod
     def _reads(call: Call, watched: list[str], detectors: list[Detector], wanted: set[str]

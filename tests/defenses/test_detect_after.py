@@ -1,0 +1,97 @@
+"""Detection off the request path (a tier's ``detect: after``): the classifier's detectors
+watch a request once its answer is ready, outside the request; a flag they raise takes
+effect from the account's next request on (the window: one request). The suspension check
+of the current request stays on its path."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modelshield.defenses.detectors import Flag
+from modelshield.defenses.shield import Shield
+from modelshield.errors import Denied
+from modelshield.serve.factory import build_shield
+from modelshield.victims import Victim
+
+
+def _shield(tmp_path: Path, detect: str, on_flag: str = "deny") -> Shield:
+    return build_shield({
+        "audit_url": f"sqlite:///{tmp_path}/a.db",
+        "tiers": {"t": {"detectors": [{"volume": {"max_rows": 3}}], "on_flag": on_flag,
+                        "detect": detect}}})
+
+
+def _statuses(shield: Shield, key: str, x: np.ndarray, n: int) -> list[int]:
+    out = []
+    for i in range(n):
+        try:
+            shield.handle(key, x[i:i + 1])
+            out.append(200)
+        except Denied as exc:
+            out.append(exc.status)
+    return out
+
+
+@pytest.mark.parametrize(("detect", "expected"), [
+    ("inline", [200, 200, 403, 403, 403]),  # the third row reaches the volume: refused
+    ("after", [200, 200, 200, 403, 403])])  # the third is answered; the fourth is refused
+def test_a_flag_takes_effect_within_one_request(tmp_path: Path, detect: str,
+                                                expected: list[int],
+                                                victims: dict[str, Victim]) -> None:
+    shield = _shield(tmp_path, detect)
+    key, record = shield.store.create_key("t")
+    assert _statuses(shield, key, victims["digits-mlp"].X_test, 5) == expected
+    assert [f["ident"] for f in shield.store.flags()] == [record.key_id]  # durable either way
+    shield.close()
+
+
+class _Gate:
+    """A detector that waits for the test's word before it looks: were it on the request's
+    path, the request would wait too."""
+
+    name = "gate"
+    kind = "classifier"
+    sees = "all"
+    needs_calibration = False
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.seen: list[int] = []
+
+    def reads(self, ident: str, prediction: Any) -> list[Any]:
+        return []
+
+    def observe(self, ident: str, x: np.ndarray, prediction: Any) -> Flag | None:
+        if not self.open.wait(10):
+            raise RuntimeError("the gate was never opened")
+        self.seen.append(len(x))
+        return Flag("gate", 1.0, "opened") if len(self.seen) >= 2 else None
+
+
+def test_the_answer_does_not_wait_for_the_detectors(tmp_path: Path,
+                                                    victims: dict[str, Victim]) -> None:
+    shield = _shield(tmp_path, "after")
+    gate = _Gate()
+    shield.detectors["t"] = [gate]  # type: ignore[list-item]
+    key, _ = shield.store.create_key("t")
+    x = victims["digits-mlp"].X_test
+    answer, _ = shield.handle(key, x[:2])  # answered while the detector is held
+    assert len(answer.labels) == 2 and gate.seen == []
+    gate.open.set()
+    shield.handle(key, x[2:3])  # waits for the first request's detection, then is seen
+    with pytest.raises(Denied) as refused:  # the second request's detection flagged
+        shield.handle(key, x[3:4])
+    assert refused.value.status == 403 and gate.seen == [2, 1]
+    shield.close()
+
+
+def test_detect_is_checked_in_the_config(tmp_path: Path) -> None:
+    from modelshield.errors import ConfigError
+
+    with pytest.raises((ConfigError, ValueError), match="detect"):
+        _shield(tmp_path, "later")
