@@ -71,8 +71,9 @@ def test_open_inference_protocol_v2(gateway: tuple[HttpClient, Shield, str],
 
 
 @pytest.mark.parametrize(("body", "headers", "status", "code", "recorded"), [
-    ({"inputs": [[1.0] * 64]}, {}, 401, "missing_key", True),
-    ({"inputs": [[1.0] * 64]}, {"Authorization": "Bearer nope"}, 401, "invalid_key", True),
+    # Without a valid key: counted in the address's summary (written when its window ends).
+    ({"inputs": [[1.0] * 64]}, {}, 401, "missing_key", False),
+    ({"inputs": [[1.0] * 64]}, {"Authorization": "Bearer nope"}, 401, "invalid_key", False),
     ({"inputs": [[1.0] * 5]}, None, 422, "invalid_shape", True),
     ({"inputs": [[None] * 64]}, None, 422, "invalid_values", True),
     ({"inputs": [[1.0] * 63 + [17.0]]}, None, 422, "out_of_domain", True),

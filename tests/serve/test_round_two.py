@@ -318,3 +318,60 @@ def test_headers_and_bodies_that_stall_are_cut_off(tmp_path: Path) -> None:
     assert stalled_s < 4 and stalled.startswith(b"HTTP/1.1 408"), (stalled, stalled_s)
     assert json.loads(stalled.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_timeout"
     shield.close()
+
+
+# -- N2: requests without a valid key ------------------------------------------------------
+def test_keyless_and_bad_key_requests_leave_one_summary_per_address_and_window(
+        tmp_path: Path) -> None:
+    """50 requests from one address without a valid key (missing, then wrong): a missing
+    key counts as a failure, the address is refused (429) from the 11th on, and the log
+    gains one sealed summary for the address and window, not 50 records."""
+    import numpy as np
+    import pytest
+
+    from modelshield.errors import Denied
+
+    clock = [1_000.0]
+    shield = build_shield(config(tmp_path, auth_failure_limits="10/minute"),
+                          clock=lambda: clock[0])
+    codes = []
+    for i in range(50):
+        with pytest.raises(Denied) as info:
+            shield.handle(None if i % 2 else f"wrong-{i}", np.zeros((1, 64)), "198.51.100.7")
+        codes.append(info.value.status)
+    assert codes == [401] * 10 + [429] * 40
+    assert shield.store.count() == 0  # nothing yet: the window is open
+    clock[0] += 61
+    with pytest.raises(Denied):
+        shield.handle(None, np.zeros((1, 64)), "203.0.113.1")  # another address's window
+    shield.auth_failures.flush(everything=False)
+    [summary] = [json.loads(r["decision"]) for r in shield.store.records()
+                 if r["client_ip"] == "198.51.100.7"]
+    assert summary["code"] == "auth_failures" and summary["action"] == "refuse"
+    assert summary["counts"] == {"missing_key": 5, "invalid_key": 5,
+                                 "too_many_auth_failures": 40}
+    shield.close()  # the open window of 203.0.113.1 is written on close
+    again = build_shield(config(tmp_path))
+    assert {r["client_ip"] for r in again.store.records()} == {"198.51.100.7", "203.0.113.1"}
+    assert again.store.verify().ok
+    again.close()
+
+
+def test_an_address_past_its_failures_is_refused_before_any_key_lookup(
+        tmp_path: Path) -> None:
+    import numpy as np
+    import pytest
+
+    from modelshield.errors import Denied
+
+    shield = build_shield(config(tmp_path, auth_failure_limits="3/minute"))
+    looked: list[str] = []
+    lookup = shield.store.lookup
+    shield.store.lookup = lambda secret: (looked.append(secret), lookup(secret))[1]  # type: ignore[method-assign]
+    for _ in range(3):
+        with pytest.raises(Denied):
+            shield.handle(None, np.zeros((1, 64)), "198.51.100.9")
+    with pytest.raises(Denied) as info:
+        shield.handle("a-key-never-looked-up", np.zeros((1, 64)), "198.51.100.9")
+    assert info.value.status == 429 and looked == []
+    shield.close()

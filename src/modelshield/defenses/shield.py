@@ -33,6 +33,8 @@ from limits.strategies import RateLimiter
 from sqlalchemy.exc import SQLAlchemyError
 
 from modelshield.answer import Answer, ApiSpec, FloatArray, LMChoice, LMRequest
+from modelshield.defenses.auth_failures import CODES as AUTH_CODES
+from modelshield.defenses.auth_failures import AuthFailures
 from modelshield.defenses.config import ShieldConfig, Tier
 from modelshield.defenses.detectors import Detector, Flag, Probing, make_detector
 from modelshield.defenses.leakfilter import LeakFinder
@@ -149,6 +151,7 @@ class Shield:
         self.state = state_from_url(config.storage.limits, spec.name if scoped else "")
         self.detectors = {name: self._detectors(name, tier, benign)
                           for name, tier in config.tiers.items()}
+        self.auth_failures = AuthFailures(store, clock, spec.name)
         self.flagged: dict[str, Flag] = {}  # this replica's view; the state store is shared
         self._rates: dict[str, list[RateLimitItem]] = {}
         self.stages: list[Stage] = [make(self) for make in stages or CLASSIFIER_STAGES]
@@ -200,6 +203,7 @@ class Shield:
         """Release the store's connections and the model's (an upstream client, say)."""
         if self._after is not None:  # pending detection finishes first
             self._after.shutdown(wait=True)
+        self.auth_failures.close()
         self.store.close()
         close = getattr(self.model, "close", None)
         if callable(close):
@@ -310,7 +314,11 @@ class Shield:
 
     def _refused(self, exc: Denied, decision: Decision, ip: str, rows: Any) -> None:
         """Record a refusal: who, why, and the rows when they were valid. The refusal
-        itself stands even if the log cannot take the record."""
+        itself stands even if the log cannot take the record. A request without a valid
+        key is counted in its address's summary instead (:mod:`.auth_failures`)."""
+        if decision.key_id is None and exc.code in AUTH_CODES:
+            self.auth_failures.note(ip, exc.code)
+            return
         record = AuditRecord(
             ts=self.clock(), key_id=decision.key_id, client_ip=ip, model=self.spec.name,
             rows=0 if rows is None else len(rows), inputs=rows, answer=None,

@@ -115,9 +115,13 @@ class Authenticate(_Stage):
     def key(self, api_key: str | None, ip: str, decision: Decision,
             tier: bool = True) -> ApiKey:
         s = self.shield
-        if not api_key:
+        if not api_key:  # a missing key is a failed authentication too
+            self._failed(ip)
             raise Denied(401, "missing_key", "An API key is required (Authorization: Bearer KEY).")
-        key = s.store.lookup(api_key) if len(api_key) <= MAX_KEY_CHARS else None
+        cached = s.store.cached(api_key) if len(api_key) <= MAX_KEY_CHARS else None
+        if cached is None:  # an address past its failures is refused before any lookup
+            self._blocked(ip)
+        key = cached or (s.store.lookup(api_key) if len(api_key) <= MAX_KEY_CHARS else None)
         if key is None:
             self._failed(ip)
             raise Denied(401, "invalid_key", "The API key is not valid" + (
@@ -133,6 +137,22 @@ class Authenticate(_Stage):
                          f"{s.spec.name!r}.")
         decision.tier = key.tier
         return key
+
+    def _blocked(self, ip: str) -> None:
+        """Refuse (429) an address already past its failed-authentication limit, without
+        charging it (a valid key the store has cached never gets here)."""
+        s = self.shield
+        rate = s.config.auth_failure_limits
+        for item in s.rates(rate) if rate else []:
+            try:
+                ok = s.limiter.test(item, f"authfail:{ip}")
+            except STORE_ERRORS:
+                return  # the rate-limit store's outage is seen elsewhere
+            if not ok:
+                raise Denied(429, "too_many_auth_failures",
+                             f"Too many requests with bad API keys from this address (limit "
+                             f"{item}); try again later.",
+                             {"Retry-After": str(item.get_expiry())})
 
     def _failed(self, ip: str) -> None:
         """Count a failed authentication of ``ip``; past its limit, refuse with 429. A
