@@ -60,7 +60,7 @@ def test_models_are_named_as_the_gateway_names_them(tmp_path: Path) -> None:
     assert gateway_model_names(one) == ["digits-lr"] and model_labels(one) == ["digits-lr"]
     many = load_config({"models": [{"builtin": "digits-lr", "name": "a"},
                                    {"builtin": None, "lm": "lm-tiny"}]})
-    assert gateway_model_names(many) == ["a", "model"]
+    assert gateway_model_names(many) == ["a", "lm-tiny"]  # as the gateway names it
     assert model_labels(many) == ["a", "lm-tiny"]
 
 

@@ -53,8 +53,20 @@ def calibration_models(cfg: ShieldConfig, only: str | None = None
 
 def gateway_model_names(cfg: ShieldConfig) -> list[str]:
     """Each served model's name as the gateway gives it, without loading the model."""
-    return [m.name or (Path(m.file).stem if m.file else None) or
-            (None if m.upstream else m.builtin) or "model" for m in served_models(cfg)]
+    return [served_name(m) for m in served_models(cfg)]
+
+
+def served_name(m: Model) -> str:
+    """The name the gateway gives ``m`` (as :mod:`.factory` does), without loading it."""
+    if m.name:
+        return m.name
+    if m.lm:  # a Hugging Face directory is named by its folder, a built-in by its name
+        return Path(m.lm).name if Path(m.lm).is_dir() else m.lm
+    if m.lm_upstream:
+        return m.upstream_model or ""
+    if m.file:
+        return Path(m.file).stem
+    return "model" if m.upstream else m.builtin or "model"
 
 
 def served_models(cfg: ShieldConfig) -> list[Model]:
