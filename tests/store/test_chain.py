@@ -393,3 +393,21 @@ def test_verify_checks_the_configured_anchor_by_default(tmp_path: Path) -> None:
     bare.write_text(base)
     unanchored = runner.invoke(app, ["audit-log", "verify", "--config", str(bare)])
     assert unanchored.exit_code == 0 and "no anchor" in unanchored.output
+
+
+def test_a_postgresql_log_has_its_id_links_and_admin_actions(tmp_path: Path) -> None:
+    from tests.servers import postgres_server
+
+    with postgres_server() as url:
+        store = AuditStore(url, keys=KEYS)
+        _, key = store.create_key("pro")
+        store.append(records(0, 5))
+        assert store.revoke(key.key_id)
+        head = store.head()
+        assert head["log_id"] and head["log_since"] == 1 and head["seq"] == 6
+        verdict = store.verify(anchor=head)
+        assert verdict.ok and verdict.checked == 6
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE audit_log SET prev_hash = hash WHERE seq = 3")
+        assert [b.kind for b in store.verify().breaks] == ["edited"]
+        store.close()
