@@ -249,3 +249,23 @@ def test_streamed_completions_from_an_upstream_end_whole(
     empty = _events(client, key, {**body, "max_tokens": 0, "logprobs": None, "n": 1})
     assert [c["text"] for chunk in empty for c in chunk["choices"]] == [""]
     assert shield.store.count() == before + 3
+
+
+def test_a_stream_that_fails_midway_says_so_and_is_counted(
+        front: tuple[Shield, HttpClient], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug after the stream's 200 has gone out: the client gets an error event and the
+    stream's end, not a dropped connection, and /metrics counts a 500."""
+    shield, client = front
+
+    def broken(token: int) -> str:
+        raise RuntimeError("a bug while naming tokens")
+
+    monkeypatch.setattr(shield.model, "token_text", broken)
+    monkeypatch.setattr(shield.model, "_texts", {})
+    chunks = _events(client, shield.store.create_key("top5")[0],
+                     {"model": "guarded", "prompt": [5, 6, 7], "max_tokens": 2,
+                      "logprobs": 2})
+    assert chunks[-1]["error"]["code"] == "internal_error", chunks
+    assert "bug while naming" not in str(chunks)  # no internals leak
+    metrics = client.get("/metrics").text
+    assert 'modelshield_requests_total{route="completions",status="500"}' in metrics

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -23,8 +24,12 @@ from modelshield.defenses.llm import Delta
 from modelshield.defenses.shield import Decision, Shield
 from modelshield.errors import Denied
 from modelshield.serve.context import api_key, client_ip
+from modelshield.serve.errors import error_type
 from modelshield.serve.openai.protocol import StreamOptions
 from modelshield.serve.openai.serving import LMServing, usage
+
+log = logging.getLogger("modelshield.gateway")
+DONE = "data: [DONE]\n\n"
 
 Item = tuple[str, Any, Any]
 """What the Shield's thread reports: ("step", decision, deltas), ("end", decision,
@@ -56,8 +61,34 @@ async def stream(served: LMServing, request: Request, req: LMRequest, model: str
         await task
         raise value
     served.gw.count(request, 200)
-    return StreamingResponse(_events(served, queue, task, first, form, as_ids, gone),
+    events = _events(served, queue, task, first, form, as_ids, gone)
+    return StreamingResponse(_guarded(served, request, events),
                              media_type="text/event-stream", headers=value.headers)
+
+
+async def _guarded(served: LMServing, request: Request, events: AsyncIterator[str]
+                   ) -> AsyncIterator[str]:
+    """The events. A failure once the 200 has gone out ends the stream with an error event
+    and ``[DONE]``, as vLLM ends one (the client sees why, not a dropped connection), and
+    ``/metrics`` counts it under its own status beside the 200: a refusal's, or 500."""
+    try:
+        async for event in events:
+            yield event
+    except Denied as exc:
+        served.gw.count(request, exc.status)
+        yield _error_event(exc.status, exc.code, str(exc), exc.headers.get("X-Error-Param"))
+        yield DONE
+    except Exception:
+        log.exception("bug in a stream on %s", request.url.path)
+        served.gw.count(request, 500)
+        yield _error_event(500, "internal_error", "The gateway failed during this stream; "
+                           "what was sent before this event is incomplete.")
+        yield DONE
+
+
+def _error_event(status: int, code: str, message: str, param: str | None = None) -> str:
+    return _event({"error": {"message": message, "type": error_type(status), "param": param,
+                             "code": code}})
 
 
 def _start(shield: Shield, key: str | None, req: LMRequest, ip: str
@@ -106,7 +137,9 @@ async def _events(served: LMServing, queue: asyncio.Queue[Item], task: asyncio.F
             for d in item[2]:
                 yield _event(form.token(d, as_ids))
             item = await queue.get()
-        yield "data: [DONE]\n\n"
+        if item[0] in ("error", "bug"):  # after the first event: _guarded words it
+            raise item[1]
+        yield DONE
         ended = True
     finally:
         if not ended:
