@@ -375,3 +375,13 @@ def test_an_address_past_its_failures_is_refused_before_any_key_lookup(
         shield.handle("a-key-never-looked-up", np.zeros((1, 64)), "198.51.100.9")
     assert info.value.status == 429 and looked == []
     shield.close()
+
+
+def test_an_unknown_model_in_an_openai_body_is_not_echoed_in_full(tmp_path: Path) -> None:
+    shield = build_shield(config(tmp_path))
+    key, _ = shield.store.create_key("pro")
+    with live_app(create_app(shield)) as client:
+        r = client.post("/v1/completions", headers=auth(key),
+                        json={"model": "y" * 10_000, "prompt": "hi", "max_tokens": 1})
+    assert r.status_code == 404 and len(r.text) < 600, len(r.text)
+    shield.close()

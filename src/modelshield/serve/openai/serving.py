@@ -20,7 +20,7 @@ from modelshield.defenses.shield import Decision, Shield
 from modelshield.defenses.stages import Call, StageFactory
 from modelshield.errors import OracleError
 from modelshield.serve.context import Gateway, api_key, client_ip, refusal
-from modelshield.serve.errors import ERROR_RESPONSES
+from modelshield.serve.errors import ERROR_RESPONSES, shown
 from modelshield.serve.openai.protocol import Prompt, unsupported
 from modelshield.serve.routing import GatewayRouter
 
@@ -34,8 +34,8 @@ def serving(gw: Gateway, model: str) -> LMServing:
     """The serving of ``model`` (the request's ``model`` field), or a 404."""
     shield = gw.shields.get(model)
     if shield is None:
-        raise refusal(404, "model_not_found", f"The model {model!r} does not exist; this "
-                      f"gateway serves {', '.join(map(repr, gw.shields))}.", "model")
+        raise refusal(404, "model_not_found", f"The model {shown(model)} does not exist; "
+                      f"this gateway serves {', '.join(map(repr, gw.shields))}.", "model")
     return LMServing(shield, gw)
 
 
@@ -79,8 +79,8 @@ class LMServing:
         """Refuse what the Shield need not see: another model, or not a language model.
         The prompt's size and context are the Shield's to check, after the limits."""
         if model != self.name:
-            raise refusal(404, "model_not_found", f"The model {model!r} does not exist; this "
-                          f"gateway serves {self.name!r}.", "model")
+            raise refusal(404, "model_not_found", f"The model {shown(model)} does not exist; "
+                          f"this gateway serves {self.name!r}.", "model")
         if self.lm is None:
             raise refusal(404, "model_not_found", f"{self.name!r} is not a language model.",
                           "model")
