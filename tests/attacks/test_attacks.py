@@ -70,10 +70,15 @@ def test_attacks_never_import_the_victims_or_defenses(module: str) -> None:
                         "__closure__"}
 
 
-def test_equation_solving_is_exact_with_d_plus_one_queries(victims: dict[str, Victim]) -> None:
+def test_equation_solving_is_exact_with_d_plus_one_queries_and_checks_it_on_three(
+        victims: dict[str, Victim]) -> None:
     v = victims["breast-cancer-lr"]
     e = EquationSolving().run(LocalOracle(v), 1000)
-    assert e.queries == v.spec.n_features + 1
+    assert e.queries == v.spec.n_features + 1 + 3 and e.info["exact"] is True
+    assert e.info["held_back_error"] < 1e-12
+    short = EquationSolving().run(LocalOracle(v), v.spec.n_features + 1)  # no room to check
+    assert short.status == "ok" and short.info["exact"] is False
+    assert "exactness unverified" in short.info["budget_note"]
     assert relative_parameter_error(e.parameters or {}, v.parameters) < 1e-6
     np.testing.assert_array_equal(e.clone.predict(v.X_test), v.predict_labels(v.X_test))
 
@@ -82,7 +87,7 @@ def test_multinomial_equation_solving_needs_d_plus_one_queries(
         victims: dict[str, Victim]) -> None:
     v = victims["digits-lr"]
     e = EquationSolving().run(LocalOracle(v), 1000, pool=v.pool)
-    assert e.queries == 65
+    assert e.queries == 65 + 3 and e.info["exact"] is True
     assert relative_parameter_error(e.parameters or {}, v.parameters) < 1e-6
 
 
@@ -96,10 +101,13 @@ def test_rounded_scores_still_give_a_perfect_linear_clone(victims: dict[str, Vic
 def test_keyed_noise_defeats_naive_equation_solving_but_not_least_squares(
         victims: dict[str, Victim]) -> None:
     v = victims["digits-lr"]
-    naive = run_cell(v, "equation-solving", "noise:0.01", 2000, uniform_points=2000)
-    lsq = run_cell(v, "equation-solving", "noise:0.01", 2000, params={"verify": 3},
-                   uniform_points=2000)
+    naive = run_cell(v, "equation-solving", "noise:0.01", 2000, params={"verify": 0},
+                     uniform_points=2000)
+    lsq = run_cell(v, "equation-solving", "noise:0.01", 2000, uniform_points=2000)
     assert naive.queries == 65 and lsq.queries == 2000
+    assert naive.info["exact"] is False and "unverified" in naive.reason
+    # The check's hair-breadth query redraws the keyed noise: noise, not a wrong family.
+    assert lsq.status == "ok" and lsq.info["hair_move"] > 0.01 * lsq.info["held_back_error"]
     assert naive.fidelity_test is not None and lsq.fidelity_test is not None
     assert naive.fidelity_test < 0.5 < lsq.fidelity_test
 

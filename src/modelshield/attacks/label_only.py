@@ -5,7 +5,9 @@ Two methods, both from the labels alone:
 * ``lowd-meek`` — Lowd & Meek, "Adversarial Learning", KDD 2005: find a point on the
   decision boundary by bisection between two differently labelled points, then, for each
   feature j, step off the boundary along j and bisect back along a fixed reference direction
-  u; the return distance t_j gives w_j / (w·u) = -t_j / delta. Binary linear models only.
+  u; the return distance t_j gives w_j / (w·u) = -t_j / delta. Binary linear models only:
+  the recovered boundary is checked from both sides at points away from where it was
+  found, and a boundary that is not a hyperplane ends the attack failed.
 * ``adaptive`` — Tramèr et al., USENIX Security 2016, Sec. 6.1 ("adaptive retraining"):
   query in rounds, fit a logistic regression to the labels so far, and spend the next round
   on the candidate points the current model is least sure of. Works for any number of classes.
@@ -92,9 +94,9 @@ class LabelOnly(Attack):
         w = ratios
         b = -float(w @ x0)
         clone = LinearClone(w[None, :], np.array([b])).fit()
-        session.checkpoint(clone)
         info: dict[str, Any] = {"scale_free": True}
         info.update(self._check_boundary(session, x0, w, rng))
+        session.checkpoint(clone)
         return clone, {"coef": w[None, :], "intercept": np.array([b])}, info
 
     def _check_boundary(self, session: Session, x0: FloatArray, w: FloatArray,

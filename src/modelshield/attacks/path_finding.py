@@ -127,6 +127,7 @@ class PathFinding(Attack):
             x = probe[rng.choice(len(probe), size=min(n, len(probe)), replace=False)]
             agree = float(np.mean(clone.predict(x) == session.query(x).labels))
             info.update(holdout_agreement=agree, holdout_rounds=1, holdout_queries=len(x))
+            session.checkpoint(clone)  # the last checkpoint counts every query spent
         else:
             info["budget_exhausted"] = True
         _verdict(info)
