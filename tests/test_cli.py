@@ -31,7 +31,8 @@ def test_attack_writes_json(tmp_path: Path) -> None:
                                  "equation-solving", "--budget", "100", "--json", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
-    assert data["queries"] == 31 and data["fidelity_test"] == 1.0
+    assert data["queries"] == 31 + 3 and data["fidelity_test"] == 1.0  # d+1, 3 checked
+    assert data["info"]["exact"] is True
 
 
 def _run(*args: str) -> Run:
