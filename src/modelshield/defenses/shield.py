@@ -9,8 +9,9 @@ Each request passes an ordered list of stages (:mod:`modelshield.defenses.stages
                      -> detect -> generate -> leak filter -> record
 
 Admission stages refuse with :class:`~modelshield.errors.Denied` (401/403/413/422/429/503);
-a request refused for its inputs costs no rate-limit budget, and every refusal is recorded
-as one. Detectors flag an account, and the tier's ``on_flag`` action (alert, throttle,
+a request refused for its inputs costs no rate-limit budget (a language model's prompt is
+checked once its request limits admit it: tokenizing is work), and every refusal is
+recorded as one. Detectors flag an account, and the tier's ``on_flag`` action (alert, throttle,
 degrade, deny) applies from then on; a flag is kept in the state store and in the durable
 store. The recorder commits the audit record before the answer leaves. The same object
 serves :class:`~modelshield.oracle.ShieldOracle` and the HTTP gateway; the gateway's factory
