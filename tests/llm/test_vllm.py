@@ -66,10 +66,10 @@ class Served:
     def key(self, tier: str) -> str:
         return str(self.shield.store.create_key(tier)[0])
 
-    def direct(self, body: dict[str, Any]) -> Any:
-        r = httpx.post(f"{self.url}/v1/completions", json={"model": self.name, **body},
-                       timeout=120)
-        return r
+    def direct(self, body: dict[str, Any]) -> httpx.Response:
+        """``body`` to vLLM's own /v1/completions."""
+        return httpx.post(f"{self.url}/v1/completions", json={"model": self.name, **body},
+                          timeout=120)
 
 
 def _gateway(tmp: Path, arch: str, name: str, url: str) -> Shield:
