@@ -135,17 +135,20 @@ class PathFinding(Attack):
 
     @staticmethod
     def _map(mapper: _BoxMapper, probe: FloatArray, rng: np.random.Generator) -> bool:
-        """Map leaves from probe points no box covers yet; True if the budget ran out."""
+        """Map leaves from probe points no box covers yet; True if the budget ran out.
+        Boxes are only added here, so the rows left are narrowed by each new box alone."""
+        left = probe[~mapper.covered(probe)]
         while True:
-            left = probe[~mapper.covered(probe)]
             if len(left) == 0:
                 return False
             if not mapper.affordable():
                 return True
+            boxes = len(mapper.lows)
             try:
                 mapper.explore(left[rng.integers(len(left))])
             except BudgetExhausted:  # the budget ran out inside a leaf: that leaf is dropped
                 return True
+            left = left[~mapper.covered(left, boxes)]
 
     def _hold_out(self, session: Session, mapper: _BoxMapper, probe: FloatArray,
                   rng: np.random.Generator, check: dict[str, Any]) -> bool:
@@ -448,9 +451,10 @@ class _BoxMapper:
         short is dropped, and the queries it took are reported with the rest."""
         return self.session.remaining >= 1 + 2 * self.spec.n_features
 
-    def covered(self, x: FloatArray) -> np.ndarray:
+    def covered(self, x: FloatArray, start: int = 0) -> np.ndarray:
+        """Which rows of x lie in a box (the boxes from index ``start`` on)."""
         out = np.zeros(len(x), dtype=bool)
-        for lo, hi in zip(self.lows, self.highs, strict=True):
+        for lo, hi in zip(self.lows[start:], self.highs[start:], strict=True):
             out |= np.all((x > lo - self.slack) & (x <= hi + self.slack), axis=1)
         return out
 
