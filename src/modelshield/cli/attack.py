@@ -42,7 +42,8 @@ Model = Annotated[str | None, typer.Option(
     help="With --target: the model to attack, by the name the gateway serves it under "
          "(needed when it serves several).")]
 ModelFile = Annotated[Path | None, typer.Option(
-    help="Your own model (.joblib, .pt, .onnx), to score the clone against; with --data.")]
+    help="Your own model (.joblib, .pt, .onnx, XGBoost .json/.ubj, LightGBM .txt), to score "
+         "the clone against; with --data.")]
 Data = Annotated[Path | None, typer.Option(
     help="Your data: an .npz with X_test, y_test and optionally pool (the attacker's "
          "natural rows), low and high (the domain); or a .csv of test rows with a "

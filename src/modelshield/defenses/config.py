@@ -432,7 +432,8 @@ EXAMPLE = """\
 # modelshield gateway configuration. Every field is optional; these are examples.
 model:
   builtin: digits-mlp          # a built-in victim (modelshield victims), or a model file
-  # file: model.joblib         # (.joblib/.pkl scikit-learn, .pt TorchScript, .onnx), or
+  # file: model.joblib         # (.joblib/.pkl scikit-learn API, .pt TorchScript, .onnx,
+                               # XGBoost .json/.ubj, LightGBM .txt), or
   # upstream: http://127.0.0.1:8080   # a KServe v2 server this gateway fronts
   # name: digits               # with file/upstream, the contract customers are told:
   # classes: ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
