@@ -63,7 +63,7 @@ class PathFinding(Attack):
     coverage_samples: int = 20_000
     checks: int = 8
     holdout: int = 300
-    holdout_rounds: int = 4
+    holdout_rounds: int = 6
 
     def validate(self) -> None:
         if not 0 < self.precision < 1:
@@ -98,7 +98,8 @@ class PathFinding(Attack):
         repeats = not all(isinstance(i, int) for i in mapper.ids)
         check: dict[str, Any] = {}
         if repeats and not exhausted:
-            exhausted = self._hold_out(session, mapper, probe, rng, check)
+            mix = _held_back_order(len(probe), 0 if pool is None else len(pool), rng)
+            exhausted = self._hold_out(session, mapper, probe[mix], rng, check)
         clone = mapper.clone(spec.n_classes)
         session.checkpoint(clone)
         leaves = len(mapper.lows)
@@ -153,11 +154,12 @@ class PathFinding(Attack):
     def _hold_out(self, session: Session, mapper: _BoxMapper, probe: FloatArray,
                   rng: np.random.Generator, check: dict[str, Any]) -> bool:
         """Answers that repeat across leaves: test the mapped tree on ``holdout`` answers it
-        was not built from (points drawn as the coverage sample was). Where more than 1%
-        disagree, each point that does is a box to cut (or a leaf no box covers) and the
-        tree is mapped on and tested again on fresh points, up to ``holdout_rounds`` times.
-        Fills ``check``; returns True if the budget ran out."""
-        order = rng.permutation(len(probe))
+        was not built from (``probe``, in the order to ask it). Each point that disagrees
+        is a box to cut (or a leaf no box covers), and the tree is mapped on and tested
+        again on fresh points, until a round agrees throughout or ``holdout_rounds`` have
+        been asked; the last round's agreement is the verdict's. Fills ``check``; returns
+        True if the budget ran out."""
+        order = np.arange(len(probe))
         for r in range(self.holdout_rounds):
             n = min(self.holdout, session.remaining, len(order))
             if n < 1:
@@ -168,7 +170,7 @@ class PathFinding(Attack):
             agree = float(np.mean(clone.predict(x) == answer.labels))
             check.update(holdout_agreement=agree, holdout_rounds=r + 1,
                          holdout_queries=check.get("holdout_queries", 0) + n)
-            if agree >= HOLDOUT_AGREEMENT or r == self.holdout_rounds - 1:
+            if agree == 1.0 or r == self.holdout_rounds - 1:
                 return False
             try:
                 for z, box, ident in zip(x, clone.apply(x), _ident(answer), strict=True):
@@ -179,6 +181,18 @@ class PathFinding(Attack):
             if self._map(mapper, probe, rng):
                 return True
         return False
+
+
+def _held_back_order(rows: int, pool_rows: int, rng: np.random.Generator) -> np.ndarray:
+    """The order to ask held-back points in, from the coverage sample (the attacker's pool
+    first, then uniform points): half of them pool rows while the pool lasts, since the
+    copy's users ask there."""
+    pool = rng.permutation(pool_rows)
+    uniform = pool_rows + rng.permutation(rows - pool_rows)
+    k = min(len(pool), len(uniform))
+    mixed = np.empty(2 * k, dtype=np.int64)
+    mixed[0::2], mixed[1::2] = pool[:k], uniform[:k]
+    return np.concatenate([mixed, pool[k:], uniform[k:]])
 
 
 def _verdict(info: dict[str, Any]) -> None:
