@@ -163,3 +163,12 @@ def test_an_audit_target_of_an_unknown_format_is_refused_when_the_scenario_loads
                        "attackers": [{"attack": "knockoff", "budgets": [50]}]})
     text = str(info.value)
     assert "target.file" in text and ".txt" in text and ".ubj" in text, text
+
+
+def test_an_owner_data_file_of_another_width_is_one_line(built: dict[str, tuple[Path, Any]],
+                                                         tmp_path: Path) -> None:
+    X, y = WINE
+    np.savez(tmp_path / "narrow.npz", X_test=X[:, :5], y_test=y)
+    for name in ("xgboost booster json", "lightgbm booster txt", "lightgbm sklearn joblib"):
+        with pytest.raises(ConfigError, match=r"X_test has rows of 5 features; the model .* 13"):
+            victim_from_files(built[name][0], tmp_path / "narrow.npz")

@@ -216,6 +216,10 @@ def victim_from_files(model: str | Path, data: str | Path, name: str | None = No
     arrays = load_owner_data(data)
     adapter = load_model_file(model)
     X = np.asarray(arrays["X_test"], dtype=np.float64)
+    width = model_width(adapter)
+    if X.ndim != 2 or (width is not None and X.shape[1] != width):
+        raise ConfigError(f"{Path(data).name}: X_test has rows of {X.shape[-1]} features; the "
+                          f"model {Path(model).name} takes {width or 'a table of rows'}")
     classes = getattr(getattr(adapter, "estimator", None), "classes_", None)
     y = arrays["y_test"]
     if classes is not None and not np.issubdtype(y.dtype, np.integer):
