@@ -49,8 +49,10 @@ def test_tritonclient_reads_metadata_and_infers(gateway: Any) -> None:
     tc = triton.InferenceServerClient(url)
     headers = {"Authorization": f"Bearer {key}"}
     assert tc.is_server_ready() and tc.is_model_ready("digits-lr")
-    meta = tc.get_model_metadata("digits-lr")
+    meta = tc.get_model_metadata("digits-lr", headers=headers)  # to a key that may use it
     assert meta["inputs"][0]["shape"] == [-1, 64]
+    with pytest.raises(InferenceServerException, match="API key"):
+        tc.get_model_metadata("digits-lr")
     x = np.full((3, 64), 2.0)
     inp = triton.InferInput("input-0", list(x.shape), "FP64")
     inp.set_data_from_numpy(x, binary_data=False)
