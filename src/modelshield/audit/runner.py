@@ -251,25 +251,8 @@ def _attack_cell(cell: Cell, target: Target, defense: Defense,
             trace = _trace(shield, victim, target, result, steered) \
                 if result.status == "ok" else None
     if result.status == "blocked" and result.queries > 0 and not target.remote:
-        # The attacker keeps what it was told before the block: score the clone it can make
-        # from that many queries under the same output policy.
-        after = run_cell(victim, attacker.attack, tier.policy, result.queries, seed, price,
-                         attacker.kwargs, oracle=LocalOracle(
-                             victim, parse_policy(tier.policy,
-                                                  secret="modelshield-audit-cell-noise-key"),
-                             budget=result.queries,
-                             price_per_1k=price), label=defense.name, pool=pool)
-        if after.status == "ok":
-            # The curve it had built before the block, then the clone from all it was told.
-            for name in ("accuracy", "fidelity_test", "fidelity_uniform", "victim_accuracy",
-                         "fidelity_right"):
-                setattr(result, name, getattr(after, name))
-            n = result.queries
-            result.curve = [p for p in result.curve if p[0] < n] + [(n, after.fidelity_test or 0.0)]
-            result.accuracy_curve = ([p for p in result.accuracy_curve if p[0] < n]
-                                     + [(n, after.accuracy or 0.0)])
-            result.right_curve = ([p for p in result.right_curve if p[0] < n]
-                                  + [(n, after.fidelity_right or 0.0)])
+        _keep_what_it_was_told(result, victim, attacker, tier.policy, seed, price, pool,
+                               defense.name)
     out = result.to_dict()
     out.update(attacker=cell["label"], first_flag=None if first_flag is None else
                {"query": first_flag[0], "detector": first_flag[1]})
@@ -277,6 +260,40 @@ def _attack_cell(cell: Cell, target: Target, defense: Defense,
         out["waited_s"] = waited
     out["trace"] = trace
     return out
+
+
+def _keep_what_it_was_told(result: Any, victim: Victim, attacker: Any, policy: str,
+                           seed: int, price: float, pool: FloatArray, label: str) -> None:
+    """A blocked attacker keeps what it was told before the block: score the clone it can
+    make from that many queries under the same output policy, after the curve it had
+    built before the block."""
+    after = run_cell(victim, attacker.attack, policy, result.queries, seed, price,
+                     attacker.kwargs, oracle=LocalOracle(
+                         victim, parse_policy(policy, secret="modelshield-audit-cell-noise-key"),
+                         budget=result.queries, price_per_1k=price), label=label, pool=pool)
+    if after.status != "ok":
+        return
+    for name in ("accuracy", "fidelity_test", "fidelity_uniform", "victim_accuracy",
+                 "fidelity_right"):
+        setattr(result, name, getattr(after, name))
+    n = result.queries
+    result.curve = [p for p in result.curve if p[0] < n] + [(n, after.fidelity_test or 0.0)]
+    result.accuracy_curve = ([p for p in result.accuracy_curve if p[0] < n]
+                             + [(n, after.accuracy or 0.0)])
+    result.right_curve = ([p for p in result.right_curve if p[0] < n]
+                          + [(n, after.fidelity_right or 0.0)])
+
+
+def pool_words(victim: Victim) -> str:
+    """The attacker's pool in words: what it holds, and what the attackers draw."""
+    from modelshield.data.pools import describe, pool_parts
+
+    parts = pool_parts(victim.pool, victim.spec.integer_features)
+    if not parts:
+        return "The attackers have no pool of their own."
+    natural = sum(p.rows for p in parts if p.kind == "natural")
+    return (f"The attackers' pool holds {describe(parts)}; every attacker draws from the "
+            f"{natural:,} natural rows, data a customer could send.")
 
 
 def attack_pool(victim: Victim, typical: float = 0.0, budget: int = 0) -> FloatArray:
@@ -676,7 +693,7 @@ def run_audit(scenario: Scenario, out: Path, workers: int = 0,
     results = run_cells(cells, out / "cells", workers, on_done, executor, address)
     doc = {"modelshield": modelshield.__version__, "scenario": scenario.model_dump(),
            "seconds": time.perf_counter() - start, "cells_cached": cached,
-           "cells": results}
+           "pool": pool_words(target_victim(scenario.target)), "cells": results}
     doc["analysis"] = analyse(scenario, results)
     return doc
 

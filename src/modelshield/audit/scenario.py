@@ -582,10 +582,10 @@ target:
   # protocol: rest                # rest or v2
 
 attackers:                  # `modelshield attacks` lists them and their parameters
-  - name: knockoff (natural data)
+  - name: knockoff (natural data)   # draws the natural rows of its pool (449 digits)
     attack: knockoff
     params: {source: pool, checkpoints: [100, 300]}
-    budgets: [1000]
+    budgets: [440]
   - name: active learning
     attack: active
     params: {strategy: margin}
@@ -601,9 +601,11 @@ attackers:                  # `modelshield attacks` lists them and their paramet
     keys: 10
     mix_natural: 0.3
     # pace: true             # wait out each rate limit (429) and go on: low and slow
+    # typical: 0.9           # send only the 90% of its pool its own density finds typical
 
 # Each plain attacker is also played over 10 keys, paced to the rate limits, where a
-# defense keeps per-key state (detectors, limits, a watermark); `adaptive: false` turns it off.
+# defense keeps per-key state (detectors, limits, a watermark), and facing detectors with
+# the most typical rows of its pool; `adaptive: false` turns it off.
 adaptive: true
 
 defenses:                   # each is a gateway tier (see `modelshield init`)
