@@ -47,3 +47,26 @@ def test_the_demo_runs_end_to_end_with_every_section(tmp_path: Path) -> None:
                for c in doc["cells"])
     assert any(c["kind"] == "privacy" and c["status"] == "ok" for c in doc["cells"])
     assert doc["analysis"]["rating"]["level"] in {"HIGH", "MEDIUM", "LOWER"}
+
+
+@pytest.mark.slow
+def test_the_demos_natural_knockoff_sends_unshifted_digits_past_every_detector() -> None:
+    """The demo's digits pool is 449 digits and their one-pixel shifts; a thief with natural
+    data sends digits. Against "monitored" (every detector, deny) the knockoff of natural
+    digits is never flagged and clones the model: the rating must follow it."""
+    from modelshield.audit.analysis import analyse
+    from modelshield.audit.runner import run_one
+
+    scenario = load_scenario(DEMO)
+    cells = [c for c in plan(scenario) if c["kind"] == "attack"
+             and c["label"] == "knockoff (natural data)"
+             and c["defense"]["name"] in ("monitored", "none")]
+    results = [run_one(c) for c in cells]
+    watched = next(r for r in results if r["defense"] == "monitored")
+    assert watched["status"] == "ok" and watched["first_flag"] is None
+    assert watched["fidelity_test"] >= 0.9 and watched["queries"] == 300
+    a = analyse(scenario, results)
+    monitored = next(d for d in a["defenses"] if d["name"] == "monitored")
+    assert monitored["rating"] == "HIGH"
+    assert monitored["cheapest_clone"]["attacker"] == "knockoff (natural data)"
+    assert any("sends only natural rows" in f for f in monitored["facts"])
