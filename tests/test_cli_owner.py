@@ -372,3 +372,40 @@ def test_over_http_a_model_file_that_is_not_the_served_model_is_refused(
         assert row["queries"] <= 30
     for s in shields:
         s.close()
+
+
+def test_over_http_path_finding_copies_a_tree_file_through_either_output(
+        tmp_path: Path) -> None:
+    """A tree served from a file answers class probabilities by default, and its leaves share
+    them; path-finding over HTTP copies it all the same (every query inside the domain the
+    gateway publishes), as it does through a leaf-id tier."""
+    from tests.attacks.test_assumptions import owner_tree
+
+    v = owner_tree(0)
+    joblib.dump(v.model.estimator, tmp_path / "tree.joblib")  # type: ignore[attr-defined]
+    np.savez(tmp_path / "data.npz", X_test=v.X_test, y_test=v.y_test, pool=v.pool,
+             low=v.spec.low, high=v.spec.high)
+    shields = build_gateway({
+        "audit_url": f"sqlite:///{tmp_path}/a.db",
+        "tiers": {"scores": {"policy": "full"}, "ids": {"policy": "leaf-id"}},
+        "models": [{"file": str(tmp_path / "tree.joblib"), "name": "tree",
+                    "classes": ["0", "1", "2"], "low": v.spec.low.tolist(),
+                    "high": v.spec.high.tolist()}]})
+    rows = {}
+    with live_app(create_app(shields)) as client:
+        for tier in ("scores", "ids"):
+            out = tmp_path / f"{tier}.json"
+            r = runner.invoke(app, [
+                "attack", "--target", str(client.base_url), "--api-key",
+                shields[0].store.create_key(tier)[0], "--model-file",
+                str(tmp_path / "tree.joblib"), "--data", str(tmp_path / "data.npz"),
+                "--attack", "path-finding", "--budget", "100000", "--json", str(out)])
+            assert r.exit_code == 0, r.output
+            rows[tier] = json.loads(out.read_text())
+    for s in shields:
+        s.close()
+    scores, ids = rows["scores"], rows["ids"]
+    assert scores["status"] == ids["status"] == "ok"
+    assert scores["info"]["distinct_ids"] < scores["info"]["leaves"]  # answers repeat
+    assert scores["info"]["holdout_agreement"] >= 0.99
+    assert scores["fidelity_test"] >= 0.99 and ids["fidelity_test"] >= 0.99

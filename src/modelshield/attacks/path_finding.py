@@ -528,7 +528,7 @@ class _BoxMapper:
         u = self.rng.uniform(0.0, 1.0, (n, len(a)))
         end = self.rng.integers(0, 3, (n, len(a)))  # 0: low end, 1: high end, 2: anywhere
         u = np.where(end == 0, 0.0, np.where(end == 1, 1.0, u))
-        points = a + u * (b - a)
+        points = np.clip(a + u * (b - a), a, b)  # a + 1.0 * (b - a) may pass b by an ulp
         if self.integer:
             points = np.clip(np.round(points), np.ceil(a), np.floor(b))
         return np.asarray(points)
