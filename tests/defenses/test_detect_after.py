@@ -95,3 +95,43 @@ def test_detect_is_checked_in_the_config(tmp_path: Path) -> None:
 
     with pytest.raises((ConfigError, ValueError), match="detect"):
         _shield(tmp_path, "later")
+
+
+def test_on_redis_the_request_path_takes_one_round_trip(
+        tmp_path: Path, victims: dict[str, Victim], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Limits and the suspension flags in one script call; the detectors' reads and writes
+    happen after the answer, off the request's thread. A flag set in Redis is seen."""
+    import redis.connection
+
+    from tests.servers import redis_server
+
+    x = victims["digits-mlp"].X_test
+    with redis_server() as url:
+        shield = build_shield({
+            "audit_url": f"sqlite:///{tmp_path}/a.db", "storage": {"limits": url},
+            "global_limits": {"requests": "1000/minute"},
+            "tiers": {"t": {"limits": {"requests": "100/minute"}, "on_flag": "deny",
+                            "detectors": [{"volume": {"max_rows": 1000}}],
+                            "detect": "after"}}})
+        key, record = shield.store.create_key("t")
+        shield.handle(key, x[:1])  # connections open
+        shield.settle(record.key_id)
+        sent: list[str] = []
+        original = redis.connection.Connection.send_packed_command
+
+        def counted(self: Any, command: Any, *a: Any, **k: Any) -> Any:
+            sent.append(threading.current_thread().name)
+            return original(self, command, *a, **k)
+
+        monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
+        shield.handle(key, x[1:2])
+        on_path = [n for n in sent if not n.startswith("detect-after")]
+        assert len(on_path) == 1
+        shield.settle(record.key_id)
+        assert len(sent) > 1  # the detectors' state, off the path
+        shield.state.set(f"flag:{record.key_id}",
+                         {"detector": "volume", "score": 1.0, "reason": "test"})
+        with pytest.raises(Denied) as refused:
+            shield.handle(key, x[2:3])
+        assert refused.value.status == 403
+        shield.close()

@@ -36,17 +36,19 @@ Hit = tuple[RateLimitItem, str, int, bool]
 Outcome = tuple[bool, float, int] | None
 """(admitted by this limit, window reset time, remaining), or None when not asked for."""
 
-# KEYS: one list per limit. ARGV: now, then (limit, expiry, cost) per key.
-# Returns {charged (1/0), then per key: admitted (1/0), oldest entry in window, count}.
+# KEYS: one list per limit, then the keys to read. ARGV: now, the number of limits, then
+# (limit, expiry, cost, want) per limit. Returns {charged (1/0), then per limit: admitted
+# (1/0), oldest entry in the window, count (searched only when wanted or refused), then the
+# value of each key to read ('' when absent)}.
 ALL_OR_NOTHING_LUA = """
 local now = tonumber(ARGV[1])
-local n = #KEYS
+local n = tonumber(ARGV[2])
 local ok = {}
 local all = 1
 for i = 1, n do
-  local limit = tonumber(ARGV[3 * i - 1])
-  local expiry = tonumber(ARGV[3 * i])
-  local cost = tonumber(ARGV[3 * i + 1])
+  local limit = tonumber(ARGV[4 * i - 1])
+  local expiry = tonumber(ARGV[4 * i])
+  local cost = tonumber(ARGV[4 * i + 1])
   ok[i] = 1
   if cost > limit then
     ok[i] = 0
@@ -58,9 +60,9 @@ for i = 1, n do
 end
 local out = {all}
 for i = 1, n do
-  local limit = tonumber(ARGV[3 * i - 1])
-  local expiry = tonumber(ARGV[3 * i])
-  local cost = tonumber(ARGV[3 * i + 1])
+  local limit = tonumber(ARGV[4 * i - 1])
+  local expiry = tonumber(ARGV[4 * i])
+  local cost = tonumber(ARGV[4 * i + 1])
   if all == 1 then
     local entries = {}
     for j = 1, cost do entries[j] = now end
@@ -70,18 +72,23 @@ for i = 1, n do
     redis.call('ltrim', KEYS[i], 0, limit - 1)
     redis.call('expire', KEYS[i], expiry)
   end
-  -- the window's state: the oldest entry still inside it, and how many are
-  local low, high, found = 0, redis.call('llen', KEYS[i]) - 1, -1
-  while low <= high do
-    local mid = math.floor((low + high) / 2)
-    local v = tonumber(redis.call('lindex', KEYS[i], mid))
-    if v and v >= now - expiry then found = mid; low = mid + 1 else high = mid - 1 end
+  local oldest, found = now, -1
+  if ARGV[4 * i + 2] == '1' or ok[i] == 0 then
+    -- the window's state: the oldest entry still inside it, and how many are
+    local low, high = 0, redis.call('llen', KEYS[i]) - 1
+    while low <= high do
+      local mid = math.floor((low + high) / 2)
+      local v = tonumber(redis.call('lindex', KEYS[i], mid))
+      if v and v >= now - expiry then found = mid; low = mid + 1 else high = mid - 1 end
+    end
+    if found >= 0 then oldest = tonumber(redis.call('lindex', KEYS[i], found)) end
   end
-  local oldest = now
-  if found >= 0 then oldest = tonumber(redis.call('lindex', KEYS[i], found)) end
   out[#out + 1] = ok[i]
   out[#out + 1] = tostring(oldest)
   out[#out + 1] = found + 1
+end
+for i = n + 1, #KEYS do
+  out[#out + 1] = redis.call('get', KEYS[i]) or ''
 end
 return out
 """
@@ -91,7 +98,8 @@ class RedisMovingWindowBatch:
     """Every moving-window limit of a request in one Lua script call: charged all or none.
 
     The entries are the `limits` library's own (a list per limit, newest first, one
-    timestamp per unit of cost), so its other readers see the same windows."""
+    timestamp per unit of cost), so its other readers see the same windows. The same call
+    can read keys a request needs next (its suspension flags): one round trip for both."""
 
     def __init__(self, storage: RedisStorage, clock: Callable[[], float] = time.time) -> None:
         self.storage = storage
@@ -100,24 +108,27 @@ class RedisMovingWindowBatch:
 
     def charge(self, hits: Sequence[Hit]) -> list[Outcome]:
         """Charge every hit or none; each hit's (admitted, reset, remaining)."""
-        if not hits:
-            return []
+        return self.charge_and_get(hits, [])[0] if hits else []
+
+    def charge_and_get(self, hits: Sequence[Hit], gets: Sequence[str]
+                       ) -> tuple[list[Outcome], list[bytes | None]]:
+        """``charge``, and the values of the Redis keys ``gets`` (None where absent)."""
         if self._script is None:  # EVALSHA, and SCRIPT LOAD only when Redis lacks it
             client: Any = self.storage.get_connection()
             self._script = client.register_script(ALL_OR_NOTHING_LUA)
         st = self.storage
         now = self.clock()
         keys = [st.prefixed_key(item.key_for(ident)) for item, ident, _, _ in hits]
-        args: list[Any] = [now]
-        for item, _, cost, _ in hits:
-            args += [item.amount, item.get_expiry(), cost]
-        raw = self._script(keys=keys, args=args)
+        args: list[Any] = [now, len(hits)]
+        for item, _, cost, want in hits:
+            args += [item.amount, item.get_expiry(), cost, int(want)]
+        raw = self._script(keys=[*keys, *gets], args=args)
         out: list[Outcome] = []
-        for i, (item, _, _, _) in enumerate(hits):
+        for i, (item, _, _, want) in enumerate(hits):
             ok, oldest, count = raw[1 + 3 * i: 4 + 3 * i]
             out.append((bool(int(ok)), float(oldest) + item.get_expiry(),
-                        item.amount - int(count)))
-        return out
+                        item.amount - int(count)) if want or not int(ok) else None)
+        return out, [v or None for v in raw[1 + 3 * len(hits):]]
 
 
 class MemoryMovingWindow:

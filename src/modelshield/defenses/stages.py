@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,9 +32,9 @@ from limits import RateLimitItem
 from modelshield.answer import Answer, FloatArray, LMChoice, LMRequest, Prediction
 from modelshield.defenses.config import Limits, Tier
 from modelshield.defenses.detectors import Detector, fresh_rows, record_rows
-from modelshield.defenses.limits_batch import Hit
+from modelshield.defenses.limits_batch import Hit, RedisMovingWindowBatch
 from modelshield.defenses.llm import Delta, Generation, shape_choices
-from modelshield.defenses.state import STORE_ERRORS, Read
+from modelshield.defenses.state import STORE_ERRORS, Read, RedisState
 from modelshield.errors import Denied, OracleError
 from modelshield.store import ApiKey, AuditRecord
 
@@ -265,14 +266,36 @@ class Limit(_Stage):
                     # RateLimit-* headers describe the caller's own key limits.
                     hits += [(item, f"{who}:{kind}", cost, who.startswith("key"))
                              for item in s.rates(rate)]
-        self._charge(hits, call.decision)
+        self._charge(hits, call.decision, self._ahead(call))
 
-    def _charge(self, hits: list[Hit], decision: Decision) -> None:
+    def _ahead(self, call: Call) -> list[str]:
+        """With detection after the answer on Redis, the suspension flags the request
+        checks next, read in the limits' own script call: one round trip for both. The
+        account's deferred detection is waited for first, so its flag is among them."""
+        s = self.shield
+        if call.tier.detect != "after" or call.req is not None or \
+                not isinstance(s.charge, RedisMovingWindowBatch) or \
+                not isinstance(s.state, RedisState):
+            return []
+        s.settle(call.key.key_id)
+        group = s.group_of(call.tier, call.key, call.client_ip)
+        return [f"flag:{i}" for i in (call.key.key_id, group) if i is not None]
+
+    def _charge(self, hits: list[Hit], decision: Decision, ahead: list[str]) -> None:
         """Charge every limit of the request, or none of them if any refuses
-        (defenses/limits_batch.py): on Redis with the moving window, one script call."""
+        (defenses/limits_batch.py): on Redis with the moving window, one script call,
+        which also reads the ``ahead`` keys of the detector state."""
         s = self.shield
         try:
-            results = s.charge.charge(hits)
+            if ahead and isinstance(s.charge, RedisMovingWindowBatch) and \
+                    isinstance(s.state, RedisState):
+                state = s.state
+                results, values = s.charge.charge_and_get(
+                    hits, [state.prefix + k for k in ahead])
+                state.prime({k: None if v is None else json.loads(v)
+                             for k, v in zip(ahead, values, strict=True)})
+            else:
+                results = s.charge.charge(hits)
         except STORE_ERRORS as exc:
             if s.config.storage.fail == "open":
                 return

@@ -221,10 +221,18 @@ class RedisState:
         out = _decode_rows(raw, d)
         return np.empty((0, d)) if out is None else out
 
+    def prime(self, values: dict[str, Any]) -> None:
+        """Values this thread's request has read already (with its limits, in the same
+        script call): the next ``get`` of each returns it, once, without a round trip."""
+        self._local.primed = values
+
     def get(self, key: str) -> Any:
         snap = self._open()
         if snap is not None and key in snap.values:
             return snap.values[key]
+        primed: dict[str, Any] | None = getattr(self._local, "primed", None)
+        if primed and key in primed:
+            return primed.pop(key)
         self._direct()
         raw: bytes | None = self.client.get(self.prefix + key)  # type: ignore[assignment]
         return None if raw is None else json.loads(raw)
