@@ -193,13 +193,16 @@ def test_a_clone_as_accurate_as_a_weak_model_is_a_theft_whatever_its_agreement()
     assert row["q90_range"] is None  # the fidelity interval does not time this clone
 
 
-@pytest.mark.parametrize(("accuracy", "right"), [(0.62, 0.93), (0.684, 0.80)])
-def test_a_weaker_copy_or_one_that_errs_where_the_model_is_right_is_no_clone(
-        accuracy: float, right: float) -> None:
+@pytest.mark.parametrize(("accuracy", "right", "clone"), [
+    (0.684, 0.80, True),  # as accurate, right in other places
+    (0.63, 0.91, True),  # 91% of the model's right answers
+    (0.64, 0.85, False),  # 4 points less accurate, and 15% of its right answers lost
+    (0.50, 0.70, False)])
+def test_a_weaker_copy_is_no_clone(accuracy: float, right: float, clone: bool) -> None:
     s = scenario(defenses=[{"name": "none"}])
     a = analyse(s, [job_cell("none", 0.771, accuracy, right), benign("none")])
-    assert a["defenses"][0]["attackers"][0]["q90"] is None
-    assert rating(a, "none") == "LOWER"
+    assert (a["defenses"][0]["attackers"][0]["q90"] is not None) is clone
+    assert rating(a, "none") == ("HIGH" if clone else "LOWER")
 
 
 def test_detectors_that_first_look_after_the_clone_cannot_see_it_and_are_not_offered(

@@ -8,7 +8,7 @@ The rules (docs/audit.md explains them):
 
 * A *clone* is a copy with at least 90% fidelity (top-1 agreement with the model on its test
   set), or a copy that does the model's job: test accuracy within ``JOB_MARGIN`` (2 points)
-  of the model's own and 90% agreement on the test rows the model gets right (a thief of a
+  of the model's own, or 90% agreement on the test rows the model gets right (a thief of a
   model that is right 68% of the time wants its 68%, not its mistakes). Its cost is the
   queries it took times the price.
 * An attacker is *caught* when the Shield flagged it before its clone reached 90%. A flag
@@ -297,7 +297,7 @@ def _curve(cells: list[dict[str, Any]]) -> list[list[Any]]:
 
 def _does_job(cells: list[dict[str, Any]]) -> set[int]:
     """The query counts at which a cell's clone does the model's job: test accuracy within
-    ``JOB_MARGIN`` of the model's and 90% agreement on the rows the model gets right."""
+    ``JOB_MARGIN`` of the model's, or 90% agreement on the rows the model gets right."""
     out = set()
     for c in cells:
         model = c.get("victim_accuracy")
@@ -308,8 +308,8 @@ def _does_job(cells: list[dict[str, Any]]) -> set[int]:
         if c.get("accuracy") is not None and c.get("fidelity_right") is not None:
             acc.setdefault(int(c["queries"]), c["accuracy"])
             right.setdefault(int(c["queries"]), c["fidelity_right"])
-        out |= {q for q, a in acc.items()
-                if a >= model - JOB_MARGIN and right.get(q, 0.0) >= CLONE}
+        out |= {q for q, a in acc.items() if a >= model - JOB_MARGIN}
+        out |= {q for q, r in right.items() if r >= CLONE}
     return out
 
 
