@@ -107,12 +107,12 @@ def test_lowd_meek_says_when_the_boundary_is_not_a_hyperplane() -> None:
 
 def test_top_down_checks_its_tree_where_answers_repeat() -> None:
     """With incomplete queries the tree is mapped top-down; where answers repeat across
-    leaves one round of held-back answers tests it, and a leaf-id output needs none."""
+    leaves rounds of held-back answers test it, and a leaf-id output needs none."""
     v = owner_tree(2)
     v.spec = dataclasses.replace(v.spec, accepts_missing=True)
     scores = run_cell(v, "path-finding", "full", 100_000, params={"incomplete": True},
                       uniform_points=2000)
-    assert scores.info["holdout_queries"] == 300
+    assert scores.info["holdout_queries"] >= 300
     assert scores.status == "failed" and scores.info["holdout_agreement"] < 0.99
     assert scores.fidelity_uniform is not None and scores.fidelity_uniform < 0.99
     ids = run_cell(v, "path-finding", "leaf-id", 100_000, params={"incomplete": True},

@@ -116,21 +116,28 @@ class PathFinding(Attack):
 
     def _top_down(self, session: Session, eps: FloatArray, probe: FloatArray,
                   rng: np.random.Generator) -> tuple[Any, None, dict[str, Any]]:
-        """Top-down; where answers repeat across leaves, one round of ``holdout`` held-back
-        answers tests the tree it mapped (top-down keeps same-answering leaves apart by
-        construction, so there is nothing to cut: the round only checks)."""
+        """Top-down; where answers repeat across leaves, ``holdout_rounds`` rounds of
+        ``holdout`` held-back answers, pooled, test the tree it mapped (top-down keeps
+        same-answering leaves apart by construction, so there is nothing to cut: the rounds
+        only check; all are asked, since stopping once the running agreement passes 99%
+        would pass copies that are not)."""
         explorer = _TopDown(session, eps)
         clone, _, info = explorer.run()
         if all(isinstance(n.ident, int) for n in explorer.leaves) or info["budget_exhausted"]:
             return clone, None, info
-        n = min(self.holdout, session.remaining)
-        if n >= 1:
-            x = probe[rng.choice(len(probe), size=min(n, len(probe)), replace=False)]
-            agree = float(np.mean(clone.predict(x) == session.query(x).labels))
-            info.update(holdout_agreement=agree, holdout_rounds=1, holdout_queries=len(x))
-            session.checkpoint(clone)  # the last checkpoint counts every query spent
-        else:
-            info["budget_exhausted"] = True
+        order = _held_back_order(len(probe), len(probe) - self.coverage_samples, rng)
+        agreed = asked = 0
+        for r in range(self.holdout_rounds):
+            n = min(self.holdout, session.remaining, len(order) - asked)
+            if n < 1:
+                info["budget_exhausted"] = asked == 0
+                break
+            x = probe[order[asked: asked + n]]
+            agreed += int(np.sum(clone.predict(x) == session.query(x).labels))
+            asked += n
+            info.update(holdout_agreement=agreed / asked, holdout_rounds=r + 1,
+                        holdout_queries=asked, holdout_last=asked)
+        session.checkpoint(clone)  # the last checkpoint counts every query spent
         _verdict(info)
         return clone, None, info
 
@@ -168,7 +175,7 @@ class PathFinding(Attack):
             answer = session.query(x)
             clone = mapper.clone(session.spec.n_classes)
             agree = float(np.mean(clone.predict(x) == answer.labels))
-            check.update(holdout_agreement=agree, holdout_rounds=r + 1,
+            check.update(holdout_agreement=agree, holdout_rounds=r + 1, holdout_last=n,
                          holdout_queries=check.get("holdout_queries", 0) + n)
             if agree == 1.0 or r == self.holdout_rounds - 1:
                 return False
@@ -209,7 +216,7 @@ def _verdict(info: dict[str, Any]) -> None:
     elif agree is not None and agree < HOLDOUT_AGREEMENT:
         info[ASSUMPTION_FAILED] = (
             f"{why}: the mapped tree agrees with only {agree:.1%} of the last "
-            f"{info['holdout_queries'] // info['holdout_rounds']} held-back answers, after "
+            f"{info['holdout_last']} held-back answers, after "
             f"{info['holdout_rounds']} rounds of checks; path-finding needs each leaf to "
             "answer apart (a leaf-id output), or knockoff on these answers copies it better")
 
