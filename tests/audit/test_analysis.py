@@ -221,3 +221,24 @@ def test_detectors_that_first_look_after_the_clone_cannot_see_it_and_are_not_off
     assert best["best"] is None
     assert any(o["defense"] == "prada" and "first look at 100 queries" in o["why"]
                for o in best["over_budget"])
+
+
+def test_a_defense_that_leaves_the_cheapest_clone_as_cheap_is_not_recommended() -> None:
+    # The demo's "rounded" gained protection against a weaker attacker only: its cheapest
+    # uncaught clone cost what the deployed one's did, so it protects nothing.
+    s = load_scenario({
+        "price_per_1k": 1.0, "model_value": 10_000, "target": {"victim": "digits-mlp"},
+        "attackers": [{"name": "k", "attack": "knockoff", "budgets": [1000]},
+                      {"name": "a", "attack": "active", "budgets": [1000]}],
+        "defenses": [{"name": "open"}, {"name": "rounded", "policy": "round:1"}],
+        "adaptive": False})
+
+    def cell(defense: str, attacker: str, q: int) -> dict[str, Any]:
+        return {**attack(defense, [(q, 0.95)]), "attacker": attacker}
+
+    cells = [cell("open", "k", 100), cell("open", "a", 100), benign("open"),
+             cell("rounded", "k", 100), cell("rounded", "a", 300), benign("rounded")]
+    a = analyse(s, cells)
+    rounded = next(d for d in a["defenses"] if d["name"] == "rounded")
+    assert rounded["protection"] > a["defenses"][0]["protection"]  # it did protect a bit
+    assert a["recommendations"] == [] and "watermark" in a["left"]

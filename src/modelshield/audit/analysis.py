@@ -27,7 +27,9 @@ The rules (docs/audit.md explains them):
   where its plain counterpart did not is listed as what broke the defense. Honest-user
   cost: accuracy lost, calibration error
   added, share of honest accounts flagged and share refused. Recommendations rank the
-  defenses that protect better than the deployed one by protection gained per unit of cost.
+  defenses that protect better than the deployed one by protection gained per unit of cost;
+  one whose cheapest uncaught clone costs no more than the deployed one's is left out (it
+  protects nothing against the strongest attacker played).
 * Tracing: each clone of 90% fidelity or more that the audit makes is tested against the
   tier's serve-time watermark (and a built-in victim's train-time one); a clone at p <= 1e-6
   is *traced*. The rating follows the cheapest uncaught clone that is not traced; when
@@ -115,7 +117,7 @@ def analyse(scenario: Scenario, cells: list[dict[str, Any]]) -> dict[str, Any]:
         "deployed": deployed["name"],
         "rating": _rating_as_deployed(scenario, deployed),
         "defenses": defenses,
-        "recommendations": _recommend(scenario, defenses, deployed),
+        "recommendations": _recommend(scenario, defenses, deployed), "left": LEFT,
         "best_defenses": _best_defenses(scenario, defenses),
     }
 
@@ -688,11 +690,14 @@ def _recommend(scenario: Scenario, defenses: list[dict[str, Any]],
         inference = (d["privacy"] or {}).get("level")
         safer = inference is not None and was is not None and \
             LEVELS.index(inference) < LEVELS.index(was)
-        if d is deployed or not (gain > 1e-9 or (safer and gain >= -1e-9)):
+        before, after = deployed["cheapest_clone"], d["cheapest_clone"]
+        # Against the strongest attacker played: a defense whose cheapest clone costs no
+        # more than the deployed one's protects nothing, whatever it does to the others.
+        stronger = before is None or after is None or after["queries"] > before["queries"]
+        if d is deployed or not ((gain > 1e-9 and stronger) or (safer and gain >= -1e-9)):
             continue
         cost = d["honest_cost"]
         extra = None if cost is None else max(0.0, cost - base_cost)
-        before, after = deployed["cheapest_clone"], d["cheapest_clone"]
         effect = (f"cheapest uncaught clone: {_usd(before)} -> {_usd(after)}")
         if inference is not None and was is not None:
             effect += f"; membership exposure: {was} -> {inference}"
