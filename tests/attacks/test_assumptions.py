@@ -93,6 +93,19 @@ def test_equation_solving_checks_its_exact_claim_against_held_back_answers() -> 
     assert r.info["hair_move"] < 1e-6 < r.info["held_back_error"]
 
 
+def test_lowd_meek_checks_its_boundary_where_the_attackers_rows_lie() -> None:
+    """A breast-cancer MLP's boundary is nearly flat (the linear copy agrees on 97% of the
+    test rows) but not a hyperplane: stepped off it at the attacker's rows, moved onto it,
+    points answer on the wrong side. A logistic model's passes."""
+    r = run_cell(breast_cancer_mlp(), "label-only", "label", 600, uniform_points=1000)
+    assert r.status == "failed" and "no usable linear boundary" in r.reason
+    from modelshield.victims import load_victim
+
+    ok = run_cell(load_victim("breast-cancer-lr", 0), "label-only", "label", 600,
+                  uniform_points=1000)
+    assert ok.status == "ok" and ok.info["boundary_check"] == "16 of 16 sides right"
+
+
 def test_lowd_meek_says_when_the_boundary_is_not_a_hyperplane() -> None:
     X, _ = make_classification(4000, 6, n_informative=3, n_classes=2, random_state=3)
     ring = (np.linalg.norm(X[:, :2], axis=1) < 1.2).astype(int)  # a round boundary

@@ -95,12 +95,12 @@ class LabelOnly(Attack):
         b = -float(w @ x0)
         clone = LinearClone(w[None, :], np.array([b])).fit()
         info: dict[str, Any] = {"scale_free": True}
-        info.update(self._check_boundary(session, x0, w, rng))
+        info.update(self._check_boundary(session, x0, w, pool, rng))
         session.checkpoint(clone)
         return clone, {"coef": w[None, :], "intercept": np.array([b])}, info
 
     def _check_boundary(self, session: Session, x0: FloatArray, w: FloatArray,
-                        rng: np.random.Generator) -> dict[str, Any]:
+                        pool: FloatArray | None, rng: np.random.Generator) -> dict[str, Any]:
         """Whether the target has the linear boundary that was recovered: points on it,
         away from where it was found, stepped a little to either side along its normal,
         must answer on those sides (``CROSSINGS`` pairs of queries, from what the budget
@@ -110,13 +110,22 @@ class LabelOnly(Attack):
         if n < 1 or not np.any(w):
             return {"budget_note": "no budget left to check the recovered boundary: "
                     "Lowd-Meek's linear assumption is unverified"}
+        # In the domain's unit cube, where each feature weighs alike: the attacker's rows
+        # (else the domain's) moved onto the recovered hyperplane, kept where both probes,
+        # 1% of the cube off it along its normal, stay inside.
         width = spec.high - spec.low
-        normal = w / np.linalg.norm(w)
-        on = x0 + 0.2 * width * rng.uniform(-1.0, 1.0, (n, len(x0)))
-        on -= np.outer(on @ w - x0 @ w, w) / float(w @ w)  # back onto the hyperplane
-        step = 0.002 * float(np.linalg.norm(width)) * normal
-        probes = np.clip(np.concatenate([on - step, on + step]), spec.low, spec.high)
-        labels = session.query(probes).labels
+        u = w * width / np.linalg.norm(w * width)
+        rows = pool if pool is not None and len(pool) else spec.uniform(50 * n, rng)
+        z = (rows - spec.low) / width
+        z -= np.outer((z - (x0 - spec.low) / width) @ u, u)
+        inside = np.all((z - 0.01 * np.abs(u) >= 0) & (z + 0.01 * np.abs(u) <= 1), axis=1)
+        on = spec.low + width * z[inside][rng.permutation(int(inside.sum()))[:n]]
+        step = 0.01 * width * u
+        if len(on) == 0:
+            return {"budget_note": "no point of the recovered boundary inside the domain "
+                    "to check it at: Lowd-Meek's linear assumption is unverified"}
+        n = len(on)
+        labels = session.query(np.concatenate([on - step, on + step])).labels
         wrong = int(np.sum(labels[:n] != 0) + np.sum(labels[n:] != 1))
         out: dict[str, Any] = {"boundary_check": f"{2 * n - wrong} of {2 * n} sides right"}
         if wrong > 0:
