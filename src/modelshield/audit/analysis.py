@@ -184,8 +184,8 @@ def _score_protection(attackers: int, defenses: list[dict[str, Any]]) -> None:
         for d, row in zip(defenses, rows, strict=True):
             row["protection"] = _protection(row, ref)
             floor = d["detector_floor"]
-            row["unseen"] = ref if floor and ref is not None and ref < floor["queries"] \
-                else None
+            seen_to = floor["queries"] if floor and row["status"] in ("ok", "blocked") else 0
+            row["unseen"] = ref if ref is not None and ref < seen_to else None
 
 
 def _conclude(scenario: Scenario, d: dict[str, Any]) -> None:
