@@ -44,11 +44,13 @@ ALL_ON = {"limits": {"requests": "100000/minute", "rows": "100000/minute"},
           "on_flag": "alert", "max_batch": 100}
 
 
-def gateway_config(tmp: Path, limits_url: str, audit_url: str) -> Path:
+def gateway_config(tmp: Path, limits_url: str, audit_url: str, detect: str = "inline"
+                   ) -> Path:
     cfg = {"model": {"builtin": "digits-mlp"}, "audit_url": audit_url,
            "storage": {"limits": limits_url},
            "global_limits": {"requests": "1000000/minute"},
-           "ip_limits": {"requests": "1000000/minute"}, "tiers": {"bench": ALL_ON}}
+           "ip_limits": {"requests": "1000000/minute"},
+           "tiers": {"bench": {**ALL_ON, "detect": detect}}}
     path = tmp / "bench.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -62,7 +64,7 @@ def measure(args: argparse.Namespace, bare: tuple[str, Any], bodies: list[Any],
     the audit log's commits per answer, then single requests alternating between the two."""
     bare_url, bare_proc = bare
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = gateway_config(Path(tmp), limits_url, audit_url.format(tmp=tmp))
+        cfg = gateway_config(Path(tmp), limits_url, audit_url.format(tmp=tmp), args.detect)
         store = AuditStore(audit_url.format(tmp=tmp))
         keys = [{"Authorization": f"Bearer {store.create_key('bench')[0]}"}
                 for _ in range(args.concurrency)]
@@ -146,6 +148,10 @@ def main() -> None:
                         "trips per answer (needs --all or --redis and --postgres)")
     parser.add_argument("--floor-redis-trips", type=int, default=3,
                         help="Redis round trips per answer in the --floor server")
+    parser.add_argument("--detect", choices=["inline", "after"], default="after",
+                        help="the bench tier's detect setting: detectors before the answer "
+                        "(inline) or off the request's path once it is answered (after; "
+                        "their CPU is still counted in the server's)")
     parser.add_argument("--all-targets", action="store_true",
                         help="measure the three targets side by side and write "
                         "bench/results/gateway_targets.json: memory limits + SQLite (1 worker), "
