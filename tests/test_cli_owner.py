@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from modelshield.cli import app
 from modelshield.errors import ConfigError
+from modelshield.oracle.match import CHECK_ROWS
 from modelshield.serve.app import create_app
 from modelshield.serve.factory import build_gateway
 from tests.servers import live_app
@@ -212,7 +213,7 @@ def test_the_evidence_names_the_holder_and_its_records_resist_forgery(theft: The
     doc = json.loads((folder / "evidence.json").read_text())
     assert doc["key"]["owner"] == "thief inc" and doc["key"]["terms_version"] == "1"
     assert "extract" in doc["key"]["terms_text"]
-    assert doc["activity"]["rows_answered"] == 1500
+    assert doc["activity"]["rows_answered"] == 1500 + CHECK_ROWS  # the attack + its file check
     assert doc["watermark"]["matched"] and doc["watermark"]["result"]["p_adjusted"] <= 1e-3
     assert doc["watermark"]["result"]["p_sequential"] <= 1e-3
     assert doc["integrity"]["intact"] and doc["integrity"]["keyed"]

@@ -37,8 +37,14 @@ class HttpOracle(BaseOracle):
         self._owns_client = client is None
         self.client = client or httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
         self.headers = {"Authorization": f"Bearer {api_key}"}
-        self.model = model or self._only_model()
-        super().__init__(self._spec(), **kwargs)
+        self.model = model or ""
+        try:
+            self.model = model or self._only_model()
+            spec = self._spec()
+        except BaseException:
+            self.close()  # a target that cannot be used leaves no connection open
+            raise
+        super().__init__(spec, **kwargs)
         try:
             account = self.check_key()
         except ConfigError:
@@ -56,7 +62,7 @@ class HttpOracle(BaseOracle):
         None when the server has no such route (it then speaks only the v1/v2 protocol)."""
         try:
             resp = self.client.get("/v1/account", headers=self.headers,
-                                   params={"model": self.model})
+                                   params={"model": self.model} if self.model else None)
         except httpx.HTTPError as exc:
             raise ConfigError(f"Cannot reach the target: {exc}") from None
         if resp.status_code == 404:
@@ -72,6 +78,8 @@ class HttpOracle(BaseOracle):
 
     def _only_model(self) -> str:
         models = self._get("/v2").get("models", [])
+        if not models:  # the gateway lists only what the key may use: a refused key says so
+            self.check_key()
         if len(models) != 1:
             raise ConfigError(f"The target serves {models}; name one (model=...).")
         return str(models[0])
