@@ -11,6 +11,9 @@ rate limit of 200 rows a day (requests of at most 100 rows). Each plain attacker
 paired with its adaptive counterpart:
 
 - knockoff on the natural pool, against the same over 10 keys of 10 owners and networks;
+  every attacker that draws the pool spends at most the natural rows it holds (the
+  audit's attackers draw only those: 449 for digits, whose augmented rows no customer
+  sends), the others the whole budget;
 - knockoff on synthetic queries, against the same over 10 keys with 30% natural rows
   mixed in (the rate tests and PRADA see a diluted stream);
 - knockoff trained on the scores as they come (``labels: soft``), against the one that
@@ -39,7 +42,7 @@ from harness import arguments, show, write
 
 from modelshield.audit.analysis import duration
 from modelshield.audit.report import write_report
-from modelshield.audit.runner import run_audit
+from modelshield.audit.runner import attack_pool, run_audit
 from modelshield.audit.scenario import load_scenario
 from modelshield.victims import load_victim
 
@@ -72,8 +75,8 @@ def main() -> None:
     pairs = [p for p in PAIRS if not args.pairs or p[0][0] in args.pairs]
     v = load_victim(args.victim, args.seed)
     tau = float(np.quantile(v.predict(v.calibration).probabilities.max(axis=1), 0.05))
-    attackers = [{"name": n, "attack": a, "params": p, "budgets": [args.budget], **extra}
-                 for pair in pairs for n, a, p, extra in pair]
+    natural = len(attack_pool(v))  # the audit's natural-data attackers draw only these
+    attackers = _attackers(pairs, args.budget, natural)
     defenses = [
         {"name": "detectors (deny)", "policy": "full",
          "detectors": ["sweep", "boundary", "ood", "prada", "volume"], "on_flag": "deny"},
@@ -114,9 +117,18 @@ def main() -> None:
     if args.pairs or args.defenses:
         name += "_subset"
     write(name, {"victim": args.victim, "seed": args.seed, "budget": args.budget,
+                 "natural_pool_rows": natural, "pool_budget": min(args.budget, natural),
                  "tau": tau, "rows": rows,
                  "ratings": {d["name"]: d["rating"] for d in doc["analysis"]["defenses"]},
                  "broken_by": {d["name"]: d["broken_by"] for d in doc["analysis"]["defenses"]}})
+
+
+def _attackers(pairs: list[Any], budget: int, natural: int) -> list[dict[str, Any]]:
+    """The scenario's attackers: those drawing from the natural pool spend at most its rows
+    (an attacker with natural data has no more of it), the others ``budget``."""
+    return [{"name": n, "attack": a, "params": p, **extra,
+             "budgets": [min(budget, natural) if p.get("source") == "pool" else budget]}
+            for pair in pairs for n, a, p, extra in pair]
 
 
 def _flag(r: dict[str, Any]) -> str:

@@ -6,7 +6,8 @@ against the serve-time watermark (DAWN) of the tier that answered it.
 
 One audit per victim (``modelshield audit`` runs the same code): a tier answering full
 scores, and the same tier with the serve-time watermark at each rate. The attackers are
-the ones the issue names, at 300 and 1,000 queries:
+the ones the issue names, at 300 and 1,000 queries (a knockoff on the natural pool at 300
+and at the pool's natural rows, 449 for digits: the audit's attackers draw only those):
 
 - digits-mlp (10 classes): knockoff on the scores (student chosen on held-out answers),
   knockoff on the labels (``labels=hard``), active learning (margin), Jacobian
@@ -34,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harness import arguments, console, show, write
 
 from modelshield.audit.report import write_report
-from modelshield.audit.runner import run_audit
+from modelshield.audit.runner import attack_pool, run_audit
 from modelshield.audit.scenario import load_scenario
+from modelshield.victims import load_victim
 
 BUDGETS = [300, 1000]
 ATTACKERS = {
@@ -55,10 +57,18 @@ ATTACKERS = {
 }
 
 
-def scenario(victim: str, seed: int, rates: list[float]) -> dict[str, Any]:
+def budgets(attacker: dict[str, Any], natural: int) -> list[int]:
+    """BUDGETS, the largest cut to ``natural`` for an attacker that draws the natural pool
+    (the audit's natural-data attackers draw only its natural rows: 449 for digits)."""
+    if attacker.get("params", {}).get("source") != "pool":
+        return BUDGETS
+    return sorted({min(b, natural) for b in BUDGETS})
+
+
+def scenario(victim: str, seed: int, rates: list[float], natural: int) -> dict[str, Any]:
     return {"name": f"tracing: {victim}", "seed": seed, "price_per_1k": 1.0,
             "model_value": 20_000, "target": {"victim": victim},
-            "attackers": [{**a, "budgets": BUDGETS} for a in ATTACKERS[victim]],
+            "attackers": [{**a, "budgets": budgets(a, natural)} for a in ATTACKERS[victim]],
             "defenses": [{"name": "full", "policy": "full"}]
             + [{"name": f"watermark {r:.1%}", "policy": "full", "watermark": {"rate": r}}
                for r in rates],
@@ -73,8 +83,9 @@ def main() -> None:
     shutil.rmtree(args.out, ignore_errors=True)
     rows, ratings = [], []
     for victim in args.victims:
-        doc = run_audit(load_scenario(scenario(victim, args.seed, args.rates)), args.out / victim,
-                        args.workers)
+        natural = len(attack_pool(load_victim(victim, args.seed)))
+        doc = run_audit(load_scenario(scenario(victim, args.seed, args.rates, natural)),
+                        args.out / victim, args.workers)
         write_report(doc, args.out / victim)
         console.print(f"{victim}: {len(doc['cells'])} cells in {doc['seconds']:.0f} s")
         for d in doc["analysis"]["defenses"]:
