@@ -3,7 +3,8 @@
 Three primitives cover what the detectors need:
 
 * ``incr(key, field, n)`` / ``incr_many(key, {field: n})`` — atomic counters;
-* ``push(key, rows, maxlen)`` / ``rows(key)`` — a capped list of float rows;
+* ``push(key, rows, maxlen)`` / ``rows(key)`` — a capped list of float rows (the latest
+  ``maxlen``);
 * ``get(key)`` / ``set(key, value)`` — small JSON values (last verdicts, running moments).
 
 Chosen by URL like the rate-limit storage: ``memory://`` or ``redis://host:port/db``.
@@ -14,6 +15,11 @@ from that snapshot, and sends all their writes in one more round trip when the b
 Counters the request sees are the snapshot plus its own increments (Redis still adds every
 increment atomically); a key not named in ``reads`` is read from Redis when asked, after
 the writes queued so far are sent.
+
+Row sets in Redis are streams, one entry a push, and each worker keeps the sets it has
+read (``_RowSets``): a read fetches only the entries added after the last one it holds,
+whichever worker added them. PRADA's sets reach 2,000 rows of 64 floats a class; read
+whole, each request moved about 1 MB out of Redis and decoded it.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 from typing import Any, Literal, Protocol
 
@@ -116,15 +122,18 @@ class MemoryState:
 
 
 class RedisState:
-    """State in Redis: counters are HINCRBY, row lists are capped lists of float64 bytes."""
+    """State in Redis: counters are HINCRBY, row lists are capped streams of float64 bytes
+    (their entries read once per worker, see ``_RowSets``)."""
 
-    def __init__(self, url: str, prefix: str = "modelshield:det:") -> None:
+    def __init__(self, url: str, prefix: str = "modelshield:det:",
+                 cache_bytes: int = 256 * 2**20) -> None:
         import redis
 
         self.client = redis.Redis.from_url(url)
         self.prefix = prefix
         self._local = threading.local()  # this thread's open batch, if any
         self._count_new: Any = None
+        self._sets = _RowSets(cache_bytes)
 
     @property
     def batches(self) -> bool:
@@ -149,16 +158,19 @@ class RedisState:
             return
         pipe = self.client.pipeline(transaction=False)
         wanted = list(dict.fromkeys(reads))
-        fetch = {"hash": pipe.hgetall, "rows": lambda k: pipe.lrange(k, 0, -1),
-                 "value": pipe.get}
+        since: dict[str, str] = {}
         for kind, key in wanted:
-            fetch[kind](self.prefix + key)
+            if kind == "rows":
+                since[key] = self._sets.since(key)
+                pipe.xrange(self._rows_key(key), min=since[key])
+            else:
+                (pipe.hgetall if kind == "hash" else pipe.get)(self.prefix + key)
         snap = _Snapshot(self.client.pipeline(transaction=False))
         for (kind, key), raw in zip(wanted, pipe.execute() if wanted else [], strict=True):
             if kind == "hash":
                 snap.hashes[key] = {k.decode(): int(v) for k, v in raw.items()}
             elif kind == "rows":
-                snap.rows[key] = _decode_rows(raw, None)
+                snap.rows[key] = self._merge(key, since[key], raw)
             else:
                 snap.values[key] = None if raw is None else json.loads(raw)
         self._local.snap = snap
@@ -196,17 +208,30 @@ class RedisState:
         raw = self._count_new(keys=[self.prefix + key], args=args)
         return {field: int(v) for field, v in zip(amounts, raw, strict=False)}, int(raw[-1])
 
+    def _rows_key(self, key: str) -> str:
+        return f"{self.prefix}{key}:rows"
+
+    def _merge(self, key: str, since: str, entries: list[Any]) -> FloatArray | None:
+        """The set after a read from ``since``; if this worker's copy moved on in between
+        (evicted, or replaced), the whole set is read again."""
+        merged, rows = self._sets.merge(key, since, entries)
+        if merged:
+            return rows
+        whole: list[Any] = self.client.xrange(self._rows_key(key))  # type: ignore[assignment]
+        return self._sets.merge(key, "-", whole)[1]  # a whole read always merges
+
     def push(self, key: str, rows: FloatArray, maxlen: int | None = None) -> None:
+        """One stream entry: the rows' bytes, their width and the cap. Redis keeps at
+        least ``maxlen`` entries (trimmed by whole nodes, cheaply); a reader keeps the
+        latest ``maxlen`` rows."""
         rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
-        data = [np.ascontiguousarray(r).tobytes() for r in rows]
+        entry = {"r": np.ascontiguousarray(rows).tobytes(), "d": rows.shape[1],
+                 "m": maxlen or 0}
         snap = self._open()
-        pipe = snap.writes if snap is not None else self.client.pipeline()
-        pipe.rpush(self.prefix + key, *data)
-        if maxlen is not None:
-            pipe.ltrim(self.prefix + key, -maxlen, -1)
-        if snap is None:
-            pipe.execute()
-        elif key in snap.rows:
+        pipe = snap.writes if snap is not None else self.client
+        pipe.xadd(self._rows_key(key), entry,  # type: ignore[arg-type]
+                  maxlen=maxlen, approximate=True)
+        if snap is not None and key in snap.rows:
             have = snap.rows[key]
             joined = rows if have is None or len(have) == 0 else np.concatenate([have, rows])
             snap.rows[key] = joined[-maxlen:] if maxlen is not None else joined
@@ -217,8 +242,9 @@ class RedisState:
             have = snap.rows[key]
             return np.empty((0, d)) if have is None else have
         self._direct()
-        raw: list[bytes] = self.client.lrange(self.prefix + key, 0, -1)  # type: ignore[assignment]
-        out = _decode_rows(raw, d)
+        since = self._sets.since(key)
+        entries: list[Any] = self.client.xrange(self._rows_key(key), min=since)  # type: ignore[assignment]
+        out = self._merge(key, since, entries)
         return np.empty((0, d)) if out is None else out
 
     def prime(self, values: dict[str, Any]) -> None:
@@ -273,10 +299,79 @@ class _Snapshot:
         self.writes = writes
 
 
-def _decode_rows(raw: list[bytes], d: int | None) -> FloatArray | None:
-    if not raw:
-        return None if d is None else np.empty((0, d))
-    return np.frombuffer(b"".join(raw), dtype=np.float64).reshape(len(raw), -1)
+class _RowSets:
+    """The row sets one worker has read from Redis, each with its last entry's id.
+
+    A read asks only for the entries after that id (``XRANGE key (id +``), whoever added
+    them, and appends their rows, each entry capped by its own ``maxlen`` as
+    ``MemoryState`` caps a push: the copy is the set Redis holds. The copies are bounded
+    by ``budget`` bytes, the least recently read dropped first (read whole next time).
+    """
+
+    def __init__(self, budget: int) -> None:
+        self._sets: OrderedDict[str, _Held] = OrderedDict()
+        self._budget = budget
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def since(self, key: str) -> str:
+        with self._lock:
+            held = self._sets.get(key)
+        return "-" if held is None else "({}-{}".format(*held[0])
+
+    def merge(self, key: str, since: str, entries: list[Any]
+              ) -> tuple[bool, FloatArray | None]:
+        """Whether ``entries`` (read from ``since``; ``-``: read whole) were merged, and
+        the set's rows (None: no rows yet). Not merged: this copy is gone or older than
+        the read's start."""
+        with self._lock:
+            old = self._sets.pop(key, None)
+            start = old
+            if since == "-" and (old is None or old[0] <= _entry_id(entries)):
+                start = (0, 0), None  # a whole read replaces a copy no newer than it
+            elif since != "-" and (old is None or old[0] < _entry_id([], since)):
+                if old is not None:
+                    self._sets[key] = old
+                return False, None
+            assert start is not None
+            last, buf = start
+            for raw_id, fields in entries:
+                ident = _entry_id([], raw_id)
+                if ident <= last:
+                    continue  # another thread of this worker appended it already
+                rows = np.frombuffer(fields[b"r"], dtype=np.float64)
+                rows = rows.reshape(-1, int(fields[b"d"]))
+                buf = buf if buf is not None else _Buffer(rows.shape[1])
+                buf.extend(rows, int(fields[b"m"]) or None)
+                last = ident
+            self._keep(key, old, (last, buf))
+            return True, None if buf is None else buf.view()
+
+    def _keep(self, key: str, old: _Held | None, new: _Held) -> None:
+        self._sets[key] = new
+        self._bytes += _nbytes(new) - (_nbytes(old) if old is not None else 0)
+        while self._bytes > self._budget and len(self._sets) > 1:
+            _, dropped = self._sets.popitem(last=False)
+            self._bytes -= _nbytes(dropped)
+
+
+_Held = tuple[tuple[int, int], "_Buffer | None"]
+"""A worker's copy of one set: its last entry's id and its rows (None: no rows yet)."""
+
+
+def _nbytes(held: _Held) -> int:
+    return held[1].nbytes if held[1] is not None else 0
+
+
+def _entry_id(entries: list[Any], raw: bytes | str | None = None) -> tuple[int, int]:
+    """A stream entry's id as (milliseconds, sequence): ``raw``, else the last entry's."""
+    if raw is None:
+        if not entries:
+            return (0, 0)
+        raw = entries[-1][0]
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.lstrip("(").partition("-")
+    return int(ms), int(seq or 0)
 
 
 def state_from_url(url: str, scope: str = "") -> DetectorState:
@@ -316,6 +411,10 @@ class _Buffer:
 
     def view(self) -> FloatArray:
         return self._data[self._start : self._end]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._data.nbytes)
 
 
 STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, StorageError, ConnectionError,
