@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from harness import arguments, console, show, write
 
 from modelshield.audit.report import write_report
-from modelshield.audit.runner import run_audit
+from modelshield.audit.runner import attack_pool, run_audit
 from modelshield.audit.scenario import load_scenario
 from modelshield.victims import load_victim
 from modelshield.victims.zoo import ZOO
@@ -45,8 +45,9 @@ def attackers(victim: str) -> list[dict[str, Any]]:
     else:
         out = [{"name": "active learning", "attack": "active", "params": {"strategy": "margin"},
                 "budgets": [1000]}]
-    # Knockoff on the attacker's natural data where it has enough, else on synthetic queries.
-    pool = len(load_victim(victim).pool)
+    # Knockoff on the attacker's natural data where it has enough (the natural rows of the
+    # pool, the only ones the audit's attackers draw: 449 on digits), else on synthetic queries.
+    pool = len(attack_pool(load_victim(victim)))
     return [*out, {"name": "knockoff", "attack": "knockoff",
                    "params": {"source": "pool" if pool >= 1000 else "synthetic",
                               "checkpoints": [100, 300]}, "budgets": [1000]}]
