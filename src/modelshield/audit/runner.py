@@ -464,6 +464,60 @@ def privacy_task(target: Target, privacy: Any) -> tuple[Victim, Any]:
         raise ConfigError(f"privacy.data: {exc}") from None
 
 
+class _HonestTally:
+    """What honest customers sent and got back, row by row, across their accounts."""
+
+    def __init__(self, victim: Victim) -> None:
+        X, y = victim.honest, victim.y_test[1::2]
+        self.victim = victim
+        self.truth = {r.tobytes(): int(t) for r, t in zip(X, y, strict=True)}
+        self.got: list[Any] = []
+        self.conf: list[Any] = []
+        self.true: list[Any] = []
+        self.model_p: list[Any] = []
+        self.refused_rows = self.answered_rows = 0
+
+    def serve(self, shield: Any, key: str, requests: list[Any], row: dict[str, Any]) -> bool:
+        """Send one account's requests until the Shield denies one; True if it did."""
+        refused = False
+        for req in requests:
+            row["rows"] += len(req)
+            if refused:
+                self.refused_rows += len(req)
+                continue
+            try:
+                answer, _ = shield.handle(key, req)
+            except Denied:
+                refused = True
+                self.refused_rows += len(req)
+                continue
+            self.answered_rows += len(req)
+            self._score(req, answer)
+        return refused
+
+    def _score(self, req: Any, answer: Answer) -> None:
+        known = np.array([r.tobytes() in self.truth for r in req])
+        if known.any():
+            self.got.append(answer.labels[known])
+            self.conf.append(_confidence(answer)[known])
+            self.true.append(np.array([self.truth[r.tobytes()] for r in req[known]]))
+            self.model_p.append(self.victim.model.predict(req[known]).probabilities)
+
+    def metrics(self) -> dict[str, Any]:
+        """Accuracy and calibration of what was answered, beside the model's own."""
+        y_all = np.concatenate(self.true) if self.true else np.empty(0, int)
+        labels = np.concatenate(self.got) if self.got else np.empty(0, int)
+        c = np.concatenate(self.conf) if self.conf else np.empty(0)
+        p = (np.concatenate(self.model_p) if self.model_p
+             else np.empty((0, self.victim.spec.n_classes)))
+        model_labels = p.argmax(axis=1)
+        return {"answered_rows": self.answered_rows, "scored_rows": len(y_all),
+                "accuracy": _mean(labels == y_all), "ece": ece(c, labels == y_all),
+                "model_accuracy": _mean(model_labels == y_all),
+                "model_ece": ece(p.max(axis=1) if len(p) else p, model_labels == y_all),
+                "refused_rows": self.refused_rows}
+
+
 def _benign_cell(cell: Cell, defense: Defense, victim: Victim) -> CellResult:
     """Honest customers of every archetype (modelshield.data.honest: i.i.d., narrow,
     what-if, batch, repeat, burst) send the victim's honest rows, which the detectors were
@@ -473,12 +527,10 @@ def _benign_cell(cell: Cell, defense: Defense, victim: Victim) -> CellResult:
     from modelshield.store import seeded_key_id
 
     spec = Benign.model_validate(cell["benign"])
-    X, y = victim.honest, victim.y_test[1::2]
-    truth = {r.tobytes(): int(t) for r, t in zip(X, y, strict=True)}
+    X = victim.honest
     labels_of = victim.predict_labels(X)
-    got, conf, true, model_p = [], [], [], []
+    tally = _HonestTally(victim)
     by: dict[str, dict[str, Any]] = {}
-    refused_rows = answered_rows = 0
     with shield_for(defense, victim) as shield:
         tier = shield.config.tiers[TIER]
         for i, archetype in enumerate(spec.archetypes):
@@ -492,48 +544,21 @@ def _benign_cell(cell: Cell, defense: Defense, victim: Victim) -> CellResult:
             for j, account in enumerate(accounts):
                 key, record = shield.store.create_key(
                     TIER, key_id=seeded_key_id(cell["seed"], "honest", archetype, j))
-                refused = False
-                for req in account.chunked(tier.max_batch).requests:
-                    row["rows"] += len(req)
-                    if refused:
-                        refused_rows += len(req)
-                        continue
-                    try:
-                        answer, _ = shield.handle(key, req)
-                    except Denied:
-                        refused = True
-                        refused_rows += len(req)
-                        continue
-                    answered_rows += len(req)
-                    known = np.array([r.tobytes() in truth for r in req])
-                    if known.any():
-                        got.append(answer.labels[known])
-                        conf.append(_confidence(answer)[known])
-                        true.append(np.array([truth[r.tobytes()] for r in req[known]]))
-                        model_p.append(victim.model.predict(req[known]).probabilities)
+                refused = tally.serve(shield, key, account.chunked(tier.max_batch).requests, row)
                 row["accounts"] += 1
                 row["refused"] += int(refused)
                 row["flagged"] += int(record.key_id in shield.flagged)
         left_out = getattr(shield, "left_out", [])
         flagged_total = len(shield.flagged)
-    y_all = np.concatenate(true) if true else np.empty(0, int)
-    labels = np.concatenate(got) if got else np.empty(0, int)
-    c = np.concatenate(conf) if conf else np.empty(0)
-    p = np.concatenate(model_p) if model_p else np.empty((0, victim.spec.n_classes))
-    model_labels = p.argmax(axis=1)
     accounts = sum(r["accounts"] for r in by.values())
     for r in by.values():
         r["flagged_share"] = r["flagged"] / max(r["accounts"], 1)
         r["refused_share"] = r["refused"] / max(r["accounts"], 1)
     return {
-        "accounts": accounts, "rows": sum(r["rows"] for r in by.values()),
-        "answered_rows": answered_rows, "scored_rows": len(y_all),
-        "accuracy": _mean(labels == y_all), "ece": ece(c, labels == y_all),
-        "model_accuracy": _mean(model_labels == y_all),
-        "model_ece": ece(p.max(axis=1) if len(p) else p, model_labels == y_all),
+        "accounts": accounts, "rows": sum(r["rows"] for r in by.values()), **tally.metrics(),
         "flagged_share": flagged_total / max(accounts, 1),
         "refused_share": sum(r["refused"] for r in by.values()) / max(accounts, 1),
-        "refused_rows": refused_rows, "by_archetype": by, "detectors_left_out": left_out,
+        "by_archetype": by, "detectors_left_out": left_out,
     }
 
 
