@@ -1,6 +1,6 @@
 """Where the Shield's time goes, stage by stage, in one process (no HTTP).
 
-    python bench/shield_stages.py [--requests 3000] [--seed 0] [--profile N]
+    python bench/shield_stages.py [--requests 3000] [--seed 0] [--profile N] [--redis]
 
 The digits MLP behind the full Shield of bench/gateway_overhead.py (key check, limits per
 key, IP and global, all five detectors, ``round:3``, the SQLite audit log), memory limits.
@@ -8,13 +8,17 @@ Single-row requests from one key, one at a time, rows drawn at random from the d
 set (as the gateway benchmark's load sends them). Each stage of ``Shield.stages`` is timed on
 its own, in wall time and in this thread's CPU time (the record stage includes the audit
 commit): its median, its 99th percentile, and its mean over the slowest 1% of requests
-(what the tail is made of). "beyond the model" is every stage but the model's, per request:
-the Shield's own cost. ``--profile N`` also prints cProfile's top N functions of the
+(what the tail is made of). ``--redis`` keeps the limits and the detectors' state in a
+redis-server started on loopback (production's store), detection inline, so the
+detectors' reads and their CPU count in the detect stage (writes
+bench/results/shield_stages_redis.json). "beyond the model" is every stage but the model's,
+per request: the Shield's own cost. ``--profile N`` also prints cProfile's top N functions of the
 Shield's stages. Writes bench/results/shield_stages.json.
 """
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import pstats
 import sys
@@ -35,10 +39,11 @@ from modelshield.defenses.shield import Decision
 from modelshield.defenses.stages import Call
 from modelshield.serve.factory import build_shield
 from modelshield.victims import load_victim
+from tests.servers import redis_server
 
 
-def stage_times(requests: int, seed: int, profile: cProfile.Profile | None = None
-                ) -> dict[str, dict[str, np.ndarray]]:
+def stage_times(requests: int, seed: int, profile: cProfile.Profile | None = None,
+                limits_url: str = "memory://") -> dict[str, dict[str, np.ndarray]]:
     """Each stage's wall and thread-CPU time per request, in µs: {"wall"|"cpu": {stage: µs}}."""
     x = load_victim("digits-mlp").X_test
     rng = np.random.default_rng(seed)
@@ -47,6 +52,7 @@ def stage_times(requests: int, seed: int, profile: cProfile.Profile | None = Non
     with tempfile.TemporaryDirectory() as tmp:
         shield = build_shield({
             "model": {"builtin": "digits-mlp"}, "audit_url": f"sqlite:///{tmp}/audit.db",
+            "storage": {"limits": limits_url},
             "global_limits": {"requests": "1000000/minute"},
             "ip_limits": {"requests": "1000000/minute"}, "tiers": {"bench": ALL_ON}})
         api_key = shield.store.create_key("bench")[0]
@@ -95,9 +101,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--profile", type=int, default=0,
                         help="print cProfile's top N functions (cumulative) of the stages")
+    parser.add_argument("--redis", action="store_true",
+                        help="limits and detector state in a redis-server on loopback")
     args = parser.parse_args()
     profile = cProfile.Profile() if args.profile else None
-    times = stage_times(args.requests, args.seed, profile)
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(redis_server()) if args.redis else "memory://"
+        times = stage_times(args.requests, args.seed, profile, url)
     rows, cpu_rows = summary(times["wall"]), summary(times["cpu"])
     show(f"Shield stages, one process, {args.requests} single-row requests (µs)",
          ["stage", "wall p50", "wall p99", "wall, slowest 1%", "CPU p50", "CPU p99"],
@@ -106,7 +116,8 @@ def main() -> None:
           for r, c in zip(rows, cpu_rows, strict=True)])
     if profile is not None:
         pstats.Stats(profile).sort_stats("tottime").print_stats(args.profile)
-    write("shield_stages", {"args": vars(args), "stages": rows, "cpu": cpu_rows})
+    write("shield_stages" + ("_redis" if args.redis else ""),
+          {"args": vars(args), "stages": rows, "cpu": cpu_rows})
 
 
 if __name__ == "__main__":
