@@ -3,11 +3,16 @@ log counts its commits and records (and ``/metrics`` shows them); the chain stay
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
 
 from modelshield.serve.app import create_app
 from modelshield.serve.factory import build_shield
@@ -95,3 +100,66 @@ def test_concurrent_callers_share_commits(tmp_path: Path) -> None:
     assert store.commits / store.committed < 0.4
     assert store.verify().ok
     store.close()
+
+
+class _SlowReplies:
+    """A loopback TCP proxy that delivers each chunk the server sends ``delay`` seconds
+    after it arrived (chunks are not delayed one behind another): a commit's wall time is
+    then at least its round trips times ``delay``."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        self.port, self.delay = port, delay
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url_port = self.listener.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        for conn in (self.listener, *self.conns):
+            conn.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(("127.0.0.1", self.port))
+            self.conns += [client, server]
+            for conn in (client, server):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._pump, args=(client, server, 0.0), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, self.delay),
+                             daemon=True).start()
+
+    @staticmethod
+    def _pump(src: Any, dst: Any, delay: float) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                arrived = time.monotonic()
+                time.sleep(max(0.0, arrived + delay - time.monotonic()))
+                dst.sendall(data)
+
+
+def test_a_postgresql_commit_takes_two_round_trips() -> None:
+    """On PostgreSQL a commit reads the chain head (BEGIN and SELECT ... FOR UPDATE in one
+    exchange), then sends the records, the new head and COMMIT in a second one (psycopg's
+    pipeline), instead of one exchange per statement."""
+    from tests.servers import postgres_server
+
+    delay = 0.05
+    with postgres_server() as url:
+        port = sa.engine.make_url(url).port
+        proxy = _SlowReplies(port, delay)
+        slow = url.replace(f":{port}/", f":{proxy.url_port}/")
+        store = AuditStore(slow)
+        store.commit([_record(0)])  # connected, tables made
+        took = []
+        for i in range(3):
+            start = time.perf_counter()
+            store.commit([_record(i + 1)])
+            took.append(time.perf_counter() - start)
+        assert 2 * delay <= min(took) < 3 * delay, took
+        assert store.verify().ok
+        store.close()
+        proxy.close()

@@ -441,9 +441,11 @@ class AuditStore:
     def _write(self, contents: list[dict[str, Any]]) -> None:
         """One transaction on the writer's own DBAPI connection (the write lock is held).
 
-        The hot path skips SQLAlchemy's statement layer: four plain statements, with the
-        chain head locked first (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: ``FOR UPDATE``)
-        so writers in other processes still extend one chain.
+        The hot path skips SQLAlchemy's statement layer: plain statements, with the chain
+        head locked first (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: ``FOR UPDATE``) so
+        writers in other processes still extend one chain. On PostgreSQL the statements go
+        in psycopg's pipeline: two round trips (the head read, then the records, the new
+        head and COMMIT), not one a statement.
         """
         if not contents:
             return
@@ -453,37 +455,14 @@ class AuditStore:
             if sqlite:  # checkpoints run in the background, not inside a request's commit
                 self._raw.cursor().execute("PRAGMA wal_autocheckpoint=0")
                 self._start_checkpointer()
+            else:  # BEGIN and COMMIT sent as statements, so a pipeline carries them too;
+                self._raw.detach()  # a connection so set is never handed to another user
+                self._raw.dbapi_connection.autocommit = True
         raw = self._raw
-        ph = "?" if sqlite else "%s"
         cur = raw.cursor()
         try:
-            if sqlite:
-                cur.execute("BEGIN IMMEDIATE")
-            cur.execute("SELECT hash, seq, log_id, log_since FROM audit_chain_head WHERE id = 1"
-                        + ("" if sqlite else " FOR UPDATE"))
-            prev, seq, log, since = cur.fetchone()
-            if not log:  # a log made by an older release: bound to an id from here on
-                log, since = new_log_id(), seq + 1
-            rows = []
-            version = self.key_version
-            for content in contents:
-                seq += 1
-                digest = seal(self.keys, version, prev, seq, content, log)
-                # The chain seals repr(ts); the column keeps the float (repr round-trips).
-                rows.append((seq, float(content["ts"]),
-                             *(content[c] for c in _RECORD_COLUMNS[1:]), prev, digest, version))
-                prev = digest
-            cur.executemany(f"INSERT INTO audit_log (seq, {', '.join(_RECORD_COLUMNS)}, "
-                            f"prev_hash, hash, key_version) "
-                            f"VALUES ({', '.join([ph] * (len(_RECORD_COLUMNS) + 4))})", rows)
-            cur.execute(f"UPDATE audit_chain_head SET hash = {ph}, seq = {ph}, key_version = "
-                        f"{ph}, mac = {ph}, log_id = {ph}, log_since = {ph} WHERE id = 1",
-                        (prev, seq, version, seal_head(self.keys, version, seq, prev, log, since),
-                         log, since))
-            if sqlite:
-                cur.execute("COMMIT")
-            else:
-                raw.commit()
+            with _pipeline(raw, sqlite):
+                self._append(cur, contents, sqlite)
         except Exception:
             # The connection may be broken (a database restart): drop it, reconnect next time.
             self._raw = None
@@ -498,6 +477,34 @@ class AuditStore:
         finally:
             with contextlib.suppress(Exception):
                 cur.close()
+
+    def _append(self, cur: Any, contents: list[dict[str, Any]], sqlite: bool) -> None:
+        """The transaction's statements: lock and read the head, insert the sealed
+        records, write the new head, commit."""
+        ph = "?" if sqlite else "%s"
+        cur.execute("BEGIN IMMEDIATE" if sqlite else "BEGIN")
+        cur.execute("SELECT hash, seq, log_id, log_since FROM audit_chain_head WHERE id = 1"
+                    + ("" if sqlite else " FOR UPDATE"))
+        prev, seq, log, since = cur.fetchone()
+        if not log:  # a log made by an older release: bound to an id from here on
+            log, since = new_log_id(), seq + 1
+        rows = []
+        version = self.key_version
+        for content in contents:
+            seq += 1
+            digest = seal(self.keys, version, prev, seq, content, log)
+            # The chain seals repr(ts); the column keeps the float (repr round-trips).
+            rows.append((seq, float(content["ts"]),
+                         *(content[c] for c in _RECORD_COLUMNS[1:]), prev, digest, version))
+            prev = digest
+        cur.executemany(f"INSERT INTO audit_log (seq, {', '.join(_RECORD_COLUMNS)}, "
+                        f"prev_hash, hash, key_version) "
+                        f"VALUES ({', '.join([ph] * (len(_RECORD_COLUMNS) + 4))})", rows)
+        cur.execute(f"UPDATE audit_chain_head SET hash = {ph}, seq = {ph}, key_version = "
+                    f"{ph}, mac = {ph}, log_id = {ph}, log_since = {ph} WHERE id = 1",
+                    (prev, seq, version, seal_head(self.keys, version, seq, prev, log, since),
+                     log, since))
+        cur.execute("COMMIT")  # PostgreSQL: sent with the inserts, at the pipeline's sync
 
     def _start_checkpointer(self) -> None:
         """SQLite: copy the write-ahead log into the database every
@@ -612,6 +619,19 @@ class AuditStore:
                     self._raw.close()
                 self._raw = None
         self.engine.dispose()
+
+
+def _pipeline(raw: Any, sqlite: bool) -> contextlib.AbstractContextManager[Any]:
+    """psycopg's pipeline mode on a PostgreSQL connection that has it (statements sent
+    together, results read at the next sync), else nothing."""
+    conn = getattr(raw, "dbapi_connection", None)
+    if sqlite or not hasattr(conn, "pipeline"):
+        return contextlib.nullcontext()
+    import psycopg
+
+    if not psycopg.Pipeline.is_supported():
+        return contextlib.nullcontext()
+    return conn.pipeline()  # type: ignore[union-attr, no-any-return]
 
 
 def _canonical(value: Any) -> str:
