@@ -181,16 +181,17 @@ def test_the_audit_measures_how_long_a_paced_attacker_waited(tmp_path: Path) -> 
                        "params": {"source": "pool", "student": "mlp"}},
                       {"name": "paced", "attack": "knockoff", "budgets": [400],
                        "params": {"source": "pool", "student": "mlp"}, "pace": True}],
-        # 50 rows an hour: the plain attacker's 50 natural digits make no clone (100 do).
+        # 25 rows an hour: the plain attacker's 25 natural digits make no clone (0.68
+        # agreement); 50 already do the model's job (0.89 accuracy, the model's 0.95).
         "defenses": [{"name": "limited", "max_batch": 25,
-                      "limits": {"rows": "50/hour"}}],
+                      "limits": {"rows": "25/hour"}}],
         "benign": {"accounts": 1}})
     doc = run_audit(scenario, tmp_path, workers=1)
     d = doc["analysis"]["defenses"][0]
     by = {r["attacker"]: r for r in d["attackers"]}
-    assert by["plain"]["status"] == "blocked" and by["plain"]["blocked_at"] == 50
+    assert by["plain"]["status"] == "blocked" and by["plain"]["blocked_at"] == 25
     assert by["paced"]["status"] == "ok" and by["paced"]["uncaught_clone"]
-    assert 6 * 3600 <= by["paced"]["waited_s"] <= 8 * 3600  # 400 rows at 50 an hour
+    assert 14 * 3600 <= by["paced"]["waited_s"] <= 16 * 3600  # 400 rows at 25 an hour
     assert [b["how"] for b in d["broken_by"]] == ["paced to the rate limits"]
     assert d["cheapest_clone"]["attacker"] == "paced"
     write_report(doc, tmp_path)
