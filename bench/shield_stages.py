@@ -12,8 +12,9 @@ commit): its median, its 99th percentile, and its mean over the slowest 1% of re
 redis-server started on loopback (production's store), detection inline, so the
 detectors' reads and their CPU count in the detect stage (writes
 bench/results/shield_stages_redis.json). "beyond the model" is every stage but the model's,
-per request: the Shield's own cost. ``--profile N`` also prints cProfile's top N functions of the
-Shield's stages. Writes bench/results/shield_stages.json.
+per request: the Shield's own cost; each stage's CPU median over each block of 500
+requests shows whether a stage grows over the run. ``--profile N`` also prints cProfile's
+top N functions of the Shield's stages. Writes bench/results/shield_stages.json.
 """
 
 from __future__ import annotations
@@ -116,8 +117,11 @@ def main() -> None:
           for r, c in zip(rows, cpu_rows, strict=True)])
     if profile is not None:
         pstats.Stats(profile).sort_stats("tottime").print_stats(args.profile)
+    blocks = {stage: [float(np.median(v[i:i + 500])) for i in range(0, len(v), 500)]
+              for stage, v in times["cpu"].items()}  # does any stage grow over the run?
     write("shield_stages" + ("_redis" if args.redis else ""),
-          {"args": vars(args), "stages": rows, "cpu": cpu_rows})
+          {"args": vars(args), "stages": rows, "cpu": cpu_rows,
+           "cpu_p50_by_500_requests": blocks})
 
 
 if __name__ == "__main__":
