@@ -607,9 +607,10 @@ def _unflagged_fact(scenario: Scenario, d: dict[str, Any], row: AttackerRow) -> 
         return []
     attacker = next(a for a in scenario.attackers if a.label == row["attacker"])
     natural = attacker.natural_only
+    sends = " (it sends only natural rows, as customers do)" if natural else ""
     return [f"None of this tier's detectors ({', '.join(n for n, _ in floor['detectors'])}) "
-            f"flagged it{', which sends only natural rows, as customers do' if natural else ''}"
-            ": they do not stop this attacker. What raises its cost is the price per query "
+            f"flagged this attacker{sends}: they do not stop it. What raises its cost is "
+            "the price per query "
             "and the rate limits; a watermark on the tier traces the copy to its account "
             "(modelshield verify)."]
 
