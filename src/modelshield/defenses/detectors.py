@@ -513,8 +513,8 @@ class Prada(Detector):
 
     def reads(self, account: str, prediction: Prediction) -> list[Read]:
         key = f"prada:{account}"  # the distances are read only when the test runs
-        return [("rows", f"{key}:g{c}") for c in set(prediction.labels.tolist())] + [
-            ("value", f"{key}:moments"), ("value", f"{key}:last")]
+        reads: list[Read] = [("rows", f"{key}:g{c}") for c in set(prediction.labels.tolist())]
+        return [*reads, ("value", f"{key}:moments"), ("value", f"{key}:last")]
 
     def observe(self, account: str, inputs: FloatArray, prediction: Prediction) -> Flag | None:
         key = f"prada:{account}"
@@ -595,6 +595,23 @@ def _join(x: FloatArray, labels: np.ndarray, nearest: FloatArray, i: int) -> Non
 MAX_SEEN = 20_000
 
 
+def _row_digests(x: FloatArray) -> tuple[list[str], dict[str, int]]:
+    """Each row's digest, and how many times each digest comes in the batch."""
+    digests = [hashlib.blake2b(r.tobytes(), digest_size=8).hexdigest()
+               for r in np.ascontiguousarray(x, dtype=np.float64)]
+    amounts: dict[str, int] = {}
+    for dig in digests:
+        amounts[dig] = amounts.get(dig, 0) + 1
+    return digests, amounts
+
+
+def seen_read(ident: str, inputs: FloatArray) -> Read:
+    """The read that counts ``inputs`` into ``ident``'s record of what it sent, with a
+    batch's other reads: :func:`fresh_rows` of the same rows in that batch then makes no
+    round trip of its own."""
+    return ("count", f"seen:{ident}", tuple(_row_digests(inputs)[1].items()))
+
+
 def fresh_rows(state: DetectorState, ident: str, inputs: FloatArray,
                max_seen: int = MAX_SEEN) -> np.ndarray:
     """Which rows of the batch ``ident`` has not sent before (a row repeated within the
@@ -603,10 +620,7 @@ def fresh_rows(state: DetectorState, ident: str, inputs: FloatArray,
     An account's record of what it sent holds about ``max_seen`` row digests; past that,
     every row counts as new."""
     x = np.ascontiguousarray(inputs, dtype=np.float64)
-    digests = [hashlib.blake2b(r.tobytes(), digest_size=8).hexdigest() for r in x]
-    amounts: dict[str, int] = {}
-    for dig in digests:
-        amounts[dig] = amounts.get(dig, 0) + 1
+    digests, amounts = _row_digests(x)
     counts, before = state.count_new(f"seen:{ident}", amounts)  # one step, one round trip
     if before >= max_seen:
         return np.ones(len(x), dtype=bool)

@@ -31,7 +31,7 @@ from limits import RateLimitItem
 
 from modelshield.answer import Answer, FloatArray, LMChoice, LMRequest, Prediction
 from modelshield.defenses.config import Limits, Tier
-from modelshield.defenses.detectors import Detector, fresh_rows, record_rows
+from modelshield.defenses.detectors import Detector, fresh_rows, record_rows, seen_read
 from modelshield.defenses.limits_batch import Hit, RedisMovingWindowBatch
 from modelshield.defenses.llm import Delta, Generation, shape_choices
 from modelshield.defenses.state import STORE_ERRORS, Read, RedisState
@@ -397,6 +397,8 @@ class Detect(_Stage):
         recent rows where a detector sees only new records, and each detector's state (for
         the whole batch's classes: a superset of a view's)."""
         reads: list[Read] = [("value", f"flag:{ident}") for ident in watched]
+        if wanted & {"fresh", "records"} and call.x is not None:
+            reads += [seen_read(ident, call.x) for ident in watched]
         if "records" in wanted:
             reads += [("rows", f"recent:{ident}") for ident in watched]
         for det in detectors:

@@ -38,8 +38,11 @@ from redis.exceptions import RedisError
 from modelshield.answer import FloatArray
 from modelshield.errors import ConfigError
 
-Read = tuple[Literal["hash", "rows", "value"], str]
-"""A key a request will read: a counter hash, a row list or a JSON value."""
+Counted = tuple[tuple[str, int], ...]
+Read = tuple[Literal["hash", "rows", "value"], str] | tuple[Literal["count"], str, Counted]
+"""A key a request will read: a counter hash, a row list or a JSON value; or a
+``count_new`` of the given (field, amount) pairs, done in the same round trip (the next
+``count_new`` of that key with those amounts in the batch returns its result)."""
 
 
 class DetectorState(Protocol):
@@ -156,23 +159,10 @@ class RedisState:
         if self._open() is not None:  # nested: the outer batch carries on
             yield
             return
-        pipe = self.client.pipeline(transaction=False)
         wanted = list(dict.fromkeys(reads))
-        since: dict[str, str] = {}
-        for kind, key in wanted:
-            if kind == "rows":
-                since[key] = self._sets.since(key)
-                pipe.xrange(self._rows_key(key), min=since[key])
-            else:
-                (pipe.hgetall if kind == "hash" else pipe.get)(self.prefix + key)
         snap = _Snapshot(self.client.pipeline(transaction=False))
-        for (kind, key), raw in zip(wanted, pipe.execute() if wanted else [], strict=True):
-            if kind == "hash":
-                snap.hashes[key] = {k.decode(): int(v) for k, v in raw.items()}
-            elif kind == "rows":
-                snap.rows[key] = self._merge(key, since[key], raw)
-            else:
-                snap.values[key] = None if raw is None else json.loads(raw)
+        if wanted:
+            self._read(wanted, snap)
         self._local.snap = snap
         try:
             yield
@@ -180,6 +170,38 @@ class RedisState:
             self._local.snap = None
             if len(snap.writes):
                 snap.writes.execute()
+
+    def _read(self, wanted: list[Read], snap: _Snapshot) -> None:
+        """The batch's reads (and counts) in one pipeline, into ``snap``."""
+        pipe = self.client.pipeline(transaction=False)
+        since: dict[str, str] = {}
+        for read in wanted:
+            kind, key = read[0], read[1]
+            if read[0] == "count":
+                # EVAL, not a Script: redis-py's pipeline asks SCRIPT EXISTS each time (a
+                # round trip); Redis keeps the compiled script by its digest either way.
+                pipe.eval(COUNT_NEW_LUA, 1, self.prefix + key,
+                          *[v for pair in read[2] for v in pair])
+            elif kind == "rows":
+                since[key] = self._sets.since(key)
+                pipe.xrange(self._rows_key(key), min=since[key])
+            else:
+                (pipe.hgetall if kind == "hash" else pipe.get)(self.prefix + key)
+        for read, raw in zip(wanted, pipe.execute(), strict=True):
+            kind, key = read[0], read[1]
+            if read[0] == "count":
+                snap.counted[key, read[2]] = _counted(read[2], raw)
+            elif kind == "hash":
+                snap.hashes[key] = {k.decode(): int(v) for k, v in raw.items()}
+            elif kind == "rows":
+                snap.rows[key] = self._merge(key, since[key], raw)
+            else:
+                snap.values[key] = None if raw is None else json.loads(raw)
+
+    def _count_script(self) -> Any:
+        if self._count_new is None:
+            self._count_new = self.client.register_script(COUNT_NEW_LUA)
+        return self._count_new
 
     def incr(self, key: str, field: str, n: int = 1) -> int:
         return self.incr_many(key, {field: n})[field]
@@ -200,13 +222,16 @@ class RedisState:
         return {field: int(v) for field, v in zip(amounts, pipe.execute(), strict=True)}
 
     def count_new(self, key: str, amounts: dict[str, int]) -> tuple[dict[str, int], int]:
-        """One script call (one round trip), after the writes this batch has queued."""
+        """One script call (one round trip), after the writes this batch has queued; none
+        where the batch counted these amounts with its reads (their result, once)."""
+        snap = self._open()
+        pairs = tuple(amounts.items())
+        if snap is not None and (key, pairs) in snap.counted:
+            return snap.counted.pop((key, pairs))
         self._direct()
-        if self._count_new is None:
-            self._count_new = self.client.register_script(COUNT_NEW_LUA)
-        args: list[Any] = [v for field, n in amounts.items() for v in (field, n)]
-        raw = self._count_new(keys=[self.prefix + key], args=args)
-        return {field: int(v) for field, v in zip(amounts, raw, strict=False)}, int(raw[-1])
+        raw = self._count_script()(keys=[self.prefix + key],
+                                   args=[v for pair in pairs for v in pair])
+        return _counted(pairs, raw)
 
     def _rows_key(self, key: str) -> str:
         return f"{self.prefix}{key}:rows"
@@ -289,10 +314,16 @@ return out
 """
 
 
+def _counted(pairs: Counted, raw: list[Any]) -> tuple[dict[str, int], int]:
+    """A ``count_new`` script's reply: each field's count, and ``_n`` before the call."""
+    return {field: int(v) for (field, _), v in zip(pairs, raw, strict=False)}, int(raw[-1])
+
+
 class _Snapshot:
     """What one batch read, and the writes it has queued."""
 
     def __init__(self, writes: Any) -> None:
+        self.counted: dict[tuple[str, Counted], tuple[dict[str, int], int]] = {}
         self.hashes: dict[str, dict[str, int]] = {}
         self.rows: dict[str, FloatArray | None] = {}  # None: an empty list (width unknown)
         self.values: dict[str, Any] = {}
