@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,17 +44,41 @@ CONTENT_FIELDS = ("ts", "key_id", "client_ip", "model", "rows", "input_hash", "i
                   "answer", "decision")
 
 
+def _to_list(value: Any) -> Any:
+    """What the canonical JSON writes for a numpy array or scalar: its Python value."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot record {type(value).__name__}")
+
+
+def _encoder() -> Callable[[Any], str]:
+    """``json.dumps(value, sort_keys=True, separators=(",", ":"), default=_to_list)``,
+    byte for byte, from one C encoder built once (``json.dumps`` builds an encoder on every
+    call). Without a circular-reference check: records are trees built here."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # the interpreter has no C accelerator: the plain path
+        return lambda value: json.dumps(value, sort_keys=True, separators=(",", ":"),
+                                        default=_to_list)
+    encode = make(None, _to_list, json.encoder.encode_basestring_ascii, None, ":", ",",
+                  True, False, True)  # sort_keys, skipkeys, allow_nan, as json.dumps
+    return lambda value: "".join(encode(value, 0))
+
+
+canonical_json: Callable[[Any], str] = _encoder()
+"""The canonical JSON of a record's parts and of what is sealed (sorted keys, no spaces,
+ASCII, NaN written as ``NaN``): the bytes every log so far was sealed over."""
+
+
 def seal(keys: Mapping[str, bytes], version: str, prev: str, seq: int,
          content: Mapping[str, Any], log: str = "") -> str:
     """The record's seal: HMAC-SHA256 (or SHA-256 when unkeyed) over the previous seal,
     the record's position, its key version, its log's id (when it has one) and its
     content."""
     if version == LEGACY:
-        body = json.dumps(dict(content), sort_keys=True, separators=(",", ":"))
+        body = canonical_json(dict(content))
         return hashlib.sha256((prev + body).encode()).hexdigest()
     bound = {**content, "seq": seq, "key_version": version, **({"log": log} if log else {})}
-    body = json.dumps(bound, sort_keys=True, separators=(",", ":"))
-    message = (prev + body).encode()
+    message = (prev + canonical_json(bound)).encode()
     if version == UNKEYED:
         return hashlib.sha256(message).hexdigest()
     return hmac.new(keys[version], message, hashlib.sha256).hexdigest()

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Engine
 
 from modelshield.errors import ConfigError
 from modelshield.store import chain
-from modelshield.store.chain import GENESIS, UNKEYED, Verdict, seal, seal_head
+from modelshield.store.chain import GENESIS, UNKEYED, Verdict, canonical_json, seal, seal_head
 
 log = logging.getLogger("modelshield.store")
 KEY_CACHE_ENTRIES = 10_000
@@ -147,11 +147,11 @@ class AuditRecord:
     decision: Any
 
     def content(self) -> dict[str, Any]:
-        inputs = _canonical(self.inputs)
+        inputs = canonical_json(self.inputs)
         return {"ts": repr(self.ts), "key_id": self.key_id, "client_ip": self.client_ip,
                 "model": self.model, "rows": self.rows,
                 "input_hash": hashlib.sha256(inputs.encode()).hexdigest(), "inputs": inputs,
-                "answer": _canonical(self.answer), "decision": _canonical(self.decision)}
+                "answer": canonical_json(self.answer), "decision": canonical_json(self.decision)}
 
 
 def make_engine(url: str, sync: str = "normal") -> Engine:
@@ -632,16 +632,6 @@ def _pipeline(raw: Any, sqlite: bool) -> contextlib.AbstractContextManager[Any]:
     if not psycopg.Pipeline.is_supported():
         return contextlib.nullcontext()
     return conn.pipeline()  # type: ignore[union-attr, no-any-return]
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_default)
-
-
-def _default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"cannot record {type(value).__name__}")
 
 
 def _unreachable(exc: Exception) -> bool:
