@@ -249,12 +249,13 @@ class Shield:
 
     def run(self, stages: Sequence[Stage], call: Call) -> Call:
         """Pass ``call`` through ``stages`` in order; a refusal is recorded, then raised."""
-        try:
-            for stage in stages:
-                stage(call)
-        except Denied as exc:
-            self._refused(exc, call.decision, call.client_ip, call.x)
-            raise
+        with self.store.in_flight():  # the log's group commit waits only for others
+            try:
+                for stage in stages:
+                    stage(call)
+            except Denied as exc:
+                self._refused(exc, call.decision, call.client_ip, call.x)
+                raise
         for work in call.after:
             self.defer(call.key.key_id, work)
         return call
