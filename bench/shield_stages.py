@@ -15,6 +15,9 @@ bench/results/shield_stages_redis.json). "beyond the model" is every stage but t
 per request: the Shield's own cost; each stage's CPU median over each block of 500
 requests shows whether a stage grows over the run. ``--profile N`` also prints cProfile's
 top N functions of the Shield's stages. Writes bench/results/shield_stages.json.
+``--commit`` measures instead one audit commit's CPU (SQLite, a digits record, one at a
+time) with and without the group commit's yield, in alternating blocks of 300 commits:
+a lone request in a Shield skips the yield (bench/results/shield_commit.json).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from harness import arguments, show, write
 from modelshield.defenses.shield import Decision
 from modelshield.defenses.stages import Call
 from modelshield.serve.factory import build_shield
+from modelshield.store.sql import AuditRecord, AuditStore
 from modelshield.victims import load_victim
 from tests.servers import redis_server
 
@@ -97,6 +101,38 @@ def summary(us: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     return rows
 
 
+def commit_cpu(blocks: int = 9, per_block: int = 300) -> dict[str, list[float]]:
+    """One SQLite audit commit's thread CPU (µs, the mean of each block): as a caller
+    outside a Shield (it yields before the write lock) and as a lone request in a
+    Shield's stages (it does not), alternating."""
+    x = load_victim("digits-mlp").X_test[:1]
+
+    def record() -> AuditRecord:
+        return AuditRecord(ts=time.time(), key_id="bench", client_ip="127.0.0.1",
+                           model="digits-mlp", rows=1, inputs=x,
+                           answer={"labels": np.array([3]), "probabilities": np.full((1, 10), .1)},
+                           decision={"tier": "bench", "action": "allow", "policy": "round:3",
+                                     "flags": []})
+
+    out: dict[str, list[float]] = {"yielding": [], "lone": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        stores = {name: AuditStore(f"sqlite:///{tmp}/{name}.db", keys={"v1": "k" * 32})
+                  for name in out}
+        for _ in range(per_block):  # warm
+            for store in stores.values():
+                store.commit([record()])
+        for _ in range(blocks):
+            for name, store in stores.items():
+                start = time.thread_time()
+                for _ in range(per_block):
+                    with store.in_flight() if name == "lone" else contextlib.nullcontext():
+                        store.commit([record()])
+                out[name].append((time.thread_time() - start) / per_block * 1e6)
+        for store in stores.values():
+            store.close()
+    return out
+
+
 def main() -> None:
     parser = arguments(__doc__, seed=0)
     parser.add_argument("--requests", type=int, default=3000)
@@ -104,7 +140,17 @@ def main() -> None:
                         help="print cProfile's top N functions (cumulative) of the stages")
     parser.add_argument("--redis", action="store_true",
                         help="limits and detector state in a redis-server on loopback")
+    parser.add_argument("--commit", action="store_true",
+                        help="one audit commit's CPU with and without the group commit's yield")
     args = parser.parse_args()
+    if args.commit:
+        cpu = commit_cpu()
+        med = {name: float(np.median(v)) for name, v in cpu.items()}
+        show("one SQLite audit commit, thread CPU (µs, median of 9 blocks of 300)",
+             ["caller", "CPU"], [[name, round(v, 1)] for name, v in med.items()])
+        write("shield_commit", {"args": vars(args), "cpu_us_median": med,
+                                "cpu_us_by_block": cpu})
+        return
     profile = cProfile.Profile() if args.profile else None
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(redis_server()) if args.redis else "memory://"
