@@ -18,6 +18,7 @@ from httpx import Client as HttpClient
 from modelshield.defenses.shield import Shield
 from modelshield.serve.app import create_app
 from modelshield.serve.factory import build_shield
+from tests.llm.test_hardening_llm import completion, key, post
 from tests.servers import live_app
 
 TIERS: dict[str, Any] = {
@@ -48,18 +49,6 @@ def encodes(served: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     real = shield.lm.encode
     monkeypatch.setattr(shield.lm, "encode", lambda text: calls.append(len(text)) or real(text))
     return calls
-
-
-def key(shield: Shield, tier: str = "plain") -> str:
-    return shield.store.create_key(tier)[0]
-
-
-def post(client: HttpClient, path: str, k: str | None, body: dict[str, Any]) -> Any:
-    return client.post(path, json=body, headers={"Authorization": f"Bearer {k}"} if k else {})
-
-
-def completion(**body: Any) -> dict[str, Any]:
-    return {"model": "lm-tiny", "prompt": [1, 2, 3], "max_tokens": 1, **body}
 
 
 def chat(**body: Any) -> dict[str, Any]:

@@ -142,29 +142,22 @@ class Authenticate(_Stage):
     def _blocked(self, ip: str) -> None:
         """Refuse (429) an address already past its failed-authentication limit, without
         charging it (a valid key the store has cached never gets here)."""
-        s = self.shield
-        rate = s.config.auth_failure_limits
-        for item in s.rates(rate) if rate else []:
-            try:
-                ok = s.limiter.test(item, f"authfail:{ip}")
-            except STORE_ERRORS:
-                return  # the rate-limit store's outage is seen elsewhere
-            if not ok:
-                raise Denied(429, "too_many_auth_failures",
-                             f"Too many requests with bad API keys from this address (limit "
-                             f"{item}); try again later.",
-                             {"Retry-After": str(item.get_expiry())})
+        self._auth_limit(ip, charge=False)
 
     def _failed(self, ip: str) -> None:
         """Count a failed authentication of ``ip``; past its limit, refuse with 429. A
         valid key costs no trip to the limits store."""
+        self._auth_limit(ip, charge=True)
+
+    def _auth_limit(self, ip: str, charge: bool) -> None:
         s = self.shield
         rate = s.config.auth_failure_limits
+        check = s.limiter.hit if charge else s.limiter.test
         for item in s.rates(rate) if rate else []:
             try:
-                ok = s.limiter.hit(item, f"authfail:{ip}")
+                ok = check(item, f"authfail:{ip}")
             except STORE_ERRORS:
-                return  # the 401 stands; the rate-limit store's outage is seen elsewhere
+                return  # the rate-limit store's outage is seen elsewhere
             if not ok:
                 raise Denied(429, "too_many_auth_failures",
                              f"Too many requests with bad API keys from this address (limit "

@@ -13,6 +13,7 @@ no code: loading one runs nothing of its author's.
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -41,15 +42,20 @@ def _two_columns(p: FloatArray) -> FloatArray:
     return np.column_stack([1.0 - p, p])
 
 
+def _library(module: str, name: str) -> Any:
+    """The booster library ``module``, or a ConfigError saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:  # pragma: no cover - depends on the extra
+        raise ConfigError(f"{name} models need {module}: pip install "
+                          "'modelshield[boost]'") from None
+
+
 class XGBoostAdapter:
     """An XGBoost booster file (.json, .ubj) as a classifier with probabilities."""
 
     def __init__(self, path: str | Path) -> None:
-        try:
-            import xgboost as xgb
-        except ImportError:  # pragma: no cover - depends on the extra
-            raise ConfigError("XGBoost models need xgboost: pip install "
-                              "'modelshield[boost]'") from None
+        xgb = _library("xgboost", "XGBoost")
         p = Path(path)
         try:
             self.booster = xgb.Booster(model_file=str(p))
@@ -87,11 +93,7 @@ class LightGBMAdapter:
     """A LightGBM booster's text model file as a classifier with probabilities."""
 
     def __init__(self, path: str | Path) -> None:
-        try:
-            import lightgbm as lgb
-        except ImportError:  # pragma: no cover - depends on the extra
-            raise ConfigError("LightGBM models need lightgbm: pip install "
-                              "'modelshield[boost]'") from None
+        lgb = _library("lightgbm", "LightGBM")
         p = Path(path)
         try:
             self.booster = lgb.Booster(model_file=str(p))
