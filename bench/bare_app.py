@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
@@ -57,6 +58,16 @@ def work(x: np.ndarray) -> Any:
                                   model="digits-mlp", rows=len(x), inputs=x,
                                   answer={"labels": pred.labels}, decision={})])
     return pred
+
+
+@app.get("/metrics")
+async def metrics() -> PlainTextResponse:
+    """This process's audit commits and records, named and labelled as the gateway's
+    ``/metrics`` names them (bench/_load.audit_commits reads both)."""
+    commits, records = (store.commits, store.committed) if store is not None else (0, 0)
+    pid = os.getpid()
+    return PlainTextResponse(f'modelshield_audit_commits_total{{pid="{pid}"}} {commits}\n'
+                             f'modelshield_audit_records_total{{pid="{pid}"}} {records}\n')
 
 
 @app.get("/v2/health/ready")

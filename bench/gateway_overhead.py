@@ -7,7 +7,7 @@ measures the Redis-limits and PostgreSQL-audit configurations (or name your own 
 with ``--redis URL`` / ``--postgres URL``).
 
 Both servers run under uvicorn on loopback at the same time, with the same load (single-row
-requests from the digits test set, closed loop, ``--concurrency`` clients, one API key
+requests from all the digits rows, shuffled, closed loop, ``--concurrency`` clients, one API key
 each), measured side by side: throughput in ``--rounds`` rounds that alternate between the
 two servers (so the machine's drift falls on both alike), and the moderate-load latency
 from single requests that alternate between them. The Shield has every defense on: key
@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,35 +57,90 @@ def gateway_config(tmp: Path, limits_url: str, audit_url: str, detect: str = "in
     return path
 
 
+def digits_bodies(rows: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Request bodies of ``rows`` rows each from all 1,797 digits rows (train and test,
+    shuffled), so that over a benchmark's few thousand requests a key mostly sends rows it
+    has not sent before, as a customer sends its own records (the detectors skip a row an
+    account sent before)."""
+    victim = load_victim("digits-mlp")
+    x = np.random.default_rng(seed).permutation(np.concatenate([victim.X_train,
+                                                                victim.X_test]))
+    return [{"inputs": x[np.arange(i, i + rows) % len(x)].tolist()} for i in range(len(x))]
+
+
 def measure(args: argparse.Namespace, bare: tuple[str, Any], bodies: list[Any],
-            limits_url: str, audit_url: str) -> dict[str, Any]:
+            limits_url: str, audit_url: str, floor_trips: int | None = None
+            ) -> dict[str, Any]:
     """The Shield in one configuration against the bare server (already running: its URL
     and process), side by side: throughput in alternating rounds (bare first in even rounds,
     the Shield first in odd ones), each server's CPU time over each round (from the OS),
-    the audit log's commits per answer, then single requests alternating between the two."""
+    the audit log's commits per answer, then single requests alternating between the two.
+    With ``floor_trips``, the floor server (the bare one plus the same audit commit and
+    that many Redis round trips per answer) runs in the same rounds."""
     bare_url, bare_proc = bare
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         cfg = gateway_config(Path(tmp), limits_url, audit_url.format(tmp=tmp), args.detect)
         store = AuditStore(audit_url.format(tmp=tmp))
         keys = [{"Authorization": f"Bearer {store.create_key('bench')[0]}"}
                 for _ in range(args.concurrency)]
         store.close()
         port = free_port()
-        with server("modelshield.serve.main:app", port, env={"MODELSHIELD_CONFIG": str(cfg)},
-                    workers=args.workers) as shield_proc:
-            url = f"http://127.0.0.1:{port}/v1/models/digits-mlp/predict"
-            run_load(url, bodies, keys, concurrency=args.concurrency, requests=200)  # warm-up
-            base = f"http://127.0.0.1:{port}"
-            before = audit_commits(base, args.workers)
-            rounds = throughput_rounds(args, bodies, [("bare", bare_url, [{}], bare_proc),
-                                                      ("shield", url, keys, shield_proc)])
-            after = audit_commits(base, args.workers)
-            bare_m, shield_m = run_alternating([(bare_url, {}), (url, keys[0])], bodies,
-                                               args.moderate)
+        shield_proc = stack.enter_context(server(
+            "modelshield.serve.main:app", port, env={"MODELSHIELD_CONFIG": str(cfg)},
+            workers=args.workers))
+        url = f"http://127.0.0.1:{port}/v1/models/digits-mlp/predict"
+        servers: list[tuple[str, str, list[dict[str, str]], Any]] = [
+            ("bare", bare_url, [{}], bare_proc), ("shield", url, keys, shield_proc)]
+        if floor_trips is not None:
+            servers.append(stack.enter_context(floor_server(
+                args, audit_url.replace("{tmp}/audit.db", f"{tmp}/floor.db"), limits_url,
+                floor_trips)))
+        for _, u, headers, _ in servers[1:]:  # warm-up
+            run_load(u, bodies, headers, concurrency=args.concurrency, requests=200)
+        bases = [u.split("/v1/")[0] for _, u, _, _ in servers]
+        before = [audit_commits(b, args.workers) for b in bases[1:]]
+        rounds = throughput_rounds(args, bodies, servers)
+        after = [audit_commits(b, args.workers) for b in bases[1:]]
+        bare_m, shield_m = run_alternating([(bare_url, {}), (url, keys[0])], bodies,
+                                           args.moderate)
+    out = summarise(rounds, before[0], after[0], bare_m, shield_m)
+    if floor_trips is not None:
+        out["floor"] = floor_summary(rounds, before[1], after[1], floor_trips)
+    return out
 
-    def pooled(name: str) -> float:
-        done = [x for x in rounds if x["server"] == name]
-        return sum(x["requests"] for x in done) / sum(x["seconds"] for x in done)
+
+@contextlib.contextmanager
+def floor_server(args: argparse.Namespace, audit_url: str, limits_url: str, trips: int
+                 ) -> Any:
+    """The bare server that also commits each answer's audit record to ``audit_url`` and
+    makes ``trips`` Redis round trips (when ``limits_url`` is Redis): what the gateway's
+    design costs before any of the Shield's own work."""
+    env = {"PYTHONPATH": str(Path(__file__).parent), "BARE_AUDIT_URL": audit_url,
+           "BARE_REDIS_TRIPS": str(trips)}
+    if limits_url.startswith("redis"):
+        env["BARE_REDIS_URL"] = limits_url
+    port = free_port()
+    with server("bare_app:app", port, env=env, workers=args.workers) as proc:
+        yield "floor", f"http://127.0.0.1:{port}/v1/models/digits-mlp/predict", [{}], proc
+
+
+def floor_summary(rounds: list[dict[str, Any]], before: dict[str, float],
+                  after: dict[str, float], trips: int) -> dict[str, Any]:
+    """The floor server's throughput against the bare one's and the gateway's, its CPU per
+    answer and its commits per answer, from the rounds all three shared."""
+    records = after["records"] - before["records"]
+    return {"redis_round_trips": trips, "throughput": pooled(rounds, "floor"),
+            "ratio_to_bare": pooled(rounds, "floor") / pooled(rounds, "bare"),
+            "gateway_to_floor": pooled(rounds, "shield") / pooled(rounds, "floor"),
+            "cpu_us_per_answer_p50": float(np.median(
+                [1e6 * x["cpu_seconds"] / x["answered"] for x in rounds
+                 if x["server"] == "floor"])),
+            "commits_per_answer": (after["commits"] - before["commits"]) / max(records, 1)}
+
+
+def summarise(rounds: list[dict[str, Any]], before: dict[str, float], after: dict[str, float],
+              bare_m: dict[str, Any], shield_m: dict[str, Any]) -> dict[str, Any]:
+    """The gateway against the bare server, from the rounds and the single requests."""
 
     def cpu_us(name: str) -> list[float]:
         """CPU time per answered request (µs), each round."""
@@ -95,8 +151,9 @@ def measure(args: argparse.Namespace, bare: tuple[str, Any], bodies: list[Any],
         [x for x in rounds if x["server"] == "shield"], strict=True)]
     added = [s - b for b, s in zip(cpu_us("bare"), cpu_us("shield"), strict=True)]
     records = after["records"] - before["records"]
-    return {"bare_throughput": pooled("bare"), "shield_throughput": pooled("shield"),
-            "throughput_ratio": pooled("shield") / pooled("bare"),
+    return {"bare_throughput": pooled(rounds, "bare"),
+            "shield_throughput": pooled(rounds, "shield"),
+            "throughput_ratio": pooled(rounds, "shield") / pooled(rounds, "bare"),
             "round_ratios": ratios, "rounds": rounds,
             "cpu_us_per_answer": {"bare": cpu_us("bare"), "shield": cpu_us("shield"),
                                   "added": added, "added_p50": float(np.median(added))},
@@ -106,6 +163,12 @@ def measure(args: argparse.Namespace, bare: tuple[str, Any], bodies: list[Any],
             "moderate": {"bare": bare_m, "shield": shield_m},
             "moderate_p50_added_ms": shield_m["p50_ms"] - bare_m["p50_ms"],
             "moderate_p99_added_ms": shield_m["p99_ms"] - bare_m["p99_ms"]}
+
+
+def pooled(rounds: list[dict[str, Any]], name: str) -> float:
+    """A server's requests per second over all its rounds."""
+    done = [x for x in rounds if x["server"] == name]
+    return float(sum(x["requests"] for x in done) / sum(x["seconds"] for x in done))
 
 
 def throughput_rounds(args: argparse.Namespace, bodies: list[Any],
@@ -207,40 +270,41 @@ def redis_round_trips(redis_url: str, requests: int = 100) -> float:
 
 
 def floor(args: argparse.Namespace) -> None:
-    """The bare server against the bare server that also commits an audit record to
-    PostgreSQL and makes ``--floor-redis-trips`` Redis round trips per answer, side by
-    side."""
-    with_floor = f"bare + audit commit + {args.floor_redis_trips} Redis round trips"
-    x = load_victim("digits-mlp").X_test
-    bodies = [{"inputs": x[np.arange(i, i + args.rows) % len(x)].tolist()}
-              for i in range(len(x))]
+    """The bare server against the bare server that also commits an audit record (to
+    ``--postgres``, else to SQLite) and makes ``--floor-redis-trips`` Redis round trips
+    per answer (with ``--redis``), side by side, with each server's CPU per answer."""
+    trips = args.floor_redis_trips if args.redis else 0
+    kind = "PostgreSQL" if args.postgres else "SQLite"
+    with_floor = f"bare + {kind} audit commit + {trips} Redis round trips"
+    bodies = digits_bodies(args.rows)
     here = {"PYTHONPATH": str(Path(__file__).parent)}
     plain, floored = free_port(), free_port()
-    with tempfile.TemporaryDirectory():
-        env = {**here, "BARE_AUDIT_URL": args.postgres, "BARE_REDIS_URL": args.redis,
-               "BARE_REDIS_TRIPS": str(args.floor_redis_trips)}
-        with server("bare_app:app", plain, env=here, workers=args.workers), \
-                server("bare_app:app", floored, env=env, workers=args.workers):
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**here, "BARE_AUDIT_URL": args.postgres or f"sqlite:///{tmp}/floor.db",
+               "BARE_REDIS_TRIPS": str(trips)}
+        if args.redis:
+            env["BARE_REDIS_URL"] = args.redis
+        with server("bare_app:app", plain, env=here, workers=args.workers) as bare_proc, \
+                server("bare_app:app", floored, env=env, workers=args.workers) as floor_proc:
             url = f"http://127.0.0.1:{plain}/v1/models/digits-mlp/predict"
             floor_url = f"http://127.0.0.1:{floored}/v1/models/digits-mlp/predict"
             for u in (url, floor_url):
                 run_load(u, bodies, [{}], concurrency=args.concurrency, requests=200)
-            per_round = max(1, args.requests // args.rounds)
             rounds = []
-            for r in range(args.rounds):
-                pair = [("bare", url), (with_floor, floor_url)]
-                for name, u in (pair if r % 2 == 0 else pair[::-1]):
-                    out = run_load(u, bodies, [{}], concurrency=args.concurrency,
-                                   requests=per_round)
-                    rounds.append({"round": r, "server": name, **out})
+            rounds = throughput_rounds(args, bodies, [("bare", url, [{}], bare_proc),
+                                                      (with_floor, floor_url, [{}], floor_proc)])
+    cpu = {n: float(np.median([1e6 * x["cpu_seconds"] / x["answered"] for x in rounds
+                               if x["server"] == n])) for n in ("bare", with_floor)}
     total = {n: sum(x["requests"] for x in rounds if x["server"] == n)
              / sum(x["seconds"] for x in rounds if x["server"] == n)
              for n in ("bare", with_floor)}
     ratio = total[with_floor] / total["bare"]
     show(f"the floor, {args.workers} worker(s) each: {args.requests} requests per server",
-         ["server", "req/s"], [[n, v] for n, v in total.items()] + [["ratio", ratio]])
-    write(f"gateway_floor_workers{args.workers}_redis{args.floor_redis_trips}",
-          {"args": vars(args), "throughput": total, "ratio": ratio, "rounds": rounds})
+         ["server", "req/s", "CPU µs per answer (median of rounds)"],
+         [[n, v, cpu[n]] for n, v in total.items()] + [["ratio", ratio, ""]])
+    write(f"gateway_floor_workers{args.workers}_{kind.lower()}_redis{trips}",
+          {"args": vars(args), "throughput": total, "ratio": ratio,
+           "cpu_us_per_answer": cpu, "rounds": rounds})
 
 
 def run(args: argparse.Namespace) -> None:
@@ -255,9 +319,7 @@ def run(args: argparse.Namespace) -> None:
         configs.append(("production", "Redis limits and state, PostgreSQL audit", args.redis,
                         args.postgres))
     configs = [c for c in configs if args.only in (None, c[0])]
-    x = load_victim("digits-mlp").X_test
-    bodies = [{"inputs": x[np.arange(i, i + args.rows) % len(x)].tolist()}
-              for i in range(len(x))]
+    bodies = digits_bodies(args.rows)
     results = []
     port = free_port()
     with server("bare_app:app", port, env={"PYTHONPATH": str(Path(__file__).parent)},
@@ -290,9 +352,11 @@ def run(args: argparse.Namespace) -> None:
                                         "redis_round_trips_per_request": trips})
 
 
-TARGETS = {"memory": ("memory limits + SQLite, 1 worker", 1, 0.80, 2.0),
+TARGETS = {"memory": ("memory limits + SQLite, 1 worker", 1, 0.80, 2.0, 0),
            "production": ("production: Redis limits and state, PostgreSQL, 2 workers", 2,
-                          0.60, 3.0)}
+                          0.60, 3.0, 1)}
+"""Each configuration: its label, workers, throughput ratio and p99 added wanted, and the
+Redis round trips its floor server makes (the design's one blocking trip in production)."""
 SHIELD_CPU_TARGET_US = 200.0
 
 
@@ -303,19 +367,20 @@ def all_targets(args: argparse.Namespace) -> None:
     and over HTTP, the gateway's CPU per answer minus the bare server's)."""
     from shield_stages import stage_times, summary
 
-    x = load_victim("digits-mlp").X_test
-    bodies = [{"inputs": x[i:i + 1].tolist()} for i in range(len(x))]
+    bodies = digits_bodies(1)
     urls = {"memory": ("memory://", "sqlite:///{tmp}/audit.db"),
             "production": (args.redis, args.postgres)}
     measured: dict[str, Any] = {}
-    for name, (_, workers, _, _) in TARGETS.items():
+    speed = machine_speed()
+    for name, (_, workers, _, _, trips) in TARGETS.items():
         one = argparse.Namespace(**{**vars(args), "workers": workers})
         port = free_port()
         with server("bare_app:app", port, env={"PYTHONPATH": str(Path(__file__).parent)},
                     workers=workers) as bare_proc:
             bare_url = f"http://127.0.0.1:{port}/v1/models/digits-mlp/predict"
             run_load(bare_url, bodies, [{}], concurrency=args.concurrency, requests=200)
-            measured[name] = measure(one, (bare_url, bare_proc), bodies, *urls[name])
+            measured[name] = measure(one, (bare_url, bare_proc), bodies, *urls[name],
+                                     floor_trips=trips)
     cpu = summary(stage_times(args.requests, 0)["cpu"])
     beyond = next(r for r in cpu if r["stage"] == "beyond the model")
     rows = target_rows(measured, beyond)
@@ -326,23 +391,46 @@ def all_targets(args: argparse.Namespace) -> None:
         print(f"{name}: commits per answer {m['audit']['commits_per_answer']:.3f} "
               f"({m['audit']['commits']:.0f} commits, {m['audit']['records']:.0f} records); "
               f"CPU per answer bare {np.median(m['cpu_us_per_answer']['bare']):.0f} µs, "
-              f"gateway {np.median(m['cpu_us_per_answer']['shield']):.0f} µs")
+              f"gateway {np.median(m['cpu_us_per_answer']['shield']):.0f} µs, floor "
+              f"{m['floor']['cpu_us_per_answer_p50']:.0f} µs at "
+              f"{m['floor']['commits_per_answer']:.2f} commits per answer")
+    speeds = {"before_ms": speed, "after_ms": machine_speed()}
+    print(f"machine speed: a fixed Python loop took {speeds['before_ms']:.0f} ms before and "
+          f"{speeds['after_ms']:.0f} ms after (thread CPU; the same code runs slower when the "
+          f"host is busy)")
     write("gateway_targets", {"args": vars(args), "targets": rows, "measured": measured,
-                              "shield_stages_cpu_us": cpu})
+                              "shield_stages_cpu_us": cpu, "machine_speed": speeds})
+
+
+def machine_speed() -> float:
+    """Thread CPU (ms) of a fixed pure-Python loop, the median of 5: how fast this
+    machine ran the interpreter at the time, for comparing runs on a shared host."""
+    times = []
+    for _ in range(5):
+        start, total = time.thread_time(), 0
+        for i in range(1_000_000):
+            total += i * i
+        times.append(1e3 * (time.thread_time() - start))
+    return float(np.median(times))
 
 
 def target_rows(measured: dict[str, Any], beyond: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target: what was measured, what is wanted, and whether it is met."""
     rows: list[dict[str, Any]] = []
-    for name, (label, _, ratio, p99) in TARGETS.items():
-        m = measured[name]
+    for name, (label, _, ratio, p99, _) in TARGETS.items():
+        m, floor = measured[name], measured[name]["floor"]
         rows += [{"target": f"{label}: throughput ratio", "measured": m["throughput_ratio"],
                   "wanted": f">= {ratio}", "met": m["throughput_ratio"] >= ratio},
                  {"target": f"{label}: p99 added (ms)", "measured": m["moderate_p99_added_ms"],
                   "wanted": f"<= {p99}", "met": m["moderate_p99_added_ms"] <= p99},
                  {"target": f"{label}: audit commits per answer",
                   "measured": m["audit"]["commits_per_answer"], "wanted": "< 1",
-                  "met": m["audit"]["commits_per_answer"] < 1}]
+                  "met": m["audit"]["commits_per_answer"] < 1},
+                 {"target": f"{label}: floor (bare + audit commit + "
+                            f"{floor['redis_round_trips']} Redis round trips), ratio to bare",
+                  "measured": floor["ratio_to_bare"], "wanted": "(reported)", "met": None},
+                 {"target": f"{label}: gateway's throughput over the floor's",
+                  "measured": floor["gateway_to_floor"], "wanted": "(reported)", "met": None}]
     http = measured["memory"]["cpu_us_per_answer"]["added_p50"]
     rows += [{"target": "Shield CPU beyond the model, in-process, p50 (µs)",
               "measured": beyond["p50_us"], "wanted": f"<= {SHIELD_CPU_TARGET_US:g}",

@@ -4,8 +4,9 @@
 
 The digits MLP behind the full Shield of bench/gateway_overhead.py (key check, limits per
 key, IP and global, all five detectors, ``round:3``, the SQLite audit log), memory limits.
-Single-row requests from one key, one at a time, rows drawn at random from the digits test
-set (as the gateway benchmark's load sends them). Each stage of ``Shield.stages`` is timed on
+Single-row requests, one at a time, each a digits row (train and test, shuffled) its key
+has not sent before: a new key each time the 1,797 rows start again, so the detectors
+judge every row (they skip the rows an account sent before). Each stage of ``Shield.stages`` is timed on
 its own, in wall time and in this thread's CPU time (the record stage includes the audit
 commit): its median, its 99th percentile, and its mean over the slowest 1% of requests
 (what the tail is made of). ``--redis`` keeps the limits and the detectors' state in a
@@ -50,8 +51,9 @@ from tests.servers import redis_server
 def stage_times(requests: int, seed: int, profile: cProfile.Profile | None = None,
                 limits_url: str = "memory://") -> dict[str, dict[str, np.ndarray]]:
     """Each stage's wall and thread-CPU time per request, in µs: {"wall"|"cpu": {stage: µs}}."""
-    x = load_victim("digits-mlp").X_test
-    rng = np.random.default_rng(seed)
+    victim = load_victim("digits-mlp")
+    pool = np.random.default_rng(seed).permutation(np.concatenate([victim.X_train,
+                                                                   victim.X_test]))
     wall: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,13 +62,19 @@ def stage_times(requests: int, seed: int, profile: cProfile.Profile | None = Non
             "storage": {"limits": limits_url},
             "global_limits": {"requests": "1000000/minute"},
             "ip_limits": {"requests": "1000000/minute"}, "tiers": {"bench": ALL_ON}})
-        api_key = shield.store.create_key("bench")[0]
+        keys: list[str] = []
         for stage in shield.stages:
             wall[stage.name], cpu[stage.name] = [], []
 
-        def handle(row: np.ndarray, record: bool) -> None:
-            """One request through the Shield's own stage list, each stage timed."""
-            call = Call(api_key, "127.0.0.1", Decision(), inputs=row[None, :].tolist())
+        def handle(i: int, record: bool) -> None:
+            """Request ``i`` through the Shield's own stage list, each stage timed: the
+            pool's rows in turn, a new key each time the pool starts again (a customer
+            sends its own records, not the same ones again)."""
+            if i // len(pool) >= len(keys):
+                keys.append(shield.store.create_key("bench")[0])
+            row = pool[i % len(pool)]
+            call = Call(keys[i // len(pool)], "127.0.0.1", Decision(),
+                        inputs=row[None, :].tolist())
             with shield.store.in_flight():  # as Shield.run counts a request
                 for stage in shield.stages:
                     start, start_cpu = time.perf_counter(), time.thread_time()
@@ -75,12 +83,12 @@ def stage_times(requests: int, seed: int, profile: cProfile.Profile | None = Non
                         cpu[stage.name].append(time.thread_time() - start_cpu)
                         wall[stage.name].append(time.perf_counter() - start)
 
-        for _ in range(300):  # warm-up
-            handle(x[rng.integers(len(x))], False)
+        for i in range(300):  # warm-up
+            handle(i, False)
         if profile is not None:
             profile.enable()
-        for _ in range(requests):
-            handle(x[rng.integers(len(x))], True)
+        for i in range(300, 300 + requests):
+            handle(i, True)
         if profile is not None:
             profile.disable()
         shield.close()

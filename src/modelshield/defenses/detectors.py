@@ -277,8 +277,8 @@ def edit_mask(recent: FloatArray, rows: FloatArray, window: int = EDIT_WINDOW,
     h, k = len(recent), len(rows)
     if k == 0:
         return np.zeros(0, dtype=bool)
-    allrows = np.where(np.isnan(np.concatenate([recent, rows])), -1e9,
-                       np.concatenate([recent, rows]))
+    allrows = np.concatenate([recent, rows])
+    allrows[np.isnan(allrows)] = -1e9
     pos = h + np.arange(k)
     out = np.zeros(k, dtype=bool)
     for start in range(0, k, 64):  # bounded memory: (64, window, d) at a time
@@ -353,18 +353,24 @@ def line_search_hits(recent: FloatArray, rows: FloatArray, window: int = 64,
     idx = pos[:, None] - window + np.arange(window)[None, :]  # (k, window) predecessors
     valid = idx >= 0
     diffs = allrows[np.maximum(idx, 0)] - rows[:, None, :]
-    norms = np.linalg.norm(diffs, axis=2)
+    # Opposite directions, from the Gram matrix of the differences (a batched matrix
+    # product; its diagonal holds their squared lengths), then the rare candidate pairs'
+    # distances: the midpoint test on those pairs only.
+    gram = np.matmul(diffs, diffs.transpose(0, 2, 1))  # (k, window, window)
+    norms = np.sqrt(np.diagonal(gram, axis1=1, axis2=2))
     valid &= norms > 0
-    unit = diffs / np.where(norms > 0, norms, 1.0)[:, :, None]
-    cos = np.einsum("kwd,kvd->kwv", unit, unit)
-    near = np.minimum(norms[:, :, None], norms[:, None, :]) / np.maximum(
-        norms[:, :, None] + norms[:, None, :], 1e-300)
-    both = valid[:, :, None] & valid[:, None, :]
-    hit = ((cos < -1 + tol) & (near > 0.45) & both).any(axis=(1, 2))
-    if lo is not None and hi is not None:
+    pairs = gram < (-1 + tol) * (norms[:, :, None] * norms[:, None, :])
+    hit = np.zeros(k, dtype=bool)
+    if pairs.any():
+        row, a, b = np.nonzero(pairs)
+        na, nb = norms[row, a], norms[row, b]
+        keep = valid[row, a] & valid[row, b] & \
+            (np.minimum(na, nb) / np.maximum(na + nb, 1e-300) > 0.45)
+        hit[row[keep]] = True
+    beyond = None if lo is None or hi is None else (rows < lo) | (rows > hi)  # (k, d)
+    if beyond is not None and beyond.any():  # rows inside the natural range probe no edge
         moved = np.abs(diffs) > 1e-12  # (k, window, d)
         single = (moved.sum(axis=2) == 1) & valid
-        beyond = (rows < lo) | (rows > hi)  # (k, d)
         hit |= (single & (moved & beyond[:, None, :]).any(axis=2)).any(axis=1)
     return np.asarray(hit)
 
