@@ -97,16 +97,16 @@ def profile(args: argparse.Namespace, spy: str, out: Path, bare: bool) -> dict[s
 
 
 def serve_functions(raw: Path) -> Counter[str]:
-    """Samples of the event loop's thread, by each function on the stack (inclusive)."""
+    """Samples of the event loop's thread by the Python function running (its own time:
+    the innermost Python frame, which C code it calls counts in)."""
     counts: Counter[str] = Counter()
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         if "BaseEventLoop.run_forever" not in stack or not n.isdigit():
             continue
-        names = {f.split(" (")[0] + " (" + f.partition(" (")[2].rsplit(":", 1)[0] + ")"
-                 for f in stack.split(";")}
-        for name in names:
-            counts[name] += int(n)
+        leaf = stack.rsplit(";", 1)[-1]
+        counts[leaf.split(" (")[0] + " (" + leaf.partition(" (")[2].rsplit(":", 1)[0]
+               + ")"] += int(n)
     return counts
 
 
@@ -167,7 +167,7 @@ def main() -> None:
     added = sorted(((gate_f.get(f, 0.0) - bare_f.get(f, 0.0), f) for f in set(gate_f)
                     | set(bare_f)), reverse=True)[:args.top]
     show("the serve layer's functions that cost the gateway more than the bare server "
-         "(GIL µs per request, inclusive)", ["function", "bare", "gateway", "added"],
+         "(GIL µs per request, their own time)", ["function", "bare", "gateway", "added"],
          [[f, f"{bare_f.get(f, 0):.0f}", f"{gate_f.get(f, 0):.0f}", f"{d:+.0f}"]
           for d, f in added])
     for r in results.values():  # keep the JSON small: the functions shown only
