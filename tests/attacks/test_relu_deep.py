@@ -137,3 +137,17 @@ def test_the_neuron_wiggle_recovers_every_first_layer_sign(
 def test_an_unknown_sign_method_is_refused() -> None:
     with pytest.raises(ConfigError, match="signs"):
         ReluExactDeep(signs="guess").validate()
+
+
+def test_a_network_it_does_not_recover_ends_failed_never_ok() -> None:
+    """On this owner's network (8 inputs, 12 and 6 units, seed 5) the structure search
+    keeps one second-layer unit of six, and the final fit explains none of its fresh
+    answers. The pruning used to crash here (it dropped the last second-layer unit); then
+    it reported ``ok`` on a copy with half the model's labels. Now the copy is returned,
+    scored and marked failed, with the reason."""
+    v, _ = owner_net(8, (12, 6), 5)
+    r = run_cell(v, "relu-exact-2", "full", 1_000_000, 5, uniform_points=2000)
+    assert r.status == "failed"
+    assert "unexplained" in r.reason and r.info["second_layer_units"] >= 1
+    assert r.info["fit_unexplained"] > 0.01 * r.info["fit_queries"]
+    assert r.fidelity_test < 0.9

@@ -63,7 +63,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modelshield.answer import FloatArray
-from modelshield.attacks.base import Attack, Session
+from modelshield.attacks.base import ASSUMPTION_FAILED, Attack, Session
 from modelshield.attacks.relu_exact import _match, _on_plane, _Probe, require_exact_scores
 from modelshield.errors import AttackFailed, AttackRefused, BudgetExhausted, ConfigError
 from modelshield.models import Relu2NetClone
@@ -713,11 +713,27 @@ class _Run:
         info = {**self._fit_info(len(W1), params, unknown),
                 "residual_rounds": rounds, "fit_queries": len(x),
                 "fit_max_residual": residual, "polished_max_residual": polished,
-                "scale_free": True, **self._wiggle_info()}
+                "scale_free": True, **self._wiggle_info(), **self._unexplained(params, x, y,
+                                                                                size)}
         if self.notes:
             info["budget_note"] = "; ".join(self.notes)
         names = ("W1", "b1", "W2", "b2", "A", "G", "e")
         return clone, dict(zip(names, params, strict=True)), info
+
+    def _unexplained(self, params: Params, x: FloatArray, y: FloatArray, size: FloatArray
+                     ) -> dict[str, Any]:
+        """How many of the final fit's fresh answers the network found leaves beyond
+        ``fit_tolerance``; past 1% of them the copy is not the network that answered (units
+        missed, or not a two-hidden-layer ReLU network), and the status says so."""
+        final = np.abs(_forward(params, x) - y).max(axis=1)
+        unexplained = int((final > self.attack.fit_tolerance * size).sum())
+        out: dict[str, Any] = {"fit_unexplained": unexplained}
+        if unexplained > 0.01 * len(x):
+            out[ASSUMPTION_FAILED] = (
+                f"the network found leaves {unexplained} of {len(x)} fresh answers "
+                f"unexplained (largest error {float(final.max()):.3g} in the log-ratio): "
+                "units were missed, or the model is not a two-hidden-layer ReLU network")
+        return out
 
     def _fit_sample(self, h1: int) -> tuple[FloatArray, FloatArray]:
         """Fresh uniform points for the final fit, and their log-ratios."""
@@ -873,6 +889,8 @@ def _prune(params: Params, x: FloatArray, y: FloatArray, res: FloatArray
     keep = list(range(len(W2)))
     for j in range(len(W2) - 1, -1, -1):
         rest = [k for k in keep if k != j]
+        if not rest:  # a second layer of no units is no network: the last one stays
+            continue
         fit, r = _trimmed(W1, b1, W2[rest], b2[rest], x, y)
         if r.max() <= 1.5 * res.max():
             keep, params, res = rest, fit, r
