@@ -55,24 +55,35 @@ def wait_ready(url: str, timeout: float = 120.0) -> None:
 
 
 def run_load(url: str, bodies: list[Any], headers: list[dict[str, str]], *,
-             concurrency: int, requests: int, max_seconds: float = 120.0) -> dict[str, Any]:
-    """Send ``requests`` POSTs from ``concurrency`` workers; worker i uses headers[i % len]."""
-    return asyncio.run(_load(url, bodies, headers, concurrency, requests, max_seconds))
+             concurrency: int, requests: int, max_seconds: float = 120.0, start: int = 0,
+             sent: dict[int, set[int]] | None = None) -> dict[str, Any]:
+    """Send ``requests`` POSTs from ``concurrency`` workers; worker i uses headers[i % len].
+    The bodies are taken in turn from ``start`` (cycling). ``sent`` (kept across calls)
+    records which bodies each headers entry has sent; ``repeats`` in the result counts the
+    requests whose body their key had sent before."""
+    return asyncio.run(_load(url, bodies, headers, concurrency, requests, max_seconds,
+                             start, {} if sent is None else sent))
 
 
 async def _load(url: str, bodies: list[Any], headers: list[dict[str, str]], concurrency: int,
-                requests: int, max_seconds: float) -> dict[str, Any]:
+                requests: int, max_seconds: float, first: int, sent: dict[int, set[int]]
+                ) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
-    counter = iter(range(requests))
+    repeats = 0
+    counter = iter(range(first, first + requests))
     deadline = time.perf_counter() + max_seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
 
         async def worker(w: int) -> None:
+            nonlocal repeats
             for i in counter:
                 if time.perf_counter() > deadline:
                     return
+                mine = sent.setdefault(w % len(headers), set())
+                repeats += i % len(bodies) in mine
+                mine.add(i % len(bodies))
                 t = time.perf_counter()
                 r = await client.post(url, json=bodies[i % len(bodies)],
                                       headers=headers[w % len(headers)])
@@ -85,15 +96,17 @@ async def _load(url: str, bodies: list[Any], headers: list[dict[str, str]], conc
     lat = np.array(latencies) * 1000
     return {"requests": len(lat), "seconds": elapsed, "throughput": len(lat) / elapsed,
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-            "statuses": statuses}
+            "statuses": statuses, "repeats": repeats}
 
 
 def run_alternating(targets: list[tuple[str, dict[str, str]]], bodies: list[Any],
-                    requests: int) -> list[dict[str, Any]]:
+                    requests: int, start: int = 0) -> list[dict[str, Any]]:
     """One client sends ``requests`` POSTs to each target, one at a time, alternating
     between the targets (A B, B A, A B, ...), so drift in the machine's speed falls on
-    all of them alike. Returns each target's p50/p99 latency."""
-    return asyncio.run(_alternating(targets, bodies, requests))
+    all of them alike; the bodies in turn from ``start``. Returns each target's p50/p99
+    latency."""
+    start %= len(bodies)
+    return asyncio.run(_alternating(targets, bodies[start:] + bodies[:start], requests))
 
 
 async def _alternating(targets: list[tuple[str, dict[str, str]]], bodies: list[Any],

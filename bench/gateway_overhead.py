@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import secrets
 import sys
 import tempfile
 import time
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from sklearn.datasets import load_digits
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
@@ -57,14 +59,17 @@ def gateway_config(tmp: Path, limits_url: str, audit_url: str, detect: str = "in
     return path
 
 
+WARM_UP = 200
+"""Requests each server answers before it is measured."""
+
+
 def digits_bodies(rows: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Request bodies of ``rows`` rows each from all 1,797 digits rows (train and test,
-    shuffled), so that over a benchmark's few thousand requests a key mostly sends rows it
-    has not sent before, as a customer sends its own records (the detectors skip a row an
-    account sent before)."""
-    victim = load_victim("digits-mlp")
-    x = np.random.default_rng(seed).permutation(np.concatenate([victim.X_train,
-                                                                victim.X_test]))
+    """Request bodies of ``rows`` rows each from all 1,797 digits images (scikit-learn's
+    copy, the model's train, test and pool rows), shuffled. Taken in turn across a
+    benchmark's rounds, a key mostly sends rows it has not sent before, as a customer
+    sends its own records (the detectors skip a row an account sent before); the JSON
+    states the share that were repeats."""
+    x = np.random.default_rng(seed).permutation(load_digits().data.astype(np.float64))
     return [{"inputs": x[np.arange(i, i + rows) % len(x)].tolist()} for i in range(len(x))]
 
 
@@ -72,8 +77,8 @@ def measure(args: argparse.Namespace, bare: tuple[str, Any], bodies: list[Any],
             limits_url: str, audit_url: str, floor_trips: int | None = None
             ) -> dict[str, Any]:
     """The Shield in one configuration against the bare server (already running: its URL
-    and process), side by side: throughput in alternating rounds (bare first in even rounds,
-    the Shield first in odd ones), each server's CPU time over each round (from the OS),
+    and process), side by side: throughput in rounds that rotate the servers' order,
+    each server's CPU time over each round (from the OS),
     the audit log's commits per answer, then single requests alternating between the two.
     With ``floor_trips``, the floor server (the bare one plus the same audit commit and
     that many Redis round trips per answer) runs in the same rounds."""
@@ -91,22 +96,40 @@ def measure(args: argparse.Namespace, bare: tuple[str, Any], bodies: list[Any],
         url = f"http://127.0.0.1:{port}/v1/models/digits-mlp/predict"
         servers: list[tuple[str, str, list[dict[str, str]], Any]] = [
             ("bare", bare_url, [{}], bare_proc), ("shield", url, keys, shield_proc)]
-        if floor_trips is not None:
-            servers.append(stack.enter_context(floor_server(
-                args, audit_url.replace("{tmp}/audit.db", f"{tmp}/floor.db"), limits_url,
-                floor_trips)))
-        for _, u, headers, _ in servers[1:]:  # warm-up
-            run_load(u, bodies, headers, concurrency=args.concurrency, requests=200)
+        if floor_trips is not None:  # its own log: the floor's commits extend no other chain
+            floor_url = own_database(audit_url) if audit_url.startswith("postgresql") \
+                else audit_url.replace("{tmp}/audit.db", f"{tmp}/floor.db")
+            servers.append(stack.enter_context(floor_server(args, floor_url, limits_url,
+                                                            floor_trips)))
+        cursors = {name: WARM_UP for name, _, _, _ in servers}
+        sent: dict[str, dict[int, set[int]]] = {name: {} for name, _, _, _ in servers}
+        for name, u, headers, _ in servers[1:]:  # warm-up
+            run_load(u, bodies, headers, concurrency=args.concurrency, requests=WARM_UP,
+                     sent=sent[name])
         bases = [u.split("/v1/")[0] for _, u, _, _ in servers]
         before = [audit_commits(b, args.workers) for b in bases[1:]]
-        rounds = throughput_rounds(args, bodies, servers)
+        rounds = throughput_rounds(args, bodies, servers, cursors, sent)
         after = [audit_commits(b, args.workers) for b in bases[1:]]
         bare_m, shield_m = run_alternating([(bare_url, {}), (url, keys[0])], bodies,
-                                           args.moderate)
+                                           args.moderate, start=cursors["shield"])
     out = summarise(rounds, before[0], after[0], bare_m, shield_m)
+    gateway = [x for x in rounds if x["server"] == "shield"]
+    out["repeated_rows_share"] = sum(x["repeats"] for x in gateway) / max(
+        1, sum(x["requests"] for x in gateway))
     if floor_trips is not None:
         out["floor"] = floor_summary(rounds, before[1], after[1], floor_trips)
     return out
+
+
+def own_database(url: str) -> str:
+    """A new, empty database on the PostgreSQL server of ``url``, and its URL."""
+    import psycopg
+
+    name = f"floor_{secrets.token_hex(4)}"
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"),
+                         autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{url.rsplit('/', 1)[0]}/{name}"
 
 
 @contextlib.contextmanager
@@ -172,17 +195,25 @@ def pooled(rounds: list[dict[str, Any]], name: str) -> float:
 
 
 def throughput_rounds(args: argparse.Namespace, bodies: list[Any],
-                      pair: list[tuple[str, str, list[dict[str, str]], Any]]
+                      servers: list[tuple[str, str, list[dict[str, str]], Any]],
+                      cursors: dict[str, int] | None = None,
+                      sent: dict[str, dict[int, set[int]]] | None = None
                       ) -> list[dict[str, Any]]:
-    """``args.rounds`` rounds of closed-loop load on each server of ``pair`` in turn (the
-    order swapped every round), with each server's CPU time over its round."""
+    """``args.rounds`` rounds of closed-loop load on each server in turn (the order rotated
+    every round), with each server's CPU time over its round. Each server takes the bodies
+    in turn from its cursor in ``cursors`` (moved on), so a round sends rows the last did
+    not; ``sent`` keeps what each server's keys have sent, for the repeats."""
     per_round = max(1, args.requests // args.rounds)
+    cursors = {} if cursors is None else cursors
+    sent = {} if sent is None else sent
     rounds = []
     for r in range(args.rounds):
-        for name, u, headers, proc in (pair if r % 2 == 0 else pair[::-1]):
+        for name, u, headers, proc in servers[r % len(servers):] + servers[:r % len(servers)]:
             cpu = cpu_seconds(proc)
             out = run_load(u, bodies, headers, concurrency=args.concurrency,
-                           requests=per_round)
+                           requests=per_round, start=cursors.get(name, 0),
+                           sent=sent.setdefault(name, {}))
+            cursors[name] = cursors.get(name, 0) + per_round
             answered = out["statuses"].get(200, 0)
             rounds.append({"round": r, "server": name, **out, "answered": answered,
                            "cpu_seconds": cpu_seconds(proc) - cpu})
@@ -220,7 +251,8 @@ def main() -> None:
                         "bench/results/gateway_targets.json: memory limits + SQLite (1 worker), "
                         "production (2 workers, Redis, PostgreSQL; both started here), and the "
                         "Shield's own CPU per request beyond the model")
-    parser.add_argument("--repeat", type=int, default=1,
+    parser.add_argument("--repeat", type=int, default=1, choices=range(1, 21),
+                        metavar="N",
                         help="with --all-targets: measure both configurations this many "
                         "times (the host's speed drifts); the targets take the median")
     parser.add_argument("--only", choices=["memory", "redis", "postgres", "production"],

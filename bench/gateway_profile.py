@@ -55,14 +55,18 @@ GROUPS = [  # (group, a function on the stack, its module's file), first match w
 ]
 
 
+WARM_UP_ROWS = 300
+
+
 def group_of(stack: str) -> str:
     """The group of a collapsed stack (frames ``name (file:line)`` joined by ``;``)."""
-    frames = set()
+    frames = []
     for frame in stack.split(";"):
         name, _, where = frame.partition(" (")
-        frames.add((name, where.rsplit(":", 1)[0]))
-    for group, name, path in GROUPS:
-        if (name, path) in frames:
+        frames.append((name, where.rsplit(":", 1)[0]))
+    for group, name, path in GROUPS:  # a path as py-spy shows it, short or in full
+        if any(n == name and (where == path or where.endswith("/" + path))
+               for n, where in frames):
             return group
     return "other"
 
@@ -83,16 +87,22 @@ def profile(args: argparse.Namespace, spy: str, out: Path, bare: bool) -> dict[s
             else ("modelshield.serve.main:app", {"MODELSHIELD_CONFIG": str(cfg)})
         with server(app, port, env=env) as proc:
             url = f"http://127.0.0.1:{port}/v1/models/digits-mlp/predict"
-            run_load(url, bodies, keys, concurrency=args.concurrency, requests=300)
-            sampler = subprocess.Popen(
-                [spy, "record", "--pid", str(proc.pid), "--gil", "--format", "raw",
-                 "--rate", str(args.rate), "-o", str(out)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(1.0)  # py-spy attaches
-            load = run_load(url, bodies, keys, concurrency=args.concurrency,
-                            requests=args.requests)
-            sampler.send_signal(signal.SIGINT)
-            sampler.wait(60)
+            sent: dict[int, set[int]] = {}
+            run_load(url, bodies, keys, concurrency=args.concurrency, requests=WARM_UP_ROWS,
+                     sent=sent)
+            log = out.with_suffix(".log")
+            with log.open("w") as err:
+                sampler = subprocess.Popen(
+                    [spy, "record", "--pid", str(proc.pid), "--gil", "--format", "raw",
+                     "--rate", str(args.rate), "-o", str(out)],
+                    stdout=subprocess.DEVNULL, stderr=err)
+                time.sleep(1.0)  # py-spy attaches
+                load = run_load(url, bodies, keys, concurrency=args.concurrency,
+                                requests=args.requests, start=WARM_UP_ROWS, sent=sent)
+                sampler.send_signal(signal.SIGINT)
+                sampler.wait(60)
+            behind = [line for line in log.read_text().splitlines() if "behind" in line]
+            load["sampler_fell_behind"] = len(behind)  # py-spy's own warnings, if any
     return load
 
 
