@@ -6,7 +6,8 @@ The gateway of ``bench/gateway_overhead.py`` (memory limits and state, SQLite au
 defense on, 1 worker) under the same load: single-row digits requests from 8 closed-loop
 clients, one key each, rows each key has mostly not sent before. py-spy samples the thread
 that holds the GIL (``--gil``): one process's Python runs one thread at a time, so this is
-what bounds a worker's throughput. Each sample goes to the first group its stack matches:
+the Python work a worker cannot spread over cores (the GIL is not held all the time: C code
+that releases it, and waits, are not in the profile). Each sample goes to the first group its stack matches:
 the Shield's stages by name (on a request thread), the detection after the answer, the
 hop to and from the request thread, and the serve layer (the event loop: HTTP parsing,
 middleware, FastAPI's validation, the response). Needs py-spy (``pip install py-spy``)
