@@ -59,8 +59,9 @@ def run_load(url: str, bodies: list[Any], headers: list[dict[str, str]], *,
              sent: dict[int, set[int]] | None = None) -> dict[str, Any]:
     """Send ``requests`` POSTs from ``concurrency`` workers; worker i uses headers[i % len].
     The bodies are taken in turn from ``start`` (cycling). ``sent`` (kept across calls)
-    records which bodies each headers entry has sent; ``repeats`` in the result counts the
-    requests whose body their key had sent before."""
+    records which bodies each headers entry (a key) has sent; ``repeats`` in the result
+    counts the requests whose body their key had sent before (with one headers entry for
+    all workers, as against a keyless server, that is the server's repeats)."""
     return asyncio.run(_load(url, bodies, headers, concurrency, requests, max_seconds,
                              start, {} if sent is None else sent))
 

@@ -88,6 +88,8 @@ def measure(args: argparse.Namespace, bare: tuple[str, Any], bodies: list[Any],
         store = AuditStore(audit_url.format(tmp=tmp))
         keys = [{"Authorization": f"Bearer {store.create_key('bench')[0]}"}
                 for _ in range(args.concurrency)]
+        # The single requests come from a key of their own: its rows are all new to it.
+        alone = {"Authorization": f"Bearer {store.create_key('bench')[0]}"}
         store.close()
         port = free_port()
         shield_proc = stack.enter_context(server(
@@ -110,8 +112,8 @@ def measure(args: argparse.Namespace, bare: tuple[str, Any], bodies: list[Any],
         before = [audit_commits(b, args.workers) for b in bases[1:]]
         rounds = throughput_rounds(args, bodies, servers, cursors, sent)
         after = [audit_commits(b, args.workers) for b in bases[1:]]
-        bare_m, shield_m = run_alternating([(bare_url, {}), (url, keys[0])], bodies,
-                                           args.moderate, start=cursors["shield"])
+        bare_m, shield_m = run_alternating([(bare_url, {}), (url, alone)], bodies,
+                                           args.moderate)
     out = summarise(rounds, before[0], after[0], bare_m, shield_m)
     gateway = [x for x in rounds if x["server"] == "shield"]
     out["repeated_rows_share"] = sum(x["repeats"] for x in gateway) / max(
@@ -324,10 +326,10 @@ def floor(args: argparse.Namespace) -> None:
             url = f"http://127.0.0.1:{plain}/v1/models/digits-mlp/predict"
             floor_url = f"http://127.0.0.1:{floored}/v1/models/digits-mlp/predict"
             for u in (url, floor_url):
-                run_load(u, bodies, [{}], concurrency=args.concurrency, requests=200)
-            rounds = []
+                run_load(u, bodies, [{}], concurrency=args.concurrency, requests=WARM_UP)
             rounds = throughput_rounds(args, bodies, [("bare", url, [{}], bare_proc),
-                                                      (with_floor, floor_url, [{}], floor_proc)])
+                                                      (with_floor, floor_url, [{}], floor_proc)],
+                                       {"bare": WARM_UP, with_floor: WARM_UP})
     cpu = {n: float(np.median([1e6 * x["cpu_seconds"] / x["answered"] for x in rounds
                                if x["server"] == n])) for n in ("bare", with_floor)}
     total = {n: sum(x["requests"] for x in rounds if x["server"] == n)
