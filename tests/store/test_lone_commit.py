@@ -5,6 +5,7 @@ yield, as before."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -19,11 +20,15 @@ from modelshield.victims import Victim
 
 @pytest.fixture
 def yields(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The sleeps made on the test's own thread (the patch is process-wide: a thread left
+    running by an earlier test in the same worker may sleep too, and is not counted)."""
     calls: list[float] = []
     real = time.sleep
+    mine = threading.get_ident()
 
     def counted(seconds: float) -> None:
-        calls.append(seconds)
+        if threading.get_ident() == mine:
+            calls.append(seconds)
         real(seconds)
 
     monkeypatch.setattr(sql.time, "sleep", counted)
