@@ -6,11 +6,11 @@ The gateway of ``bench/gateway_overhead.py`` (memory limits and state, SQLite au
 defense on, 1 worker) under the same load: single-row digits requests from 8 closed-loop
 clients, one key each, rows each key has mostly not sent before. py-spy samples the thread
 that holds the GIL (``--gil``): one process's Python runs one thread at a time, so this is
-the Python work a worker cannot spread over cores (the GIL is not held all the time: C code
-that releases it, and waits, are not in the profile). Each sample goes to the first group its stack matches:
-the Shield's stages by name (on a request thread), the detection after the answer, the
-hop to and from the request thread, and the serve layer (the event loop: HTTP parsing,
-middleware, FastAPI's validation, the response). Needs py-spy (``pip install py-spy``)
+the Python work a worker cannot spread over cores (the GIL is not held all the time: C
+code that releases it, and waits, are not in the profile). Each sample goes to the first
+group its stack matches: the Shield's stages by name (on a request thread), the detection
+after the answer, the hop to and from the request thread, and the serve layer (the event
+loop: HTTP parsing, middleware, FastAPI's validation, the response). Needs py-spy (the ``bench`` extra has it)
 and the right to trace the server (root, or ptrace allowed). The bare server
 (``bench/bare_app.py``) is profiled the same way first, so each group's GIL time per
 request stands beside the bare server's. Writes bench/results/gateway_profile.json.
@@ -144,7 +144,7 @@ def main() -> None:
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
-        sys.exit("bench/gateway_profile.py needs py-spy: pip install py-spy")
+        sys.exit("bench/gateway_profile.py needs py-spy: pip install -e '.[bench]'")
     results: dict[str, dict[str, Any]] = {}
     for name in ("bare", "gateway"):
         with tempfile.TemporaryDirectory() as tmp:
