@@ -101,13 +101,11 @@ async def _load(url: str, bodies: list[Any], headers: list[dict[str, str]], conc
 
 
 def run_alternating(targets: list[tuple[str, dict[str, str]]], bodies: list[Any],
-                    requests: int, start: int = 0) -> list[dict[str, Any]]:
+                    requests: int) -> list[dict[str, Any]]:
     """One client sends ``requests`` POSTs to each target, one at a time, alternating
     between the targets (A B, B A, A B, ...), so drift in the machine's speed falls on
-    all of them alike; the bodies in turn from ``start``. Returns each target's p50/p99
-    latency."""
-    start %= len(bodies)
-    return asyncio.run(_alternating(targets, bodies[start:] + bodies[:start], requests))
+    all of them alike. Returns each target's p50/p99 latency."""
+    return asyncio.run(_alternating(targets, bodies, requests))
 
 
 async def _alternating(targets: list[tuple[str, dict[str, str]]], bodies: list[Any],
