@@ -31,6 +31,7 @@ from modelshield.defenses.shield import Shield
 from modelshield.serve import openai, ops, routes_v1, routes_v2
 from modelshield.serve.context import Gateway
 from modelshield.serve.errors import ERROR_RESPONSES, add_handlers
+from modelshield.serve.fastpath import FastPredict
 from modelshield.serve.metrics import Metrics
 from modelshield.serve.middleware import AuthGate, BodyLimit, CatchBugs, ForwardedAddress
 from modelshield.serve.routing import GatewayRouter
@@ -40,9 +41,12 @@ ROUTERS: tuple[GatewayRouter, ...] = (routes_v1.router, routes_v2.router, *opena
 """Every route the gateway serves, by family."""
 
 
-def create_app(shields: Shield | Sequence[Shield], max_body_bytes: int = 8 * 2**20) -> FastAPI:
+def create_app(shields: Shield | Sequence[Shield], max_body_bytes: int = 8 * 2**20,
+               fast_path: bool = True) -> FastAPI:
     """The gateway app around one Shield per served model (``serve.factory.build_gateway``
-    builds them from a config); bodies over ``max_body_bytes`` get a 413."""
+    builds them from a config); bodies over ``max_body_bytes`` get a 413. ``fast_path``:
+    well-formed predict requests skip FastAPI's routing and validation (:mod:`.fastpath`;
+    off, every request takes the route: the same answers, for comparison)."""
     served = [shields] if isinstance(shields, Shield) else list(shields)
     gateway = Gateway({s.spec.name: s for s in served},
                       Metrics(audit={id(s.store): s.store for s in served}.values()))
@@ -53,13 +57,17 @@ def create_app(shields: Shield | Sequence[Shield], max_body_bytes: int = 8 * 2**
                   routes=[route for router in ROUTERS for route in router.routes])
     app.state.gateway = gateway
     add_handlers(app)
-    _add_middleware(app, gateway, max_body_bytes)
+    _add_middleware(app, gateway, max_body_bytes, fast_path)
     return app
 
 
-def _add_middleware(app: FastAPI, gateway: Gateway, max_body_bytes: int) -> None:
-    """Outermost last: the client's address first, then the body's size, then the key."""
+def _add_middleware(app: FastAPI, gateway: Gateway, max_body_bytes: int, fast_path: bool
+                    ) -> None:
+    """Outermost last: the client's address first, then the body's size, then the key,
+    then the predict route's fast path (:mod:`.fastpath`)."""
     routes, metrics, shield = app.router.routes, gateway.metrics, gateway.first
+    if fast_path:
+        app.add_middleware(FastPredict, gateway=gateway)
     app.add_middleware(AuthGate, shield=shield, metrics=metrics, routes=routes)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     if shield.config.trusted_proxies:

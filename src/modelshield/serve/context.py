@@ -70,15 +70,21 @@ class Gateway:
     async def classify(self, request: Request, model: str, inputs: Any
                        ) -> tuple[Answer, Decision]:
         """Rows through ``model``'s Shield, off the event loop: (answer, decision)."""
+        return await self.answer(model, api_key(request), client_ip(request), inputs,
+                                 metric(request))
+
+    async def answer(self, model: str, key: str | None, ip: str, inputs: Any, label: str
+                     ) -> tuple[Answer, Decision]:
+        """Rows through ``model``'s Shield for the holder of ``key`` at ``ip``, off the
+        event loop, counted under the route ``label``: (answer, decision)."""
         target = self.shield(model)
         start = time.perf_counter()
         try:
-            answer, decision = await off_loop(target.handle, api_key(request), inputs,
-                                              client_ip(request))
+            answer, decision = await off_loop(target.handle, key, inputs, ip)
         except OverflowError:
             raise refusal(422, "invalid_inputs", "inputs must be numbers that fit a 64-bit "
                           "float", "inputs") from None
-        self.metrics.answered(metric(request), len(answer), (f.detector for f in decision.flags),
+        self.metrics.answered(label, len(answer), (f.detector for f in decision.flags),
                               time.perf_counter() - start)
         return answer, decision
 
