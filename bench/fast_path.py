@@ -88,7 +88,7 @@ async def rotate(apps: dict[str, App], bodies: list[bytes], requests: int, block
     """Each app's CPU per request in each block, the apps taking turns."""
     out: dict[str, list[float]] = {name: [] for name in apps}
     at = 0
-    for name, app in apps.items():  # warm-up
+    for app in apps.values():  # warm-up
         await cpu_per_request(app, bodies[:50])
     for _ in range(blocks):
         chunk = [bodies[(at + i) % len(bodies)] for i in range(50, 50 + requests)]

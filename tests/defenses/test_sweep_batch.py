@@ -75,3 +75,22 @@ def test_bisection_is_a_line_search_and_a_grid_of_values_is_not() -> None:
     b = line_search_hits(np.empty((0, 4)), np.asarray(bisection), 64, LO, HI)
     g = line_search_hits(np.empty((0, 4)), np.asarray(grid), 64, LO, HI)
     assert b[2:].all() and not g.any()
+
+
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 90))
+@settings(max_examples=25, deadline=None)
+def test_one_row_a_request_equals_row_by_row(seed: int, n: int) -> None:
+    """A lone row's predecessors are a view of the recent rows (the one-row path)."""
+    rows = stream(seed, n)
+    rows[seed % n, seed % 4] = np.nan if seed % 3 == 0 else rows[seed % n, seed % 4]
+    hits = edits = 0
+    recent = np.empty((0, 4))
+    for i in range(n):
+        part = rows[i : i + 1]
+        hits += int(line_search_hits(np.nan_to_num(recent, nan=-1e9),
+                                     np.nan_to_num(part, nan=-1e9), 64, LO, HI).sum())
+        edits += int(edit_mask(recent, part).sum())
+        recent = np.concatenate([recent, part])[-64:]
+    clean = np.nan_to_num(rows, nan=-1e9)
+    assert hits == reference_hits(clean)
+    assert edits == reference_edits(clean)

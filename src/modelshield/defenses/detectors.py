@@ -274,21 +274,32 @@ def edit_mask(recent: FloatArray, rows: FloatArray, window: int = EDIT_WINDOW,
     at most ``max_changed`` features (a what-if user's change of a field or two). The
     rate tests and PRADA count records, not edits: an analyst who edits one borderline
     record fifty ways has sent one borderline record. recent: (h, d), oldest first."""
-    h, k = len(recent), len(rows)
+    k = len(rows)
     if k == 0:
         return np.zeros(0, dtype=bool)
-    allrows = np.concatenate([recent, rows])
-    allrows[np.isnan(allrows)] = -1e9
-    pos = h + np.arange(k)
+    recent, rows = (np.where(np.isnan(a), -1e9, a) for a in (recent, rows))
     out = np.zeros(k, dtype=bool)
     for start in range(0, k, 64):  # bounded memory: (64, window, d) at a time
-        p = pos[start : start + 64]
-        idx = p[:, None] - window + np.arange(window)[None, :]
-        valid = idx >= 0
-        changed = np.count_nonzero(
-            np.abs(allrows[np.maximum(idx, 0)] - allrows[p][:, None, :]) > 1e-12, axis=2)
+        before = np.concatenate([recent, rows[:start]])
+        block = rows[start : start + 64]
+        prev, valid = predecessors(before, block, window)
+        changed = np.count_nonzero(np.abs(prev - block[:, None, :]) > 1e-12, axis=2)
         out[start : start + 64] = ((changed <= max_changed) & valid).any(axis=1)
     return out
+
+
+def predecessors(recent: FloatArray, rows: FloatArray, window: int
+                 ) -> tuple[FloatArray, np.ndarray]:
+    """Each row's ``window`` predecessors in the stream ``recent`` then ``rows``: a
+    (k, window, d) array, and which of them exist (k, window). A lone row's are the last
+    rows of ``recent``, a view (the common case: one row a request)."""
+    h, k = len(recent), len(rows)
+    if k == 1:
+        prev = recent[max(0, h - window):]
+        return prev[None], np.ones((1, len(prev)), dtype=bool)
+    allrows = np.concatenate([recent, rows])
+    idx = (h + np.arange(k))[:, None] - window + np.arange(window)[None, :]
+    return allrows[np.maximum(idx, 0)], idx >= 0
 
 
 @dataclass
@@ -345,14 +356,11 @@ def line_search_hits(recent: FloatArray, rows: FloatArray, window: int = 64,
     natural data's range ``lo``/``hi`` of that feature: the probe of a box's edge that
     path finding and bisection start from.
     """
-    h, k = len(recent), len(rows)
+    k = len(rows)
     if k == 0:
         return np.zeros(0, dtype=bool)
-    allrows = np.concatenate([recent, rows])
-    pos = h + np.arange(k)
-    idx = pos[:, None] - window + np.arange(window)[None, :]  # (k, window) predecessors
-    valid = idx >= 0
-    diffs = allrows[np.maximum(idx, 0)] - rows[:, None, :]
+    prev, valid = predecessors(recent, rows, window)  # (k, window, d), (k, window)
+    diffs = prev - rows[:, None, :]
     # Opposite directions, from the Gram matrix of the differences (a batched matrix
     # product; its diagonal holds their squared lengths), then the rare candidate pairs'
     # distances: the midpoint test on those pairs only.
