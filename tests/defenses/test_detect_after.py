@@ -5,6 +5,7 @@ of the current request stays on its path."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,97 @@ def test_on_redis_the_request_path_takes_one_round_trip(
             shield.handle(key, x[2:3])
         assert refused.value.status == 403
         shield.close()
+
+
+# -- on the event loop (the gateway's answer_on: loop) --------------------------------------
+
+def _loop_statuses(shield: Shield, key: str, x: np.ndarray, n: int) -> list[int]:
+    async def main() -> list[int]:
+        out = []
+        for i in range(n):
+            try:
+                await shield.handle_on_loop(key, x[i:i + 1])
+                out.append(200)
+            except Denied as exc:
+                out.append(exc.status)
+        return out
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize(("detect", "expected"), [
+    ("inline", [200, 200, 403, 403, 403]), ("after", [200, 200, 200, 403, 403])])
+def test_on_the_loop_a_flag_takes_effect_as_on_a_thread(tmp_path: Path, detect: str,
+                                                        expected: list[int],
+                                                        victims: dict[str, Victim]) -> None:
+    shield = _shield(tmp_path, detect)
+    key, record = shield.store.create_key("t")
+    assert _loop_statuses(shield, key, victims["digits-mlp"].X_test, 5) == expected
+    assert [f["ident"] for f in shield.store.flags()] == [record.key_id]
+    assert shield.store.count(answered=True) == expected.count(200)
+    assert shield.store.count(answered=False) == expected.count(403)
+    shield.close()
+
+
+class _Seen:
+    """A detector that notes when it looks."""
+
+    name = "seen"
+    kind = "classifier"
+    sees = "all"
+    needs_calibration = False
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def reads(self, ident: str, prediction: Any) -> list[Any]:
+        return []
+
+    def observe(self, ident: str, x: np.ndarray, prediction: Any) -> Flag | None:
+        self.seen.append(len(x))
+        return None
+
+
+def test_on_the_loop_detection_runs_once_the_answer_is_out(
+        tmp_path: Path, victims: dict[str, Victim]) -> None:
+    shield = _shield(tmp_path, "after")
+    seen = _Seen()
+    shield.detectors["t"] = [seen]  # type: ignore[list-item]
+    key, _ = shield.store.create_key("t")
+    x = victims["digits-mlp"].X_test
+
+    async def main() -> None:
+        answer, _ = await shield.handle_on_loop(key, x[:2])
+        assert len(answer.labels) == 2 and seen.seen == []  # answered, not yet watched
+        await asyncio.sleep(0)  # the caller yields (its answer sent): the detectors look
+        assert seen.seen == [2]
+        await shield.handle_on_loop(key, x[2:5])
+        await shield.handle_on_loop(key, x[5:6])  # the earlier one's detection ran first
+        assert seen.seen[:2] == [2, 3]
+
+    asyncio.run(main())
+    assert shield.store.count(answered=True) == 3 and shield.store.verify().ok
+    shield.close()
+
+
+def test_on_the_loop_an_answer_the_log_cannot_take_is_refused_unwatched(
+        tmp_path: Path, victims: dict[str, Victim], monkeypatch: pytest.MonkeyPatch) -> None:
+    shield = _shield(tmp_path, "after")
+    seen = _Seen()
+    shield.detectors["t"] = [seen]  # type: ignore[list-item]
+    key, _ = shield.store.create_key("t")
+
+    def broken(contents: list[Any]) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shield.store, "_write", broken)
+
+    async def main() -> None:
+        with pytest.raises(Denied) as refused:
+            await shield.handle_on_loop(key, victims["digits-mlp"].X_test[:1])
+        assert refused.value.status == 503 and refused.value.code == "audit_unavailable"
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert seen.seen == [] and not shield._loop_pending
+    shield.close()

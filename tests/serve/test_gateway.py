@@ -372,6 +372,7 @@ def test_the_gateway_can_front_an_upstream_v2_server(
                         "classes": [str(i) for i in range(10)], "n_features": 64,
                         "low": 0.0, "high": 16.0}
         front = build_shield(cfg)
+        assert not front.on_loop  # a model over the network: its calls wait, on threads
         key, _ = front.store.create_key("pro")
         answer, _ = front.handle(key, v.X_test[:3])
         front.close()

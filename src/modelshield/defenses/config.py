@@ -250,6 +250,12 @@ class ShieldConfig(_Strict):
     # audit log it rebuilds any account's watermark set: keep it as long as the log.
     watermark_secret: str | None = Field(default=None, min_length=16, repr=False)
     tiers: dict[str, Tier] = Field(default_factory=lambda: {"default": Tier()})
+    # Where the gateway runs a classifier's stages: "loop" on its event loop (no thread
+    # hop; the audit commit on the log's writer thread, detection after the answer on the
+    # loop), "threads" on a request thread each, "auto" the loop for a model in this
+    # process whose one-row prediction takes under 2 ms (timed at start), else threads
+    # (an upstream server, a slow model: other requests go on while it computes).
+    answer_on: Literal["auto", "loop", "threads"] = "auto"
     terms_version: str = "1"
     terms: str = TERMS
 

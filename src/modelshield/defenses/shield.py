@@ -20,7 +20,9 @@ serves :class:`~modelshield.oracle.ShieldOracle` and the HTTP gateway; the gatew
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -61,6 +63,23 @@ from modelshield.victims.base import ModelAdapter
 __all__ = ["MAX_KEY_CHARS", "Decision", "Shield", "lm_spec"]
 
 log = logging.getLogger("modelshield.shield")
+
+
+
+@dataclass
+class _LoopCall:
+    """A request whose stages run on an event loop (:meth:`Shield.handle_on_loop`): the
+    records they commit, each with whether the answer waits on it, for the loop to
+    await; and the accounts whose detection waits until the answer is sent."""
+
+    records: list[tuple[AuditRecord, bool]] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)
+
+
+_ON_LOOP: contextvars.ContextVar[_LoopCall | None] = contextvars.ContextVar("on_loop",
+                                                                            default=None)
+FAST_MODEL_SECONDS = 0.002
+"""``answer_on: auto`` runs the stages on the loop for a model faster than this a row."""
 
 
 @dataclass
@@ -159,6 +178,8 @@ class Shield:
         self.lm_stages: list[Stage] = [make(self) for make in lm_stages or LM_STAGES]
         self._after: ThreadPoolExecutor | None = None  # detection off the path, in order
         self._pending: dict[str, Future[None]] = {}
+        self._loop_pending: dict[str, Callable[[], None]] = {}  # the same, on the loop
+        self.on_loop = self._answers_on_loop()
         self._restore_flags()
 
     def _detectors(self, name: str, tier: Tier, benign: FloatArray | None) -> list[Detector]:
@@ -189,6 +210,26 @@ class Shield:
             det.alpha = tier.fpr / len(tested)
             det.calibrate(benign, self.model.predict)  # type: ignore[arg-type]  # checked above
         return out
+
+    def _answers_on_loop(self) -> bool:
+        """Whether the gateway runs this classifier's stages on its event loop
+        (``answer_on``; auto: an in-process model that answers a row within
+        :data:`FAST_MODEL_SECONDS`)."""
+        choice = self.config.answer_on
+        if choice != "auto" or self.lm is not None:
+            return choice == "loop" and self.lm is None
+        if self.config.model.upstream:
+            return False
+        row = np.asarray(self.spec.low, dtype=np.float64)[None, :]
+        took = []
+        for _ in range(3):
+            start = time.perf_counter()
+            try:
+                self.model.predict(row)
+            except Exception:  # it cannot answer its domain's corner: leave it to threads
+                return False
+            took.append(time.perf_counter() - start)
+        return sorted(took)[1] < FAST_MODEL_SECONDS
 
     def _restore_flags(self) -> None:
         """Put the durable flags of groups back into the state store (a restarted
@@ -223,6 +264,43 @@ class Shield:
         if call.answer is None:
             raise RuntimeError("the stages gave no answer (no Shape stage?)")
         return call.answer, call.decision
+
+    async def handle_on_loop(self, api_key: str | None, inputs: Any,
+                             client_ip: str = "127.0.0.1") -> tuple[Answer, Decision]:
+        """:meth:`handle` on the running event loop, with nothing on it that waits: the
+        stages run here (an in-process model, memory or Redis state), their audit records
+        are committed by the log's writer thread while the loop goes on, and the answer
+        returns once its record is committed (else 503, as :meth:`commit`). Detection
+        after the answer runs on the loop too, before the account's next request."""
+        call = _LoopCall()
+        token = _ON_LOOP.set(call)
+        try:
+            answer, decision = self.handle(api_key, inputs, client_ip)
+        except Denied:
+            await self._commit_on_loop(call)
+            raise
+        finally:
+            _ON_LOOP.reset(token)
+        await self._commit_on_loop(call)
+        loop = asyncio.get_running_loop()
+        for key_id in call.deferred:  # once the caller has sent the answer (it does not
+            # yield before then), in a context of its own (the request's has ended)
+            loop.call_soon(self._run_pending, key_id, context=contextvars.Context())
+        return answer, decision
+
+    async def _commit_on_loop(self, call: _LoopCall) -> None:
+        """Commit the records a request's stages made; an answer's record that cannot be
+        committed refuses the answer (a refusal's stands without its record), and its
+        detection is dropped, as on a thread, where it is deferred only once committed."""
+        if not call.records:
+            return
+        try:
+            await self.store.commit_async([r for r, _ in call.records])
+        except Exception as exc:
+            if any(needed for _, needed in call.records):
+                for key_id in call.deferred:
+                    self._loop_pending.pop(key_id, None)
+                raise _audit_unavailable(exc) from None
 
     @property
     def lm(self) -> Any:
@@ -262,7 +340,14 @@ class Shield:
 
     def defer(self, key_id: str, work: Callable[[], None]) -> None:
         """Run ``work`` off the request's path, after the account's earlier work (one
-        thread, in order); the account's next request waits for it (:meth:`settle`)."""
+        thread, in order; on the event loop, a callback there once the request's task
+        yields); the account's next request waits for it (:meth:`settle`)."""
+        on_loop = _ON_LOOP.get()
+        if on_loop is not None:  # run once the answer is sent (handle_on_loop)
+            self.settle(key_id)  # at most one pending a key: the earlier first
+            self._loop_pending[key_id] = work
+            on_loop.deferred.append(key_id)
+            return
         if self._after is None:
             self._after = ThreadPoolExecutor(1, thread_name_prefix="detect-after")
         future = self._after.submit(_logged, work)
@@ -271,8 +356,15 @@ class Shield:
             lambda f: self._pending.pop(key_id, None) if self._pending.get(key_id) is f
             else None)
 
+    def _run_pending(self, key_id: str) -> None:
+        """The account's deferred work on the loop, unless a request of it ran it first."""
+        work = self._loop_pending.pop(key_id, None)
+        if work is not None:
+            _logged(work)
+
     def settle(self, key_id: str) -> None:
         """Wait for the account's deferred work (a flag it raises acts from now on)."""
+        self._run_pending(key_id)
         future = self._pending.get(key_id)
         if future is not None:
             future.result()
@@ -307,12 +399,16 @@ class Shield:
 
     # -- services the stages share -------------------------------------------------------------
     def commit(self, record: AuditRecord) -> None:
-        """Commit a record before its answer leaves; if the log cannot take it, refuse."""
+        """Commit a record before its answer leaves; if the log cannot take it, refuse.
+        On the event loop the record is queued, and the answer waits for it there."""
+        on_loop = _ON_LOOP.get()
+        if on_loop is not None:
+            on_loop.records.append((record, True))
+            return
         try:
             self.store.commit([record])
         except Exception as exc:  # the database refused or is gone: nothing leaves unlogged
-            raise Denied(503, "audit_unavailable", f"The audit log cannot record this request "
-                         f"({type(exc).__name__}); refusing.") from None
+            raise _audit_unavailable(exc) from None
 
     def _refused(self, exc: Denied, decision: Decision, ip: str, rows: Any) -> None:
         """Record a refusal: who, why, and the rows when they were valid. The refusal
@@ -326,6 +422,10 @@ class Shield:
             rows=0 if rows is None else len(rows), inputs=rows, answer=None,
             decision={**decision.to_record(), "action": "refuse", "status": exc.status,
                       "code": exc.code, "reason": str(exc)})
+        on_loop = _ON_LOOP.get()
+        if on_loop is not None:
+            on_loop.records.append((record, False))
+            return
         with contextlib.suppress(Exception):
             self.store.commit([record])
 
@@ -398,6 +498,12 @@ class Shield:
             parts = ip.split(".")
             return "ip:" + (".".join(parts[:3]) if len(parts) == 4 else ip)  # IPv4 /24
         return None
+
+
+def _audit_unavailable(exc: Exception) -> Denied:
+    """The refusal of an answer the audit log could not record: nothing leaves unlogged."""
+    return Denied(503, "audit_unavailable", f"The audit log cannot record this request "
+                  f"({type(exc).__name__}); refusing.")
 
 
 def _logged(work: Callable[[], None]) -> None:

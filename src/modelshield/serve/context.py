@@ -80,7 +80,8 @@ class Gateway:
         target = self.shield(model)
         start = time.perf_counter()
         try:
-            answer, decision = await off_loop(target.handle, key, inputs, ip)
+            answer, decision = await target.handle_on_loop(key, inputs, ip) \
+                if target.on_loop else await off_loop(target.handle, key, inputs, ip)
         except OverflowError:
             raise refusal(422, "invalid_inputs", "inputs must be numbers that fit a 64-bit "
                           "float", "inputs") from None

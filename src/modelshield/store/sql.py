@@ -12,6 +12,7 @@ chain.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -126,11 +127,13 @@ _RECORD_COLUMNS = ("ts", "key_id", "client_ip", "model", "rows", "input_hash", "
 
 @dataclass
 class _Pending:
-    """One caller's records in the group-commit queue."""
+    """One caller's records in the group-commit queue; ``future``: an event loop's caller
+    waits on it (:meth:`AuditStore.commit_async`)."""
 
     contents: list[dict[str, Any]]
     done: bool = False
     error: Exception | None = None
+    future: asyncio.Future[None] | None = None
 
 
 class _InFlight:
@@ -237,6 +240,8 @@ class AuditStore:
         self.checkpoint_seconds = 1.0
         self._checkpointer: threading.Thread | None = None
         self._closing = threading.Event()
+        self._writer: threading.Thread | None = None  # commits for event loops' callers
+        self._wake = threading.Event()
         self._create_schema()
 
     def _create_schema(self) -> None:
@@ -448,20 +453,60 @@ class AuditStore:
             time.sleep(0)
         with self._write_lock:
             if not pending.done:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                error: Exception | None = None
-                contents = [c for p in batch for c in p.contents]
-                try:
-                    self._write(contents)
-                    self.commits += bool(contents)
-                    self.committed += len(contents)
-                except Exception as exc:  # every waiter learns its records were not written
-                    error = exc
-                for p in batch:
-                    p.done, p.error = True, error
+                self._write_queued()
         if pending.error is not None:
             raise pending.error
+
+    async def commit_async(self, records: list[AuditRecord]) -> None:
+        """:meth:`commit` for a caller on an event loop, which it does not block: the
+        records join the same queue, the store's writer thread commits everything queued
+        in one transaction (whoever commits next takes them: the writer, or a thread in
+        :meth:`commit`), and the caller resumes once its records are committed, or raises
+        what the database raised. While one transaction runs, the next requests' records
+        queue for the next: under load, one transaction holds many answers."""
+        future = asyncio.get_running_loop().create_future()
+        pending = _Pending([rec.content() for rec in records], future=future)
+        with self._queue_lock:
+            self._queue.append(pending)
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                                name="audit-writer")
+                self._writer.start()
+        self._wake.set()
+        await future
+
+    def _write_loop(self) -> None:
+        """The writer thread: commit what is queued each time a caller wakes it."""
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._write_lock:
+                self._write_queued()
+            if self._closing.is_set():
+                return
+
+    def _write_queued(self) -> None:
+        """Write every queued caller's records in one transaction (the write lock is
+        held); each caller learns the outcome: its ``done``, or its future resolved on
+        its loop."""
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        error: Exception | None = None
+        contents = [c for p in batch for c in p.contents]
+        try:
+            self._write(contents)
+            self.commits += bool(contents)
+            self.committed += len(contents)
+        except Exception as exc:  # every waiter learns its records were not written
+            error = exc
+        waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        for p in batch:
+            p.done, p.error = True, error
+            if p.future is not None:
+                waiting.setdefault(p.future.get_loop(), []).append(p.future)
+        for loop, futures in waiting.items():  # one wake-up of each loop per transaction
+            with contextlib.suppress(RuntimeError):  # a loop closed meanwhile
+                loop.call_soon_threadsafe(_resolve, futures, error)
 
     def _write(self, contents: list[dict[str, Any]]) -> None:
         """One transaction on the writer's own DBAPI connection (the write lock is held).
@@ -635,6 +680,10 @@ class AuditStore:
 
     def close(self) -> None:
         self._closing.set()
+        if self._writer is not None:  # it commits what is queued, then ends
+            self._wake.set()
+            self._writer.join(10)
+            self._writer = None
         if self._checkpointer is not None:
             self._checkpointer.join(10)
             self._checkpointer = None
@@ -644,6 +693,17 @@ class AuditStore:
                     self._raw.close()
                 self._raw = None
         self.engine.dispose()
+
+
+def _resolve(futures: list[asyncio.Future[None]], error: Exception | None) -> None:
+    """On the waiters' loop: each learns its records' fate (unless it stopped waiting)."""
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 def _pipeline(raw: Any, sqlite: bool) -> contextlib.AbstractContextManager[Any]:
