@@ -47,9 +47,9 @@ ALL_ON = {"limits": {"requests": "100000/minute", "rows": "100000/minute"},
           "on_flag": "alert", "max_batch": 100}
 
 
-def gateway_config(tmp: Path, limits_url: str, audit_url: str, detect: str = "inline"
-                   ) -> Path:
-    cfg = {"model": {"builtin": "digits-mlp"}, "audit_url": audit_url,
+def gateway_config(tmp: Path, limits_url: str, audit_url: str, detect: str = "inline",
+                   answer_on: str = "auto") -> Path:
+    cfg = {"model": {"builtin": "digits-mlp"}, "audit_url": audit_url, "answer_on": answer_on,
            "storage": {"limits": limits_url},
            "global_limits": {"requests": "1000000/minute"},
            "ip_limits": {"requests": "1000000/minute"},
@@ -84,7 +84,8 @@ def measure(args: argparse.Namespace, bare: tuple[str, Any], bodies: list[Any],
     that many Redis round trips per answer) runs in the same rounds."""
     bare_url, bare_proc = bare
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        cfg = gateway_config(Path(tmp), limits_url, audit_url.format(tmp=tmp), args.detect)
+        cfg = gateway_config(Path(tmp), limits_url, audit_url.format(tmp=tmp), args.detect,
+                             args.answer_on)
         store = AuditStore(audit_url.format(tmp=tmp))
         keys = [{"Authorization": f"Bearer {store.create_key('bench')[0]}"}
                 for _ in range(args.concurrency)]
@@ -248,6 +249,9 @@ def main() -> None:
                         help="the bench tier's detect setting: detectors before the answer "
                         "(inline) or off the request's path once it is answered (after; "
                         "their CPU is still counted in the server's)")
+    parser.add_argument("--answer-on", choices=["auto", "loop", "threads"], default="auto",
+                        help="the gateway's answer_on setting: its stages on the event loop "
+                        "or on request threads (auto: the loop, for this fast model)")
     parser.add_argument("--all-targets", action="store_true",
                         help="measure the three targets side by side and write "
                         "bench/results/gateway_targets.json: memory limits + SQLite (1 worker), "
