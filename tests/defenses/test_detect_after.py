@@ -230,3 +230,82 @@ def test_on_the_loop_an_answer_the_log_cannot_take_is_refused_unwatched(
     asyncio.run(main())
     assert seen.seen == [] and not shield._loop_pending
     shield.close()
+
+
+def test_on_the_loop_a_refused_answer_leaves_the_next_ones_detection_alone(
+        tmp_path: Path, victims: dict[str, Victim], monkeypatch: pytest.MonkeyPatch) -> None:
+    """r1's record cannot be committed (503); r2, of the same key, runs its stages while
+    r1's transaction is under way and is answered. r2's rows are watched (they reach the
+    volume: r3 is refused), r1's are not (on a thread r1 would never have deferred)."""
+    shield = _shield(tmp_path, "after")
+    key, _ = shield.store.create_key("t")
+    x = victims["digits-mlp"].X_test
+    write = shield.store._write
+    inside, go = threading.Event(), threading.Event()
+
+    def first_fails(contents: list[Any]) -> None:
+        if not inside.is_set():
+            inside.set()
+            go.wait(10)
+            raise OSError("disk full")
+        write(contents)
+
+    monkeypatch.setattr(shield.store, "_write", first_fails)
+
+    async def main() -> list[Any]:
+        r1 = asyncio.create_task(shield.handle_on_loop(key, x[:1]))
+        while not inside.is_set():  # the writer is in r1's transaction
+            await asyncio.sleep(0.005)
+        r2 = asyncio.create_task(shield.handle_on_loop(key, x[1:4]))
+        await asyncio.sleep(0.02)  # r2's stages have run; its record waits
+        go.set()
+        done = await asyncio.gather(r1, r2, return_exceptions=True)
+        return [*done, *await asyncio.gather(shield.handle_on_loop(key, x[4:5]),
+                                             return_exceptions=True)]
+
+    r1, r2, r3 = asyncio.run(main())
+    assert isinstance(r1, Denied) and r1.status == 503
+    assert isinstance(r2, tuple)
+    assert isinstance(r3, Denied) and r3.status == 403
+    shield.close()
+
+
+def test_close_runs_the_detection_the_loop_never_got_to(
+        tmp_path: Path, victims: dict[str, Victim]) -> None:
+    shield = _shield(tmp_path, "after")
+    seen = _Seen()
+    shield.detectors["t"] = [seen]  # type: ignore[list-item]
+    key, _ = shield.store.create_key("t")
+
+    async def main() -> None:
+        await shield.handle_on_loop(key, victims["digits-mlp"].X_test[:2])
+        assert seen.seen == []  # the callback has not run: the Shield closes first
+        shield.close()
+        assert seen.seen == [2]
+        await asyncio.sleep(0)  # the callback finds nothing left to run
+
+    asyncio.run(main())
+    assert seen.seen == [2]
+
+
+def test_values_primed_for_a_refused_request_are_not_the_next_ones(
+        tmp_path: Path, victims: dict[str, Victim]) -> None:
+    """A request refused after its limits' script read its flags leaves them primed on
+    its thread; the next request of the thread (on the loop: every one) reads afresh."""
+    from tests.servers import redis_server
+
+    with redis_server() as url:
+        shield = build_shield({
+            "audit_url": f"sqlite:///{tmp_path}/a.db", "storage": {"limits": url},
+            "tiers": {"t": {"limits": {"requests": "100/minute"}, "on_flag": "throttle",
+                            "throttled": {"requests": "1/hour"}}}})
+        key, record = shield.store.create_key("t")
+        shield.state.prime({f"flag:{record.key_id}": None})  # as a refused request left it
+        shield.state.set(f"flag:{record.key_id}",
+                         {"detector": "volume", "score": 1.0, "reason": "test"})
+        x = victims["digits-mlp"].X_test
+        shield.handle(key, x[:1])  # the throttled limit: one an hour
+        with pytest.raises(Denied) as refused:
+            shield.handle(key, x[1:2])
+        assert refused.value.status == 429
+        shield.close()

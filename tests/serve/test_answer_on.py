@@ -58,6 +58,53 @@ def test_auto_leaves_a_slow_model_to_threads(tmp_path: Path,
 def test_answer_on_is_checked_in_the_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="answer_on"):
         build_shield(_config(tmp_path, "sometimes"))
+    upstream = _config(tmp_path, "loop")
+    upstream["model"] = {"upstream": "http://127.0.0.1:9", "name": "m", "classes": ["a", "b"],
+                         "n_features": 2, "low": 0.0, "high": 1.0}
+    with pytest.raises(ConfigError, match="answer_on"):  # its calls wait on the network
+        build_shield(upstream)
+
+
+def test_auto_leaves_redis_state_to_threads(tmp_path: Path) -> None:
+    from tests.servers import redis_server
+
+    with redis_server() as url:
+        config = _config(tmp_path)
+        config["storage"] = {"limits": url}
+        shield = build_shield(config)
+        assert not shield.on_loop  # a round trip would hold up the loop
+        shield.close()
+        config["answer_on"] = "loop"  # the owner's choice, with Redis on the same host
+        shield = build_shield(config)
+        assert shield.on_loop
+        shield.close()
+
+
+def test_a_large_request_goes_to_a_thread(tmp_path: Path, victims: dict[str, Victim],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelshield.defenses.shield import LOOP_MAX_ROWS
+
+    config = _config(tmp_path)
+    config["tiers"]["pro"]["detectors"] = []  # no volume to reach
+    shield = build_shield(config)
+    key, _ = shield.store.create_key("pro")
+    on_loop: list[int] = []
+    handle = Shield.handle_on_loop
+
+    async def counted(self: Shield, api_key: Any, inputs: Any, ip: str = "") -> Any:
+        on_loop.append(len(inputs))
+        return await handle(self, api_key, inputs, ip)
+
+    monkeypatch.setattr(Shield, "handle_on_loop", counted)
+    x = victims["digits-mlp"].X_test
+    with TestClient(create_app(shield)) as client:
+        for n in (1, LOOP_MAX_ROWS, LOOP_MAX_ROWS + 1):
+            r = client.post(PATH, json={"inputs": x[:n].tolist()},
+                            headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200
+    assert on_loop == [1, LOOP_MAX_ROWS]
+    assert shield.store.count(answered=True) == 3
+    shield.close()
 
 
 def _session(client: TestClient, key: str, x: np.ndarray) -> list[tuple[int, Any]]:

@@ -138,10 +138,31 @@ def test_a_keyless_request_is_refused_before_its_body_is_read(tmp_path: Path) ->
     assert json.loads(sent[1]["body"])["error"]["code"] == "missing_key"
 
 
-def test_a_client_that_leaves_mid_body_is_counted_not_answered(tmp_path: Path) -> None:
+def test_a_second_key_header_names_no_other_account(tmp_path: Path) -> None:
+    """With two ``Authorization`` headers, the key check, the fast path and the route all
+    take the first: the same tier answers either way."""
+    seen = {}
+    for fast in (True, False):
+        (tmp_path / str(fast)).mkdir()
+        config = _config(tmp_path / str(fast))
+        config["tiers"]["free"] = {"policy": "label"}
+        shield = build_shield(config)
+        pro, _ = shield.store.create_key("pro")
+        free, _ = shield.store.create_key("free")
+        with TestClient(create_app(shield, fast_path=fast)) as client:
+            r = client.post(PATH, json={"inputs": [ROW]}, headers=[
+                ("Authorization", f"Bearer {pro}"), ("Authorization", f"Bearer {free}")])
+        seen[fast] = (r.status_code, r.json())
+    assert seen[True] == seen[False]
+    assert seen[True][0] == 200 and "probabilities" in seen[True][1]  # the pro tier's
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_client_that_leaves_mid_body_is_counted_not_answered(tmp_path: Path,
+                                                               fast: bool) -> None:
     shield = build_shield(_config(tmp_path))
     key, _ = shield.store.create_key("pro", "tester")
-    app = create_app(shield)
+    app = create_app(shield, fast_path=fast)
     messages = iter([{"type": "http.request", "body": b'{"inputs": [[1', "more_body": True},
                      {"type": "http.disconnect"}])
 
@@ -149,7 +170,7 @@ def test_a_client_that_leaves_mid_body_is_counted_not_answered(tmp_path: Path) -
         return next(messages)
 
     sent = _call(app, _scope([(b"authorization", f"Bearer {key}".encode())]), receive)
-    assert sent == [] and shield.store.count() == 0
+    assert all(m.get("status", 408) == 408 for m in sent) and shield.store.count() == 0
     assert 'route="predict",status="408"' in app.state.gateway.metrics.text()
 
 

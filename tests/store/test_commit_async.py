@@ -103,3 +103,19 @@ def test_close_commits_what_is_queued_first(tmp_path: Path) -> None:
     reopened = _store(tmp_path)
     assert reopened.count() == 2 and reopened.verify().ok
     reopened.close()
+
+
+def test_a_closed_store_still_answers_every_caller(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    asyncio.run(store.commit_async([_record(0)]))
+    store.close()
+
+    async def main() -> None:  # each starts a writer that commits and ends
+        for i in range(1, 4):
+            await asyncio.wait_for(store.commit_async([_record(i)]), 10)
+        await asyncio.wait_for(asyncio.gather(*(store.commit_async([_record(i)])
+                                                for i in range(4, 10))), 10)
+
+    asyncio.run(main())
+    assert store.count() == 10 and store.verify().ok
+    store.close()

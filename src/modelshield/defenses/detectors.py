@@ -280,7 +280,7 @@ def edit_mask(recent: FloatArray, rows: FloatArray, window: int = EDIT_WINDOW,
     recent, rows = (np.where(np.isnan(a), -1e9, a) for a in (recent, rows))
     out = np.zeros(k, dtype=bool)
     for start in range(0, k, 64):  # bounded memory: (64, window, d) at a time
-        before = np.concatenate([recent, rows[:start]])
+        before = np.concatenate([recent[-window:], rows[max(0, start - window) : start]])
         block = rows[start : start + 64]
         prev, valid = predecessors(before, block, window)
         changed = np.count_nonzero(np.abs(prev - block[:, None, :]) > 1e-12, axis=2)

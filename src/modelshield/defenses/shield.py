@@ -70,16 +70,19 @@ log = logging.getLogger("modelshield.shield")
 class _LoopCall:
     """A request whose stages run on an event loop (:meth:`Shield.handle_on_loop`): the
     records they commit, each with whether the answer waits on it, for the loop to
-    await; and the accounts whose detection waits until the answer is sent."""
+    await; and the detection deferred until the answer is committed and sent."""
 
     records: list[tuple[AuditRecord, bool]] = field(default_factory=list)
-    deferred: list[str] = field(default_factory=list)
+    deferred: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
 
 
 _ON_LOOP: contextvars.ContextVar[_LoopCall | None] = contextvars.ContextVar("on_loop",
                                                                             default=None)
 FAST_MODEL_SECONDS = 0.002
 """``answer_on: auto`` runs the stages on the loop for a model faster than this a row."""
+LOOP_MAX_ROWS = 16
+"""A request of more rows runs on a request thread even so: its model call and its
+detection would hold up every other request on the loop."""
 
 
 @dataclass
@@ -212,13 +215,23 @@ class Shield:
         return out
 
     def _answers_on_loop(self) -> bool:
-        """Whether the gateway runs this classifier's stages on its event loop
+        """Whether the gateway runs this classifier's small requests on its event loop
         (``answer_on``; auto: an in-process model that answers a row within
-        :data:`FAST_MODEL_SECONDS`)."""
-        choice = self.config.answer_on
-        if choice != "auto" or self.lm is not None:
-            return choice == "loop" and self.lm is None
-        if self.config.model.upstream:
+        :data:`FAST_MODEL_SECONDS`, with memory state and a SQLite log, where nothing on
+        the path waits on the network)."""
+        choice, c = self.config.answer_on, self.config
+        if self.lm is not None or choice == "threads":
+            return False
+        if c.model.upstream:
+            if choice == "loop":
+                raise ConfigError.invalid(
+                    "answer_on", "threads or auto for a model behind an upstream server (its "
+                    "calls wait on the network, and would hold up the event loop)", choice)
+            return False
+        if choice == "loop":
+            return True
+        if not c.storage.limits.startswith("memory://") or \
+                self.store.engine.dialect.name != "sqlite":
             return False
         row = np.asarray(self.spec.low, dtype=np.float64)[None, :]
         took = []
@@ -245,6 +258,8 @@ class Shield:
         """Release the store's connections and the model's (an upstream client, say)."""
         if self._after is not None:  # pending detection finishes first
             self._after.shutdown(wait=True)
+        for key_id in list(self._loop_pending):  # and the loop's, if it never got to it
+            self._run_pending(key_id)
         self.auth_failures.close()
         self.store.close()
         close = getattr(self.model, "close", None)
@@ -281,25 +296,25 @@ class Shield:
             raise
         finally:
             _ON_LOOP.reset(token)
-        await self._commit_on_loop(call)
-        loop = asyncio.get_running_loop()
-        for key_id in call.deferred:  # once the caller has sent the answer (it does not
-            # yield before then), in a context of its own (the request's has ended)
-            loop.call_soon(self._run_pending, key_id, context=contextvars.Context())
+        await self._commit_on_loop(call)  # a 503 here: its detection is dropped, as on
+        loop = asyncio.get_running_loop()  # a thread, where it is deferred once committed
+        for key_id, work in call.deferred:
+            self.settle(key_id)  # the account's earlier work first (at most one pending)
+            self._loop_pending[key_id] = work
+            # Once the caller has sent the answer (it does not yield before then), in a
+            # context of its own (the request's has ended).
+            loop.call_soon(self._run_pending, key_id, work, context=contextvars.Context())
         return answer, decision
 
     async def _commit_on_loop(self, call: _LoopCall) -> None:
         """Commit the records a request's stages made; an answer's record that cannot be
-        committed refuses the answer (a refusal's stands without its record), and its
-        detection is dropped, as on a thread, where it is deferred only once committed."""
+        committed refuses the answer (a refusal's stands without its record)."""
         if not call.records:
             return
         try:
             await self.store.commit_async([r for r, _ in call.records])
         except Exception as exc:
             if any(needed for _, needed in call.records):
-                for key_id in call.deferred:
-                    self._loop_pending.pop(key_id, None)
                 raise _audit_unavailable(exc) from None
 
     @property
@@ -343,10 +358,8 @@ class Shield:
         thread, in order; on the event loop, a callback there once the request's task
         yields); the account's next request waits for it (:meth:`settle`)."""
         on_loop = _ON_LOOP.get()
-        if on_loop is not None:  # run once the answer is sent (handle_on_loop)
-            self.settle(key_id)  # at most one pending a key: the earlier first
-            self._loop_pending[key_id] = work
-            on_loop.deferred.append(key_id)
+        if on_loop is not None:  # once the answer is committed and sent (handle_on_loop)
+            on_loop.deferred.append((key_id, work))
             return
         if self._after is None:
             self._after = ThreadPoolExecutor(1, thread_name_prefix="detect-after")
@@ -356,11 +369,14 @@ class Shield:
             lambda f: self._pending.pop(key_id, None) if self._pending.get(key_id) is f
             else None)
 
-    def _run_pending(self, key_id: str) -> None:
-        """The account's deferred work on the loop, unless a request of it ran it first."""
-        work = self._loop_pending.pop(key_id, None)
-        if work is not None:
-            _logged(work)
+    def _run_pending(self, key_id: str, work: Callable[[], None] | None = None) -> None:
+        """The account's deferred work on the loop (``work``: only if that is still what
+        is pending), unless a request of the account ran it first."""
+        pending = self._loop_pending.get(key_id)
+        if pending is None or (work is not None and pending is not work):
+            return
+        if self._loop_pending.pop(key_id, None) is pending:  # a thread may settle it too
+            _logged(pending)
 
     def settle(self, key_id: str) -> None:
         """Wait for the account's deferred work (a flag it raises acts from now on)."""

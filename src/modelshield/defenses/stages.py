@@ -239,6 +239,8 @@ class Limit(_Stage):
 
     def __call__(self, call: Call) -> None:
         s, key, tier, ip = self.shield, call.key, call.tier, call.client_ip
+        if isinstance(s.state, RedisState):  # values an earlier request primed (and did
+            s.state.prime({})  # not read: refused) are not this request's
         if key.flag is not None and tier.on_flag == "deny":  # durable: no store trip
             raise Denied(403, "extraction_suspected", f"Access suspended: "
                          f"{key.flag['detector']} detector: {key.flag['reason']}.",

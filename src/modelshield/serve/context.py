@@ -20,7 +20,7 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from modelshield.answer import Answer
-from modelshield.defenses.shield import MAX_KEY_CHARS, Decision, Shield
+from modelshield.defenses.shield import LOOP_MAX_ROWS, MAX_KEY_CHARS, Decision, Shield
 from modelshield.errors import Denied
 from modelshield.serve.errors import shown
 from modelshield.serve.metrics import Metrics
@@ -80,14 +80,24 @@ class Gateway:
         target = self.shield(model)
         start = time.perf_counter()
         try:
-            answer, decision = await target.handle_on_loop(key, inputs, ip) \
-                if target.on_loop else await off_loop(target.handle, key, inputs, ip)
+            if target.on_loop and _rows(inputs) <= LOOP_MAX_ROWS:
+                answer, decision = await target.handle_on_loop(key, inputs, ip)
+            else:
+                answer, decision = await off_loop(target.handle, key, inputs, ip)
         except OverflowError:
             raise refusal(422, "invalid_inputs", "inputs must be numbers that fit a 64-bit "
                           "float", "inputs") from None
         self.metrics.answered(label, len(answer), (f.detector for f in decision.flags),
                               time.perf_counter() - start)
         return answer, decision
+
+
+def _rows(inputs: Any) -> int:
+    """How many rows a request sends (any object: the Shield checks the shape)."""
+    try:
+        return len(inputs)
+    except TypeError:
+        return 1
 
 
 T = TypeVar("T")
@@ -128,6 +138,16 @@ def metric(request: Request) -> str:
 def api_key(request: Request) -> str | None:
     """The request's API key: ``Authorization: Bearer KEY`` or ``X-API-Key``."""
     return key_from(request.headers.get("authorization", ""), request.headers.get("x-api-key"))
+
+
+def scope_key(scope: Mapping[str, Any]) -> str | None:
+    """The API key of an ASGI request, read as :func:`api_key` reads it: each header's
+    first occurrence (a second ``Authorization`` does not name another account)."""
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        found.setdefault(name.lower(), value)
+    return key_from(found.get(b"authorization", b"").decode("latin-1"),
+                    found.get(b"x-api-key", b"").decode("latin-1") or None)
 
 
 def key_from(authorization: str, x_api_key: str | None) -> str | None:

@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from modelshield.errors import Denied
 from modelshield.serve.metrics import Metrics
@@ -134,7 +135,12 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "malformed_body
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """An unknown route or method, or a body that cannot be read as JSON."""
+    """An unknown route or method, or a body that cannot be read as JSON (or not read at
+    all: a client that left, or whose body missed its deadline, is counted as a 408, as
+    the middleware counts it on the routes that read their own body)."""
+    if isinstance(exc.__cause__, ClientDisconnect):
+        return _counted(request, 408, "client_disconnected", "The client left before its "
+                        "body was read (or its body missed its deadline).")
     message = {404: f"No route {request.url.path}; see /docs for the routes.",
                405: f"{request.method} is not allowed on {request.url.path}.",
                400: "The body could not be read as JSON (invalid UTF-8, or nested too "

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelshield.errors import Denied
 from modelshield.serve.answers import v1_body
-from modelshield.serve.context import Gateway, key_from
+from modelshield.serve.context import Gateway, scope_key
 from modelshield.serve.errors import error_response
 
 PREDICT = re.compile(r"/v1/models/([^/]+)/predict")
@@ -58,13 +58,10 @@ class FastPredict:
 
     async def _answer(self, scope: Scope, send: Send, model: str, inputs: np.ndarray
                       ) -> None:
-        headers = dict(scope["headers"])
-        key = key_from(headers.get(b"authorization", b"").decode("latin-1"),
-                       headers.get(b"x-api-key", b"").decode("latin-1"))
         client = scope.get("client")
         try:
             answer, decision = await self.gateway.answer(
-                model, key, client[0] if client else "unknown", inputs, LABEL)
+                model, scope_key(scope), client[0] if client else "unknown", inputs, LABEL)
         except Denied as exc:
             self.gateway.metrics.count(LABEL, exc.status)
             response = error_response(exc.status, exc.code, str(exc), None, exc.headers,

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelshield.defenses.shield import MAX_KEY_CHARS, Shield
 from modelshield.errors import Denied
-from modelshield.serve.context import key_from
+from modelshield.serve.context import scope_key
 from modelshield.serve.errors import error_response
 from modelshield.serve.metrics import Metrics
 from modelshield.serve.routing import declared, needs_at
@@ -176,9 +176,7 @@ class AuthGate:
 
     async def _refusal(self, scope: Scope) -> Denied | None:
         """Why the request's key is refused (the refusal recorded), or None."""
-        headers = {k.lower(): v for k, v in scope["headers"]}
-        key = key_from(headers.get(b"authorization", b"").decode("latin-1"),
-                       headers.get(b"x-api-key", b"").decode("latin-1"))
+        key = scope_key(scope)
         client = scope.get("client")
         ip = client[0] if client else "unknown"
         try:

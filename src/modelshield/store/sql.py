@@ -476,14 +476,22 @@ class AuditStore:
         await future
 
     def _write_loop(self) -> None:
-        """The writer thread: commit what is queued each time a caller wakes it."""
+        """The writer thread: commit what is queued each time a caller wakes it. Once the
+        store closes it ends, when nothing is queued (a caller that queues after that
+        starts another: no caller is left waiting)."""
         while True:
             self._wake.wait()
             self._wake.clear()
-            with self._write_lock:
-                self._write_queued()
+            try:
+                with self._write_lock:
+                    self._write_queued()
+            except Exception:  # a bug: the waiters learn it from their futures' side
+                log.exception("the audit log's writer failed")
             if self._closing.is_set():
-                return
+                with self._queue_lock:
+                    if not self._queue:
+                        self._writer = None
+                        return
 
     def _write_queued(self) -> None:
         """Write every queued caller's records in one transaction (the write lock is
@@ -499,12 +507,19 @@ class AuditStore:
             self.committed += len(contents)
         except Exception as exc:  # every waiter learns its records were not written
             error = exc
+        finally:  # whatever happened, no waiter is left waiting
+            self._settle_batch(batch, error)
+
+    @staticmethod
+    def _settle_batch(batch: list[_Pending], error: Exception | None) -> None:
+        """Tell each caller of a transaction its outcome: its ``done``, or its future
+        resolved on its loop (one wake-up of each loop per transaction)."""
         waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for p in batch:
             p.done, p.error = True, error
             if p.future is not None:
                 waiting.setdefault(p.future.get_loop(), []).append(p.future)
-        for loop, futures in waiting.items():  # one wake-up of each loop per transaction
+        for loop, futures in waiting.items():
             with contextlib.suppress(RuntimeError):  # a loop closed meanwhile
                 loop.call_soon_threadsafe(_resolve, futures, error)
 
@@ -680,10 +695,10 @@ class AuditStore:
 
     def close(self) -> None:
         self._closing.set()
-        if self._writer is not None:  # it commits what is queued, then ends
+        writer = self._writer
+        if writer is not None:  # it commits what is queued, then ends
             self._wake.set()
-            self._writer.join(10)
-            self._writer = None
+            writer.join(10)
         if self._checkpointer is not None:
             self._checkpointer.join(10)
             self._checkpointer = None
