@@ -252,6 +252,8 @@ def main() -> None:
     parser.add_argument("--answer-on", choices=["auto", "loop", "threads"], default="auto",
                         help="the gateway's answer_on setting: its stages on the event loop "
                         "or on request threads (auto: the loop, for this fast model)")
+    parser.add_argument("--out", default="gateway_targets",
+                        help="with --all-targets: the result's name in bench/results/")
     parser.add_argument("--all-targets", action="store_true",
                         help="measure the three targets side by side and write "
                         "bench/results/gateway_targets.json: memory limits + SQLite (1 worker), "
@@ -442,7 +444,7 @@ def all_targets(args: argparse.Namespace) -> None:
     print(f"machine speed: a fixed Python loop took {speeds['before_ms']:.0f} ms before and "
           f"{speeds['after_ms']:.0f} ms after (thread CPU; the same code runs slower when the "
           f"host is busy)")
-    write("gateway_targets", {"args": vars(args), "targets": rows, "measured": measured,
+    write(args.out, {"args": vars(args), "targets": rows, "measured": measured,
                               "shield_stages_cpu_us": cpu, "machine_speed": speeds})
 
 

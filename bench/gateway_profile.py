@@ -40,6 +40,7 @@ from modelshield.store import AuditStore
 
 GROUPS = [  # (group, a function on the stack, its module's file), first match wins
     ("detection after the answer", "_logged", "modelshield/defenses/shield.py"),
+    ("the audit log's writer thread", "AuditStore._write_loop", "modelshield/store/sql.py"),
     ("stage: authenticate", "Authenticate.__call__", "modelshield/defenses/stages.py"),
     ("stage: check inputs", "CheckInputs.__call__", "modelshield/defenses/stages.py"),
     ("stage: limit", "Limit.__call__", "modelshield/defenses/stages.py"),
