@@ -135,11 +135,13 @@ def test_revocations_and_reinstatements_are_sealed_in_the_log(tmp_path: Path) ->
     _, key = store.create_key("pro")
     store.record_flag(key.key_id, "volume", 3.0, "too many rows")
     assert store.clear_flag(key.key_id) and store.revoke(key.key_id)
-    ops = [json.loads(r["decision"]) for r in store.records(key_id=key.key_id)]
-    assert [(d["action"], d["op"]) for d in ops] == [("admin", "flag"), ("admin", "reinstate"),
-                                                      ("admin", "revoke")]
-    assert store.verify().ok and store.verify().checked == 3
+    ops = [json.loads(r["decision"]) for r in store.records(key_id=key.key_id, admin=True)]
+    assert [(d["action"], d["op"]) for d in ops] == [
+        ("admin", "create_key"), ("admin", "flag"), ("admin", "reinstate"), ("admin", "revoke")]
+    assert ops[0]["tier"] == "pro" and ops[0]["terms_version"] == "1"
+    assert store.verify().ok and store.verify().checked == 4
     assert store.count(answered=False) == 0  # an admin action is not a refused request
+    assert store.count(admin=True) == 4 and store.records() == []
     store.close()
 
 

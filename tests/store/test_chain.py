@@ -404,9 +404,9 @@ def test_a_postgresql_log_has_its_id_links_and_admin_actions(tmp_path: Path) -> 
         store.append(records(0, 5))
         assert store.revoke(key.key_id)
         head = store.head()
-        assert head["log_id"] and head["log_since"] == 1 and head["seq"] == 6
-        verdict = store.verify(anchor=head)
-        assert verdict.ok and verdict.checked == 6
+        assert head["log_id"] and head["log_since"] == 1 and head["seq"] == 7  # the key's
+        verdict = store.verify(anchor=head)  # creation, five records, its revocation
+        assert verdict.ok and verdict.checked == 7
         with store.engine.begin() as conn:
             conn.exec_driver_sql("UPDATE audit_log SET prev_hash = hash WHERE seq = 3")
         assert [b.kind for b in store.verify().breaks] == ["edited"]

@@ -73,8 +73,9 @@ def test_metrics_show_commits_and_records_under_concurrent_load(
         text = client.get("/metrics").text
     found = {name: float(v) for name, v in re.findall(
         r'^modelshield_audit_(commits|records)_total\{pid="\d+"\} (\S+)$', text, re.M)}
-    assert found == {"commits": shield.store.commits, "records": 120.0}
-    assert 1 <= found["commits"] <= 120
+    # 120 answers, and the 8 keys' sealed creations
+    assert found == {"commits": shield.store.commits, "records": 128.0}
+    assert 1 <= found["commits"] <= 128
     assert shield.store.verify().ok
     shield.close()
 

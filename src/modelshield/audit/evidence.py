@@ -49,7 +49,7 @@ def gather(store: Any, key_id: str, terms: Mapping[str, str], verdict: Verdict,
         from modelshield.errors import ConfigError
 
         raise ConfigError(f"--key: no key with id {key_id!r}.")
-    records = store.records(key_id=key_id)
+    records = store.records(key_id=key_id, admin=True)
     flags = [f for f in store.flags() if f["ident"] == key_id]
     activity, times = _activity(records)
     head = store.head()

@@ -135,6 +135,7 @@ def audit_log_flags(config: ConfigOpt = None) -> None:
 
 @audit_log_app.command("show")
 def audit_log_show(key: KeyFilter = None, limit: Limit = 50, config: ConfigOpt = None) -> None:
-    """Show the last records of the log (or of one key): answers and refusals."""
-    console.print(records_table(open_config_store(config).records(limit=limit, key_id=key),
-                                key))
+    """Show the last records of the log (or of one key): answers, refusals and
+    operators' actions (keys created and revoked, flags set and lifted)."""
+    console.print(records_table(open_config_store(config).records(limit=limit, key_id=key,
+                                                                  admin=True), key))

@@ -299,6 +299,13 @@ class AuditStore:
                 conn.execute(keys_table.insert().values(**row))
         except sa.exc.IntegrityError:
             raise ConfigError(f"key_id {key_id!r} is taken: every key needs its own") from None
+        try:  # sealed in the log, as its revocation is: no key appears unrecorded
+            self.record_admin("create_key", key_id, tier=tier, owner=owner,
+                              terms_version=terms_version, expires_at=row["expires_at"])
+        except Exception:
+            with self.engine.begin() as conn:
+                conn.execute(keys_table.delete().where(keys_table.c.key_id == key_id))
+            raise
         return secret, _key(row)
 
     def lookup(self, secret: str) -> ApiKey | None:
@@ -611,21 +618,26 @@ class AuditStore:
                                               name="audit-checkpoint")
         self._checkpointer.start()
 
-    def count(self, answered: bool | None = None) -> int:
-        """Records in the log: all (operators' actions included), only answered requests
-        (True) or only refusals (False)."""
+    def count(self, answered: bool | None = None, admin: bool = False) -> int:
+        """Requests in the log: all, only answered ones (True) or only refusals (False);
+        ``admin``: operators' actions too (keys created and revoked, flags set and
+        lifted), every record the chain holds."""
         query = sa.select(sa.func.count()).select_from(audit_table)
         if answered is not None:  # a refusal's record has a null answer; an admin action too
             query = query.where((audit_table.c.answer != "null") if answered
-                                else ((audit_table.c.answer == "null")
-                                      & (audit_table.c.model != ADMIN_MODEL)))
+                                else (audit_table.c.answer == "null"))
+        if not admin:
+            query = query.where(audit_table.c.model != ADMIN_MODEL)
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
-    def records(self, limit: int | None = None, key_id: str | None = None
-                ) -> list[dict[str, Any]]:
-        """Records in log order, all or ``key_id``'s; ``limit``: the last that many."""
+    def records(self, limit: int | None = None, key_id: str | None = None,
+                admin: bool = False) -> list[dict[str, Any]]:
+        """Requests' records in log order, all or ``key_id``'s; ``limit``: the last that
+        many; ``admin``: operators' actions too (keys created and revoked, flags)."""
         query = sa.select(audit_table)
+        if not admin:
+            query = query.where(audit_table.c.model != ADMIN_MODEL)
         if key_id is not None:
             query = query.where(audit_table.c.key_id == key_id)
         if limit:
