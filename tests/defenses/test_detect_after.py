@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -309,3 +310,48 @@ def test_values_primed_for_a_refused_request_are_not_the_next_ones(
             shield.handle(key, x[1:2])
         assert refused.value.status == 429
         shield.close()
+
+
+def test_the_loop_waits_for_a_large_requests_detection_without_stalling(
+        tmp_path: Path, victims: dict[str, Victim]) -> None:
+    """A large request runs on a thread and so does its detection; the account's next
+    small request, on the loop, awaits that detection rather than block the loop on it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    shield = _shield(tmp_path, "after")
+
+    class Slow(_Seen):  # slow on a large batch only (a small one's runs on the loop)
+        def observe(self, ident: str, x: np.ndarray, prediction: Any) -> Flag | None:
+            if len(x) > 16:
+                time.sleep(0.3)
+            return super().observe(ident, x, prediction)
+
+    seen = Slow()
+    shield.detectors["t"] = [seen]  # type: ignore[list-item]
+    key, _ = shield.store.create_key("t")
+    x = victims["digits-mlp"].X_test
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(1) as pool:
+            await loop.run_in_executor(pool, shield.handle, key, x[:20])  # its detection runs
+        longest, stop = 0.0, False
+
+        async def beat() -> None:
+            nonlocal longest
+            while not stop:
+                start = time.perf_counter()
+                await asyncio.sleep(0.01)
+                longest = max(longest, time.perf_counter() - start)
+
+        beating = asyncio.create_task(beat())
+        await asyncio.sleep(0.02)
+        await shield.handle_on_loop(key, x[20:21])
+        assert seen.seen == [20]  # the large request's detection came first
+        stop = True
+        await beating
+        return longest
+
+    assert asyncio.run(main()) < 0.2  # the loop kept turning while it waited
+    shield.close()
+    assert seen.seen == [20, 1]

@@ -119,3 +119,46 @@ def test_a_closed_store_still_answers_every_caller(tmp_path: Path) -> None:
     asyncio.run(main())
     assert store.count() == 10 and store.verify().ok
     store.close()
+
+
+def test_an_interrupted_write_is_not_reported_as_committed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelshield.store import sql
+
+    store = _store(tmp_path)
+
+    def interrupted(contents: list[dict[str, Any]]) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "_write", interrupted)
+
+    async def main() -> BaseException | None:
+        waiting = sql._Pending([_record(0).content()],
+                               future=asyncio.get_running_loop().create_future())
+        store._queue.append(waiting)
+        with pytest.raises(KeyboardInterrupt), store._write_lock:  # a caller in commit()
+            store._write_queued()
+        try:
+            await asyncio.wait_for(waiting.future, 5)  # type: ignore[arg-type]
+        except RuntimeError as exc:
+            return exc
+        return None
+
+    error = asyncio.run(main())
+    assert isinstance(error, RuntimeError) and "interrupted" in str(error)
+    assert store.count() == 0
+    store.close()
+
+
+def test_a_key_whose_record_cannot_be_written_is_not_created(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _store(tmp_path)
+
+    def broken(contents: list[dict[str, Any]]) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "_write", broken)
+    with pytest.raises(OSError):
+        store.create_key("pro")
+    assert store.list_keys() == [] and store.count(admin=True) == 0
+    store.close()

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -182,6 +183,9 @@ class Shield:
         self._after: ThreadPoolExecutor | None = None  # detection off the path, in order
         self._pending: dict[str, Future[None]] = {}
         self._loop_pending: dict[str, Callable[[], None]] = {}  # the same, on the loop
+        # Held while loop-deferred work is taken and run: a thread that settles an
+        # account waits for the loop's run of its work, and two never run at once.
+        self._pending_lock = threading.Lock()
         self.on_loop = self._answers_on_loop()
         self._restore_flags()
 
@@ -287,6 +291,7 @@ class Shield:
         are committed by the log's writer thread while the loop goes on, and the answer
         returns once its record is committed (else 503, as :meth:`commit`). Detection
         after the answer runs on the loop too, before the account's next request."""
+        await self._settled_off_loop(api_key)
         call = _LoopCall()
         token = _ON_LOOP.set(call)
         try:
@@ -305,6 +310,15 @@ class Shield:
             # context of its own (the request's has ended).
             loop.call_soon(self._run_pending, key_id, work, context=contextvars.Context())
         return answer, decision
+
+    async def _settled_off_loop(self, api_key: str | None) -> None:
+        """Await the account's detection running on a thread (a large request's), so the
+        stages' ``settle`` finds it done and does not hold up the loop."""
+        record = self.store.cached(api_key) if api_key else None
+        future = self._pending.get(record.key_id) if record is not None else None
+        if future is not None and not future.done():
+            with contextlib.suppress(Exception):  # _logged: it raises nothing
+                await asyncio.wrap_future(future)
 
     async def _commit_on_loop(self, call: _LoopCall) -> None:
         """Commit the records a request's stages made; an answer's record that cannot be
@@ -372,10 +386,11 @@ class Shield:
     def _run_pending(self, key_id: str, work: Callable[[], None] | None = None) -> None:
         """The account's deferred work on the loop (``work``: only if that is still what
         is pending), unless a request of the account ran it first."""
-        pending = self._loop_pending.get(key_id)
-        if pending is None or (work is not None and pending is not work):
-            return
-        if self._loop_pending.pop(key_id, None) is pending:  # a thread may settle it too
+        with self._pending_lock:
+            pending = self._loop_pending.get(key_id)
+            if pending is None or (work is not None and pending is not work):
+                return
+            del self._loop_pending[key_id]
             _logged(pending)
 
     def settle(self, key_id: str) -> None:

@@ -303,8 +303,12 @@ class AuditStore:
             self.record_admin("create_key", key_id, tier=tier, owner=owner,
                               terms_version=terms_version, expires_at=row["expires_at"])
         except Exception:
-            with self.engine.begin() as conn:
-                conn.execute(keys_table.delete().where(keys_table.c.key_id == key_id))
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(keys_table.delete().where(keys_table.c.key_id == key_id))
+            except Exception:  # the database is gone: say so, and raise the first error
+                log.exception("key %s was created but its record was not written, and it "
+                              "could not be removed: revoke it", key_id)
             raise
         return secret, _key(row)
 
@@ -486,19 +490,24 @@ class AuditStore:
         """The writer thread: commit what is queued each time a caller wakes it. Once the
         store closes it ends, when nothing is queued (a caller that queues after that
         starts another: no caller is left waiting)."""
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            try:
-                with self._write_lock:
-                    self._write_queued()
-            except Exception:  # a bug: the waiters learn it from their futures' side
-                log.exception("the audit log's writer failed")
-            if self._closing.is_set():
-                with self._queue_lock:
-                    if not self._queue:
-                        self._writer = None
-                        return
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                try:
+                    with self._write_lock:
+                        self._write_queued()
+                except Exception:  # a bug: the waiters learned it from their futures
+                    log.exception("the audit log's writer failed")
+                if self._closing.is_set():
+                    with self._queue_lock:
+                        if not self._queue:
+                            self._writer = None
+                            return
+        finally:  # ended otherwise: the next caller starts another writer
+            with self._queue_lock:
+                if self._writer is threading.current_thread():
+                    self._writer = None
 
     def _write_queued(self) -> None:
         """Write every queued caller's records in one transaction (the write lock is
@@ -506,16 +515,19 @@ class AuditStore:
         its loop."""
         with self._queue_lock:
             batch, self._queue = self._queue, []
-        error: Exception | None = None
+        error: BaseException | None = None
         contents = [c for p in batch for c in p.contents]
         try:
             self._write(contents)
             self.commits += bool(contents)
             self.committed += len(contents)
-        except Exception as exc:  # every waiter learns its records were not written
+        except BaseException as exc:  # every waiter learns its records were not written
             error = exc
-        finally:  # whatever happened, no waiter is left waiting
-            self._settle_batch(batch, error)
+        # whatever happened, no waiter is left waiting, nor told an interrupted write held
+        self._settle_batch(batch, error if error is None or isinstance(error, Exception)
+                           else RuntimeError(f"the audit write was interrupted ({error!r})"))
+        if error is not None and not isinstance(error, Exception):
+            raise error
 
     @staticmethod
     def _settle_batch(batch: list[_Pending], error: Exception | None) -> None:
