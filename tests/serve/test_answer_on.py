@@ -141,3 +141,25 @@ def test_loop_and_threads_answer_alike(tmp_path: Path, victims: dict[str, Victim
     assert statuses == [200, 422, 401, 200, 403, 403]
     # refusals: the 422, the two 403s, and the address's summary of its keyless request
     assert seen["loop"][1:] == (2, 4, ["volume"], True)
+
+
+def test_the_app_closes_its_shields_at_shutdown(tmp_path: Path, victims: dict[str, Victim],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """At shutdown the detection still pending runs and the stores close (the audit
+    log's writer commits what is queued first)."""
+    shield = build_shield(_config(tmp_path))
+    key, _ = shield.store.create_key("pro")
+    closed: list[Shield] = []
+    close = Shield.close
+
+    def counted(self: Shield) -> None:
+        closed.append(self)
+        close(self)
+
+    monkeypatch.setattr(Shield, "close", counted)
+    with TestClient(create_app(shield)) as client:
+        r = client.post(PATH, json={"inputs": victims["digits-mlp"].X_test[:1].tolist()},
+                        headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200 and closed == []
+    assert closed == [shield] and shield.store._writer is None
+    assert shield.store.count(answered=True) == 1

@@ -22,9 +22,12 @@ and a refusal is recorded in the audit log as a refusal.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from modelshield.defenses.shield import Shield
@@ -54,11 +57,25 @@ def create_app(shields: Shield | Sequence[Shield], max_body_bytes: int = 8 * 2**
     app = FastAPI(title="modelshield gateway", version="0.1.0",
                   description="Models behind layered defenses against extraction.",
                   responses=ERROR_RESPONSES, openapi_url=None, docs_url=None, redoc_url=None,
-                  routes=[route for router in ROUTERS for route in router.routes])
+                  routes=[route for router in ROUTERS for route in router.routes],
+                  lifespan=_closing(served))
     app.state.gateway = gateway
     add_handlers(app)
     _add_middleware(app, gateway, max_body_bytes, fast_path)
     return app
+
+
+def _closing(shields: list[Shield]) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: at shutdown each Shield runs the detection still pending and
+    closes its stores (the audit log's writer commits what is queued first)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        for shield in shields:
+            await run_in_threadpool(shield.close)
+
+    return lifespan
 
 
 def _add_middleware(app: FastAPI, gateway: Gateway, max_body_bytes: int, fast_path: bool
