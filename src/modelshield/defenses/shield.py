@@ -66,7 +66,6 @@ __all__ = ["MAX_KEY_CHARS", "Decision", "Shield", "lm_spec"]
 log = logging.getLogger("modelshield.shield")
 
 
-
 @dataclass
 class _LoopCall:
     """A request whose stages run on an event loop (:meth:`Shield.handle_on_loop`): the
@@ -287,10 +286,11 @@ class Shield:
     async def handle_on_loop(self, api_key: str | None, inputs: Any,
                              client_ip: str = "127.0.0.1") -> tuple[Answer, Decision]:
         """:meth:`handle` on the running event loop, with nothing on it that waits: the
-        stages run here (an in-process model, memory or Redis state), their audit records
-        are committed by the log's writer thread while the loop goes on, and the answer
-        returns once its record is committed (else 503, as :meth:`commit`). Detection
-        after the answer runs on the loop too, before the account's next request."""
+        stages run here (an in-process model, its state in memory or a nearby Redis),
+        their audit records are committed by the log's writer thread while the loop goes
+        on, and the answer returns once its record is committed (else 503, as
+        :meth:`commit`). Detection after the answer runs on the loop too, before the
+        account's next request."""
         await self._settled_off_loop(api_key)
         call = _LoopCall()
         token = _ON_LOOP.set(call)
@@ -369,8 +369,9 @@ class Shield:
 
     def defer(self, key_id: str, work: Callable[[], None]) -> None:
         """Run ``work`` off the request's path, after the account's earlier work (one
-        thread, in order; on the event loop, a callback there once the request's task
-        yields); the account's next request waits for it (:meth:`settle`)."""
+        thread, in order; on the event loop, a callback there once the request's record
+        is committed and its answer sent); the account's next request waits for it
+        (:meth:`settle`)."""
         on_loop = _ON_LOOP.get()
         if on_loop is not None:  # once the answer is committed and sent (handle_on_loop)
             on_loop.deferred.append((key_id, work))
