@@ -243,6 +243,31 @@ def test_unreachable_redis_fails_closed_by_default(tmp_path: Path, fail: str) ->
         shield.handle(key, np.zeros((1, 64)))
 
 
+def test_a_redis_that_stops_answering_is_a_503_not_a_hang(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that takes connections and never replies: every Redis client the Shield
+    opens gives up after its time-out, and the request is refused (fail closed)."""
+    import socket
+    import time
+
+    from modelshield.defenses import state
+
+    monkeypatch.setattr(state, "REDIS_TIMEOUT_SECONDS", 0.3)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        cfg = config(tmp_path, free={"limits": {"requests": "10/hour"}})
+        cfg["storage"] = {"limits": f"redis://127.0.0.1:{silent.getsockname()[1]}/0"}
+        shield = build_shield(cfg)
+        key, _ = shield.store.create_key("free")
+        start = time.monotonic()
+        with pytest.raises(Denied) as info:
+            shield.handle(key, np.zeros((1, 64)))
+        assert info.value.status == 503 and info.value.code == "limits_unavailable"
+        assert time.monotonic() - start < 5
+        shield.close()
+
+
 # -- PostgreSQL -------------------------------------------------------------------------------
 def test_postgres_audit_log_keeps_one_chain_under_concurrent_writers() -> None:
     with postgres_server() as url:

@@ -55,7 +55,7 @@ from modelshield.defenses.stages import (
     Stage,
     StageFactory,
 )
-from modelshield.defenses.state import STORE_ERRORS, state_from_url
+from modelshield.defenses.state import STORE_ERRORS, redis_timeouts, state_from_url
 from modelshield.defenses.watermark import ServeWatermark
 from modelshield.errors import ConfigError, Denied
 from modelshield.store import ApiKey, AuditRecord, AuditStore
@@ -555,7 +555,7 @@ def make_limiter(config: ShieldConfig) -> RateLimiter:
                 "sliding-window": strategies.SlidingWindowCounterRateLimiter,
                 "fixed-window": strategies.FixedWindowRateLimiter}[config.storage.strategy]
     counters = SweptMemoryStorage() if config.storage.limits.startswith("memory://") \
-        else storage.storage_from_string(config.storage.limits)
+        else storage.storage_from_string(config.storage.limits, **redis_timeouts())
     return strategy(counters)  # type: ignore[abstract]
 
 

@@ -132,7 +132,7 @@ class RedisState:
                  cache_bytes: int = 256 * 2**20) -> None:
         import redis
 
-        self.client = redis.Redis.from_url(url)
+        self.client = redis.Redis.from_url(url, **redis_timeouts())
         self.prefix = prefix
         self._local = threading.local()  # this thread's open batch, if any
         self._count_new: Any = None
@@ -403,6 +403,17 @@ def _entry_id(entries: list[Any], raw: bytes | str | None = None) -> tuple[int, 
     text = raw.decode() if isinstance(raw, bytes) else raw
     ms, _, seq = text.lstrip("(").partition("-")
     return int(ms), int(seq or 0)
+
+
+REDIS_TIMEOUT_SECONDS = 5.0
+"""How long a Redis connection or reply may take: a Redis that stops answering is then an
+error (the store's ``fail`` setting decides), not a request that waits forever."""
+
+
+def redis_timeouts() -> dict[str, float]:
+    """The socket time-outs of every Redis client the Shield opens."""
+    return {"socket_timeout": REDIS_TIMEOUT_SECONDS,
+            "socket_connect_timeout": REDIS_TIMEOUT_SECONDS}
 
 
 def state_from_url(url: str, scope: str = "") -> DetectorState:
