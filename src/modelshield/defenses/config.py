@@ -253,8 +253,10 @@ class ShieldConfig(_Strict):
     # Where the gateway runs a classifier's stages: "loop" on its event loop (no thread
     # hop; the audit commit on the log's writer thread, detection after the answer on the
     # loop), "threads" on a request thread each, "auto" the loop for a model in this
-    # process whose one-row prediction takes under 2 ms (timed at start), else threads
-    # (an upstream server, a slow model: other requests go on while it computes).
+    # process whose one-row prediction takes under 2 ms (timed at start), with memory
+    # state and a SQLite log, else threads (an upstream server, a slow model, Redis or
+    # PostgreSQL: other requests go on while one computes or waits). Requests of more
+    # than 16 rows always run on a thread.
     answer_on: Literal["auto", "loop", "threads"] = "auto"
     terms_version: str = "1"
     terms: str = TERMS

@@ -69,14 +69,15 @@ class Gateway:
 
     async def classify(self, request: Request, model: str, inputs: Any
                        ) -> tuple[Answer, Decision]:
-        """Rows through ``model``'s Shield, off the event loop: (answer, decision)."""
+        """Rows through ``model``'s Shield (:meth:`answer`): (answer, decision)."""
         return await self.answer(model, api_key(request), client_ip(request), inputs,
                                  metric(request))
 
     async def answer(self, model: str, key: str | None, ip: str, inputs: Any, label: str
                      ) -> tuple[Answer, Decision]:
-        """Rows through ``model``'s Shield for the holder of ``key`` at ``ip``, off the
-        event loop, counted under the route ``label``: (answer, decision)."""
+        """Rows through ``model``'s Shield for the holder of ``key`` at ``ip``, counted
+        under the route ``label``: on the event loop where the Shield runs there
+        (``on_loop``) and the request is small, else on a request thread."""
         target = self.shield(model)
         start = time.perf_counter()
         try:
