@@ -28,27 +28,38 @@ def _shield(tmp_path: Path, detect: str, on_flag: str = "deny") -> Shield:
                         "detect": detect}}})
 
 
-def _statuses(shield: Shield, key: str, x: np.ndarray, n: int) -> list[int]:
-    out = []
-    for i in range(n):
-        try:
-            shield.handle(key, x[i:i + 1])
-            out.append(200)
-        except Denied as exc:
-            out.append(exc.status)
-    return out
+def _statuses(shield: Shield, key: str, x: np.ndarray, n: int, on_loop: bool = False
+              ) -> list[int]:
+    """One row a request, on a request thread (``handle``) or on an event loop."""
+    async def main() -> list[int]:
+        out = []
+        for i in range(n):
+            try:
+                if on_loop:
+                    await shield.handle_on_loop(key, x[i:i + 1])
+                else:
+                    shield.handle(key, x[i:i + 1])
+                out.append(200)
+            except Denied as exc:
+                out.append(exc.status)
+        return out
+
+    return asyncio.run(main())
 
 
 @pytest.mark.parametrize(("detect", "expected"), [
     ("inline", [200, 200, 403, 403, 403]),  # the third row reaches the volume: refused
     ("after", [200, 200, 200, 403, 403])])  # the third is answered; the fourth is refused
+@pytest.mark.parametrize("on_loop", [False, True])
 def test_a_flag_takes_effect_within_one_request(tmp_path: Path, detect: str,
-                                                expected: list[int],
+                                                expected: list[int], on_loop: bool,
                                                 victims: dict[str, Victim]) -> None:
     shield = _shield(tmp_path, detect)
     key, record = shield.store.create_key("t")
-    assert _statuses(shield, key, victims["digits-mlp"].X_test, 5) == expected
+    assert _statuses(shield, key, victims["digits-mlp"].X_test, 5, on_loop) == expected
     assert [f["ident"] for f in shield.store.flags()] == [record.key_id]  # durable either way
+    assert shield.store.count(answered=True) == expected.count(200)
+    assert shield.store.count(answered=False) == expected.count(403)
     shield.close()
 
 
@@ -140,34 +151,6 @@ def test_on_redis_the_request_path_takes_one_round_trip(
 
 
 # -- on the event loop (the gateway's answer_on: loop) --------------------------------------
-
-def _loop_statuses(shield: Shield, key: str, x: np.ndarray, n: int) -> list[int]:
-    async def main() -> list[int]:
-        out = []
-        for i in range(n):
-            try:
-                await shield.handle_on_loop(key, x[i:i + 1])
-                out.append(200)
-            except Denied as exc:
-                out.append(exc.status)
-        return out
-
-    return asyncio.run(main())
-
-
-@pytest.mark.parametrize(("detect", "expected"), [
-    ("inline", [200, 200, 403, 403, 403]), ("after", [200, 200, 200, 403, 403])])
-def test_on_the_loop_a_flag_takes_effect_as_on_a_thread(tmp_path: Path, detect: str,
-                                                        expected: list[int],
-                                                        victims: dict[str, Victim]) -> None:
-    shield = _shield(tmp_path, detect)
-    key, record = shield.store.create_key("t")
-    assert _loop_statuses(shield, key, victims["digits-mlp"].X_test, 5) == expected
-    assert [f["ident"] for f in shield.store.flags()] == [record.key_id]
-    assert shield.store.count(answered=True) == expected.count(200)
-    assert shield.store.count(answered=False) == expected.count(403)
-    shield.close()
-
 
 class _Seen:
     """A detector that notes when it looks."""

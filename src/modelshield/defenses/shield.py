@@ -314,6 +314,8 @@ class Shield:
     async def _settled_off_loop(self, api_key: str | None) -> None:
         """Await the account's detection running on a thread (a large request's), so the
         stages' ``settle`` finds it done and does not hold up the loop."""
+        if not self._pending:  # nothing runs on a thread: no key to look up
+            return
         record = self.store.cached(api_key) if api_key else None
         future = self._pending.get(record.key_id) if record is not None else None
         if future is not None and not future.done():
